@@ -1,0 +1,140 @@
+//! The `casework` command line.
+
+pub mod bench;
+pub mod graph;
+pub mod run;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "casework", version, about = "A durable workflow engine for customer-support operations")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check workflow files and print every problem as file:line:col.
+    Validate {
+        /// Files or directories (default: workflows/).
+        paths: Vec<PathBuf>,
+    },
+    /// Run one instance on a temporary store with a virtual clock, printing each step.
+    Run(run::RunArgs),
+    /// Run the daemon: load workflows, serve the HTTP API, resume instances after a restart.
+    Serve(serve::ServeArgs),
+    /// Show an instance: status, current steps, variables (sensitive values redacted), journal.
+    Inspect {
+        id: String,
+        /// Data directory of the daemon.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        /// Where a running daemon listens (used when the data directory is in use).
+        #[arg(long, default_value = serve::DEFAULT_LISTEN)]
+        addr: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a Mermaid flowchart of a workflow.
+    Graph { file: PathBuf },
+    /// Print the JSON Schema of workflow files (for editor autocompletion).
+    Schema,
+    /// Measure throughput, latency, memory and restart time (see README).
+    Bench(bench::BenchArgs),
+}
+
+/// Run a parsed command; returns the process exit code.
+pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Validate { paths } => validate(paths),
+        Command::Run(args) => Ok(run::run(args).await? as u8),
+        Command::Serve(args) => serve::serve(args).await.map(|_| 0),
+        Command::Inspect { id, data, addr, json } => inspect(&id, &data, &addr, json).await,
+        Command::Graph { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let (def, diags) = crate::definition::read(&file.display().to_string(), &text);
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            let def = def.ok_or_else(|| anyhow::anyhow!("{} has errors; run `casework validate {}`", file.display(), file.display()))?;
+            print!("{}", graph::mermaid(&def));
+            Ok(0)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&crate::definition::schema::workflow_schema())?);
+            Ok(0)
+        }
+        Command::Bench(args) => bench::bench(args).await.map(|_| 0),
+    }
+}
+
+fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
+    let paths = if paths.is_empty() { vec![PathBuf::from("workflows")] } else { paths };
+    let mut files = Vec::new();
+    for p in &paths {
+        if p.is_dir() {
+            files.extend(crate::daemon::registry::workflow_files(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            anyhow::bail!("{} does not exist", p.display());
+        }
+    }
+    let (ok, diags) = crate::daemon::registry::load_files(&files, None, &crate::compile::rules::Rules::shared());
+    for d in &diags {
+        println!("{d}");
+    }
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        eprintln!("casework: {errors} error(s) in {} file(s)", files.len());
+        return Ok(1);
+    }
+    eprintln!("casework: {} workflow(s) valid", ok.len());
+    Ok(0)
+}
+
+async fn inspect(id: &str, data: &std::path::Path, addr: &str, as_json: bool) -> anyhow::Result<u8> {
+    let view = match crate::store::sled::SledStore::open(data) {
+        Ok(store) => {
+            let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
+            let meta = store.instance(id)?.ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", data.display()))?;
+            let registry = crate::daemon::registry::Registry::default();
+            let wf = registry.pinned(store.as_ref(), &meta.hash, &crate::compile::rules::Rules::shared()).map_err(|e| anyhow::anyhow!(e))?;
+            let journal = store.journal(id)?;
+            serde_json::to_value(crate::daemon::view::instance_view(id, &meta.status, &wf, &journal))?
+        }
+        Err(crate::store::Error::Locked { .. }) => {
+            let url = format!("http://{addr}/v1/instances/{id}");
+            let mut resp = ureq::get(&url).call().map_err(|e| anyhow::anyhow!("the data directory is in use and the daemon at {addr} did not answer: {e}"))?;
+            resp.body_mut().read_json::<serde_json::Value>()?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(0);
+    }
+    println!("instance {}  workflow {} v{}  status {}", view["id"].as_str().unwrap_or(""), view["workflow"].as_str().unwrap_or(""), view["version"], view["status"].as_str().unwrap_or(""));
+    if let Some(cur) = view["current"].as_array().filter(|c| !c.is_empty()) {
+        let steps: Vec<String> = cur.iter().map(|c| format!("{} ({})", c["step"].as_str().unwrap_or(""), c["doing"].as_str().unwrap_or(""))).collect();
+        println!("current: {}", steps.join(", "));
+    }
+    println!("input: {}", view["input"]);
+    println!("vars: {}", serde_json::to_string_pretty(&view["vars"])?);
+    if !view["error"].is_null() {
+        println!("error: {}", view["error"]);
+    }
+    println!("journal:");
+    for r in view["journal"].as_array().into_iter().flatten() {
+        let rec: Result<crate::runtime::Record, _> = serde_json::from_value(r.clone());
+        match rec {
+            Ok(rec) => println!("  {}", run::describe(id, &rec)),
+            Err(_) => println!("  {r}"),
+        }
+    }
+    Ok(0)
+}

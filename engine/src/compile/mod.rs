@@ -1,0 +1,229 @@
+//! Validated definition → [`CompiledWorkflow`]: Rhai compiled once, steps resolved to indices.
+//!
+//! Compilation is deterministic: the same source text always yields the same workflow,
+//! so an instance pinned to a source hash runs the same program after a restart.
+
+pub mod helpers;
+pub mod rules;
+pub mod template;
+
+use crate::definition::{self, InputField, Join, Retry, Script, SleepFor, StepDef, StepKind, WorkflowDef};
+use crate::diagnostic::{Diagnostic, Span};
+use crate::validate;
+use rhai::AST;
+use rules::Rules;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+pub use template::Template;
+
+/// A workflow ready to run.
+#[derive(Debug)]
+pub struct CompiledWorkflow {
+    pub name: String,
+    pub version: u32,
+    /// SHA-256 of the source text: the identity an instance is pinned to.
+    pub hash: String,
+    pub source: String,
+    pub file: String,
+    pub description: Option<String>,
+    pub inputs: Vec<InputField>,
+    pub steps: Vec<Step>,
+    pub index: HashMap<String, usize>,
+    pub entry: usize,
+    pub on_error: Option<usize>,
+    pub rules: Arc<Rules>,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub id: String,
+    pub kind: Kind,
+    pub next: Vec<usize>,
+    pub on_error: Option<usize>,
+    pub compensate: Option<usize>,
+    pub save_as: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Kind {
+    Rule(AST),
+    Switch { cases: Vec<(AST, usize)>, default: Option<usize> },
+    Call { plugin: String, action: String, with: Option<Template>, timeout_ms: u64, retry: Retry },
+    Wait { events: Vec<String>, key: AST, timeout_ms: Option<u64>, on_timeout: Option<usize> },
+    Sleep(Sleep),
+    Parallel { join: Join, branches: Vec<(String, usize)> },
+    Foreach { items: AST, item_name: String, concurrency: u32, body: usize },
+    Set(Vec<(String, Template)>),
+    Subworkflow { workflow: String, with: Option<Template> },
+    Complete(Option<Template>),
+    Fail { code: String, message: Template },
+}
+
+#[derive(Debug)]
+pub enum Sleep {
+    For(u64),
+    Until(AST),
+}
+
+/// Default time a plugin call may take before it counts as a (retryable) timeout.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 30_000;
+
+impl CompiledWorkflow {
+    pub fn step(&self, id: &str) -> Option<(usize, &Step)> {
+        self.index.get(id).map(|&i| (i, &self.steps[i]))
+    }
+
+    /// Names of inputs marked `sensitive: true`.
+    pub fn sensitive_inputs(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().filter(|f| f.sensitive).map(|f| f.name.value.as_str())
+    }
+
+    /// Id of the workflow version: `name@version#hash-prefix`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// Read, validate and compile one file. Every problem is returned; the workflow only if none is an error.
+pub fn load(file: &str, source: &str, ctx: &validate::Context, rules: &Arc<Rules>) -> (Option<CompiledWorkflow>, Vec<Diagnostic>) {
+    let (def, mut diags) = definition::read(file, source);
+    let Some(def) = def else { return (None, diags) };
+    diags.extend(validate::check(&def, ctx));
+    let (compiled, script_diags) = compile(&def, source, rules);
+    diags.extend(script_diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        return (None, diags);
+    }
+    (Some(compiled), diags)
+}
+
+/// Compile a definition that passed validation. Script errors are returned as diagnostics.
+pub fn compile(def: &WorkflowDef, source: &str, rules: &Arc<Rules>) -> (CompiledWorkflow, Vec<Diagnostic>) {
+    let mut c = Compiler { def, rules, diags: Vec::new(), steps: Vec::new(), index: HashMap::new() };
+    // Give every step its index first so forward references resolve.
+    let all = def.all_steps();
+    for (i, s) in all.iter().enumerate() {
+        c.index.entry(s.id.value.clone()).or_insert(i);
+    }
+    for s in &all {
+        let step = c.step(s);
+        c.steps.push(step);
+    }
+    let hash = hex::encode(Sha256::digest(source.as_bytes()));
+    let Compiler { diags, steps, index, .. } = c;
+    let on_error = def.on_error.as_ref().and_then(|s| index.get(&s.value).copied());
+    (
+        CompiledWorkflow {
+            name: def.name.value.clone(),
+            version: def.version.value,
+            hash,
+            source: source.to_string(),
+            file: def.file.clone(),
+            description: def.description.clone(),
+            inputs: def.input.clone(),
+            steps,
+            index,
+            entry: 0,
+            on_error,
+            rules: rules.clone(),
+        },
+        diags,
+    )
+}
+
+struct Compiler<'a> {
+    def: &'a WorkflowDef,
+    rules: &'a Arc<Rules>,
+    diags: Vec<Diagnostic>,
+    steps: Vec<Step>,
+    index: HashMap<String, usize>,
+}
+
+impl Compiler<'_> {
+    fn idx(&self, id: &str) -> usize {
+        // Unknown references were reported by validation; usize::MAX never resolves to a step.
+        self.index.get(id).copied().unwrap_or(usize::MAX)
+    }
+
+    fn script(&mut self, s: &Script, expression: bool) -> AST {
+        let r = if expression { self.rules.compile_expression(&s.text) } else { self.rules.compile_script(&s.text) };
+        r.unwrap_or_else(|e| {
+            let span = e.span_in_file(s.span, s.block);
+            self.diags.push(
+                Diagnostic::error(&self.def.file, span, format!("rule does not compile: {}", e.message))
+                    .with_hint("rules are Rhai: see docs/rules.md for syntax and the helper functions"),
+            );
+            AST::empty()
+        })
+    }
+
+    fn template(&mut self, node: &definition::yaml::Node) -> Template {
+        let mut errors = Vec::new();
+        let t = template::compile(self.rules, node, &mut errors);
+        for e in errors {
+            let span = Span::new(e.node_span.line, e.node_span.col + e.offset + e.error.col.saturating_sub(1));
+            self.diags.push(
+                Diagnostic::error(&self.def.file, span, format!("template expression does not compile: {}", e.error.message))
+                    .with_hint("write `${ expression }`, e.g. `${input.order_id}`; use `$${` for a literal `${`"),
+            );
+        }
+        t
+    }
+
+    fn step(&mut self, s: &StepDef) -> Step {
+        let kind = match &s.kind {
+            StepKind::Rule { script } => Kind::Rule(self.script(script, false)),
+            StepKind::Switch { cases, default } => Kind::Switch {
+                cases: cases.iter().map(|c| (self.script(&c.when, true), self.idx(&c.goto.value))).collect(),
+                default: default.as_ref().map(|d| self.idx(&d.value)),
+            },
+            StepKind::Call { plugin, action, with, timeout, retry } => Kind::Call {
+                plugin: plugin.value.clone(),
+                action: action.value.clone(),
+                with: with.as_ref().map(|t| self.template(&t.node)),
+                timeout_ms: timeout.as_ref().map_or(DEFAULT_CALL_TIMEOUT_MS, |t| t.value.as_millis()),
+                retry: retry.clone().unwrap_or_default(),
+            },
+            StepKind::Wait { events, key, timeout, on_timeout } => Kind::Wait {
+                events: events.iter().map(|e| e.value.clone()).collect(),
+                key: self.script(key, true),
+                timeout_ms: timeout.as_ref().map(|t| t.value.as_millis()),
+                on_timeout: on_timeout.as_ref().map(|t| self.idx(&t.value)),
+            },
+            StepKind::Sleep(SleepFor::Duration(d)) => Kind::Sleep(Sleep::For(d.value.as_millis())),
+            StepKind::Sleep(SleepFor::Until(e)) => Kind::Sleep(Sleep::Until(self.script(e, true))),
+            StepKind::Parallel { join, branches } => Kind::Parallel {
+                join: *join,
+                branches: branches
+                    .iter()
+                    .map(|b| (b.id.value.clone(), b.steps.first().map_or(usize::MAX, |f| self.idx(&f.id.value))))
+                    .collect(),
+            },
+            StepKind::Foreach { items, item_name, concurrency, steps } => Kind::Foreach {
+                items: self.script(items, true),
+                item_name: item_name.value.clone(),
+                concurrency: *concurrency,
+                body: steps.first().map_or(usize::MAX, |f| self.idx(&f.id.value)),
+            },
+            StepKind::Set { values } => {
+                let entries = values.node.as_map().unwrap_or_default();
+                Kind::Set(entries.iter().map(|(k, v)| (k.name.clone(), self.template(v))).collect())
+            }
+            StepKind::Subworkflow { workflow, with } => Kind::Subworkflow {
+                workflow: workflow.value.clone(),
+                with: with.as_ref().map(|t| self.template(&t.node)),
+            },
+            StepKind::Complete { output } => Kind::Complete(output.as_ref().map(|t| self.template(&t.node))),
+            StepKind::Fail { code, message } => Kind::Fail { code: code.clone(), message: self.template(&message.node) },
+        };
+        Step {
+            id: s.id.value.clone(),
+            kind,
+            next: s.next.iter().map(|n| self.idx(&n.value)).collect(),
+            on_error: s.on_error.as_ref().map(|n| self.idx(&n.value)),
+            compensate: s.compensate.as_ref().map(|n| self.idx(&n.value)),
+            save_as: s.save_as.as_ref().map(|n| n.value.clone()),
+        }
+    }
+}

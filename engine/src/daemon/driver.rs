@@ -1,0 +1,630 @@
+//! The driver: runs instances as actors, journals their records with group commit, and
+//! carries out their effects (plugin calls, timers, waits, child instances).
+//!
+//! Each live instance is one tokio task owning its state; messages (call results, timers,
+//! events) reach it through its inbox. An instance with nothing to do leaves memory and is
+//! reloaded from its journal when a timer, event or child wakes it: parked instances cost
+//! disk, not RAM.
+
+use super::registry::Registry;
+use crate::clock::Clock;
+use crate::compile::{rules::Rules, CompiledWorkflow};
+use crate::plugin_host::{CallContext, PluginHost};
+use crate::runtime::{Effect, Event, FrameState, Instance, Millis, ParentRef, Record, StepError};
+use crate::store::{Batch, InstanceMeta, Store, Timer, Wait};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Called with every record journaled, after it is durable (used by `casework run` to print steps).
+pub type Observer = Arc<dyn Fn(&str, &Record) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub plugins: Arc<dyn PluginHost>,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Registry,
+    pub rules: Arc<Rules>,
+    actors: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    busy: AtomicI64,
+    idle: Notify,
+    commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    timer_wake: Notify,
+    firing: Mutex<HashSet<Timer>>,
+    observer: Option<Observer>,
+    pub stats: Arc<Stats>,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub records: AtomicI64,
+    pub flushes: AtomicI64,
+}
+
+enum Msg {
+    Start { record: Record, wf: Arc<CompiledWorkflow>, reply: oneshot::Sender<Result<(), String>> },
+    Resume,
+    CallResult { frame: u32, attempt: u32, result: Result<Value, StepError> },
+    Timer(Timer),
+    Event { event: Event, reply: oneshot::Sender<bool> },
+    ChildFinished { child: String, result: Result<Value, StepError> },
+    Cancel { reason: String, reply: oneshot::Sender<bool> },
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no workflow named `{0}` is loaded")]
+    UnknownWorkflow(String),
+    #[error("the input does not match the workflow's `input:` section")]
+    InvalidInput(Vec<crate::validate::input::InputProblem>),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result of a start: the instance, and whether this call created it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Started {
+    pub id: String,
+    pub created: bool,
+}
+
+impl Driver {
+    /// A driver over `store`. Call [`Driver::resume_all`] after loading workflows.
+    pub fn new(store: Arc<dyn Store>, plugins: Arc<dyn PluginHost>, clock: Arc<dyn Clock>, observer: Option<Observer>) -> Driver {
+        let (commits, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            store,
+            plugins,
+            clock,
+            registry: Registry::default(),
+            rules: Rules::shared(),
+            actors: Mutex::new(HashMap::new()),
+            busy: AtomicI64::new(0),
+            idle: Notify::new(),
+            commits,
+            timer_wake: Notify::new(),
+            firing: Mutex::new(HashSet::new()),
+            observer,
+            stats: Arc::new(Stats::default()),
+        });
+        tokio::spawn(committer(inner.store.clone(), inner.stats.clone(), rx));
+        Driver { inner }
+    }
+
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// The instance as its journal says it is now (None if unknown).
+    pub fn snapshot(&self, id: &str) -> Option<Instance> {
+        self.inner.load(id).ok().map(|(i, _)| i)
+    }
+
+    /// Install a compiled workflow as the newest version of its name.
+    pub fn install(&self, wf: CompiledWorkflow) -> Result<Arc<CompiledWorkflow>, String> {
+        self.inner.registry.install(self.inner.store.as_ref(), wf).map_err(|e| e.to_string())
+    }
+
+    /// Restart every instance that was running when the process stopped.
+    pub fn resume_all(&self) -> Result<usize, String> {
+        let runnable = self.inner.store.runnable().map_err(|e| e.to_string())?;
+        for m in &runnable {
+            self.inner.send(&m.id, Msg::Resume);
+        }
+        Ok(runnable.len())
+    }
+
+    /// Start an instance of the newest version of `workflow`.
+    pub async fn start(&self, workflow: &str, input: Value, idempotency_key: Option<String>) -> Result<Started, StartError> {
+        self.inner.start(workflow, input, idempotency_key, None, None).await
+    }
+
+    /// Start an instance with a chosen id (used by benchmarks and tests to await it).
+    pub async fn start_as(&self, workflow: &str, input: Value, id: String) -> Result<Started, StartError> {
+        self.inner.start(workflow, input, None, None, Some(id)).await
+    }
+
+    /// Deliver an event to every instance waiting for its type and key. Returns the ids woken.
+    pub async fn deliver(&self, event: Event) -> Result<Vec<String>, String> {
+        let inner = &self.inner;
+        if let Some(id) = &event.id {
+            if let Some(answer) = inner.store.event_answer(id).map_err(|e| e.to_string())? {
+                return Ok(serde_json::from_value(answer).unwrap_or_default());
+            }
+        }
+        let waiters = inner.store.waiters(&event.event_type, &event.key).map_err(|e| e.to_string())?;
+        let instances: BTreeSet<String> = waiters.into_iter().map(|w| w.instance).collect();
+        let mut woken = Vec::new();
+        for id in instances {
+            let (reply, rx) = oneshot::channel();
+            inner.send(&id, Msg::Event { event: event.clone(), reply });
+            if rx.await.unwrap_or(false) {
+                woken.push(id);
+            }
+        }
+        if let Some(id) = &event.id {
+            inner.store.put_event_answer(id, &serde_json::json!(woken)).map_err(|e| e.to_string())?;
+            inner.commit().await?;
+        }
+        Ok(woken)
+    }
+
+    /// Ask an instance to stop; its compensations run first. Returns false if it had already ended.
+    pub async fn cancel(&self, id: &str, reason: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(id, Msg::Cancel { reason: reason.into(), reply });
+        rx.await.unwrap_or(false)
+    }
+
+    /// Fire the timers that are due now. Returns how many were sent.
+    pub fn fire_due_timers(&self) -> Result<usize, String> {
+        let inner = &self.inner;
+        let due = inner.store.due_timers(inner.clock.now_ms(), 1024).map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        for t in due {
+            if inner.firing.lock().unwrap_or_else(|e| e.into_inner()).insert(t.clone()) {
+                inner.send(&t.instance.clone(), Msg::Timer(t));
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Run timers against the real clock until the process ends.
+    pub async fn run_timers(self) {
+        loop {
+            if let Err(e) = self.fire_due_timers() {
+                tracing::error!(error = %e, "could not read timers");
+            }
+            let now = self.inner.clock.now_ms();
+            let wait_ms = match self.inner.store.next_timer() {
+                Ok(Some(at)) => (at - now).clamp(5, 1_000),
+                _ => 1_000,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)) => {}
+                _ = self.inner.timer_wake.notified() => {}
+            }
+        }
+    }
+
+    /// Wait until no instance has work in hand (no message queued, no call in flight).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.busy.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// With a virtual clock: run until nothing can happen, jumping the clock to each next timer.
+    /// `stop` is checked whenever the engine is idle.
+    pub async fn run_virtual(&self, mut stop: impl FnMut() -> bool) -> Result<(), String> {
+        loop {
+            self.wait_idle().await;
+            if stop() {
+                return Ok(());
+            }
+            if self.fire_due_timers()? > 0 {
+                continue;
+            }
+            match self.inner.store.next_timer().map_err(|e| e.to_string())? {
+                Some(at) if at > self.inner.clock.now_ms() => self.inner.clock.advance_to(at),
+                Some(_) => tokio::task::yield_now().await,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn send(self: &Arc<Self>, id: &str, msg: Msg) {
+        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let msg = match actors.get(id) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(m)) => m,
+            },
+            None => msg,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(msg).ok();
+        actors.insert(id.to_string(), tx);
+        let span = tracing::info_span!("instance", id = %id);
+        tokio::spawn(tracing::Instrument::instrument(actor(self.clone(), id.to_string(), rx), span));
+    }
+
+    fn done_one(&self) {
+        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Wait until everything written so far is durable (shared flush).
+    async fn commit(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commits.send(tx).map_err(|_| "the commit task has stopped".to_string())?;
+        rx.await.map_err(|_| "the commit task has stopped".to_string())?
+    }
+
+    async fn start(self: &Arc<Self>, workflow: &str, input: Value, key: Option<String>, parent: Option<ParentRef>, id: Option<String>) -> Result<Started, StartError> {
+        let wf = self.registry.latest(workflow).ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?;
+        let input = crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
+        let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
+        if let Some(k) = &key {
+            if let Some(existing) = self.store.claim_key(workflow, k, &id).map_err(|e| StartError::Internal(e.to_string()))? {
+                return Ok(Started { id: existing, created: false });
+            }
+        }
+        if parent.is_some() && self.store.instance(&id).map_err(|e| StartError::Internal(e.to_string()))?.is_some() {
+            return Ok(Started { id, created: false });
+        }
+        let record = Instance::start_record(&wf, input, key, parent, self.clock.now_ms());
+        let (reply, rx) = oneshot::channel();
+        self.send(&id, Msg::Start { record, wf, reply });
+        rx.await.map_err(|_| StartError::Internal("instance task stopped".into()))?.map_err(StartError::Internal)?;
+        Ok(Started { id, created: true })
+    }
+
+    fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
+        let meta = self.store.instance(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no instance `{id}`"))?;
+        let wf = self.registry.pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
+        let journal = self.store.journal(id).map_err(|e| e.to_string())?;
+        Ok((Instance::replay(id, &wf, &journal), wf))
+    }
+}
+
+/// A new instance id: sortable by creation time, unique.
+pub fn new_id(now: Millis) -> String {
+    format!("{:011x}{:08x}", now.max(0), rand::random::<u32>())
+}
+
+async fn committer(store: Arc<dyn Store>, stats: Arc<Stats>, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "journal flush failed");
+        }
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// Index entries (timers, waits) and effects implied by a state.
+fn timers_of(id: &str, inst: &Instance) -> HashSet<Timer> {
+    inst.frames
+        .iter()
+        .filter_map(|(&frame, f)| {
+            let at = match &f.state {
+                FrameState::Backoff { until, .. } | FrameState::Sleeping { until } => *until,
+                FrameState::Waiting { deadline: Some(d), .. } => *d,
+                _ => return None,
+            };
+            Some(Timer { at, instance: id.to_string(), frame })
+        })
+        .collect()
+}
+
+fn waits_of(id: &str, inst: &Instance) -> HashSet<Wait> {
+    let mut out = HashSet::new();
+    for (&frame, f) in &inst.frames {
+        if let FrameState::Waiting { events, key, .. } = &f.state {
+            for e in events {
+                out.insert(Wait { event_type: e.clone(), key: key.clone(), instance: id.to_string(), frame });
+            }
+        }
+    }
+    out
+}
+
+fn meta_of(inst: &Instance) -> InstanceMeta {
+    let status = if inst.status.is_final() || inst.status == crate::runtime::Status::Compensating && !inst.is_parked() {
+        inst.status.as_str()
+    } else if inst.is_parked() {
+        "parked"
+    } else {
+        "running"
+    };
+    InstanceMeta {
+        id: inst.id.clone(),
+        workflow: inst.workflow.clone(),
+        version: inst.version,
+        hash: inst.hash.clone(),
+        status: status.to_string(),
+        created_at: inst.started_at,
+        updated_at: inst.updated_at,
+        parent: inst.parent.as_ref().map(|p| p.instance.clone()),
+    }
+}
+
+async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut state: Option<(Instance, Arc<CompiledWorkflow>)> = None;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(_) => {
+                // Nothing queued: leave memory if there is nothing in hand.
+                let parked = state.as_ref().is_none_or(|(i, _)| i.is_parked() || i.status.is_final());
+                if parked {
+                    let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+                    match rx.try_recv() {
+                        Ok(m) => m,
+                        Err(_) => {
+                            actors.remove(&id);
+                            return;
+                        }
+                    }
+                } else {
+                    let m = rx.recv().await;
+                    match m {
+                        Some(m) => m,
+                        None => return,
+                    }
+                }
+            }
+        };
+        handle(&inner, &id, &mut state, msg).await;
+        inner.done_one();
+    }
+}
+
+async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<CompiledWorkflow>)>, msg: Msg) {
+    let now = inner.clock.now_ms();
+    let mut fresh = false;
+    let mut start_reply = None;
+    if state.is_none() {
+        match msg {
+            Msg::Start { .. } => {}
+            _ => match inner.load(id) {
+                Ok(s) => {
+                    *state = Some(s);
+                    fresh = true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load instance");
+                    if let Msg::Timer(t) = &msg {
+                        inner.firing.lock().unwrap_or_else(|e| e.into_inner()).remove(t);
+                    }
+                    reply_false(msg);
+                    return;
+                }
+            },
+        }
+    }
+    let (mut records, mut fired, mut event_reply, mut cancel_reply) = (Vec::new(), None, None, None);
+    let (old_timers, old_waits, old_effects) = match state.as_ref() {
+        Some((i, wf)) if !fresh => (timers_of(id, i), waits_of(id, i), i.effects(wf)),
+        Some((i, _)) => (timers_of(id, i), waits_of(id, i), Vec::new()),
+        None => Default::default(),
+    };
+    match msg {
+        Msg::Start { record, wf, reply } => {
+            let inst = Instance::start(id, &wf, record.clone());
+            records.push(record);
+            *state = Some((inst, wf));
+            start_reply = Some(reply);
+        }
+        Msg::Resume => {}
+        Msg::CallResult { frame, attempt, result } => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            records.extend(inst.on_call_result(wf, frame, attempt, result, now));
+        }
+        Msg::Timer(t) => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            if let Some(FrameState::Sub { child, .. }) = inst.frames.get(&t.frame).map(|f| f.state.clone()) {
+                if let Some(result) = child_result(inner, &child) {
+                    records.extend(inst.on_child_finished(wf, &child, result, now));
+                }
+            } else {
+                records.extend(inst.on_timer(wf, t.frame, now));
+            }
+            fired = Some(t);
+        }
+        Msg::Event { event, reply } => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            records.extend(inst.on_event(wf, &event, now));
+            event_reply = Some((reply, !records.is_empty()));
+        }
+        Msg::ChildFinished { child, result } => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            records.extend(inst.on_child_finished(wf, &child, result, now));
+        }
+        Msg::Cancel { reason, reply } => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            let r = inst.cancel(wf, &reason, now);
+            cancel_reply = Some((reply, !r.is_empty()));
+            records.extend(r);
+        }
+    }
+    let (inst, wf) = state.as_mut().expect("loaded");
+    // A freshly loaded instance may be waiting for a child that already ended.
+    if fresh {
+        let subs: Vec<String> = inst.frames.values().filter_map(|f| if let FrameState::Sub { child, .. } = &f.state { Some(child.clone()) } else { None }).collect();
+        for child in subs {
+            if let Some(result) = child_result(inner, &child) {
+                records.extend(inst.on_child_finished(wf, &child, result, now));
+            }
+        }
+    }
+    records.extend(inst.advance(wf, now));
+    let new_timers = timers_of(id, inst);
+    let new_waits = waits_of(id, inst);
+    let mut batch = Batch {
+        instance: id.to_string(),
+        first_seq: inst.records - records.len() as u64,
+        meta: Some(meta_of(inst)),
+        timers_add: new_timers.difference(&old_timers).cloned().collect(),
+        timers_remove: old_timers.difference(&new_timers).cloned().collect(),
+        waits_add: new_waits.difference(&old_waits).cloned().collect(),
+        waits_remove: old_waits.difference(&new_waits).cloned().collect(),
+        records,
+    };
+    if let Some(t) = &fired {
+        if !new_timers.contains(t) {
+            batch.timers_remove.push(t.clone());
+        }
+    }
+    if inst.status.is_final() {
+        batch.waits_remove.extend(new_waits.iter().cloned());
+        // Wake the parent durably: a timer due now survives a crash before the message lands.
+        if let Some(p) = &inst.parent {
+            batch.timers_add.push(Timer { at: now, instance: p.instance.clone(), frame: p.frame });
+        }
+    }
+    let changed = !batch.records.is_empty() || !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
+    if changed {
+        let written = inner.store.write(&batch).map_err(|e| e.to_string());
+        let committed = match written {
+            Ok(()) => inner.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            // Nothing was acknowledged: drop the in-memory state and reload from the journal later.
+            tracing::error!(error = %e, "could not journal; the instance will be retried from its journal");
+            *state = None;
+            if let Some(r) = start_reply {
+                let _ = r.send(Err(e));
+            }
+            return;
+        }
+        inner.stats.records.fetch_add(batch.records.len() as i64, Ordering::Relaxed);
+        if !batch.timers_add.is_empty() {
+            inner.timer_wake.notify_one();
+        }
+    }
+    if let Some(t) = fired {
+        inner.firing.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+    }
+    if let Some(obs) = &inner.observer {
+        for r in &batch.records {
+            obs(id, r);
+        }
+    }
+    for r in &batch.records {
+        log_record(wf, r);
+    }
+    // Effects: on a fresh load everything in hand is re-issued (calls keep their idempotency key).
+    let effects = inst.effects(wf);
+    for e in effects {
+        if old_effects.contains(&e) {
+            continue;
+        }
+        match e {
+            Effect::Call { frame, step, plugin, action, input, key, attempt, timeout_ms } => {
+                let ctx = CallContext { instance_id: id.to_string(), step_id: step, attempt, idempotency_key: key };
+                spawn_call(inner.clone(), id.to_string(), frame, plugin, action, input, ctx, timeout_ms);
+            }
+            Effect::StartChild { frame, step, child, workflow, input } => {
+                let inner2 = inner.clone();
+                let parent = ParentRef { instance: id.to_string(), frame, step };
+                inner.busy.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let started = inner2.start(&workflow, input, None, Some(parent.clone()), Some(child.clone())).await;
+                    if let Err(e) = started {
+                        let err = StepError::new("subworkflow_failed", format!("could not start `{workflow}`: {e}"));
+                        inner2.send(&parent.instance, Msg::ChildFinished { child, result: Err(err) });
+                    }
+                    inner2.done_one();
+                });
+            }
+            Effect::Finished => {
+                if let Some(p) = &inst.parent {
+                    let result = match (&inst.status, &inst.output, &inst.error) {
+                        (crate::runtime::Status::Completed, o, _) => Ok(o.clone().unwrap_or(Value::Null)),
+                        (_, _, e) => Err(e.clone().unwrap_or_else(|| StepError::new("failed", "subworkflow failed"))),
+                    };
+                    inner.send(&p.instance, Msg::ChildFinished { child: id.to_string(), result });
+                }
+            }
+            Effect::Timer { .. } | Effect::Wait { .. } => {}
+        }
+    }
+    if let Some(r) = start_reply {
+        let _ = r.send(Ok(()));
+    }
+    if let Some((r, v)) = event_reply {
+        let _ = r.send(v);
+    }
+    if let Some((r, v)) = cancel_reply {
+        let _ = r.send(v);
+    }
+}
+
+fn reply_false(msg: Msg) {
+    match msg {
+        Msg::Event { reply, .. } | Msg::Cancel { reply, .. } => {
+            let _ = reply.send(false);
+        }
+        Msg::Start { reply, .. } => {
+            let _ = reply.send(Err("instance could not be loaded".into()));
+        }
+        _ => {}
+    }
+}
+
+fn child_result(inner: &Inner, child: &str) -> Option<Result<Value, StepError>> {
+    let meta = inner.store.instance(child).ok()??;
+    if !meta.is_final() {
+        return None;
+    }
+    let journal = inner.store.journal(child).ok()?;
+    journal.iter().rev().find_map(|r| match r {
+        Record::Completed { output, .. } => Some(Ok(output.clone())),
+        Record::Failed { error, .. } => Some(Err(error.clone())),
+        Record::Cancelled { reason, .. } => Some(Err(StepError::new("cancelled", reason.clone()))),
+        _ => None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_call(inner: Arc<Inner>, id: String, frame: u32, plugin: String, action: String, input: Value, ctx: CallContext, timeout_ms: u64) {
+    inner.busy.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let attempt = ctx.attempt;
+        let call = inner.plugins.call(&plugin, &action, input, ctx);
+        let result = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StepError::from(e)),
+            Err(_) => Err(StepError { code: "timeout".into(), message: format!("`{plugin}.{action}` did not answer within {timeout_ms} ms"), retryable: true, step: None }),
+        };
+        inner.send(&id, Msg::CallResult { frame, attempt, result });
+        inner.done_one();
+    });
+}
+
+fn log_record(wf: &CompiledWorkflow, r: &Record) {
+    // Only names and outcomes are logged: values may hold personal data.
+    match r {
+        Record::StepCompleted { step, next, .. } => tracing::debug!(workflow = %wf.name, version = wf.version, step = %step, next = ?next, "step completed"),
+        Record::CallStarted { step, attempt, .. } => tracing::debug!(workflow = %wf.name, step = %step, attempt, "plugin call started"),
+        Record::CallFailed { step, attempt, error, retry_at, .. } => {
+            tracing::warn!(workflow = %wf.name, step = %step, attempt, code = %error.code, will_retry = retry_at.is_some(), "plugin call failed")
+        }
+        Record::StepFailed { step, error, next, .. } => tracing::warn!(workflow = %wf.name, step = %step, code = %error.code, handler = ?next, "step failed"),
+        Record::Completed { .. } => tracing::info!(workflow = %wf.name, version = wf.version, "instance completed"),
+        Record::Failed { error, .. } => tracing::warn!(workflow = %wf.name, code = %error.code, "instance failed"),
+        _ => {}
+    }
+}

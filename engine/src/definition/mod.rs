@@ -1,0 +1,280 @@
+//! Workflow files as the author wrote them: plain types with source positions, no Rhai, no I/O.
+//!
+//! [`read`] turns YAML text into a [`WorkflowDef`], reporting every structural problem
+//! (syntax, unknown or misspelled fields, wrong types) at once. Semantic checks live in
+//! `validate`.
+
+pub mod duration;
+pub mod read;
+pub mod schema;
+pub mod yaml;
+
+pub use duration::Duration;
+pub use read::read;
+
+use crate::diagnostic::{BlockStart, Span};
+
+/// A value with the position it was written at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: Span) -> Self {
+        Spanned { value, span }
+    }
+}
+
+/// A Rhai expression or script as written, with where its text starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Script {
+    pub text: String,
+    pub span: Span,
+    pub block: BlockStart,
+}
+
+/// One workflow file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowDef {
+    /// The file it came from, as given on the command line.
+    pub file: String,
+    pub name: Spanned<String>,
+    pub version: Spanned<u32>,
+    pub description: Option<String>,
+    pub input: Vec<InputField>,
+    pub on_error: Option<Spanned<String>>,
+    pub steps: Vec<StepDef>,
+    pub compensations: Vec<StepDef>,
+}
+
+/// The type of an input field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    List,
+    /// An RFC 3339 instant, e.g. `2026-03-06T16:00:00Z`.
+    Timestamp,
+}
+
+impl FieldType {
+    pub const NAMES: [&'static str; 7] = [
+        "string", "integer", "number", "boolean", "object", "list", "timestamp",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "string" => FieldType::String,
+            "integer" => FieldType::Integer,
+            "number" => FieldType::Number,
+            "boolean" => FieldType::Boolean,
+            "object" => FieldType::Object,
+            "list" => FieldType::List,
+            "timestamp" => FieldType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// One declared input of a workflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputField {
+    pub name: Spanned<String>,
+    pub ty: FieldType,
+    pub required: bool,
+    /// Personal data or a secret: redacted in `inspect`, the API and logs.
+    pub sensitive: bool,
+    pub description: Option<String>,
+    /// Allowed values, if restricted.
+    pub one_of: Vec<serde_json::Value>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub default: Option<serde_json::Value>,
+}
+
+/// One step as written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepDef {
+    pub id: Spanned<String>,
+    pub span: Span,
+    pub description: Option<String>,
+    pub kind: StepKind,
+    /// Where to go next. A rule may list several and choose by returning a step id.
+    pub next: Vec<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub compensate: Option<Spanned<String>>,
+    pub save_as: Option<Spanned<String>>,
+}
+
+/// A value mapping: YAML whose strings may contain `${ expression }` templates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    pub node: yaml::Node,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    Rule {
+        script: Script,
+    },
+    Switch {
+        cases: Vec<Case>,
+        default: Option<Spanned<String>>,
+    },
+    Call {
+        plugin: Spanned<String>,
+        action: Spanned<String>,
+        with: Option<Template>,
+        timeout: Option<Spanned<Duration>>,
+        retry: Option<Retry>,
+    },
+    Wait {
+        events: Vec<Spanned<String>>,
+        key: Script,
+        timeout: Option<Spanned<Duration>>,
+        on_timeout: Option<Spanned<String>>,
+    },
+    Sleep(SleepFor),
+    Parallel {
+        join: Join,
+        branches: Vec<Branch>,
+    },
+    Foreach {
+        items: Script,
+        item_name: Spanned<String>,
+        concurrency: u32,
+        steps: Vec<StepDef>,
+    },
+    Set {
+        values: Template,
+    },
+    Subworkflow {
+        workflow: Spanned<String>,
+        with: Option<Template>,
+    },
+    Complete {
+        output: Option<Template>,
+    },
+    Fail {
+        code: String,
+        message: Template,
+    },
+}
+
+impl StepKind {
+    /// The YAML key that names this kind of step.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            StepKind::Rule { .. } => "rule",
+            StepKind::Switch { .. } => "switch",
+            StepKind::Call { .. } => "call",
+            StepKind::Wait { .. } => "wait",
+            StepKind::Sleep(_) => "sleep",
+            StepKind::Parallel { .. } => "parallel",
+            StepKind::Foreach { .. } => "foreach",
+            StepKind::Set { .. } => "set",
+            StepKind::Subworkflow { .. } => "subworkflow",
+            StepKind::Complete { .. } => "complete",
+            StepKind::Fail { .. } => "fail",
+        }
+    }
+
+    pub const KEYWORDS: [&'static str; 11] = [
+        "rule",
+        "switch",
+        "call",
+        "wait",
+        "sleep",
+        "parallel",
+        "foreach",
+        "set",
+        "subworkflow",
+        "complete",
+        "fail",
+    ];
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    pub when: Script,
+    pub goto: Spanned<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SleepFor {
+    Duration(Spanned<Duration>),
+    Until(Script),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Join {
+    All,
+    First,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub id: Spanned<String>,
+    pub steps: Vec<StepDef>,
+}
+
+/// When and how a failed plugin call is tried again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub multiplier: u32,
+    pub max_delay: Duration,
+    /// Fraction of each delay that is randomised, in percent (0–100).
+    pub jitter_percent: u32,
+    /// Error codes that are retried; `retryable` means "whatever the plugin marks retryable".
+    pub on: Vec<String>,
+    pub span: Span,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: 1,
+            backoff: Duration::from_millis(1_000),
+            multiplier: 2,
+            max_delay: Duration::from_millis(60_000),
+            jitter_percent: 20,
+            on: vec!["retryable".into(), "timeout".into()],
+            span: Span::default(),
+        }
+    }
+}
+
+impl WorkflowDef {
+    /// Every step, including those nested in parallel branches and foreach bodies, and compensations.
+    pub fn all_steps(&self) -> Vec<&StepDef> {
+        fn walk<'a>(steps: &'a [StepDef], out: &mut Vec<&'a StepDef>) {
+            for s in steps {
+                out.push(s);
+                match &s.kind {
+                    StepKind::Parallel { branches, .. } => {
+                        for b in branches {
+                            walk(&b.steps, out)
+                        }
+                    }
+                    StepKind::Foreach { steps, .. } => walk(steps, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        walk(&self.compensations, &mut out);
+        out
+    }
+}

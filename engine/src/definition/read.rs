@@ -1,0 +1,678 @@
+//! YAML text → [`WorkflowDef`], collecting every structural problem with its position.
+
+use super::yaml::{self, Key, Node, Value};
+use super::*;
+use crate::diagnostic::{did_you_mean, Diagnostic};
+
+/// Read a workflow file. Returns the definition if the structure is sound, and every problem found.
+pub fn read(file: &str, text: &str) -> (Option<WorkflowDef>, Vec<Diagnostic>) {
+    let mut r = Reader {
+        file,
+        diags: Vec::new(),
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            r.diags.push(
+                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
+                    .with_hint("check indentation and that every `key:` is followed by a space"),
+            );
+            return (None, r.diags);
+        }
+    };
+    let def = r.workflow(&root);
+    let ok = !r.diags.iter().any(Diagnostic::is_error);
+    (def.filter(|_| ok), r.diags)
+}
+
+pub(crate) const WORKFLOW_FIELDS: &[&str] = &["workflow", "version", "description", "input", "on_error", "steps", "compensations"];
+pub(crate) const STEP_COMMON: &[&str] = &["id", "description", "next", "on_error", "compensate", "save_as"];
+pub(crate) const INPUT_FIELDS: &[&str] = &["type", "required", "sensitive", "description", "one_of", "min", "max", "default"];
+
+struct Reader<'a> {
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// The entries of one YAML mapping, checked against the fields that are allowed there.
+struct Fields<'n> {
+    node: &'n Node,
+    entries: &'n [(Key, Node)],
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
+    }
+
+    fn key_span(&self, name: &str) -> Span {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map_or(self.node.span, |(k, _)| k.span)
+    }
+}
+
+impl Reader<'_> {
+    fn err(&mut self, span: Span, msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(self.file, span, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::error(self.file, span, msg).with_hint(hint));
+    }
+
+    /// Check that `node` is a mapping whose keys are all in `allowed`.
+    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
+        let Some(entries) = node.as_map() else {
+            self.hint(
+                node.span,
+                format!("{what} must be a mapping of `key: value` lines, found {}", node.kind_name()),
+                format!("allowed keys: {}", allowed.join(", ")),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            if !allowed.contains(&k.name.as_str()) {
+                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("allowed here: {}", allowed.join(", ")),
+                };
+                self.hint(k.span, format!("unknown field `{}` in {what}", k.name), hint);
+            }
+        }
+        Some(Fields { node, entries })
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
+        match &node.value {
+            Value::Str(s, _) if !s.trim().is_empty() => Some(Spanned::new(s.clone(), node.span)),
+            Value::Int(i) => Some(Spanned::new(i.to_string(), node.span)),
+            _ => {
+                self.err(node.span, format!("{what} must be a non-empty string, found {}", node.kind_name()));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
+        let s = self.string(node, what)?;
+        let valid = s.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            self.hint(
+                node.span,
+                format!("{what} `{}` is not a valid name", s.value),
+                "use letters, digits, `_` and `-`, starting with a letter",
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn script(&mut self, node: &Node, what: &str) -> Option<Script> {
+        match &node.value {
+            Value::Str(s, block) if !s.trim().is_empty() => Some(Script {
+                text: s.clone(),
+                span: node.span,
+                block: *block,
+            }),
+            Value::Bool(b) => Some(Script {
+                text: b.to_string(),
+                span: node.span,
+                block: BlockStart::Inline,
+            }),
+            _ => {
+                self.hint(
+                    node.span,
+                    format!("{what} must be a Rhai expression written as a string, found {}", node.kind_name()),
+                    "for example: `input.amount_minor > 20000`",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Spanned<Duration>> {
+        let text = match &node.value {
+            Value::Str(s, _) => s.clone(),
+            Value::Int(_) => {
+                self.hint(node.span, format!("{what} needs a unit"), "write e.g. `30s`, `5m`, `4h` or `2d`");
+                return None;
+            }
+            _ => {
+                self.err(node.span, format!("{what} must be a duration like `30s`, found {}", node.kind_name()));
+                return None;
+            }
+        };
+        match Duration::parse(&text) {
+            Ok(d) => Some(Spanned::new(d, node.span)),
+            Err(e) => {
+                self.hint(node.span, format!("invalid {what}: {e}"), "write e.g. `30s`, `5m`, `4h`, `2d` or `1h30m`");
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<u32> {
+        match node.value {
+            Value::Int(i) if (min..=max).contains(&i) => Some(i as u32),
+            Value::Int(i) => {
+                self.err(node.span, format!("{what} must be between {min} and {max}, found {i}"));
+                None
+            }
+            _ => {
+                self.err(node.span, format!("{what} must be a whole number, found {}", node.kind_name()));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.hint(node.span, format!("{what} must be true or false, found {}", node.kind_name()), "write `true` or `false`");
+                None
+            }
+        }
+    }
+
+    fn workflow(&mut self, root: &Node) -> Option<WorkflowDef> {
+        let f = self.fields(root, "the workflow file", WORKFLOW_FIELDS)?;
+        let name = match f.get("workflow") {
+            Some(n) => self.name(n, "`workflow`"),
+            None => {
+                self.hint(root.span, "missing `workflow:` (the workflow's name)", "add e.g. `workflow: refund` at the top");
+                None
+            }
+        };
+        let version = match f.get("version") {
+            Some(n) => self.uint(n, "`version`", 1, u32::MAX as i64).map(|v| Spanned::new(v, n.span)),
+            None => {
+                self.hint(root.span, "missing `version:`", "add `version: 1` and raise it when you change the workflow");
+                None
+            }
+        };
+        let description = f.get("description").and_then(|n| n.as_str().map(str::to_string));
+        let input = f.get("input").map(|n| self.input(n)).unwrap_or_default();
+        let on_error = f.get("on_error").and_then(|n| self.name(n, "`on_error`"));
+        let steps = match f.get("steps") {
+            Some(n) => self.steps(n, "`steps`"),
+            None => {
+                self.hint(root.span, "missing `steps:`", "a workflow needs at least one step");
+                Vec::new()
+            }
+        };
+        let compensations = match f.get("compensations") {
+            Some(n) => self.steps(n, "`compensations`"),
+            None => Vec::new(),
+        };
+        Some(WorkflowDef {
+            file: self.file.to_string(),
+            name: name?,
+            version: version?,
+            description,
+            input,
+            on_error,
+            steps,
+            compensations,
+        })
+    }
+
+    fn input(&mut self, node: &Node) -> Vec<InputField> {
+        let Some(entries) = node.as_map() else {
+            self.hint(
+                node.span,
+                format!("`input` must map field names to their types, found {}", node.kind_name()),
+                "for example:\n    input:\n      order_id: { type: string, required: true }",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, spec) in entries {
+            let Some(name) = self.name(&Node { span: key.span, value: Value::Str(key.name.clone(), BlockStart::Inline) }, "input field") else {
+                continue;
+            };
+            // Shorthand: `order_id: string`.
+            if let Some(t) = spec.as_str() {
+                match FieldType::parse(t) {
+                    Some(ty) => out.push(InputField {
+                        name,
+                        ty,
+                        required: false,
+                        sensitive: false,
+                        description: None,
+                        one_of: Vec::new(),
+                        min: None,
+                        max: None,
+                        default: None,
+                    }),
+                    None => self.unknown_type(spec.span, t),
+                }
+                continue;
+            }
+            let Some(f) = self.fields(spec, &format!("input field `{}`", name.value), INPUT_FIELDS) else {
+                continue;
+            };
+            let ty = match f.get("type") {
+                Some(t) => match t.as_str().and_then(FieldType::parse) {
+                    Some(ty) => Some(ty),
+                    None => {
+                        self.unknown_type(t.span, t.as_str().unwrap_or("?"));
+                        None
+                    }
+                },
+                None => {
+                    self.hint(f.node.span, format!("input field `{}` has no `type`", name.value), format!("use one of: {}", FieldType::NAMES.join(", ")));
+                    None
+                }
+            };
+            let required = f.get("required").and_then(|n| self.boolean(n, "`required`")).unwrap_or(false);
+            let sensitive = f.get("sensitive").and_then(|n| self.boolean(n, "`sensitive`")).unwrap_or(false);
+            let one_of = match f.get("one_of") {
+                Some(Node { value: Value::Seq(items), .. }) => items.iter().map(Node::to_json).collect(),
+                Some(n) => {
+                    self.err(n.span, "`one_of` must be a list of allowed values");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let int = |r: &mut Self, key: &str| match f.get(key) {
+                Some(Node { value: Value::Int(i), .. }) => Some(*i),
+                Some(n) => {
+                    r.err(n.span, format!("`{key}` must be a whole number, found {}", n.kind_name()));
+                    None
+                }
+                None => None,
+            };
+            let min = int(self, "min");
+            let max = int(self, "max");
+            if let Some(ty) = ty {
+                out.push(InputField {
+                    name,
+                    ty,
+                    required,
+                    sensitive,
+                    description: f.get("description").and_then(|n| n.as_str().map(str::to_string)),
+                    one_of,
+                    min,
+                    max,
+                    default: f.get("default").map(Node::to_json),
+                });
+            }
+        }
+        out
+    }
+
+    fn unknown_type(&mut self, span: Span, t: &str) {
+        let hint = match did_you_mean(t, FieldType::NAMES) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("use one of: {}", FieldType::NAMES.join(", ")),
+        };
+        self.hint(span, format!("unknown type `{t}`"), hint);
+    }
+
+    fn steps(&mut self, node: &Node, what: &str) -> Vec<StepDef> {
+        let Value::Seq(items) = &node.value else {
+            self.hint(
+                node.span,
+                format!("{what} must be a list of steps, found {}", node.kind_name()),
+                "start each step with `- id: ...`",
+            );
+            return Vec::new();
+        };
+        items.iter().filter_map(|n| self.step(n)).collect()
+    }
+
+    fn step(&mut self, node: &Node) -> Option<StepDef> {
+        let entries = match node.as_map() {
+            Some(e) => e,
+            None => {
+                self.hint(node.span, format!("a step must be a mapping, found {}", node.kind_name()), "start each step with `- id: ...`");
+                return None;
+            }
+        };
+        let kinds: Vec<&Key> = entries
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| StepKind::KEYWORDS.contains(&k.name.as_str()))
+            .collect();
+        let id_node = entries.iter().find(|(k, _)| k.name == "id").map(|(_, v)| v);
+        let id = match id_node {
+            Some(n) => self.name(n, "step `id`"),
+            None => {
+                self.hint(node.span, "step has no `id`", "give every step a unique `id:`, e.g. `id: check_eligibility`");
+                None
+            }
+        };
+        let label = id.as_ref().map_or("step".to_string(), |i| format!("step `{}`", i.value));
+        let kind_key = match kinds.as_slice() {
+            [k] => Some((*k).clone()),
+            [] => {
+                self.hint(
+                    node.span,
+                    format!("{label} does not say what it does"),
+                    format!("add exactly one of: {}", StepKind::KEYWORDS.join(", ")),
+                );
+                None
+            }
+            [_, second, ..] => {
+                self.hint(
+                    second.span,
+                    format!("{label} has more than one kind (`{}` and `{}`)", kinds[0].name, second.name),
+                    "split it into two steps and link them with `next:`",
+                );
+                None
+            }
+        };
+        let extra: &[&str] = match kind_key.as_ref().map(|k| k.name.as_str()) {
+            Some("switch") => &["default"],
+            Some("call") => &["with", "timeout", "retry"],
+            Some("subworkflow") => &["with"],
+            Some(k) => &[k][..0],
+            None => &[],
+        };
+        let mut allowed: Vec<&str> = STEP_COMMON.to_vec();
+        allowed.extend_from_slice(extra);
+        if let Some(k) = &kind_key {
+            allowed.push(
+                StepKind::KEYWORDS
+                    .iter()
+                    .copied()
+                    .find(|kw| *kw == k.name)
+                    .expect("kind key is a keyword"),
+            );
+        } else {
+            allowed.extend_from_slice(&StepKind::KEYWORDS);
+        }
+        let f = self.fields(node, &label, &allowed)?;
+        let kind = kind_key.and_then(|k| self.step_kind(&f, &k.name, &label));
+        let next = match f.get("next") {
+            None => Vec::new(),
+            Some(Node { value: Value::Seq(items), .. }) => items.iter().filter_map(|n| self.name(n, "`next`")).collect(),
+            Some(n) => self.name(n, "`next`").into_iter().collect(),
+        };
+        let on_error = f.get("on_error").and_then(|n| self.name(n, "`on_error`"));
+        let compensate = f.get("compensate").and_then(|n| self.name(n, "`compensate`"));
+        let save_as = f.get("save_as").and_then(|n| self.name(n, "`save_as`"));
+        Some(StepDef {
+            id: id?,
+            span: node.span,
+            description: f.get("description").and_then(|n| n.as_str().map(str::to_string)),
+            kind: kind?,
+            next,
+            on_error,
+            compensate,
+            save_as,
+        })
+    }
+
+    fn step_kind(&mut self, f: &Fields<'_>, kind: &str, label: &str) -> Option<StepKind> {
+        let body = f.get(kind).expect("kind key present");
+        match kind {
+            "rule" => Some(StepKind::Rule { script: self.script(body, "`rule`")? }),
+            "switch" => {
+                let Value::Seq(items) = &body.value else {
+                    self.hint(body.span, "`switch` must be a list of cases", "write cases as `- when: <expression>` with `goto: <step id>`");
+                    return None;
+                };
+                let mut cases = Vec::new();
+                for item in items {
+                    let Some(cf) = self.fields(item, "a switch case", &["when", "goto"]) else { continue };
+                    let when = match cf.get("when") {
+                        Some(n) => self.script(n, "`when`"),
+                        None => {
+                            self.hint(item.span, "switch case has no `when`", "add `when: <expression>`");
+                            None
+                        }
+                    };
+                    let goto = match cf.get("goto") {
+                        Some(n) => self.name(n, "`goto`"),
+                        None => {
+                            self.hint(item.span, "switch case has no `goto`", "add `goto: <step id>`");
+                            None
+                        }
+                    };
+                    if let (Some(when), Some(goto)) = (when, goto) {
+                        cases.push(Case { when, goto });
+                    }
+                }
+                let default = f.get("default").and_then(|n| self.name(n, "`default`"));
+                Some(StepKind::Switch { cases, default })
+            }
+            "call" => {
+                let target = self.string(body, "`call`")?;
+                let Some((plugin, action)) = target.value.split_once('.') else {
+                    self.hint(body.span, format!("`call: {}` must name a plugin action", target.value), "write `plugin.action`, e.g. `payments.refund`");
+                    return None;
+                };
+                let retry = f.get("retry").and_then(|n| self.retry(n));
+                let timeout = f.get("timeout").and_then(|n| self.duration(n, "`timeout`"));
+                let col = body.span.col + plugin.len() as u32 + 1;
+                Some(StepKind::Call {
+                    plugin: Spanned::new(plugin.to_string(), body.span),
+                    action: Spanned::new(action.to_string(), Span::new(body.span.line, col)),
+                    with: f.get("with").map(|n| Template { node: n.clone() }),
+                    timeout,
+                    retry,
+                })
+            }
+            "wait" => {
+                let wf = self.fields(body, &format!("`wait` of {label}"), &["event", "key", "timeout", "on_timeout"])?;
+                let events = match wf.get("event") {
+                    Some(Node { value: Value::Seq(items), .. }) => items.iter().filter_map(|n| self.string(n, "`event`")).collect(),
+                    Some(n) => self.string(n, "`event`").into_iter().collect(),
+                    None => {
+                        self.hint(body.span, "`wait` has no `event`", "name the event type to wait for, e.g. `event: approval.granted`");
+                        Vec::new()
+                    }
+                };
+                let key = match wf.get("key") {
+                    Some(n) => self.script(n, "`key`"),
+                    None => {
+                        self.hint(
+                            body.span,
+                            "`wait` has no `key`",
+                            "add `key: <expression>` that identifies this case, e.g. `key: input.order_id`, so events for other cases do not wake it",
+                        );
+                        None
+                    }
+                };
+                let timeout = wf.get("timeout").and_then(|n| self.duration(n, "`timeout`"));
+                let on_timeout = wf.get("on_timeout").and_then(|n| self.name(n, "`on_timeout`"));
+                if on_timeout.is_some() && timeout.is_none() {
+                    self.hint(wf.key_span("on_timeout"), "`on_timeout` without a `timeout`", "add `timeout: 72h` (or another duration)");
+                }
+                Some(StepKind::Wait { events, key: key?, timeout, on_timeout })
+            }
+            "sleep" => match &body.value {
+                Value::Str(..) | Value::Int(_) => Some(StepKind::Sleep(SleepFor::Duration(self.duration(body, "`sleep`")?))),
+                Value::Map(_) => {
+                    let sf = self.fields(body, "`sleep`", &["until"])?;
+                    let until = sf.get("until").and_then(|n| self.script(n, "`until`"));
+                    if until.is_none() && sf.get("until").is_none() {
+                        self.hint(body.span, "`sleep` needs a duration or `until:`", "write `sleep: 5m` or `sleep: { until: <expression> }`");
+                    }
+                    Some(StepKind::Sleep(SleepFor::Until(until?)))
+                }
+                _ => {
+                    self.hint(body.span, "`sleep` needs a duration or `until:`", "write `sleep: 5m` or `sleep: { until: <expression> }`");
+                    None
+                }
+            },
+            "parallel" => {
+                let pf = self.fields(body, &format!("`parallel` of {label}"), &["join", "branches"])?;
+                let join = match pf.get("join").map(|n| (n, n.as_str())) {
+                    None => Join::All,
+                    Some((_, Some("all"))) => Join::All,
+                    Some((_, Some("first"))) => Join::First,
+                    Some((n, _)) => {
+                        self.hint(n.span, "`join` must be `all` or `first`", "`all` waits for every branch; `first` continues when one finishes and cancels the rest");
+                        Join::All
+                    }
+                };
+                let mut branches = Vec::new();
+                match pf.get("branches") {
+                    Some(Node { value: Value::Seq(items), .. }) => {
+                        for item in items {
+                            let Some(bf) = self.fields(item, "a branch", &["id", "steps"]) else { continue };
+                            let id = bf.get("id").and_then(|n| self.name(n, "branch `id`"));
+                            let steps = match bf.get("steps") {
+                                Some(n) => self.steps(n, "branch `steps`"),
+                                None => {
+                                    self.hint(item.span, "branch has no `steps`", "give each branch a `steps:` list");
+                                    Vec::new()
+                                }
+                            };
+                            match id {
+                                Some(id) => branches.push(Branch { id, steps }),
+                                None if bf.get("id").is_none() => self.hint(item.span, "branch has no `id`", "add `id: <name>`"),
+                                None => {}
+                            }
+                        }
+                    }
+                    Some(n) => self.hint(n.span, "`branches` must be a list", "write `- id: ...` with `steps:` for each branch"),
+                    None => self.hint(body.span, "`parallel` has no `branches`", "add `branches:` with at least two branches"),
+                }
+                Some(StepKind::Parallel { join, branches })
+            }
+            "foreach" => {
+                let ff = self.fields(body, &format!("`foreach` of {label}"), &["items", "as", "concurrency", "steps"])?;
+                let items = match ff.get("items") {
+                    Some(n) => self.script(n, "`items`"),
+                    None => {
+                        self.hint(body.span, "`foreach` has no `items`", "add `items: <expression giving a list>`, e.g. `items: vars.responders`");
+                        None
+                    }
+                };
+                let item_name = match ff.get("as") {
+                    Some(n) => self.name(n, "`as`"),
+                    None => Some(Spanned::new("item".to_string(), body.span)),
+                };
+                let concurrency = ff.get("concurrency").and_then(|n| self.uint(n, "`concurrency`", 1, 64)).unwrap_or(1);
+                let steps = match ff.get("steps") {
+                    Some(n) => self.steps(n, "`foreach` steps"),
+                    None => {
+                        self.hint(body.span, "`foreach` has no `steps`", "add the `steps:` to run for each item");
+                        Vec::new()
+                    }
+                };
+                Some(StepKind::Foreach { items: items?, item_name: item_name?, concurrency, steps })
+            }
+            "set" => {
+                if body.as_map().is_none() {
+                    self.hint(body.span, "`set` must map variable names to values", "for example: `set: { status: approved, amount: \"${input.amount_minor}\" }`");
+                    return None;
+                }
+                Some(StepKind::Set { values: Template { node: body.clone() } })
+            }
+            "subworkflow" => Some(StepKind::Subworkflow {
+                workflow: self.name(body, "`subworkflow`")?,
+                with: f.get("with").map(|n| Template { node: n.clone() }),
+            }),
+            "complete" => Some(StepKind::Complete {
+                output: match &body.value {
+                    Value::Null | Value::Bool(true) => None,
+                    Value::Map(_) => {
+                        let cf = self.fields(body, "`complete`", &["output"])?;
+                        cf.get("output").map(|n| Template { node: n.clone() })
+                    }
+                    _ => {
+                        self.hint(body.span, "`complete` takes an optional `output:`", "write `complete: {}` or `complete: { output: { refund_id: \"${vars.refund.id}\" } }`");
+                        return None;
+                    }
+                },
+            }),
+            "fail" => {
+                let ff = self.fields(body, "`fail`", &["code", "message"])?;
+                let code = ff.get("code").and_then(|n| self.name(n, "`code`")).map(|s| s.value);
+                let message = match ff.get("message") {
+                    Some(n) => Template { node: n.clone() },
+                    None => {
+                        self.hint(body.span, "`fail` has no `message`", "say why the workflow fails, e.g. `message: refund window has passed`");
+                        return None;
+                    }
+                };
+                Some(StepKind::Fail { code: code.unwrap_or_else(|| "failed".into()), message })
+            }
+            _ => unreachable!("kind keys are filtered against StepKind::KEYWORDS"),
+        }
+    }
+
+    fn retry(&mut self, node: &Node) -> Option<Retry> {
+        let f = self.fields(node, "`retry`", &["max_attempts", "backoff", "multiplier", "max_delay", "jitter", "on"])?;
+        let mut r = Retry { span: node.span, max_attempts: 3, ..Retry::default() };
+        if let Some(n) = f.get("max_attempts") {
+            r.max_attempts = self.uint(n, "`max_attempts`", 1, 100)?;
+        }
+        if let Some(n) = f.get("backoff") {
+            r.backoff = self.duration(n, "`backoff`")?.value;
+        }
+        if let Some(n) = f.get("multiplier") {
+            r.multiplier = self.uint(n, "`multiplier`", 1, 10)?;
+        }
+        if let Some(n) = f.get("max_delay") {
+            r.max_delay = self.duration(n, "`max_delay`")?.value;
+        }
+        if let Some(n) = f.get("jitter") {
+            let text = n.as_str().unwrap_or("");
+            match text.strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok()).filter(|p| *p <= 100) {
+                Some(p) => r.jitter_percent = p,
+                None => {
+                    self.hint(n.span, "`jitter` must be a percentage", "write e.g. `jitter: 20%` (0% turns it off)");
+                    return None;
+                }
+            }
+        }
+        if let Some(n) = f.get("on") {
+            r.on = match &n.value {
+                Value::Seq(items) => items.iter().filter_map(|i| self.string(i, "`on`").map(|s| s.value)).collect(),
+                _ => {
+                    self.hint(n.span, "`on` must be a list of error codes", "e.g. `on: [retryable, timeout, rate_limited]`");
+                    return None;
+                }
+            };
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        read("wf.yaml", text).1.iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_a_small_workflow() {
+        let (def, diags) = read(
+            "wf.yaml",
+            "workflow: demo\nversion: 1\nsteps:\n  - id: a\n    rule: vars.x = 1\n    next: b\n  - id: b\n    complete: {}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let def = def.unwrap();
+        assert_eq!(def.name.value, "demo");
+        assert_eq!(def.steps.len(), 2);
+        assert_eq!(def.steps[0].next[0].value, "b");
+    }
+
+    #[test]
+    fn unknown_field_suggests_the_right_one() {
+        let errs = errors("workflow: demo\nversion: 1\nstpes: []\n");
+        assert!(errs[0].starts_with("wf.yaml:3:1: error: unknown field `stpes`"), "{errs:?}");
+        assert!(errs[0].contains("did you mean `steps`?"));
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let errs = errors("workflow: demo\nversion: one\nsteps:\n  - id: a\n    rule: vars.x = 1\n    nxt: b\n  - id: b\n    sleep: 5\n");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("wf.yaml:2:10:"));
+        assert!(errs[1].starts_with("wf.yaml:6:5: error: unknown field `nxt`"));
+        assert!(errs[2].starts_with("wf.yaml:8:12: error: `sleep` needs a unit"));
+    }
+}

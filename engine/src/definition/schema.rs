@@ -1,0 +1,115 @@
+//! The JSON Schema of workflow files, for editor autocompletion and checks as you type.
+//!
+//! Built from the same field lists the reader accepts, so the two cannot drift apart
+//! (a test in `tests/` checks the published `workflow.schema.json` matches).
+
+use super::read::{INPUT_FIELDS, STEP_COMMON, WORKFLOW_FIELDS};
+use super::{FieldType, StepKind};
+use serde_json::{json, Map, Value};
+
+fn name() -> Value {
+    json!({"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]*$"})
+}
+
+fn duration() -> Value {
+    json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w))+$", "description": "e.g. 30s, 5m, 4h, 2d, 1h30m"})
+}
+
+fn expr(doc: &str) -> Value {
+    json!({"type": "string", "description": doc})
+}
+
+fn kind_schema(kind: &str) -> Value {
+    match kind {
+        "rule" => expr("Rhai script; assign `vars.name = ...`; with several `next`, end with the id of the step to go to"),
+        "switch" => json!({"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["when", "goto"],
+            "properties": {"when": expr("condition (Rhai)"), "goto": name()}}}),
+        "call" => json!({"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]*\\.[A-Za-z][A-Za-z0-9_-]*$", "description": "plugin.action"}),
+        "wait" => json!({"type": "object", "additionalProperties": false, "required": ["event", "key"], "properties": {
+            "event": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "key": expr("expression giving the correlation key, e.g. input.order_id"),
+            "timeout": duration(), "on_timeout": name()}}),
+        "sleep" => json!({"oneOf": [duration(), {"type": "object", "additionalProperties": false, "required": ["until"], "properties": {"until": expr("expression giving an RFC 3339 time")}}]}),
+        "parallel" => json!({"type": "object", "additionalProperties": false, "required": ["branches"], "properties": {
+            "join": {"enum": ["all", "first"]},
+            "branches": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["id", "steps"],
+                "properties": {"id": name(), "steps": {"$ref": "#/$defs/steps"}}}}}}),
+        "foreach" => json!({"type": "object", "additionalProperties": false, "required": ["items", "steps"], "properties": {
+            "items": expr("expression giving a list"), "as": name(), "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+            "steps": {"$ref": "#/$defs/steps"}}}),
+        "set" => json!({"type": "object", "description": "variable: value (strings may contain ${ expression })"}),
+        "subworkflow" => name(),
+        "complete" => json!({"type": ["object", "null"], "additionalProperties": false, "properties": {"output": {}}}),
+        "fail" => json!({"type": "object", "additionalProperties": false, "required": ["message"], "properties": {"code": name(), "message": {}}}),
+        _ => json!({}),
+    }
+}
+
+/// The schema as JSON.
+pub fn workflow_schema() -> Value {
+    let mut step_variants = Vec::new();
+    for kind in StepKind::KEYWORDS {
+        let mut props = Map::new();
+        for f in STEP_COMMON {
+            let v = match *f {
+                "id" | "on_error" | "compensate" | "save_as" => name(),
+                "next" => json!({"oneOf": [name(), {"type": "array", "items": name()}]}),
+                _ => json!({"type": "string"}),
+            };
+            props.insert((*f).into(), v);
+        }
+        props.insert(kind.into(), kind_schema(kind));
+        match kind {
+            "switch" => {
+                props.insert("default".into(), name());
+            }
+            "call" => {
+                props.insert("with".into(), json!({}));
+                props.insert("timeout".into(), duration());
+                props.insert("retry".into(), json!({"type": "object", "additionalProperties": false, "properties": {
+                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100}, "backoff": duration(),
+                    "multiplier": {"type": "integer", "minimum": 1, "maximum": 10}, "max_delay": duration(),
+                    "jitter": {"type": "string", "pattern": "^[0-9]{1,3}%$"}, "on": {"type": "array", "items": {"type": "string"}}}}));
+            }
+            "subworkflow" => {
+                props.insert("with".into(), json!({}));
+            }
+            _ => {}
+        }
+        step_variants.push(json!({"type": "object", "additionalProperties": false, "required": ["id", kind], "properties": props}));
+    }
+    let mut input_props = Map::new();
+    for f in INPUT_FIELDS {
+        let v = match *f {
+            "type" => json!({"enum": FieldType::NAMES}),
+            "required" | "sensitive" => json!({"type": "boolean"}),
+            "min" | "max" => json!({"type": "integer"}),
+            "one_of" => json!({"type": "array"}),
+            "description" => json!({"type": "string"}),
+            _ => json!({}),
+        };
+        input_props.insert((*f).into(), v);
+    }
+    let mut top = Map::new();
+    for f in WORKFLOW_FIELDS {
+        let v = match *f {
+            "workflow" | "on_error" => name(),
+            "version" => json!({"type": "integer", "minimum": 1}),
+            "description" => json!({"type": "string"}),
+            "input" => json!({"type": "object", "additionalProperties": {"oneOf": [
+                {"enum": FieldType::NAMES},
+                {"type": "object", "additionalProperties": false, "required": ["type"], "properties": input_props}]}}),
+            _ => json!({"$ref": "#/$defs/steps"}),
+        };
+        top.insert((*f).into(), v);
+    }
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Casework workflow",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["workflow", "version", "steps"],
+        "properties": top,
+        "$defs": {"steps": {"type": "array", "items": {"oneOf": step_variants}}}
+    })
+}

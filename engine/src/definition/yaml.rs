@@ -1,0 +1,304 @@
+//! A YAML tree that remembers where every node came from, so diagnostics can point at it.
+//!
+//! serde-based YAML loaders drop positions after parsing; support-ops authors need
+//! `file:line:col` for every problem, so the workflow reader walks this tree instead.
+
+use crate::diagnostic::{BlockStart, Span};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A YAML node with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub span: Span,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// A string, with where its text starts (for mapping script errors into the file).
+    Str(String, BlockStart),
+    Seq(Vec<Node>),
+    /// Keys keep their own positions, for "unknown field" diagnostics.
+    Map(Vec<(Key, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Key {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A YAML syntax error with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntaxError {
+    pub span: Span,
+    pub message: String,
+}
+
+/// Limits so a hostile or accidental file cannot exhaust memory while loading.
+const MAX_DEPTH: usize = 64;
+const MAX_NODES: usize = 200_000;
+
+impl Node {
+    pub fn kind_name(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "nothing (null)",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(..) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Key, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Convert to JSON for data that is passed through (e.g. inputs, canned outputs).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s, _) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Parse one YAML document. An empty document is `Null`.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        stack: Vec::new(),
+        root: None,
+        nodes: 0,
+        error: None,
+        documents: 0,
+    };
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+        span: span_of(e.marker()),
+        message: e.info().to_string(),
+    })?;
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    Ok(builder.root.unwrap_or(Node {
+        span: Span::new(1, 1),
+        value: Value::Null,
+    }))
+}
+
+fn span_of(m: &Marker) -> Span {
+    // yaml-rust2 lines are 1-based and columns 0-based.
+    Span::new(m.line() as u32, m.col() as u32 + 1)
+}
+
+enum Frame {
+    Seq(Span, Vec<Node>),
+    Map(Span, Vec<(Key, Node)>, Option<Key>),
+}
+
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    nodes: usize,
+    error: Option<SyntaxError>,
+    documents: usize,
+}
+
+impl Builder {
+    fn fail(&mut self, span: Span, message: impl Into<String>) {
+        if self.error.is_none() {
+            self.error = Some(SyntaxError {
+                span,
+                message: message.into(),
+            });
+        }
+    }
+
+    fn push_node(&mut self, node: Node) {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            self.fail(node.span, format!("file has more than {MAX_NODES} values"));
+            return;
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(_, items)) => items.push(node),
+            Some(Frame::Map(_, entries, pending)) => match pending.take() {
+                None => {
+                    let name = match node.value {
+                        Value::Str(s, _) => s,
+                        Value::Int(i) => i.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => "null".into(),
+                        _ => {
+                            let span = node.span;
+                            self.fail(span, "a mapping key must be a plain name");
+                            return;
+                        }
+                    };
+                    if entries.iter().any(|(k, _)| k.name == name) {
+                        let span = node.span;
+                        self.fail(span, format!("duplicate key `{name}`"));
+                        return;
+                    }
+                    *pending = Some(Key {
+                        name,
+                        span: node.span,
+                    });
+                }
+                Some(key) => entries.push((key, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let span = span_of(&mark);
+        match ev {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.fail(span, "a workflow file holds one YAML document; remove the second `---`");
+                }
+            }
+            Event::Alias(_) => self.fail(span, "YAML aliases (`*name`) are not supported; write the value out"),
+            Event::Scalar(text, style, _, _) => {
+                let value = match style {
+                    TScalarStyle::Plain => plain_scalar(text),
+                    // The mark of a block scalar is the start of its first text line.
+                    TScalarStyle::Literal | TScalarStyle::Folded => Value::Str(text, BlockStart::NextLine { indent: mark.col() as u32 }),
+                    // Quoted scalars start one column after the quote.
+                    _ => Value::Str(text, BlockStart::Inline),
+                };
+                let span = match (&value, style) {
+                    (Value::Str(..), TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted) => {
+                        Span::new(span.line, span.col + 1)
+                    }
+                    _ => span,
+                };
+                self.push_node(Node { span, value });
+            }
+            Event::SequenceStart(..) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return self.fail(span, format!("nesting deeper than {MAX_DEPTH} levels"));
+                }
+                self.stack.push(Frame::Seq(span, Vec::new()))
+            }
+            Event::MappingStart(..) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return self.fail(span, format!("nesting deeper than {MAX_DEPTH} levels"));
+                }
+                self.stack.push(Frame::Map(span, Vec::new(), None))
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Frame::Seq(span, items)) => Node { span, value: Value::Seq(items) },
+                    // A mapping's own mark is unreliable; its first key is where a reader looks.
+                    Some(Frame::Map(span, entries, _)) => Node { span: entries.first().map_or(span, |(k, _)| k.span), value: Value::Map(entries) },
+                    None => return,
+                };
+                self.push_node(node);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn plain_scalar(text: String) -> Value {
+    match text.as_str() {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    let looks_numeric = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
+        && text.chars().any(|c| c.is_ascii_digit());
+    if looks_numeric {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text, BlockStart::Inline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based() {
+        let doc = parse("name: refund\nsteps:\n  - id: a\n    rule: |\n      vars.x = 1\n").unwrap();
+        let (k, v) = &doc.as_map().unwrap()[0];
+        assert_eq!(k.span, Span::new(1, 1));
+        assert_eq!(v.span, Span::new(1, 7));
+        let steps = doc.get("steps").unwrap();
+        let Value::Seq(items) = &steps.value else { panic!() };
+        let rule = items[0].get("rule").unwrap();
+        assert_eq!(rule.value, Value::Str("vars.x = 1\n".into(), BlockStart::NextLine { indent: 6 }));
+        assert_eq!(rule.span, Span::new(5, 7));
+    }
+
+    #[test]
+    fn scalars_are_typed() {
+        let doc = parse("a: 3\nb: '3'\nc: 2.5\nd: true\ne:\nf: 1h").unwrap();
+        assert_eq!(doc.get("a").unwrap().value, Value::Int(3));
+        assert_eq!(doc.get("b").unwrap().as_str(), Some("3"));
+        assert_eq!(doc.get("c").unwrap().value, Value::Float(2.5));
+        assert_eq!(doc.get("d").unwrap().value, Value::Bool(true));
+        assert_eq!(doc.get("e").unwrap().value, Value::Null);
+        assert_eq!(doc.get("f").unwrap().as_str(), Some("1h"));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.span.line >= 1, "{err:?}");
+        let dup = parse("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(dup.span, Span::new(2, 1));
+        assert!(dup.message.contains("duplicate key"));
+    }
+}

@@ -1,0 +1,44 @@
+//! The `casework` binary: parses the command line and hands off to `casework::cli`.
+
+use casework::cli::{self, Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("casework: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::execute(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.starts_with("casework:") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("casework: {msg}");
+            }
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    use std::io::IsTerminal;
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CASEWORK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() || std::env::var("CASEWORK_LOG_FORMAT").as_deref() == Ok("pretty") {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}

@@ -1,0 +1,883 @@
+//! One workflow instance: its variables, its frames (threads of execution) and its status.
+
+use super::record::*;
+use crate::compile::rules::Bindings;
+use crate::compile::{CompiledWorkflow, Kind, Sleep};
+use crate::definition::Join;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// Upper bound on steps one instance may execute, so a loop through waits still ends.
+pub const MAX_TRANSITIONS: u64 = 100_000;
+/// Upper bound on concurrently live frames (parallel branches and foreach items).
+pub const MAX_FRAMES: usize = 1_000;
+/// Longest list a foreach may iterate.
+pub const MAX_FOREACH_ITEMS: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Compensating,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_final(&self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Compensating => "compensating",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a frame is doing at its current step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FrameState {
+    /// The step at `at` should run now.
+    Ready,
+    Calling { attempt: u32, key: String, input: Value },
+    Backoff { attempt: u32, key: String, until: Millis },
+    Waiting { events: Vec<String>, key: String, deadline: Option<Millis> },
+    Sleeping { until: Millis },
+    Joining(Join_),
+    Sub { child: String, workflow: String, input: Value },
+    /// The frame reached its end with this output (children only; reaped by the parent).
+    Done(Value),
+    /// The frame failed (children only; the parent's step fails with it).
+    Errored(StepError),
+}
+
+/// A parallel or foreach step waiting for its children.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join_ {
+    pub join: Join,
+    pub foreach: bool,
+    /// Live child frame per slot.
+    pub children: BTreeMap<usize, u32>,
+    pub results: BTreeMap<usize, Value>,
+    pub items: Vec<Value>,
+    pub next_item: usize,
+    pub total: usize,
+    pub concurrency: usize,
+    pub slot_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub parent: Option<(u32, usize)>,
+    pub at: usize,
+    pub state: FrameState,
+    pub locals: Map<String, Value>,
+    pub output: Value,
+    /// A compensation frame: when it ends, the next compensation runs.
+    pub compensation: bool,
+}
+
+/// Something the driver must do outside the state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Call { frame: u32, step: String, plugin: String, action: String, input: Value, key: String, attempt: u32, timeout_ms: u64 },
+    Timer { frame: u32, step: String, at: Millis },
+    Wait { frame: u32, events: Vec<String>, key: String },
+    StartChild { frame: u32, step: String, child: String, workflow: String, input: Value },
+    Finished,
+}
+
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub hash: String,
+    pub input: Value,
+    pub vars: Map<String, Value>,
+    pub frames: BTreeMap<u32, Frame>,
+    pub next_frame: u32,
+    pub status: Status,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+    pub parent: Option<ParentRef>,
+    pub idempotency_key: Option<String>,
+    /// Completed steps with a compensation, oldest first: (step, compensation step).
+    pub compensable: Vec<(String, String)>,
+    pending_compensations: Vec<String>,
+    final_error: Option<StepError>,
+    cancel_reason: Option<String>,
+    visits: BTreeMap<String, u32>,
+    pub transitions: u64,
+    pub records: u64,
+    pub started_at: Millis,
+    pub updated_at: Millis,
+}
+
+type Outcome = Result<Record, StepError>;
+
+impl Instance {
+    /// The record that starts an instance.
+    pub fn start_record(wf: &CompiledWorkflow, input: Value, idempotency_key: Option<String>, parent: Option<ParentRef>, at: Millis) -> Record {
+        Record::Started { workflow: wf.name.clone(), version: wf.version, hash: wf.hash.clone(), input, idempotency_key, parent, at }
+    }
+
+    /// Rebuild an instance from its journal.
+    pub fn replay(id: &str, wf: &CompiledWorkflow, records: &[Record]) -> Instance {
+        let mut inst = Instance::empty(id);
+        for r in records {
+            inst.apply(wf, r);
+        }
+        inst
+    }
+
+    fn empty(id: &str) -> Instance {
+        Instance {
+            id: id.to_string(),
+            workflow: String::new(),
+            version: 0,
+            hash: String::new(),
+            input: Value::Null,
+            vars: Map::new(),
+            frames: BTreeMap::new(),
+            next_frame: 0,
+            status: Status::Running,
+            output: None,
+            error: None,
+            parent: None,
+            idempotency_key: None,
+            compensable: Vec::new(),
+            pending_compensations: Vec::new(),
+            final_error: None,
+            cancel_reason: None,
+            visits: BTreeMap::new(),
+            transitions: 0,
+            records: 0,
+            started_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// Start a new instance: returns it with its first record applied.
+    pub fn start(id: &str, wf: &CompiledWorkflow, record: Record) -> Instance {
+        let mut inst = Instance::empty(id);
+        inst.apply(wf, &record);
+        inst
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Fold one record into the state. Total: a record that does not fit is ignored.
+    pub fn apply(&mut self, wf: &CompiledWorkflow, record: &Record) {
+        self.records += 1;
+        self.updated_at = record.at();
+        match record {
+            Record::Started { workflow, version, hash, input, idempotency_key, parent, at } => {
+                self.workflow = workflow.clone();
+                self.version = *version;
+                self.hash = hash.clone();
+                self.input = input.clone();
+                self.idempotency_key = idempotency_key.clone();
+                self.parent = parent.clone();
+                self.started_at = *at;
+                self.new_frame(None, wf.entry, Map::new(), false);
+            }
+            Record::StepCompleted { frame, step, vars, output, next, .. } => {
+                self.transitions += 1;
+                if let Some(v) = vars {
+                    self.vars = v.clone();
+                }
+                let save_as = wf.step(step).and_then(|(_, s)| s.save_as.clone());
+                let compensate = wf.step(step).and_then(|(_, s)| s.compensate).map(|c| wf.steps[c].id.clone());
+                if let (Some(name), Some(out)) = (save_as, output) {
+                    self.vars.insert(name, out.clone());
+                }
+                if let Some(c) = compensate {
+                    self.compensable.push((step.clone(), c));
+                }
+                self.move_on(wf, *frame, output.clone(), next.as_deref());
+            }
+            Record::CallStarted { frame, step, attempt, key, input, .. } => {
+                self.transitions += 1;
+                if *attempt == 1 {
+                    *self.visits.entry(step.clone()).or_default() += 1;
+                }
+                self.set_state(*frame, FrameState::Calling { attempt: *attempt, key: key.clone(), input: input.clone() });
+            }
+            Record::CallSucceeded { frame, step, output, .. } => {
+                // Same bookkeeping as a completed step: save the output, move on.
+                let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
+                let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(output.clone()), next, reason: None, at: record.at() };
+                self.records -= 1;
+                self.apply(wf, &rec);
+            }
+            Record::CallFailed { frame, retry_at, attempt, .. } => {
+                if let (Some(until), Some(FrameState::Calling { key, .. })) = (retry_at, self.frames.get(frame).map(|f| &f.state)) {
+                    let key = key.clone();
+                    self.set_state(*frame, FrameState::Backoff { attempt: attempt + 1, key, until: *until });
+                }
+            }
+            Record::WaitStarted { frame, events, key, deadline, .. } => {
+                self.transitions += 1;
+                self.set_state(*frame, FrameState::Waiting { events: events.clone(), key: key.clone(), deadline: *deadline });
+            }
+            Record::EventReceived { frame, step, event, at } => {
+                let out = json!({"type": event.event_type, "key": event.key, "data": event.data, "id": event.id, "at": crate::compile::rules::format_ms(*at)});
+                let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
+                let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(out), next, reason: None, at: *at };
+                self.records -= 1;
+                self.apply(wf, &rec);
+            }
+            Record::SleepStarted { frame, until, .. } => {
+                self.transitions += 1;
+                self.set_state(*frame, FrameState::Sleeping { until: *until });
+            }
+            Record::TimerFired { frame, step, next, at } => match self.frames.get(frame).map(|f| f.state.clone()) {
+                Some(FrameState::Backoff { attempt, key, .. }) => {
+                    // The retry begins: `advance` issues the CallStarted.
+                    if let Some(f) = self.frames.get_mut(frame) {
+                        f.state = FrameState::Ready;
+                        f.locals.insert("__retry".into(), json!({"attempt": attempt, "key": key}));
+                    }
+                }
+                Some(FrameState::Sleeping { .. }) => {
+                    let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
+                    let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: None, next, reason: None, at: *at };
+                    self.records -= 1;
+                    self.apply(wf, &rec);
+                }
+                Some(FrameState::Waiting { .. }) => {
+                    let rec = Record::StepCompleted {
+                        frame: *frame,
+                        step: step.clone(),
+                        vars: None,
+                        output: Some(json!({"timed_out": true})),
+                        next: next.clone(),
+                        reason: Some("wait timed out".into()),
+                        at: *at,
+                    };
+                    self.records -= 1;
+                    self.apply(wf, &rec);
+                }
+                _ => {}
+            },
+            Record::ChildrenStarted { frame, step, children, items, .. } => {
+                self.transitions += 1;
+                let Some((_, s)) = wf.step(step) else { return };
+                if !matches!(self.frames.get(frame).map(|f| &f.state), Some(FrameState::Joining(_))) {
+                    let (join, foreach, total, concurrency, slot_names, items) = match &s.kind {
+                        Kind::Parallel { join, branches } => (*join, false, branches.len(), branches.len(), branches.iter().map(|b| b.0.clone()).collect(), Vec::new()),
+                        Kind::Foreach { concurrency, .. } => {
+                            let items = items.clone().unwrap_or_default();
+                            (Join::All, true, items.len(), *concurrency as usize, Vec::new(), items)
+                        }
+                        _ => return,
+                    };
+                    self.set_state(*frame, FrameState::Joining(Join_ { join, foreach, children: BTreeMap::new(), results: BTreeMap::new(), items, next_item: 0, total, concurrency, slot_names }));
+                }
+                for c in children {
+                    let start = wf.index.get(&c.step).copied().unwrap_or(usize::MAX);
+                    let id = self.new_frame(Some((*frame, c.slot)), start, c.locals.clone(), false);
+                    debug_assert_eq!(id, c.frame);
+                    if let Some(FrameState::Joining(j)) = self.frames.get_mut(frame).map(|f| &mut f.state) {
+                        j.children.insert(c.slot, id);
+                        j.next_item = j.next_item.max(c.slot + 1);
+                    }
+                }
+            }
+            Record::SubStarted { frame, child, workflow, input, .. } => {
+                self.transitions += 1;
+                *self.visits.entry(format!("sub:{}", child)).or_default() += 1;
+                self.set_state(*frame, FrameState::Sub { child: child.clone(), workflow: workflow.clone(), input: input.clone() });
+            }
+            Record::SubFinished { frame, step, result, at, .. } => {
+                if let Ok(out) = result {
+                    let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
+                    let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(out.clone()), next, reason: None, at: *at };
+                    self.records -= 1;
+                    self.apply(wf, &rec);
+                }
+                // A failed child is followed by a StepFailed record.
+            }
+            Record::StepFailed { frame, step, error, next, .. } => {
+                self.transitions += 1;
+                self.vars.insert("error".into(), serde_json::to_value(error.clone().at(step)).unwrap_or(Value::Null));
+                match next {
+                    Some(n) => {
+                        let at = wf.index.get(n).copied().unwrap_or(usize::MAX);
+                        self.drop_children(*frame);
+                        if let Some(f) = self.frames.get_mut(frame) {
+                            f.at = at;
+                            f.state = FrameState::Ready;
+                            f.locals.remove("__retry");
+                        }
+                    }
+                    None => {
+                        let error = error.clone().at(step);
+                        self.drop_children(*frame);
+                        match self.frames.get(frame).map(|f| (f.parent, f.compensation)) {
+                            Some((Some(_), _)) => self.set_state(*frame, FrameState::Errored(error)),
+                            Some((None, true)) => {
+                                // A failed compensation is recorded; the others still run.
+                                self.frames.remove(frame);
+                            }
+                            _ => {
+                                self.frames.remove(frame);
+                                self.final_error.get_or_insert(error);
+                            }
+                        }
+                    }
+                }
+            }
+            Record::CancelRequested { reason, .. } => {
+                self.cancel_reason = Some(reason.clone());
+                self.frames.clear();
+            }
+            Record::CompensationStarted { steps, error, .. } => {
+                self.status = Status::Compensating;
+                self.frames.clear();
+                self.final_error.get_or_insert(error.clone());
+                self.pending_compensations = steps.iter().rev().cloned().collect();
+                self.start_next_compensation(wf);
+            }
+            Record::Completed { output, .. } => {
+                self.status = Status::Completed;
+                self.output = Some(output.clone());
+                self.frames.clear();
+            }
+            Record::Failed { error, .. } => {
+                self.status = Status::Failed;
+                self.error = Some(error.clone());
+                self.frames.clear();
+            }
+            Record::Cancelled { reason, .. } => {
+                self.status = Status::Cancelled;
+                self.error = Some(StepError::new("cancelled", reason.clone()));
+                self.frames.clear();
+            }
+        }
+    }
+
+    fn new_frame(&mut self, parent: Option<(u32, usize)>, at: usize, locals: Map<String, Value>, compensation: bool) -> u32 {
+        let id = self.next_frame;
+        self.next_frame += 1;
+        self.frames.insert(id, Frame { parent, at, state: FrameState::Ready, locals, output: Value::Null, compensation });
+        id
+    }
+
+    fn set_state(&mut self, frame: u32, state: FrameState) {
+        if let Some(f) = self.frames.get_mut(&frame) {
+            f.state = state;
+        }
+    }
+
+    fn drop_children(&mut self, frame: u32) {
+        let children: Vec<u32> = self.frames.iter().filter(|(_, f)| f.parent.map(|p| p.0) == Some(frame)).map(|(id, _)| *id).collect();
+        for c in children {
+            self.drop_children(c);
+            self.frames.remove(&c);
+        }
+    }
+
+    fn start_next_compensation(&mut self, wf: &CompiledWorkflow) {
+        if let Some(step) = self.pending_compensations.pop() {
+            if let Some(&at) = wf.index.get(&step) {
+                self.new_frame(None, at, Map::new(), true);
+            }
+        }
+    }
+
+    /// After a step completes: go to `next`, or end the frame.
+    fn move_on(&mut self, wf: &CompiledWorkflow, frame: u32, output: Option<Value>, next: Option<&str>) {
+        let Some(f) = self.frames.get_mut(&frame) else { return };
+        f.locals.remove("__retry");
+        if let Some(o) = output {
+            f.output = o;
+        }
+        match next.and_then(|n| wf.index.get(n)) {
+            Some(&at) => {
+                f.at = at;
+                f.state = FrameState::Ready;
+            }
+            None => {
+                let out = f.output.clone();
+                match f.parent {
+                    Some(_) => f.state = FrameState::Done(out),
+                    None if f.compensation => {
+                        self.frames.remove(&frame);
+                        self.start_next_compensation(wf);
+                    }
+                    None => {
+                        self.frames.remove(&frame);
+                        self.output.get_or_insert(out);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- decide
+
+    fn bindings<'a>(&'a self, frame: &'a Frame, now: Millis) -> Bindings<'a> {
+        Bindings { input: &self.input, vars: &self.vars, locals: &frame.locals, now_ms: now }
+    }
+
+    /// Idempotency key of a call: instance, step and how many times the step was entered.
+    fn call_key(&self, step: &str) -> String {
+        let visit = self.visits.get(step).copied().unwrap_or(0) + 1;
+        format!("{}:{}:{}", self.id, step, visit)
+    }
+
+    /// Run every frame that can make progress now. Returns the records produced (already applied).
+    pub fn advance(&mut self, wf: &CompiledWorkflow, now: Millis) -> Vec<Record> {
+        let mut out = Vec::new();
+        while !self.status.is_final() {
+            let Some(rec) = self.next_record(wf, now) else { break };
+            self.apply(wf, &rec);
+            out.push(rec);
+        }
+        out
+    }
+
+    fn next_record(&mut self, wf: &CompiledWorkflow, now: Millis) -> Option<Record> {
+        if self.transitions >= MAX_TRANSITIONS && self.final_error.is_none() {
+            return Some(self.fail_record(wf, StepError::new("too_many_steps", format!("instance ran {MAX_TRANSITIONS} steps; is a loop missing its exit?")), now));
+        }
+        if self.frames.len() > MAX_FRAMES {
+            return Some(self.fail_record(wf, StepError::new("too_many_branches", format!("more than {MAX_FRAMES} branches or items at once")), now));
+        }
+        // The instance has nothing left to run: end it.
+        if self.frames.is_empty() {
+            if let Some(reason) = &self.cancel_reason {
+                if self.status == Status::Running && !self.compensable.is_empty() {
+                    let steps = self.compensable.iter().map(|c| c.1.clone()).collect();
+                    return Some(Record::CompensationStarted { steps, error: StepError::new("cancelled", reason.clone()), at: now });
+                }
+                return Some(Record::Cancelled { reason: reason.clone(), at: now });
+            }
+            if let Some(error) = &self.final_error {
+                if self.status == Status::Running && !self.compensable.is_empty() {
+                    let steps = self.compensable.iter().map(|c| c.1.clone()).collect();
+                    return Some(Record::CompensationStarted { steps, error: error.clone(), at: now });
+                }
+                return Some(Record::Failed { error: error.clone(), at: now });
+            }
+            return Some(Record::Completed { output: self.output.clone().unwrap_or(Value::Null), at: now });
+        }
+        let ids: Vec<u32> = self.frames.keys().copied().collect();
+        for id in ids {
+            let frame = self.frames.get(&id)?.clone();
+            let rec = match &frame.state {
+                FrameState::Ready => Some(self.run_step(wf, id, &frame, now)),
+                FrameState::Joining(j) => self.check_join(wf, id, &frame, j, now),
+                FrameState::Done(_) | FrameState::Errored(_) if frame.parent.is_none() => None,
+                _ => None,
+            };
+            if let Some(r) = rec {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn fail_record(&self, wf: &CompiledWorkflow, error: StepError, now: Millis) -> Record {
+        let _ = wf;
+        Record::Failed { error, at: now }
+    }
+
+    /// Where a failure at `step` goes: the step's `on_error`, else the workflow's (top level only).
+    fn route_failure(&self, wf: &CompiledWorkflow, frame_id: u32, frame: &Frame, step: usize, error: StepError, now: Millis) -> Record {
+        let s = &wf.steps[step];
+        let in_handler = wf.on_error == Some(frame.at);
+        let next = s.on_error.or(if frame.parent.is_none() && !frame.compensation && !in_handler && self.final_error.is_none() { wf.on_error } else { None });
+        Record::StepFailed { frame: frame_id, step: s.id.clone(), error, next: next.map(|n| wf.steps[n].id.clone()), at: now }
+    }
+
+    fn run_step(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, now: Millis) -> Record {
+        let Some(step) = wf.steps.get(frame.at) else {
+            return Record::Failed { error: StepError::new("internal", "frame points at no step"), at: now };
+        };
+        match self.decide(wf, id, frame, step, now) {
+            Ok(r) => r,
+            Err(e) => self.route_failure(wf, id, frame, frame.at, e.at(&step.id), now),
+        }
+    }
+
+    fn decide(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, step: &crate::compile::Step, now: Millis) -> Outcome {
+        let rules = &wf.rules;
+        let b = self.bindings(frame, now);
+        let rule_err = |e: crate::compile::rules::RuleError| StepError::new("rule_error", e.message);
+        let next_id = |i: Option<&usize>| i.map(|&i| wf.steps[i].id.clone());
+        let done = |vars: Option<Map<String, Value>>, output: Option<Value>, next: Option<String>, reason: Option<String>| Record::StepCompleted {
+            frame: id,
+            step: step.id.clone(),
+            vars,
+            output,
+            next,
+            reason,
+            at: now,
+        };
+        Ok(match &step.kind {
+            Kind::Rule(ast) => {
+                let (value, vars) = rules.eval(ast, &b).map_err(rule_err)?;
+                let (next, reason) = if step.next.len() > 1 {
+                    let chosen = value.as_str().and_then(|v| step.next.iter().find(|&&n| wf.steps[n].id == v));
+                    match chosen {
+                        Some(&n) => (Some(wf.steps[n].id.clone()), Some(format!("rule chose `{}`", wf.steps[n].id))),
+                        None => {
+                            let options: Vec<&str> = step.next.iter().map(|&n| wf.steps[n].id.as_str()).collect();
+                            return Err(StepError::new("rule_error", format!("rule must end with one of {} to choose the next step, but gave {value}", options.join(", "))));
+                        }
+                    }
+                } else {
+                    (next_id(step.next.first()), None)
+                };
+                let changed = (vars != self.vars).then_some(vars);
+                done(changed, None, next, reason)
+            }
+            Kind::Switch { cases, default } => {
+                for (i, (ast, goto)) in cases.iter().enumerate() {
+                    match rules.eval(ast, &b).map_err(rule_err)?.0 {
+                        Value::Bool(true) => return Ok(done(None, None, Some(wf.steps[*goto].id.clone()), Some(format!("case {} matched", i + 1)))),
+                        Value::Bool(false) | Value::Null => {}
+                        other => return Err(StepError::new("rule_error", format!("case {} must be true or false, but gave {other}", i + 1))),
+                    }
+                }
+                match default {
+                    Some(d) => done(None, None, Some(wf.steps[*d].id.clone()), Some("no case matched: default".into())),
+                    None => return Err(StepError::new("no_case_matched", "no case matched and the switch has no `default`")),
+                }
+            }
+            Kind::Set(entries) => {
+                let mut vars = self.vars.clone();
+                for (k, t) in entries {
+                    vars.insert(k.clone(), t.render(rules, &b).map_err(rule_err)?);
+                }
+                done(Some(vars), None, next_id(step.next.first()), None)
+            }
+            Kind::Call { with, .. } => {
+                let (attempt, key) = match frame.locals.get("__retry") {
+                    Some(r) => (r["attempt"].as_u64().unwrap_or(2) as u32, r["key"].as_str().unwrap_or_default().to_string()),
+                    None => (1, self.call_key(&step.id)),
+                };
+                let input = match with {
+                    Some(t) => t.render(rules, &b).map_err(rule_err)?,
+                    None => Value::Object(Map::new()),
+                };
+                Record::CallStarted { frame: id, step: step.id.clone(), attempt, key, input, at: now }
+            }
+            Kind::Wait { events, key, timeout_ms, .. } => {
+                let key = match rules.eval(key, &b).map_err(rule_err)?.0 {
+                    Value::String(s) => s,
+                    Value::Null => return Err(StepError::new("rule_error", "wait `key` gave nothing; check that the variable it reads is set")),
+                    other => other.to_string(),
+                };
+                Record::WaitStarted { frame: id, step: step.id.clone(), events: events.clone(), key, deadline: timeout_ms.map(|t| now + t as i64), at: now }
+            }
+            Kind::Sleep(Sleep::For(ms)) => Record::SleepStarted { frame: id, step: step.id.clone(), until: now + *ms as i64, at: now },
+            Kind::Sleep(Sleep::Until(ast)) => {
+                let v = rules.eval(ast, &b).map_err(rule_err)?.0;
+                let until = v
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.timestamp_millis())
+                    .ok_or_else(|| StepError::new("rule_error", format!("sleep `until` must give a time like \"2026-03-06T16:00:00Z\", but gave {v}")))?;
+                Record::SleepStarted { frame: id, step: step.id.clone(), until: until.max(now), at: now }
+            }
+            Kind::Parallel { branches, .. } => {
+                let children = branches
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, (_, first))| ChildFrame { frame: self.next_frame + slot as u32, slot, step: wf.steps[*first].id.clone(), locals: Map::new() })
+                    .collect();
+                Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: None, at: now }
+            }
+            Kind::Foreach { items, item_name, concurrency, body } => {
+                let list = match rules.eval(items, &b).map_err(rule_err)?.0 {
+                    Value::Array(a) => a,
+                    Value::Null => Vec::new(),
+                    other => return Err(StepError::new("rule_error", format!("foreach `items` must give a list, but gave {}", crate::validate::input::json_kind(&other)))),
+                };
+                if list.len() > MAX_FOREACH_ITEMS {
+                    return Err(StepError::new("too_many_items", format!("foreach over {} items; the limit is {MAX_FOREACH_ITEMS}", list.len())));
+                }
+                if list.is_empty() {
+                    return Ok(done(None, Some(Value::Array(Vec::new())), next_id(step.next.first()), Some("no items".into())));
+                }
+                let n = list.len().min(*concurrency as usize);
+                let children = (0..n)
+                    .map(|slot| ChildFrame { frame: self.next_frame + slot as u32, slot, step: wf.steps[*body].id.clone(), locals: item_locals(item_name, slot, &list[slot]) })
+                    .collect();
+                Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: Some(list), at: now }
+            }
+            Kind::Subworkflow { workflow, with } => {
+                let input = match with {
+                    Some(t) => t.render(rules, &b).map_err(rule_err)?,
+                    None => Value::Object(Map::new()),
+                };
+                let visit = self.visits.iter().filter(|(k, _)| k.starts_with(&format!("sub:{}.{}.", self.id, step.id))).count() + 1;
+                let child = format!("{}.{}.{}", self.id, step.id, visit);
+                Record::SubStarted { frame: id, step: step.id.clone(), child, workflow: workflow.clone(), input, at: now }
+            }
+            Kind::Complete(output) => {
+                let out = match output {
+                    Some(t) => t.render(rules, &b).map_err(rule_err)?,
+                    None => Value::Null,
+                };
+                if frame.parent.is_none() && !frame.compensation {
+                    Record::Completed { output: out, at: now }
+                } else {
+                    done(None, Some(out), None, None)
+                }
+            }
+            Kind::Fail { code, message } => {
+                let msg = match message.render(rules, &b).map_err(rule_err)? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                return Err(StepError::new(code, msg));
+            }
+        })
+    }
+
+    fn check_join(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, j: &Join_, now: Millis) -> Option<Record> {
+        let step = &wf.steps[frame.at];
+        // Reap finished children first: a failed child fails the whole step.
+        let mut results = j.results.clone();
+        for (&slot, child) in &j.children {
+            match self.frames.get(child).map(|f| &f.state) {
+                Some(FrameState::Errored(e)) => return Some(self.route_failure(wf, id, frame, frame.at, e.clone(), now)),
+                Some(FrameState::Done(v)) => {
+                    results.insert(slot, v.clone());
+                }
+                _ => {}
+            }
+        }
+        let finished = results.len();
+        let settled = match j.join {
+            Join::First => finished >= 1,
+            Join::All => finished == j.total,
+        };
+        let next = step.next.first().map(|&n| wf.steps[n].id.clone());
+        if settled {
+            let output = if j.foreach {
+                Value::Array(results.into_values().collect())
+            } else {
+                let map: Map<String, Value> = results.into_iter().map(|(slot, v)| (j.slot_names[slot].clone(), v)).collect();
+                Value::Object(map)
+            };
+            let reason = match j.join {
+                Join::First => Some("first branch finished; the others were cancelled".to_string()),
+                Join::All => None,
+            };
+            return Some(Record::StepCompleted { frame: id, step: step.id.clone(), vars: None, output: Some(output), next, reason, at: now });
+        }
+        // Foreach: start the next items while under the concurrency bound.
+        let running = j.children.keys().filter(|s| !results.contains_key(s)).count();
+        if j.foreach && j.next_item < j.total && running < j.concurrency {
+            let Kind::Foreach { item_name, body, .. } = &step.kind else { return None };
+            let free = (j.concurrency - running).min(j.total - j.next_item);
+            let children = (0..free)
+                .map(|k| {
+                    let slot = j.next_item + k;
+                    ChildFrame { frame: self.next_frame + k as u32, slot, step: wf.steps[*body].id.clone(), locals: item_locals(item_name, slot, &j.items[slot]) }
+                })
+                .collect();
+            return Some(Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: None, at: now });
+        }
+        None
+    }
+
+    // ---------------------------------------------------------------- inputs from outside
+
+    /// A plugin call returned. Stale results (the frame moved on) produce nothing.
+    pub fn on_call_result(&mut self, wf: &CompiledWorkflow, frame: u32, attempt: u32, result: Result<Value, StepError>, now: Millis) -> Vec<Record> {
+        let Some(f) = self.frames.get(&frame).cloned() else { return Vec::new() };
+        let FrameState::Calling { attempt: a, .. } = &f.state else { return Vec::new() };
+        if *a != attempt {
+            return Vec::new();
+        }
+        let step = &wf.steps[f.at];
+        let rec = match result {
+            Ok(output) => Record::CallSucceeded { frame, step: step.id.clone(), attempt, output, at: now },
+            Err(error) => {
+                let Kind::Call { retry, .. } = &step.kind else { return Vec::new() };
+                let wants_retry = retry.on.iter().any(|c| c == &error.code || (c == "retryable" && error.retryable));
+                let retry_at = (wants_retry && attempt < retry.max_attempts).then(|| now + backoff_ms(retry, attempt, &self.id, &step.id) as i64);
+                let failed = Record::CallFailed { frame, step: step.id.clone(), attempt, error: error.clone(), retry_at, at: now };
+                if retry_at.is_none() {
+                    self.apply(wf, &failed);
+                    let routed = self.route_failure(wf, frame, &f, f.at, error.at(&step.id), now);
+                    self.apply(wf, &routed);
+                    return vec![failed, routed];
+                }
+                failed
+            }
+        };
+        self.apply(wf, &rec);
+        vec![rec]
+    }
+
+    /// A timer came due. Timers for a state the frame has left produce nothing.
+    pub fn on_timer(&mut self, wf: &CompiledWorkflow, frame: u32, now: Millis) -> Vec<Record> {
+        let Some(f) = self.frames.get(&frame).cloned() else { return Vec::new() };
+        let due = match &f.state {
+            FrameState::Backoff { until, .. } | FrameState::Sleeping { until } => *until,
+            FrameState::Waiting { deadline: Some(d), .. } => *d,
+            _ => return Vec::new(),
+        };
+        if due > now {
+            return Vec::new();
+        }
+        let step = &wf.steps[f.at];
+        let rec = match (&f.state, &step.kind) {
+            (FrameState::Waiting { .. }, Kind::Wait { on_timeout, .. }) => match on_timeout {
+                Some(t) => Record::TimerFired { frame, step: step.id.clone(), next: Some(wf.steps[*t].id.clone()), at: now },
+                None => {
+                    let routed = self.route_failure(wf, frame, &f, f.at, StepError::new("timeout", "no matching event arrived before the wait timed out").at(&step.id), now);
+                    self.apply(wf, &routed);
+                    return vec![routed];
+                }
+            },
+            _ => Record::TimerFired { frame, step: step.id.clone(), next: None, at: now },
+        };
+        self.apply(wf, &rec);
+        vec![rec]
+    }
+
+    /// Deliver an event to every frame waiting for its type and key.
+    pub fn on_event(&mut self, wf: &CompiledWorkflow, event: &Event, now: Millis) -> Vec<Record> {
+        let waiting: Vec<(u32, usize)> = self
+            .frames
+            .iter()
+            .filter(|(_, f)| matches!(&f.state, FrameState::Waiting { events, key, .. } if key == &event.key && events.contains(&event.event_type)))
+            .map(|(id, f)| (*id, f.at))
+            .collect();
+        let mut out = Vec::new();
+        for (frame, at) in waiting {
+            let rec = Record::EventReceived { frame, step: wf.steps[at].id.clone(), event: event.clone(), at: now };
+            self.apply(wf, &rec);
+            out.push(rec);
+        }
+        out
+    }
+
+    /// A subworkflow instance ended.
+    pub fn on_child_finished(&mut self, wf: &CompiledWorkflow, child: &str, result: Result<Value, StepError>, now: Millis) -> Vec<Record> {
+        let Some((frame, f)) = self.frames.iter().find(|(_, f)| matches!(&f.state, FrameState::Sub { child: c, .. } if c == child)).map(|(i, f)| (*i, f.clone())) else {
+            return Vec::new();
+        };
+        let step = wf.steps[f.at].id.clone();
+        let rec = Record::SubFinished { frame, step: step.clone(), child: child.to_string(), result: result.clone(), at: now };
+        self.apply(wf, &rec);
+        let mut out = vec![rec];
+        if let Err(e) = result {
+            let routed = self.route_failure(wf, frame, &f, f.at, StepError { step: Some(step), ..e }, now);
+            self.apply(wf, &routed);
+            out.push(routed);
+        }
+        out
+    }
+
+    /// Cancel the instance: compensations run, then it ends as cancelled.
+    pub fn cancel(&mut self, wf: &CompiledWorkflow, reason: &str, now: Millis) -> Vec<Record> {
+        if self.status.is_final() || self.cancel_reason.is_some() {
+            return Vec::new();
+        }
+        let rec = Record::CancelRequested { reason: reason.to_string(), at: now };
+        self.apply(wf, &rec);
+        vec![rec]
+    }
+
+    // ---------------------------------------------------------------- effects
+
+    /// The effects the current state needs: used after new records and after a restart.
+    pub fn effects(&self, wf: &CompiledWorkflow) -> Vec<Effect> {
+        if self.status.is_final() {
+            return vec![Effect::Finished];
+        }
+        let mut out = Vec::new();
+        for (&id, f) in &self.frames {
+            let Some(step) = wf.steps.get(f.at) else { continue };
+            match (&f.state, &step.kind) {
+                (FrameState::Calling { attempt, key, input }, Kind::Call { plugin, action, timeout_ms, .. }) => out.push(Effect::Call {
+                    frame: id,
+                    step: step.id.clone(),
+                    plugin: plugin.clone(),
+                    action: action.clone(),
+                    input: input.clone(),
+                    key: key.clone(),
+                    attempt: *attempt,
+                    timeout_ms: *timeout_ms,
+                }),
+                (FrameState::Backoff { until, .. }, _) | (FrameState::Sleeping { until }, _) => out.push(Effect::Timer { frame: id, step: step.id.clone(), at: *until }),
+                (FrameState::Waiting { events, key, deadline }, _) => {
+                    out.push(Effect::Wait { frame: id, events: events.clone(), key: key.clone() });
+                    if let Some(d) = deadline {
+                        out.push(Effect::Timer { frame: id, step: step.id.clone(), at: *d });
+                    }
+                }
+                (FrameState::Sub { child, workflow, input }, _) => {
+                    out.push(Effect::StartChild { frame: id, step: step.id.clone(), child: child.clone(), workflow: workflow.clone(), input: input.clone() });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Nothing can happen until something from outside arrives (event, timer, call result).
+    pub fn is_parked(&self) -> bool {
+        !self.status.is_final() && self.frames.values().all(|f| matches!(f.state, FrameState::Waiting { .. } | FrameState::Sleeping { .. } | FrameState::Backoff { .. } | FrameState::Joining(_) | FrameState::Sub { .. } | FrameState::Done(_)))
+    }
+
+    /// Current steps, for display: (frame, step id, what it is doing).
+    pub fn current_steps(&self, wf: &CompiledWorkflow) -> Vec<(u32, String, &'static str)> {
+        self.frames
+            .iter()
+            .filter_map(|(id, f)| {
+                let what = match f.state {
+                    FrameState::Ready => "ready",
+                    FrameState::Calling { .. } => "calling",
+                    FrameState::Backoff { .. } => "waiting to retry",
+                    FrameState::Waiting { .. } => "waiting for event",
+                    FrameState::Sleeping { .. } => "sleeping",
+                    FrameState::Joining(_) => "joining",
+                    FrameState::Sub { .. } => "waiting for subworkflow",
+                    FrameState::Done(_) | FrameState::Errored(_) => return None,
+                };
+                Some((*id, wf.steps.get(f.at)?.id.clone(), what))
+            })
+            .collect()
+    }
+}
+
+fn item_locals(name: &str, index: usize, item: &Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(name.to_string(), item.clone());
+    m.insert("index".into(), json!(index));
+    m
+}
+
+/// Delay before retry number `attempt + 1`: exponential, capped, with deterministic jitter.
+///
+/// Jitter is derived from the instance and step so that a replay computes the same delay
+/// and concurrent instances still spread out.
+pub fn backoff_ms(r: &crate::definition::Retry, attempt: u32, instance: &str, step: &str) -> u64 {
+    let base = r.backoff.as_millis().saturating_mul((r.multiplier as u64).saturating_pow(attempt.saturating_sub(1)));
+    let capped = base.min(r.max_delay.as_millis());
+    if r.jitter_percent == 0 || capped == 0 {
+        return capped;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (instance, step, attempt).hash(&mut h);
+    let spread = capped * r.jitter_percent as u64 / 100;
+    capped - spread + h.finish() % (spread + 1)
+}

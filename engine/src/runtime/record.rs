@@ -1,0 +1,227 @@
+//! Journal records, version 1: the facts an instance's state is rebuilt from.
+//!
+//! Records are persisted, so their JSON shape is a compatibility promise: add fields
+//! with `#[serde(default)]`, never rename; a breaking change gets a new version with a
+//! migration in `store`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Journal format version written with every record.
+pub const VERSION: u32 = 1;
+
+/// A failure of a step, as shown to users and stored in `vars.error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub retryable: bool,
+    /// The step that failed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+impl StepError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        StepError { code: code.into(), message: message.into(), retryable: false, step: None }
+    }
+
+    pub fn at(mut self, step: &str) -> Self {
+        self.step.get_or_insert_with(|| step.to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.step {
+            Some(s) => write!(f, "step `{s}` failed ({}): {}", self.code, self.message),
+            None => write!(f, "{}: {}", self.code, self.message),
+        }
+    }
+}
+
+/// An event delivered from outside (an approval, an acknowledgement, a webhook).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub key: String,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// Where a child frame came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildFrame {
+    pub frame: u32,
+    /// Slot in the parent's results: branch number or item index.
+    pub slot: usize,
+    pub step: String,
+    #[serde(default)]
+    pub locals: Map<String, Value>,
+}
+
+/// The parent of a subworkflow instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub instance: String,
+    pub frame: u32,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    Started {
+        workflow: String,
+        version: u32,
+        hash: String,
+        input: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
+        at: Millis,
+    },
+    /// A step finished; `vars` is the whole variable map after it, if it changed.
+    StepCompleted {
+        frame: u32,
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vars: Option<Map<String, Value>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        /// Why this path was taken (the switch case or rule result), for "why" questions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        at: Millis,
+    },
+    /// Written and flushed before the plugin is called.
+    CallStarted { frame: u32, step: String, attempt: u32, key: String, input: Value, at: Millis },
+    CallSucceeded { frame: u32, step: String, attempt: u32, output: Value, at: Millis },
+    CallFailed {
+        frame: u32,
+        step: String,
+        attempt: u32,
+        error: StepError,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Millis>,
+        at: Millis,
+    },
+    WaitStarted {
+        frame: u32,
+        step: String,
+        events: Vec<String>,
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Millis>,
+        at: Millis,
+    },
+    EventReceived { frame: u32, step: String, event: Event, at: Millis },
+    SleepStarted { frame: u32, step: String, until: Millis, at: Millis },
+    /// A sleep ended, a retry delay passed, or a wait timed out.
+    TimerFired {
+        frame: u32,
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        at: Millis,
+    },
+    ChildrenStarted {
+        frame: u32,
+        step: String,
+        children: Vec<ChildFrame>,
+        /// For foreach: the whole list (only on the first record of the step).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        items: Option<Vec<Value>>,
+        at: Millis,
+    },
+    SubStarted { frame: u32, step: String, child: String, workflow: String, input: Value, at: Millis },
+    SubFinished { frame: u32, step: String, child: String, result: Result<Value, StepError>, at: Millis },
+    /// A step failed for good; `next` is the `on_error` step taken, if any.
+    StepFailed {
+        frame: u32,
+        step: String,
+        error: StepError,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        at: Millis,
+    },
+    CancelRequested { reason: String, at: Millis },
+    /// Completed steps are undone, in this order, before the instance ends.
+    CompensationStarted { steps: Vec<String>, error: StepError, at: Millis },
+    Completed { output: Value, at: Millis },
+    Failed { error: StepError, at: Millis },
+    Cancelled { reason: String, at: Millis },
+}
+
+impl Record {
+    pub fn at(&self) -> Millis {
+        match self {
+            Record::Started { at, .. }
+            | Record::StepCompleted { at, .. }
+            | Record::CallStarted { at, .. }
+            | Record::CallSucceeded { at, .. }
+            | Record::CallFailed { at, .. }
+            | Record::WaitStarted { at, .. }
+            | Record::EventReceived { at, .. }
+            | Record::SleepStarted { at, .. }
+            | Record::TimerFired { at, .. }
+            | Record::ChildrenStarted { at, .. }
+            | Record::SubStarted { at, .. }
+            | Record::SubFinished { at, .. }
+            | Record::StepFailed { at, .. }
+            | Record::CancelRequested { at, .. }
+            | Record::CompensationStarted { at, .. }
+            | Record::Completed { at, .. }
+            | Record::Failed { at, .. }
+            | Record::Cancelled { at, .. } => *at,
+        }
+    }
+
+    /// The record's kind, as written in its `record` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Started { .. } => "started",
+            Record::StepCompleted { .. } => "step_completed",
+            Record::CallStarted { .. } => "call_started",
+            Record::CallSucceeded { .. } => "call_succeeded",
+            Record::CallFailed { .. } => "call_failed",
+            Record::WaitStarted { .. } => "wait_started",
+            Record::EventReceived { .. } => "event_received",
+            Record::SleepStarted { .. } => "sleep_started",
+            Record::TimerFired { .. } => "timer_fired",
+            Record::ChildrenStarted { .. } => "children_started",
+            Record::SubStarted { .. } => "sub_started",
+            Record::SubFinished { .. } => "sub_finished",
+            Record::StepFailed { .. } => "step_failed",
+            Record::CancelRequested { .. } => "cancel_requested",
+            Record::CompensationStarted { .. } => "compensation_started",
+            Record::Completed { .. } => "completed",
+            Record::Failed { .. } => "failed",
+            Record::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// Whether this record ends the instance.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Record::Completed { .. } | Record::Failed { .. } | Record::Cancelled { .. })
+    }
+}
+
+/// A record as stored: the format version plus the record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stored {
+    pub v: u32,
+    #[serde(flatten)]
+    pub record: Record,
+}

@@ -1,0 +1,103 @@
+//! The only door to durable state: [`Store`]. Only `store::sled` imports sled.
+
+pub mod sled;
+
+use crate::runtime::{Millis, Record};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("casework: storage error: {0}")]
+    Io(String),
+    #[error("casework: the data directory {path} is in use by another casework process; stop it or pass a different --data directory")]
+    Locked { path: String },
+    #[error("casework: corrupt record in the journal of {instance}: {detail}")]
+    Corrupt { instance: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What is known about an instance without reading its journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub hash: String,
+    /// running, parked (waiting on a timer, event or child), compensating, completed, failed, cancelled.
+    pub status: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+impl InstanceMeta {
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+/// A due timer: wake `frame` of `instance` at `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Timer {
+    pub at: Millis,
+    pub instance: String,
+    pub frame: u32,
+}
+
+/// A waiting frame: `instance`'s `frame` waits for `event_type` with `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Wait {
+    pub event_type: String,
+    pub key: String,
+    pub instance: String,
+    pub frame: u32,
+}
+
+/// Everything one step of one instance changes, written together (indexes first).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub instance: String,
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    pub records: Vec<Record>,
+    pub meta: Option<InstanceMeta>,
+    pub timers_add: Vec<Timer>,
+    pub timers_remove: Vec<Timer>,
+    pub waits_add: Vec<Wait>,
+    pub waits_remove: Vec<Wait>,
+}
+
+/// A stored workflow version, so instances can run the exact definition they started with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredDefinition {
+    pub name: String,
+    pub version: u32,
+    pub file: String,
+    pub source: String,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Write a batch; it is durable only after [`Store::flush`].
+    fn write(&self, batch: &Batch) -> Result<()>;
+    /// Make every write so far durable (one fsync for all writers: group commit).
+    fn flush(&self) -> Result<()>;
+    fn journal(&self, instance: &str) -> Result<Vec<Record>>;
+    fn instance(&self, id: &str) -> Result<Option<InstanceMeta>>;
+    /// Instances in id order (ids sort by creation time), starting after `after`.
+    fn instances(&self, after: Option<&str>, limit: usize) -> Result<Vec<InstanceMeta>>;
+    /// Instances that were running (not parked, not finished) when the process stopped.
+    fn runnable(&self) -> Result<Vec<InstanceMeta>>;
+    fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()>;
+    fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>>;
+    /// Claim an idempotency key for `id`; returns the instance that already holds it, if any.
+    fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>>;
+    /// Timers due at or before `now`, earliest first.
+    fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>>;
+    fn next_timer(&self) -> Result<Option<Millis>>;
+    fn waiters(&self, event_type: &str, key: &str) -> Result<Vec<Wait>>;
+    /// The answer given for an event id before, if any (event deduplication).
+    fn event_answer(&self, event_id: &str) -> Result<Option<serde_json::Value>>;
+    fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()>;
+}
