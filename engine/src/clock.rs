@@ -41,7 +41,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: Millis) -> Self {
-        ManualClock { now: AtomicI64::new(start_ms) }
+        ManualClock {
+            now: AtomicI64::new(start_ms),
+        }
     }
 }
 

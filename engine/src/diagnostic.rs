@@ -20,7 +20,10 @@ impl Span {
     pub fn within(self, block: BlockStart, line_in_block: u32, col_in_line: u32) -> Span {
         match block {
             BlockStart::Inline => Span::new(self.line, self.col + col_in_line.saturating_sub(1)),
-            BlockStart::NextLine { indent } => Span::new(self.line + line_in_block.saturating_sub(1), indent + col_in_line.max(1)),
+            BlockStart::NextLine { indent } => Span::new(
+                self.line + line_in_block.saturating_sub(1),
+                indent + col_in_line.max(1),
+            ),
         }
     }
 }

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Serve(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("casework: cannot start the async runtime: {e}");
@@ -33,10 +36,15 @@ fn main() -> ExitCode {
 
 fn init_tracing(daemon: bool) {
     use std::io::IsTerminal;
-    let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CASEWORK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() || std::env::var("CASEWORK_LOG_FORMAT").as_deref() == Ok("pretty") {
+    let default = if daemon { "info" } else { "error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CASEWORK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal()
+        || std::env::var("CASEWORK_LOG_FORMAT").as_deref() == Ok("pretty")
+    {
         builder.init();
     } else {
         builder.json().init();

@@ -28,7 +28,12 @@ pub struct PluginError {
 
 impl From<PluginError> for StepError {
     fn from(e: PluginError) -> Self {
-        StepError { code: e.code, message: e.message, retryable: e.retryable, step: None }
+        StepError {
+            code: e.code,
+            message: e.message,
+            retryable: e.retryable,
+            step: None,
+        }
     }
 }
 
@@ -36,7 +41,13 @@ pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, PluginError>
 
 pub trait PluginHost: Send + Sync + 'static {
     /// Invoke `plugin.action`. Timeouts are enforced by the caller as well.
-    fn call<'a>(&'a self, plugin: &'a str, action: &'a str, input: Value, ctx: CallContext) -> CallFuture<'a>;
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a>;
 
     /// Known plugins and actions, for validation; `None` when unknown.
     fn catalog(&self) -> Option<crate::validate::Catalog> {
@@ -49,7 +60,13 @@ pub trait PluginHost: Send + Sync + 'static {
 pub struct NoPlugins;
 
 impl PluginHost for NoPlugins {
-    fn call<'a>(&'a self, plugin: &'a str, action: &'a str, _input: Value, _ctx: CallContext) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        _input: Value,
+        _ctx: CallContext,
+    ) -> CallFuture<'a> {
         Box::pin(async move {
             Err(PluginError {
                 code: "plugin_unavailable".into(),
@@ -81,15 +98,26 @@ impl Canned {
 }
 
 impl PluginHost for Canned {
-    fn call<'a>(&'a self, plugin: &'a str, action: &'a str, input: Value, ctx: CallContext) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
         let target = format!("{plugin}.{action}");
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push((target.clone(), input, ctx));
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((target.clone(), input, ctx));
         let answer = self.answers.get(&target).cloned();
         Box::pin(async move {
             answer.unwrap_or_else(|| {
                 Err(PluginError {
                     code: "plugin_unavailable".into(),
-                    message: format!("`{target}` has no mocked answer; add `--mock {target}='{{...}}'`"),
+                    message: format!(
+                        "`{target}` has no mocked answer; add `--mock {target}='{{...}}'`"
+                    ),
                     retryable: false,
                 })
             })
@@ -110,29 +138,58 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(path: std::path::PathBuf) -> Self {
-        Ledger { path, lock: Mutex::new(()) }
+        Ledger {
+            path,
+            lock: Mutex::new(()),
+        }
     }
 }
 
 impl PluginHost for Ledger {
-    fn call<'a>(&'a self, plugin: &'a str, action: &'a str, input: Value, ctx: CallContext) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
         Box::pin(async move {
             // An in-flight window, so a test can kill the daemon in the middle of a call.
-            let delay = input.get("delay_ms").and_then(Value::as_u64).unwrap_or(0).min(5_000);
+            let delay = input
+                .get("delay_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(5_000);
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             if input.get("fail").and_then(Value::as_bool) == Some(true) && ctx.attempt < 2 {
-                return Err(PluginError { code: "unavailable".into(), message: "provider is briefly unavailable".into(), retryable: true });
+                return Err(PluginError {
+                    code: "unavailable".into(),
+                    message: "provider is briefly unavailable".into(),
+                    retryable: true,
+                });
             }
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             let seen = std::fs::read_to_string(&self.path).unwrap_or_default();
-            let first = !seen.lines().any(|l| l.split(' ').next() == Some(ctx.idempotency_key.as_str()));
+            let first = !seen
+                .lines()
+                .any(|l| l.split(' ').next() == Some(ctx.idempotency_key.as_str()));
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| PluginError {
-                code: "ledger_unwritable".into(),
-                message: e.to_string(),
-                retryable: true,
-            })?;
-            writeln!(f, "{} {} {}.{}", ctx.idempotency_key, ctx.attempt, plugin, action).and_then(|_| f.sync_all()).map_err(|e| PluginError {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| PluginError {
+                    code: "ledger_unwritable".into(),
+                    message: e.to_string(),
+                    retryable: true,
+                })?;
+            writeln!(
+                f,
+                "{} {} {}.{}",
+                ctx.idempotency_key, ctx.attempt, plugin, action
+            )
+            .and_then(|_| f.sync_all())
+            .map_err(|e| PluginError {
                 code: "ledger_unwritable".into(),
                 message: e.to_string(),
                 retryable: true,

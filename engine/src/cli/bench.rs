@@ -76,7 +76,12 @@ fn driver_at(dir: &std::path::Path, waiters: Waiters) -> Result<Driver> {
             }
         }
     });
-    let d = Driver::new(store, Arc::new(NoPlugins), Arc::new(SystemClock), Some(observer));
+    let d = Driver::new(
+        store,
+        Arc::new(NoPlugins),
+        Arc::new(SystemClock),
+        Some(observer),
+    );
     for src in [FIVE_STEPS, PARKED] {
         let (wf, diags) = compile::load("bench.yaml", src, &Default::default(), &Rules::shared());
         let wf = wf.ok_or_else(|| anyhow!("bench workflow invalid: {diags:?}"))?;
@@ -88,7 +93,11 @@ fn driver_at(dir: &std::path::Path, waiters: Waiters) -> Result<Driver> {
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -106,8 +115,16 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let d = driver_at(&tmp, waiters.clone())?;
 
     // 1. Throughput: many concurrent 5-step instances.
-    let before = d.inner().stats.records.load(std::sync::atomic::Ordering::Relaxed);
-    let flushes_before = d.inner().stats.flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let before = d
+        .inner()
+        .stats
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let flushes_before = d
+        .inner()
+        .stats
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.instances {
@@ -116,9 +133,14 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = oneshot::channel();
             let id = crate::daemon::driver::new_id(i as i64);
-            w.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), tx);
+            w.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), tx);
             // Start through the driver with a known id so completion can be awaited.
-            if d.start_as("bench-five", json!({"amount_minor": i as i64}), id).await.is_ok() {
+            if d.start_as("bench-five", json!({"amount_minor": i as i64}), id)
+                .await
+                .is_ok()
+            {
                 let _ = rx.await;
             }
         }));
@@ -127,8 +149,18 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         t.await?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let records = d.inner().stats.records.load(std::sync::atomic::Ordering::Relaxed) - before;
-    let flushes = d.inner().stats.flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes_before;
+    let records = d
+        .inner()
+        .stats
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    let flushes = d
+        .inner()
+        .stats
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - flushes_before;
     println!("throughput: {} instances, {records} journaled transitions in {secs:.2}s = {:.0} transitions/s ({flushes} flushes)", args.instances, records as f64 / secs);
 
     // 2. Latency: start to completion, one at a time.
@@ -137,13 +169,22 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let t = Instant::now();
         let id = crate::daemon::driver::new_id(1_000_000 + i as i64);
-        waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), tx);
-        d.start_as("bench-five", json!({"amount_minor": 5}), id).await.map_err(|e| anyhow!("{e}"))?;
+        waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        d.start_as("bench-five", json!({"amount_minor": 5}), id)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         let _ = rx.await;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    println!("latency (5-step workflow, start to durable completion): p50 {:.2} ms, p99 {:.2} ms", pct(&lat, 0.5), pct(&lat, 0.99));
+    println!(
+        "latency (5-step workflow, start to durable completion): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
 
     // 3. Memory with many parked instances.
     let rss0 = rss_mb();
@@ -151,7 +192,11 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let mut batch = Vec::new();
     for i in 0..args.parked {
         let d = d.clone();
-        batch.push(tokio::spawn(async move { d.start("bench-parked", json!({"key": format!("k{i}")}), None).await.map(|_| ()) }));
+        batch.push(tokio::spawn(async move {
+            d.start("bench-parked", json!({"key": format!("k{i}")}), None)
+                .await
+                .map(|_| ())
+        }));
         if batch.len() == 1_000 {
             for t in batch.drain(..) {
                 t.await?.map_err(|e| anyhow!("{e}"))?;

@@ -26,7 +26,14 @@ pub fn mermaid(def: &WorkflowDef) -> String {
 fn label(s: &StepDef) -> String {
     let what = match &s.kind {
         StepKind::Call { plugin, action, .. } => format!("call {}.{}", plugin.value, action.value),
-        StepKind::Wait { events, .. } => format!("wait {}", events.iter().map(|e| e.value.as_str()).collect::<Vec<_>>().join(" / ")),
+        StepKind::Wait { events, .. } => format!(
+            "wait {}",
+            events
+                .iter()
+                .map(|e| e.value.as_str())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
         StepKind::Subworkflow { workflow, .. } => format!("subworkflow {}", workflow.value),
         k => k.keyword().to_string(),
     };
@@ -45,18 +52,31 @@ fn block(out: &mut String, steps: &[StepDef], indent: &str) {
         match &s.kind {
             StepKind::Switch { cases, default } => {
                 for c in cases {
-                    let _ = writeln!(out, "{indent}{} -->|\"{}\"| {}", s.id.value, c.when.text.trim().replace('"', "'"), c.goto.value);
+                    let _ = writeln!(
+                        out,
+                        "{indent}{} -->|\"{}\"| {}",
+                        s.id.value,
+                        c.when.text.trim().replace('"', "'"),
+                        c.goto.value
+                    );
                 }
                 if let Some(d) = default {
                     let _ = writeln!(out, "{indent}{} -->|default| {}", s.id.value, d.value);
                 }
             }
-            StepKind::Wait { on_timeout: Some(t), .. } => {
+            StepKind::Wait {
+                on_timeout: Some(t),
+                ..
+            } => {
                 let _ = writeln!(out, "{indent}{} -->|timeout| {}", s.id.value, t.value);
             }
             StepKind::Parallel { branches, .. } => {
                 for b in branches {
-                    let _ = writeln!(out, "{indent}subgraph {}_{}[\"branch {}\"]", s.id.value, b.id.value, b.id.value);
+                    let _ = writeln!(
+                        out,
+                        "{indent}subgraph {}_{}[\"branch {}\"]",
+                        s.id.value, b.id.value, b.id.value
+                    );
                     block(out, &b.steps, &format!("{indent}  "));
                     let _ = writeln!(out, "{indent}end");
                     if let Some(first) = b.steps.first() {
@@ -65,7 +85,11 @@ fn block(out: &mut String, steps: &[StepDef], indent: &str) {
                 }
             }
             StepKind::Foreach { steps: body, .. } => {
-                let _ = writeln!(out, "{indent}subgraph {}_each[\"for each item\"]", s.id.value);
+                let _ = writeln!(
+                    out,
+                    "{indent}subgraph {}_each[\"for each item\"]",
+                    s.id.value
+                );
                 block(out, body, &format!("{indent}  "));
                 let _ = writeln!(out, "{indent}end");
                 if let Some(first) = body.first() {

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "casework", version, about = "A durable workflow engine for customer-support operations")]
+#[command(
+    name = "casework",
+    version,
+    about = "A durable workflow engine for customer-support operations"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,19 +57,34 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { paths } => validate(paths),
         Command::Run(args) => Ok(run::run(args).await? as u8),
         Command::Serve(args) => serve::serve(args).await.map(|_| 0),
-        Command::Inspect { id, data, addr, json } => inspect(&id, &data, &addr, json).await,
+        Command::Inspect {
+            id,
+            data,
+            addr,
+            json,
+        } => inspect(&id, &data, &addr, json).await,
         Command::Graph { file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let (def, diags) = crate::definition::read(&file.display().to_string(), &text);
             for d in &diags {
                 eprintln!("{d}");
             }
-            let def = def.ok_or_else(|| anyhow::anyhow!("{} has errors; run `casework validate {}`", file.display(), file.display()))?;
+            let def = def.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} has errors; run `casework validate {}`",
+                    file.display(),
+                    file.display()
+                )
+            })?;
             print!("{}", graph::mermaid(&def));
             Ok(0)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&crate::definition::schema::workflow_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::definition::schema::workflow_schema())?
+            );
             Ok(0)
         }
         Command::Bench(args) => bench::bench(args).await.map(|_| 0),
@@ -73,18 +92,26 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
-    let paths = if paths.is_empty() { vec![PathBuf::from("workflows")] } else { paths };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("workflows")]
+    } else {
+        paths
+    };
     let mut files = Vec::new();
     for p in &paths {
         if p.is_dir() {
-            files.extend(crate::daemon::registry::workflow_files(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?);
+            files.extend(
+                crate::daemon::registry::workflow_files(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+            );
         } else if p.is_file() {
             files.push(p.clone());
         } else {
             anyhow::bail!("{} does not exist", p.display());
         }
     }
-    let (ok, diags) = crate::daemon::registry::load_files(&files, None, &crate::compile::rules::Rules::shared());
+    let (ok, diags) =
+        crate::daemon::registry::load_files(&files, None, &crate::compile::rules::Rules::shared());
     for d in &diags {
         println!("{d}");
     }
@@ -97,19 +124,41 @@ fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn inspect(id: &str, data: &std::path::Path, addr: &str, as_json: bool) -> anyhow::Result<u8> {
+async fn inspect(
+    id: &str,
+    data: &std::path::Path,
+    addr: &str,
+    as_json: bool,
+) -> anyhow::Result<u8> {
     let view = match crate::store::sled::SledStore::open(data) {
         Ok(store) => {
             let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
-            let meta = store.instance(id)?.ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", data.display()))?;
+            let meta = store
+                .instance(id)?
+                .ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", data.display()))?;
             let registry = crate::daemon::registry::Registry::default();
-            let wf = registry.pinned(store.as_ref(), &meta.hash, &crate::compile::rules::Rules::shared()).map_err(|e| anyhow::anyhow!(e))?;
+            let wf = registry
+                .pinned(
+                    store.as_ref(),
+                    &meta.hash,
+                    &crate::compile::rules::Rules::shared(),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
             let journal = store.journal(id)?;
-            serde_json::to_value(crate::daemon::view::instance_view(id, &meta.status, &wf, &journal))?
+            serde_json::to_value(crate::daemon::view::instance_view(
+                id,
+                &meta.status,
+                &wf,
+                &journal,
+            ))?
         }
         Err(crate::store::Error::Locked { .. }) => {
             let url = format!("http://{addr}/v1/instances/{id}");
-            let mut resp = ureq::get(&url).call().map_err(|e| anyhow::anyhow!("the data directory is in use and the daemon at {addr} did not answer: {e}"))?;
+            let mut resp = ureq::get(&url).call().map_err(|e| {
+                anyhow::anyhow!(
+                    "the data directory is in use and the daemon at {addr} did not answer: {e}"
+                )
+            })?;
             resp.body_mut().read_json::<serde_json::Value>()?
         }
         Err(e) => return Err(e.into()),
@@ -118,9 +167,24 @@ async fn inspect(id: &str, data: &std::path::Path, addr: &str, as_json: bool) ->
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(0);
     }
-    println!("instance {}  workflow {} v{}  status {}", view["id"].as_str().unwrap_or(""), view["workflow"].as_str().unwrap_or(""), view["version"], view["status"].as_str().unwrap_or(""));
+    println!(
+        "instance {}  workflow {} v{}  status {}",
+        view["id"].as_str().unwrap_or(""),
+        view["workflow"].as_str().unwrap_or(""),
+        view["version"],
+        view["status"].as_str().unwrap_or("")
+    );
     if let Some(cur) = view["current"].as_array().filter(|c| !c.is_empty()) {
-        let steps: Vec<String> = cur.iter().map(|c| format!("{} ({})", c["step"].as_str().unwrap_or(""), c["doing"].as_str().unwrap_or(""))).collect();
+        let steps: Vec<String> = cur
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c["step"].as_str().unwrap_or(""),
+                    c["doing"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
         println!("current: {}", steps.join(", "));
     }
     println!("input: {}", view["input"]);

@@ -32,7 +32,9 @@ pub struct RunArgs {
 
 fn json_arg(text: &str) -> Result<Value> {
     let text = match text.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
+        }
         None => text.to_string(),
     };
     serde_json::from_str(&text).map_err(|e| anyhow!("not valid JSON ({e}): {text}"))
@@ -56,13 +58,19 @@ fn parse_event(spec: &str) -> Result<PendingEvent> {
     if event_type.is_empty() {
         bail!("--event needs a type, e.g. --event approval.granted or --event approval.granted:ORDER-1={{\"by\":\"lead\"}}");
     }
-    Ok(PendingEvent { event_type, key, data })
+    Ok(PendingEvent {
+        event_type,
+        key,
+        data,
+    })
 }
 
 fn canned(mocks: &[String]) -> Result<Canned> {
     let mut host = Canned::new();
     for m in mocks {
-        let (target, answer) = m.split_once('=').ok_or_else(|| anyhow!("--mock {m}: write PLUGIN.ACTION=JSON"))?;
+        let (target, answer) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--mock {m}: write PLUGIN.ACTION=JSON"))?;
         if !target.contains('.') {
             bail!("--mock {m}: the target must be PLUGIN.ACTION, e.g. payments.refund");
         }
@@ -72,7 +80,11 @@ fn canned(mocks: &[String]) -> Result<Canned> {
                     Some(c) => (c, true),
                     None => (rest, false),
                 };
-                Err(PluginError { code: code.into(), message: format!("mocked error `{code}`"), retryable })
+                Err(PluginError {
+                    code: code.into(),
+                    message: format!("mocked error `{code}`"),
+                    retryable,
+                })
             }
             None => Ok(json_arg(answer)?),
         };
@@ -84,13 +96,23 @@ fn canned(mocks: &[String]) -> Result<Canned> {
 /// Run and print; returns the process exit code (0 completed, 1 failed, 2 stuck waiting).
 pub async fn run(args: RunArgs) -> Result<i32> {
     let input = json_arg(&args.input).context("--input")?;
-    let mut events: Vec<PendingEvent> = args.events.iter().map(|e| parse_event(e)).collect::<Result<_>>()?;
+    let mut events: Vec<PendingEvent> = args
+        .events
+        .iter()
+        .map(|e| parse_event(e))
+        .collect::<Result<_>>()?;
     events.reverse();
     let start_ms = match &args.start {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t).map_err(|_| anyhow!("--start must look like 2026-03-06T16:00:00Z"))?.timestamp_millis(),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|_| anyhow!("--start must look like 2026-03-06T16:00:00Z"))?
+            .timestamp_millis(),
         None => crate::clock::SystemClock.now_ms(),
     };
-    let dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = args
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut files = workflow_files(dir).unwrap_or_default();
     if !files.iter().any(|f| f.file_name() == args.file.file_name()) {
         files.push(args.file.clone());
@@ -98,7 +120,10 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let rules = crate::compile::rules::Rules::shared();
     let (workflows, diags) = load_files(&files, None, &rules);
     let target_name = args.file.display().to_string();
-    let own: Vec<_> = diags.iter().filter(|d| Path::new(&d.file) == args.file || d.file == target_name).collect();
+    let own: Vec<_> = diags
+        .iter()
+        .filter(|d| Path::new(&d.file) == args.file || d.file == target_name)
+        .collect();
     for d in &own {
         eprintln!("{d}");
     }
@@ -112,7 +137,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let sink = printed.clone();
     let observer = Arc::new(move |id: &str, r: &Record| {
         let line = describe(id, r);
-        println!("{line}");
+        // A closed stdout (e.g. piped into `head`) must not take the instance down with it.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
         sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
     });
     let driver = Driver::new(store.clone(), host.clone(), clock.clone(), Some(observer));
@@ -130,7 +157,10 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             for p in problems {
                 eprintln!("casework: {p}");
             }
-            bail!("the input does not match `input:` in {}", args.file.display());
+            bail!(
+                "the input does not match `input:` in {}",
+                args.file.display()
+            );
         }
         Err(e) => bail!("{e}"),
     };
@@ -142,7 +172,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         let waiting_for = Arc::new(Mutex::new(None));
         let wf2 = waiting_for.clone();
         d.run_virtual(|| {
-            let Some(inst) = driver.snapshot(&id) else { return true };
+            let Some(inst) = driver.snapshot(&id) else {
+                return true;
+            };
             if inst.status.is_final() {
                 return true;
             }
@@ -162,8 +194,18 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         let key = waiting_for.lock().unwrap_or_else(|e| e.into_inner()).take();
         match (key, events.pop()) {
             (Some(waiting_key), Some(ev)) => {
-                let event = Event { event_type: ev.event_type, key: ev.key.unwrap_or(waiting_key), data: ev.data, id: None };
-                println!("{}  event {} (key {}) delivered", format_ms(clock.now_ms()), event.event_type, event.key);
+                let event = Event {
+                    event_type: ev.event_type,
+                    key: ev.key.unwrap_or(waiting_key),
+                    data: ev.data,
+                    id: None,
+                };
+                println!(
+                    "{}  event {} (key {}) delivered",
+                    format_ms(clock.now_ms()),
+                    event.event_type,
+                    event.key
+                );
                 let woken = driver.deliver(event).await.map_err(|e| anyhow!(e))?;
                 if woken.is_empty() {
                     println!("  (no instance was waiting for that key)");
@@ -178,10 +220,15 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         }
     }
     driver.wait_idle().await;
-    let inst = driver.snapshot(&started.id).ok_or_else(|| anyhow!("instance vanished"))?;
+    let inst = driver
+        .snapshot(&started.id)
+        .ok_or_else(|| anyhow!("instance vanished"))?;
     let code = match inst.status {
         crate::runtime::Status::Completed => {
-            println!("result: completed\noutput: {}", serde_json::to_string_pretty(&inst.output.unwrap_or(Value::Null))?);
+            println!(
+                "result: completed\noutput: {}",
+                serde_json::to_string_pretty(&inst.output.unwrap_or(Value::Null))?
+            );
             0
         }
         crate::runtime::Status::Failed | crate::runtime::Status::Cancelled => {
@@ -190,15 +237,26 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             1
         }
         _ => {
-            let wf = driver.inner().registry.latest(&name).ok_or_else(|| anyhow!("workflow vanished"))?;
-            let doing: Vec<String> = inst.current_steps(&wf).into_iter().map(|(_, s, d)| format!("{s} ({d})")).collect();
+            let wf = driver
+                .inner()
+                .registry
+                .latest(&name)
+                .ok_or_else(|| anyhow!("workflow vanished"))?;
+            let doing: Vec<String> = inst
+                .current_steps(&wf)
+                .into_iter()
+                .map(|(_, s, d)| format!("{s} ({d})"))
+                .collect();
             println!("result: still running — {}", doing.join(", "));
             println!("hint: deliver the events it waits for with --event TYPE[:KEY][=JSON]");
             2
         }
     };
     if !events.is_empty() {
-        eprintln!("casework: {} --event value(s) were never used: nothing waited for them", events.len());
+        eprintln!(
+            "casework: {} --event value(s) were never used: nothing waited for them",
+            events.len()
+        );
     }
     Ok(code)
 }
@@ -206,10 +264,18 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 /// One line per journal record, as `casework run` prints it.
 pub fn describe(id: &str, r: &Record) -> String {
     let t = format_ms(r.at());
-    let who = if id.contains('.') { format!("[{id}] ") } else { String::new() };
+    let who = if id.contains('.') {
+        format!("[{id}] ")
+    } else {
+        String::new()
+    };
     let what = match r {
-        Record::Started { workflow, version, .. } => format!("started {workflow} v{version}"),
-        Record::StepCompleted { step, next, reason, .. } => {
+        Record::Started {
+            workflow, version, ..
+        } => format!("started {workflow} v{version}"),
+        Record::StepCompleted {
+            step, next, reason, ..
+        } => {
             let mut s = format!("step {step} done");
             if let Some(n) = next {
                 s.push_str(&format!(" → {n}"));
@@ -219,31 +285,84 @@ pub fn describe(id: &str, r: &Record) -> String {
             }
             s
         }
-        Record::CallStarted { step, attempt, key, .. } => format!("step {step} calls plugin (attempt {attempt}, idempotency key {key})"),
+        Record::CallStarted {
+            step, attempt, key, ..
+        } => format!("step {step} calls plugin (attempt {attempt}, idempotency key {key})"),
         Record::CallSucceeded { step, .. } => format!("step {step} plugin answered"),
-        Record::CallFailed { step, attempt, error, retry_at, .. } => match retry_at {
-            Some(at) => format!("step {step} attempt {attempt} failed ({}: {}), retry at {}", error.code, error.message, format_ms(*at)),
-            None => format!("step {step} attempt {attempt} failed ({}: {})", error.code, error.message),
+        Record::CallFailed {
+            step,
+            attempt,
+            error,
+            retry_at,
+            ..
+        } => match retry_at {
+            Some(at) => format!(
+                "step {step} attempt {attempt} failed ({}: {}), retry at {}",
+                error.code,
+                error.message,
+                format_ms(*at)
+            ),
+            None => format!(
+                "step {step} attempt {attempt} failed ({}: {})",
+                error.code, error.message
+            ),
         },
-        Record::WaitStarted { step, events, key, deadline, .. } => {
-            let until = deadline.map(|d| format!(" until {}", format_ms(d))).unwrap_or_default();
-            format!("step {step} waits for {} (key {key}){until}", events.join(" or "))
+        Record::WaitStarted {
+            step,
+            events,
+            key,
+            deadline,
+            ..
+        } => {
+            let until = deadline
+                .map(|d| format!(" until {}", format_ms(d)))
+                .unwrap_or_default();
+            format!(
+                "step {step} waits for {} (key {key}){until}",
+                events.join(" or ")
+            )
         }
-        Record::EventReceived { step, event, .. } => format!("step {step} received {}", event.event_type),
-        Record::SleepStarted { step, until, .. } => format!("step {step} sleeps until {}", format_ms(*until)),
+        Record::EventReceived { step, event, .. } => {
+            format!("step {step} received {}", event.event_type)
+        }
+        Record::SleepStarted { step, until, .. } => {
+            format!("step {step} sleeps until {}", format_ms(*until))
+        }
         Record::TimerFired { step, next, .. } => match next {
             Some(n) => format!("step {step} timed out → {n}"),
             None => format!("step {step} timer fired"),
         },
-        Record::ChildrenStarted { step, children, .. } => format!("step {step} started {} branch(es)", children.len()),
-        Record::SubStarted { step, child, workflow, .. } => format!("step {step} started subworkflow {workflow} ({child})"),
-        Record::SubFinished { step, result, .. } => format!("step {step} subworkflow {}", if result.is_ok() { "completed" } else { "failed" }),
-        Record::StepFailed { step, error, next, .. } => match next {
-            Some(n) => format!("step {step} failed ({}: {}) → {n}", error.code, error.message),
+        Record::ChildrenStarted { step, children, .. } => {
+            format!("step {step} started {} branch(es)", children.len())
+        }
+        Record::SubStarted {
+            step,
+            child,
+            workflow,
+            ..
+        } => format!("step {step} started subworkflow {workflow} ({child})"),
+        Record::SubFinished { step, result, .. } => format!(
+            "step {step} subworkflow {}",
+            if result.is_ok() {
+                "completed"
+            } else {
+                "failed"
+            }
+        ),
+        Record::StepFailed {
+            step, error, next, ..
+        } => match next {
+            Some(n) => format!(
+                "step {step} failed ({}: {}) → {n}",
+                error.code, error.message
+            ),
             None => format!("step {step} failed ({}: {})", error.code, error.message),
         },
         Record::CancelRequested { reason, .. } => format!("cancel requested: {reason}"),
-        Record::CompensationStarted { steps, .. } => format!("compensating: {}", steps.iter().rev().cloned().collect::<Vec<_>>().join(", ")),
+        Record::CompensationStarted { steps, .. } => format!(
+            "compensating: {}",
+            steps.join(", ")
+        ),
         Record::Completed { .. } => "completed".into(),
         Record::Failed { error, .. } => format!("failed: {error}"),
         Record::Cancelled { reason, .. } => format!("cancelled: {reason}"),

@@ -30,7 +30,10 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     if !args.workflows.is_dir() {
-        return Err(anyhow!("casework: workflow folder {} does not exist; pass --workflows DIR", args.workflows.display()));
+        return Err(anyhow!(
+            "casework: workflow folder {} does not exist; pass --workflows DIR",
+            args.workflows.display()
+        ));
     }
     let store = Arc::new(SledStore::open(&args.data).map_err(|e| anyhow!("{e}"))?);
     let plugins: Arc<dyn PluginHost> = match &args.test_ledger {
@@ -38,13 +41,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => Arc::new(NoPlugins),
     };
     let driver = Driver::new(store, plugins, Arc::new(SystemClock), None);
-    let files = workflow_files(&args.workflows).with_context(|| format!("reading {}", args.workflows.display()))?;
+    let files = workflow_files(&args.workflows)
+        .with_context(|| format!("reading {}", args.workflows.display()))?;
     let (workflows, diags) = load_files(&files, None, &driver.inner().rules);
     for d in diags.iter() {
         tracing::error!(target: "casework::load", "{d}");
     }
     {
-        let mut problems = driver.inner().registry.problems.write().unwrap_or_else(|e| e.into_inner());
+        let mut problems = driver
+            .inner()
+            .registry
+            .problems
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         for d in diags.into_iter().filter(|d| d.is_error()) {
             problems.entry(d.file.clone()).or_default().push(d);
         }
@@ -56,10 +65,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let resumed = driver.resume_all().map_err(|e| anyhow!(e))?;
     tracing::info!(resumed, "instances resumed");
     tokio::spawn(driver.clone().run_timers());
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %args.listen, data = %args.data.display(), "casework is serving");
-    println!("casework: serving on http://{} (data in {})", args.listen, args.data.display());
-    axum::serve(listener, http::router(driver.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    println!(
+        "casework: serving on http://{} (data in {})",
+        args.listen,
+        args.data.display()
+    );
+    axum::serve(listener, http::router(driver.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     // In-flight steps are already journaled; waiting for idle lets their records flush.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver.wait_idle()).await;
     tracing::info!("casework stopped");

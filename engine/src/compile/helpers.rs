@@ -10,18 +10,25 @@ use rhai::{Array, Engine, EvalAltResult, Position, INT};
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
 fn fail<T>(msg: String) -> Res<T> {
-    Err(Box::new(EvalAltResult::ErrorRuntime(msg.into(), Position::NONE)))
+    Err(Box::new(EvalAltResult::ErrorRuntime(
+        msg.into(),
+        Position::NONE,
+    )))
 }
 
 fn instant(s: &str) -> Res<DateTime<Utc>> {
     match DateTime::parse_from_rfc3339(s) {
         Ok(t) => Ok(t.with_timezone(&Utc)),
-        Err(_) => fail(format!("`{s}` is not a time; write it like 2026-03-06T16:00:00Z")),
+        Err(_) => fail(format!(
+            "`{s}` is not a time; write it like 2026-03-06T16:00:00Z"
+        )),
     }
 }
 
 fn duration_ms(s: &str) -> Res<i64> {
-    Duration::parse(s).map(|d| d.as_millis() as i64).or_else(fail)
+    Duration::parse(s)
+        .map(|d| d.as_millis() as i64)
+        .or_else(fail)
 }
 
 fn text(t: DateTime<Utc>) -> String {
@@ -35,7 +42,8 @@ pub fn currency_exponent(code: &str) -> Option<u32> {
         return None;
     }
     Some(match code.as_str() {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
         "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
         _ => 2,
     })
@@ -43,7 +51,8 @@ pub fn currency_exponent(code: &str) -> Option<u32> {
 
 /// Parse "12.34" in `currency` to minor units (1234), exactly, without floating point.
 pub fn to_minor(amount: &str, currency: &str) -> Result<i64, String> {
-    let exp = currency_exponent(currency).ok_or_else(|| format!("`{currency}` is not an ISO 4217 currency code"))?;
+    let exp = currency_exponent(currency)
+        .ok_or_else(|| format!("`{currency}` is not an ISO 4217 currency code"))?;
     let amount = amount.trim();
     let (neg, digits) = match amount.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -51,14 +60,23 @@ pub fn to_minor(amount: &str, currency: &str) -> Result<i64, String> {
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let bad = || format!("`{amount}` is not an amount in {currency}");
-    if whole.is_empty() || !whole.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+    {
         return Err(bad());
     }
     if frac.len() > exp as usize {
-        return Err(format!("`{amount}` has more than {exp} decimals for {currency}"));
+        return Err(format!(
+            "`{amount}` has more than {exp} decimals for {currency}"
+        ));
     }
     let scale = 10i64.pow(exp);
-    let frac_val: i64 = if frac.is_empty() { 0 } else { frac.parse::<i64>().map_err(|_| bad())? * 10i64.pow(exp - frac.len() as u32) };
+    let frac_val: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<i64>().map_err(|_| bad())? * 10i64.pow(exp - frac.len() as u32)
+    };
     let v = whole
         .parse::<i64>()
         .ok()
@@ -70,7 +88,8 @@ pub fn to_minor(amount: &str, currency: &str) -> Result<i64, String> {
 
 /// Format minor units for people: `format_money(1234, "USD")` → `12.34 USD`.
 pub fn format_money(minor: i64, currency: &str) -> Result<String, String> {
-    let exp = currency_exponent(currency).ok_or_else(|| format!("`{currency}` is not an ISO 4217 currency code"))?;
+    let exp = currency_exponent(currency)
+        .ok_or_else(|| format!("`{currency}` is not an ISO 4217 currency code"))?;
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     let cur = currency.to_ascii_uppercase();
@@ -78,7 +97,12 @@ pub fn format_money(minor: i64, currency: &str) -> Result<String, String> {
         return Ok(format!("{sign}{abs} {cur}"));
     }
     let scale = 10u64.pow(exp);
-    Ok(format!("{sign}{}.{:0width$} {cur}", abs / scale, abs % scale, width = exp as usize))
+    Ok(format!(
+        "{sign}{}.{:0width$} {cur}",
+        abs / scale,
+        abs % scale,
+        width = exp as usize
+    ))
 }
 
 fn glob(text: &str, pattern: &str) -> bool {
@@ -116,24 +140,45 @@ pub fn register(engine: &mut Engine) {
         Ok(text(t - chrono::Duration::milliseconds(duration_ms(d)?)))
     });
     engine.register_fn("duration_ms", |d: &str| duration_ms(d));
-    engine.register_fn("ms_between", |a: &str, b: &str| -> Res<INT> { Ok((instant(b)? - instant(a)?).num_milliseconds()) });
-    engine.register_fn("minutes_between", |a: &str, b: &str| -> Res<INT> { Ok((instant(b)? - instant(a)?).num_minutes()) });
-    engine.register_fn("hours_between", |a: &str, b: &str| -> Res<INT> { Ok((instant(b)? - instant(a)?).num_hours()) });
-    engine.register_fn("days_between", |a: &str, b: &str| -> Res<INT> { Ok((instant(b)? - instant(a)?).num_days()) });
-    engine.register_fn("is_before", |a: &str, b: &str| -> Res<bool> { Ok(instant(a)? < instant(b)?) });
+    engine.register_fn("ms_between", |a: &str, b: &str| -> Res<INT> {
+        Ok((instant(b)? - instant(a)?).num_milliseconds())
+    });
+    engine.register_fn("minutes_between", |a: &str, b: &str| -> Res<INT> {
+        Ok((instant(b)? - instant(a)?).num_minutes())
+    });
+    engine.register_fn("hours_between", |a: &str, b: &str| -> Res<INT> {
+        Ok((instant(b)? - instant(a)?).num_hours())
+    });
+    engine.register_fn("days_between", |a: &str, b: &str| -> Res<INT> {
+        Ok((instant(b)? - instant(a)?).num_days())
+    });
+    engine.register_fn("is_before", |a: &str, b: &str| -> Res<bool> {
+        Ok(instant(a)? < instant(b)?)
+    });
     engine.register_fn("is_time", |a: &str| DateTime::parse_from_rfc3339(a).is_ok());
     // Money (integer minor units).
-    engine.register_fn("to_minor", |amount: &str, currency: &str| to_minor(amount, currency).or_else(fail));
-    engine.register_fn("format_money", |minor: INT, currency: &str| format_money(minor, currency).or_else(fail));
+    engine.register_fn("to_minor", |amount: &str, currency: &str| {
+        to_minor(amount, currency).or_else(fail)
+    });
+    engine.register_fn("format_money", |minor: INT, currency: &str| {
+        format_money(minor, currency).or_else(fail)
+    });
     engine.register_fn("percent_of", |minor: INT, percent: INT| -> Res<INT> {
         // Rounds toward zero so a computed limit never exceeds the policy.
-        minor.checked_mul(percent).map(|v| v / 100).map_or_else(|| fail("amount too large".into()), Ok)
+        minor
+            .checked_mul(percent)
+            .map(|v| v / 100)
+            .map_or_else(|| fail("amount too large".into()), Ok)
     });
     // Text.
     engine.register_fn("matches", |text: &str, pattern: &str| glob(text, pattern));
     engine.register_fn("contains_any", |text: &str, words: Array| {
         let lower = text.to_lowercase();
-        words.iter().any(|w| w.clone().into_string().is_ok_and(|w| lower.contains(&w.to_lowercase())))
+        words.iter().any(|w| {
+            w.clone()
+                .into_string()
+                .is_ok_and(|w| lower.contains(&w.to_lowercase()))
+        })
     });
     engine.register_fn("mask", |text: &str, keep: INT| {
         let chars: Vec<char> = text.chars().collect();
@@ -153,7 +198,9 @@ mod tests {
         assert_eq!(to_minor("12.3", "eur"), Ok(1230));
         assert_eq!(to_minor("500", "JPY"), Ok(500));
         assert_eq!(to_minor("1.005", "KWD"), Ok(1005));
-        assert!(to_minor("1.005", "USD").unwrap_err().contains("more than 2 decimals"));
+        assert!(to_minor("1.005", "USD")
+            .unwrap_err()
+            .contains("more than 2 decimals"));
         assert!(to_minor("abc", "USD").is_err());
         assert!(to_minor("1", "DOLLARS").is_err());
         assert_eq!(format_money(1234, "usd").unwrap(), "12.34 USD");
@@ -172,10 +219,16 @@ mod tests {
     fn time_helpers_in_rules() {
         let mut e = Engine::new();
         register(&mut e);
-        let v: String = e.eval(r#"add_duration("2026-03-06T16:00:00Z", "4h")"#).unwrap();
+        let v: String = e
+            .eval(r#"add_duration("2026-03-06T16:00:00Z", "4h")"#)
+            .unwrap();
         assert_eq!(v, "2026-03-06T20:00:00.000Z");
-        let d: INT = e.eval(r#"days_between("2026-01-01T00:00:00Z", "2026-01-31T00:00:00Z")"#).unwrap();
+        let d: INT = e
+            .eval(r#"days_between("2026-01-01T00:00:00Z", "2026-01-31T00:00:00Z")"#)
+            .unwrap();
         assert_eq!(d, 30);
-        assert!(e.eval::<String>(r#"add_duration("yesterday", "4h")"#).is_err());
+        assert!(e
+            .eval::<String>(r#"add_duration("yesterday", "4h")"#)
+            .is_err());
     }
 }

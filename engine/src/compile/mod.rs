@@ -7,7 +7,9 @@ pub mod helpers;
 pub mod rules;
 pub mod template;
 
-use crate::definition::{self, InputField, Join, Retry, Script, SleepFor, StepDef, StepKind, WorkflowDef};
+use crate::definition::{
+    self, InputField, Join, Retry, Script, SleepFor, StepDef, StepKind, WorkflowDef,
+};
 use crate::diagnostic::{Diagnostic, Span};
 use crate::validate;
 use rhai::AST;
@@ -48,16 +50,44 @@ pub struct Step {
 #[derive(Debug)]
 pub enum Kind {
     Rule(AST),
-    Switch { cases: Vec<(AST, usize)>, default: Option<usize> },
-    Call { plugin: String, action: String, with: Option<Template>, timeout_ms: u64, retry: Retry },
-    Wait { events: Vec<String>, key: AST, timeout_ms: Option<u64>, on_timeout: Option<usize> },
+    Switch {
+        cases: Vec<(AST, usize)>,
+        default: Option<usize>,
+    },
+    Call {
+        plugin: String,
+        action: String,
+        with: Option<Template>,
+        timeout_ms: u64,
+        retry: Retry,
+    },
+    Wait {
+        events: Vec<String>,
+        key: AST,
+        timeout_ms: Option<u64>,
+        on_timeout: Option<usize>,
+    },
     Sleep(Sleep),
-    Parallel { join: Join, branches: Vec<(String, usize)> },
-    Foreach { items: AST, item_name: String, concurrency: u32, body: usize },
+    Parallel {
+        join: Join,
+        branches: Vec<(String, usize)>,
+    },
+    Foreach {
+        items: AST,
+        item_name: String,
+        concurrency: u32,
+        body: usize,
+    },
     Set(Vec<(String, Template)>),
-    Subworkflow { workflow: String, with: Option<Template> },
+    Subworkflow {
+        workflow: String,
+        with: Option<Template>,
+    },
     Complete(Option<Template>),
-    Fail { code: String, message: Template },
+    Fail {
+        code: String,
+        message: Template,
+    },
 }
 
 #[derive(Debug)]
@@ -76,7 +106,10 @@ impl CompiledWorkflow {
 
     /// Names of inputs marked `sensitive: true`.
     pub fn sensitive_inputs(&self) -> impl Iterator<Item = &str> {
-        self.inputs.iter().filter(|f| f.sensitive).map(|f| f.name.value.as_str())
+        self.inputs
+            .iter()
+            .filter(|f| f.sensitive)
+            .map(|f| f.name.value.as_str())
     }
 
     /// Id of the workflow version: `name@version#hash-prefix`.
@@ -86,7 +119,12 @@ impl CompiledWorkflow {
 }
 
 /// Read, validate and compile one file. Every problem is returned; the workflow only if none is an error.
-pub fn load(file: &str, source: &str, ctx: &validate::Context, rules: &Arc<Rules>) -> (Option<CompiledWorkflow>, Vec<Diagnostic>) {
+pub fn load(
+    file: &str,
+    source: &str,
+    ctx: &validate::Context,
+    rules: &Arc<Rules>,
+) -> (Option<CompiledWorkflow>, Vec<Diagnostic>) {
     let (def, mut diags) = definition::read(file, source);
     let Some(def) = def else { return (None, diags) };
     diags.extend(validate::check(&def, ctx));
@@ -99,8 +137,18 @@ pub fn load(file: &str, source: &str, ctx: &validate::Context, rules: &Arc<Rules
 }
 
 /// Compile a definition that passed validation. Script errors are returned as diagnostics.
-pub fn compile(def: &WorkflowDef, source: &str, rules: &Arc<Rules>) -> (CompiledWorkflow, Vec<Diagnostic>) {
-    let mut c = Compiler { def, rules, diags: Vec::new(), steps: Vec::new(), index: HashMap::new() };
+pub fn compile(
+    def: &WorkflowDef,
+    source: &str,
+    rules: &Arc<Rules>,
+) -> (CompiledWorkflow, Vec<Diagnostic>) {
+    let mut c = Compiler {
+        def,
+        rules,
+        diags: Vec::new(),
+        steps: Vec::new(),
+        index: HashMap::new(),
+    };
     // Give every step its index first so forward references resolve.
     let all = def.all_steps();
     for (i, s) in all.iter().enumerate() {
@@ -111,8 +159,16 @@ pub fn compile(def: &WorkflowDef, source: &str, rules: &Arc<Rules>) -> (Compiled
         c.steps.push(step);
     }
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
-    let Compiler { diags, steps, index, .. } = c;
-    let on_error = def.on_error.as_ref().and_then(|s| index.get(&s.value).copied());
+    let Compiler {
+        diags,
+        steps,
+        index,
+        ..
+    } = c;
+    let on_error = def
+        .on_error
+        .as_ref()
+        .and_then(|s| index.get(&s.value).copied());
     (
         CompiledWorkflow {
             name: def.name.value.clone(),
@@ -147,12 +203,20 @@ impl Compiler<'_> {
     }
 
     fn script(&mut self, s: &Script, expression: bool) -> AST {
-        let r = if expression { self.rules.compile_expression(&s.text) } else { self.rules.compile_script(&s.text) };
+        let r = if expression {
+            self.rules.compile_expression(&s.text)
+        } else {
+            self.rules.compile_script(&s.text)
+        };
         r.unwrap_or_else(|e| {
             let span = e.span_in_file(s.span, s.block);
             self.diags.push(
-                Diagnostic::error(&self.def.file, span, format!("rule does not compile: {}", e.message))
-                    .with_hint("rules are Rhai: see docs/rules.md for syntax and the helper functions"),
+                Diagnostic::error(
+                    &self.def.file,
+                    span,
+                    format!("rule does not compile: {}", e.message),
+                )
+                .with_hint("rules are Rhai: see docs/workflows.md for syntax and the helper functions"),
             );
             AST::empty()
         })
@@ -162,7 +226,10 @@ impl Compiler<'_> {
         let mut errors = Vec::new();
         let t = template::compile(self.rules, node, &mut errors);
         for e in errors {
-            let span = Span::new(e.node_span.line, e.node_span.col + e.offset + e.error.col.saturating_sub(1));
+            let span = Span::new(
+                e.node_span.line,
+                e.node_span.col + e.offset + e.error.col.saturating_sub(1),
+            );
             self.diags.push(
                 Diagnostic::error(&self.def.file, span, format!("template expression does not compile: {}", e.error.message))
                     .with_hint("write `${ expression }`, e.g. `${input.order_id}`; use `$${` for a literal `${`"),
@@ -175,17 +242,33 @@ impl Compiler<'_> {
         let kind = match &s.kind {
             StepKind::Rule { script } => Kind::Rule(self.script(script, false)),
             StepKind::Switch { cases, default } => Kind::Switch {
-                cases: cases.iter().map(|c| (self.script(&c.when, true), self.idx(&c.goto.value))).collect(),
+                cases: cases
+                    .iter()
+                    .map(|c| (self.script(&c.when, true), self.idx(&c.goto.value)))
+                    .collect(),
                 default: default.as_ref().map(|d| self.idx(&d.value)),
             },
-            StepKind::Call { plugin, action, with, timeout, retry } => Kind::Call {
+            StepKind::Call {
+                plugin,
+                action,
+                with,
+                timeout,
+                retry,
+            } => Kind::Call {
                 plugin: plugin.value.clone(),
                 action: action.value.clone(),
                 with: with.as_ref().map(|t| self.template(&t.node)),
-                timeout_ms: timeout.as_ref().map_or(DEFAULT_CALL_TIMEOUT_MS, |t| t.value.as_millis()),
+                timeout_ms: timeout
+                    .as_ref()
+                    .map_or(DEFAULT_CALL_TIMEOUT_MS, |t| t.value.as_millis()),
                 retry: retry.clone().unwrap_or_default(),
             },
-            StepKind::Wait { events, key, timeout, on_timeout } => Kind::Wait {
+            StepKind::Wait {
+                events,
+                key,
+                timeout,
+                on_timeout,
+            } => Kind::Wait {
                 events: events.iter().map(|e| e.value.clone()).collect(),
                 key: self.script(key, true),
                 timeout_ms: timeout.as_ref().map(|t| t.value.as_millis()),
@@ -197,10 +280,22 @@ impl Compiler<'_> {
                 join: *join,
                 branches: branches
                     .iter()
-                    .map(|b| (b.id.value.clone(), b.steps.first().map_or(usize::MAX, |f| self.idx(&f.id.value))))
+                    .map(|b| {
+                        (
+                            b.id.value.clone(),
+                            b.steps
+                                .first()
+                                .map_or(usize::MAX, |f| self.idx(&f.id.value)),
+                        )
+                    })
                     .collect(),
             },
-            StepKind::Foreach { items, item_name, concurrency, steps } => Kind::Foreach {
+            StepKind::Foreach {
+                items,
+                item_name,
+                concurrency,
+                steps,
+            } => Kind::Foreach {
                 items: self.script(items, true),
                 item_name: item_name.value.clone(),
                 concurrency: *concurrency,
@@ -208,14 +303,24 @@ impl Compiler<'_> {
             },
             StepKind::Set { values } => {
                 let entries = values.node.as_map().unwrap_or_default();
-                Kind::Set(entries.iter().map(|(k, v)| (k.name.clone(), self.template(v))).collect())
+                Kind::Set(
+                    entries
+                        .iter()
+                        .map(|(k, v)| (k.name.clone(), self.template(v)))
+                        .collect(),
+                )
             }
             StepKind::Subworkflow { workflow, with } => Kind::Subworkflow {
                 workflow: workflow.value.clone(),
                 with: with.as_ref().map(|t| self.template(&t.node)),
             },
-            StepKind::Complete { output } => Kind::Complete(output.as_ref().map(|t| self.template(&t.node))),
-            StepKind::Fail { code, message } => Kind::Fail { code: code.clone(), message: self.template(&message.node) },
+            StepKind::Complete { output } => {
+                Kind::Complete(output.as_ref().map(|t| self.template(&t.node)))
+            }
+            StepKind::Fail { code, message } => Kind::Fail {
+                code: code.clone(),
+                message: self.template(&message.node),
+            },
         };
         Step {
             id: s.id.value.clone(),

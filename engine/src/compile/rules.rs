@@ -62,7 +62,9 @@ pub struct Rules {
 
 impl std::fmt::Debug for Rules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rules").field("limits", &self.limits).finish()
+        f.debug_struct("Rules")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -79,7 +81,9 @@ impl Rules {
     /// The process-wide engine with default limits.
     pub fn shared() -> Arc<Rules> {
         static SHARED: OnceLock<Arc<Rules>> = OnceLock::new();
-        SHARED.get_or_init(|| Arc::new(Rules::new(Limits::default()))).clone()
+        SHARED
+            .get_or_init(|| Arc::new(Rules::new(Limits::default())))
+            .clone()
     }
 
     pub fn new(limits: Limits) -> Self {
@@ -115,10 +119,23 @@ impl Rules {
     }
 
     /// Evaluate `ast`, returning its value and the (possibly changed) `vars`.
-    pub fn eval(&self, ast: &AST, b: &Bindings<'_>) -> Result<(serde_json::Value, serde_json::Map<String, serde_json::Value>), RuleError> {
+    pub fn eval(
+        &self,
+        ast: &AST,
+        b: &Bindings<'_>,
+    ) -> Result<
+        (
+            serde_json::Value,
+            serde_json::Map<String, serde_json::Value>,
+        ),
+        RuleError,
+    > {
         let mut scope = Scope::new();
         scope.push_constant("input", to_dynamic(b.input)?);
-        scope.push("vars", to_dynamic(&serde_json::Value::Object(b.vars.clone()))?);
+        scope.push(
+            "vars",
+            to_dynamic(&serde_json::Value::Object(b.vars.clone()))?,
+        );
         scope.push_constant("now", Dynamic::from(format_ms(b.now_ms)));
         for (k, v) in b.locals {
             scope.push_constant(k.as_str(), to_dynamic(v)?);
@@ -127,12 +144,16 @@ impl Rules {
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
             .map_err(|e| runtime_error(&e, &self.limits))?;
-        let vars_dyn = scope.get_value::<Dynamic>("vars").unwrap_or_else(|| Dynamic::from(Map::new()));
+        let vars_dyn = scope
+            .get_value::<Dynamic>("vars")
+            .unwrap_or_else(|| Dynamic::from(Map::new()));
         let vars = match from_dynamic(&vars_dyn)? {
             serde_json::Value::Object(m) => m,
             _ => {
                 return Err(RuleError {
-                    message: "`vars` must stay a map; assign to its fields instead (vars.name = ...)".into(),
+                    message:
+                        "`vars` must stay a map; assign to its fields instead (vars.name = ...)"
+                            .into(),
                 })
             }
         };
@@ -141,14 +162,18 @@ impl Rules {
 }
 
 fn to_dynamic(v: &serde_json::Value) -> Result<Dynamic, RuleError> {
-    rhai::serde::to_dynamic(v).map_err(|e| RuleError { message: format!("cannot pass value to rule: {e}") })
+    rhai::serde::to_dynamic(v).map_err(|e| RuleError {
+        message: format!("cannot pass value to rule: {e}"),
+    })
 }
 
 fn from_dynamic(d: &Dynamic) -> Result<serde_json::Value, RuleError> {
     if d.is_unit() {
         return Ok(serde_json::Value::Null);
     }
-    rhai::serde::from_dynamic(d).map_err(|e| RuleError { message: format!("rule produced a value that cannot be stored: {e}") })
+    rhai::serde::from_dynamic(d).map_err(|e| RuleError {
+        message: format!("rule produced a value that cannot be stored: {e}"),
+    })
 }
 
 fn syntax_error(e: rhai::ParseError) -> SyntaxError {
@@ -211,14 +236,25 @@ mod tests {
         let ast = rules.compile_script(src).expect("compiles");
         let input = json!({"amount_minor": 25000});
         rules
-            .eval(&ast, &Bindings { input: &input, vars: &serde_json::Map::new(), locals: &serde_json::Map::new(), now_ms: 0 })
+            .eval(
+                &ast,
+                &Bindings {
+                    input: &input,
+                    vars: &serde_json::Map::new(),
+                    locals: &serde_json::Map::new(),
+                    now_ms: 0,
+                },
+            )
             .map(|(v, _)| v)
     }
 
     #[test]
     fn infinite_loop_is_stopped() {
         let err = run("loop { }").unwrap_err();
-        assert!(err.message.contains("stopped after 200000 operations"), "{err}");
+        assert!(
+            err.message.contains("stopped after 200000 operations"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -243,10 +279,20 @@ mod tests {
     #[test]
     fn writes_to_vars_come_back() {
         let rules = Rules::shared();
-        let ast = rules.compile_script("vars.approved = input.amount_minor <= 20000; \"next_step\"").unwrap();
+        let ast = rules
+            .compile_script("vars.approved = input.amount_minor <= 20000; \"next_step\"")
+            .unwrap();
         let input = json!({"amount_minor": 25000});
         let (v, vars) = rules
-            .eval(&ast, &Bindings { input: &input, vars: &serde_json::Map::new(), locals: &serde_json::Map::new(), now_ms: 0 })
+            .eval(
+                &ast,
+                &Bindings {
+                    input: &input,
+                    vars: &serde_json::Map::new(),
+                    locals: &serde_json::Map::new(),
+                    now_ms: 0,
+                },
+            )
             .unwrap();
         assert_eq!(v, json!("next_step"));
         assert_eq!(vars["approved"], json!(false));
@@ -254,7 +300,9 @@ mod tests {
 
     #[test]
     fn syntax_error_position_maps_into_yaml() {
-        let err = Rules::shared().compile_script("let x = 1;\nlet = 2;").unwrap_err();
+        let err = Rules::shared()
+            .compile_script("let x = 1;\nlet = 2;")
+            .unwrap_err();
         assert_eq!(err.line, 2);
         let span = err.span_in_file(Span::new(10, 11), BlockStart::NextLine { indent: 6 });
         assert_eq!(span.line, 11);

@@ -37,7 +37,12 @@ pub fn compile(rules: &Rules, node: &Node, errors: &mut Vec<TemplateError>) -> T
     match &node.value {
         Y::Str(s, _) => compile_str(rules, s, node, errors),
         Y::Seq(items) => Template::List(items.iter().map(|n| compile(rules, n, errors)).collect()),
-        Y::Map(entries) => Template::Map(entries.iter().map(|(k, v)| (k.name.clone(), compile(rules, v, errors))).collect()),
+        Y::Map(entries) => Template::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (k.name.clone(), compile(rules, v, errors)))
+                .collect(),
+        ),
         _ => Template::Literal(node.to_json()),
     }
 }
@@ -61,7 +66,11 @@ fn compile_str(rules: &Rules, s: &str, node: &Node, errors: &mut Vec<TemplateErr
             errors.push(TemplateError {
                 node_span: node.span,
                 offset: (offset + pos) as u32,
-                error: SyntaxError { line: 1, col: 1, message: "`${` is never closed with `}`".into() },
+                error: SyntaxError {
+                    line: 1,
+                    col: 1,
+                    message: "`${` is never closed with `}`".into(),
+                },
             });
             return Template::Literal(Value::String(s.to_string()));
         };
@@ -73,7 +82,11 @@ fn compile_str(rules: &Rules, s: &str, node: &Node, errors: &mut Vec<TemplateErr
                 }
                 parts.push(Part::Expr(Box::new(ast)));
             }
-            Err(error) => errors.push(TemplateError { node_span: node.span, offset: (offset + body_start) as u32, error }),
+            Err(error) => errors.push(TemplateError {
+                node_span: node.span,
+                offset: (offset + body_start) as u32,
+                error,
+            }),
         }
         offset += body_start + len + 1;
         rest = &rest[body_start + len + 1..];
@@ -139,7 +152,12 @@ impl Template {
                 }
                 Value::String(out)
             }
-            Template::List(items) => Value::Array(items.iter().map(|t| t.render(rules, b)).collect::<Result<_, _>>()?),
+            Template::List(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| t.render(rules, b))
+                    .collect::<Result<_, _>>()?,
+            ),
             Template::Map(entries) => Value::Object(
                 entries
                     .iter()
@@ -165,18 +183,33 @@ mod tests {
         let input = json!({"amount_minor": 1999, "order": "o_1"});
         let mut vars = serde_json::Map::new();
         vars.insert("refund".into(), json!({"id": "re_9"}));
-        t.render(&rules, &Bindings { input: &input, vars: &vars, locals: &serde_json::Map::new(), now_ms: 0 }).unwrap()
+        t.render(
+            &rules,
+            &Bindings {
+                input: &input,
+                vars: &vars,
+                locals: &serde_json::Map::new(),
+                now_ms: 0,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
     fn whole_expression_keeps_type() {
-        assert_eq!(render("amount: ${input.amount_minor}"), json!({"amount": 1999}));
+        assert_eq!(
+            render("amount: ${input.amount_minor}"),
+            json!({"amount": 1999})
+        );
         assert_eq!(render("r: '${vars.refund}'"), json!({"r": {"id": "re_9"}}));
     }
 
     #[test]
     fn text_interpolates() {
-        assert_eq!(render("msg: 'Refund ${vars.refund.id} for ${input.order}'"), json!({"msg": "Refund re_9 for o_1"}));
+        assert_eq!(
+            render("msg: 'Refund ${vars.refund.id} for ${input.order}'"),
+            json!({"msg": "Refund re_9 for o_1"})
+        );
         assert_eq!(render("msg: 'cost $${x}'"), json!({"msg": "cost ${x}"}));
         assert_eq!(render("m: '${ #{a: 1}.a }'"), json!({"m": 1}));
     }

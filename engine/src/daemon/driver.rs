@@ -50,13 +50,30 @@ pub struct Stats {
 }
 
 enum Msg {
-    Start { record: Record, wf: Arc<CompiledWorkflow>, reply: oneshot::Sender<Result<(), String>> },
+    Start {
+        record: Record,
+        wf: Arc<CompiledWorkflow>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Resume,
-    CallResult { frame: u32, attempt: u32, result: Result<Value, StepError> },
+    CallResult {
+        frame: u32,
+        attempt: u32,
+        result: Result<Value, StepError>,
+    },
     Timer(Timer),
-    Event { event: Event, reply: oneshot::Sender<bool> },
-    ChildFinished { child: String, result: Result<Value, StepError> },
-    Cancel { reason: String, reply: oneshot::Sender<bool> },
+    Event {
+        event: Event,
+        reply: oneshot::Sender<bool>,
+    },
+    ChildFinished {
+        child: String,
+        result: Result<Value, StepError>,
+    },
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Why an instance could not be started.
@@ -79,7 +96,12 @@ pub struct Started {
 
 impl Driver {
     /// A driver over `store`. Call [`Driver::resume_all`] after loading workflows.
-    pub fn new(store: Arc<dyn Store>, plugins: Arc<dyn PluginHost>, clock: Arc<dyn Clock>, observer: Option<Observer>) -> Driver {
+    pub fn new(
+        store: Arc<dyn Store>,
+        plugins: Arc<dyn PluginHost>,
+        clock: Arc<dyn Clock>,
+        observer: Option<Observer>,
+    ) -> Driver {
         let (commits, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             store,
@@ -111,7 +133,10 @@ impl Driver {
 
     /// Install a compiled workflow as the newest version of its name.
     pub fn install(&self, wf: CompiledWorkflow) -> Result<Arc<CompiledWorkflow>, String> {
-        self.inner.registry.install(self.inner.store.as_ref(), wf).map_err(|e| e.to_string())
+        self.inner
+            .registry
+            .install(self.inner.store.as_ref(), wf)
+            .map_err(|e| e.to_string())
     }
 
     /// Restart every instance that was running when the process stopped.
@@ -124,13 +149,27 @@ impl Driver {
     }
 
     /// Start an instance of the newest version of `workflow`.
-    pub async fn start(&self, workflow: &str, input: Value, idempotency_key: Option<String>) -> Result<Started, StartError> {
-        self.inner.start(workflow, input, idempotency_key, None, None).await
+    pub async fn start(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Started, StartError> {
+        self.inner
+            .start(workflow, input, idempotency_key, None, None)
+            .await
     }
 
     /// Start an instance with a chosen id (used by benchmarks and tests to await it).
-    pub async fn start_as(&self, workflow: &str, input: Value, id: String) -> Result<Started, StartError> {
-        self.inner.start(workflow, input, None, None, Some(id)).await
+    pub async fn start_as(
+        &self,
+        workflow: &str,
+        input: Value,
+        id: String,
+    ) -> Result<Started, StartError> {
+        self.inner
+            .start(workflow, input, None, None, Some(id))
+            .await
     }
 
     /// Deliver an event to every instance waiting for its type and key. Returns the ids woken.
@@ -141,18 +180,30 @@ impl Driver {
                 return Ok(serde_json::from_value(answer).unwrap_or_default());
             }
         }
-        let waiters = inner.store.waiters(&event.event_type, &event.key).map_err(|e| e.to_string())?;
+        let waiters = inner
+            .store
+            .waiters(&event.event_type, &event.key)
+            .map_err(|e| e.to_string())?;
         let instances: BTreeSet<String> = waiters.into_iter().map(|w| w.instance).collect();
         let mut woken = Vec::new();
         for id in instances {
             let (reply, rx) = oneshot::channel();
-            inner.send(&id, Msg::Event { event: event.clone(), reply });
+            inner.send(
+                &id,
+                Msg::Event {
+                    event: event.clone(),
+                    reply,
+                },
+            );
             if rx.await.unwrap_or(false) {
                 woken.push(id);
             }
         }
         if let Some(id) = &event.id {
-            inner.store.put_event_answer(id, &serde_json::json!(woken)).map_err(|e| e.to_string())?;
+            inner
+                .store
+                .put_event_answer(id, &serde_json::json!(woken))
+                .map_err(|e| e.to_string())?;
             inner.commit().await?;
         }
         Ok(woken)
@@ -161,17 +212,31 @@ impl Driver {
     /// Ask an instance to stop; its compensations run first. Returns false if it had already ended.
     pub async fn cancel(&self, id: &str, reason: &str) -> bool {
         let (reply, rx) = oneshot::channel();
-        self.inner.send(id, Msg::Cancel { reason: reason.into(), reply });
+        self.inner.send(
+            id,
+            Msg::Cancel {
+                reason: reason.into(),
+                reply,
+            },
+        );
         rx.await.unwrap_or(false)
     }
 
     /// Fire the timers that are due now. Returns how many were sent.
     pub fn fire_due_timers(&self) -> Result<usize, String> {
         let inner = &self.inner;
-        let due = inner.store.due_timers(inner.clock.now_ms(), 1024).map_err(|e| e.to_string())?;
+        let due = inner
+            .store
+            .due_timers(inner.clock.now_ms(), 1024)
+            .map_err(|e| e.to_string())?;
         let mut sent = 0;
         for t in due {
-            if inner.firing.lock().unwrap_or_else(|e| e.into_inner()).insert(t.clone()) {
+            if inner
+                .firing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t.clone())
+            {
                 inner.send(&t.instance.clone(), Msg::Timer(t));
                 sent += 1;
             }
@@ -243,7 +308,10 @@ impl Inner {
         tx.send(msg).ok();
         actors.insert(id.to_string(), tx);
         let span = tracing::info_span!("instance", id = %id);
-        tokio::spawn(tracing::Instrument::instrument(actor(self.clone(), id.to_string(), rx), span));
+        tokio::spawn(tracing::Instrument::instrument(
+            actor(self.clone(), id.to_string(), rx),
+            span,
+        ));
     }
 
     fn done_one(&self) {
@@ -255,32 +323,67 @@ impl Inner {
     /// Wait until everything written so far is durable (shared flush).
     async fn commit(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.commits.send(tx).map_err(|_| "the commit task has stopped".to_string())?;
-        rx.await.map_err(|_| "the commit task has stopped".to_string())?
+        self.commits
+            .send(tx)
+            .map_err(|_| "the commit task has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the commit task has stopped".to_string())?
     }
 
-    async fn start(self: &Arc<Self>, workflow: &str, input: Value, key: Option<String>, parent: Option<ParentRef>, id: Option<String>) -> Result<Started, StartError> {
-        let wf = self.registry.latest(workflow).ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?;
-        let input = crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
+    async fn start(
+        self: &Arc<Self>,
+        workflow: &str,
+        input: Value,
+        key: Option<String>,
+        parent: Option<ParentRef>,
+        id: Option<String>,
+    ) -> Result<Started, StartError> {
+        let wf = self
+            .registry
+            .latest(workflow)
+            .ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?;
+        let input =
+            crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
         let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
         if let Some(k) = &key {
-            if let Some(existing) = self.store.claim_key(workflow, k, &id).map_err(|e| StartError::Internal(e.to_string()))? {
-                return Ok(Started { id: existing, created: false });
+            if let Some(existing) = self
+                .store
+                .claim_key(workflow, k, &id)
+                .map_err(|e| StartError::Internal(e.to_string()))?
+            {
+                return Ok(Started {
+                    id: existing,
+                    created: false,
+                });
             }
         }
-        if parent.is_some() && self.store.instance(&id).map_err(|e| StartError::Internal(e.to_string()))?.is_some() {
+        if parent.is_some()
+            && self
+                .store
+                .instance(&id)
+                .map_err(|e| StartError::Internal(e.to_string()))?
+                .is_some()
+        {
             return Ok(Started { id, created: false });
         }
         let record = Instance::start_record(&wf, input, key, parent, self.clock.now_ms());
         let (reply, rx) = oneshot::channel();
         self.send(&id, Msg::Start { record, wf, reply });
-        rx.await.map_err(|_| StartError::Internal("instance task stopped".into()))?.map_err(StartError::Internal)?;
+        rx.await
+            .map_err(|_| StartError::Internal("instance task stopped".into()))?
+            .map_err(StartError::Internal)?;
         Ok(Started { id, created: true })
     }
 
     fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
-        let meta = self.store.instance(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no instance `{id}`"))?;
-        let wf = self.registry.pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
+        let meta = self
+            .store
+            .instance(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no instance `{id}`"))?;
+        let wf = self
+            .registry
+            .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
         let journal = self.store.journal(id).map_err(|e| e.to_string())?;
         Ok((Instance::replay(id, &wf, &journal), wf))
     }
@@ -291,7 +394,11 @@ pub fn new_id(now: Millis) -> String {
     format!("{:011x}{:08x}", now.max(0), rand::random::<u32>())
 }
 
-async fn committer(store: Arc<dyn Store>, stats: Arc<Stats>, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>) {
+async fn committer(
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -319,10 +426,16 @@ fn timers_of(id: &str, inst: &Instance) -> HashSet<Timer> {
         .filter_map(|(&frame, f)| {
             let at = match &f.state {
                 FrameState::Backoff { until, .. } | FrameState::Sleeping { until } => *until,
-                FrameState::Waiting { deadline: Some(d), .. } => *d,
+                FrameState::Waiting {
+                    deadline: Some(d), ..
+                } => *d,
                 _ => return None,
             };
-            Some(Timer { at, instance: id.to_string(), frame })
+            Some(Timer {
+                at,
+                instance: id.to_string(),
+                frame,
+            })
         })
         .collect()
 }
@@ -332,7 +445,12 @@ fn waits_of(id: &str, inst: &Instance) -> HashSet<Wait> {
     for (&frame, f) in &inst.frames {
         if let FrameState::Waiting { events, key, .. } = &f.state {
             for e in events {
-                out.insert(Wait { event_type: e.clone(), key: key.clone(), instance: id.to_string(), frame });
+                out.insert(Wait {
+                    event_type: e.clone(),
+                    key: key.clone(),
+                    instance: id.to_string(),
+                    frame,
+                });
             }
         }
     }
@@ -340,7 +458,9 @@ fn waits_of(id: &str, inst: &Instance) -> HashSet<Wait> {
 }
 
 fn meta_of(inst: &Instance) -> InstanceMeta {
-    let status = if inst.status.is_final() || inst.status == crate::runtime::Status::Compensating && !inst.is_parked() {
+    let status = if inst.status.is_final()
+        || inst.status == crate::runtime::Status::Compensating && !inst.is_parked()
+    {
         inst.status.as_str()
     } else if inst.is_parked() {
         "parked"
@@ -366,7 +486,9 @@ async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Ms
             Ok(m) => m,
             Err(_) => {
                 // Nothing queued: leave memory if there is nothing in hand.
-                let parked = state.as_ref().is_none_or(|(i, _)| i.is_parked() || i.status.is_final());
+                let parked = state
+                    .as_ref()
+                    .is_none_or(|(i, _)| i.is_parked() || i.status.is_final());
                 if parked {
                     let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
                     match rx.try_recv() {
@@ -390,7 +512,12 @@ async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Ms
     }
 }
 
-async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<CompiledWorkflow>)>, msg: Msg) {
+async fn handle(
+    inner: &Arc<Inner>,
+    id: &str,
+    state: &mut Option<(Instance, Arc<CompiledWorkflow>)>,
+    msg: Msg,
+) {
     let now = inner.clock.now_ms();
     let mut fresh = false;
     let mut start_reply = None;
@@ -405,7 +532,11 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load instance");
                     if let Msg::Timer(t) = &msg {
-                        inner.firing.lock().unwrap_or_else(|e| e.into_inner()).remove(t);
+                        inner
+                            .firing
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(t);
                     }
                     reply_false(msg);
                     return;
@@ -413,7 +544,8 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
             },
         }
     }
-    let (mut records, mut fired, mut event_reply, mut cancel_reply) = (Vec::new(), None, None, None);
+    let (mut records, mut fired, mut event_reply, mut cancel_reply) =
+        (Vec::new(), None, None, None);
     let (old_timers, old_waits, old_effects) = match state.as_ref() {
         Some((i, wf)) if !fresh => (timers_of(id, i), waits_of(id, i), i.effects(wf)),
         Some((i, _)) => (timers_of(id, i), waits_of(id, i), Vec::new()),
@@ -427,13 +559,19 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
             start_reply = Some(reply);
         }
         Msg::Resume => {}
-        Msg::CallResult { frame, attempt, result } => {
+        Msg::CallResult {
+            frame,
+            attempt,
+            result,
+        } => {
             let (inst, wf) = state.as_mut().expect("loaded");
             records.extend(inst.on_call_result(wf, frame, attempt, result, now));
         }
         Msg::Timer(t) => {
             let (inst, wf) = state.as_mut().expect("loaded");
-            if let Some(FrameState::Sub { child, .. }) = inst.frames.get(&t.frame).map(|f| f.state.clone()) {
+            if let Some(FrameState::Sub { child, .. }) =
+                inst.frames.get(&t.frame).map(|f| f.state.clone())
+            {
                 if let Some(result) = child_result(inner, &child) {
                     records.extend(inst.on_child_finished(wf, &child, result, now));
                 }
@@ -461,7 +599,17 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
     let (inst, wf) = state.as_mut().expect("loaded");
     // A freshly loaded instance may be waiting for a child that already ended.
     if fresh {
-        let subs: Vec<String> = inst.frames.values().filter_map(|f| if let FrameState::Sub { child, .. } = &f.state { Some(child.clone()) } else { None }).collect();
+        let subs: Vec<String> = inst
+            .frames
+            .values()
+            .filter_map(|f| {
+                if let FrameState::Sub { child, .. } = &f.state {
+                    Some(child.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
         for child in subs {
             if let Some(result) = child_result(inner, &child) {
                 records.extend(inst.on_child_finished(wf, &child, result, now));
@@ -490,10 +638,16 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
         batch.waits_remove.extend(new_waits.iter().cloned());
         // Wake the parent durably: a timer due now survives a crash before the message lands.
         if let Some(p) = &inst.parent {
-            batch.timers_add.push(Timer { at: now, instance: p.instance.clone(), frame: p.frame });
+            batch.timers_add.push(Timer {
+                at: now,
+                instance: p.instance.clone(),
+                frame: p.frame,
+            });
         }
     }
-    let changed = !batch.records.is_empty() || !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
+    let changed = !batch.records.is_empty()
+        || !batch.timers_add.is_empty()
+        || !batch.timers_remove.is_empty();
     if changed {
         let written = inner.store.write(&batch).map_err(|e| e.to_string());
         let committed = match written {
@@ -509,13 +663,20 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
             }
             return;
         }
-        inner.stats.records.fetch_add(batch.records.len() as i64, Ordering::Relaxed);
+        inner
+            .stats
+            .records
+            .fetch_add(batch.records.len() as i64, Ordering::Relaxed);
         if !batch.timers_add.is_empty() {
             inner.timer_wake.notify_one();
         }
     }
     if let Some(t) = fired {
-        inner.firing.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+        inner
+            .firing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t);
     }
     if let Some(obs) = &inner.observer {
         for r in &batch.records {
@@ -532,19 +693,69 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
             continue;
         }
         match e {
-            Effect::Call { frame, step, plugin, action, input, key, attempt, timeout_ms } => {
-                let ctx = CallContext { instance_id: id.to_string(), step_id: step, attempt, idempotency_key: key };
-                spawn_call(inner.clone(), id.to_string(), frame, plugin, action, input, ctx, timeout_ms);
+            Effect::Call {
+                frame,
+                step,
+                plugin,
+                action,
+                input,
+                key,
+                attempt,
+                timeout_ms,
+            } => {
+                let ctx = CallContext {
+                    instance_id: id.to_string(),
+                    step_id: step,
+                    attempt,
+                    idempotency_key: key,
+                };
+                spawn_call(
+                    inner.clone(),
+                    id.to_string(),
+                    frame,
+                    plugin,
+                    action,
+                    input,
+                    ctx,
+                    timeout_ms,
+                );
             }
-            Effect::StartChild { frame, step, child, workflow, input } => {
+            Effect::StartChild {
+                frame,
+                step,
+                child,
+                workflow,
+                input,
+            } => {
                 let inner2 = inner.clone();
-                let parent = ParentRef { instance: id.to_string(), frame, step };
+                let parent = ParentRef {
+                    instance: id.to_string(),
+                    frame,
+                    step,
+                };
                 inner.busy.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let started = inner2.start(&workflow, input, None, Some(parent.clone()), Some(child.clone())).await;
+                    let started = inner2
+                        .start(
+                            &workflow,
+                            input,
+                            None,
+                            Some(parent.clone()),
+                            Some(child.clone()),
+                        )
+                        .await;
                     if let Err(e) = started {
-                        let err = StepError::new("subworkflow_failed", format!("could not start `{workflow}`: {e}"));
-                        inner2.send(&parent.instance, Msg::ChildFinished { child, result: Err(err) });
+                        let err = StepError::new(
+                            "subworkflow_failed",
+                            format!("could not start `{workflow}`: {e}"),
+                        );
+                        inner2.send(
+                            &parent.instance,
+                            Msg::ChildFinished {
+                                child,
+                                result: Err(err),
+                            },
+                        );
                     }
                     inner2.done_one();
                 });
@@ -552,10 +763,20 @@ async fn handle(inner: &Arc<Inner>, id: &str, state: &mut Option<(Instance, Arc<
             Effect::Finished => {
                 if let Some(p) = &inst.parent {
                     let result = match (&inst.status, &inst.output, &inst.error) {
-                        (crate::runtime::Status::Completed, o, _) => Ok(o.clone().unwrap_or(Value::Null)),
-                        (_, _, e) => Err(e.clone().unwrap_or_else(|| StepError::new("failed", "subworkflow failed"))),
+                        (crate::runtime::Status::Completed, o, _) => {
+                            Ok(o.clone().unwrap_or(Value::Null))
+                        }
+                        (_, _, e) => Err(e
+                            .clone()
+                            .unwrap_or_else(|| StepError::new("failed", "subworkflow failed"))),
                     };
-                    inner.send(&p.instance, Msg::ChildFinished { child: id.to_string(), result });
+                    inner.send(
+                        &p.instance,
+                        Msg::ChildFinished {
+                            child: id.to_string(),
+                            result,
+                        },
+                    );
                 }
             }
             Effect::Timer { .. } | Effect::Wait { .. } => {}
@@ -599,17 +820,39 @@ fn child_result(inner: &Inner, child: &str) -> Option<Result<Value, StepError>> 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spawn_call(inner: Arc<Inner>, id: String, frame: u32, plugin: String, action: String, input: Value, ctx: CallContext, timeout_ms: u64) {
+fn spawn_call(
+    inner: Arc<Inner>,
+    id: String,
+    frame: u32,
+    plugin: String,
+    action: String,
+    input: Value,
+    ctx: CallContext,
+    timeout_ms: u64,
+) {
     inner.busy.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         let attempt = ctx.attempt;
         let call = inner.plugins.call(&plugin, &action, input, ctx);
-        let result = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StepError::from(e)),
-            Err(_) => Err(StepError { code: "timeout".into(), message: format!("`{plugin}.{action}` did not answer within {timeout_ms} ms"), retryable: true, step: None }),
-        };
-        inner.send(&id, Msg::CallResult { frame, attempt, result });
+        let result =
+            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StepError::from(e)),
+                Err(_) => Err(StepError {
+                    code: "timeout".into(),
+                    message: format!("`{plugin}.{action}` did not answer within {timeout_ms} ms"),
+                    retryable: true,
+                    step: None,
+                }),
+            };
+        inner.send(
+            &id,
+            Msg::CallResult {
+                frame,
+                attempt,
+                result,
+            },
+        );
         inner.done_one();
     });
 }
@@ -617,14 +860,32 @@ fn spawn_call(inner: Arc<Inner>, id: String, frame: u32, plugin: String, action:
 fn log_record(wf: &CompiledWorkflow, r: &Record) {
     // Only names and outcomes are logged: values may hold personal data.
     match r {
-        Record::StepCompleted { step, next, .. } => tracing::debug!(workflow = %wf.name, version = wf.version, step = %step, next = ?next, "step completed"),
-        Record::CallStarted { step, attempt, .. } => tracing::debug!(workflow = %wf.name, step = %step, attempt, "plugin call started"),
-        Record::CallFailed { step, attempt, error, retry_at, .. } => {
+        Record::StepCompleted { step, next, .. } => {
+            tracing::debug!(workflow = %wf.name, version = wf.version, step = %step, next = ?next, "step completed")
+        }
+        Record::CallStarted { step, attempt, .. } => {
+            tracing::debug!(workflow = %wf.name, step = %step, attempt, "plugin call started")
+        }
+        Record::CallFailed {
+            step,
+            attempt,
+            error,
+            retry_at,
+            ..
+        } => {
             tracing::warn!(workflow = %wf.name, step = %step, attempt, code = %error.code, will_retry = retry_at.is_some(), "plugin call failed")
         }
-        Record::StepFailed { step, error, next, .. } => tracing::warn!(workflow = %wf.name, step = %step, code = %error.code, handler = ?next, "step failed"),
-        Record::Completed { .. } => tracing::info!(workflow = %wf.name, version = wf.version, "instance completed"),
-        Record::Failed { error, .. } => tracing::warn!(workflow = %wf.name, code = %error.code, "instance failed"),
+        Record::StepFailed {
+            step, error, next, ..
+        } => {
+            tracing::warn!(workflow = %wf.name, step = %step, code = %error.code, handler = ?next, "step failed")
+        }
+        Record::Completed { .. } => {
+            tracing::info!(workflow = %wf.name, version = wf.version, "instance completed")
+        }
+        Record::Failed { error, .. } => {
+            tracing::warn!(workflow = %wf.name, code = %error.code, "instance failed")
+        }
         _ => {}
     }
 }

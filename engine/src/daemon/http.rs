@@ -24,7 +24,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
 }
 
@@ -72,32 +77,64 @@ async fn list_workflows(State(d): State<Driver>) -> Json<Value> {
     Json(json!({"workflows": workflows, "failed": problems}))
 }
 
-async fn start(State(d): State<Driver>, Path(name): Path<String>, headers: HeaderMap, body: Option<Json<Value>>) -> Result<Response, ApiError> {
+async fn start(
+    State(d): State<Driver>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Result<Response, ApiError> {
     let input = body.map(|Json(v)| v).unwrap_or(Value::Null);
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match d.start(&name, input, key).await {
         Ok(s) => {
-            let status = if s.created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if s.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((status, Json(json!({"id": s.id, "created": s.created}))).into_response())
         }
-        Err(StartError::UnknownWorkflow(w)) => Err(ApiError::new(StatusCode::NOT_FOUND, "workflow_not_found", format!("no workflow named `{w}` is loaded"))),
+        Err(StartError::UnknownWorkflow(w)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "workflow_not_found",
+            format!("no workflow named `{w}` is loaded"),
+        )),
         Err(StartError::InvalidInput(problems)) => Err(ApiError {
             details: Some(json!(problems)),
-            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", format!("{} problem(s) with the input", problems.len()))
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                format!("{} problem(s) with the input", problems.len()),
+            )
         }),
         Err(StartError::Internal(e)) => Err(internal(e)),
     }
 }
 
-async fn get_instance(State(d): State<Driver>, Path(id): Path<String>) -> Result<Json<view::InstanceView>, ApiError> {
+async fn get_instance(
+    State(d): State<Driver>,
+    Path(id): Path<String>,
+) -> Result<Json<view::InstanceView>, ApiError> {
     instance_view(&d, &id).map(Json)
 }
 
 /// The redacted view of one instance.
 pub fn instance_view(d: &Driver, id: &str) -> Result<view::InstanceView, ApiError> {
     let inner = d.inner();
-    let meta = inner.store.instance(id).map_err(internal)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "instance_not_found", format!("no instance `{id}`")))?;
-    let wf = inner.registry.pinned(inner.store.as_ref(), &meta.hash, &inner.rules).map_err(internal)?;
+    let meta = inner.store.instance(id).map_err(internal)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "instance_not_found",
+            format!("no instance `{id}`"),
+        )
+    })?;
+    let wf = inner
+        .registry
+        .pinned(inner.store.as_ref(), &meta.hash, &inner.rules)
+        .map_err(internal)?;
     let journal = inner.store.journal(id).map_err(internal)?;
     Ok(view::instance_view(id, &meta.status, &wf, &journal))
 }
@@ -111,17 +148,26 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list_instances(State(d): State<Driver>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_instances(
+    State(d): State<Driver>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut out = Vec::new();
     let mut cursor = q.cursor.clone();
     // Scan forward in pages until the filtered page is full or the end is reached.
     loop {
-        let page = d.inner().store.instances(cursor.as_deref(), 1000).map_err(internal)?;
+        let page = d
+            .inner()
+            .store
+            .instances(cursor.as_deref(), 1000)
+            .map_err(internal)?;
         let exhausted = page.len() < 1000;
         for m in page {
             cursor = Some(m.id.clone());
-            if q.workflow.as_ref().is_some_and(|w| &m.workflow != w) || q.status.as_ref().is_some_and(|s| &m.status != s) {
+            if q.workflow.as_ref().is_some_and(|w| &m.workflow != w)
+                || q.status.as_ref().is_some_and(|s| &m.status != s)
+            {
                 continue;
             }
             out.push(m);
@@ -138,12 +184,20 @@ async fn list_instances(State(d): State<Driver>, Query(q): Query<ListQuery>) -> 
 
 async fn cancel(State(d): State<Driver>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     if d.inner().store.instance(&id).map_err(internal)?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "instance_not_found", format!("no instance `{id}`")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "instance_not_found",
+            format!("no instance `{id}`"),
+        ));
     }
     if d.cancel(&id, "cancelled through the API").await {
         Ok(Json(json!({"id": id, "cancelling": true})))
     } else {
-        Err(ApiError::new(StatusCode::CONFLICT, "instance_finished", format!("instance `{id}` has already ended")))
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "instance_finished",
+            format!("instance `{id}` has already ended"),
+        ))
     }
 }
 
@@ -159,8 +213,20 @@ struct EventBody {
     id: Option<String>,
 }
 
-async fn deliver(State(d): State<Driver>, body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>) -> Result<Json<Value>, ApiError> {
-    let Json(b) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.body_text()))?;
-    let woken = d.deliver(Event { event_type: b.event_type, key: b.key, data: b.data, id: b.id }).await.map_err(internal)?;
+async fn deliver(
+    State(d): State<Driver>,
+    body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.body_text()))?;
+    let woken = d
+        .deliver(Event {
+            event_type: b.event_type,
+            key: b.key,
+            data: b.data,
+            id: b.id,
+        })
+        .await
+        .map_err(internal)?;
     Ok(Json(json!({"woken": woken})))
 }

@@ -33,14 +33,22 @@ pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Read, validate and compile a set of files together (so subworkflow references resolve).
-pub fn load_files(files: &[PathBuf], catalog: Option<validate::Catalog>, rules: &Arc<Rules>) -> (Vec<CompiledWorkflow>, Vec<Diagnostic>) {
+pub fn load_files(
+    files: &[PathBuf],
+    catalog: Option<validate::Catalog>,
+    rules: &Arc<Rules>,
+) -> (Vec<CompiledWorkflow>, Vec<Diagnostic>) {
     let mut sources = Vec::new();
     let mut diags = Vec::new();
     for f in files {
         let name = f.display().to_string();
         match std::fs::read_to_string(f) {
             Ok(text) => sources.push((name, text)),
-            Err(e) => diags.push(Diagnostic::error(&name, Default::default(), format!("cannot read file: {e}"))),
+            Err(e) => diags.push(Diagnostic::error(
+                &name,
+                Default::default(),
+                format!("cannot read file: {e}"),
+            )),
         }
     }
     // Names first, so `subworkflow:` can refer to any file in the set.
@@ -48,7 +56,10 @@ pub fn load_files(files: &[PathBuf], catalog: Option<validate::Catalog>, rules: 
         .iter()
         .filter_map(|(f, t)| crate::definition::read(f, t).0.map(|d| d.name.value))
         .collect();
-    let ctx = validate::Context { catalog, workflows: Some(names) };
+    let ctx = validate::Context {
+        catalog,
+        workflows: Some(names),
+    };
     let mut out: Vec<CompiledWorkflow> = Vec::new();
     for (file, text) in &sources {
         let (wf, d) = compile::load(file, text, &ctx, rules);
@@ -56,8 +67,12 @@ pub fn load_files(files: &[PathBuf], catalog: Option<validate::Catalog>, rules: 
         if let Some(wf) = wf {
             if let Some(other) = out.iter().find(|o| o.name == wf.name) {
                 diags.push(
-                    Diagnostic::error(file, Default::default(), format!("workflow `{}` is also defined in {}", wf.name, other.file))
-                        .with_hint("each workflow name must be used by one file; rename one of them"),
+                    Diagnostic::error(
+                        file,
+                        Default::default(),
+                        format!("workflow `{}` is also defined in {}", wf.name, other.file),
+                    )
+                    .with_hint("each workflow name must be used by one file; rename one of them"),
                 );
                 continue;
             }
@@ -69,38 +84,80 @@ pub fn load_files(files: &[PathBuf], catalog: Option<validate::Catalog>, rules: 
 
 impl Registry {
     /// Make `wf` the newest version of its name, pinning its source in the store.
-    pub fn install(&self, store: &dyn Store, wf: CompiledWorkflow) -> crate::store::Result<Arc<CompiledWorkflow>> {
-        store.put_definition(&wf.hash, &StoredDefinition { name: wf.name.clone(), version: wf.version, file: wf.file.clone(), source: wf.source.clone() })?;
+    pub fn install(
+        &self,
+        store: &dyn Store,
+        wf: CompiledWorkflow,
+    ) -> crate::store::Result<Arc<CompiledWorkflow>> {
+        store.put_definition(
+            &wf.hash,
+            &StoredDefinition {
+                name: wf.name.clone(),
+                version: wf.version,
+                file: wf.file.clone(),
+                source: wf.source.clone(),
+            },
+        )?;
         let wf = Arc::new(wf);
-        self.by_hash.write().unwrap_or_else(|e| e.into_inner()).insert(wf.hash.clone(), wf.clone());
-        self.latest.write().unwrap_or_else(|e| e.into_inner()).insert(wf.name.clone(), wf.clone());
+        self.by_hash
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wf.hash.clone(), wf.clone());
+        self.latest
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wf.name.clone(), wf.clone());
         Ok(wf)
     }
 
     pub fn latest(&self, name: &str) -> Option<Arc<CompiledWorkflow>> {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn all_latest(&self) -> Vec<Arc<CompiledWorkflow>> {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The exact version with this hash, compiled from the store if it is no longer loaded.
-    pub fn pinned(&self, store: &dyn Store, hash: &str, rules: &Arc<Rules>) -> Result<Arc<CompiledWorkflow>, String> {
-        if let Some(wf) = self.by_hash.read().unwrap_or_else(|e| e.into_inner()).get(hash) {
+    pub fn pinned(
+        &self,
+        store: &dyn Store,
+        hash: &str,
+        rules: &Arc<Rules>,
+    ) -> Result<Arc<CompiledWorkflow>, String> {
+        if let Some(wf) = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+        {
             return Ok(wf.clone());
         }
         let def = store
             .definition(hash)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("the workflow version {hash} this instance started with is missing from the store"))?;
-        let parsed = crate::definition::read(&def.file, &def.source).0.ok_or("stored workflow no longer parses")?;
+        let parsed = crate::definition::read(&def.file, &def.source)
+            .0
+            .ok_or("stored workflow no longer parses")?;
         let (wf, diags) = compile::compile(&parsed, &def.source, rules);
         if diags.iter().any(Diagnostic::is_error) {
             return Err(format!("stored workflow {} no longer compiles", def.name));
         }
         let wf = Arc::new(wf);
-        self.by_hash.write().unwrap_or_else(|e| e.into_inner()).insert(hash.to_string(), wf.clone());
+        self.by_hash
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_string(), wf.clone());
         Ok(wf)
     }
 }

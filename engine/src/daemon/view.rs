@@ -31,7 +31,12 @@ pub struct CurrentStep {
 }
 
 /// Build the view of an instance from its journal.
-pub fn instance_view(id: &str, status: &str, wf: &CompiledWorkflow, journal: &[Record]) -> InstanceView {
+pub fn instance_view(
+    id: &str,
+    status: &str,
+    wf: &CompiledWorkflow,
+    journal: &[Record],
+) -> InstanceView {
     let inst = Instance::replay(id, wf, journal);
     let secrets = sensitive_values(wf, &inst.input);
     let redact = |v: Value| redact(v, &secrets);
@@ -40,12 +45,19 @@ pub fn instance_view(id: &str, status: &str, wf: &CompiledWorkflow, journal: &[R
         workflow: inst.workflow.clone(),
         version: inst.version,
         status: status.to_string(),
-        current: inst.current_steps(wf).into_iter().map(|(_, step, doing)| CurrentStep { step, doing }).collect(),
+        current: inst
+            .current_steps(wf)
+            .into_iter()
+            .map(|(_, step, doing)| CurrentStep { step, doing })
+            .collect(),
         input: redact(inst.input.clone()),
         vars: redact(Value::Object(inst.vars.clone())),
         output: inst.output.clone().map(redact),
         error: inst.error.clone(),
-        journal: journal.iter().map(|r| redact(serde_json::to_value(r).unwrap_or(Value::Null))).collect(),
+        journal: journal
+            .iter()
+            .map(|r| redact(serde_json::to_value(r).unwrap_or(Value::Null)))
+            .collect(),
     }
 }
 
@@ -77,8 +89,14 @@ pub fn redact(v: Value, secrets: &[String]) -> Value {
             Value::String(out)
         }
         Value::Number(n) if secrets.contains(&n.to_string()) => Value::String(REDACTED.into()),
-        Value::Array(items) => Value::Array(items.into_iter().map(|i| redact(i, secrets)).collect()),
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, redact(v, secrets))).collect()),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|i| redact(i, secrets)).collect())
+        }
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, redact(v, secrets)))
+                .collect(),
+        ),
         other => other,
     }
 }

@@ -54,7 +54,11 @@ impl Duration {
                 "d" => 86_400_000,
                 "w" => 7 * 86_400_000,
                 "" => return Err(format!("`{text}` needs a unit (ms, s, m, h, d or w)")),
-                other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m, h, d or w")),
+                other => {
+                    return Err(format!(
+                        "unknown unit `{other}` in `{text}`; use ms, s, m, h, d or w"
+                    ))
+                }
             };
             total = n
                 .checked_mul(factor)
@@ -72,7 +76,13 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return write!(f, "0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -88,13 +98,21 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (text, ms) in [("250ms", 250), ("30s", 30_000), ("5m", 300_000), ("2d", 172_800_000), ("1h30m", 5_400_000)] {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("2d", 172_800_000),
+            ("1h30m", 5_400_000),
+        ] {
             let d = Duration::parse(text).unwrap();
             assert_eq!(d.as_millis(), ms);
             assert_eq!(d.to_string(), text);
         }
         assert!(Duration::parse("5").unwrap_err().contains("needs a unit"));
         assert!(Duration::parse("5 years").is_err());
-        assert!(Duration::parse("99999999999d").unwrap_err().contains("ten years"));
+        assert!(Duration::parse("99999999999d")
+            .unwrap_err()
+            .contains("ten years"));
     }
 }

@@ -64,7 +64,13 @@ pub enum FieldType {
 
 impl FieldType {
     pub const NAMES: [&'static str; 7] = [
-        "string", "integer", "number", "boolean", "object", "list", "timestamp",
+        "string",
+        "integer",
+        "number",
+        "boolean",
+        "object",
+        "list",
+        "timestamp",
     ];
 
     pub fn parse(s: &str) -> Option<Self> {

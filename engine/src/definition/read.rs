@@ -25,9 +25,33 @@ pub fn read(file: &str, text: &str) -> (Option<WorkflowDef>, Vec<Diagnostic>) {
     (def.filter(|_| ok), r.diags)
 }
 
-pub(crate) const WORKFLOW_FIELDS: &[&str] = &["workflow", "version", "description", "input", "on_error", "steps", "compensations"];
-pub(crate) const STEP_COMMON: &[&str] = &["id", "description", "next", "on_error", "compensate", "save_as"];
-pub(crate) const INPUT_FIELDS: &[&str] = &["type", "required", "sensitive", "description", "one_of", "min", "max", "default"];
+pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
+    "workflow",
+    "version",
+    "description",
+    "input",
+    "on_error",
+    "steps",
+    "compensations",
+];
+pub(crate) const STEP_COMMON: &[&str] = &[
+    "id",
+    "description",
+    "next",
+    "on_error",
+    "compensate",
+    "save_as",
+];
+pub(crate) const INPUT_FIELDS: &[&str] = &[
+    "type",
+    "required",
+    "sensitive",
+    "description",
+    "one_of",
+    "min",
+    "max",
+    "default",
+];
 
 struct Reader<'a> {
     file: &'a str,
@@ -42,7 +66,10 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v)
     }
 
     fn key_span(&self, name: &str) -> Span {
@@ -60,7 +87,8 @@ impl Reader<'_> {
     }
 
     fn hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
-        self.diags.push(Diagnostic::error(self.file, span, msg).with_hint(hint));
+        self.diags
+            .push(Diagnostic::error(self.file, span, msg).with_hint(hint));
     }
 
     /// Check that `node` is a mapping whose keys are all in `allowed`.
@@ -68,7 +96,10 @@ impl Reader<'_> {
         let Some(entries) = node.as_map() else {
             self.hint(
                 node.span,
-                format!("{what} must be a mapping of `key: value` lines, found {}", node.kind_name()),
+                format!(
+                    "{what} must be a mapping of `key: value` lines, found {}",
+                    node.kind_name()
+                ),
                 format!("allowed keys: {}", allowed.join(", ")),
             );
             return None;
@@ -79,7 +110,11 @@ impl Reader<'_> {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("allowed here: {}", allowed.join(", ")),
                 };
-                self.hint(k.span, format!("unknown field `{}` in {what}", k.name), hint);
+                self.hint(
+                    k.span,
+                    format!("unknown field `{}` in {what}", k.name),
+                    hint,
+                );
             }
         }
         Some(Fields { node, entries })
@@ -90,7 +125,13 @@ impl Reader<'_> {
             Value::Str(s, _) if !s.trim().is_empty() => Some(Spanned::new(s.clone(), node.span)),
             Value::Int(i) => Some(Spanned::new(i.to_string(), node.span)),
             _ => {
-                self.err(node.span, format!("{what} must be a non-empty string, found {}", node.kind_name()));
+                self.err(
+                    node.span,
+                    format!(
+                        "{what} must be a non-empty string, found {}",
+                        node.kind_name()
+                    ),
+                );
                 None
             }
         }
@@ -98,8 +139,14 @@ impl Reader<'_> {
 
     fn name(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
         let s = self.string(node, what)?;
-        let valid = s.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && s.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid = s
+            .value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && s.value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             self.hint(
                 node.span,
@@ -126,7 +173,10 @@ impl Reader<'_> {
             _ => {
                 self.hint(
                     node.span,
-                    format!("{what} must be a Rhai expression written as a string, found {}", node.kind_name()),
+                    format!(
+                        "{what} must be a Rhai expression written as a string, found {}",
+                        node.kind_name()
+                    ),
                     "for example: `input.amount_minor > 20000`",
                 );
                 None
@@ -138,18 +188,32 @@ impl Reader<'_> {
         let text = match &node.value {
             Value::Str(s, _) => s.clone(),
             Value::Int(_) => {
-                self.hint(node.span, format!("{what} needs a unit"), "write e.g. `30s`, `5m`, `4h` or `2d`");
+                self.hint(
+                    node.span,
+                    format!("{what} needs a unit"),
+                    "write e.g. `30s`, `5m`, `4h` or `2d`",
+                );
                 return None;
             }
             _ => {
-                self.err(node.span, format!("{what} must be a duration like `30s`, found {}", node.kind_name()));
+                self.err(
+                    node.span,
+                    format!(
+                        "{what} must be a duration like `30s`, found {}",
+                        node.kind_name()
+                    ),
+                );
                 return None;
             }
         };
         match Duration::parse(&text) {
             Ok(d) => Some(Spanned::new(d, node.span)),
             Err(e) => {
-                self.hint(node.span, format!("invalid {what}: {e}"), "write e.g. `30s`, `5m`, `4h`, `2d` or `1h30m`");
+                self.hint(
+                    node.span,
+                    format!("invalid {what}: {e}"),
+                    "write e.g. `30s`, `5m`, `4h`, `2d` or `1h30m`",
+                );
                 None
             }
         }
@@ -159,11 +223,17 @@ impl Reader<'_> {
         match node.value {
             Value::Int(i) if (min..=max).contains(&i) => Some(i as u32),
             Value::Int(i) => {
-                self.err(node.span, format!("{what} must be between {min} and {max}, found {i}"));
+                self.err(
+                    node.span,
+                    format!("{what} must be between {min} and {max}, found {i}"),
+                );
                 None
             }
             _ => {
-                self.err(node.span, format!("{what} must be a whole number, found {}", node.kind_name()));
+                self.err(
+                    node.span,
+                    format!("{what} must be a whole number, found {}", node.kind_name()),
+                );
                 None
             }
         }
@@ -173,7 +243,11 @@ impl Reader<'_> {
         match node.value {
             Value::Bool(b) => Some(b),
             _ => {
-                self.hint(node.span, format!("{what} must be true or false, found {}", node.kind_name()), "write `true` or `false`");
+                self.hint(
+                    node.span,
+                    format!("{what} must be true or false, found {}", node.kind_name()),
+                    "write `true` or `false`",
+                );
                 None
             }
         }
@@ -184,24 +258,40 @@ impl Reader<'_> {
         let name = match f.get("workflow") {
             Some(n) => self.name(n, "`workflow`"),
             None => {
-                self.hint(root.span, "missing `workflow:` (the workflow's name)", "add e.g. `workflow: refund` at the top");
+                self.hint(
+                    root.span,
+                    "missing `workflow:` (the workflow's name)",
+                    "add e.g. `workflow: refund` at the top",
+                );
                 None
             }
         };
         let version = match f.get("version") {
-            Some(n) => self.uint(n, "`version`", 1, u32::MAX as i64).map(|v| Spanned::new(v, n.span)),
+            Some(n) => self
+                .uint(n, "`version`", 1, u32::MAX as i64)
+                .map(|v| Spanned::new(v, n.span)),
             None => {
-                self.hint(root.span, "missing `version:`", "add `version: 1` and raise it when you change the workflow");
+                self.hint(
+                    root.span,
+                    "missing `version:`",
+                    "add `version: 1` and raise it when you change the workflow",
+                );
                 None
             }
         };
-        let description = f.get("description").and_then(|n| n.as_str().map(str::to_string));
+        let description = f
+            .get("description")
+            .and_then(|n| n.as_str().map(str::to_string));
         let input = f.get("input").map(|n| self.input(n)).unwrap_or_default();
         let on_error = f.get("on_error").and_then(|n| self.name(n, "`on_error`"));
         let steps = match f.get("steps") {
             Some(n) => self.steps(n, "`steps`"),
             None => {
-                self.hint(root.span, "missing `steps:`", "a workflow needs at least one step");
+                self.hint(
+                    root.span,
+                    "missing `steps:`",
+                    "a workflow needs at least one step",
+                );
                 Vec::new()
             }
         };
@@ -225,14 +315,23 @@ impl Reader<'_> {
         let Some(entries) = node.as_map() else {
             self.hint(
                 node.span,
-                format!("`input` must map field names to their types, found {}", node.kind_name()),
+                format!(
+                    "`input` must map field names to their types, found {}",
+                    node.kind_name()
+                ),
                 "for example:\n    input:\n      order_id: { type: string, required: true }",
             );
             return Vec::new();
         };
         let mut out = Vec::new();
         for (key, spec) in entries {
-            let Some(name) = self.name(&Node { span: key.span, value: Value::Str(key.name.clone(), BlockStart::Inline) }, "input field") else {
+            let Some(name) = self.name(
+                &Node {
+                    span: key.span,
+                    value: Value::Str(key.name.clone(), BlockStart::Inline),
+                },
+                "input field",
+            ) else {
                 continue;
             };
             // Shorthand: `order_id: string`.
@@ -253,7 +352,8 @@ impl Reader<'_> {
                 }
                 continue;
             }
-            let Some(f) = self.fields(spec, &format!("input field `{}`", name.value), INPUT_FIELDS) else {
+            let Some(f) = self.fields(spec, &format!("input field `{}`", name.value), INPUT_FIELDS)
+            else {
                 continue;
             };
             let ty = match f.get("type") {
@@ -265,14 +365,27 @@ impl Reader<'_> {
                     }
                 },
                 None => {
-                    self.hint(f.node.span, format!("input field `{}` has no `type`", name.value), format!("use one of: {}", FieldType::NAMES.join(", ")));
+                    self.hint(
+                        f.node.span,
+                        format!("input field `{}` has no `type`", name.value),
+                        format!("use one of: {}", FieldType::NAMES.join(", ")),
+                    );
                     None
                 }
             };
-            let required = f.get("required").and_then(|n| self.boolean(n, "`required`")).unwrap_or(false);
-            let sensitive = f.get("sensitive").and_then(|n| self.boolean(n, "`sensitive`")).unwrap_or(false);
+            let required = f
+                .get("required")
+                .and_then(|n| self.boolean(n, "`required`"))
+                .unwrap_or(false);
+            let sensitive = f
+                .get("sensitive")
+                .and_then(|n| self.boolean(n, "`sensitive`"))
+                .unwrap_or(false);
             let one_of = match f.get("one_of") {
-                Some(Node { value: Value::Seq(items), .. }) => items.iter().map(Node::to_json).collect(),
+                Some(Node {
+                    value: Value::Seq(items),
+                    ..
+                }) => items.iter().map(Node::to_json).collect(),
                 Some(n) => {
                     self.err(n.span, "`one_of` must be a list of allowed values");
                     Vec::new()
@@ -280,9 +393,15 @@ impl Reader<'_> {
                 None => Vec::new(),
             };
             let int = |r: &mut Self, key: &str| match f.get(key) {
-                Some(Node { value: Value::Int(i), .. }) => Some(*i),
+                Some(Node {
+                    value: Value::Int(i),
+                    ..
+                }) => Some(*i),
                 Some(n) => {
-                    r.err(n.span, format!("`{key}` must be a whole number, found {}", n.kind_name()));
+                    r.err(
+                        n.span,
+                        format!("`{key}` must be a whole number, found {}", n.kind_name()),
+                    );
                     None
                 }
                 None => None,
@@ -295,7 +414,9 @@ impl Reader<'_> {
                     ty,
                     required,
                     sensitive,
-                    description: f.get("description").and_then(|n| n.as_str().map(str::to_string)),
+                    description: f
+                        .get("description")
+                        .and_then(|n| n.as_str().map(str::to_string)),
                     one_of,
                     min,
                     max,
@@ -330,7 +451,11 @@ impl Reader<'_> {
         let entries = match node.as_map() {
             Some(e) => e,
             None => {
-                self.hint(node.span, format!("a step must be a mapping, found {}", node.kind_name()), "start each step with `- id: ...`");
+                self.hint(
+                    node.span,
+                    format!("a step must be a mapping, found {}", node.kind_name()),
+                    "start each step with `- id: ...`",
+                );
                 return None;
             }
         };
@@ -343,11 +468,17 @@ impl Reader<'_> {
         let id = match id_node {
             Some(n) => self.name(n, "step `id`"),
             None => {
-                self.hint(node.span, "step has no `id`", "give every step a unique `id:`, e.g. `id: check_eligibility`");
+                self.hint(
+                    node.span,
+                    "step has no `id`",
+                    "give every step a unique `id:`, e.g. `id: check_eligibility`",
+                );
                 None
             }
         };
-        let label = id.as_ref().map_or("step".to_string(), |i| format!("step `{}`", i.value));
+        let label = id
+            .as_ref()
+            .map_or("step".to_string(), |i| format!("step `{}`", i.value));
         let kind_key = match kinds.as_slice() {
             [k] => Some((*k).clone()),
             [] => {
@@ -361,7 +492,10 @@ impl Reader<'_> {
             [_, second, ..] => {
                 self.hint(
                     second.span,
-                    format!("{label} has more than one kind (`{}` and `{}`)", kinds[0].name, second.name),
+                    format!(
+                        "{label} has more than one kind (`{}` and `{}`)",
+                        kinds[0].name, second.name
+                    ),
                     "split it into two steps and link them with `next:`",
                 );
                 None
@@ -391,16 +525,26 @@ impl Reader<'_> {
         let kind = kind_key.and_then(|k| self.step_kind(&f, &k.name, &label));
         let next = match f.get("next") {
             None => Vec::new(),
-            Some(Node { value: Value::Seq(items), .. }) => items.iter().filter_map(|n| self.name(n, "`next`")).collect(),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => items
+                .iter()
+                .filter_map(|n| self.name(n, "`next`"))
+                .collect(),
             Some(n) => self.name(n, "`next`").into_iter().collect(),
         };
         let on_error = f.get("on_error").and_then(|n| self.name(n, "`on_error`"));
-        let compensate = f.get("compensate").and_then(|n| self.name(n, "`compensate`"));
+        let compensate = f
+            .get("compensate")
+            .and_then(|n| self.name(n, "`compensate`"));
         let save_as = f.get("save_as").and_then(|n| self.name(n, "`save_as`"));
         Some(StepDef {
             id: id?,
             span: node.span,
-            description: f.get("description").and_then(|n| n.as_str().map(str::to_string)),
+            description: f
+                .get("description")
+                .and_then(|n| n.as_str().map(str::to_string)),
             kind: kind?,
             next,
             on_error,
@@ -412,26 +556,42 @@ impl Reader<'_> {
     fn step_kind(&mut self, f: &Fields<'_>, kind: &str, label: &str) -> Option<StepKind> {
         let body = f.get(kind).expect("kind key present");
         match kind {
-            "rule" => Some(StepKind::Rule { script: self.script(body, "`rule`")? }),
+            "rule" => Some(StepKind::Rule {
+                script: self.script(body, "`rule`")?,
+            }),
             "switch" => {
                 let Value::Seq(items) = &body.value else {
-                    self.hint(body.span, "`switch` must be a list of cases", "write cases as `- when: <expression>` with `goto: <step id>`");
+                    self.hint(
+                        body.span,
+                        "`switch` must be a list of cases",
+                        "write cases as `- when: <expression>` with `goto: <step id>`",
+                    );
                     return None;
                 };
                 let mut cases = Vec::new();
                 for item in items {
-                    let Some(cf) = self.fields(item, "a switch case", &["when", "goto"]) else { continue };
+                    let Some(cf) = self.fields(item, "a switch case", &["when", "goto"]) else {
+                        continue;
+                    };
                     let when = match cf.get("when") {
                         Some(n) => self.script(n, "`when`"),
                         None => {
-                            self.hint(item.span, "switch case has no `when`", "add `when: <expression>`");
+                            self.hint(
+                                item.span,
+                                "switch case has no `when`",
+                                "add `when: <expression>`",
+                            );
                             None
                         }
                     };
                     let goto = match cf.get("goto") {
                         Some(n) => self.name(n, "`goto`"),
                         None => {
-                            self.hint(item.span, "switch case has no `goto`", "add `goto: <step id>`");
+                            self.hint(
+                                item.span,
+                                "switch case has no `goto`",
+                                "add `goto: <step id>`",
+                            );
                             None
                         }
                     };
@@ -445,7 +605,11 @@ impl Reader<'_> {
             "call" => {
                 let target = self.string(body, "`call`")?;
                 let Some((plugin, action)) = target.value.split_once('.') else {
-                    self.hint(body.span, format!("`call: {}` must name a plugin action", target.value), "write `plugin.action`, e.g. `payments.refund`");
+                    self.hint(
+                        body.span,
+                        format!("`call: {}` must name a plugin action", target.value),
+                        "write `plugin.action`, e.g. `payments.refund`",
+                    );
                     return None;
                 };
                 let retry = f.get("retry").and_then(|n| self.retry(n));
@@ -460,12 +624,26 @@ impl Reader<'_> {
                 })
             }
             "wait" => {
-                let wf = self.fields(body, &format!("`wait` of {label}"), &["event", "key", "timeout", "on_timeout"])?;
+                let wf = self.fields(
+                    body,
+                    &format!("`wait` of {label}"),
+                    &["event", "key", "timeout", "on_timeout"],
+                )?;
                 let events = match wf.get("event") {
-                    Some(Node { value: Value::Seq(items), .. }) => items.iter().filter_map(|n| self.string(n, "`event`")).collect(),
+                    Some(Node {
+                        value: Value::Seq(items),
+                        ..
+                    }) => items
+                        .iter()
+                        .filter_map(|n| self.string(n, "`event`"))
+                        .collect(),
                     Some(n) => self.string(n, "`event`").into_iter().collect(),
                     None => {
-                        self.hint(body.span, "`wait` has no `event`", "name the event type to wait for, e.g. `event: approval.granted`");
+                        self.hint(
+                            body.span,
+                            "`wait` has no `event`",
+                            "name the event type to wait for, e.g. `event: approval.granted`",
+                        );
                         Vec::new()
                     }
                 };
@@ -480,30 +658,57 @@ impl Reader<'_> {
                         None
                     }
                 };
-                let timeout = wf.get("timeout").and_then(|n| self.duration(n, "`timeout`"));
-                let on_timeout = wf.get("on_timeout").and_then(|n| self.name(n, "`on_timeout`"));
+                let timeout = wf
+                    .get("timeout")
+                    .and_then(|n| self.duration(n, "`timeout`"));
+                let on_timeout = wf
+                    .get("on_timeout")
+                    .and_then(|n| self.name(n, "`on_timeout`"));
                 if on_timeout.is_some() && timeout.is_none() {
-                    self.hint(wf.key_span("on_timeout"), "`on_timeout` without a `timeout`", "add `timeout: 72h` (or another duration)");
+                    self.hint(
+                        wf.key_span("on_timeout"),
+                        "`on_timeout` without a `timeout`",
+                        "add `timeout: 72h` (or another duration)",
+                    );
                 }
-                Some(StepKind::Wait { events, key: key?, timeout, on_timeout })
+                Some(StepKind::Wait {
+                    events,
+                    key: key?,
+                    timeout,
+                    on_timeout,
+                })
             }
             "sleep" => match &body.value {
-                Value::Str(..) | Value::Int(_) => Some(StepKind::Sleep(SleepFor::Duration(self.duration(body, "`sleep`")?))),
+                Value::Str(..) | Value::Int(_) => Some(StepKind::Sleep(SleepFor::Duration(
+                    self.duration(body, "`sleep`")?,
+                ))),
                 Value::Map(_) => {
                     let sf = self.fields(body, "`sleep`", &["until"])?;
                     let until = sf.get("until").and_then(|n| self.script(n, "`until`"));
                     if until.is_none() && sf.get("until").is_none() {
-                        self.hint(body.span, "`sleep` needs a duration or `until:`", "write `sleep: 5m` or `sleep: { until: <expression> }`");
+                        self.hint(
+                            body.span,
+                            "`sleep` needs a duration or `until:`",
+                            "write `sleep: 5m` or `sleep: { until: <expression> }`",
+                        );
                     }
                     Some(StepKind::Sleep(SleepFor::Until(until?)))
                 }
                 _ => {
-                    self.hint(body.span, "`sleep` needs a duration or `until:`", "write `sleep: 5m` or `sleep: { until: <expression> }`");
+                    self.hint(
+                        body.span,
+                        "`sleep` needs a duration or `until:`",
+                        "write `sleep: 5m` or `sleep: { until: <expression> }`",
+                    );
                     None
                 }
             },
             "parallel" => {
-                let pf = self.fields(body, &format!("`parallel` of {label}"), &["join", "branches"])?;
+                let pf = self.fields(
+                    body,
+                    &format!("`parallel` of {label}"),
+                    &["join", "branches"],
+                )?;
                 let join = match pf.get("join").map(|n| (n, n.as_str())) {
                     None => Join::All,
                     Some((_, Some("all"))) => Join::All,
@@ -515,31 +720,54 @@ impl Reader<'_> {
                 };
                 let mut branches = Vec::new();
                 match pf.get("branches") {
-                    Some(Node { value: Value::Seq(items), .. }) => {
+                    Some(Node {
+                        value: Value::Seq(items),
+                        ..
+                    }) => {
                         for item in items {
-                            let Some(bf) = self.fields(item, "a branch", &["id", "steps"]) else { continue };
+                            let Some(bf) = self.fields(item, "a branch", &["id", "steps"]) else {
+                                continue;
+                            };
                             let id = bf.get("id").and_then(|n| self.name(n, "branch `id`"));
                             let steps = match bf.get("steps") {
                                 Some(n) => self.steps(n, "branch `steps`"),
                                 None => {
-                                    self.hint(item.span, "branch has no `steps`", "give each branch a `steps:` list");
+                                    self.hint(
+                                        item.span,
+                                        "branch has no `steps`",
+                                        "give each branch a `steps:` list",
+                                    );
                                     Vec::new()
                                 }
                             };
                             match id {
                                 Some(id) => branches.push(Branch { id, steps }),
-                                None if bf.get("id").is_none() => self.hint(item.span, "branch has no `id`", "add `id: <name>`"),
+                                None if bf.get("id").is_none() => {
+                                    self.hint(item.span, "branch has no `id`", "add `id: <name>`")
+                                }
                                 None => {}
                             }
                         }
                     }
-                    Some(n) => self.hint(n.span, "`branches` must be a list", "write `- id: ...` with `steps:` for each branch"),
-                    None => self.hint(body.span, "`parallel` has no `branches`", "add `branches:` with at least two branches"),
+                    Some(n) => self.hint(
+                        n.span,
+                        "`branches` must be a list",
+                        "write `- id: ...` with `steps:` for each branch",
+                    ),
+                    None => self.hint(
+                        body.span,
+                        "`parallel` has no `branches`",
+                        "add `branches:` with at least two branches",
+                    ),
                 }
                 Some(StepKind::Parallel { join, branches })
             }
             "foreach" => {
-                let ff = self.fields(body, &format!("`foreach` of {label}"), &["items", "as", "concurrency", "steps"])?;
+                let ff = self.fields(
+                    body,
+                    &format!("`foreach` of {label}"),
+                    &["items", "as", "concurrency", "steps"],
+                )?;
                 let items = match ff.get("items") {
                     Some(n) => self.script(n, "`items`"),
                     None => {
@@ -551,22 +779,36 @@ impl Reader<'_> {
                     Some(n) => self.name(n, "`as`"),
                     None => Some(Spanned::new("item".to_string(), body.span)),
                 };
-                let concurrency = ff.get("concurrency").and_then(|n| self.uint(n, "`concurrency`", 1, 64)).unwrap_or(1);
+                let concurrency = ff
+                    .get("concurrency")
+                    .and_then(|n| self.uint(n, "`concurrency`", 1, 64))
+                    .unwrap_or(1);
                 let steps = match ff.get("steps") {
                     Some(n) => self.steps(n, "`foreach` steps"),
                     None => {
-                        self.hint(body.span, "`foreach` has no `steps`", "add the `steps:` to run for each item");
+                        self.hint(
+                            body.span,
+                            "`foreach` has no `steps`",
+                            "add the `steps:` to run for each item",
+                        );
                         Vec::new()
                     }
                 };
-                Some(StepKind::Foreach { items: items?, item_name: item_name?, concurrency, steps })
+                Some(StepKind::Foreach {
+                    items: items?,
+                    item_name: item_name?,
+                    concurrency,
+                    steps,
+                })
             }
             "set" => {
                 if body.as_map().is_none() {
                     self.hint(body.span, "`set` must map variable names to values", "for example: `set: { status: approved, amount: \"${input.amount_minor}\" }`");
                     return None;
                 }
-                Some(StepKind::Set { values: Template { node: body.clone() } })
+                Some(StepKind::Set {
+                    values: Template { node: body.clone() },
+                })
             }
             "subworkflow" => Some(StepKind::Subworkflow {
                 workflow: self.name(body, "`subworkflow`")?,
@@ -587,23 +829,48 @@ impl Reader<'_> {
             }),
             "fail" => {
                 let ff = self.fields(body, "`fail`", &["code", "message"])?;
-                let code = ff.get("code").and_then(|n| self.name(n, "`code`")).map(|s| s.value);
+                let code = ff
+                    .get("code")
+                    .and_then(|n| self.name(n, "`code`"))
+                    .map(|s| s.value);
                 let message = match ff.get("message") {
                     Some(n) => Template { node: n.clone() },
                     None => {
-                        self.hint(body.span, "`fail` has no `message`", "say why the workflow fails, e.g. `message: refund window has passed`");
+                        self.hint(
+                            body.span,
+                            "`fail` has no `message`",
+                            "say why the workflow fails, e.g. `message: refund window has passed`",
+                        );
                         return None;
                     }
                 };
-                Some(StepKind::Fail { code: code.unwrap_or_else(|| "failed".into()), message })
+                Some(StepKind::Fail {
+                    code: code.unwrap_or_else(|| "failed".into()),
+                    message,
+                })
             }
             _ => unreachable!("kind keys are filtered against StepKind::KEYWORDS"),
         }
     }
 
     fn retry(&mut self, node: &Node) -> Option<Retry> {
-        let f = self.fields(node, "`retry`", &["max_attempts", "backoff", "multiplier", "max_delay", "jitter", "on"])?;
-        let mut r = Retry { span: node.span, max_attempts: 3, ..Retry::default() };
+        let f = self.fields(
+            node,
+            "`retry`",
+            &[
+                "max_attempts",
+                "backoff",
+                "multiplier",
+                "max_delay",
+                "jitter",
+                "on",
+            ],
+        )?;
+        let mut r = Retry {
+            span: node.span,
+            max_attempts: 3,
+            ..Retry::default()
+        };
         if let Some(n) = f.get("max_attempts") {
             r.max_attempts = self.uint(n, "`max_attempts`", 1, 100)?;
         }
@@ -618,19 +885,34 @@ impl Reader<'_> {
         }
         if let Some(n) = f.get("jitter") {
             let text = n.as_str().unwrap_or("");
-            match text.strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok()).filter(|p| *p <= 100) {
+            match text
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| *p <= 100)
+            {
                 Some(p) => r.jitter_percent = p,
                 None => {
-                    self.hint(n.span, "`jitter` must be a percentage", "write e.g. `jitter: 20%` (0% turns it off)");
+                    self.hint(
+                        n.span,
+                        "`jitter` must be a percentage",
+                        "write e.g. `jitter: 20%` (0% turns it off)",
+                    );
                     return None;
                 }
             }
         }
         if let Some(n) = f.get("on") {
             r.on = match &n.value {
-                Value::Seq(items) => items.iter().filter_map(|i| self.string(i, "`on`").map(|s| s.value)).collect(),
+                Value::Seq(items) => items
+                    .iter()
+                    .filter_map(|i| self.string(i, "`on`").map(|s| s.value))
+                    .collect(),
                 _ => {
-                    self.hint(n.span, "`on` must be a list of error codes", "e.g. `on: [retryable, timeout, rate_limited]`");
+                    self.hint(
+                        n.span,
+                        "`on` must be a list of error codes",
+                        "e.g. `on: [retryable, timeout, rate_limited]`",
+                    );
                     return None;
                 }
             };
@@ -644,7 +926,11 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        read("wf.yaml", text).1.iter().map(|d| d.to_string()).collect()
+        read("wf.yaml", text)
+            .1
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     #[test]
@@ -663,7 +949,10 @@ mod tests {
     #[test]
     fn unknown_field_suggests_the_right_one() {
         let errs = errors("workflow: demo\nversion: 1\nstpes: []\n");
-        assert!(errs[0].starts_with("wf.yaml:3:1: error: unknown field `stpes`"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("wf.yaml:3:1: error: unknown field `stpes`"),
+            "{errs:?}"
+        );
         assert!(errs[0].contains("did you mean `steps`?"));
     }
 

@@ -197,15 +197,26 @@ impl MarkedEventReceiver for Builder {
             Event::DocumentStart => {
                 self.documents += 1;
                 if self.documents > 1 {
-                    self.fail(span, "a workflow file holds one YAML document; remove the second `---`");
+                    self.fail(
+                        span,
+                        "a workflow file holds one YAML document; remove the second `---`",
+                    );
                 }
             }
-            Event::Alias(_) => self.fail(span, "YAML aliases (`*name`) are not supported; write the value out"),
+            Event::Alias(_) => self.fail(
+                span,
+                "YAML aliases (`*name`) are not supported; write the value out",
+            ),
             Event::Scalar(text, style, _, _) => {
                 let value = match style {
                     TScalarStyle::Plain => plain_scalar(text),
                     // The mark of a block scalar is the start of its first text line.
-                    TScalarStyle::Literal | TScalarStyle::Folded => Value::Str(text, BlockStart::NextLine { indent: mark.col() as u32 }),
+                    TScalarStyle::Literal | TScalarStyle::Folded => Value::Str(
+                        text,
+                        BlockStart::NextLine {
+                            indent: mark.col() as u32,
+                        },
+                    ),
                     // Quoted scalars start one column after the quote.
                     _ => Value::Str(text, BlockStart::Inline),
                 };
@@ -231,9 +242,15 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Frame::Seq(span, items)) => Node { span, value: Value::Seq(items) },
+                    Some(Frame::Seq(span, items)) => Node {
+                        span,
+                        value: Value::Seq(items),
+                    },
                     // A mapping's own mark is unreliable; its first key is where a reader looks.
-                    Some(Frame::Map(span, entries, _)) => Node { span: entries.first().map_or(span, |(k, _)| k.span), value: Value::Map(entries) },
+                    Some(Frame::Map(span, entries, _)) => Node {
+                        span: entries.first().map_or(span, |(k, _)| k.span),
+                        value: Value::Map(entries),
+                    },
                     None => return,
                 };
                 self.push_node(node);
@@ -271,14 +288,20 @@ mod tests {
 
     #[test]
     fn positions_are_one_based() {
-        let doc = parse("name: refund\nsteps:\n  - id: a\n    rule: |\n      vars.x = 1\n").unwrap();
+        let doc =
+            parse("name: refund\nsteps:\n  - id: a\n    rule: |\n      vars.x = 1\n").unwrap();
         let (k, v) = &doc.as_map().unwrap()[0];
         assert_eq!(k.span, Span::new(1, 1));
         assert_eq!(v.span, Span::new(1, 7));
         let steps = doc.get("steps").unwrap();
-        let Value::Seq(items) = &steps.value else { panic!() };
+        let Value::Seq(items) = &steps.value else {
+            panic!()
+        };
         let rule = items[0].get("rule").unwrap();
-        assert_eq!(rule.value, Value::Str("vars.x = 1\n".into(), BlockStart::NextLine { indent: 6 }));
+        assert_eq!(
+            rule.value,
+            Value::Str("vars.x = 1\n".into(), BlockStart::NextLine { indent: 6 })
+        );
         assert_eq!(rule.span, Span::new(5, 7));
     }
 

@@ -45,12 +45,30 @@ impl Status {
 pub enum FrameState {
     /// The step at `at` should run now.
     Ready,
-    Calling { attempt: u32, key: String, input: Value },
-    Backoff { attempt: u32, key: String, until: Millis },
-    Waiting { events: Vec<String>, key: String, deadline: Option<Millis> },
-    Sleeping { until: Millis },
+    Calling {
+        attempt: u32,
+        key: String,
+        input: Value,
+    },
+    Backoff {
+        attempt: u32,
+        key: String,
+        until: Millis,
+    },
+    Waiting {
+        events: Vec<String>,
+        key: String,
+        deadline: Option<Millis>,
+    },
+    Sleeping {
+        until: Millis,
+    },
     Joining(Join_),
-    Sub { child: String, workflow: String, input: Value },
+    Sub {
+        child: String,
+        workflow: String,
+        input: Value,
+    },
     /// The frame reached its end with this output (children only; reaped by the parent).
     Done(Value),
     /// The frame failed (children only; the parent's step fails with it).
@@ -86,10 +104,33 @@ pub struct Frame {
 /// Something the driver must do outside the state machine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    Call { frame: u32, step: String, plugin: String, action: String, input: Value, key: String, attempt: u32, timeout_ms: u64 },
-    Timer { frame: u32, step: String, at: Millis },
-    Wait { frame: u32, events: Vec<String>, key: String },
-    StartChild { frame: u32, step: String, child: String, workflow: String, input: Value },
+    Call {
+        frame: u32,
+        step: String,
+        plugin: String,
+        action: String,
+        input: Value,
+        key: String,
+        attempt: u32,
+        timeout_ms: u64,
+    },
+    Timer {
+        frame: u32,
+        step: String,
+        at: Millis,
+    },
+    Wait {
+        frame: u32,
+        events: Vec<String>,
+        key: String,
+    },
+    StartChild {
+        frame: u32,
+        step: String,
+        child: String,
+        workflow: String,
+        input: Value,
+    },
     Finished,
 }
 
@@ -124,8 +165,22 @@ type Outcome = Result<Record, StepError>;
 
 impl Instance {
     /// The record that starts an instance.
-    pub fn start_record(wf: &CompiledWorkflow, input: Value, idempotency_key: Option<String>, parent: Option<ParentRef>, at: Millis) -> Record {
-        Record::Started { workflow: wf.name.clone(), version: wf.version, hash: wf.hash.clone(), input, idempotency_key, parent, at }
+    pub fn start_record(
+        wf: &CompiledWorkflow,
+        input: Value,
+        idempotency_key: Option<String>,
+        parent: Option<ParentRef>,
+        at: Millis,
+    ) -> Record {
+        Record::Started {
+            workflow: wf.name.clone(),
+            version: wf.version,
+            hash: wf.hash.clone(),
+            input,
+            idempotency_key,
+            parent,
+            at,
+        }
     }
 
     /// Rebuild an instance from its journal.
@@ -178,7 +233,15 @@ impl Instance {
         self.records += 1;
         self.updated_at = record.at();
         match record {
-            Record::Started { workflow, version, hash, input, idempotency_key, parent, at } => {
+            Record::Started {
+                workflow,
+                version,
+                hash,
+                input,
+                idempotency_key,
+                parent,
+                at,
+            } => {
                 self.workflow = workflow.clone();
                 self.version = *version;
                 self.hash = hash.clone();
@@ -188,13 +251,23 @@ impl Instance {
                 self.started_at = *at;
                 self.new_frame(None, wf.entry, Map::new(), false);
             }
-            Record::StepCompleted { frame, step, vars, output, next, .. } => {
+            Record::StepCompleted {
+                frame,
+                step,
+                vars,
+                output,
+                next,
+                ..
+            } => {
                 self.transitions += 1;
                 if let Some(v) = vars {
                     self.vars = v.clone();
                 }
                 let save_as = wf.step(step).and_then(|(_, s)| s.save_as.clone());
-                let compensate = wf.step(step).and_then(|(_, s)| s.compensate).map(|c| wf.steps[c].id.clone());
+                let compensate = wf
+                    .step(step)
+                    .and_then(|(_, s)| s.compensate)
+                    .map(|c| wf.steps[c].id.clone());
                 if let (Some(name), Some(out)) = (save_as, output) {
                     self.vars.insert(name, out.clone());
                 }
@@ -203,34 +276,107 @@ impl Instance {
                 }
                 self.move_on(wf, *frame, output.clone(), next.as_deref());
             }
-            Record::CallStarted { frame, step, attempt, key, input, .. } => {
+            Record::CallStarted {
+                frame,
+                step,
+                attempt,
+                key,
+                input,
+                ..
+            } => {
                 self.transitions += 1;
                 if *attempt == 1 {
                     *self.visits.entry(step.clone()).or_default() += 1;
                 }
-                self.set_state(*frame, FrameState::Calling { attempt: *attempt, key: key.clone(), input: input.clone() });
+                self.set_state(
+                    *frame,
+                    FrameState::Calling {
+                        attempt: *attempt,
+                        key: key.clone(),
+                        input: input.clone(),
+                    },
+                );
             }
-            Record::CallSucceeded { frame, step, output, .. } => {
+            Record::CallSucceeded {
+                frame,
+                step,
+                output,
+                ..
+            } => {
                 // Same bookkeeping as a completed step: save the output, move on.
-                let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
-                let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(output.clone()), next, reason: None, at: record.at() };
+                let next = wf
+                    .step(step)
+                    .and_then(|(_, s)| s.next.first().copied())
+                    .map(|i| wf.steps[i].id.clone());
+                let rec = Record::StepCompleted {
+                    frame: *frame,
+                    step: step.clone(),
+                    vars: None,
+                    output: Some(output.clone()),
+                    next,
+                    reason: None,
+                    at: record.at(),
+                };
                 self.records -= 1;
                 self.apply(wf, &rec);
             }
-            Record::CallFailed { frame, retry_at, attempt, .. } => {
-                if let (Some(until), Some(FrameState::Calling { key, .. })) = (retry_at, self.frames.get(frame).map(|f| &f.state)) {
+            Record::CallFailed {
+                frame,
+                retry_at,
+                attempt,
+                ..
+            } => {
+                if let (Some(until), Some(FrameState::Calling { key, .. })) =
+                    (retry_at, self.frames.get(frame).map(|f| &f.state))
+                {
                     let key = key.clone();
-                    self.set_state(*frame, FrameState::Backoff { attempt: attempt + 1, key, until: *until });
+                    self.set_state(
+                        *frame,
+                        FrameState::Backoff {
+                            attempt: attempt + 1,
+                            key,
+                            until: *until,
+                        },
+                    );
                 }
             }
-            Record::WaitStarted { frame, events, key, deadline, .. } => {
+            Record::WaitStarted {
+                frame,
+                events,
+                key,
+                deadline,
+                ..
+            } => {
                 self.transitions += 1;
-                self.set_state(*frame, FrameState::Waiting { events: events.clone(), key: key.clone(), deadline: *deadline });
+                self.set_state(
+                    *frame,
+                    FrameState::Waiting {
+                        events: events.clone(),
+                        key: key.clone(),
+                        deadline: *deadline,
+                    },
+                );
             }
-            Record::EventReceived { frame, step, event, at } => {
+            Record::EventReceived {
+                frame,
+                step,
+                event,
+                at,
+            } => {
                 let out = json!({"type": event.event_type, "key": event.key, "data": event.data, "id": event.id, "at": crate::compile::rules::format_ms(*at)});
-                let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
-                let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(out), next, reason: None, at: *at };
+                let next = wf
+                    .step(step)
+                    .and_then(|(_, s)| s.next.first().copied())
+                    .map(|i| wf.steps[i].id.clone());
+                let rec = Record::StepCompleted {
+                    frame: *frame,
+                    step: step.clone(),
+                    vars: None,
+                    output: Some(out),
+                    next,
+                    reason: None,
+                    at: *at,
+                };
                 self.records -= 1;
                 self.apply(wf, &rec);
             }
@@ -238,17 +384,34 @@ impl Instance {
                 self.transitions += 1;
                 self.set_state(*frame, FrameState::Sleeping { until: *until });
             }
-            Record::TimerFired { frame, step, next, at } => match self.frames.get(frame).map(|f| f.state.clone()) {
+            Record::TimerFired {
+                frame,
+                step,
+                next,
+                at,
+            } => match self.frames.get(frame).map(|f| f.state.clone()) {
                 Some(FrameState::Backoff { attempt, key, .. }) => {
                     // The retry begins: `advance` issues the CallStarted.
                     if let Some(f) = self.frames.get_mut(frame) {
                         f.state = FrameState::Ready;
-                        f.locals.insert("__retry".into(), json!({"attempt": attempt, "key": key}));
+                        f.locals
+                            .insert("__retry".into(), json!({"attempt": attempt, "key": key}));
                     }
                 }
                 Some(FrameState::Sleeping { .. }) => {
-                    let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
-                    let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: None, next, reason: None, at: *at };
+                    let next = wf
+                        .step(step)
+                        .and_then(|(_, s)| s.next.first().copied())
+                        .map(|i| wf.steps[i].id.clone());
+                    let rec = Record::StepCompleted {
+                        frame: *frame,
+                        step: step.clone(),
+                        vars: None,
+                        output: None,
+                        next,
+                        reason: None,
+                        at: *at,
+                    };
                     self.records -= 1;
                     self.apply(wf, &rec);
                 }
@@ -267,47 +430,124 @@ impl Instance {
                 }
                 _ => {}
             },
-            Record::ChildrenStarted { frame, step, children, items, .. } => {
+            Record::ChildrenStarted {
+                frame,
+                step,
+                children,
+                items,
+                ..
+            } => {
                 self.transitions += 1;
                 let Some((_, s)) = wf.step(step) else { return };
-                if !matches!(self.frames.get(frame).map(|f| &f.state), Some(FrameState::Joining(_))) {
+                if !matches!(
+                    self.frames.get(frame).map(|f| &f.state),
+                    Some(FrameState::Joining(_))
+                ) {
                     let (join, foreach, total, concurrency, slot_names, items) = match &s.kind {
-                        Kind::Parallel { join, branches } => (*join, false, branches.len(), branches.len(), branches.iter().map(|b| b.0.clone()).collect(), Vec::new()),
+                        Kind::Parallel { join, branches } => (
+                            *join,
+                            false,
+                            branches.len(),
+                            branches.len(),
+                            branches.iter().map(|b| b.0.clone()).collect(),
+                            Vec::new(),
+                        ),
                         Kind::Foreach { concurrency, .. } => {
                             let items = items.clone().unwrap_or_default();
-                            (Join::All, true, items.len(), *concurrency as usize, Vec::new(), items)
+                            (
+                                Join::All,
+                                true,
+                                items.len(),
+                                *concurrency as usize,
+                                Vec::new(),
+                                items,
+                            )
                         }
                         _ => return,
                     };
-                    self.set_state(*frame, FrameState::Joining(Join_ { join, foreach, children: BTreeMap::new(), results: BTreeMap::new(), items, next_item: 0, total, concurrency, slot_names }));
+                    self.set_state(
+                        *frame,
+                        FrameState::Joining(Join_ {
+                            join,
+                            foreach,
+                            children: BTreeMap::new(),
+                            results: BTreeMap::new(),
+                            items,
+                            next_item: 0,
+                            total,
+                            concurrency,
+                            slot_names,
+                        }),
+                    );
                 }
                 for c in children {
                     let start = wf.index.get(&c.step).copied().unwrap_or(usize::MAX);
                     let id = self.new_frame(Some((*frame, c.slot)), start, c.locals.clone(), false);
                     debug_assert_eq!(id, c.frame);
-                    if let Some(FrameState::Joining(j)) = self.frames.get_mut(frame).map(|f| &mut f.state) {
+                    if let Some(FrameState::Joining(j)) =
+                        self.frames.get_mut(frame).map(|f| &mut f.state)
+                    {
                         j.children.insert(c.slot, id);
                         j.next_item = j.next_item.max(c.slot + 1);
                     }
                 }
             }
-            Record::SubStarted { frame, child, workflow, input, .. } => {
+            Record::SubStarted {
+                frame,
+                child,
+                workflow,
+                input,
+                ..
+            } => {
                 self.transitions += 1;
                 *self.visits.entry(format!("sub:{}", child)).or_default() += 1;
-                self.set_state(*frame, FrameState::Sub { child: child.clone(), workflow: workflow.clone(), input: input.clone() });
+                self.set_state(
+                    *frame,
+                    FrameState::Sub {
+                        child: child.clone(),
+                        workflow: workflow.clone(),
+                        input: input.clone(),
+                    },
+                );
             }
-            Record::SubFinished { frame, step, result, at, .. } => {
+            Record::SubFinished {
+                frame,
+                step,
+                result,
+                at,
+                ..
+            } => {
                 if let Ok(out) = result {
-                    let next = wf.step(step).and_then(|(_, s)| s.next.first().copied()).map(|i| wf.steps[i].id.clone());
-                    let rec = Record::StepCompleted { frame: *frame, step: step.clone(), vars: None, output: Some(out.clone()), next, reason: None, at: *at };
+                    let next = wf
+                        .step(step)
+                        .and_then(|(_, s)| s.next.first().copied())
+                        .map(|i| wf.steps[i].id.clone());
+                    let rec = Record::StepCompleted {
+                        frame: *frame,
+                        step: step.clone(),
+                        vars: None,
+                        output: Some(out.clone()),
+                        next,
+                        reason: None,
+                        at: *at,
+                    };
                     self.records -= 1;
                     self.apply(wf, &rec);
                 }
                 // A failed child is followed by a StepFailed record.
             }
-            Record::StepFailed { frame, step, error, next, .. } => {
+            Record::StepFailed {
+                frame,
+                step,
+                error,
+                next,
+                ..
+            } => {
                 self.transitions += 1;
-                self.vars.insert("error".into(), serde_json::to_value(error.clone().at(step)).unwrap_or(Value::Null));
+                self.vars.insert(
+                    "error".into(),
+                    serde_json::to_value(error.clone().at(step)).unwrap_or(Value::Null),
+                );
                 match next {
                     Some(n) => {
                         let at = wf.index.get(n).copied().unwrap_or(usize::MAX);
@@ -322,7 +562,9 @@ impl Instance {
                         let error = error.clone().at(step);
                         self.drop_children(*frame);
                         match self.frames.get(frame).map(|f| (f.parent, f.compensation)) {
-                            Some((Some(_), _)) => self.set_state(*frame, FrameState::Errored(error)),
+                            Some((Some(_), _)) => {
+                                self.set_state(*frame, FrameState::Errored(error))
+                            }
                             Some((None, true)) => {
                                 // A failed compensation is recorded; the others still run.
                                 self.frames.remove(frame);
@@ -364,10 +606,26 @@ impl Instance {
         }
     }
 
-    fn new_frame(&mut self, parent: Option<(u32, usize)>, at: usize, locals: Map<String, Value>, compensation: bool) -> u32 {
+    fn new_frame(
+        &mut self,
+        parent: Option<(u32, usize)>,
+        at: usize,
+        locals: Map<String, Value>,
+        compensation: bool,
+    ) -> u32 {
         let id = self.next_frame;
         self.next_frame += 1;
-        self.frames.insert(id, Frame { parent, at, state: FrameState::Ready, locals, output: Value::Null, compensation });
+        self.frames.insert(
+            id,
+            Frame {
+                parent,
+                at,
+                state: FrameState::Ready,
+                locals,
+                output: Value::Null,
+                compensation,
+            },
+        );
         id
     }
 
@@ -378,7 +636,12 @@ impl Instance {
     }
 
     fn drop_children(&mut self, frame: u32) {
-        let children: Vec<u32> = self.frames.iter().filter(|(_, f)| f.parent.map(|p| p.0) == Some(frame)).map(|(id, _)| *id).collect();
+        let children: Vec<u32> = self
+            .frames
+            .iter()
+            .filter(|(_, f)| f.parent.map(|p| p.0) == Some(frame))
+            .map(|(id, _)| *id)
+            .collect();
         for c in children {
             self.drop_children(c);
             self.frames.remove(&c);
@@ -394,8 +657,16 @@ impl Instance {
     }
 
     /// After a step completes: go to `next`, or end the frame.
-    fn move_on(&mut self, wf: &CompiledWorkflow, frame: u32, output: Option<Value>, next: Option<&str>) {
-        let Some(f) = self.frames.get_mut(&frame) else { return };
+    fn move_on(
+        &mut self,
+        wf: &CompiledWorkflow,
+        frame: u32,
+        output: Option<Value>,
+        next: Option<&str>,
+    ) {
+        let Some(f) = self.frames.get_mut(&frame) else {
+            return;
+        };
         f.locals.remove("__retry");
         if let Some(o) = output {
             f.output = o;
@@ -425,7 +696,12 @@ impl Instance {
     // ---------------------------------------------------------------- decide
 
     fn bindings<'a>(&'a self, frame: &'a Frame, now: Millis) -> Bindings<'a> {
-        Bindings { input: &self.input, vars: &self.vars, locals: &frame.locals, now_ms: now }
+        Bindings {
+            input: &self.input,
+            vars: &self.vars,
+            locals: &frame.locals,
+            now_ms: now,
+        }
     }
 
     /// Idempotency key of a call: instance, step and how many times the step was entered.
@@ -438,7 +714,9 @@ impl Instance {
     pub fn advance(&mut self, wf: &CompiledWorkflow, now: Millis) -> Vec<Record> {
         let mut out = Vec::new();
         while !self.status.is_final() {
-            let Some(rec) = self.next_record(wf, now) else { break };
+            let Some(rec) = self.next_record(wf, now) else {
+                break;
+            };
             self.apply(wf, &rec);
             out.push(rec);
         }
@@ -447,28 +725,59 @@ impl Instance {
 
     fn next_record(&mut self, wf: &CompiledWorkflow, now: Millis) -> Option<Record> {
         if self.transitions >= MAX_TRANSITIONS && self.final_error.is_none() {
-            return Some(self.fail_record(wf, StepError::new("too_many_steps", format!("instance ran {MAX_TRANSITIONS} steps; is a loop missing its exit?")), now));
+            return Some(self.fail_record(
+                wf,
+                StepError::new(
+                    "too_many_steps",
+                    format!("instance ran {MAX_TRANSITIONS} steps; is a loop missing its exit?"),
+                ),
+                now,
+            ));
         }
         if self.frames.len() > MAX_FRAMES {
-            return Some(self.fail_record(wf, StepError::new("too_many_branches", format!("more than {MAX_FRAMES} branches or items at once")), now));
+            return Some(self.fail_record(
+                wf,
+                StepError::new(
+                    "too_many_branches",
+                    format!("more than {MAX_FRAMES} branches or items at once"),
+                ),
+                now,
+            ));
         }
         // The instance has nothing left to run: end it.
         if self.frames.is_empty() {
             if let Some(reason) = &self.cancel_reason {
                 if self.status == Status::Running && !self.compensable.is_empty() {
-                    let steps = self.compensable.iter().map(|c| c.1.clone()).collect();
-                    return Some(Record::CompensationStarted { steps, error: StepError::new("cancelled", reason.clone()), at: now });
+                    let steps = self.compensable.iter().rev().map(|c| c.1.clone()).collect();
+                    return Some(Record::CompensationStarted {
+                        steps,
+                        error: StepError::new("cancelled", reason.clone()),
+                        at: now,
+                    });
                 }
-                return Some(Record::Cancelled { reason: reason.clone(), at: now });
+                return Some(Record::Cancelled {
+                    reason: reason.clone(),
+                    at: now,
+                });
             }
             if let Some(error) = &self.final_error {
                 if self.status == Status::Running && !self.compensable.is_empty() {
-                    let steps = self.compensable.iter().map(|c| c.1.clone()).collect();
-                    return Some(Record::CompensationStarted { steps, error: error.clone(), at: now });
+                    let steps = self.compensable.iter().rev().map(|c| c.1.clone()).collect();
+                    return Some(Record::CompensationStarted {
+                        steps,
+                        error: error.clone(),
+                        at: now,
+                    });
                 }
-                return Some(Record::Failed { error: error.clone(), at: now });
+                return Some(Record::Failed {
+                    error: error.clone(),
+                    at: now,
+                });
             }
-            return Some(Record::Completed { output: self.output.clone().unwrap_or(Value::Null), at: now });
+            return Some(Record::Completed {
+                output: self.output.clone().unwrap_or(Value::Null),
+                at: now,
+            });
         }
         let ids: Vec<u32> = self.frames.keys().copied().collect();
         for id in ids {
@@ -492,16 +801,43 @@ impl Instance {
     }
 
     /// Where a failure at `step` goes: the step's `on_error`, else the workflow's (top level only).
-    fn route_failure(&self, wf: &CompiledWorkflow, frame_id: u32, frame: &Frame, step: usize, error: StepError, now: Millis) -> Record {
+    fn route_failure(
+        &self,
+        wf: &CompiledWorkflow,
+        frame_id: u32,
+        frame: &Frame,
+        step: usize,
+        error: StepError,
+        now: Millis,
+    ) -> Record {
         let s = &wf.steps[step];
         let in_handler = wf.on_error == Some(frame.at);
-        let next = s.on_error.or(if frame.parent.is_none() && !frame.compensation && !in_handler && self.final_error.is_none() { wf.on_error } else { None });
-        Record::StepFailed { frame: frame_id, step: s.id.clone(), error, next: next.map(|n| wf.steps[n].id.clone()), at: now }
+        let next = s.on_error.or(
+            if frame.parent.is_none()
+                && !frame.compensation
+                && !in_handler
+                && self.final_error.is_none()
+            {
+                wf.on_error
+            } else {
+                None
+            },
+        );
+        Record::StepFailed {
+            frame: frame_id,
+            step: s.id.clone(),
+            error,
+            next: next.map(|n| wf.steps[n].id.clone()),
+            at: now,
+        }
     }
 
     fn run_step(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, now: Millis) -> Record {
         let Some(step) = wf.steps.get(frame.at) else {
-            return Record::Failed { error: StepError::new("internal", "frame points at no step"), at: now };
+            return Record::Failed {
+                error: StepError::new("internal", "frame points at no step"),
+                at: now,
+            };
         };
         match self.decide(wf, id, frame, step, now) {
             Ok(r) => r,
@@ -509,12 +845,23 @@ impl Instance {
         }
     }
 
-    fn decide(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, step: &crate::compile::Step, now: Millis) -> Outcome {
+    fn decide(
+        &self,
+        wf: &CompiledWorkflow,
+        id: u32,
+        frame: &Frame,
+        step: &crate::compile::Step,
+        now: Millis,
+    ) -> Outcome {
         let rules = &wf.rules;
         let b = self.bindings(frame, now);
-        let rule_err = |e: crate::compile::rules::RuleError| StepError::new("rule_error", e.message);
+        let rule_err =
+            |e: crate::compile::rules::RuleError| StepError::new("rule_error", e.message);
         let next_id = |i: Option<&usize>| i.map(|&i| wf.steps[i].id.clone());
-        let done = |vars: Option<Map<String, Value>>, output: Option<Value>, next: Option<String>, reason: Option<String>| Record::StepCompleted {
+        let done = |vars: Option<Map<String, Value>>,
+                    output: Option<Value>,
+                    next: Option<String>,
+                    reason: Option<String>| Record::StepCompleted {
             frame: id,
             step: step.id.clone(),
             vars,
@@ -527,11 +874,17 @@ impl Instance {
             Kind::Rule(ast) => {
                 let (value, vars) = rules.eval(ast, &b).map_err(rule_err)?;
                 let (next, reason) = if step.next.len() > 1 {
-                    let chosen = value.as_str().and_then(|v| step.next.iter().find(|&&n| wf.steps[n].id == v));
+                    let chosen = value
+                        .as_str()
+                        .and_then(|v| step.next.iter().find(|&&n| wf.steps[n].id == v));
                     match chosen {
-                        Some(&n) => (Some(wf.steps[n].id.clone()), Some(format!("rule chose `{}`", wf.steps[n].id))),
+                        Some(&n) => (
+                            Some(wf.steps[n].id.clone()),
+                            Some(format!("rule chose `{}`", wf.steps[n].id)),
+                        ),
                         None => {
-                            let options: Vec<&str> = step.next.iter().map(|&n| wf.steps[n].id.as_str()).collect();
+                            let options: Vec<&str> =
+                                step.next.iter().map(|&n| wf.steps[n].id.as_str()).collect();
                             return Err(StepError::new("rule_error", format!("rule must end with one of {} to choose the next step, but gave {value}", options.join(", "))));
                         }
                     }
@@ -544,14 +897,36 @@ impl Instance {
             Kind::Switch { cases, default } => {
                 for (i, (ast, goto)) in cases.iter().enumerate() {
                     match rules.eval(ast, &b).map_err(rule_err)?.0 {
-                        Value::Bool(true) => return Ok(done(None, None, Some(wf.steps[*goto].id.clone()), Some(format!("case {} matched", i + 1)))),
+                        Value::Bool(true) => {
+                            return Ok(done(
+                                None,
+                                None,
+                                Some(wf.steps[*goto].id.clone()),
+                                Some(format!("case {} matched", i + 1)),
+                            ))
+                        }
                         Value::Bool(false) | Value::Null => {}
-                        other => return Err(StepError::new("rule_error", format!("case {} must be true or false, but gave {other}", i + 1))),
+                        other => {
+                            return Err(StepError::new(
+                                "rule_error",
+                                format!("case {} must be true or false, but gave {other}", i + 1),
+                            ))
+                        }
                     }
                 }
                 match default {
-                    Some(d) => done(None, None, Some(wf.steps[*d].id.clone()), Some("no case matched: default".into())),
-                    None => return Err(StepError::new("no_case_matched", "no case matched and the switch has no `default`")),
+                    Some(d) => done(
+                        None,
+                        None,
+                        Some(wf.steps[*d].id.clone()),
+                        Some("no case matched: default".into()),
+                    ),
+                    None => {
+                        return Err(StepError::new(
+                            "no_case_matched",
+                            "no case matched and the switch has no `default`",
+                        ))
+                    }
                 }
             }
             Kind::Set(entries) => {
@@ -563,24 +938,56 @@ impl Instance {
             }
             Kind::Call { with, .. } => {
                 let (attempt, key) = match frame.locals.get("__retry") {
-                    Some(r) => (r["attempt"].as_u64().unwrap_or(2) as u32, r["key"].as_str().unwrap_or_default().to_string()),
+                    Some(r) => (
+                        r["attempt"].as_u64().unwrap_or(2) as u32,
+                        r["key"].as_str().unwrap_or_default().to_string(),
+                    ),
                     None => (1, self.call_key(&step.id)),
                 };
                 let input = match with {
                     Some(t) => t.render(rules, &b).map_err(rule_err)?,
                     None => Value::Object(Map::new()),
                 };
-                Record::CallStarted { frame: id, step: step.id.clone(), attempt, key, input, at: now }
+                Record::CallStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    attempt,
+                    key,
+                    input,
+                    at: now,
+                }
             }
-            Kind::Wait { events, key, timeout_ms, .. } => {
+            Kind::Wait {
+                events,
+                key,
+                timeout_ms,
+                ..
+            } => {
                 let key = match rules.eval(key, &b).map_err(rule_err)?.0 {
                     Value::String(s) => s,
-                    Value::Null => return Err(StepError::new("rule_error", "wait `key` gave nothing; check that the variable it reads is set")),
+                    Value::Null => {
+                        return Err(StepError::new(
+                            "rule_error",
+                            "wait `key` gave nothing; check that the variable it reads is set",
+                        ))
+                    }
                     other => other.to_string(),
                 };
-                Record::WaitStarted { frame: id, step: step.id.clone(), events: events.clone(), key, deadline: timeout_ms.map(|t| now + t as i64), at: now }
+                Record::WaitStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    events: events.clone(),
+                    key,
+                    deadline: timeout_ms.map(|t| now + t as i64),
+                    at: now,
+                }
             }
-            Kind::Sleep(Sleep::For(ms)) => Record::SleepStarted { frame: id, step: step.id.clone(), until: now + *ms as i64, at: now },
+            Kind::Sleep(Sleep::For(ms)) => Record::SleepStarted {
+                frame: id,
+                step: step.id.clone(),
+                until: now + *ms as i64,
+                at: now,
+            },
             Kind::Sleep(Sleep::Until(ast)) => {
                 let v = rules.eval(ast, &b).map_err(rule_err)?.0;
                 let until = v
@@ -588,42 +995,105 @@ impl Instance {
                     .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
                     .map(|t| t.timestamp_millis())
                     .ok_or_else(|| StepError::new("rule_error", format!("sleep `until` must give a time like \"2026-03-06T16:00:00Z\", but gave {v}")))?;
-                Record::SleepStarted { frame: id, step: step.id.clone(), until: until.max(now), at: now }
+                Record::SleepStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    until: until.max(now),
+                    at: now,
+                }
             }
             Kind::Parallel { branches, .. } => {
                 let children = branches
                     .iter()
                     .enumerate()
-                    .map(|(slot, (_, first))| ChildFrame { frame: self.next_frame + slot as u32, slot, step: wf.steps[*first].id.clone(), locals: Map::new() })
+                    .map(|(slot, (_, first))| ChildFrame {
+                        frame: self.next_frame + slot as u32,
+                        slot,
+                        step: wf.steps[*first].id.clone(),
+                        locals: Map::new(),
+                    })
                     .collect();
-                Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: None, at: now }
+                Record::ChildrenStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    children,
+                    items: None,
+                    at: now,
+                }
             }
-            Kind::Foreach { items, item_name, concurrency, body } => {
+            Kind::Foreach {
+                items,
+                item_name,
+                concurrency,
+                body,
+            } => {
                 let list = match rules.eval(items, &b).map_err(rule_err)?.0 {
                     Value::Array(a) => a,
                     Value::Null => Vec::new(),
-                    other => return Err(StepError::new("rule_error", format!("foreach `items` must give a list, but gave {}", crate::validate::input::json_kind(&other)))),
+                    other => {
+                        return Err(StepError::new(
+                            "rule_error",
+                            format!(
+                                "foreach `items` must give a list, but gave {}",
+                                crate::validate::input::json_kind(&other)
+                            ),
+                        ))
+                    }
                 };
                 if list.len() > MAX_FOREACH_ITEMS {
-                    return Err(StepError::new("too_many_items", format!("foreach over {} items; the limit is {MAX_FOREACH_ITEMS}", list.len())));
+                    return Err(StepError::new(
+                        "too_many_items",
+                        format!(
+                            "foreach over {} items; the limit is {MAX_FOREACH_ITEMS}",
+                            list.len()
+                        ),
+                    ));
                 }
                 if list.is_empty() {
-                    return Ok(done(None, Some(Value::Array(Vec::new())), next_id(step.next.first()), Some("no items".into())));
+                    return Ok(done(
+                        None,
+                        Some(Value::Array(Vec::new())),
+                        next_id(step.next.first()),
+                        Some("no items".into()),
+                    ));
                 }
                 let n = list.len().min(*concurrency as usize);
                 let children = (0..n)
-                    .map(|slot| ChildFrame { frame: self.next_frame + slot as u32, slot, step: wf.steps[*body].id.clone(), locals: item_locals(item_name, slot, &list[slot]) })
+                    .map(|slot| ChildFrame {
+                        frame: self.next_frame + slot as u32,
+                        slot,
+                        step: wf.steps[*body].id.clone(),
+                        locals: item_locals(item_name, slot, &list[slot]),
+                    })
                     .collect();
-                Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: Some(list), at: now }
+                Record::ChildrenStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    children,
+                    items: Some(list),
+                    at: now,
+                }
             }
             Kind::Subworkflow { workflow, with } => {
                 let input = match with {
                     Some(t) => t.render(rules, &b).map_err(rule_err)?,
                     None => Value::Object(Map::new()),
                 };
-                let visit = self.visits.iter().filter(|(k, _)| k.starts_with(&format!("sub:{}.{}.", self.id, step.id))).count() + 1;
+                let visit = self
+                    .visits
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&format!("sub:{}.{}.", self.id, step.id)))
+                    .count()
+                    + 1;
                 let child = format!("{}.{}.{}", self.id, step.id, visit);
-                Record::SubStarted { frame: id, step: step.id.clone(), child, workflow: workflow.clone(), input, at: now }
+                Record::SubStarted {
+                    frame: id,
+                    step: step.id.clone(),
+                    child,
+                    workflow: workflow.clone(),
+                    input,
+                    at: now,
+                }
             }
             Kind::Complete(output) => {
                 let out = match output {
@@ -631,7 +1101,10 @@ impl Instance {
                     None => Value::Null,
                 };
                 if frame.parent.is_none() && !frame.compensation {
-                    Record::Completed { output: out, at: now }
+                    Record::Completed {
+                        output: out,
+                        at: now,
+                    }
                 } else {
                     done(None, Some(out), None, None)
                 }
@@ -646,13 +1119,22 @@ impl Instance {
         })
     }
 
-    fn check_join(&self, wf: &CompiledWorkflow, id: u32, frame: &Frame, j: &Join_, now: Millis) -> Option<Record> {
+    fn check_join(
+        &self,
+        wf: &CompiledWorkflow,
+        id: u32,
+        frame: &Frame,
+        j: &Join_,
+        now: Millis,
+    ) -> Option<Record> {
         let step = &wf.steps[frame.at];
         // Reap finished children first: a failed child fails the whole step.
         let mut results = j.results.clone();
         for (&slot, child) in &j.children {
             match self.frames.get(child).map(|f| &f.state) {
-                Some(FrameState::Errored(e)) => return Some(self.route_failure(wf, id, frame, frame.at, e.clone(), now)),
+                Some(FrameState::Errored(e)) => {
+                    return Some(self.route_failure(wf, id, frame, frame.at, e.clone(), now))
+                }
                 Some(FrameState::Done(v)) => {
                     results.insert(slot, v.clone());
                 }
@@ -669,27 +1151,58 @@ impl Instance {
             let output = if j.foreach {
                 Value::Array(results.into_values().collect())
             } else {
-                let map: Map<String, Value> = results.into_iter().map(|(slot, v)| (j.slot_names[slot].clone(), v)).collect();
+                let map: Map<String, Value> = results
+                    .into_iter()
+                    .map(|(slot, v)| (j.slot_names[slot].clone(), v))
+                    .collect();
                 Value::Object(map)
             };
             let reason = match j.join {
                 Join::First => Some("first branch finished; the others were cancelled".to_string()),
                 Join::All => None,
             };
-            return Some(Record::StepCompleted { frame: id, step: step.id.clone(), vars: None, output: Some(output), next, reason, at: now });
+            return Some(Record::StepCompleted {
+                frame: id,
+                step: step.id.clone(),
+                vars: None,
+                output: Some(output),
+                next,
+                reason,
+                at: now,
+            });
         }
         // Foreach: start the next items while under the concurrency bound.
-        let running = j.children.keys().filter(|s| !results.contains_key(s)).count();
+        let running = j
+            .children
+            .keys()
+            .filter(|s| !results.contains_key(s))
+            .count();
         if j.foreach && j.next_item < j.total && running < j.concurrency {
-            let Kind::Foreach { item_name, body, .. } = &step.kind else { return None };
+            let Kind::Foreach {
+                item_name, body, ..
+            } = &step.kind
+            else {
+                return None;
+            };
             let free = (j.concurrency - running).min(j.total - j.next_item);
             let children = (0..free)
                 .map(|k| {
                     let slot = j.next_item + k;
-                    ChildFrame { frame: self.next_frame + k as u32, slot, step: wf.steps[*body].id.clone(), locals: item_locals(item_name, slot, &j.items[slot]) }
+                    ChildFrame {
+                        frame: self.next_frame + k as u32,
+                        slot,
+                        step: wf.steps[*body].id.clone(),
+                        locals: item_locals(item_name, slot, &j.items[slot]),
+                    }
                 })
                 .collect();
-            return Some(Record::ChildrenStarted { frame: id, step: step.id.clone(), children, items: None, at: now });
+            return Some(Record::ChildrenStarted {
+                frame: id,
+                step: step.id.clone(),
+                children,
+                items: None,
+                at: now,
+            });
         }
         None
     }
@@ -697,20 +1210,50 @@ impl Instance {
     // ---------------------------------------------------------------- inputs from outside
 
     /// A plugin call returned. Stale results (the frame moved on) produce nothing.
-    pub fn on_call_result(&mut self, wf: &CompiledWorkflow, frame: u32, attempt: u32, result: Result<Value, StepError>, now: Millis) -> Vec<Record> {
-        let Some(f) = self.frames.get(&frame).cloned() else { return Vec::new() };
-        let FrameState::Calling { attempt: a, .. } = &f.state else { return Vec::new() };
+    pub fn on_call_result(
+        &mut self,
+        wf: &CompiledWorkflow,
+        frame: u32,
+        attempt: u32,
+        result: Result<Value, StepError>,
+        now: Millis,
+    ) -> Vec<Record> {
+        let Some(f) = self.frames.get(&frame).cloned() else {
+            return Vec::new();
+        };
+        let FrameState::Calling { attempt: a, .. } = &f.state else {
+            return Vec::new();
+        };
         if *a != attempt {
             return Vec::new();
         }
         let step = &wf.steps[f.at];
         let rec = match result {
-            Ok(output) => Record::CallSucceeded { frame, step: step.id.clone(), attempt, output, at: now },
+            Ok(output) => Record::CallSucceeded {
+                frame,
+                step: step.id.clone(),
+                attempt,
+                output,
+                at: now,
+            },
             Err(error) => {
-                let Kind::Call { retry, .. } = &step.kind else { return Vec::new() };
-                let wants_retry = retry.on.iter().any(|c| c == &error.code || (c == "retryable" && error.retryable));
-                let retry_at = (wants_retry && attempt < retry.max_attempts).then(|| now + backoff_ms(retry, attempt, &self.id, &step.id) as i64);
-                let failed = Record::CallFailed { frame, step: step.id.clone(), attempt, error: error.clone(), retry_at, at: now };
+                let Kind::Call { retry, .. } = &step.kind else {
+                    return Vec::new();
+                };
+                let wants_retry = retry
+                    .on
+                    .iter()
+                    .any(|c| c == &error.code || (c == "retryable" && error.retryable));
+                let retry_at = (wants_retry && attempt < retry.max_attempts)
+                    .then(|| now + backoff_ms(retry, attempt, &self.id, &step.id) as i64);
+                let failed = Record::CallFailed {
+                    frame,
+                    step: step.id.clone(),
+                    attempt,
+                    error: error.clone(),
+                    retry_at,
+                    at: now,
+                };
                 if retry_at.is_none() {
                     self.apply(wf, &failed);
                     let routed = self.route_failure(wf, frame, &f, f.at, error.at(&step.id), now);
@@ -726,10 +1269,14 @@ impl Instance {
 
     /// A timer came due. Timers for a state the frame has left produce nothing.
     pub fn on_timer(&mut self, wf: &CompiledWorkflow, frame: u32, now: Millis) -> Vec<Record> {
-        let Some(f) = self.frames.get(&frame).cloned() else { return Vec::new() };
+        let Some(f) = self.frames.get(&frame).cloned() else {
+            return Vec::new();
+        };
         let due = match &f.state {
             FrameState::Backoff { until, .. } | FrameState::Sleeping { until } => *until,
-            FrameState::Waiting { deadline: Some(d), .. } => *d,
+            FrameState::Waiting {
+                deadline: Some(d), ..
+            } => *d,
             _ => return Vec::new(),
         };
         if due > now {
@@ -738,14 +1285,35 @@ impl Instance {
         let step = &wf.steps[f.at];
         let rec = match (&f.state, &step.kind) {
             (FrameState::Waiting { .. }, Kind::Wait { on_timeout, .. }) => match on_timeout {
-                Some(t) => Record::TimerFired { frame, step: step.id.clone(), next: Some(wf.steps[*t].id.clone()), at: now },
+                Some(t) => Record::TimerFired {
+                    frame,
+                    step: step.id.clone(),
+                    next: Some(wf.steps[*t].id.clone()),
+                    at: now,
+                },
                 None => {
-                    let routed = self.route_failure(wf, frame, &f, f.at, StepError::new("timeout", "no matching event arrived before the wait timed out").at(&step.id), now);
+                    let routed = self.route_failure(
+                        wf,
+                        frame,
+                        &f,
+                        f.at,
+                        StepError::new(
+                            "timeout",
+                            "no matching event arrived before the wait timed out",
+                        )
+                        .at(&step.id),
+                        now,
+                    );
                     self.apply(wf, &routed);
                     return vec![routed];
                 }
             },
-            _ => Record::TimerFired { frame, step: step.id.clone(), next: None, at: now },
+            _ => Record::TimerFired {
+                frame,
+                step: step.id.clone(),
+                next: None,
+                at: now,
+            },
         };
         self.apply(wf, &rec);
         vec![rec]
@@ -761,7 +1329,12 @@ impl Instance {
             .collect();
         let mut out = Vec::new();
         for (frame, at) in waiting {
-            let rec = Record::EventReceived { frame, step: wf.steps[at].id.clone(), event: event.clone(), at: now };
+            let rec = Record::EventReceived {
+                frame,
+                step: wf.steps[at].id.clone(),
+                event: event.clone(),
+                at: now,
+            };
             self.apply(wf, &rec);
             out.push(rec);
         }
@@ -769,16 +1342,43 @@ impl Instance {
     }
 
     /// A subworkflow instance ended.
-    pub fn on_child_finished(&mut self, wf: &CompiledWorkflow, child: &str, result: Result<Value, StepError>, now: Millis) -> Vec<Record> {
-        let Some((frame, f)) = self.frames.iter().find(|(_, f)| matches!(&f.state, FrameState::Sub { child: c, .. } if c == child)).map(|(i, f)| (*i, f.clone())) else {
+    pub fn on_child_finished(
+        &mut self,
+        wf: &CompiledWorkflow,
+        child: &str,
+        result: Result<Value, StepError>,
+        now: Millis,
+    ) -> Vec<Record> {
+        let Some((frame, f)) = self
+            .frames
+            .iter()
+            .find(|(_, f)| matches!(&f.state, FrameState::Sub { child: c, .. } if c == child))
+            .map(|(i, f)| (*i, f.clone()))
+        else {
             return Vec::new();
         };
         let step = wf.steps[f.at].id.clone();
-        let rec = Record::SubFinished { frame, step: step.clone(), child: child.to_string(), result: result.clone(), at: now };
+        let rec = Record::SubFinished {
+            frame,
+            step: step.clone(),
+            child: child.to_string(),
+            result: result.clone(),
+            at: now,
+        };
         self.apply(wf, &rec);
         let mut out = vec![rec];
         if let Err(e) = result {
-            let routed = self.route_failure(wf, frame, &f, f.at, StepError { step: Some(step), ..e }, now);
+            let routed = self.route_failure(
+                wf,
+                frame,
+                &f,
+                f.at,
+                StepError {
+                    step: Some(step),
+                    ..e
+                },
+                now,
+            );
             self.apply(wf, &routed);
             out.push(routed);
         }
@@ -790,7 +1390,10 @@ impl Instance {
         if self.status.is_final() || self.cancel_reason.is_some() {
             return Vec::new();
         }
-        let rec = Record::CancelRequested { reason: reason.to_string(), at: now };
+        let rec = Record::CancelRequested {
+            reason: reason.to_string(),
+            at: now,
+        };
         self.apply(wf, &rec);
         vec![rec]
     }
@@ -804,9 +1407,23 @@ impl Instance {
         }
         let mut out = Vec::new();
         for (&id, f) in &self.frames {
-            let Some(step) = wf.steps.get(f.at) else { continue };
+            let Some(step) = wf.steps.get(f.at) else {
+                continue;
+            };
             match (&f.state, &step.kind) {
-                (FrameState::Calling { attempt, key, input }, Kind::Call { plugin, action, timeout_ms, .. }) => out.push(Effect::Call {
+                (
+                    FrameState::Calling {
+                        attempt,
+                        key,
+                        input,
+                    },
+                    Kind::Call {
+                        plugin,
+                        action,
+                        timeout_ms,
+                        ..
+                    },
+                ) => out.push(Effect::Call {
                     frame: id,
                     step: step.id.clone(),
                     plugin: plugin.clone(),
@@ -816,15 +1433,48 @@ impl Instance {
                     attempt: *attempt,
                     timeout_ms: *timeout_ms,
                 }),
-                (FrameState::Backoff { until, .. }, _) | (FrameState::Sleeping { until }, _) => out.push(Effect::Timer { frame: id, step: step.id.clone(), at: *until }),
-                (FrameState::Waiting { events, key, deadline }, _) => {
-                    out.push(Effect::Wait { frame: id, events: events.clone(), key: key.clone() });
+                (FrameState::Backoff { until, .. }, _) | (FrameState::Sleeping { until }, _) => out
+                    .push(Effect::Timer {
+                        frame: id,
+                        step: step.id.clone(),
+                        at: *until,
+                    }),
+                (
+                    FrameState::Waiting {
+                        events,
+                        key,
+                        deadline,
+                    },
+                    _,
+                ) => {
+                    out.push(Effect::Wait {
+                        frame: id,
+                        events: events.clone(),
+                        key: key.clone(),
+                    });
                     if let Some(d) = deadline {
-                        out.push(Effect::Timer { frame: id, step: step.id.clone(), at: *d });
+                        out.push(Effect::Timer {
+                            frame: id,
+                            step: step.id.clone(),
+                            at: *d,
+                        });
                     }
                 }
-                (FrameState::Sub { child, workflow, input }, _) => {
-                    out.push(Effect::StartChild { frame: id, step: step.id.clone(), child: child.clone(), workflow: workflow.clone(), input: input.clone() });
+                (
+                    FrameState::Sub {
+                        child,
+                        workflow,
+                        input,
+                    },
+                    _,
+                ) => {
+                    out.push(Effect::StartChild {
+                        frame: id,
+                        step: step.id.clone(),
+                        child: child.clone(),
+                        workflow: workflow.clone(),
+                        input: input.clone(),
+                    });
                 }
                 _ => {}
             }
@@ -834,7 +1484,18 @@ impl Instance {
 
     /// Nothing can happen until something from outside arrives (event, timer, call result).
     pub fn is_parked(&self) -> bool {
-        !self.status.is_final() && self.frames.values().all(|f| matches!(f.state, FrameState::Waiting { .. } | FrameState::Sleeping { .. } | FrameState::Backoff { .. } | FrameState::Joining(_) | FrameState::Sub { .. } | FrameState::Done(_)))
+        !self.status.is_final()
+            && self.frames.values().all(|f| {
+                matches!(
+                    f.state,
+                    FrameState::Waiting { .. }
+                        | FrameState::Sleeping { .. }
+                        | FrameState::Backoff { .. }
+                        | FrameState::Joining(_)
+                        | FrameState::Sub { .. }
+                        | FrameState::Done(_)
+                )
+            })
     }
 
     /// Current steps, for display: (frame, step id, what it is doing).
@@ -870,7 +1531,10 @@ fn item_locals(name: &str, index: usize, item: &Value) -> Map<String, Value> {
 /// Jitter is derived from the instance and step so that a replay computes the same delay
 /// and concurrent instances still spread out.
 pub fn backoff_ms(r: &crate::definition::Retry, attempt: u32, instance: &str, step: &str) -> u64 {
-    let base = r.backoff.as_millis().saturating_mul((r.multiplier as u64).saturating_pow(attempt.saturating_sub(1)));
+    let base = r
+        .backoff
+        .as_millis()
+        .saturating_mul((r.multiplier as u64).saturating_pow(attempt.saturating_sub(1)));
     let capped = base.min(r.max_delay.as_millis());
     if r.jitter_percent == 0 || capped == 0 {
         return capped;

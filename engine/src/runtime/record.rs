@@ -27,7 +27,12 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        StepError { code: code.into(), message: message.into(), retryable: false, step: None }
+        StepError {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+            step: None,
+        }
     }
 
     pub fn at(mut self, step: &str) -> Self {
@@ -106,8 +111,21 @@ pub enum Record {
         at: Millis,
     },
     /// Written and flushed before the plugin is called.
-    CallStarted { frame: u32, step: String, attempt: u32, key: String, input: Value, at: Millis },
-    CallSucceeded { frame: u32, step: String, attempt: u32, output: Value, at: Millis },
+    CallStarted {
+        frame: u32,
+        step: String,
+        attempt: u32,
+        key: String,
+        input: Value,
+        at: Millis,
+    },
+    CallSucceeded {
+        frame: u32,
+        step: String,
+        attempt: u32,
+        output: Value,
+        at: Millis,
+    },
     CallFailed {
         frame: u32,
         step: String,
@@ -126,8 +144,18 @@ pub enum Record {
         deadline: Option<Millis>,
         at: Millis,
     },
-    EventReceived { frame: u32, step: String, event: Event, at: Millis },
-    SleepStarted { frame: u32, step: String, until: Millis, at: Millis },
+    EventReceived {
+        frame: u32,
+        step: String,
+        event: Event,
+        at: Millis,
+    },
+    SleepStarted {
+        frame: u32,
+        step: String,
+        until: Millis,
+        at: Millis,
+    },
     /// A sleep ended, a retry delay passed, or a wait timed out.
     TimerFired {
         frame: u32,
@@ -145,8 +173,21 @@ pub enum Record {
         items: Option<Vec<Value>>,
         at: Millis,
     },
-    SubStarted { frame: u32, step: String, child: String, workflow: String, input: Value, at: Millis },
-    SubFinished { frame: u32, step: String, child: String, result: Result<Value, StepError>, at: Millis },
+    SubStarted {
+        frame: u32,
+        step: String,
+        child: String,
+        workflow: String,
+        input: Value,
+        at: Millis,
+    },
+    SubFinished {
+        frame: u32,
+        step: String,
+        child: String,
+        result: Result<Value, StepError>,
+        at: Millis,
+    },
     /// A step failed for good; `next` is the `on_error` step taken, if any.
     StepFailed {
         frame: u32,
@@ -156,12 +197,28 @@ pub enum Record {
         next: Option<String>,
         at: Millis,
     },
-    CancelRequested { reason: String, at: Millis },
-    /// Completed steps are undone, in this order, before the instance ends.
-    CompensationStarted { steps: Vec<String>, error: StepError, at: Millis },
-    Completed { output: Value, at: Millis },
-    Failed { error: StepError, at: Millis },
-    Cancelled { reason: String, at: Millis },
+    CancelRequested {
+        reason: String,
+        at: Millis,
+    },
+    /// Completed steps are undone, in this order (newest first), before the instance ends.
+    CompensationStarted {
+        steps: Vec<String>,
+        error: StepError,
+        at: Millis,
+    },
+    Completed {
+        output: Value,
+        at: Millis,
+    },
+    Failed {
+        error: StepError,
+        at: Millis,
+    },
+    Cancelled {
+        reason: String,
+        at: Millis,
+    },
 }
 
 impl Record {
@@ -214,7 +271,10 @@ impl Record {
 
     /// Whether this record ends the instance.
     pub fn is_final(&self) -> bool {
-        matches!(self, Record::Completed { .. } | Record::Failed { .. } | Record::Cancelled { .. })
+        matches!(
+            self,
+            Record::Completed { .. } | Record::Failed { .. } | Record::Cancelled { .. }
+        )
     }
 }
 

@@ -22,12 +22,21 @@ fn io(e: ::sled::Error) -> Error {
 impl SledStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = ::sled::Config::new().path(dir).mode(::sled::Mode::HighThroughput).open().map_err(|e| match e {
-            ::sled::Error::Io(ref ioe) if ioe.kind() == std::io::ErrorKind::WouldBlock || ioe.to_string().contains("lock") => {
-                Error::Locked { path: dir.display().to_string() }
-            }
-            other => io(other),
-        })?;
+        let db = ::sled::Config::new()
+            .path(dir)
+            .mode(::sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                ::sled::Error::Io(ref ioe)
+                    if ioe.kind() == std::io::ErrorKind::WouldBlock
+                        || ioe.to_string().contains("lock") =>
+                {
+                    Error::Locked {
+                        path: dir.display().to_string(),
+                    }
+                }
+                other => io(other),
+            })?;
         Self::from_db(db)
     }
 
@@ -72,7 +81,11 @@ fn parse_timer_key(k: &[u8]) -> Option<Timer> {
     let at = (u64::from_be_bytes(k.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64;
     let rest = &k[8..];
     let (inst, frame) = rest.split_at(rest.len().checked_sub(5)?);
-    Some(Timer { at, instance: String::from_utf8(inst.to_vec()).ok()?, frame: u32::from_be_bytes(frame[1..].try_into().ok()?) })
+    Some(Timer {
+        at,
+        instance: String::from_utf8(inst.to_vec()).ok()?,
+        frame: u32::from_be_bytes(frame[1..].try_into().ok()?),
+    })
 }
 
 fn wait_prefix(event_type: &str, key: &str) -> Vec<u8> {
@@ -108,12 +121,20 @@ impl Store for SledStore {
         }
         let mut batch = ::sled::Batch::default();
         for (i, r) in b.records.iter().enumerate() {
-            let stored = Stored { v: VERSION, record: r.clone() };
-            batch.insert(journal_key(&b.instance, b.first_seq + i as u64), json(&stored)?);
+            let stored = Stored {
+                v: VERSION,
+                record: r.clone(),
+            };
+            batch.insert(
+                journal_key(&b.instance, b.first_seq + i as u64),
+                json(&stored)?,
+            );
         }
         self.journal.apply_batch(batch).map_err(io)?;
         if let Some(m) = &b.meta {
-            self.instances.insert(m.id.as_bytes(), json(m)?).map_err(io)?;
+            self.instances
+                .insert(m.id.as_bytes(), json(m)?)
+                .map_err(io)?;
         }
         for t in &b.timers_remove {
             self.timers.remove(timer_key(t)).map_err(io)?;
@@ -135,9 +156,18 @@ impl Store for SledStore {
             .scan_prefix(prefix)
             .map(|kv| {
                 let (_, v) = kv.map_err(io)?;
-                let stored: Stored = serde_json::from_slice(&v).map_err(|e| Error::Corrupt { instance: instance.into(), detail: e.to_string() })?;
+                let stored: Stored = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                    instance: instance.into(),
+                    detail: e.to_string(),
+                })?;
                 if stored.v != VERSION {
-                    return Err(Error::Corrupt { instance: instance.into(), detail: format!("journal version {} is newer than this casework understands", stored.v) });
+                    return Err(Error::Corrupt {
+                        instance: instance.into(),
+                        detail: format!(
+                            "journal version {} is newer than this casework understands",
+                            stored.v
+                        ),
+                    });
                 }
                 Ok(stored.record)
             })
@@ -146,7 +176,12 @@ impl Store for SledStore {
 
     fn instance(&self, id: &str) -> Result<Option<InstanceMeta>> {
         match self.instances.get(id.as_bytes()).map_err(io)? {
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| Error::Corrupt { instance: id.into(), detail: e.to_string() }),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    instance: id.into(),
+                    detail: e.to_string(),
+                }),
             None => Ok(None),
         }
     }
@@ -163,7 +198,10 @@ impl Store for SledStore {
         iter.take(limit)
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
-                serde_json::from_slice(&v).map_err(|e| Error::Corrupt { instance: String::from_utf8_lossy(&k).into(), detail: e.to_string() })
+                serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                    instance: String::from_utf8_lossy(&k).into(),
+                    detail: e.to_string(),
+                })
             })
             .collect()
     }
@@ -173,7 +211,9 @@ impl Store for SledStore {
         for kv in self.instances.iter() {
             let (_, v) = kv.map_err(io)?;
             // Cheap pre-filter: most instances are finished or parked.
-            if v.windows(19).any(|w| w == b"\"status\":\"running\"") || v.windows(24).any(|w| w == b"\"status\":\"compensating\"") {
+            if v.windows(19).any(|w| w == b"\"status\":\"running\"")
+                || v.windows(24).any(|w| w == b"\"status\":\"compensating\"")
+            {
                 if let Ok(m) = serde_json::from_slice::<InstanceMeta>(&v) {
                     out.push(m);
                 }
@@ -183,13 +223,17 @@ impl Store for SledStore {
     }
 
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()> {
-        self.definitions.insert(hash.as_bytes(), json(def)?).map_err(io)?;
+        self.definitions
+            .insert(hash.as_bytes(), json(def)?)
+            .map_err(io)?;
         Ok(())
     }
 
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
         match self.definitions.get(hash.as_bytes()).map_err(io)? {
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| Error::Io(e.to_string())),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Io(e.to_string())),
             None => Ok(None),
         }
     }
@@ -197,15 +241,27 @@ impl Store for SledStore {
     fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>> {
         let k = wait_prefix(workflow, key);
         loop {
-            match self.keys.compare_and_swap(&k, None as Option<&[u8]>, Some(id.as_bytes())).map_err(io)? {
+            match self
+                .keys
+                .compare_and_swap(&k, None as Option<&[u8]>, Some(id.as_bytes()))
+                .map_err(io)?
+            {
                 Ok(()) => return Ok(None),
                 Err(cas) => {
-                    let holder = cas.current.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                    let holder = cas
+                        .current
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default();
                     // A claim whose instance never got journaled (crash in between) is free again.
                     if self.instance(&holder)?.is_some() || holder == id {
                         return Ok(Some(holder));
                     }
-                    if self.keys.compare_and_swap(&k, Some(holder.as_bytes()), Some(id.as_bytes())).map_err(io)?.is_ok() {
+                    if self
+                        .keys
+                        .compare_and_swap(&k, Some(holder.as_bytes()), Some(id.as_bytes()))
+                        .map_err(io)?
+                        .is_ok()
+                    {
                         return Ok(None);
                     }
                 }
@@ -217,7 +273,9 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for kv in self.timers.iter() {
             let (k, _) = kv.map_err(io)?;
-            let Some(t) = parse_timer_key(&k) else { continue };
+            let Some(t) = parse_timer_key(&k) else {
+                continue;
+            };
             if t.at > now || out.len() >= limit {
                 break;
             }
@@ -227,7 +285,12 @@ impl Store for SledStore {
     }
 
     fn next_timer(&self) -> Result<Option<Millis>> {
-        Ok(self.timers.first().map_err(io)?.and_then(|(k, _)| parse_timer_key(&k)).map(|t| t.at))
+        Ok(self
+            .timers
+            .first()
+            .map_err(io)?
+            .and_then(|(k, _)| parse_timer_key(&k))
+            .map(|t| t.at))
     }
 
     fn waiters(&self, event_type: &str, key: &str) -> Result<Vec<Wait>> {
@@ -256,7 +319,9 @@ impl Store for SledStore {
     }
 
     fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()> {
-        self.events.insert(event_id.as_bytes(), json(answer)?).map_err(io)?;
+        self.events
+            .insert(event_id.as_bytes(), json(answer)?)
+            .map_err(io)?;
         Ok(())
     }
 }
@@ -268,8 +333,16 @@ mod tests {
     #[test]
     fn timers_come_out_in_time_order() {
         let s = SledStore::temporary().unwrap();
-        let mk = |at, i: &str| Timer { at, instance: i.into(), frame: 1 };
-        let b = Batch { instance: "x".into(), timers_add: vec![mk(300, "c"), mk(-5, "a"), mk(100, "b")], ..Batch::default() };
+        let mk = |at, i: &str| Timer {
+            at,
+            instance: i.into(),
+            frame: 1,
+        };
+        let b = Batch {
+            instance: "x".into(),
+            timers_add: vec![mk(300, "c"), mk(-5, "a"), mk(100, "b")],
+            ..Batch::default()
+        };
         s.write(&b).unwrap();
         let due = s.due_timers(200, 10).unwrap();
         assert_eq!(due, vec![mk(-5, "a"), mk(100, "b")]);
@@ -282,8 +355,25 @@ mod tests {
         assert_eq!(s.claim_key("refund", "k1", "i1").unwrap(), None);
         // i1 was never journaled, so a second claimant takes the key over.
         assert_eq!(s.claim_key("refund", "k1", "i2").unwrap(), None);
-        let meta = InstanceMeta { id: "i2".into(), workflow: "refund".into(), version: 1, hash: "h".into(), status: "running".into(), created_at: 0, updated_at: 0, parent: None };
-        s.write(&Batch { instance: "i2".into(), meta: Some(meta), ..Batch::default() }).unwrap();
-        assert_eq!(s.claim_key("refund", "k1", "i3").unwrap(), Some("i2".into()));
+        let meta = InstanceMeta {
+            id: "i2".into(),
+            workflow: "refund".into(),
+            version: 1,
+            hash: "h".into(),
+            status: "running".into(),
+            created_at: 0,
+            updated_at: 0,
+            parent: None,
+        };
+        s.write(&Batch {
+            instance: "i2".into(),
+            meta: Some(meta),
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.claim_key("refund", "k1", "i3").unwrap(),
+            Some("i2".into())
+        );
     }
 }

@@ -36,9 +36,15 @@ pub fn check(fields: &[InputField], input: &Value) -> Result<Value, Vec<InputPro
             let known: Vec<&str> = fields.iter().map(|f| f.name.value.as_str()).collect();
             let message = match crate::diagnostic::did_you_mean(name, known.iter().copied()) {
                 Some(s) => format!("is not an input of this workflow (did you mean `{s}`?)"),
-                None => format!("is not an input of this workflow (inputs: {})", known.join(", ")),
+                None => format!(
+                    "is not an input of this workflow (inputs: {})",
+                    known.join(", ")
+                ),
             };
-            problems.push(InputProblem { field: name.clone(), message });
+            problems.push(InputProblem {
+                field: name.clone(),
+                message,
+            });
         }
     }
     for f in fields {
@@ -47,7 +53,10 @@ pub fn check(fields: &[InputField], input: &Value) -> Result<Value, Vec<InputPro
             Some(Value::Null) | None => match &f.default {
                 Some(d) => d.clone(),
                 None if f.required => {
-                    problems.push(InputProblem { field: name.clone(), message: format!("is required ({})", f.ty.name()) });
+                    problems.push(InputProblem {
+                        field: name.clone(),
+                        message: format!("is required ({})", f.ty.name()),
+                    });
                     continue;
                 }
                 None => continue,
@@ -55,7 +64,10 @@ pub fn check(fields: &[InputField], input: &Value) -> Result<Value, Vec<InputPro
             Some(v) => v.clone(),
         };
         if let Err(message) = check_value(f, &value) {
-            problems.push(InputProblem { field: name.clone(), message });
+            problems.push(InputProblem {
+                field: name.clone(),
+                message,
+            });
             continue;
         }
         out.insert(name.clone(), value);
@@ -75,7 +87,9 @@ fn check_value(f: &InputField, v: &Value) -> Result<(), String> {
         FieldType::Boolean => v.is_boolean(),
         FieldType::Object => v.is_object(),
         FieldType::List => v.is_array(),
-        FieldType::Timestamp => v.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        FieldType::Timestamp => v
+            .as_str()
+            .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
     };
     if !ok {
         let extra = match f.ty {
@@ -84,7 +98,12 @@ fn check_value(f: &InputField, v: &Value) -> Result<(), String> {
             _ => "",
         };
         // Never echo the value: it may be personal data.
-        return Err(format!("must be {} {}{extra}, found {}", article(f.ty), f.ty.name(), json_kind(v)));
+        return Err(format!(
+            "must be {} {}{extra}, found {}",
+            article(f.ty),
+            f.ty.name(),
+            json_kind(v)
+        ));
     }
     if !f.one_of.is_empty() && !f.one_of.contains(v) {
         let allowed: Vec<String> = f.one_of.iter().map(|x| x.to_string()).collect();

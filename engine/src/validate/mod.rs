@@ -23,13 +23,21 @@ pub struct Context {
 
 /// Check everything that can be checked without running. Returns every problem found.
 pub fn check(def: &WorkflowDef, ctx: &Context) -> Vec<Diagnostic> {
-    let mut v = Validator { def, diags: Vec::new() };
+    let mut v = Validator {
+        def,
+        diags: Vec::new(),
+    };
     v.unique_ids();
     v.scope(&def.steps, true);
     for c in &def.compensations {
         if !c.next.is_empty() {
-            v.err(c.next[0].span, format!("compensation step `{}` cannot have `next`", c.id.value))
-                .hint = Some("a compensation runs alone; chain the work inside one step or a subworkflow".into());
+            v.err(
+                c.next[0].span,
+                format!("compensation step `{}` cannot have `next`", c.id.value),
+            )
+            .hint = Some(
+                "a compensation runs alone; chain the work inside one step or a subworkflow".into(),
+            );
         }
     }
     for step in def.all_steps() {
@@ -45,7 +53,8 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&mut self, span: Span, msg: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::error(&self.def.file, span, msg));
+        self.diags
+            .push(Diagnostic::error(&self.def.file, span, msg));
         self.diags.last_mut().expect("just pushed")
     }
 
@@ -53,8 +62,15 @@ impl Validator<'_> {
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for step in self.def.all_steps() {
             if let Some(first) = seen.get(step.id.value.as_str()) {
-                let hint = format!("the first `{}` is at line {}; step ids must be unique in the file", step.id.value, first.line);
-                self.err(step.id.span, format!("duplicate step id `{}`", step.id.value)).hint = Some(hint);
+                let hint = format!(
+                    "the first `{}` is at line {}; step ids must be unique in the file",
+                    step.id.value, first.line
+                );
+                self.err(
+                    step.id.span,
+                    format!("duplicate step id `{}`", step.id.value),
+                )
+                .hint = Some(hint);
             } else {
                 seen.insert(&step.id.value, step.id.span);
             }
@@ -66,7 +82,10 @@ impl Validator<'_> {
         let ids: Vec<&str> = steps.iter().map(|s| s.id.value.as_str()).collect();
         let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         let mut edges: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-        let mut resolve = |v: &mut Self, from: usize, target: &crate::definition::Spanned<String>, field: &str| {
+        let mut resolve = |v: &mut Self,
+                           from: usize,
+                           target: &crate::definition::Spanned<String>,
+                           field: &str| {
             match index.get(target.value.as_str()) {
                 Some(&to) => edges[from].push(to),
                 None => {
@@ -79,7 +98,11 @@ impl Validator<'_> {
                             None => format!("steps here: {}", ids.join(", ")),
                         }
                     };
-                    v.err(target.span, format!("`{field}` refers to unknown step `{}`", target.value)).hint = Some(hint);
+                    v.err(
+                        target.span,
+                        format!("`{field}` refers to unknown step `{}`", target.value),
+                    )
+                    .hint = Some(hint);
                 }
             }
         };
@@ -99,7 +122,10 @@ impl Validator<'_> {
                         resolve(self, i, d, "default");
                     }
                 }
-                StepKind::Wait { on_timeout: Some(t), .. } => resolve(self, i, t, "on_timeout"),
+                StepKind::Wait {
+                    on_timeout: Some(t),
+                    ..
+                } => resolve(self, i, t, "on_timeout"),
                 StepKind::Parallel { branches, .. } => {
                     let mut seen = BTreeSet::new();
                     for b in branches {
@@ -112,12 +138,18 @@ impl Validator<'_> {
                         self.scope(&b.steps, false);
                     }
                     if branches.is_empty() {
-                        self.err(s.span, format!("parallel step `{}` has no branches", s.id.value));
+                        self.err(
+                            s.span,
+                            format!("parallel step `{}` has no branches", s.id.value),
+                        );
                     }
                 }
                 StepKind::Foreach { steps: body, .. } => {
                     if body.is_empty() {
-                        self.err(s.span, format!("foreach step `{}` has no steps", s.id.value));
+                        self.err(
+                            s.span,
+                            format!("foreach step `{}` has no steps", s.id.value),
+                        );
                     }
                     self.scope(body, false);
                 }
@@ -134,7 +166,11 @@ impl Validator<'_> {
                             || format!("steps: {}", ids.join(", ")),
                             |s| format!("did you mean `{s}`?"),
                         );
-                        self.err(t.span, format!("workflow `on_error` refers to unknown step `{}`", t.value)).hint = Some(hint);
+                        self.err(
+                            t.span,
+                            format!("workflow `on_error` refers to unknown step `{}`", t.value),
+                        )
+                        .hint = Some(hint);
                     }
                 }
             }
@@ -190,7 +226,8 @@ impl Validator<'_> {
                             let cycle: Vec<usize> = path[pos..].iter().map(|(p, _)| *p).collect();
                             let key: BTreeSet<usize> = cycle.iter().copied().collect();
                             if reported.insert(key.into_iter().collect::<Vec<_>>()) {
-                                let mut names: Vec<&str> = cycle.iter().map(|i| steps[*i].id.value.as_str()).collect();
+                                let mut names: Vec<&str> =
+                                    cycle.iter().map(|i| steps[*i].id.value.as_str()).collect();
                                 names.push(&steps[to].id.value);
                                 let span = steps[to].id.span;
                                 self.err(span, format!("steps loop forever: {}", names.join(" → "))).hint = Some(
@@ -218,45 +255,94 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        let ends = matches!(s.kind, StepKind::Complete { .. } | StepKind::Fail { .. } | StepKind::Switch { .. });
+        let ends = matches!(
+            s.kind,
+            StepKind::Complete { .. } | StepKind::Fail { .. } | StepKind::Switch { .. }
+        );
         if ends && !s.next.is_empty() {
-            let hint = if kind == "switch" { "use `default:` for the step to go to when no case matches" } else { "remove `next`: this step ends the workflow" };
-            self.err(s.next[0].span, format!("a {kind} step cannot have `next`")).hint = Some(hint.into());
+            let hint = if kind == "switch" {
+                "use `default:` for the step to go to when no case matches"
+            } else {
+                "remove `next`: this step ends the workflow"
+            };
+            self.err(s.next[0].span, format!("a {kind} step cannot have `next`"))
+                .hint = Some(hint.into());
         }
         let produces = matches!(
             s.kind,
-            StepKind::Call { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } | StepKind::Foreach { .. } | StepKind::Subworkflow { .. }
+            StepKind::Call { .. }
+                | StepKind::Wait { .. }
+                | StepKind::Parallel { .. }
+                | StepKind::Foreach { .. }
+                | StepKind::Subworkflow { .. }
         );
         if let (false, Some(sa)) = (produces, &s.save_as) {
-            self.err(sa.span, format!("a {kind} step has no result to `save_as`")).hint =
-                Some(if kind == "rule" { "assign inside the rule instead: `vars.name = ...`".into() } else { "remove `save_as`".into() });
+            self.err(sa.span, format!("a {kind} step has no result to `save_as`"))
+                .hint = Some(if kind == "rule" {
+                "assign inside the rule instead: `vars.name = ...`".into()
+            } else {
+                "remove `save_as`".into()
+            });
         }
         if let Some(c) = &s.compensate {
             if !self.def.compensations.iter().any(|x| x.id.value == c.value) {
-                let known: Vec<&str> = self.def.compensations.iter().map(|x| x.id.value.as_str()).collect();
+                let known: Vec<&str> = self
+                    .def
+                    .compensations
+                    .iter()
+                    .map(|x| x.id.value.as_str())
+                    .collect();
                 let hint = match did_you_mean(&c.value, known.iter().copied()) {
                     Some(x) => format!("did you mean `{x}`?"),
                     None => "define it under `compensations:` at the end of the file".into(),
                 };
-                self.err(c.span, format!("`compensate` refers to unknown compensation step `{}`", c.value)).hint = Some(hint);
+                self.err(
+                    c.span,
+                    format!(
+                        "`compensate` refers to unknown compensation step `{}`",
+                        c.value
+                    ),
+                )
+                .hint = Some(hint);
             }
         }
         if let StepKind::Call { plugin, action, .. } = &s.kind {
             if let Some(catalog) = &ctx.catalog {
                 match catalog.plugins.get(&plugin.value) {
                     None => {
-                        let hint = match did_you_mean(&plugin.value, catalog.plugins.keys().map(String::as_str)) {
+                        let hint = match did_you_mean(
+                            &plugin.value,
+                            catalog.plugins.keys().map(String::as_str),
+                        ) {
                             Some(p) => format!("did you mean `{p}`?"),
-                            None => format!("installed plugins: {}", catalog.plugins.keys().cloned().collect::<Vec<_>>().join(", ")),
+                            None => format!(
+                                "installed plugins: {}",
+                                catalog
+                                    .plugins
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                         };
-                        self.err(plugin.span, format!("unknown plugin `{}`", plugin.value)).hint = Some(hint);
+                        self.err(plugin.span, format!("unknown plugin `{}`", plugin.value))
+                            .hint = Some(hint);
                     }
                     Some(actions) if !actions.contains(&action.value) => {
-                        let hint = match did_you_mean(&action.value, actions.iter().map(String::as_str)) {
-                            Some(a) => format!("did you mean `{}.{a}`?", plugin.value),
-                            None => format!("`{}` offers: {}", plugin.value, actions.iter().cloned().collect::<Vec<_>>().join(", ")),
-                        };
-                        self.err(action.span, format!("plugin `{}` has no action `{}`", plugin.value, action.value)).hint = Some(hint);
+                        let hint =
+                            match did_you_mean(&action.value, actions.iter().map(String::as_str)) {
+                                Some(a) => format!("did you mean `{}.{a}`?", plugin.value),
+                                None => format!(
+                                    "`{}` offers: {}",
+                                    plugin.value,
+                                    actions.iter().cloned().collect::<Vec<_>>().join(", ")
+                                ),
+                            };
+                        self.err(
+                            action.span,
+                            format!("plugin `{}` has no action `{}`", plugin.value, action.value),
+                        )
+                        .hint = Some(hint);
                     }
                     Some(_) => {}
                 }
@@ -265,11 +351,16 @@ impl Validator<'_> {
         if let StepKind::Subworkflow { workflow, .. } = &s.kind {
             if let Some(known) = &ctx.workflows {
                 if !known.contains(&workflow.value) {
-                    let hint = match did_you_mean(&workflow.value, known.iter().map(String::as_str)) {
+                    let hint = match did_you_mean(&workflow.value, known.iter().map(String::as_str))
+                    {
                         Some(w) => format!("did you mean `{w}`?"),
                         None => "subworkflows must be in the same workflow directory".into(),
                     };
-                    self.err(workflow.span, format!("unknown workflow `{}`", workflow.value)).hint = Some(hint);
+                    self.err(
+                        workflow.span,
+                        format!("unknown workflow `{}`", workflow.value),
+                    )
+                    .hint = Some(hint);
                 }
             }
         }

@@ -1,0 +1,393 @@
+//! The `plugin.toml` format: what a plugin is, what it may touch, and its
+//! resource limits. Native only: the host and the SDK's tests read it, a
+//! plugin never does.
+//!
+//! ```
+//! use casework_sdk::manifest::Manifest;
+//!
+//! let manifest = Manifest::parse(r#"
+//!     name = "paging"
+//!     version = "0.1.0"
+//!     description = "Pages on-call engineers."
+//!     actions = ["trigger"]
+//!
+//!     [grants]
+//!     http = ["https://events.pagerduty.com:443"]
+//!     secrets = ["routing_key"]
+//!
+//!     [config]
+//!     events_base_url = "https://events.pagerduty.com"
+//!
+//!     [limits]
+//!     memory_mb = 16
+//!     timeout_ms = 10000
+//! "#).unwrap();
+//!
+//! assert!(manifest.grants.allows_url("https://events.pagerduty.com/v2/enqueue"));
+//! assert!(!manifest.grants.allows_url("https://events.pagerduty.com:8443/v2/enqueue"));
+//! assert!(manifest.grants.allows_secret("routing_key"));
+//! assert_eq!(manifest.limits.fuel, None);
+//! ```
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// A parsed and validated `plugin.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Plugin name as used in workflows (`call: <name>.<action>`), and the
+    /// file stem of the component (`<name>.wasm`).
+    pub name: String,
+    /// Semantic version of the plugin.
+    pub version: String,
+    /// One line for humans.
+    pub description: String,
+    /// Every action the component exports; must match its `describe()`.
+    pub actions: Vec<String>,
+    /// What the plugin may reach. Everything not granted is denied.
+    #[serde(default)]
+    pub grants: Grants,
+    /// Default configuration, readable with `config::get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Resource limits per invocation.
+    pub limits: Limits,
+}
+
+/// Capabilities granted to the plugin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Origins the plugin may send HTTP requests to, each exactly
+    /// `scheme://host:port` with scheme `http` or `https` and an explicit port.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Secret names the plugin may read. A trailing `*` grants every name
+    /// with that prefix (`"totp_seed/*"`), for per-customer secrets.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// Limits the host enforces on each invocation.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum linear memory, in MiB (1 to 4096).
+    pub memory_mb: u32,
+    /// Wall-clock budget for one `invoke`, HTTP waits included, in
+    /// milliseconds (1 to 300000).
+    pub timeout_ms: u32,
+    /// Optional wasmtime fuel budget for one `invoke` (CPU work, not time).
+    pub fuel: Option<u64>,
+}
+
+/// Every problem found in a manifest, reported together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "casework: plugin.toml is invalid:")?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl Manifest {
+    /// Parses and validates a manifest.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|err| ManifestError {
+            problems: vec![err.to_string().trim_end().to_string()],
+        })?;
+        let problems = manifest.problems();
+        if problems.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestError { problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !is_identifier(&self.name) {
+            problems.push(format!(
+                "name `{}` must be lowercase letters, digits and `_`, starting with a letter",
+                self.name
+            ));
+        }
+        if !is_semver(&self.version) {
+            problems.push(format!("version `{}` must look like `1.2.3`", self.version));
+        }
+        if self.description.trim().is_empty() {
+            problems.push("description must not be empty".to_string());
+        }
+        if self.actions.is_empty() {
+            problems.push("actions must list at least one action".to_string());
+        }
+        for action in &self.actions {
+            if !is_identifier(action) {
+                problems.push(format!(
+                    "action `{action}` must be lowercase letters, digits and `_`"
+                ));
+            }
+        }
+        push_duplicates(&mut problems, "actions", &self.actions);
+        for origin in &self.grants.http {
+            if let Err(why) = parse_origin_grant(origin) {
+                problems.push(format!("grants.http `{origin}`: {why}"));
+            }
+        }
+        push_duplicates(&mut problems, "grants.http", &self.grants.http);
+        for name in &self.grants.secrets {
+            let stem = name.strip_suffix('*').unwrap_or(name);
+            let valid = !stem.is_empty()
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-./".contains(&b));
+            if !valid {
+                problems.push(format!(
+                    "grants.secrets `{name}` must be lowercase letters, digits, `_-./`, optionally ending in `*`"
+                ));
+            }
+        }
+        push_duplicates(&mut problems, "grants.secrets", &self.grants.secrets);
+        for key in self.config.keys() {
+            if !is_identifier(key) {
+                problems.push(format!(
+                    "config key `{key}` must be lowercase letters, digits and `_`"
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.limits.memory_mb) {
+            problems.push(format!(
+                "limits.memory_mb = {} must be between 1 and 4096",
+                self.limits.memory_mb
+            ));
+        }
+        if !(1..=300_000).contains(&self.limits.timeout_ms) {
+            problems.push(format!(
+                "limits.timeout_ms = {} must be between 1 and 300000",
+                self.limits.timeout_ms
+            ));
+        }
+        if self.limits.fuel == Some(0) {
+            problems.push("limits.fuel must be positive when set".to_string());
+        }
+        problems
+    }
+}
+
+impl Grants {
+    /// Whether a request to `url` is allowed: its origin, with the default
+    /// port made explicit, must be listed exactly.
+    pub fn allows_url(&self, url: &str) -> bool {
+        match origin_of(url) {
+            Some(origin) => self.http.contains(&origin),
+            None => false,
+        }
+    }
+
+    /// Whether secret `name` may be read.
+    pub fn allows_secret(&self, name: &str) -> bool {
+        self.secrets
+            .iter()
+            .any(|granted| match granted.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
+                None => granted == name,
+            })
+    }
+}
+
+/// The origin of an absolute URL as `scheme://host:port`, lowercased, with
+/// the scheme's default port filled in; `None` for anything but http(s) or
+/// for URLs with credentials.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = split_host_port(authority)?;
+    let port = match port {
+        Some(port) => port.parse::<u16>().ok().filter(|p| *p != 0)?,
+        None => default_port,
+    };
+    Some(format!("{scheme}://{}:{port}", host.to_ascii_lowercase()))
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal: the port, if any, follows the closing bracket.
+        let end = rest.find(']')?;
+        let host = &authority[..end + 2];
+        return match &rest[end + 1..] {
+            "" => Some((host, None)),
+            tail => Some((host, Some(tail.strip_prefix(':')?))),
+        };
+    }
+    match authority.split_once(':') {
+        Some((host, port)) if !host.is_empty() => Some((host, Some(port))),
+        Some(_) => None,
+        None => Some((authority, None)),
+    }
+}
+
+fn parse_origin_grant(grant: &str) -> Result<(), &'static str> {
+    let Some((scheme, rest)) = grant.split_once("://") else {
+        return Err("must be `scheme://host:port`");
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err("scheme must be `http` or `https`");
+    }
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err("must be an origin only: no path, query or credentials");
+    }
+    let (host, port) = split_host_port(rest).ok_or("host is malformed")?;
+    let port = port.ok_or("the port must be explicit, e.g. `:443`")?;
+    if port.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
+        return Err("port must be 1 to 65535");
+    }
+    if host != host.to_ascii_lowercase() {
+        return Err("host must be lowercase");
+    }
+    Ok(())
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.len() <= 64
+}
+
+fn is_semver(s: &str) -> bool {
+    let core = s.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn push_duplicates(problems: &mut Vec<String>, field: &str, items: &[String]) {
+    let mut seen = BTreeSet::new();
+    for item in items {
+        if !seen.insert(item) {
+            problems.push(format!("{field} lists `{item}` twice"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        name = "crm"
+        version = "0.1.0"
+        description = "Customer lookup."
+        actions = ["get_customer"]
+        [grants]
+        http = ["http://127.0.0.1:8080", "https://[::1]:443"]
+        secrets = ["crm_token", "totp_seed/*"]
+        [config]
+        base_url = "http://127.0.0.1:8080"
+        [limits]
+        memory_mb = 32
+        timeout_ms = 5000
+        fuel = 1000000
+    "#;
+
+    #[test]
+    fn valid_manifest_parses_with_every_field() {
+        let m = Manifest::parse(VALID).unwrap();
+        assert_eq!(m.name, "crm");
+        assert_eq!(
+            m.limits,
+            Limits {
+                memory_mb: 32,
+                timeout_ms: 5000,
+                fuel: Some(1_000_000)
+            }
+        );
+        assert_eq!(m.config["base_url"], "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = VALID
+            .replace(r#"name = "crm""#, r#"name = "My CRM""#)
+            .replace(
+                r#""http://127.0.0.1:8080","#,
+                r#""https://crm.example.com/api", "ftp://x:21","#,
+            )
+            .replace("memory_mb = 32", "memory_mb = 0")
+            .replace(r#"["get_customer"]"#, r#"["get_customer", "get_customer"]"#);
+        let err = Manifest::parse(&text).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec![
+                "name `My CRM` must be lowercase letters, digits and `_`, starting with a letter",
+                "actions lists `get_customer` twice",
+                "grants.http `https://crm.example.com/api`: must be an origin only: no path, query or credentials",
+                "grants.http `ftp://x:21`: scheme must be `http` or `https`",
+                "limits.memory_mb = 0 must be between 1 and 4096",
+            ]
+        );
+        assert!(err
+            .to_string()
+            .starts_with("casework: plugin.toml is invalid:\n  - name"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err =
+            Manifest::parse(&VALID.replace("fuel = 1000000", "fuel = 1\ncpu = 2")).unwrap_err();
+        assert!(err.problems[0].contains("unknown field `cpu`"), "{err}");
+    }
+
+    #[test]
+    fn implicit_port_in_a_grant_is_rejected() {
+        let err = Manifest::parse(&VALID.replace("http://127.0.0.1:8080\",", "https://a.test\","))
+            .unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec!["grants.http `https://a.test`: the port must be explicit, e.g. `:443`"]
+        );
+    }
+
+    #[test]
+    fn url_checks_use_the_exact_origin() {
+        let m = Manifest::parse(VALID).unwrap();
+        assert!(m.grants.allows_url("http://127.0.0.1:8080/customers/1"));
+        assert!(m.grants.allows_url("HTTPS://[::1]/x"));
+        assert!(!m.grants.allows_url("http://127.0.0.1:8081/"));
+        assert!(!m.grants.allows_url("https://127.0.0.1:8080/"));
+        assert!(!m.grants.allows_url("http://user@127.0.0.1:8080/"));
+        assert!(!m.grants.allows_url("http://127.0.0.1:8080.evil.test/"));
+    }
+
+    #[test]
+    fn secret_prefix_grants_need_a_suffix() {
+        let m = Manifest::parse(VALID).unwrap();
+        assert!(m.grants.allows_secret("crm_token"));
+        assert!(m.grants.allows_secret("totp_seed/cus_1"));
+        assert!(!m.grants.allows_secret("totp_seed/"));
+        assert!(!m.grants.allows_secret("crm_token2"));
+    }
+}
