@@ -19,16 +19,34 @@ struct Host {
 }
 
 impl PluginHost for Host {
-    fn call<'a>(&'a self, plugin: &'a str, action: &'a str, input: Value, ctx: CallContext) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
         Box::pin(async move {
-            self.calls.lock().unwrap().push((format!("{plugin}.{action}"), input.clone(), ctx.clone()));
+            self.calls.lock().unwrap().push((
+                format!("{plugin}.{action}"),
+                input.clone(),
+                ctx.clone(),
+            ));
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             self.running.fetch_sub(1, Ordering::SeqCst);
             match action {
-                "flaky" if ctx.attempt < 3 => Err(PluginError { code: "unavailable".into(), message: "try later".into(), retryable: true }),
-                "broken" => Err(PluginError { code: "card_declined".into(), message: "declined".into(), retryable: false }),
+                "flaky" if ctx.attempt < 3 => Err(PluginError {
+                    code: "unavailable".into(),
+                    message: "try later".into(),
+                    retryable: true,
+                }),
+                "broken" => Err(PluginError {
+                    code: "card_declined".into(),
+                    message: "declined".into(),
+                    retryable: false,
+                }),
                 "hang" => std::future::pending().await,
                 _ => Ok(json!({"ok": true, "echo": input, "attempt": ctx.attempt})),
             }
@@ -44,7 +62,12 @@ struct Run {
 fn setup(sources: &[&str]) -> Run {
     let host = Arc::new(Host::default());
     let store = Arc::new(SledStore::temporary().unwrap());
-    let driver = Driver::new(store, host.clone(), Arc::new(ManualClock::new(1_767_225_600_000)), None);
+    let driver = Driver::new(
+        store,
+        host.clone(),
+        Arc::new(ManualClock::new(1_767_225_600_000)),
+        None,
+    );
     for src in sources {
         let (wf, diags) = compile::load("t.yaml", src, &Default::default(), &Rules::shared());
         let wf = wf.unwrap_or_else(|| panic!("{diags:#?}"));
@@ -61,12 +84,21 @@ impl Run {
     async fn settle(&self, id: &str) -> Instance {
         let id2 = id.to_string();
         let d = self.driver.clone();
-        self.driver.run_virtual(move || d.snapshot(&id2).is_none_or(|i| i.status.is_final())).await.unwrap();
+        self.driver
+            .run_virtual(move || d.snapshot(&id2).is_none_or(|i| i.status.is_final()))
+            .await
+            .unwrap();
         self.driver.snapshot(id).unwrap()
     }
 
     fn called(&self) -> Vec<String> {
-        self.host.calls.lock().unwrap().iter().map(|c| c.0.clone()).collect()
+        self.host
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.0.clone())
+            .collect()
     }
 }
 
@@ -99,7 +131,10 @@ steps:
     let id = r.start("w", json!({"amount": 500})).await;
     let inst = r.settle(&id).await;
     assert_eq!(inst.status, Status::Completed);
-    assert_eq!(inst.output, Some(json!({"label": "large 500", "big": true})));
+    assert_eq!(
+        inst.output,
+        Some(json!({"label": "large 500", "big": true}))
+    );
 }
 
 #[tokio::test]
@@ -121,8 +156,13 @@ steps:
     assert_eq!(inst.output, Some(json!(3)));
     let calls = r.host.calls.lock().unwrap();
     assert_eq!(calls.len(), 3);
-    assert!(calls.iter().all(|c| c.2.idempotency_key == calls[0].2.idempotency_key));
-    assert_eq!(calls.iter().map(|c| c.2.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(calls
+        .iter()
+        .all(|c| c.2.idempotency_key == calls[0].2.idempotency_key));
+    assert_eq!(
+        calls.iter().map(|c| c.2.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
 }
 
 #[tokio::test]
@@ -187,7 +227,16 @@ compensations:
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
     assert_eq!(inst.status, Status::Failed);
-    assert_eq!(r.called(), vec!["stock.reserve", "payments.charge", "shipping.broken", "payments.refund", "stock.release"]);
+    assert_eq!(
+        r.called(),
+        vec![
+            "stock.reserve",
+            "payments.charge",
+            "shipping.broken",
+            "payments.refund",
+            "stock.release"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -210,7 +259,16 @@ steps:
     let one = r.start("w", json!({"order": "A"})).await;
     let two = r.start("w", json!({"order": "B"})).await;
     r.driver.wait_idle().await;
-    let woken = r.driver.deliver(Event { event_type: "approved".into(), key: "A".into(), data: json!({"by": "lead"}), id: None }).await.unwrap();
+    let woken = r
+        .driver
+        .deliver(Event {
+            event_type: "approved".into(),
+            key: "A".into(),
+            data: json!({"by": "lead"}),
+            id: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(woken, vec![one.clone()]);
     assert_eq!(r.settle(&one).await.output, Some(json!("lead")));
     assert_eq!(r.settle(&two).await.output, Some(json!("expired")));
@@ -218,7 +276,8 @@ steps:
 
 #[tokio::test]
 async fn parallel_join_all_and_first() {
-    let r = setup(&[r#"
+    let r = setup(&[
+        r#"
 workflow: all
 version: 1
 steps:
@@ -233,7 +292,8 @@ steps:
     next: done
   - id: done
     complete: { output: "${vars.out.keys().len()}" }
-"#, r#"
+"#,
+        r#"
 workflow: first
 version: 1
 steps:
@@ -249,7 +309,8 @@ steps:
     next: done
   - id: done
     complete: { output: "${vars.winner}" }
-"#]);
+"#,
+    ]);
     let a = r.start("all", json!({})).await;
     assert_eq!(r.settle(&a).await.output, Some(json!(2)));
     let f = r.start("first", json!({})).await;
@@ -284,7 +345,8 @@ steps:
 
 #[tokio::test]
 async fn subworkflow_result_comes_back() {
-    let r = setup(&[r#"
+    let r = setup(&[
+        r#"
 workflow: parent
 version: 1
 steps:
@@ -295,36 +357,44 @@ steps:
     next: done
   - id: done
     complete: { output: "${vars.c.doubled}" }
-"#, r#"
+"#,
+        r#"
 workflow: child
 version: 1
 input: { x: integer }
 steps:
   - id: double
     complete: { output: { doubled: "${input.x * 2}" } }
-"#]);
+"#,
+    ]);
     let id = r.start("parent", json!({})).await;
     let d = r.driver.clone();
     let id2 = id.clone();
-    r.driver.run_virtual(move || d.snapshot(&id2).is_some_and(|i| i.status.is_final())).await.unwrap();
+    r.driver
+        .run_virtual(move || d.snapshot(&id2).is_some_and(|i| i.status.is_final()))
+        .await
+        .unwrap();
     assert_eq!(r.driver.snapshot(&id).unwrap().output, Some(json!(40)));
 }
 
 #[tokio::test]
 async fn runaway_rule_fails_its_step_and_others_finish() {
-    let r = setup(&[r#"
+    let r = setup(&[
+        r#"
 workflow: spin
 version: 1
 steps:
   - id: forever
     rule: "loop { }"
-"#, r#"
+"#,
+        r#"
 workflow: fine
 version: 1
 steps:
   - id: ok
     complete: { output: fine }
-"#]);
+"#,
+    ]);
     let bad = r.start("spin", json!({})).await;
     let good = r.start("fine", json!({})).await;
     let inst = r.settle(&bad).await;
@@ -346,5 +416,8 @@ steps:
     complete: { output: "${now}" }
 "#]);
     let id = r.start("w", json!({})).await;
-    assert_eq!(r.settle(&id).await.output, Some(json!("2026-01-03T00:00:00.000Z")));
+    assert_eq!(
+        r.settle(&id).await.output,
+        Some(json!("2026-01-03T00:00:00.000Z"))
+    );
 }

@@ -8,13 +8,21 @@ use std::process::Command;
 #[test]
 fn invalid_workflows_report_expected_diagnostics() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
     files.sort();
     assert!(files.len() >= 7, "corpus is missing files");
     let mut failures = Vec::new();
     for f in files {
         let name = f.file_name().unwrap().to_str().unwrap().to_string();
-        let out = Command::new(env!("CARGO_BIN_EXE_casework")).current_dir(&dir).args(["validate", &name]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_casework"))
+            .current_dir(&dir)
+            .args(["validate", &name])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name} should be rejected");
         let actual = String::from_utf8(out.stdout).unwrap();
         let expected_path = f.with_extension("err");
@@ -24,7 +32,9 @@ fn invalid_workflows_report_expected_diagnostics() {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            failures.push(format!("--- {name}\nexpected:\n{expected}\nactual:\n{actual}"));
+            failures.push(format!(
+                "--- {name}\nexpected:\n{expected}\nactual:\n{actual}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -33,6 +43,14 @@ fn invalid_workflows_report_expected_diagnostics() {
 #[test]
 fn shipped_workflows_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO_BIN_EXE_casework")).current_dir(&root).arg("validate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(env!("CARGO_BIN_EXE_casework"))
+        .current_dir(&root)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -359,10 +359,7 @@ pub fn describe(id: &str, r: &Record) -> String {
             None => format!("step {step} failed ({}: {})", error.code, error.message),
         },
         Record::CancelRequested { reason, .. } => format!("cancel requested: {reason}"),
-        Record::CompensationStarted { steps, .. } => format!(
-            "compensating: {}",
-            steps.join(", ")
-        ),
+        Record::CompensationStarted { steps, .. } => format!("compensating: {}", steps.join(", ")),
         Record::Completed { .. } => "completed".into(),
         Record::Failed { error, .. } => format!("failed: {error}"),
         Record::Cancelled { reason, .. } => format!("cancelled: {reason}"),

@@ -216,7 +216,9 @@ impl Compiler<'_> {
                     span,
                     format!("rule does not compile: {}", e.message),
                 )
-                .with_hint("rules are Rhai: see docs/workflows.md for syntax and the helper functions"),
+                .with_hint(
+                    "rules are Rhai: see docs/workflows.md for syntax and the helper functions",
+                ),
             );
             AST::empty()
         })

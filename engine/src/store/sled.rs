@@ -211,9 +211,8 @@ impl Store for SledStore {
         for kv in self.instances.iter() {
             let (_, v) = kv.map_err(io)?;
             // Cheap pre-filter: most instances are finished or parked.
-            if v.windows(19).any(|w| w == b"\"status\":\"running\"")
-                || v.windows(24).any(|w| w == b"\"status\":\"compensating\"")
-            {
+            let has = |needle: &[u8]| v.windows(needle.len()).any(|w| w == needle);
+            if has(br#""status":"running""#) || has(br#""status":"compensating""#) {
                 if let Ok(m) = serde_json::from_slice::<InstanceMeta>(&v) {
                     out.push(m);
                 }
@@ -347,6 +346,36 @@ mod tests {
         let due = s.due_timers(200, 10).unwrap();
         assert_eq!(due, vec![mk(-5, "a"), mk(100, "b")]);
         assert_eq!(s.next_timer().unwrap(), Some(-5));
+    }
+
+    #[test]
+    fn runnable_lists_only_running_instances() {
+        let s = SledStore::temporary().unwrap();
+        for (id, status) in [
+            ("a", "running"),
+            ("b", "parked"),
+            ("c", "completed"),
+            ("d", "compensating"),
+        ] {
+            let meta = InstanceMeta {
+                id: id.into(),
+                workflow: "w".into(),
+                version: 1,
+                hash: "h".into(),
+                status: status.into(),
+                created_at: 0,
+                updated_at: 0,
+                parent: None,
+            };
+            s.write(&Batch {
+                instance: id.into(),
+                meta: Some(meta),
+                ..Batch::default()
+            })
+            .unwrap();
+        }
+        let ids: Vec<String> = s.runnable().unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec!["a", "d"]);
     }
 
     #[test]
