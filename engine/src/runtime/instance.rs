@@ -304,21 +304,7 @@ impl Instance {
                 ..
             } => {
                 // Same bookkeeping as a completed step: save the output, move on.
-                let next = wf
-                    .step(step)
-                    .and_then(|(_, s)| s.next.first().copied())
-                    .map(|i| wf.steps[i].id.clone());
-                let rec = Record::StepCompleted {
-                    frame: *frame,
-                    step: step.clone(),
-                    vars: None,
-                    output: Some(output.clone()),
-                    next,
-                    reason: None,
-                    at: record.at(),
-                };
-                self.records -= 1;
-                self.apply(wf, &rec);
+                self.complete_step(wf, *frame, step, Some(output.clone()), record.at());
             }
             Record::CallFailed {
                 frame,
@@ -364,21 +350,7 @@ impl Instance {
                 at,
             } => {
                 let out = json!({"type": event.event_type, "key": event.key, "data": event.data, "id": event.id, "at": crate::compile::rules::format_ms(*at)});
-                let next = wf
-                    .step(step)
-                    .and_then(|(_, s)| s.next.first().copied())
-                    .map(|i| wf.steps[i].id.clone());
-                let rec = Record::StepCompleted {
-                    frame: *frame,
-                    step: step.clone(),
-                    vars: None,
-                    output: Some(out),
-                    next,
-                    reason: None,
-                    at: *at,
-                };
-                self.records -= 1;
-                self.apply(wf, &rec);
+                self.complete_step(wf, *frame, step, Some(out), *at);
             }
             Record::SleepStarted { frame, until, .. } => {
                 self.transitions += 1;
@@ -399,21 +371,7 @@ impl Instance {
                     }
                 }
                 Some(FrameState::Sleeping { .. }) => {
-                    let next = wf
-                        .step(step)
-                        .and_then(|(_, s)| s.next.first().copied())
-                        .map(|i| wf.steps[i].id.clone());
-                    let rec = Record::StepCompleted {
-                        frame: *frame,
-                        step: step.clone(),
-                        vars: None,
-                        output: None,
-                        next,
-                        reason: None,
-                        at: *at,
-                    };
-                    self.records -= 1;
-                    self.apply(wf, &rec);
+                    self.complete_step(wf, *frame, step, None, *at);
                 }
                 Some(FrameState::Waiting { .. }) => {
                     let rec = Record::StepCompleted {
@@ -518,21 +476,7 @@ impl Instance {
                 ..
             } => {
                 if let Ok(out) = result {
-                    let next = wf
-                        .step(step)
-                        .and_then(|(_, s)| s.next.first().copied())
-                        .map(|i| wf.steps[i].id.clone());
-                    let rec = Record::StepCompleted {
-                        frame: *frame,
-                        step: step.clone(),
-                        vars: None,
-                        output: Some(out.clone()),
-                        next,
-                        reason: None,
-                        at: *at,
-                    };
-                    self.records -= 1;
-                    self.apply(wf, &rec);
+                    self.complete_step(wf, *frame, step, Some(out.clone()), *at);
                 }
                 // A failed child is followed by a StepFailed record.
             }
@@ -604,6 +548,33 @@ impl Instance {
                 self.frames.clear();
             }
         }
+    }
+
+    /// A step finished with `output`: continue at its declared `next`, as a `step_completed` would.
+    fn complete_step(
+        &mut self,
+        wf: &CompiledWorkflow,
+        frame: u32,
+        step: &str,
+        output: Option<Value>,
+        at: Millis,
+    ) {
+        let next = wf
+            .step(step)
+            .and_then(|(_, s)| s.next.first().copied())
+            .map(|i| wf.steps[i].id.clone());
+        let rec = Record::StepCompleted {
+            frame,
+            step: step.to_string(),
+            vars: None,
+            output,
+            next,
+            reason: None,
+            at,
+        };
+        // The derived record is not a journal entry of its own.
+        self.records -= 1;
+        self.apply(wf, &rec);
     }
 
     fn new_frame(
