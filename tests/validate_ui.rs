@@ -54,3 +54,18 @@ fn shipped_workflows_are_valid() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn published_schema_matches_the_reader() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_casework"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    let published = std::fs::read_to_string(root.join("workflow.schema.json")).unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        published,
+        "run `casework schema > workflow.schema.json`"
+    );
+}
