@@ -145,6 +145,14 @@ impl Ledger {
     }
 }
 
+fn unwritable(e: std::io::Error) -> PluginError {
+    PluginError {
+        code: "ledger_unwritable".into(),
+        message: e.to_string(),
+        retryable: true,
+    }
+}
+
 impl PluginHost for Ledger {
     fn call<'a>(
         &'a self,
@@ -178,22 +186,14 @@ impl PluginHost for Ledger {
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .map_err(|e| PluginError {
-                    code: "ledger_unwritable".into(),
-                    message: e.to_string(),
-                    retryable: true,
-                })?;
+                .map_err(unwritable)?;
             writeln!(
                 f,
                 "{} {} {}.{}",
                 ctx.idempotency_key, ctx.attempt, plugin, action
             )
             .and_then(|_| f.sync_all())
-            .map_err(|e| PluginError {
-                code: "ledger_unwritable".into(),
-                message: e.to_string(),
-                retryable: true,
-            })?;
+            .map_err(unwritable)?;
             Ok(serde_json::json!({"applied": first, "key": ctx.idempotency_key}))
         })
     }

@@ -133,14 +133,11 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let clock = Arc::new(ManualClock::new(start_ms));
     let store = Arc::new(SledStore::temporary()?);
     let host = Arc::new(canned(&args.mocks)?);
-    let printed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = printed.clone();
     let observer = Arc::new(move |id: &str, r: &Record| {
         let line = describe(id, r);
         // A closed stdout (e.g. piped into `head`) must not take the instance down with it.
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{line}");
-        sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
     });
     let driver = Driver::new(store.clone(), host.clone(), clock.clone(), Some(observer));
     let mut name = None;

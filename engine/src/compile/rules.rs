@@ -232,20 +232,30 @@ mod tests {
     use serde_json::json;
 
     fn run(src: &str) -> Result<serde_json::Value, RuleError> {
+        run_with_vars(src).map(|(v, _)| v)
+    }
+
+    fn run_with_vars(
+        src: &str,
+    ) -> Result<
+        (
+            serde_json::Value,
+            serde_json::Map<String, serde_json::Value>,
+        ),
+        RuleError,
+    > {
         let rules = Rules::shared();
         let ast = rules.compile_script(src).expect("compiles");
         let input = json!({"amount_minor": 25000});
-        rules
-            .eval(
-                &ast,
-                &Bindings {
-                    input: &input,
-                    vars: &serde_json::Map::new(),
-                    locals: &serde_json::Map::new(),
-                    now_ms: 0,
-                },
-            )
-            .map(|(v, _)| v)
+        rules.eval(
+            &ast,
+            &Bindings {
+                input: &input,
+                vars: &serde_json::Map::new(),
+                locals: &serde_json::Map::new(),
+                now_ms: 0,
+            },
+        )
     }
 
     #[test]
@@ -278,22 +288,8 @@ mod tests {
 
     #[test]
     fn writes_to_vars_come_back() {
-        let rules = Rules::shared();
-        let ast = rules
-            .compile_script("vars.approved = input.amount_minor <= 20000; \"next_step\"")
-            .unwrap();
-        let input = json!({"amount_minor": 25000});
-        let (v, vars) = rules
-            .eval(
-                &ast,
-                &Bindings {
-                    input: &input,
-                    vars: &serde_json::Map::new(),
-                    locals: &serde_json::Map::new(),
-                    now_ms: 0,
-                },
-            )
-            .unwrap();
+        let (v, vars) =
+            run_with_vars("vars.approved = input.amount_minor <= 20000; \"next_step\"").unwrap();
         assert_eq!(v, json!("next_step"));
         assert_eq!(vars["approved"], json!(false));
     }

@@ -696,59 +696,56 @@ impl Instance {
 
     fn next_record(&mut self, wf: &CompiledWorkflow, now: Millis) -> Option<Record> {
         if self.transitions >= MAX_TRANSITIONS && self.final_error.is_none() {
-            return Some(self.fail_record(
-                wf,
-                StepError::new(
+            return Some(Record::Failed {
+                error: StepError::new(
                     "too_many_steps",
                     format!("instance ran {MAX_TRANSITIONS} steps; is a loop missing its exit?"),
                 ),
-                now,
-            ));
+                at: now,
+            });
         }
         if self.frames.len() > MAX_FRAMES {
-            return Some(self.fail_record(
-                wf,
-                StepError::new(
+            return Some(Record::Failed {
+                error: StepError::new(
                     "too_many_branches",
                     format!("more than {MAX_FRAMES} branches or items at once"),
                 ),
-                now,
-            ));
-        }
-        // The instance has nothing left to run: end it.
-        if self.frames.is_empty() {
-            if let Some(reason) = &self.cancel_reason {
-                if self.status == Status::Running && !self.compensable.is_empty() {
-                    let steps = self.compensable.iter().rev().map(|c| c.1.clone()).collect();
-                    return Some(Record::CompensationStarted {
-                        steps,
-                        error: StepError::new("cancelled", reason.clone()),
-                        at: now,
-                    });
-                }
-                return Some(Record::Cancelled {
-                    reason: reason.clone(),
-                    at: now,
-                });
-            }
-            if let Some(error) = &self.final_error {
-                if self.status == Status::Running && !self.compensable.is_empty() {
-                    let steps = self.compensable.iter().rev().map(|c| c.1.clone()).collect();
-                    return Some(Record::CompensationStarted {
-                        steps,
-                        error: error.clone(),
-                        at: now,
-                    });
-                }
-                return Some(Record::Failed {
-                    error: error.clone(),
-                    at: now,
-                });
-            }
-            return Some(Record::Completed {
-                output: self.output.clone().unwrap_or(Value::Null),
                 at: now,
             });
+        }
+        // The instance has nothing left to run: undo completed work if it is failing, then end it.
+        if self.frames.is_empty() {
+            let (error, end) = match (&self.cancel_reason, &self.final_error) {
+                (Some(reason), _) => (
+                    StepError::new("cancelled", reason.clone()),
+                    Record::Cancelled {
+                        reason: reason.clone(),
+                        at: now,
+                    },
+                ),
+                (None, Some(error)) => (
+                    error.clone(),
+                    Record::Failed {
+                        error: error.clone(),
+                        at: now,
+                    },
+                ),
+                (None, None) => {
+                    return Some(Record::Completed {
+                        output: self.output.clone().unwrap_or(Value::Null),
+                        at: now,
+                    })
+                }
+            };
+            if self.status == Status::Running && !self.compensable.is_empty() {
+                let steps = self.compensable.iter().rev().map(|c| c.1.clone()).collect();
+                return Some(Record::CompensationStarted {
+                    steps,
+                    error,
+                    at: now,
+                });
+            }
+            return Some(end);
         }
         let ids: Vec<u32> = self.frames.keys().copied().collect();
         for id in ids {
@@ -756,7 +753,6 @@ impl Instance {
             let rec = match &frame.state {
                 FrameState::Ready => Some(self.run_step(wf, id, &frame, now)),
                 FrameState::Joining(j) => self.check_join(wf, id, &frame, j, now),
-                FrameState::Done(_) | FrameState::Errored(_) if frame.parent.is_none() => None,
                 _ => None,
             };
             if let Some(r) = rec {
@@ -764,11 +760,6 @@ impl Instance {
             }
         }
         None
-    }
-
-    fn fail_record(&self, wf: &CompiledWorkflow, error: StepError, now: Millis) -> Record {
-        let _ = wf;
-        Record::Failed { error, at: now }
     }
 
     /// Where a failure at `step` goes: the step's `on_error`, else the workflow's (top level only).
