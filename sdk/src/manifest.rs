@@ -46,6 +46,10 @@ pub struct Manifest {
     pub description: String,
     /// Every action the component exports; must match its `describe()`.
     pub actions: Vec<String>,
+    /// Optional pin: the SHA-256 (hex) of `<name>.wasm`. When set, the host refuses
+    /// a component with any other content, so a swapped file never runs.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// What the plugin may reach. Everything not granted is denied.
     #[serde(default)]
     pub grants: Grants,
@@ -141,6 +145,13 @@ impl Manifest {
             }
         }
         push_duplicates(&mut problems, "actions", &self.actions);
+        if let Some(hash) = &self.sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!(
+                    "sha256 `{hash}` must be 64 hexadecimal digits (`sha256sum <name>.wasm`)"
+                ));
+            }
+        }
         for origin in &self.grants.http {
             if let Err(why) = parse_origin_grant(origin) {
                 problems.push(format!("grants.http `{origin}`: {why}"));

@@ -1,6 +1,11 @@
 //! The only door to integrations: [`PluginHost`]. The WebAssembly host implements it; so
 //! do the canned responses of `casework run --mock` and the fakes used by tests.
 
+pub mod directory;
+pub mod egress;
+pub mod secrets;
+pub mod wasm;
+
 use crate::runtime::StepError;
 use serde_json::Value;
 use std::collections::HashMap;
