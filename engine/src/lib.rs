@@ -10,6 +10,7 @@
 //! The outside world has one door each: [`store::Store`] (sled), [`plugin_host::PluginHost`]
 //! (integrations) and [`clock::Clock`] (time).
 
+pub mod calendar;
 pub mod clock;
 pub mod compile;
 pub mod daemon;

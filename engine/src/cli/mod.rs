@@ -120,7 +120,11 @@ fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
         eprintln!("casework: {errors} error(s) in {} file(s)", files.len());
         return Ok(1);
     }
-    eprintln!("casework: {} workflow(s) valid", ok.len());
+    let calendars = crate::compile::rules::Rules::shared().calendars().len();
+    eprintln!(
+        "casework: {} workflow(s) and {calendars} calendar(s) valid",
+        ok.len()
+    );
     Ok(0)
 }
 

@@ -3,6 +3,7 @@
 //! Rules have no I/O: no file or module access, no `eval`, no clock (time comes in as the
 //! `now` variable, taken from the journal record, so replays are deterministic).
 
+use crate::calendar::{Calendars, SharedCalendars};
 use crate::diagnostic::{BlockStart, Span};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST};
@@ -58,6 +59,8 @@ impl SyntaxError {
 pub struct Rules {
     engine: Engine,
     limits: Limits,
+    /// Business calendars that rules name, e.g. `business_add("support-hours", now, "4h")`.
+    calendars: SharedCalendars,
 }
 
 impl std::fmt::Debug for Rules {
@@ -101,7 +104,22 @@ impl Rules {
         engine.on_print(|s| tracing::info!(target: "casework::rule", "{s}"));
         engine.on_debug(|s, _, pos| tracing::debug!(target: "casework::rule", ?pos, "{s}"));
         super::helpers::register(&mut engine);
-        Rules { engine, limits }
+        let calendars = SharedCalendars::default();
+        crate::calendar::functions::register(&mut engine, calendars.clone());
+        Rules {
+            engine,
+            limits,
+            calendars,
+        }
+    }
+
+    /// Replace the calendars rules can name (done when calendar files are loaded).
+    pub fn install_calendars(&self, calendars: Calendars) {
+        self.calendars.replace(calendars);
+    }
+
+    pub fn calendars(&self) -> Arc<Calendars> {
+        self.calendars.get()
     }
 
     pub fn limits(&self) -> Limits {

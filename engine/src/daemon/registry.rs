@@ -17,7 +17,8 @@ pub struct Registry {
     pub problems: RwLock<BTreeMap<String, Vec<Diagnostic>>>,
 }
 
-/// Workflow files in a directory (`*.yaml`/`*.yml`, not test files), sorted for determinism.
+/// Workflow files in a directory (`*.yaml`/`*.yml`, not test files), sorted for determinism,
+/// followed by the calendar files in its `calendars/` folder.
 pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -29,17 +30,25 @@ pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     files.sort();
+    files.extend(crate::calendar::calendar_files(&dir.join("calendars"))?);
     Ok(files)
 }
 
 /// Read, validate and compile a set of files together (so subworkflow references resolve).
+///
+/// Files in a `calendars/` folder are business calendars; they are installed into `rules`.
 pub fn load_files(
     files: &[PathBuf],
     catalog: Option<validate::Catalog>,
     rules: &Arc<Rules>,
 ) -> (Vec<CompiledWorkflow>, Vec<Diagnostic>) {
+    let (calendar_files, files): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .iter()
+        .cloned()
+        .partition(|f| crate::calendar::is_calendar_file(f));
+    let (calendars, mut diags) = crate::calendar::load_files(&calendar_files);
+    rules.install_calendars(calendars);
     let mut sources = Vec::new();
-    let mut diags = Vec::new();
     for f in files {
         let name = f.display().to_string();
         match std::fs::read_to_string(f) {

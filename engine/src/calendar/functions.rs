@@ -1,0 +1,188 @@
+//! Business-time functions for rules: `business_add`, `business_between`, `within_hours`,
+//! `next_open`.
+//!
+//! Instants may be RFC 3339 text (like `now`) or epoch milliseconds; a function answers in
+//! the form it was given. Calendars are looked up by name on every call, because calendar
+//! files are loaded after the shared rule engine is built (and may be reloaded).
+
+use super::time::format_ms;
+use super::{Calendar, SharedCalendars};
+use crate::definition::Duration;
+use rhai::{Engine, EvalAltResult, Position, INT};
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+fn fail<T>(msg: impl ToString) -> Res<T> {
+    Err(Box::new(EvalAltResult::ErrorRuntime(
+        msg.to_string().into(),
+        Position::NONE,
+    )))
+}
+
+fn instant(s: &str) -> Res<i64> {
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => Ok(t.timestamp_millis()),
+        Err(_) => fail(format!(
+            "`{s}` is not a time; write it like 2026-03-06T16:00:00Z"
+        )),
+    }
+}
+
+fn duration(d: &str) -> Res<i64> {
+    Duration::parse(d)
+        .map(|d| d.as_millis() as i64)
+        .or_else(fail)
+}
+
+/// Run `f` on the named calendar, turning a missing calendar or a time error into a rule error.
+fn with<T, E: ToString>(
+    calendars: &SharedCalendars,
+    name: &str,
+    f: impl FnOnce(&Calendar) -> Result<T, E>,
+) -> Res<T> {
+    let set = calendars.get();
+    let cal = set.get(name).or_else(fail)?;
+    f(cal).or_else(fail)
+}
+
+pub fn register(engine: &mut Engine, calendars: SharedCalendars) {
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_add",
+        move |cal: &str, t: &str, d: &str| -> Res<String> {
+            let (t, d) = (instant(t)?, duration(d)?);
+            with(&c, cal, |k| k.add(t, d)).map(format_ms)
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_add",
+        move |cal: &str, t: &str, d: INT| -> Res<String> {
+            let t = instant(t)?;
+            with(&c, cal, |k| k.add(t, d)).map(format_ms)
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_add",
+        move |cal: &str, t: INT, d: &str| -> Res<INT> {
+            let d = duration(d)?;
+            with(&c, cal, |k| k.add(t, d))
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_add",
+        move |cal: &str, t: INT, d: INT| -> Res<INT> { with(&c, cal, |k| k.add(t, d)) },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_between",
+        move |cal: &str, a: &str, b: &str| -> Res<INT> {
+            let (a, b) = (instant(a)?, instant(b)?);
+            with(&c, cal, |k| k.between(a, b))
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "business_between",
+        move |cal: &str, a: INT, b: INT| -> Res<INT> { with(&c, cal, |k| k.between(a, b)) },
+    );
+    let c = calendars.clone();
+    engine.register_fn("within_hours", move |cal: &str, t: &str| -> Res<bool> {
+        let t = instant(t)?;
+        with(&c, cal, |k| k.is_open(t))
+    });
+    let c = calendars.clone();
+    engine.register_fn("within_hours", move |cal: &str, t: INT| -> Res<bool> {
+        with(&c, cal, |k| k.is_open(t))
+    });
+    let c = calendars.clone();
+    engine.register_fn("next_open", move |cal: &str, t: &str| -> Res<String> {
+        let t = instant(t)?;
+        with(&c, cal, |k| k.next_open(t)).map(format_ms)
+    });
+    let c = calendars;
+    engine.register_fn("next_open", move |cal: &str, t: INT| -> Res<INT> {
+        with(&c, cal, |k| k.next_open(t))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{read, Calendars};
+    use super::*;
+
+    fn engine() -> (Engine, SharedCalendars) {
+        let shared = SharedCalendars::default();
+        let mut e = Engine::new();
+        register(&mut e, shared.clone());
+        (e, shared)
+    }
+
+    fn support() -> Calendars {
+        let (cal, d) = read(
+            "support-hours.yaml",
+            "calendar: support-hours\ntimezone: Europe/London\nhours: { weekdays: 08:00-18:00 }\n",
+        );
+        Calendars::new([cal.unwrap_or_else(|| panic!("{d:?}"))])
+    }
+
+    #[test]
+    fn rules_do_business_time() {
+        let (e, shared) = engine();
+        shared.replace(support());
+        let due: String = e
+            .eval(r#"business_add("support-hours", "2026-03-27T16:00:00Z", "4h")"#)
+            .unwrap();
+        assert_eq!(due, "2026-03-30T09:00:00.000Z");
+        let due_ms: INT = e
+            .eval(r#"business_add("support-hours", 1774627200000, 4 * 3600000)"#)
+            .unwrap();
+        assert_eq!(format_ms(due_ms), "2026-03-30T09:00:00.000Z");
+        let used: INT = e
+            .eval(r#"business_between("support-hours", "2026-03-27T17:00:00Z", "2026-03-30T08:00:00Z")"#)
+            .unwrap();
+        assert_eq!(used, 2 * 3_600_000);
+        assert!(!e
+            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap());
+        let open: String = e
+            .eval(r#"next_open("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap();
+        assert_eq!(open, "2026-03-30T07:00:00.000Z");
+    }
+
+    #[test]
+    fn unknown_calendars_and_bad_arguments_are_rule_errors() {
+        let (e, shared) = engine();
+        let err = e
+            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown calendar `support-hours`: no calendars are loaded"),
+            "{err}"
+        );
+        shared.replace(support());
+        let err = e
+            .eval::<bool>(r#"within_hours("suport-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean `support-hours`?); known calendars: support-hours"),
+            "{err}"
+        );
+        let err = e
+            .eval::<String>(r#"business_add("support-hours", "tomorrow", "4h")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`tomorrow` is not a time"),
+            "{err}"
+        );
+        let err = e
+            .eval::<String>(r#"business_add("support-hours", "2026-03-28T10:00:00Z", "4 hours")"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`4 hours` needs a unit"), "{err}");
+    }
+}

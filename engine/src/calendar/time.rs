@@ -1,0 +1,479 @@
+//! Business-time arithmetic on UTC epoch milliseconds.
+//!
+//! Each local day's shifts are turned into UTC with that day's own offsets and walked in
+//! order. A local wall-clock time becomes the first instant at which the clock shows that
+//! time or later: on a spring-forward day a shift starting inside the skipped hour starts
+//! when the clocks jump (01:00–05:00 in London is 3 hours), and on a fall-back day a
+//! repeated time means its first occurrence (01:00–05:00 is 5 hours). That mapping never
+//! goes backwards, so shifts that do not overlap on paper never overlap in UTC.
+
+use super::Calendar;
+use crate::definition::duration::MAX_MS;
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone,
+};
+use std::collections::VecDeque;
+
+const DAY_MS: i64 = 86_400_000;
+/// How far ahead a search looks: ten years of durations plus room for closed stretches.
+const HORIZON_DAYS: i64 = 4_020;
+/// Instants that RFC 3339 can write: years 0001 to 9999.
+const MIN_MS: i64 = -62_135_596_800_000;
+const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("calendar `{calendar}` has no working time in the eleven years after {from}")]
+    NoWorkingTime { calendar: String, from: String },
+    #[error("{0} ms is not a time between the years 1 and 9999")]
+    OutOfRange(i64),
+    #[error("business time can be measured over at most ten years")]
+    TooLong,
+    #[error("a business duration cannot be negative ({0} ms)")]
+    Negative(i64),
+}
+
+fn check(t: i64) -> Result<i64, TimeError> {
+    if (MIN_MS..=MAX_INSTANT_MS).contains(&t) {
+        Ok(t)
+    } else {
+        Err(TimeError::OutOfRange(t))
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC text, for messages.
+pub fn format_ms(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+impl Calendar {
+    /// `start` plus `duration_ms` of working time: the instant the last millisecond is worked.
+    ///
+    /// A deadline that uses up a shift exactly is the end of that shift, not the next opening.
+    /// Adding nothing returns `start` unchanged, even out of hours.
+    pub fn add(&self, start: i64, duration_ms: i64) -> Result<i64, TimeError> {
+        check(start)?;
+        if duration_ms < 0 {
+            return Err(TimeError::Negative(duration_ms));
+        }
+        if duration_ms > MAX_MS as i64 {
+            return Err(TimeError::TooLong);
+        }
+        if duration_ms == 0 {
+            return Ok(start);
+        }
+        let mut left = duration_ms;
+        for (s, e) in self.walk(start) {
+            let s = s.max(start);
+            if left <= e - s {
+                return Ok(s + left);
+            }
+            left -= e - s;
+        }
+        Err(self.closed(start))
+    }
+
+    /// Working time from `a` to `b`, in milliseconds; negative if `b` is before `a`.
+    pub fn between(&self, a: i64, b: i64) -> Result<i64, TimeError> {
+        check(a)?;
+        check(b)?;
+        if b < a {
+            return self.between(b, a).map(|v| -v);
+        }
+        if b - a > MAX_MS as i64 {
+            return Err(TimeError::TooLong);
+        }
+        let mut total = 0;
+        for (s, e) in self.walk(a) {
+            if s >= b {
+                break;
+            }
+            total += e.min(b) - s.max(a);
+        }
+        Ok(total)
+    }
+
+    /// Whether `t` is inside working hours (a shift includes its start, not its end).
+    pub fn is_open(&self, t: i64) -> Result<bool, TimeError> {
+        check(t)?;
+        Ok(self.walk(t).next().is_some_and(|(s, _)| s <= t))
+    }
+
+    /// `t` if it is inside working hours, otherwise the start of the next shift.
+    pub fn next_open(&self, t: i64) -> Result<i64, TimeError> {
+        check(t)?;
+        match self.walk(t).next() {
+            Some((s, _)) => Ok(s.max(t)),
+            None => Err(self.closed(t)),
+        }
+    }
+
+    fn closed(&self, from: i64) -> TimeError {
+        TimeError::NoWorkingTime {
+            calendar: self.name.clone(),
+            from: format_ms(from),
+        }
+    }
+
+    /// Shifts as UTC `[start, end)` that end after `t`, in order, for about eleven years.
+    fn walk(&self, t: i64) -> Walk<'_> {
+        // From the day before, whose overnight shift may still be running at `t`.
+        let first = self.local_date(t) - Duration::days(1);
+        Walk {
+            cal: self,
+            after: t,
+            next_day: first,
+            last_day: first + Duration::days(HORIZON_DAYS),
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn local_date(&self, t: i64) -> NaiveDate {
+        let utc = DateTime::from_timestamp_millis(t)
+            .expect("checked range")
+            .naive_utc();
+        self.zone.from_utc_datetime(&utc).date_naive()
+    }
+
+    /// Offset from UTC at instant `t`, in milliseconds.
+    fn offset_ms(&self, t: i64) -> i64 {
+        let utc = DateTime::from_timestamp_millis(t)
+            .expect("checked range")
+            .naive_utc();
+        i64::from(
+            self.zone
+                .offset_from_utc_datetime(&utc)
+                .fix()
+                .local_minus_utc(),
+        ) * 1_000
+    }
+
+    /// The first instant at which the wall clock shows `local` or later.
+    fn instant(&self, local: NaiveDateTime) -> i64 {
+        match self.zone.from_local_datetime(&local) {
+            LocalResult::Single(t) => t.timestamp_millis(),
+            LocalResult::Ambiguous(a, b) => a.timestamp_millis().min(b.timestamp_millis()),
+            LocalResult::None => self.gap_end(local),
+        }
+    }
+
+    /// For a local time the clocks skip: the instant they jump past it.
+    fn gap_end(&self, local: NaiveDateTime) -> i64 {
+        let naive = local.and_utc().timestamp_millis();
+        // Offsets a day either side are the ones before and after the jump.
+        let before = self.offset_ms(naive - DAY_MS);
+        let after = self.offset_ms(naive + DAY_MS);
+        // At `lo` the clock still shows less than `local`; at `hi` it shows more.
+        let (mut lo, mut hi) = (naive - after, naive - before);
+        if hi <= lo {
+            return hi;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if mid + self.offset_ms(mid) >= naive {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        hi
+    }
+}
+
+struct Walk<'a> {
+    cal: &'a Calendar,
+    after: i64,
+    next_day: NaiveDate,
+    last_day: NaiveDate,
+    pending: VecDeque<(i64, i64)>,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = (i64, i64);
+
+    fn next(&mut self) -> Option<(i64, i64)> {
+        loop {
+            while let Some((s, e)) = self.pending.pop_front() {
+                if e > self.after {
+                    return Some((s, e));
+                }
+            }
+            if self.next_day > self.last_day {
+                return None;
+            }
+            let day = self.next_day;
+            self.next_day = day + Duration::days(1);
+            if self.cal.is_holiday(day) {
+                continue;
+            }
+            let midnight = day.and_time(NaiveTime::MIN);
+            let weekday = day.weekday().num_days_from_monday() as usize;
+            for shift in &self.cal.week[weekday] {
+                let s = self
+                    .cal
+                    .instant(midnight + Duration::minutes(i64::from(shift.start)));
+                let e = self
+                    .cal
+                    .instant(midnight + Duration::minutes(i64::from(shift.end)));
+                // A shift entirely inside a skipped hour does not happen that day.
+                if e > s {
+                    self.pending.push_back((s, e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{read, Calendar, Holiday, HolidayDate, Shift};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cal(yaml: &str) -> Calendar {
+        let (c, d) = read("t.yaml", yaml);
+        c.unwrap_or_else(|| panic!("{d:?}"))
+    }
+
+    fn ms(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    const H: i64 = 3_600_000;
+
+    fn london() -> Calendar {
+        cal("calendar: support\ntimezone: Europe/London\nhours: { weekdays: 08:00-18:00 }\nholidays: [2026-04-03, 2026-04-06, 12-25]\n")
+    }
+
+    #[test]
+    fn friday_sla_over_spring_forward_weekend() {
+        // Scenario: 4 business hours from Friday 16:00 before the clocks go forward.
+        let c = london();
+        let start = ms("2026-03-27T16:00:00Z"); // 16:00 GMT
+                                                // 2h on Friday, then Monday 08:00 BST (07:00 UTC) + 2h.
+        assert_eq!(c.add(start, 4 * H).unwrap(), ms("2026-03-30T09:00:00Z"));
+        let ny =
+            cal("calendar: ny\ntimezone: America/New_York\nhours: { weekdays: 09:00-17:00 }\n");
+        // Friday 16:00 EST; Monday 09:00 EDT is 13:00 UTC.
+        let deadline = ny.add(ms("2026-03-06T21:00:00Z"), 4 * H).unwrap();
+        assert_eq!(deadline, ms("2026-03-09T16:00:00Z"));
+    }
+
+    #[test]
+    fn deadlines_skip_holidays() {
+        let c = london();
+        // Thursday 17:00 before Easter: Good Friday and Easter Monday are off.
+        let d = c.add(ms("2026-04-02T16:00:00Z"), 2 * H).unwrap();
+        assert_eq!(d, ms("2026-04-07T08:00:00Z")); // Tuesday 09:00 BST
+                                                   // Yearly 12-25 closes Christmas 2028, a Monday.
+        assert_eq!(
+            c.next_open(ms("2028-12-25T09:00:00Z")).unwrap(),
+            ms("2028-12-26T08:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_deadline_can_be_closing_time() {
+        let c = london();
+        let d = c.add(ms("2026-03-27T16:00:00Z"), 2 * H).unwrap();
+        assert_eq!(d, ms("2026-03-27T18:00:00Z"));
+        assert!(!c.is_open(d).unwrap());
+        assert!(c.is_open(d - 1).unwrap());
+        // Out of hours, the clock starts at the next opening.
+        let d = c.add(ms("2026-03-28T12:00:00Z"), H).unwrap();
+        assert_eq!(d, ms("2026-03-30T08:00:00Z"));
+    }
+
+    #[test]
+    fn dst_days_have_real_lengths() {
+        for (zone, spring, autumn) in [
+            ("Europe/London", "2026-03-29", "2026-10-25"),
+            ("America/New_York", "2026-03-08", "2026-11-01"),
+        ] {
+            let c = cal(&format!(
+                "calendar: night\ntimezone: {zone}\nhours: {{ daily: 01:00-05:00 }}\n"
+            ));
+            let day = |d: &str| {
+                let midnight = NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .unwrap()
+                    .and_time(NaiveTime::MIN);
+                let start = c.instant(midnight);
+                (start, c.instant(midnight + Duration::days(1)))
+            };
+            let (a, b) = day(spring);
+            assert_eq!(c.between(a, b).unwrap(), 3 * H, "{zone} spring forward");
+            let (a, b) = day(autumn);
+            assert_eq!(c.between(a, b).unwrap(), 5 * H, "{zone} fall back");
+        }
+        // The shift starts when the clocks jump: 01:00 GMT becomes 02:00 BST.
+        let c = cal("calendar: n\ntimezone: Europe/London\nhours: { daily: 01:30-05:00 }\n");
+        assert_eq!(
+            c.next_open(ms("2026-03-29T00:00:00Z")).unwrap(),
+            ms("2026-03-29T01:00:00Z")
+        );
+    }
+
+    #[test]
+    fn past_dates_use_their_own_offsets() {
+        // 2016: US DST began on March 13; a fixed "today" offset would be an hour off.
+        let ny =
+            cal("calendar: ny\ntimezone: America/New_York\nhours: { weekdays: 09:00-17:00 }\n");
+        assert_eq!(
+            ny.next_open(ms("2016-03-12T12:00:00Z")).unwrap(),
+            ms("2016-03-14T13:00:00Z")
+        );
+        assert_eq!(
+            ny.next_open(ms("2016-03-11T02:00:00Z")).unwrap(),
+            ms("2016-03-11T14:00:00Z")
+        );
+    }
+
+    #[test]
+    fn split_and_overnight_shifts() {
+        let c = cal("calendar: s\ntimezone: UTC\nhours:\n  mon: [09:00-12:00, 13:00-17:30]\n  fri: 22:00-06:00+1\nholidays: [2026-03-07]\n");
+        // Monday 11:00 + 2h: one hour before lunch, one after.
+        assert_eq!(
+            c.add(ms("2026-03-02T11:00:00Z"), 2 * H).unwrap(),
+            ms("2026-03-02T14:00:00Z")
+        );
+        assert!(!c.is_open(ms("2026-03-02T12:30:00Z")).unwrap());
+        assert_eq!(
+            c.between(ms("2026-03-02T00:00:00Z"), ms("2026-03-03T00:00:00Z"))
+                .unwrap(),
+            7 * H + 1_800_000
+        );
+        // Friday's night shift runs into Saturday, even though that Saturday is a holiday.
+        assert!(c.is_open(ms("2026-03-07T03:00:00Z")).unwrap());
+        assert_eq!(
+            c.add(ms("2026-03-06T23:00:00Z"), 7 * H).unwrap(),
+            ms("2026-03-07T06:00:00Z")
+        );
+        assert_eq!(
+            c.next_open(ms("2026-03-07T06:00:00Z")).unwrap(),
+            ms("2026-03-09T09:00:00Z")
+        );
+    }
+
+    #[test]
+    fn always_is_plain_time_except_holidays() {
+        let a = cal("calendar: a\ntimezone: UTC\nhours: always\n");
+        let t = ms("2026-12-24T20:00:00Z");
+        assert_eq!(a.add(t, 10 * H).unwrap(), t + 10 * H);
+        assert!(a.is_open(t).unwrap());
+        let h = Calendar::always(
+            "h",
+            chrono_tz::UTC,
+            vec![Holiday {
+                date: HolidayDate::Yearly { month: 12, day: 25 },
+                name: None,
+            }],
+        );
+        assert_eq!(h.add(t, 10 * H).unwrap(), ms("2026-12-26T06:00:00Z"));
+    }
+
+    #[test]
+    fn impossible_requests_are_errors() {
+        let c = Calendar::new("closed", chrono_tz::UTC, Default::default(), Vec::new());
+        let err = c.next_open(0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "calendar `closed` has no working time in the eleven years after 1970-01-01T00:00:00.000Z"
+        );
+        let l = london();
+        assert_eq!(l.between(0, 20 * 366 * DAY_MS), Err(TimeError::TooLong));
+        assert_eq!(l.add(0, -1), Err(TimeError::Negative(-1)));
+        assert!(matches!(l.is_open(i64::MAX), Err(TimeError::OutOfRange(_))));
+        assert_eq!(
+            l.between(ms("2026-03-02T10:00:00Z"), ms("2026-03-02T08:00:00Z")),
+            Ok(-2 * H)
+        );
+    }
+
+    fn any_calendar() -> impl Strategy<Value = Calendar> {
+        let shift = (0u32..48, 1u32..48).prop_map(|(s, len)| (s * 30, len * 30));
+        let day = proptest::collection::vec(shift, 0..3).prop_map(|shifts| {
+            // Keep a day's shifts apart and inside the day so they never overlap.
+            let mut out: Vec<Shift> = Vec::new();
+            for (s, len) in shifts {
+                let start = out.last().map_or(s, |l| l.end.max(s));
+                let end = (start + len).min(super::super::DAY_MINUTES);
+                if end > start {
+                    out.push(Shift { start, end });
+                }
+            }
+            out
+        });
+        let zones = prop::sample::select(vec![
+            chrono_tz::Europe::London,
+            chrono_tz::America::New_York,
+            chrono_tz::Australia::Lord_Howe,
+            chrono_tz::Asia::Kolkata,
+            chrono_tz::UTC,
+        ]);
+        (proptest::array::uniform7(day), zones).prop_map(|(mut week, zone)| {
+            if week.iter().all(Vec::is_empty) {
+                week[2].push(Shift {
+                    start: 600,
+                    end: 720,
+                });
+            }
+            Calendar::new("p", zone, week, Vec::new())
+        })
+    }
+
+    /// Any instant in 2025–2027, half of them within three days of a DST change.
+    fn any_instant() -> impl Strategy<Value = i64> {
+        let changes = prop::sample::select(vec![
+            ms("2026-03-08T07:00:00Z"),
+            ms("2026-03-29T01:00:00Z"),
+            ms("2026-04-05T16:00:00Z"),
+            ms("2026-10-04T15:30:00Z"),
+            ms("2026-10-25T01:00:00Z"),
+            ms("2026-11-01T06:00:00Z"),
+        ]);
+        prop_oneof![
+            ms("2025-01-01T00:00:00Z")..ms("2028-01-01T00:00:00Z"),
+            (changes, -3 * DAY_MS..3 * DAY_MS).prop_map(|(t, d)| t + d),
+        ]
+    }
+
+    proptest! {
+        // No regression files: the failing input is printed, and the tree stays clean.
+        #![proptest_config(ProptestConfig {
+            cases: 300,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn add_and_between_agree(
+            c in any_calendar(),
+            a in any_instant(),
+            d in 0i64..(200 * H),
+            e in 0i64..(50 * H),
+        ) {
+            let end = c.add(a, d).unwrap();
+            prop_assert!(end >= a);
+            prop_assert_eq!(c.between(a, end).unwrap(), d);
+            // More work never finishes earlier, and never sooner than plain time allows.
+            let later = c.add(a, d + e).unwrap();
+            prop_assert!(later >= end);
+            prop_assert!(later - a >= d + e);
+            // Work done in two parts ends where it ends done at once.
+            prop_assert_eq!(c.add(end, e).unwrap(), later);
+            // A deadline that consumed time lies within hours or at a shift's end.
+            if d > 0 {
+                prop_assert!(c.is_open(end - 1).unwrap());
+            }
+            let open = c.next_open(a).unwrap();
+            prop_assert!(open >= a && c.is_open(open).unwrap());
+            prop_assert_eq!(c.is_open(a).unwrap(), open == a);
+            prop_assert_eq!(c.between(a, open).unwrap(), 0);
+        }
+    }
+}
