@@ -40,6 +40,43 @@ fn invalid_workflows_report_expected_diagnostics() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Broken calendar files (`tests/ui/invalid/calendars`), checked the same way. They sit in a
+/// `calendars/` folder because that is how `casework validate` tells calendars from workflows.
+#[test]
+fn invalid_calendars_report_expected_diagnostics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("calendars"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "calendar corpus is missing files");
+    let mut failures = Vec::new();
+    for f in files {
+        let name = format!("calendars/{}", f.file_name().unwrap().to_str().unwrap());
+        let out = Command::new(env!("CARGO_BIN_EXE_casework"))
+            .current_dir(&dir)
+            .args(["validate", &name])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name} should be rejected");
+        let actual = String::from_utf8(out.stdout).unwrap();
+        let expected_path = f.with_extension("err");
+        if std::env::var("CASEWORK_BLESS").is_ok() {
+            std::fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != actual {
+            failures.push(format!(
+                "--- {name}\nexpected:\n{expected}\nactual:\n{actual}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn shipped_workflows_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
