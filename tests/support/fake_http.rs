@@ -63,6 +63,22 @@ impl Answer {
         }
     }
 
+    /// A plain-text answer (`text/plain`), e.g. Slack's `ok` or an HTML error page.
+    pub fn text(status: u16, body: &str) -> Self {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.into(),
+            hang: false,
+        }
+    }
+
+    /// Adds a response header (builder style).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     pub fn redirect(to: &str) -> Self {
         Answer {
             status: 302,

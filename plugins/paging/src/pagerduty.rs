@@ -56,7 +56,8 @@ pub struct TriggerInput {
     #[serde(default)]
     pub custom_details: Option<serde_json::Map<String, serde_json::Value>>,
     /// Name of the secret that holds the integration's routing key, for
-    /// workflows that page different services. Defaults to `routing_key`.
+    /// workflows that page different services: `routing_key` (the default)
+    /// or a name starting with `routing_key_` or `routing_key/`.
     #[serde(default)]
     pub routing_key_secret: Option<String>,
 }
@@ -67,7 +68,8 @@ pub struct TriggerInput {
 pub struct UpdateInput {
     /// The key the incident was triggered with.
     pub dedup_key: String,
-    /// Name of the routing-key secret; defaults to `routing_key`.
+    /// Name of the routing-key secret: `routing_key` (the default) or a name
+    /// starting with `routing_key_` or `routing_key/`.
     #[serde(default)]
     pub routing_key_secret: Option<String>,
 }
@@ -172,13 +174,30 @@ fn check_dedup_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The secret to read the routing key from. Only `routing_key` and names under
+/// it are accepted, so an input cannot make the plugin send another of its
+/// secrets (the Slack webhook URL, the webhook signing secret) to PagerDuty.
+fn routing_key_name(requested: Option<&str>) -> Result<&str> {
+    let name = requested.unwrap_or(DEFAULT_ROUTING_KEY_SECRET);
+    match name.strip_prefix(DEFAULT_ROUTING_KEY_SECRET) {
+        Some("") => Ok(name),
+        Some(rest) if rest.len() > 1 && (rest.starts_with('_') || rest.starts_with('/')) => {
+            Ok(name)
+        }
+        _ => Err(Error::invalid_input(format!(
+            "`routing_key_secret` must be `{DEFAULT_ROUTING_KEY_SECRET}` or start with \
+             `{DEFAULT_ROUTING_KEY_SECRET}_` or `{DEFAULT_ROUTING_KEY_SECRET}/`"
+        ))),
+    }
+}
+
 fn enqueue(
     action: &str,
     dedup_key: &str,
     payload: Option<Payload<'_>>,
     routing_key_secret: Option<&str>,
 ) -> Result<EnqueueOutput> {
-    let routing_key = secrets::get(routing_key_secret.unwrap_or(DEFAULT_ROUTING_KEY_SECRET))?;
+    let routing_key = secrets::get(routing_key_name(routing_key_secret)?)?;
     let url = format!(
         "{}/v2/enqueue",
         config::base_url("pagerduty_base_url", DEFAULT_BASE_URL)
@@ -359,6 +378,40 @@ mod tests {
     }
 
     #[test]
+    fn routing_key_secret_cannot_name_another_secret() {
+        let host = host();
+        host.secret("webhook_signing_secret", "whsec_test");
+        host.secret(
+            "slack_webhook_url",
+            "https://hooks.slack.com/services/T/B/X",
+        );
+        for name in [
+            "webhook_signing_secret",
+            "slack_webhook_url",
+            "routing_key_",
+            "routing_keyX",
+            "",
+        ] {
+            let err = host
+                .invoke::<Paging>(
+                    "resolve",
+                    &json!({"dedup_key": "inc-1", "routing_key_secret": name}),
+                )
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{name:?}");
+        }
+        assert!(host.requests().is_empty());
+        host.secret("routing_key/billing", "BILLINGKEY");
+        host.respond(Method::Post, ENQUEUE, accepted("inc-1"));
+        host.invoke::<Paging>(
+            "resolve",
+            &json!({"dedup_key": "inc-1", "routing_key_secret": "routing_key/billing"}),
+        )
+        .unwrap();
+        assert_eq!(host.requests()[0].body_json()["routing_key"], "BILLINGKEY");
+    }
+
+    #[test]
     fn unknown_severity_is_invalid_input_before_any_request() {
         let host = host();
         let err = host
@@ -449,7 +502,7 @@ mod tests {
         let err = host
             .invoke::<Paging>(
                 "resolve",
-                &json!({"dedup_key": "inc-1", "routing_key_secret": "nope"}),
+                &json!({"dedup_key": "inc-1", "routing_key_secret": "routing_key_nope"}),
             )
             .unwrap_err();
         assert_eq!((err.code(), err.is_retryable()), ("secret_missing", false));
