@@ -301,7 +301,12 @@ impl WasmHost {
             }
             let component = Component::new(&engine, &bytes)?;
             if let Some(path) = &cache_path {
-                let tmp = path.with_extension("tmp");
+                // Unique per writer: two hosts compiling the same plugin must not share it.
+                let tmp = path.with_extension(format!(
+                    "{}.{}.tmp",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
                 let written = component
                     .serialize()
                     .map_err(anyhow::Error::from)
