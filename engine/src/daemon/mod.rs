@@ -3,6 +3,7 @@
 pub mod driver;
 pub mod http;
 pub mod registry;
+pub mod reload;
 pub mod view;
 
 pub use driver::Driver;

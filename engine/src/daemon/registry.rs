@@ -119,6 +119,16 @@ impl Registry {
         Ok(wf)
     }
 
+    /// Stops new instances of `name` (its file was deleted). Running instances keep
+    /// their pinned version. Returns whether it was loaded.
+    pub fn retire(&self, name: &str) -> bool {
+        self.latest
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
     pub fn latest(&self, name: &str) -> Option<Arc<CompiledWorkflow>> {
         self.latest
             .read()

@@ -160,13 +160,28 @@ impl WasmHost {
         })
     }
 
-    /// Loads every plugin in `dir`, replacing what was loaded before. A plugin that
-    /// fails to load is left out and reported by [`WasmHost::problems`]; the others run.
+    /// Loads every plugin in `dir`, replacing what was loaded before. A plugin whose
+    /// files did not change is kept as is; one that fails to load is reported by
+    /// [`WasmHost::problems`] and, if an earlier version was loaded, that one stays.
     pub async fn load_dir(&self, dir: &Path) {
         let found = PluginDirectory::scan(dir);
         let mut problems = found.problems.clone();
+        let previous = self
+            .plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut loaded = BTreeMap::new();
         for files in &found.plugins {
+            let unchanged = previous.get(&files.manifest.name).filter(|p| {
+                p.manifest == files.manifest
+                    && std::fs::read(&files.wasm_path)
+                        .is_ok_and(|b| hex::encode(Sha256::digest(&b)) == p.sha256)
+            });
+            if let Some(plugin) = unchanged {
+                loaded.insert(files.manifest.name.clone(), plugin.clone());
+                continue;
+            }
             match self.load_plugin(files).await {
                 Ok(plugin) => {
                     tracing::info!(
@@ -179,7 +194,16 @@ impl WasmHost {
                 }
                 Err(why) => {
                     tracing::error!(plugin = %files.manifest.name, "{why}");
-                    problems.push(why);
+                    // A broken update must not take a working plugin away.
+                    if let Some(old) = previous.get(&files.manifest.name) {
+                        problems.push(format!(
+                            "{why} (version {} stays active)",
+                            old.manifest.version
+                        ));
+                        loaded.insert(files.manifest.name.clone(), old.clone());
+                    } else {
+                        problems.push(why);
+                    }
                 }
             }
         }

@@ -1,0 +1,226 @@
+//! Hot reload: saving a workflow, calendar or plugin file makes it live without a
+//! restart.
+//!
+//! A changed folder is re-read as a whole and validated before anything changes. A
+//! valid workflow becomes the newest version for new instances (running instances
+//! stay pinned to the version they started with); a file with errors is rejected —
+//! its problems are logged and shown by `GET /v1/workflows` — and the previous
+//! version of its workflow stays active; a deleted file stops new instances of its
+//! workflow while running ones finish. Plugins follow the same rule: a plugin that no
+//! longer loads keeps its previous version running.
+
+use super::registry::{load_files, workflow_files};
+use super::Driver;
+use crate::diagnostic::Diagnostic;
+use crate::plugin_host::wasm::WasmHost;
+use notify::{RecursiveMode, Watcher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the folders must be quiet before a reload: editors save in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// What one reload did, for logs, metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// `name vN` of workflows that got a new version.
+    pub installed: Vec<String>,
+    /// Workflows whose file was deleted: no new instances.
+    pub retired: Vec<String>,
+    /// Files rejected, with their first problem.
+    pub rejected: Vec<String>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub reloads: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Re-reads the workflow and plugin folders into a running driver.
+#[derive(Clone)]
+pub struct Reloader {
+    driver: Driver,
+    workflows: PathBuf,
+    plugins: Option<(PathBuf, Arc<WasmHost>)>,
+    pub stats: Arc<ReloadStats>,
+}
+
+impl Reloader {
+    pub fn new(driver: Driver, workflows: PathBuf, plugins: Option<(PathBuf, Arc<WasmHost>)>) -> Self {
+        Reloader {
+            driver,
+            workflows,
+            plugins,
+            stats: Arc::new(ReloadStats::default()),
+        }
+    }
+
+    /// Loads the workflow folder: installs what is new and valid, keeps the previous
+    /// version of anything rejected, retires workflows whose file is gone.
+    pub fn reload_workflows(&self) -> ReloadReport {
+        let inner = self.driver.inner();
+        let mut report = ReloadReport::default();
+        let files = match workflow_files(&self.workflows) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(dir = %self.workflows.display(), "cannot read the workflow folder: {e}; keeping every loaded workflow");
+                report.rejected.push(format!("{}: {e}", self.workflows.display()));
+                self.count(&report);
+                return report;
+            }
+        };
+        let catalog = inner.plugins.catalog();
+        let (workflows, diags) = load_files(&files, catalog, &inner.rules);
+
+        let mut problems: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+        for d in diags.into_iter().filter(Diagnostic::is_error) {
+            problems.entry(d.file.clone()).or_default().push(d);
+        }
+        for (file, list) in &problems {
+            for d in list {
+                tracing::error!(target: "casework::load", "{d}");
+            }
+            report
+                .rejected
+                .push(format!("{file}: {}", list.first().map(|d| d.message.as_str()).unwrap_or("")));
+        }
+
+        let mut defined = BTreeSet::new();
+        for wf in workflows {
+            defined.insert(wf.name.clone());
+            let unchanged = inner
+                .registry
+                .latest(&wf.name)
+                .is_some_and(|current| current.hash == wf.hash);
+            if unchanged {
+                continue;
+            }
+            let label = format!("{} v{}", wf.name, wf.version);
+            match self.driver.install(wf) {
+                Ok(_) => {
+                    tracing::info!(workflow = %label, "workflow version installed; running instances keep theirs");
+                    report.installed.push(label);
+                }
+                Err(e) => {
+                    tracing::error!(workflow = %label, "cannot install: {e}");
+                    report.rejected.push(format!("{label}: {e}"));
+                }
+            }
+        }
+        let on_disk: BTreeSet<String> = files.iter().map(|f| f.display().to_string()).collect();
+        for wf in inner.registry.all_latest() {
+            // A workflow whose file has errors keeps its previous version; only a file
+            // that is gone (or no longer defines the name) retires it.
+            let still_there = defined.contains(&wf.name)
+                || (on_disk.contains(&wf.file) && problems.contains_key(&wf.file));
+            if !still_there && inner.registry.retire(&wf.name) {
+                tracing::warn!(workflow = %wf.name, file = %wf.file, "workflow file removed: no new instances; running ones finish");
+                report.retired.push(wf.name.clone());
+            }
+        }
+        *inner
+            .registry
+            .problems
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = problems;
+        self.count(&report);
+        report
+    }
+
+    fn count(&self, report: &ReloadReport) {
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        if !report.rejected.is_empty() {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reloads plugins (if this daemon hosts any), then workflows, whose `call:`
+    /// steps are checked against the plugins now loaded.
+    pub async fn reload_all(&self) -> ReloadReport {
+        if let Some((dir, host)) = &self.plugins {
+            host.load_dir(dir).await;
+        }
+        self.reload_workflows()
+    }
+
+    /// Watches both folders and reloads after each burst of changes. Runs until the
+    /// process ends; a watcher that cannot start is logged and reload is off.
+    pub async fn watch(self) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("hot reload is off: cannot watch files: {e}");
+                return;
+            }
+        };
+        let mut dirs = vec![self.workflows.clone()];
+        if let Some((dir, _)) = &self.plugins {
+            dirs.push(dir.clone());
+        }
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
+                tracing::warn!(dir = %dir.display(), "not watching for changes: {e}");
+            }
+        }
+        while let Some(first) = rx.recv().await {
+            let mut changed = vec![first];
+            // Collect the rest of the burst.
+            while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                changed.push(path);
+            }
+            let plugins_changed = self
+                .plugins
+                .as_ref()
+                .is_some_and(|(dir, _)| changed.iter().any(|p| is_under(p, dir) && is_plugin_file(p)));
+            let workflows_changed = changed
+                .iter()
+                .any(|p| is_under(p, &self.workflows) && is_workflow_file(p));
+            let report = if plugins_changed {
+                self.reload_all().await
+            } else if workflows_changed {
+                self.reload_workflows()
+            } else {
+                continue;
+            };
+            tracing::info!(
+                installed = ?report.installed,
+                retired = ?report.retired,
+                rejected = report.rejected.len(),
+                "reloaded"
+            );
+        }
+        drop(watcher);
+    }
+}
+
+fn is_under(path: &Path, dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let path = path
+        .parent()
+        .and_then(|p| p.canonicalize().ok())
+        .map(|p| p.join(path.file_name().unwrap_or_default()))
+        .unwrap_or_else(|| path.to_path_buf());
+    path.starts_with(&dir)
+}
+
+fn is_workflow_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.contains(".test.")
+}
+
+fn is_plugin_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name == "plugin.toml" || name.ends_with(".wasm")
+}
