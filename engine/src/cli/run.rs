@@ -356,6 +356,7 @@ pub fn describe(id: &str, r: &Record) -> String {
             None => format!("step {step} failed ({}: {})", error.code, error.message),
         },
         Record::CancelRequested { reason, .. } => format!("cancel requested: {reason}"),
+        Record::RetryRequested { step, .. } => format!("retry requested: step {step} runs again"),
         Record::CompensationStarted { steps, .. } => format!("compensating: {}", steps.join(", ")),
         Record::Completed { .. } => "completed".into(),
         Record::Failed { error, .. } => format!("failed: {error}"),

@@ -99,6 +99,26 @@ pub struct Frame {
     pub output: Value,
     /// A compensation frame: when it ends, the next compensation runs.
     pub compensation: bool,
+    /// When the frame entered its current step (journal time), for step durations.
+    pub entered_at: Millis,
+}
+
+/// A step that ended, in journal time (metrics). Collected only while
+/// [`Instance::timings`] is `Some`, so replaying a long journal keeps nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepTiming {
+    pub step: String,
+    pub millis: Millis,
+    pub ok: bool,
+}
+
+/// Why a failed instance cannot be retried.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RetryRefused {
+    #[error("the instance is {0}, not failed")]
+    NotFailed(&'static str),
+    #[error("{0}")]
+    NotRetryable(String),
 }
 
 /// Something the driver must do outside the state machine.
@@ -155,6 +175,12 @@ pub struct Instance {
     final_error: Option<StepError>,
     cancel_reason: Option<String>,
     visits: BTreeMap<String, u32>,
+    /// The top-level step whose failure took the instance off its path (a retry runs it again).
+    failure_origin: Option<String>,
+    /// Compensations ran: the completed work was undone, so a retry would be wrong.
+    compensated: bool,
+    /// Steps ended by the records applied since this was set to `Some` (metrics only).
+    pub timings: Option<Vec<StepTiming>>,
     pub transitions: u64,
     pub records: u64,
     pub started_at: Millis,
@@ -212,6 +238,9 @@ impl Instance {
             final_error: None,
             cancel_reason: None,
             visits: BTreeMap::new(),
+            failure_origin: None,
+            compensated: false,
+            timings: None,
             transitions: 0,
             records: 0,
             started_at: 0,
@@ -274,6 +303,7 @@ impl Instance {
                 if let Some(c) = compensate {
                     self.compensable.push((step.clone(), c));
                 }
+                self.step_ended(*frame, step, true);
                 self.move_on(wf, *frame, output.clone(), next.as_deref());
             }
             Record::CallStarted {
@@ -492,14 +522,28 @@ impl Instance {
                     "error".into(),
                     serde_json::to_value(error.clone().at(step)).unwrap_or(Value::Null),
                 );
+                self.step_ended(*frame, step, false);
+                let main_frame = self
+                    .frames
+                    .get(frame)
+                    .is_some_and(|f| f.parent.is_none() && !f.compensation);
+                // Only a failure that ends the instance or goes to the workflow's own
+                // `on_error` counts; a step's `on_error` is a path of its own.
+                let to_handler = next.is_none()
+                    || next.as_ref().and_then(|n| wf.index.get(n)).copied() == wf.on_error;
+                if main_frame && to_handler {
+                    self.failure_origin.get_or_insert_with(|| step.clone());
+                }
                 match next {
                     Some(n) => {
                         let at = wf.index.get(n).copied().unwrap_or(usize::MAX);
+                        let now = self.updated_at;
                         self.drop_children(*frame);
                         if let Some(f) = self.frames.get_mut(frame) {
                             f.at = at;
                             f.state = FrameState::Ready;
                             f.locals.remove("__retry");
+                            f.entered_at = now;
                         }
                     }
                     None => {
@@ -525,7 +569,18 @@ impl Instance {
                 self.cancel_reason = Some(reason.clone());
                 self.frames.clear();
             }
+            Record::RetryRequested { step, .. } => {
+                self.status = Status::Running;
+                self.error = None;
+                self.final_error = None;
+                self.output = None;
+                self.failure_origin = None;
+                self.frames.clear();
+                let at = wf.index.get(step).copied().unwrap_or(usize::MAX);
+                self.new_frame(None, at, Map::new(), false);
+            }
             Record::CompensationStarted { steps, error, .. } => {
+                self.compensated = true;
                 self.status = Status::Compensating;
                 self.frames.clear();
                 self.final_error.get_or_insert(error.clone());
@@ -595,9 +650,22 @@ impl Instance {
                 locals,
                 output: Value::Null,
                 compensation,
+                entered_at: self.updated_at,
             },
         );
         id
+    }
+
+    /// Note how long `frame` spent in `step` (only while timings are collected).
+    fn step_ended(&mut self, frame: u32, step: &str, ok: bool) {
+        let now = self.updated_at;
+        if let (Some(timings), Some(f)) = (self.timings.as_mut(), self.frames.get(&frame)) {
+            timings.push(StepTiming {
+                step: step.to_string(),
+                millis: (now - f.entered_at).max(0),
+                ok,
+            });
+        }
     }
 
     fn set_state(&mut self, frame: u32, state: FrameState) {
@@ -635,6 +703,7 @@ impl Instance {
         output: Option<Value>,
         next: Option<&str>,
     ) {
+        let now = self.updated_at;
         let Some(f) = self.frames.get_mut(&frame) else {
             return;
         };
@@ -646,6 +715,7 @@ impl Instance {
             Some(&at) => {
                 f.at = at;
                 f.state = FrameState::Ready;
+                f.entered_at = now;
             }
             None => {
                 let out = f.output.clone();
@@ -1347,6 +1417,46 @@ impl Instance {
         out
     }
 
+    /// Run a failed instance's failed step again, with the variables it had. Refused for an
+    /// instance that is not failed, whose failure was not in a step (a limit), whose
+    /// compensations already undid its work, or that is a subworkflow (retry its parent).
+    pub fn retry(
+        &mut self,
+        wf: &CompiledWorkflow,
+        now: Millis,
+    ) -> Result<Vec<Record>, RetryRefused> {
+        if self.status != Status::Failed {
+            return Err(RetryRefused::NotFailed(self.status.as_str()));
+        }
+        if self.parent.is_some() {
+            return Err(RetryRefused::NotRetryable(
+                "this is a subworkflow instance; retry its parent instance".into(),
+            ));
+        }
+        if self.compensated {
+            return Err(RetryRefused::NotRetryable(
+                "its compensations already undid the completed steps; start a new instance".into(),
+            ));
+        }
+        let Some(step) = self
+            .failure_origin
+            .clone()
+            .filter(|s| wf.index.contains_key(s))
+        else {
+            let code = self
+                .error
+                .as_ref()
+                .map(|e| e.code.as_str())
+                .unwrap_or("unknown");
+            return Err(RetryRefused::NotRetryable(format!(
+                "the instance did not fail in a step ({code}); start a new instance"
+            )));
+        };
+        let rec = Record::RetryRequested { step, at: now };
+        self.apply(wf, &rec);
+        Ok(vec![rec])
+    }
+
     /// Cancel the instance: compensations run, then it ends as cancelled.
     pub fn cancel(&mut self, wf: &CompiledWorkflow, reason: &str, now: Millis) -> Vec<Record> {
         if self.status.is_final() || self.cancel_reason.is_some() {
@@ -1506,4 +1616,187 @@ pub fn backoff_ms(r: &crate::definition::Retry, attempt: u32, instance: &str, st
     (instance, step, attempt).hash(&mut h);
     let spread = capped * r.jitter_percent as u64 / 100;
     capped - spread + h.finish() % (spread + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::rules::Rules;
+
+    fn compile(src: &str) -> CompiledWorkflow {
+        let (wf, diags) =
+            crate::compile::load("t.yaml", src, &Default::default(), &Rules::shared());
+        wf.unwrap_or_else(|| panic!("{diags:#?}"))
+    }
+
+    const PAY: &str = r#"
+workflow: pay
+version: 1
+steps:
+  - id: prepare
+    set: { tries: 1 }
+    next: charge
+  - id: charge
+    call: payments.charge
+    next: done
+  - id: done
+    complete: { output: { paid: true } }
+"#;
+
+    /// Runs `inst` until it waits on a call; returns the journal so far.
+    fn call_key(inst: &Instance) -> (u32, u32, String) {
+        inst.frames
+            .iter()
+            .find_map(|(&id, f)| match &f.state {
+                FrameState::Calling { attempt, key, .. } => Some((id, *attempt, key.clone())),
+                _ => None,
+            })
+            .expect("a call in flight")
+    }
+
+    #[test]
+    fn a_failed_step_is_retried_from_where_it_failed_and_replays_the_same() {
+        let wf = compile(PAY);
+        let start = Instance::start_record(&wf, json!({}), None, None, 1_000);
+        let mut inst = Instance::start("i1", &wf, start.clone());
+        let mut journal = vec![start];
+        journal.extend(inst.advance(&wf, 1_000));
+        let (frame, attempt, key) = call_key(&inst);
+        assert_eq!((attempt, key.as_str()), (1, "i1:charge:1"));
+        journal.extend(inst.on_call_result(
+            &wf,
+            frame,
+            attempt,
+            Err(StepError::new("card_declined", "declined")),
+            2_000,
+        ));
+        journal.extend(inst.advance(&wf, 2_000));
+        assert_eq!(inst.status, Status::Failed);
+
+        let retried = inst.retry(&wf, 3_000).unwrap();
+        assert_eq!(
+            retried,
+            vec![Record::RetryRequested {
+                step: "charge".into(),
+                at: 3_000
+            }]
+        );
+        journal.extend(retried);
+        assert_eq!(inst.status, Status::Running);
+        assert_eq!(inst.error, None);
+        journal.extend(inst.advance(&wf, 3_000));
+        // A new visit of the step: a new idempotency key, so the provider does not
+        // answer with the cached failure.
+        let (frame, attempt, key) = call_key(&inst);
+        assert_eq!((attempt, key.as_str()), (1, "i1:charge:2"));
+        assert_eq!(inst.vars["tries"], json!(1), "variables are kept");
+        journal.extend(inst.on_call_result(&wf, frame, attempt, Ok(json!({"id": "ch_1"})), 4_000));
+        journal.extend(inst.advance(&wf, 4_000));
+        assert_eq!(inst.status, Status::Completed);
+        assert_eq!(inst.output, Some(json!({"paid": true})));
+
+        let replayed = Instance::replay("i1", &wf, &journal);
+        assert_eq!(replayed.status, Status::Completed);
+        assert_eq!(replayed.records, inst.records);
+        assert_eq!(replayed.records, journal.len() as u64);
+        let back: Vec<Record> = journal
+            .iter()
+            .map(|r| serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap())
+            .collect();
+        assert_eq!(back, journal, "the new record round-trips through JSON");
+    }
+
+    #[test]
+    fn only_failed_instances_whose_step_failed_can_be_retried() {
+        let wf = compile(PAY);
+        let start = Instance::start_record(&wf, json!({}), None, None, 0);
+        let mut running = Instance::start("i2", &wf, start);
+        running.advance(&wf, 0);
+        assert_eq!(
+            running.retry(&wf, 1),
+            Err(RetryRefused::NotFailed("running"))
+        );
+
+        let compensated = compile(
+            r#"
+workflow: comp
+version: 1
+steps:
+  - id: reserve
+    call: stock.reserve
+    compensate: release
+    next: ship
+  - id: ship
+    call: shipping.send
+compensations:
+  - id: release
+    set: { released: true }
+"#,
+        );
+        let start = Instance::start_record(&compensated, json!({}), None, None, 0);
+        let mut inst = Instance::start("i3", &compensated, start);
+        inst.advance(&compensated, 0);
+        let (f, a, _) = call_key(&inst);
+        inst.on_call_result(&compensated, f, a, Ok(json!({})), 1);
+        inst.advance(&compensated, 1);
+        let (f, a, _) = call_key(&inst);
+        inst.on_call_result(&compensated, f, a, Err(StepError::new("down", "down")), 2);
+        inst.advance(&compensated, 2);
+        assert_eq!(inst.status, Status::Failed);
+        assert!(matches!(
+            inst.retry(&compensated, 3),
+            Err(RetryRefused::NotRetryable(m)) if m.contains("compensations")
+        ));
+    }
+
+    #[test]
+    fn a_failure_handled_by_the_workflow_handler_retries_the_step_that_failed() {
+        let wf = compile(
+            r#"
+workflow: handled
+version: 1
+on_error: notify
+steps:
+  - id: charge
+    call: payments.charge
+    next: done
+  - id: done
+    complete: {}
+  - id: notify
+    fail: { code: gave_up, message: "charge failed" }
+"#,
+        );
+        let start = Instance::start_record(&wf, json!({}), None, None, 0);
+        let mut inst = Instance::start("i4", &wf, start);
+        inst.advance(&wf, 0);
+        let (f, a, _) = call_key(&inst);
+        inst.on_call_result(&wf, f, a, Err(StepError::new("declined", "no")), 1);
+        inst.advance(&wf, 1);
+        assert_eq!(inst.status, Status::Failed);
+        assert_eq!(inst.error.as_ref().unwrap().code, "gave_up");
+        let r = inst.retry(&wf, 2).unwrap();
+        assert!(matches!(&r[0], Record::RetryRequested { step, .. } if step == "charge"));
+    }
+
+    #[test]
+    fn step_durations_are_collected_in_journal_time_only_on_request() {
+        let wf = compile(PAY);
+        let start = Instance::start_record(&wf, json!({}), None, None, 0);
+        let mut inst = Instance::start("i5", &wf, start);
+        inst.advance(&wf, 0);
+        assert_eq!(inst.timings, None);
+        inst.timings = Some(Vec::new());
+        let (f, a, _) = call_key(&inst);
+        inst.on_call_result(&wf, f, a, Ok(json!({})), 250);
+        inst.advance(&wf, 250);
+        let timings = inst.timings.take().unwrap();
+        assert_eq!(
+            timings[0],
+            StepTiming {
+                step: "charge".into(),
+                millis: 250,
+                ok: true
+            }
+        );
+    }
 }

@@ -8,5 +8,7 @@
 mod instance;
 pub mod record;
 
-pub use instance::{Effect, FrameState, Instance, Status, MAX_FRAMES, MAX_TRANSITIONS};
+pub use instance::{
+    Effect, FrameState, Instance, RetryRefused, Status, StepTiming, MAX_FRAMES, MAX_TRANSITIONS,
+};
 pub use record::{Event, Millis, ParentRef, Record, StepError};

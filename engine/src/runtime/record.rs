@@ -201,6 +201,13 @@ pub enum Record {
         reason: String,
         at: Millis,
     },
+    /// An operator asked to run a failed instance's failed step again (`POST
+    /// /v1/instances/{id}/retry`): the instance is running again from `step`, with the
+    /// variables it had when it failed.
+    RetryRequested {
+        step: String,
+        at: Millis,
+    },
     /// Completed steps are undone, in this order (newest first), before the instance ends.
     CompensationStarted {
         steps: Vec<String>,
@@ -238,6 +245,7 @@ impl Record {
             | Record::SubFinished { at, .. }
             | Record::StepFailed { at, .. }
             | Record::CancelRequested { at, .. }
+            | Record::RetryRequested { at, .. }
             | Record::CompensationStarted { at, .. }
             | Record::Completed { at, .. }
             | Record::Failed { at, .. }
@@ -262,6 +270,7 @@ impl Record {
             Record::SubFinished { .. } => "sub_finished",
             Record::StepFailed { .. } => "step_failed",
             Record::CancelRequested { .. } => "cancel_requested",
+            Record::RetryRequested { .. } => "retry_requested",
             Record::CompensationStarted { .. } => "compensation_started",
             Record::Completed { .. } => "completed",
             Record::Failed { .. } => "failed",
