@@ -35,6 +35,28 @@ pub struct CompiledWorkflow {
     pub entry: usize,
     pub on_error: Option<usize>,
     pub rules: Arc<Rules>,
+    pub triggers: Vec<Trigger>,
+}
+
+/// What starts a workflow besides the API.
+#[derive(Debug)]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    /// Renders the new instance's input; without it the event's data is the input.
+    pub input: Option<Template>,
+}
+
+#[derive(Debug)]
+pub enum TriggerKind {
+    Event {
+        event_type: String,
+        when: Option<AST>,
+    },
+    Schedule {
+        cron: Box<croner::Cron>,
+        pattern: String,
+        timezone: chrono_tz::Tz,
+    },
 }
 
 #[derive(Debug)]
@@ -158,6 +180,7 @@ pub fn compile(
         let step = c.step(s);
         c.steps.push(step);
     }
+    let triggers = def.triggers.iter().filter_map(|t| c.trigger(t)).collect();
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
     let Compiler {
         diags,
@@ -183,6 +206,7 @@ pub fn compile(
             entry: 0,
             on_error,
             rules: rules.clone(),
+            triggers,
         },
         diags,
     )
@@ -238,6 +262,25 @@ impl Compiler<'_> {
             );
         }
         t
+    }
+
+    fn trigger(&mut self, t: &definition::TriggerDef) -> Option<Trigger> {
+        let kind = match &t.source {
+            definition::TriggerSource::Event { event, when } => TriggerKind::Event {
+                event_type: event.value.clone(),
+                when: when.as_ref().map(|w| self.script(w, true)),
+            },
+            definition::TriggerSource::Schedule { cron, timezone } => TriggerKind::Schedule {
+                // The reader checked both parse.
+                cron: Box::new(cron.value.parse().ok()?),
+                pattern: cron.value.clone(),
+                timezone: timezone.value.parse().ok()?,
+            },
+        };
+        Some(Trigger {
+            kind,
+            input: t.input.as_ref().map(|i| self.template(&i.node)),
+        })
     }
 
     fn step(&mut self, s: &StepDef) -> Step {

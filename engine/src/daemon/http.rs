@@ -219,14 +219,17 @@ async fn deliver(
 ) -> Result<Json<Value>, ApiError> {
     let Json(b) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.body_text()))?;
-    let woken = d
-        .deliver(Event {
-            event_type: b.event_type,
-            key: b.key,
-            data: b.data,
-            id: b.id,
-        })
-        .await
-        .map_err(internal)?;
-    Ok(Json(json!({"woken": woken})))
+    let event = Event {
+        event_type: b.event_type,
+        key: b.key,
+        data: b.data,
+        id: b.id,
+    };
+    let woken = d.deliver(event.clone()).await.map_err(internal)?;
+    let triggered = super::triggers::start_for_event(&d, &event).await;
+    Ok(Json(json!({
+        "woken": woken,
+        "started": triggered.started,
+        "trigger_errors": triggered.failed,
+    })))
 }

@@ -47,6 +47,31 @@ pub struct WorkflowDef {
     pub on_error: Option<Spanned<String>>,
     pub steps: Vec<StepDef>,
     pub compensations: Vec<StepDef>,
+    /// What starts the workflow besides the API: events and schedules.
+    pub triggers: Vec<TriggerDef>,
+}
+
+/// One `triggers:` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriggerDef {
+    pub span: Span,
+    pub source: TriggerSource,
+    /// The new instance's input; `${event...}` (event triggers) and `${now}` are available.
+    pub input: Option<Template>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TriggerSource {
+    /// An event delivered to `POST /v1/events`, optionally filtered by a Rhai expression.
+    Event {
+        event: Spanned<String>,
+        when: Option<Script>,
+    },
+    /// A cron schedule in a time zone.
+    Schedule {
+        cron: Spanned<String>,
+        timezone: Spanned<String>,
+    },
 }
 
 /// The type of an input field.

@@ -33,7 +33,9 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "on_error",
     "steps",
     "compensations",
+    "triggers",
 ];
+pub(crate) const TRIGGER_FIELDS: &[&str] = &["event", "when", "schedule", "timezone", "input"];
 pub(crate) const STEP_COMMON: &[&str] = &[
     "id",
     "description",
@@ -299,6 +301,10 @@ impl Reader<'_> {
             Some(n) => self.steps(n, "`compensations`"),
             None => Vec::new(),
         };
+        let triggers = f
+            .get("triggers")
+            .map(|n| self.triggers(n))
+            .unwrap_or_default();
         Some(WorkflowDef {
             file: self.file.to_string(),
             name: name?,
@@ -308,6 +314,98 @@ impl Reader<'_> {
             on_error,
             steps,
             compensations,
+            triggers,
+        })
+    }
+
+    fn triggers(&mut self, node: &Node) -> Vec<TriggerDef> {
+        let Value::Seq(items) = &node.value else {
+            self.hint(
+                node.span,
+                format!("`triggers` must be a list, found {}", node.kind_name()),
+                "for example:\n    triggers:\n      - event: ticket.created\n        when: event.data.priority == \"urgent\"",
+            );
+            return Vec::new();
+        };
+        items.iter().filter_map(|item| self.trigger(item)).collect()
+    }
+
+    fn trigger(&mut self, node: &Node) -> Option<TriggerDef> {
+        let f = self.fields(node, "a trigger", TRIGGER_FIELDS)?;
+        let input = f.get("input").map(|n| Template { node: n.clone() });
+        let source = match (f.get("event"), f.get("schedule")) {
+            (Some(event), None) => {
+                if f.get("timezone").is_some() {
+                    self.hint(
+                        f.key_span("timezone"),
+                        "`timezone` belongs to a `schedule:` trigger",
+                        "remove it, or make this a schedule trigger",
+                    );
+                }
+                TriggerSource::Event {
+                    event: self.string(event, "`event`")?,
+                    when: f.get("when").and_then(|n| self.script(n, "`when`")),
+                }
+            }
+            (None, Some(schedule)) => {
+                if f.get("when").is_some() {
+                    self.hint(
+                        f.key_span("when"),
+                        "`when` belongs to an `event:` trigger",
+                        "a schedule fires at its times; decide what to do in the first step",
+                    );
+                }
+                let cron = self.string(schedule, "`schedule`")?;
+                if let Err(e) = <croner::Cron as std::str::FromStr>::from_str(&cron.value) {
+                    self.hint(
+                        cron.span,
+                        format!("`schedule` is not a valid cron pattern: {e}"),
+                        "five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON-FRI\" for 09:00 on weekdays",
+                    );
+                    return None;
+                }
+                let timezone = match f.get("timezone") {
+                    Some(n) => self.string(n, "`timezone`")?,
+                    None => {
+                        self.hint(
+                            node.span,
+                            "a schedule trigger needs `timezone:`",
+                            "name an IANA time zone, e.g. `timezone: Europe/London` (or `UTC`)",
+                        );
+                        return None;
+                    }
+                };
+                if timezone.value.parse::<chrono_tz::Tz>().is_err() {
+                    self.hint(
+                        timezone.span,
+                        format!("unknown time zone `{}`", timezone.value),
+                        "use an IANA name such as Europe/London, America/New_York or UTC",
+                    );
+                    return None;
+                }
+                TriggerSource::Schedule { cron, timezone }
+            }
+            (Some(_), Some(_)) => {
+                self.hint(
+                    node.span,
+                    "a trigger has both `event` and `schedule`",
+                    "make two triggers: one for the event, one for the schedule",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.hint(
+                    node.span,
+                    "a trigger needs `event:` or `schedule:`",
+                    "e.g. `- event: ticket.created` or `- schedule: \"0 9 * * MON-FRI\"`",
+                );
+                return None;
+            }
+        };
+        Some(TriggerDef {
+            span: node.span,
+            source,
+            input,
         })
     }
 

@@ -99,6 +99,15 @@ pub fn workflow_schema() -> Value {
             "input" => json!({"type": "object", "additionalProperties": {"oneOf": [
                 {"enum": FieldType::NAMES},
                 {"type": "object", "additionalProperties": false, "required": ["type"], "properties": input_props}]}}),
+            "triggers" => json!({"type": "array", "items": {"oneOf": [
+                {"type": "object", "additionalProperties": false, "required": ["event"], "properties": {
+                    "event": {"type": "string", "description": "Event type, e.g. ticket.created"},
+                    "when": expr("Rhai filter over `event` (type, key, data, id)"),
+                    "input": {"description": "The new instance's input; `${event.data...}` templates"}}},
+                {"type": "object", "additionalProperties": false, "required": ["schedule", "timezone"], "properties": {
+                    "schedule": {"type": "string", "description": "Cron pattern, e.g. \"0 9 * * MON-FRI\""},
+                    "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/London"},
+                    "input": {"description": "The new instance's input; `${schedule.at}` is the occurrence"}}}]}}),
             _ => json!({"$ref": "#/$defs/steps"}),
         };
         top.insert((*f).into(), v);
