@@ -42,6 +42,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// File holding the journal key (default: CASEWORK_JOURNAL_KEY, else DATA/journal.key).
+        #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
+        journal_key_file: Option<PathBuf>,
     },
     /// Print a Mermaid flowchart of a workflow.
     Graph { file: PathBuf },
@@ -62,7 +65,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             data,
             addr,
             json,
-        } => inspect(&id, &data, &addr, json).await,
+            journal_key_file,
+        } => inspect(&id, &data, &addr, json, journal_key_file.as_deref()).await,
         Command::Graph { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -133,8 +137,10 @@ async fn inspect(
     data: &std::path::Path,
     addr: &str,
     as_json: bool,
+    key_file: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
-    let view = match crate::store::sled::SledStore::open(data) {
+    let key = crate::store::seal::KeySource::from_env(key_file)?;
+    let view = match crate::store::sled::SledStore::open_with(data, key) {
         Ok(store) => {
             let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
             let meta = store

@@ -4,7 +4,7 @@ use crate::clock::SystemClock;
 use crate::daemon::registry::{load_files, workflow_files};
 use crate::daemon::{http, Driver};
 use crate::plugin_host::{Ledger, NoPlugins, PluginHost};
-use crate::store::sled::SledStore;
+use crate::store::{seal::KeySource, sled::SledStore};
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Address for the HTTP API.
     #[arg(long, env = "CASEWORK_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// File holding the journal encryption key (64 hex characters). Default: the key in the
+    /// environment variable CASEWORK_JOURNAL_KEY, else DATA/journal.key (created on first start).
+    #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
+    pub journal_key_file: Option<PathBuf>,
     /// Testing only: answer every plugin call with a fake that appends its idempotency key to FILE.
     #[arg(long, hide = true)]
     pub test_ledger: Option<PathBuf>,
@@ -35,7 +39,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             args.workflows.display()
         ));
     }
-    let store = Arc::new(SledStore::open(&args.data).map_err(|e| anyhow!("{e}"))?);
+    let key = KeySource::from_env(args.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let store = Arc::new(SledStore::open_with(&args.data, key).map_err(|e| anyhow!("{e}"))?);
     let plugins: Arc<dyn PluginHost> = match &args.test_ledger {
         Some(path) => Arc::new(Ledger::new(path.clone())),
         None => Arc::new(NoPlugins),

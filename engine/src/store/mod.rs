@@ -1,5 +1,7 @@
 //! The only door to durable state: [`Store`]. Only `store::sled` imports sled.
 
+pub mod memory;
+pub mod seal;
 pub mod sled;
 
 use crate::runtime::{Millis, Record};
@@ -13,6 +15,10 @@ pub enum Error {
     Locked { path: String },
     #[error("casework: corrupt record in the journal of {instance}: {detail}")]
     Corrupt { instance: String, detail: String },
+    #[error("casework: journal key does not match this data directory ({path}); pass the key it was created with (CASEWORK_JOURNAL_KEY or --journal-key-file), or restore its journal.key")]
+    WrongKey { path: String },
+    #[error("casework: {0}")]
+    Key(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,11 +1,19 @@
-//! [`Store`] on sled: one tree per index, records as versioned JSON.
+//! [`Store`] on sled: one tree per index, records as versioned JSON, sealed at rest.
+//!
+//! Every value that can hold instance data (journal records, pinned definitions, event
+//! answers) is sealed with the journal key ([`super::seal`]), bound to its tree and key.
+//! Client-chosen strings in index keys (wait correlation keys, idempotency keys, event ids)
+//! are stored as keyed hashes. What stays clear holds only ids, names, status and times:
+//! the instance index (so `runnable` can scan it cheaply), timer keys and instance ids.
 
+use super::seal::{self, JournalKey, KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
 use std::path::Path;
 
 pub struct SledStore {
     db: ::sled::Db,
+    sealer: Sealer,
     journal: ::sled::Tree,
     instances: ::sled::Tree,
     definitions: ::sled::Tree,
@@ -19,9 +27,31 @@ fn io(e: ::sled::Error) -> Error {
     Error::Io(e.to_string())
 }
 
+/// Tree and key of the sealed check value that tells a wrong key at open.
+const SEAL_TREE: &str = "seal";
+const CHECK_KEY: &[u8] = b"check";
+const CHECK_TEXT: &[u8] = b"casework journal key check v1";
+/// Trees whose content says the data directory is in use.
+const DATA_TREES: [&str; 7] = [
+    "journal",
+    "instances",
+    "definitions",
+    "idempotency",
+    "timers",
+    "waits",
+    "events",
+];
+
 impl SledStore {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`, with the key file of the data directory
+    /// (`<dir>/journal.key`, created on first open). See [`SledStore::open_with`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, KeySource::DataDir)
+    }
+
+    /// Open (or create) the store in `dir`, sealed with the key from `source`. A key that does
+    /// not match the one the directory was created with is [`Error::WrongKey`].
+    pub fn open_with(dir: &Path, source: KeySource) -> Result<Self> {
         let db = ::sled::Config::new()
             .path(dir)
             .mode(::sled::Mode::HighThroughput)
@@ -37,16 +67,67 @@ impl SledStore {
                 }
                 other => io(other),
             })?;
-        Self::from_db(db)
+        let sealed = db
+            .open_tree(SEAL_TREE)
+            .map_err(io)?
+            .contains_key(CHECK_KEY)
+            .map_err(io)?;
+        if !sealed {
+            refuse_unsealed_data(&db, dir)?;
+        }
+        let key = match source {
+            KeySource::Explicit(k) => k,
+            KeySource::DataDir => {
+                let path = seal::key_file(dir);
+                if path.exists() {
+                    seal::check_key_file_mode(&path);
+                    JournalKey::from_file(&path)?
+                } else if !sealed {
+                    let key = seal::create_key_file(dir)?;
+                    tracing::info!(
+                        file = %path.display(),
+                        "created a journal key; for production move it to a secret store and pass it as CASEWORK_JOURNAL_KEY"
+                    );
+                    key
+                } else {
+                    return Err(Error::Key(format!(
+                        "the data directory {} is encrypted but no journal key was given: pass it as CASEWORK_JOURNAL_KEY or --journal-key-file, or restore {}",
+                        dir.display(),
+                        path.display()
+                    )));
+                }
+            }
+        };
+        Self::from_db(db, &key, &dir.display().to_string())
     }
 
-    /// A store that lives only as long as the process (for `casework run` and tests).
+    /// A store that lives only as long as the process (for `casework run` and tests), with a random key.
     pub fn temporary() -> Result<Self> {
-        Self::from_db(::sled::Config::new().temporary(true).open().map_err(io)?)
+        let db = ::sled::Config::new().temporary(true).open().map_err(io)?;
+        Self::from_db(db, &JournalKey::random()?, "(temporary)")
     }
 
-    fn from_db(db: ::sled::Db) -> Result<Self> {
+    fn from_db(db: ::sled::Db, key: &JournalKey, path: &str) -> Result<Self> {
         let t = |name: &str| db.open_tree(name).map_err(io);
+        let sealer = Sealer::new(key);
+        let seal_tree = t(SEAL_TREE)?;
+        match seal_tree.get(CHECK_KEY).map_err(io)? {
+            Some(v) => match sealer.open(SEAL_TREE, CHECK_KEY, &v) {
+                Ok(text) if text == CHECK_TEXT => {}
+                Ok(_) | Err(OpenError::Auth) | Err(OpenError::Truncated) => {
+                    return Err(Error::WrongKey { path: path.into() })
+                }
+                Err(e @ OpenError::UnknownFormat(_)) => {
+                    return Err(Error::Key(format!("the data directory {path}: {e}")))
+                }
+            },
+            None => {
+                seal_tree
+                    .insert(CHECK_KEY, sealer.seal(SEAL_TREE, CHECK_KEY, CHECK_TEXT)?)
+                    .map_err(io)?;
+                db.flush().map_err(io)?;
+            }
+        }
         Ok(SledStore {
             journal: t("journal")?,
             instances: t("instances")?,
@@ -55,9 +136,50 @@ impl SledStore {
             timers: t("timers")?,
             waits: t("waits")?,
             events: t("events")?,
+            sealer,
             db,
         })
     }
+
+    fn seal(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        self.sealer.seal(tree, key, plain)
+    }
+
+    fn wait_prefix(&self, event_type: &str, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(event_type.len() + 17);
+        k.extend_from_slice(event_type.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&self.sealer.index_id("wait", key));
+        k
+    }
+
+    fn wait_key(&self, w: &Wait) -> Vec<u8> {
+        let mut k = self.wait_prefix(&w.event_type, &w.key);
+        k.extend_from_slice(w.instance.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&w.frame.to_be_bytes());
+        k
+    }
+
+    fn claim_id(&self, workflow: &str, key: &str) -> Vec<u8> {
+        let mut k = workflow.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&self.sealer.index_id("idempotency", key));
+        k
+    }
+}
+
+/// A data directory written before journal encryption: refuse rather than mix clear and sealed data.
+fn refuse_unsealed_data(db: &::sled::Db, dir: &Path) -> Result<()> {
+    for name in DATA_TREES {
+        if !db.open_tree(name).map_err(io)?.is_empty() {
+            return Err(Error::Key(format!(
+                "the data directory {} was written by a casework without journal encryption; start from an empty data directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn journal_key(instance: &str, seq: u64) -> Vec<u8> {
@@ -88,23 +210,6 @@ fn parse_timer_key(k: &[u8]) -> Option<Timer> {
     })
 }
 
-fn wait_prefix(event_type: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::new();
-    k.extend_from_slice(event_type.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k.push(0);
-    k
-}
-
-fn wait_key(w: &Wait) -> Vec<u8> {
-    let mut k = wait_prefix(&w.event_type, &w.key);
-    k.extend_from_slice(w.instance.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&w.frame.to_be_bytes());
-    k
-}
-
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Io(e.to_string()))
 }
@@ -117,7 +222,7 @@ impl Store for SledStore {
             self.timers.insert(timer_key(t), &[]).map_err(io)?;
         }
         for w in &b.waits_add {
-            self.waits.insert(wait_key(w), &[]).map_err(io)?;
+            self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
         }
         let mut batch = ::sled::Batch::default();
         for (i, r) in b.records.iter().enumerate() {
@@ -125,10 +230,9 @@ impl Store for SledStore {
                 v: VERSION,
                 record: r.clone(),
             };
-            batch.insert(
-                journal_key(&b.instance, b.first_seq + i as u64),
-                json(&stored)?,
-            );
+            let key = journal_key(&b.instance, b.first_seq + i as u64);
+            let value = self.seal("journal", &key, &json(&stored)?)?;
+            batch.insert(key, value);
         }
         self.journal.apply_batch(batch).map_err(io)?;
         if let Some(m) = &b.meta {
@@ -140,7 +244,7 @@ impl Store for SledStore {
             self.timers.remove(timer_key(t)).map_err(io)?;
         }
         for w in &b.waits_remove {
-            self.waits.remove(wait_key(w)).map_err(io)?;
+            self.waits.remove(self.wait_key(w)).map_err(io)?;
         }
         Ok(())
     }
@@ -152,22 +256,25 @@ impl Store for SledStore {
     fn journal(&self, instance: &str) -> Result<Vec<Record>> {
         let mut prefix = instance.as_bytes().to_vec();
         prefix.push(0);
+        let corrupt = |detail: String| Error::Corrupt {
+            instance: instance.into(),
+            detail,
+        };
         self.journal
             .scan_prefix(prefix)
             .map(|kv| {
-                let (_, v) = kv.map_err(io)?;
-                let stored: Stored = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                    instance: instance.into(),
-                    detail: e.to_string(),
-                })?;
+                let (k, v) = kv.map_err(io)?;
+                let plain = self
+                    .sealer
+                    .open("journal", &k, &v)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let stored: Stored =
+                    serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
                 if stored.v != VERSION {
-                    return Err(Error::Corrupt {
-                        instance: instance.into(),
-                        detail: format!(
-                            "journal version {} is newer than this casework understands",
-                            stored.v
-                        ),
-                    });
+                    return Err(corrupt(format!(
+                        "journal version {} is newer than this casework understands",
+                        stored.v
+                    )));
                 }
                 Ok(stored.record)
             })
@@ -222,23 +329,30 @@ impl Store for SledStore {
     }
 
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()> {
+        let value = self.seal("definitions", hash.as_bytes(), &json(def)?)?;
         self.definitions
-            .insert(hash.as_bytes(), json(def)?)
+            .insert(hash.as_bytes(), value)
             .map_err(io)?;
         Ok(())
     }
 
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
         match self.definitions.get(hash.as_bytes()).map_err(io)? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Io(e.to_string())),
+            Some(v) => {
+                let plain = self
+                    .sealer
+                    .open("definitions", hash.as_bytes(), &v)
+                    .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))?;
+                serde_json::from_slice(&plain)
+                    .map(Some)
+                    .map_err(|e| Error::Io(e.to_string()))
+            }
             None => Ok(None),
         }
     }
 
     fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>> {
-        let k = wait_prefix(workflow, key);
+        let k = self.claim_id(workflow, key);
         loop {
             match self
                 .keys
@@ -293,7 +407,7 @@ impl Store for SledStore {
     }
 
     fn waiters(&self, event_type: &str, key: &str) -> Result<Vec<Wait>> {
-        let prefix = wait_prefix(event_type, key);
+        let prefix = self.wait_prefix(event_type, key);
         self.waits
             .scan_prefix(&prefix)
             .map(|kv| {
@@ -311,16 +425,21 @@ impl Store for SledStore {
     }
 
     fn event_answer(&self, event_id: &str) -> Result<Option<serde_json::Value>> {
-        match self.events.get(event_id.as_bytes()).map_err(io)? {
-            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+        let k = self.sealer.index_id("event", event_id);
+        match self.events.get(k).map_err(io)? {
+            Some(v) => Ok(self
+                .sealer
+                .open("events", &k, &v)
+                .ok()
+                .and_then(|plain| serde_json::from_slice(&plain).ok())),
             None => Ok(None),
         }
     }
 
     fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()> {
-        self.events
-            .insert(event_id.as_bytes(), json(answer)?)
-            .map_err(io)?;
+        let k = self.sealer.index_id("event", event_id);
+        let value = self.seal("events", &k, &json(answer)?)?;
+        self.events.insert(k, value).map_err(io)?;
         Ok(())
     }
 }
@@ -404,5 +523,145 @@ mod tests {
             s.claim_key("refund", "k1", "i3").unwrap(),
             Some("i2".into())
         );
+    }
+
+    fn meta(id: &str) -> InstanceMeta {
+        InstanceMeta {
+            id: id.into(),
+            workflow: "w".into(),
+            version: 1,
+            hash: "h".into(),
+            status: "parked".into(),
+            created_at: 0,
+            updated_at: 0,
+            parent: None,
+        }
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let s = SledStore::open(&data).unwrap();
+            s.put_event_answer("e1", &serde_json::json!(["a"])).unwrap();
+            s.flush().unwrap();
+        }
+        let file = seal::key_file(&data);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let s = SledStore::open(&data).unwrap();
+        assert_eq!(
+            s.event_answer("e1").unwrap(),
+            Some(serde_json::json!(["a"]))
+        );
+        drop(s);
+        // The same key given explicitly opens it too; the file can then be removed.
+        let key = JournalKey::from_file(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let s = SledStore::open_with(&data, KeySource::Explicit(key)).unwrap();
+        assert!(s.event_answer("e1").unwrap().is_some());
+        drop(s);
+        // Without any key, an encrypted directory is a clear error, and no new key is made up.
+        let err = SledStore::open(&data).err().unwrap().to_string();
+        assert!(err.contains("no journal key was given"), "{err}");
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn wrong_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        drop(SledStore::open(&data).unwrap());
+        let other = JournalKey::random().unwrap();
+        let err = SledStore::open_with(&data, KeySource::Explicit(other))
+            .err()
+            .expect("a wrong key must not open the store");
+        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("journal key does not match this data directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_record_moved_to_another_key_is_refused() {
+        let s = SledStore::temporary().unwrap();
+        let rec = Record::Cancelled {
+            reason: "r".into(),
+            at: 1,
+        };
+        s.write(&Batch {
+            instance: "a".into(),
+            records: vec![rec.clone(), rec.clone()],
+            meta: Some(meta("a")),
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(s.journal("a").unwrap().len(), 2);
+        // Copy a's first record under b's key: authentication fails, with no plaintext in the error.
+        let v = s.journal.get(journal_key("a", 0)).unwrap().unwrap();
+        s.journal.insert(journal_key("b", 0), v).unwrap();
+        let err = s.journal("b").unwrap_err().to_string();
+        assert!(err.contains("failed authentication"), "{err}");
+    }
+
+    #[test]
+    fn waits_and_claims_work_through_keyed_hashes() {
+        let s = SledStore::temporary().unwrap();
+        let w = Wait {
+            event_type: "approved".into(),
+            key: "jane@example.com".into(),
+            instance: "i1".into(),
+            frame: 7,
+        };
+        s.write(&Batch {
+            instance: "i1".into(),
+            waits_add: vec![w.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.waiters("approved", "jane@example.com").unwrap(),
+            vec![w.clone()]
+        );
+        assert!(s
+            .waiters("approved", "john@example.com")
+            .unwrap()
+            .is_empty());
+        let raw: Vec<u8> = s.waits.iter().next().unwrap().unwrap().0.to_vec();
+        assert!(!raw.windows(4).any(|x| x == b"jane"));
+        s.write(&Batch {
+            instance: "i1".into(),
+            waits_remove: vec![w],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert!(s
+            .waiters("approved", "jane@example.com")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn unsealed_data_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let db = ::sled::open(&data).unwrap();
+            db.open_tree("instances")
+                .unwrap()
+                .insert("a", json(&meta("a")).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(&data).err().unwrap().to_string();
+        assert!(err.contains("without journal encryption"), "{err}");
+        assert!(!seal::key_file(&data).exists());
     }
 }

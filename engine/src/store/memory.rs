@@ -1,0 +1,438 @@
+//! [`Store`] in memory, with the durability of a disk store made explicit, for tests and
+//! simulations.
+//!
+//! A [`MemoryStore`] is a cheap handle: clones share the same data, so a driver can be
+//! dropped ("crashed") and a fresh one started over what it left. Writes are visible to
+//! reads at once (as with sled) but only [`Store::flush`] makes them durable; the writes
+//! since the last flush are kept as an ordered list of operations. [`MemoryStore::crash`]
+//! keeps a prefix of that list (a log-structured store recovers a prefix of its writes; the
+//! driver's ordering rules assume no more), throws the rest away, and returns a new handle.
+//! Every handle from before the crash is dead: its reads and writes fail, so whatever the
+//! crashed driver still had running cannot touch the data any more.
+//!
+//! Nothing leaves the process, so values are not sealed.
+
+use super::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Mutex<Shared>>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    generation: u64,
+    /// Flushes succeed without making anything durable (see [`MemoryStore::hold_flushes`]).
+    hold: bool,
+    /// What reads see: durable data plus every write since the last flush.
+    live: Data,
+    durable: Data,
+    /// Writes since the last flush, in the order a disk store would log them.
+    pending: Vec<Op>,
+}
+
+#[derive(Clone, Default)]
+struct Data {
+    journal: BTreeMap<(String, u64), Record>,
+    instances: BTreeMap<String, InstanceMeta>,
+    definitions: HashMap<String, StoredDefinition>,
+    keys: HashMap<(String, String), String>,
+    timers: BTreeSet<(Millis, String, u32)>,
+    waits: BTreeSet<(String, String, String, u32)>,
+    events: HashMap<String, Value>,
+}
+
+#[derive(Clone)]
+enum Op {
+    TimerAdd(Timer),
+    TimerRemove(Timer),
+    WaitAdd(Wait),
+    WaitRemove(Wait),
+    /// One batch of records, atomic like sled's `apply_batch`.
+    Journal(String, u64, Vec<Record>),
+    Meta(InstanceMeta),
+    Definition(String, StoredDefinition),
+    Key(String, String, String),
+    EventAnswer(String, Value),
+}
+
+fn timer_tuple(t: &Timer) -> (Millis, String, u32) {
+    (t.at, t.instance.clone(), t.frame)
+}
+
+fn wait_tuple(w: &Wait) -> (String, String, String, u32) {
+    (
+        w.event_type.clone(),
+        w.key.clone(),
+        w.instance.clone(),
+        w.frame,
+    )
+}
+
+impl Data {
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::TimerAdd(t) => {
+                self.timers.insert(timer_tuple(t));
+            }
+            Op::TimerRemove(t) => {
+                self.timers.remove(&timer_tuple(t));
+            }
+            Op::WaitAdd(w) => {
+                self.waits.insert(wait_tuple(w));
+            }
+            Op::WaitRemove(w) => {
+                self.waits.remove(&wait_tuple(w));
+            }
+            Op::Journal(instance, first, records) => {
+                for (i, r) in records.iter().enumerate() {
+                    self.journal
+                        .insert((instance.clone(), first + i as u64), r.clone());
+                }
+            }
+            Op::Meta(m) => {
+                self.instances.insert(m.id.clone(), m.clone());
+            }
+            Op::Definition(hash, def) => {
+                self.definitions.insert(hash.clone(), def.clone());
+            }
+            Op::Key(workflow, key, id) => {
+                self.keys
+                    .insert((workflow.clone(), key.clone()), id.clone());
+            }
+            Op::EventAnswer(id, answer) => {
+                self.events.insert(id.clone(), answer.clone());
+            }
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore {
+            shared: Arc::new(Mutex::new(Shared::default())),
+            generation: 0,
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Shared>> {
+        let g = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if g.generation != self.generation {
+            return Err(Error::Io(
+                "this store handle belongs to a process that crashed".into(),
+            ));
+        }
+        Ok(g)
+    }
+
+    fn log(&self, ops: Vec<Op>) -> Result<()> {
+        let mut g = self.lock()?;
+        for op in ops {
+            g.live.apply(&op);
+            g.pending.push(op);
+        }
+        Ok(())
+    }
+
+    /// While `hold` is set, flushes report success but make nothing durable, so a test can
+    /// crash at an exact write with [`MemoryStore::crash`].
+    pub fn hold_flushes(&self, hold: bool) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).hold = hold;
+    }
+
+    /// How many writes are not durable yet.
+    pub fn pending_writes(&self) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .len()
+    }
+
+    /// Simulate a crash: the first `keep` writes since the last flush survive (as if the disk
+    /// had got that far), the rest are lost. Every existing handle stops working; the
+    /// returned one sees what survived.
+    pub fn crash(&self, keep: usize) -> MemoryStore {
+        let mut g = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(&mut g.pending);
+        for op in pending.iter().take(keep) {
+            g.durable.apply(op);
+        }
+        g.live = g.durable.clone();
+        g.generation += 1;
+        g.hold = false;
+        MemoryStore {
+            shared: self.shared.clone(),
+            generation: g.generation,
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, b: &Batch) -> Result<()> {
+        // Same order as the sled store: indexes first, then records, meta, removals.
+        let mut ops = Vec::new();
+        ops.extend(b.timers_add.iter().cloned().map(Op::TimerAdd));
+        ops.extend(b.waits_add.iter().cloned().map(Op::WaitAdd));
+        if !b.records.is_empty() {
+            ops.push(Op::Journal(
+                b.instance.clone(),
+                b.first_seq,
+                b.records.clone(),
+            ));
+        }
+        ops.extend(b.meta.iter().cloned().map(Op::Meta));
+        ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
+        ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
+        self.log(ops)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut g = self.lock()?;
+        if g.hold {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut g.pending);
+        for op in &pending {
+            g.durable.apply(op);
+        }
+        Ok(())
+    }
+
+    fn journal(&self, instance: &str) -> Result<Vec<Record>> {
+        let g = self.lock()?;
+        Ok(g.live
+            .journal
+            .range((instance.to_string(), 0)..=(instance.to_string(), u64::MAX))
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn instance(&self, id: &str) -> Result<Option<InstanceMeta>> {
+        Ok(self.lock()?.live.instances.get(id).cloned())
+    }
+
+    fn instances(&self, after: Option<&str>, limit: usize) -> Result<Vec<InstanceMeta>> {
+        let g = self.lock()?;
+        let iter: Box<dyn Iterator<Item = &InstanceMeta>> = match after {
+            Some(a) => Box::new(
+                g.live
+                    .instances
+                    .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                    .map(|(_, m)| m),
+            ),
+            None => Box::new(g.live.instances.values()),
+        };
+        Ok(iter.take(limit).cloned().collect())
+    }
+
+    fn runnable(&self) -> Result<Vec<InstanceMeta>> {
+        Ok(self
+            .lock()?
+            .live
+            .instances
+            .values()
+            .filter(|m| m.status == "running" || m.status == "compensating")
+            .cloned()
+            .collect())
+    }
+
+    fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()> {
+        self.log(vec![Op::Definition(hash.to_string(), def.clone())])
+    }
+
+    fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
+        Ok(self.lock()?.live.definitions.get(hash).cloned())
+    }
+
+    fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>> {
+        let mut g = self.lock()?;
+        let k = (workflow.to_string(), key.to_string());
+        if let Some(holder) = g.live.keys.get(&k) {
+            // A claim whose instance never got journaled (crash in between) is free again.
+            if holder == id || g.live.instances.contains_key(holder) {
+                return Ok(Some(holder.clone()));
+            }
+        }
+        let op = Op::Key(k.0, k.1, id.to_string());
+        g.live.apply(&op);
+        g.pending.push(op);
+        Ok(None)
+    }
+
+    fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>> {
+        Ok(self
+            .lock()?
+            .live
+            .timers
+            .iter()
+            .take_while(|t| t.0 <= now)
+            .take(limit)
+            .map(|(at, instance, frame)| Timer {
+                at: *at,
+                instance: instance.clone(),
+                frame: *frame,
+            })
+            .collect())
+    }
+
+    fn next_timer(&self) -> Result<Option<Millis>> {
+        Ok(self.lock()?.live.timers.first().map(|t| t.0))
+    }
+
+    fn waiters(&self, event_type: &str, key: &str) -> Result<Vec<Wait>> {
+        let g = self.lock()?;
+        let from = (event_type.to_string(), key.to_string(), String::new(), 0);
+        Ok(g.live
+            .waits
+            .range(from..)
+            .take_while(|w| w.0 == event_type && w.1 == key)
+            .map(|(event_type, key, instance, frame)| Wait {
+                event_type: event_type.clone(),
+                key: key.clone(),
+                instance: instance.clone(),
+                frame: *frame,
+            })
+            .collect())
+    }
+
+    fn event_answer(&self, event_id: &str) -> Result<Option<Value>> {
+        Ok(self.lock()?.live.events.get(event_id).cloned())
+    }
+
+    fn put_event_answer(&self, event_id: &str, answer: &Value) -> Result<()> {
+        self.log(vec![Op::EventAnswer(event_id.to_string(), answer.clone())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, status: &str) -> InstanceMeta {
+        InstanceMeta {
+            id: id.into(),
+            workflow: "w".into(),
+            version: 1,
+            hash: "h".into(),
+            status: status.into(),
+            created_at: 0,
+            updated_at: 0,
+            parent: None,
+        }
+    }
+
+    fn rec(at: Millis) -> Record {
+        Record::Cancelled {
+            reason: "r".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn reads_see_writes_but_a_crash_keeps_only_what_was_flushed() {
+        let s = MemoryStore::new();
+        s.write(&Batch {
+            instance: "a".into(),
+            records: vec![rec(1)],
+            meta: Some(meta("a", "running")),
+            ..Batch::default()
+        })
+        .unwrap();
+        s.flush().unwrap();
+        s.write(&Batch {
+            instance: "a".into(),
+            first_seq: 1,
+            records: vec![rec(2)],
+            meta: Some(meta("a", "completed")),
+            timers_add: vec![Timer {
+                at: 5,
+                instance: "a".into(),
+                frame: 0,
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(s.journal("a").unwrap().len(), 2);
+        assert_eq!(s.pending_writes(), 3);
+        // Keep the timer only: the record and the meta after it are lost.
+        let s2 = s.crash(1);
+        assert!(s.journal("a").is_err(), "the old handle is dead");
+        assert_eq!(s2.journal("a").unwrap(), vec![rec(1)]);
+        assert_eq!(s2.instance("a").unwrap().unwrap().status, "running");
+        assert_eq!(s2.next_timer().unwrap(), Some(5));
+        assert_eq!(s2.runnable().unwrap().len(), 1);
+        // Clones share data.
+        let s3 = s2.clone();
+        s3.put_event_answer("e", &serde_json::json!(1)).unwrap();
+        assert!(s2.event_answer("e").unwrap().is_some());
+    }
+
+    #[test]
+    fn waiters_timers_instances_and_claims() {
+        let s = MemoryStore::new();
+        let w = |k: &str, i: &str| Wait {
+            event_type: "ev".into(),
+            key: k.into(),
+            instance: i.into(),
+            frame: 1,
+        };
+        let t = |at, i: &str| Timer {
+            at,
+            instance: i.into(),
+            frame: 1,
+        };
+        s.write(&Batch {
+            instance: "x".into(),
+            waits_add: vec![w("k", "b"), w("k", "a"), w("kk", "c")],
+            timers_add: vec![t(300, "c"), t(-5, "a"), t(100, "b")],
+            meta: Some(meta("b", "parked")),
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.waiters("ev", "k").unwrap(),
+            vec![w("k", "a"), w("k", "b")]
+        );
+        assert_eq!(
+            s.due_timers(200, 10).unwrap(),
+            vec![t(-5, "a"), t(100, "b")]
+        );
+        assert_eq!(s.due_timers(200, 1).unwrap(), vec![t(-5, "a")]);
+        s.write(&Batch {
+            instance: "a".into(),
+            meta: Some(meta("a", "running")),
+            ..Batch::default()
+        })
+        .unwrap();
+        let ids = |v: Vec<InstanceMeta>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.instances(None, 10).unwrap()), vec!["a", "b"]);
+        assert_eq!(ids(s.instances(Some("a"), 10).unwrap()), vec!["b"]);
+        assert_eq!(ids(s.runnable().unwrap()), vec!["a"]);
+        assert_eq!(s.claim_key("w", "k", "zz").unwrap(), None);
+        assert_eq!(
+            s.claim_key("w", "k", "a").unwrap(),
+            None,
+            "zz never journaled"
+        );
+        assert_eq!(s.claim_key("w", "k", "q").unwrap(), Some("a".into()));
+    }
+}
