@@ -518,6 +518,19 @@ async fn handle(
     state: &mut Option<(Instance, Arc<CompiledWorkflow>)>,
     msg: Msg,
 ) {
+    // A start for an instance that exists already (a parent reloaded while its child's first
+    // start was in flight re-issues it) must not begin it again: that would rewrite its
+    // journal from record 0. Messages to one id are handled in order, so by now the first
+    // start has been journaled (or has failed, and this one goes ahead).
+    let msg = match msg {
+        Msg::Start { reply, .. }
+            if state.is_some() || matches!(inner.store.instance(id), Ok(Some(_))) =>
+        {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        m => m,
+    };
     let now = inner.clock.now_ms();
     let mut fresh = false;
     let mut start_reply = None;
@@ -532,6 +545,22 @@ async fn handle(
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load instance");
                     if let Msg::Timer(t) = &msg {
+                        // A crash between writing a new instance's timer (indexes go first)
+                        // and its first records leaves a timer for an instance that never
+                        // existed. Nothing would ever consume it: it would fire again at every
+                        // tick and, once enough piled up, hide the real timers behind it.
+                        if matches!(inner.store.instance(id), Ok(None)) {
+                            let stale = Batch {
+                                instance: id.to_string(),
+                                timers_remove: vec![t.clone()],
+                                ..Batch::default()
+                            };
+                            if inner.store.write(&stale).is_ok() {
+                                tracing::warn!(
+                                    "dropped a timer of an instance that was never journaled"
+                                );
+                            }
+                        }
                         inner
                             .firing
                             .lock()
@@ -645,9 +674,27 @@ async fn handle(
             });
         }
     }
+    // A child is started only after this batch commits, and a parent waiting on a child is
+    // parked: if the process dies in between, nothing would ever load the parent again to
+    // start the child. A timer due now does (on a fresh load the start is re-issued, a no-op
+    // if the child exists); once fired it is removed like any stale timer.
+    for r in &batch.records {
+        if let Record::SubStarted { frame, .. } = r {
+            batch.timers_add.push(Timer {
+                at: now,
+                instance: id.to_string(),
+                frame: *frame,
+            });
+        }
+    }
+    // A crash can keep a batch's records but lose the index entry written after them, so
+    // the index may say `running` for an instance whose journal has ended (or parked it).
+    // On a fresh load the journal is the truth: rewrite a stale entry.
+    let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
     let changed = !batch.records.is_empty()
         || !batch.timers_add.is_empty()
-        || !batch.timers_remove.is_empty();
+        || !batch.timers_remove.is_empty()
+        || stale_meta;
     if changed {
         let written = inner.store.write(&batch).map_err(|e| e.to_string());
         let committed = match written {
@@ -805,12 +852,17 @@ fn reply_false(msg: Msg) {
     }
 }
 
-fn child_result(inner: &Inner, child: &str) -> Option<Result<Value, StepError>> {
+fn child_result(inner: &Arc<Inner>, child: &str) -> Option<Result<Value, StepError>> {
     let meta = inner.store.instance(child).ok()??;
+    let journal = inner.store.journal(child).ok()?;
     if !meta.is_final() {
+        // The index can lag the journal (a crash between the two writes of the child's last
+        // batch). Then reload the child: it repairs its entry and reports to its parent.
+        if journal.last().is_some_and(Record::is_final) {
+            inner.send(child, Msg::Resume);
+        }
         return None;
     }
-    let journal = inner.store.journal(child).ok()?;
     journal.iter().rev().find_map(|r| match r {
         Record::Completed { output, .. } => Some(Ok(output.clone())),
         Record::Failed { error, .. } => Some(Err(error.clone())),

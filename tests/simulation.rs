@@ -1,0 +1,1160 @@
+//! Seeded simulation: many instances over a few workflows (call, retry, wait, sleep,
+//! parallel), a fake integration that fails at random, events at random virtual times
+//! (duplicates, and some for keys nobody waits on), and crashes at random points: the
+//! driver is dropped with everything it had in flight, the in-memory store keeps only what
+//! was flushed plus a random prefix of what was not, and a fresh driver resumes.
+//!
+//! At the end every instance must have finished, no idempotency key may have been used for
+//! two different effects, every effect must have been journaled (`call_started`) before it
+//! was applied, every acknowledged record must still be in the journal, and replaying each
+//! journal must give the state the engine reports, also after one more restart.
+//!
+//! `CASEWORK_SIM_SEED=N` runs one seed; `CASEWORK_SIM_SEEDS=K` runs seeds 0..K (default 200).
+//! A seed fixes the scenario (instances, events, crash times, what the integration answers);
+//! task interleaving inside a tick is tokio's and may differ between runs.
+//!
+//! The tests after the simulation are deterministic: they hold every flush, then crash
+//! keeping an exact prefix of the writes (each prefix in turn, for one request of each
+//! workflow), which is where the simulation found the driver's recovery bugs.
+
+use casework::clock::{Clock, ManualClock};
+use casework::compile::{self, rules::Rules};
+use casework::daemon::driver::Observer;
+use casework::daemon::Driver;
+use casework::plugin_host::{CallContext, CallFuture, PluginError, PluginHost};
+use casework::runtime::{Event, Instance, Millis, Record};
+use casework::store::memory::MemoryStore;
+use casework::store::Store;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+const T0: Millis = 1_767_225_600_000;
+const MIN: Millis = 60_000;
+
+const WORKFLOWS: [&str; 6] = [
+    r#"
+workflow: order
+version: 1
+input:
+  n: { type: integer, required: true }
+  card: { type: string, sensitive: true }
+steps:
+  - id: charge
+    call: pay.charge
+    with: { n: "${input.n}", card: "${input.card}" }
+    retry: { max_attempts: 15, backoff: 2s, max_delay: 1m }
+    save_as: charge
+    on_error: declined
+    next: approval
+  - id: approval
+    wait: { event: approve, key: input.n, timeout: 2h, on_timeout: expired }
+    save_as: approval
+    next: nap
+  - id: nap
+    sleep: 10m
+    next: notify
+  - id: notify
+    call: mail.send
+    with: { n: "${input.n}" }
+    retry: { max_attempts: 15, backoff: 1s, max_delay: 1m }
+    save_as: mail
+    next: done
+  - id: done
+    complete: { output: { charge: "${vars.charge.v}", by: "${vars.approval.data.by}" } }
+  - id: declined
+    complete: { output: { declined: "${vars.error.code}" } }
+  - id: expired
+    complete: { output: expired }
+"#,
+    r#"
+workflow: fanout
+version: 1
+input: { n: integer }
+steps:
+  - id: fan
+    parallel:
+      branches:
+        - id: chat
+          steps:
+            - id: post
+              call: chat.post
+              with: { n: "${input.n}" }
+              retry: { max_attempts: 15, backoff: 1s, max_delay: 1m }
+        - id: mail
+          steps:
+            - { id: pause, sleep: 5m, next: send }
+            - id: send
+              call: mail.send
+              with: { n: "${input.n}" }
+              retry: { max_attempts: 15, backoff: 3s, max_delay: 1m }
+    save_as: out
+    next: done
+  - id: done
+    complete: { output: "${vars.out.keys().len()}" }
+"#,
+    r#"
+workflow: race
+version: 1
+input: { n: integer }
+steps:
+  - id: race
+    parallel:
+      join: first
+      branches:
+        - id: ack
+          steps:
+            - { id: wait_ack, wait: { event: ack, key: input.n, timeout: 3h, on_timeout: late } }
+            - { id: late, set: { late: true } }
+        - id: clock
+          steps:
+            - { id: nap, sleep: 45m }
+    save_as: first
+    next: page
+  - id: page
+    call: paging.notify
+    with: { n: "${input.n}" }
+    retry: { max_attempts: 15, backoff: 1s, max_delay: 1m }
+    next: done
+  - id: done
+    complete: { output: done }
+"#,
+    r#"
+workflow: poll
+version: 1
+input: { n: integer }
+steps:
+  - id: check
+    call: crm.status
+    with: { n: "${input.n}" }
+    retry: { max_attempts: 15, backoff: 1s, max_delay: 1m }
+    save_as: st
+    next: decide
+  - id: decide
+    switch:
+      - when: vars.st.ready
+        goto: done
+    default: later
+  - id: later
+    sleep: 15m
+    next: check
+  - id: done
+    complete: { output: "${vars.st.v}" }
+"#,
+    r#"
+workflow: parent
+version: 1
+input: { n: integer }
+steps:
+  - id: prepare
+    call: crm.open
+    with: { n: "${input.n}" }
+    retry: { max_attempts: 15, backoff: 1s, max_delay: 1m }
+    next: child
+  - id: child
+    subworkflow: ask
+    with: { n: "${input.n}" }
+    save_as: answer
+    next: done
+  - id: done
+    complete: { output: "${vars.answer}" }
+"#,
+    // No timeout: only the answer ends it (the client sends it until it wakes someone).
+    r#"
+workflow: ask
+version: 1
+input: { n: integer }
+steps:
+  - id: ask
+    wait: { event: answer, key: input.n }
+    save_as: a
+    next: done
+  - id: done
+    complete: { output: "${vars.a.data.by}" }
+"#,
+];
+
+const NAMES: [&str; 5] = ["order", "fanout", "race", "poll", "parent"];
+
+/// A deterministic hash of the seed and some parts (FNV-1a, then a splitmix finish).
+fn h(seed: u64, parts: &[&dyn std::fmt::Display]) -> u64 {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for p in parts {
+        for b in p.to_string().bytes().chain([0xff]) {
+            x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// What the outside world saw of one idempotency key.
+#[derive(Clone, Debug)]
+struct Applied {
+    target: String,
+    input: Value,
+    output: Value,
+    instance: String,
+}
+
+#[derive(Default)]
+struct WorldState {
+    applied: BTreeMap<String, Applied>,
+    requests: BTreeMap<String, u32>,
+    /// A key used for two different effects (target or input differ).
+    conflicts: Vec<String>,
+}
+
+/// The fake integrations: fail or answer by seed, apply each key's effect once (like a
+/// provider that deduplicates on the idempotency key) and record every effect applied.
+struct World {
+    seed: u64,
+    state: Mutex<WorldState>,
+}
+
+fn visit_of(key: &str) -> u32 {
+    key.rsplit(':')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl PluginHost for World {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
+        Box::pin(async move {
+            let seed = self.seed;
+            let key = ctx.idempotency_key.clone();
+            let target = format!("{plugin}.{action}");
+            let n = input["n"].as_i64().unwrap_or(-1);
+            let visit = visit_of(&key);
+            let nth = {
+                let mut s = self.state.lock().unwrap();
+                let c = s.requests.entry(key.clone()).or_default();
+                *c += 1;
+                *c
+            };
+            // Let other tasks run, so a crash can land in the middle of a call.
+            let yields = h(seed, &[&n, &target, &visit, &nth, &"yield"]) % 4;
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            if target == "pay.charge" && h(seed, &[&n, &"declined"]).is_multiple_of(10) {
+                return Err(PluginError {
+                    code: "card_declined".into(),
+                    message: "declined".into(),
+                    retryable: false,
+                });
+            }
+            let roll = h(seed, &[&n, &target, &visit, &nth, &"roll"]) % 100;
+            if roll < 25 {
+                return Err(PluginError {
+                    code: "unavailable".into(),
+                    message: "try later".into(),
+                    retryable: true,
+                });
+            }
+            let output = {
+                let mut s = self.state.lock().unwrap();
+                match s.applied.get(&key).cloned() {
+                    Some(a) => {
+                        if a.target != target || a.input != input || a.instance != ctx.instance_id {
+                            s.conflicts.push(format!(
+                                "{key}: first {} {} for {}, now {target} {input} for {}",
+                                a.target, a.input, a.instance, ctx.instance_id
+                            ));
+                        }
+                        a.output
+                    }
+                    None => {
+                        let ready =
+                            visit >= 3 || h(seed, &[&n, &visit, &"ready"]).is_multiple_of(2);
+                        let output = json!({
+                            "v": h(seed, &[&n, &target, &visit, &"v"]) % 1000,
+                            "ready": ready,
+                        });
+                        s.applied.insert(
+                            key.clone(),
+                            Applied {
+                                target: target.clone(),
+                                input: input.clone(),
+                                output: output.clone(),
+                                instance: ctx.instance_id.clone(),
+                            },
+                        );
+                        output
+                    }
+                }
+            };
+            if roll < 40 {
+                // Applied, but the answer never arrives: the engine must retry under the same key.
+                return Err(PluginError {
+                    code: "timeout".into(),
+                    message: "no answer".into(),
+                    retryable: true,
+                });
+            }
+            Ok(output)
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Start(usize),
+    Deliver(Event),
+    Crash { polls: u32 },
+}
+
+/// Everything that outlives a crash: the scenario, the store, the outside world, the clock.
+struct Sim {
+    seed: u64,
+    rng: StdRng,
+    clock: Arc<ManualClock>,
+    world: Arc<World>,
+    store: MemoryStore,
+    queue: VecDeque<(Millis, Action)>,
+    kinds: BTreeMap<usize, &'static str>,
+    /// Instance ids acknowledged to the "client", by request number.
+    acked: BTreeMap<usize, String>,
+    /// Starts sent but not acknowledged (retried by the client after a crash).
+    unacked_starts: BTreeSet<usize>,
+    /// Events sent but not acknowledged (redelivered after a crash).
+    unacked_events: Vec<Event>,
+    /// Every event ever sent, as (type, key, data).
+    sent: Vec<(String, String, Value)>,
+    /// Records seen by observers: durable when seen.
+    observed: Arc<Mutex<BTreeMap<String, Vec<Record>>>>,
+    crashes: u32,
+    answer_rounds: u32,
+    /// Crashes that lost writes not yet flushed.
+    torn: u32,
+}
+
+enum End {
+    Crashed,
+    Finished,
+}
+
+fn plan(
+    seed: u64,
+    rng: &mut StdRng,
+) -> (VecDeque<(Millis, Action)>, BTreeMap<usize, &'static str>) {
+    let mut actions: Vec<(Millis, Action)> = Vec::new();
+    let mut kinds = BTreeMap::new();
+    let count = rng.random_range(6..=12);
+    for n in 0..count {
+        let kind = NAMES[rng.random_range(0..NAMES.len())];
+        kinds.insert(n, kind);
+        let start = T0 + rng.random_range(0..60) * MIN;
+        actions.push((start, Action::Start(n)));
+        let event_type = match kind {
+            "order" => "approve",
+            "race" => "ack",
+            "parent" => "answer",
+            _ => continue,
+        };
+        for k in 0..rng.random_range(0..=3u32) {
+            let at = start + rng.random_range(0..200) * MIN + rng.random_range(0..MIN);
+            let event = Event {
+                event_type: event_type.into(),
+                key: n.to_string(),
+                data: json!({"by": format!("u{n}-{k}")}),
+                id: rng.random_bool(0.6).then(|| format!("ev-{seed}-{n}-{k}")),
+            };
+            if rng.random_bool(0.3) {
+                // A duplicate, later.
+                actions.push((
+                    at + rng.random_range(0..30) * MIN,
+                    Action::Deliver(event.clone()),
+                ));
+            }
+            actions.push((at, Action::Deliver(event)));
+        }
+    }
+    // Noise: events nobody waits for.
+    for k in 0..rng.random_range(0..4) {
+        let at = T0 + rng.random_range(0..240) * MIN;
+        let event = Event {
+            event_type: ["approve", "ack", "other"][rng.random_range(0..3)].into(),
+            key: (1000 + k).to_string(),
+            data: json!({"by": "nobody"}),
+            id: None,
+        };
+        actions.push((at, Action::Deliver(event)));
+    }
+    for _ in 0..rng.random_range(0..=5) {
+        let at = T0 + rng.random_range(0..240) * MIN;
+        actions.push((
+            at,
+            Action::Crash {
+                polls: rng.random_range(0..40),
+            },
+        ));
+    }
+    // Stable order: by time, then as planned.
+    actions.sort_by_key(|a| a.0);
+    (actions.into(), kinds)
+}
+
+fn input_for(n: usize, kind: &str) -> Value {
+    match kind {
+        "order" => json!({"n": n, "card": format!("4111-{n:04}")}),
+        _ => json!({"n": n}),
+    }
+}
+
+fn new_driver(sim: &Sim) -> Driver {
+    let observed = sim.observed.clone();
+    let observer: Observer = Arc::new(move |id: &str, r: &Record| {
+        observed
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default()
+            .push(r.clone());
+    });
+    let driver = Driver::new(
+        Arc::new(sim.store.clone()),
+        sim.world.clone(),
+        sim.clock.clone(),
+        Some(observer),
+    );
+    for src in WORKFLOWS {
+        let (wf, diags) = compile::load("sim.yaml", src, &Default::default(), &Rules::shared());
+        driver
+            .install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+    }
+    driver
+}
+
+type Pending = Vec<tokio::task::JoinHandle<Done>>;
+
+enum Done {
+    Started(usize, String),
+    Delivered(Event),
+}
+
+fn spawn_start(driver: &Driver, n: usize, kind: &'static str, tasks: &mut Pending) {
+    let d = driver.clone();
+    tasks.push(tokio::spawn(async move {
+        let started = d
+            .start(kind, input_for(n, kind), Some(format!("req-{n}")))
+            .await
+            .unwrap_or_else(|e| panic!("start of request {n} failed: {e}"));
+        Done::Started(n, started.id)
+    }));
+}
+
+fn spawn_deliver(driver: &Driver, event: Event, tasks: &mut Pending) {
+    let d = driver.clone();
+    tasks.push(tokio::spawn(async move {
+        d.deliver(event.clone())
+            .await
+            .unwrap_or_else(|e| panic!("delivery failed: {e}"));
+        Done::Delivered(event)
+    }));
+}
+
+/// One life of the process: runs until a planned crash or until nothing can happen.
+async fn life(sim: &mut Sim) -> End {
+    let driver = new_driver(sim);
+    driver.resume_all().unwrap();
+    let mut tasks: Pending = Vec::new();
+    // The client retries what it got no answer for.
+    for n in sim.unacked_starts.clone() {
+        spawn_start(&driver, n, sim.kinds[&n], &mut tasks);
+    }
+    for e in sim.unacked_events.clone() {
+        spawn_deliver(&driver, e, &mut tasks);
+    }
+    let mut spins = 0u32;
+    // A planned crash waits for the next burst of work, so that it interrupts something.
+    let mut armed: Option<u32> = None;
+    let mut last_now = Millis::MIN;
+    loop {
+        for t in tasks.drain(..) {
+            match t.await.expect("client task") {
+                Done::Started(n, id) => {
+                    sim.unacked_starts.remove(&n);
+                    if let Some(old) = sim.acked.insert(n, id.clone()) {
+                        assert_eq!(old, id, "request {n} was answered with two instances");
+                    }
+                }
+                Done::Delivered(e) => {
+                    if let Some(i) = sim.unacked_events.iter().position(|x| *x == e) {
+                        sim.unacked_events.remove(i);
+                    }
+                }
+            }
+        }
+        // Like the timer loop of a real process, due timers fire while work is in flight.
+        let every = sim.rng.random_range(1..8);
+        loop {
+            tokio::select! {
+                _ = driver.wait_idle() => break,
+                _ = async {
+                    for _ in 0..every {
+                        tokio::task::yield_now().await;
+                    }
+                } => {
+                    driver.fire_due_timers().unwrap();
+                }
+            }
+        }
+        let now = sim.clock.now_ms();
+        while sim.queue.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, action) = sim.queue.pop_front().unwrap();
+            match action {
+                Action::Start(n) => {
+                    sim.unacked_starts.insert(n);
+                    spawn_start(&driver, n, sim.kinds[&n], &mut tasks);
+                }
+                Action::Deliver(e) => {
+                    sim.sent
+                        .push((e.event_type.clone(), e.key.clone(), e.data.clone()));
+                    sim.unacked_events.push(e.clone());
+                    spawn_deliver(&driver, e, &mut tasks);
+                }
+                Action::Crash { polls } => {
+                    armed.get_or_insert(polls);
+                }
+            }
+        }
+        let fired = driver.fire_due_timers().unwrap();
+        if let Some(polls) = armed {
+            if !tasks.is_empty() || fired > 0 {
+                // The crash lands in the next burst of work: let it run a little, then die.
+                for _ in 0..polls {
+                    tokio::task::yield_now().await;
+                }
+                return End::Crashed;
+            }
+        }
+        if !tasks.is_empty() {
+            continue;
+        }
+        if fired > 0 {
+            spins = if now == last_now { spins + 1 } else { 0 };
+            last_now = now;
+            assert!(
+                spins < 10_000,
+                "timers due at {now} fire over and over without being consumed: {:?}",
+                sim.store
+                    .due_timers(now, 10)
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| {
+                        let meta = sim.store.instance(&t.instance).unwrap();
+                        let journal = sim.store.journal(&t.instance).unwrap();
+                        format!("{t:?}: {meta:?}, journal {journal:#?}")
+                    })
+                    .collect::<Vec<_>>()
+            );
+            continue;
+        }
+        let next_timer = sim.store.next_timer().unwrap();
+        let next_action = sim.queue.front().map(|(at, _)| *at);
+        let next = match (next_timer, next_action) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match next {
+            Some(at) if at > now => sim.clock.advance_to(at),
+            Some(_) => tokio::task::yield_now().await,
+            None => {
+                // Nothing left to happen. The client answers every `ask` that is still
+                // unanswered (an answer sent before the question was asked reaches nobody).
+                // Like a person looking at the case: answered once the child's journal has it.
+                let answered = |n: &usize| {
+                    sim.acked.get(n).is_some_and(|id| {
+                        sim.store
+                            .journal(&format!("{id}.child.1"))
+                            .unwrap()
+                            .iter()
+                            .any(|r| matches!(r, Record::EventReceived { .. }))
+                    })
+                };
+                let unanswered: Vec<usize> = sim
+                    .kinds
+                    .iter()
+                    .filter(|(n, k)| **k == "parent" && !answered(n))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if unanswered.is_empty() {
+                    return End::Finished;
+                }
+                sim.answer_rounds += 1;
+                if sim.answer_rounds >= 50 {
+                    let mut report = String::new();
+                    for n in &unanswered {
+                        let id = sim.acked.get(n).cloned().unwrap_or_default();
+                        for m in sim.store.instances(None, usize::MAX).unwrap() {
+                            if m.id.starts_with(&id) && !id.is_empty() {
+                                report +=
+                                    &format!("\n{m:?}\n{:#?}", sim.store.journal(&m.id).unwrap());
+                            }
+                        }
+                    }
+                    panic!("requests {unanswered:?} are never asked their question{report}");
+                }
+                for n in unanswered {
+                    let e = Event {
+                        event_type: "answer".into(),
+                        key: n.to_string(),
+                        data: json!({"by": format!("late-{n}")}),
+                        id: None,
+                    };
+                    sim.queue.push_back((now + MIN, Action::Deliver(e)));
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Snapshots of every instance the store knows, by id.
+fn snapshots(driver: &Driver, store: &MemoryStore) -> BTreeMap<String, String> {
+    store
+        .instances(None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let inst = driver.snapshot(&m.id).expect("loads");
+            (m.id, format!("{inst:?}"))
+        })
+        .collect()
+}
+
+fn is_subsequence(small: &[Record], big: &[Record]) -> bool {
+    let mut it = big.iter();
+    small.iter().all(|s| it.any(|b| b == s))
+}
+
+fn run_seed(seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (queue, kinds) = plan(seed, &mut rng);
+    let mut sim = Sim {
+        seed,
+        rng,
+        clock: Arc::new(ManualClock::new(T0)),
+        world: Arc::new(World {
+            seed,
+            state: Mutex::new(WorldState::default()),
+        }),
+        store: MemoryStore::new(),
+        queue,
+        kinds,
+        acked: BTreeMap::new(),
+        unacked_starts: BTreeSet::new(),
+        unacked_events: Vec::new(),
+        sent: Vec::new(),
+        observed: Arc::new(Mutex::new(BTreeMap::new())),
+        crashes: 0,
+        answer_rounds: 0,
+        torn: 0,
+    };
+    loop {
+        let rt = runtime();
+        let end = rt.block_on(life(&mut sim));
+        match end {
+            End::Crashed => {
+                let pending = sim.store.pending_writes();
+                let keep = sim.rng.random_range(0..=pending);
+                if keep < pending {
+                    sim.torn += 1;
+                }
+                // Kill the store handles first, so nothing the dying runtime still does lands.
+                sim.store = sim.store.crash(keep);
+                rt.shutdown_background();
+                sim.crashes += 1;
+            }
+            End::Finished => {
+                rt.shutdown_background();
+                break;
+            }
+        }
+    }
+    check(&mut sim);
+    let applied = sim.world.state.lock().unwrap().applied.len();
+    format!(
+        "seed {seed}: {} instances, {} crashes ({} lost unflushed writes), {} effects, {} events sent, finished at +{} min",
+        sim.acked.len(),
+        sim.crashes,
+        sim.torn,
+        applied,
+        sim.sent.len(),
+        (sim.clock.now_ms() - T0) / MIN
+    )
+}
+
+fn check(sim: &mut Sim) {
+    let seed = sim.seed;
+    let rt = runtime();
+    // Everything the client asked for was answered and has finished.
+    assert!(
+        sim.unacked_starts.is_empty(),
+        "unanswered starts: {:?}",
+        sim.unacked_starts
+    );
+    assert_eq!(sim.acked.len(), sim.kinds.len());
+    let metas = sim.store.instances(None, usize::MAX).unwrap();
+    for m in &metas {
+        assert!(
+            m.is_final(),
+            "instance {} of {} ended {}; its journal ends with {:#?}",
+            m.id,
+            m.workflow,
+            m.status,
+            sim.store
+                .journal(&m.id)
+                .unwrap()
+                .iter()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+    }
+    let ids: BTreeSet<&String> = sim.acked.values().collect();
+    assert_eq!(ids.len(), sim.acked.len(), "two requests got one instance");
+    for id in &ids {
+        assert!(
+            metas.iter().any(|m| &&m.id == id),
+            "acknowledged instance {id} is missing"
+        );
+    }
+
+    let world = sim.world.state.lock().unwrap();
+    assert!(
+        world.conflicts.is_empty(),
+        "idempotency keys reused: {:#?}",
+        world.conflicts
+    );
+    let driver = rt.block_on(async { new_driver(sim) });
+    let sent: BTreeSet<String> = sim
+        .sent
+        .iter()
+        .map(|(t, k, d)| format!("{t}/{k}/{d}"))
+        .collect();
+    let mut journaled_keys = BTreeSet::new();
+    for m in &metas {
+        let journal = sim.store.journal(&m.id).unwrap();
+        let wf = driver
+            .inner()
+            .registry
+            .pinned(&sim.store, &m.hash, &driver.inner().rules)
+            .unwrap();
+        // Replaying the journal gives the final state the index reports.
+        let replayed = Instance::replay(&m.id, &wf, &journal);
+        assert!(
+            replayed.status.is_final(),
+            "{}: replay ends {:?}",
+            m.id,
+            replayed.status
+        );
+        assert_eq!(replayed.status.as_str(), m.status, "{}", m.id);
+        assert_eq!(replayed.updated_at, m.updated_at, "{}", m.id);
+        assert_eq!(replayed.records as usize, journal.len());
+        // Records acknowledged (observed after their flush) were never lost or rewritten.
+        let observed = sim.observed.lock().unwrap();
+        let seen = observed.get(&m.id).map(Vec::as_slice).unwrap_or(&[]);
+        assert!(
+            is_subsequence(seen, &journal),
+            "{}: acknowledged records are missing from the journal\nobserved: {seen:#?}\njournal: {journal:#?}",
+            m.id
+        );
+        let mut started: BTreeMap<(u32, String, u32), String> = BTreeMap::new();
+        for r in &journal {
+            match r {
+                Record::CallStarted {
+                    frame,
+                    step,
+                    attempt,
+                    key,
+                    ..
+                } => {
+                    let mut parts = key.rsplitn(3, ':');
+                    let (visit, kstep, kinst) = (parts.next(), parts.next(), parts.next());
+                    assert!(visit.is_some_and(|v| v.parse::<u32>().is_ok()), "{key}");
+                    assert_eq!(kstep, Some(step.as_str()), "{key}");
+                    assert_eq!(kinst, Some(m.id.as_str()), "{key}");
+                    started.insert((*frame, step.clone(), *attempt), key.clone());
+                    journaled_keys.insert(key.clone());
+                }
+                Record::CallSucceeded {
+                    frame,
+                    step,
+                    attempt,
+                    output,
+                    ..
+                } => {
+                    let key = started
+                        .get(&(*frame, step.clone(), *attempt))
+                        .unwrap_or_else(|| panic!("{}: success without a start", m.id));
+                    let applied = world
+                        .applied
+                        .get(key)
+                        .unwrap_or_else(|| panic!("{key} succeeded but was never applied"));
+                    assert_eq!(
+                        &applied.output, output,
+                        "{key}: the journal saw another answer"
+                    );
+                }
+                Record::EventReceived { event, .. } => {
+                    let e = format!("{}/{}/{}", event.event_type, event.key, event.data);
+                    assert!(
+                        sent.contains(&e),
+                        "{}: received an event never sent: {e}",
+                        m.id
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every effect applied was journaled first (call_started is durable before the call).
+    for (key, a) in &world.applied {
+        assert!(
+            journaled_keys.contains(key),
+            "{key} ({}) was applied but no journal has its call_started",
+            a.target
+        );
+    }
+    // Each step visit used one key: visits of a step are 1, 2, 3... without gaps.
+    let mut visits: BTreeMap<(String, String), BTreeSet<u32>> = BTreeMap::new();
+    for key in &journaled_keys {
+        let mut parts = key.rsplitn(3, ':');
+        let visit: u32 = parts.next().unwrap().parse().unwrap();
+        let step = parts.next().unwrap().to_string();
+        let inst = parts.next().unwrap().to_string();
+        visits.entry((inst, step)).or_default().insert(visit);
+    }
+    for ((inst, step), v) in &visits {
+        let expected: BTreeSet<u32> = (1..=v.len() as u32).collect();
+        assert_eq!(v, &expected, "{inst} step {step}: visits {v:?}");
+    }
+    drop(world);
+
+    // One more restart from only what is durable changes nothing.
+    let before = snapshots(&driver, &sim.store);
+    drop(driver);
+    rt.shutdown_background();
+    sim.store = sim.store.crash(0);
+    let rt = runtime();
+    let after = rt.block_on(async {
+        let driver = new_driver(sim);
+        driver.resume_all().unwrap();
+        driver.wait_idle().await;
+        snapshots(&driver, &sim.store)
+    });
+    assert_eq!(before, after, "seed {seed}: state differs after a restart");
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("CASEWORK_SIM_SEED") {
+        return vec![s
+            .trim()
+            .parse()
+            .expect("CASEWORK_SIM_SEED must be a number")];
+    }
+    let n = std::env::var("CASEWORK_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(200);
+    (0..n).collect()
+}
+
+#[test]
+fn seeded_crashes_lose_nothing_and_repeat_no_effect() {
+    let started = std::time::Instant::now();
+    for seed in seeds() {
+        let result = std::panic::catch_unwind(|| run_seed(seed));
+        match result {
+            Ok(summary) => eprintln!("{summary}"),
+            Err(e) => {
+                eprintln!(
+                    "simulation failed with seed {seed}; reproduce with CASEWORK_SIM_SEED={seed} cargo test -p casework --test simulation"
+                );
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!("simulation took {:?}", started.elapsed());
+}
+
+/// Always answers, at once.
+struct AlwaysOk;
+
+impl PluginHost for AlwaysOk {
+    fn call<'a>(
+        &'a self,
+        _plugin: &'a str,
+        _action: &'a str,
+        _input: Value,
+        _ctx: CallContext,
+    ) -> CallFuture<'a> {
+        Box::pin(async { Ok(json!({"ready": true, "v": 1})) })
+    }
+}
+
+fn fixed_driver(store: &MemoryStore, clock: &Arc<ManualClock>) -> Driver {
+    let driver = Driver::new(
+        Arc::new(store.clone()),
+        Arc::new(AlwaysOk),
+        clock.clone(),
+        None,
+    );
+    for src in WORKFLOWS {
+        let (wf, diags) = compile::load("sim.yaml", src, &Default::default(), &Rules::shared());
+        driver
+            .install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+    }
+    driver
+}
+
+/// Run a driver until nothing can happen, then report the status of `id` in the index.
+async fn settle(driver: &Driver, store: &MemoryStore, id: &str) -> String {
+    driver.resume_all().unwrap();
+    driver.run_virtual(|| false).await.unwrap();
+    store.instance(id).unwrap().unwrap().status
+}
+
+/// A child's last batch is torn: its wake-up timer for the parent and its records are on
+/// disk, its index entry (still `parked`) is not. The parent must still get the result.
+#[test]
+fn a_child_whose_index_entry_was_lost_still_wakes_its_parent() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    let parent = rt.block_on(async {
+        let d = fixed_driver(&store, &clock);
+        let id = d.start("parent", json!({"n": 1}), None).await.unwrap().id;
+        d.wait_idle().await;
+        let child = format!("{id}.child.1");
+        assert_eq!(store.instance(&child).unwrap().unwrap().status, "parked");
+        store.flush().unwrap();
+        store.hold_flushes(true);
+        d.deliver(Event {
+            event_type: "answer".into(),
+            key: "1".into(),
+            data: json!({"by": "lead"}),
+            id: None,
+        })
+        .await
+        .unwrap();
+        d.wait_idle().await;
+        id
+    });
+    // Keep the child's first two writes: the parent's wake-up timer and the records.
+    let store = store.crash(2);
+    rt.shutdown_background();
+    let child = format!("{parent}.child.1");
+    assert_eq!(store.instance(&child).unwrap().unwrap().status, "parked");
+    assert_eq!(
+        store.journal(&child).unwrap().last().map(Record::kind),
+        Some("completed")
+    );
+    let rt = runtime();
+    let status =
+        rt.block_on(async { settle(&fixed_driver(&store, &clock), &store, &parent).await });
+    assert_eq!(status, "completed");
+    assert_eq!(store.instance(&child).unwrap().unwrap().status, "completed");
+}
+
+/// Start `workflow` with flushes held, then crash keeping the first `keep` writes.
+fn start_then_tear(
+    workflow: &str,
+    input: Value,
+    keep: usize,
+) -> (MemoryStore, Arc<ManualClock>, String) {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    let id = rt.block_on(async {
+        let d = fixed_driver(&store, &clock);
+        store.flush().unwrap();
+        store.hold_flushes(true);
+        let id = d.start(workflow, input, None).await.unwrap().id;
+        d.wait_idle().await;
+        id
+    });
+    let store = store.crash(keep);
+    rt.shutdown_background();
+    (store, clock, id)
+}
+
+/// The first batch of a new instance is torn after its timers: a timer for an instance that
+/// does not exist. It must be dropped, not fire forever.
+#[test]
+fn a_timer_of_an_instance_never_journaled_is_dropped() {
+    let (store, clock, id) = start_then_tear("race", json!({"n": 1}), 1);
+    assert!(store.instance(&id).unwrap().is_none());
+    assert!(store.next_timer().unwrap().is_some());
+    let rt = runtime();
+    rt.block_on(async {
+        let d = fixed_driver(&store, &clock);
+        let mut rounds = 0;
+        d.run_virtual(|| {
+            rounds += 1;
+            rounds > 1_000
+        })
+        .await
+        .unwrap();
+        assert!(rounds <= 1_000, "the stale timer kept firing");
+    });
+    assert_eq!(store.next_timer().unwrap(), None);
+}
+
+/// The last batch of an instance is torn after its records: the index still says `running`
+/// for an instance whose journal has completed. The next start repairs the index.
+#[test]
+fn an_index_entry_behind_the_journal_is_repaired() {
+    // Writes: records and index of the start, then records and index of the end.
+    let (store, clock, id) = start_then_tear("poll", json!({"n": 1}), 3);
+    assert_eq!(store.instance(&id).unwrap().unwrap().status, "running");
+    assert_eq!(
+        store.journal(&id).unwrap().last().map(Record::kind),
+        Some("completed")
+    );
+    let rt = runtime();
+    let status = rt.block_on(async { settle(&fixed_driver(&store, &clock), &store, &id).await });
+    assert_eq!(status, "completed");
+}
+
+/// What a client does for one request: start it (idempotently), run the engine until
+/// nothing can happen, and answer its question until it has ended.
+async fn drive(d: &Driver, store: &MemoryStore, kind: &str) -> String {
+    let id = d
+        .start(kind, input_for(1, kind), Some("req".into()))
+        .await
+        .unwrap()
+        .id;
+    for _ in 0..5 {
+        let mut rounds = 0;
+        d.run_virtual(|| {
+            rounds += 1;
+            rounds > 10_000
+        })
+        .await
+        .unwrap();
+        assert!(rounds <= 10_000, "{kind}: the engine never settles");
+        if store.instance(&id).unwrap().is_some_and(|m| m.is_final()) {
+            break;
+        }
+        let event_type = match kind {
+            "order" => "approve",
+            "race" => "ack",
+            "parent" => "answer",
+            _ => continue,
+        };
+        d.deliver(Event {
+            event_type: event_type.into(),
+            key: "1".into(),
+            data: json!({"by": "lead"}),
+            id: None,
+        })
+        .await
+        .unwrap();
+    }
+    id
+}
+
+/// For each workflow: run one request to its end without anything becoming durable, then
+/// crash keeping each possible prefix of its writes in turn; a fresh process and the
+/// client's retries must always bring it to a clean end.
+#[test]
+fn every_torn_write_prefix_recovers() {
+    for kind in NAMES {
+        let mut keep = 0;
+        loop {
+            let store = MemoryStore::new();
+            let clock = Arc::new(ManualClock::new(T0));
+            let rt = runtime();
+            rt.block_on(async {
+                let d = fixed_driver(&store, &clock);
+                store.flush().unwrap();
+                store.hold_flushes(true);
+                drive(&d, &store, kind).await;
+            });
+            let total = store.pending_writes();
+            let store = store.crash(keep);
+            rt.shutdown_background();
+            let rt = runtime();
+            let id = rt.block_on(async {
+                let d = fixed_driver(&store, &clock);
+                d.resume_all().unwrap();
+                drive(&d, &store, kind).await
+            });
+            rt.shutdown_background();
+            let context = format!("{kind}, keeping {keep} of {total} writes");
+            assert!(
+                store.instance(&id).unwrap().is_some_and(|m| m.is_final()),
+                "{context}: {:?}",
+                store.instance(&id).unwrap()
+            );
+            for m in store.instances(None, usize::MAX).unwrap() {
+                let journal = store.journal(&m.id).unwrap();
+                let last = journal.last().map(Record::kind);
+                assert!(
+                    m.is_final(),
+                    "{context}: {} is {} ({last:?})",
+                    m.id,
+                    m.status
+                );
+            }
+            assert_eq!(store.next_timer().unwrap(), None, "{context}: timers left");
+            keep += 1;
+            if keep > total {
+                break;
+            }
+        }
+    }
+}
+
+/// A start for an id that already exists (a parent re-issuing its child's start after a
+/// reload, while the first start is still in flight) must not restart the instance.
+#[test]
+fn a_second_start_of_the_same_instance_changes_nothing() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    rt.block_on(async {
+        let d = fixed_driver(&store, &clock);
+        d.start_as("ask", json!({"n": 1}), "x".into())
+            .await
+            .unwrap();
+        d.wait_idle().await;
+        let before = store.journal("x").unwrap();
+        // Once while the instance is in memory, once after it left.
+        clock.advance_to(T0 + MIN);
+        let (a, b) = tokio::join!(
+            d.start_as("ask", json!({"n": 2}), "x".into()),
+            d.start_as("ask", json!({"n": 3}), "x".into()),
+        );
+        a.unwrap();
+        b.unwrap();
+        d.wait_idle().await;
+        assert_eq!(store.journal("x").unwrap(), before);
+        d.start_as("ask", json!({"n": 4}), "x".into())
+            .await
+            .unwrap();
+        d.wait_idle().await;
+        assert_eq!(store.journal("x").unwrap(), before);
+    });
+}
