@@ -29,6 +29,12 @@ pub struct BenchArgs {
     /// Plugin calls for the per-call latency measurement (0 skips it).
     #[arg(long, default_value_t = 2_000)]
     pub plugin_calls: usize,
+    /// Instance starts over HTTP for the API load measurement (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    pub http_starts: usize,
+    /// Concurrent HTTP clients (each with its own keep-alive connection).
+    #[arg(long, default_value_t = 32)]
+    pub http_clients: usize,
     /// Plugin folder holding the shipped `identity` plugin (built by `bash plugins/build.sh`).
     #[arg(long, default_value = "plugins")]
     pub plugins: std::path::PathBuf,
@@ -232,9 +238,99 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     drop(d2);
     let _ = std::fs::remove_dir_all(&tmp);
 
+    if args.http_starts > 0 {
+        http_load(&args).await?;
+    }
     if args.plugin_calls > 0 {
         plugin_calls(&args).await?;
     }
+    Ok(())
+}
+
+/// Stage 6, the HTTP API under load on loopback: clients start instances (each waits
+/// for an event) and then deliver each one's event, with durability on.
+async fn http_load(args: &BenchArgs) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("casework-bench-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let d = driver_at(&tmp, Arc::new(Mutex::new(HashMap::new())))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server =
+        tokio::spawn(async move { axum::serve(listener, crate::daemon::http::router(d)).await });
+    let clients = args.http_clients.max(1);
+    let per_client = args.http_starts.div_ceil(clients);
+    let load = tokio::task::spawn_blocking(move || -> Result<(Vec<f64>, Vec<f64>, f64, f64)> {
+        let run_phase = |phase: &str,
+                         ids: Option<&Vec<Vec<String>>>|
+         -> Result<(Vec<f64>, Vec<Vec<String>>, f64)> {
+            let t0 = Instant::now();
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let keys: Vec<String> = match ids {
+                        Some(ids) => ids[c].clone(),
+                        None => (0..per_client).map(|i| format!("c{c}-{i}")).collect(),
+                    };
+                    let phase = phase.to_string();
+                    std::thread::spawn(move || -> Result<(Vec<f64>, Vec<String>)> {
+                        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                        let mut lat = Vec::with_capacity(keys.len());
+                        let mut out = Vec::with_capacity(keys.len());
+                        for key in keys {
+                            let t = Instant::now();
+                            if phase == "start" {
+                                let mut resp = agent
+                                    .post(&format!(
+                                        "http://{addr}/v1/workflows/bench-parked/instances"
+                                    ))
+                                    .send_json(json!({"key": key}))
+                                    .map_err(|e| anyhow!("start failed: {e}"))?;
+                                let _: serde_json::Value = resp.body_mut().read_json()?;
+                            } else {
+                                agent
+                                    .post(&format!("http://{addr}/v1/events"))
+                                    .send_json(json!({"type": "go", "key": key}))
+                                    .map_err(|e| anyhow!("event failed: {e}"))?;
+                            }
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                            out.push(key);
+                        }
+                        Ok((lat, out))
+                    })
+                })
+                .collect();
+            let mut lat = Vec::new();
+            let mut keys = Vec::new();
+            for h in handles {
+                let (l, k) = h.join().map_err(|_| anyhow!("client thread panicked"))??;
+                lat.extend(l);
+                keys.push(k);
+            }
+            Ok((lat, keys, t0.elapsed().as_secs_f64()))
+        };
+        let (mut starts, keys, start_secs) = run_phase("start", None)?;
+        let (mut events, _, event_secs) = run_phase("event", Some(&keys))?;
+        starts.sort_by(|a, b| a.total_cmp(b));
+        events.sort_by(|a, b| a.total_cmp(b));
+        Ok((starts, events, start_secs, event_secs))
+    })
+    .await??;
+    let (starts, events, start_secs, event_secs) = load;
+    println!(
+        "http: {} starts from {clients} clients in {start_secs:.2}s = {:.0} starts/s; start p50 {:.2} ms, p99 {:.2} ms",
+        starts.len(),
+        starts.len() as f64 / start_secs,
+        pct(&starts, 0.5),
+        pct(&starts, 0.99)
+    );
+    println!(
+        "http: {} event deliveries in {event_secs:.2}s = {:.0} events/s; delivery p50 {:.2} ms, p99 {:.2} ms",
+        events.len(),
+        events.len() as f64 / event_secs,
+        pct(&events, 0.5),
+        pct(&events, 0.99)
+    );
+    server.abort();
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 
