@@ -334,10 +334,72 @@ async fn http_load(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One call at a time for latency, then 64 at once for throughput.
+async fn measure_calls(
+    host: &Arc<crate::plugin_host::wasm::WasmHost>,
+    plugin: &str,
+    action: &str,
+    input: &serde_json::Value,
+    calls: usize,
+) -> Result<()> {
+    use crate::plugin_host::{CallContext, PluginHost};
+    let ctx = CallContext {
+        instance_id: "bench".into(),
+        step_id: "step".into(),
+        attempt: 1,
+        idempotency_key: "bench:step:1".into(),
+    };
+    // Warm-up: first calls fault in the pooled memory slots.
+    for _ in 0..50 {
+        host.call(plugin, action, input.clone(), ctx.clone())
+            .await
+            .map_err(|e| anyhow!("{}: {}", e.code, e.message))?;
+    }
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        host.call(plugin, action, input.clone(), ctx.clone())
+            .await
+            .map_err(|e| anyhow!("{}: {}", e.code, e.message))?;
+        lat.push(t.elapsed().as_secs_f64() * 1_000_000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let host = host.clone();
+            let (plugin, action, input, ctx) = (
+                plugin.to_string(),
+                action.to_string(),
+                input.clone(),
+                ctx.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..calls.div_ceil(64) {
+                    let _ = host
+                        .call(&plugin, &action, input.clone(), ctx.clone())
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let total = 64 * calls.div_ceil(64);
+    println!(
+        "plugin call {plugin}.{action} (fresh instance per call): p50 {:.0} µs, p99 {:.0} µs; {:.0} calls/s with 64 concurrent callers",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        total as f64 / t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Stage 5, one plugin call through the WebAssembly host: a fresh store and instance from the
 /// pre-linked component, a TOTP check in the guest (secret lookup, HMAC), output parsed.
 async fn plugin_calls(args: &BenchArgs) -> Result<()> {
-    use crate::plugin_host::{secrets::Secrets, wasm::WasmHost, CallContext, PluginHost};
+    use crate::plugin_host::{secrets::Secrets, wasm::WasmHost};
     let mut secrets = Secrets::new();
     // RFC 6238's test seed ("12345678901234567890" in base32).
     secrets.insert(
@@ -354,33 +416,16 @@ async fn plugin_calls(args: &BenchArgs) -> Result<()> {
             host.problems().join("; ")
         ));
     }
-    let input = json!({"secret_ref": "totp_seed/bench", "code": "000000"});
-    let ctx = CallContext {
-        instance_id: "bench".into(),
-        step_id: "verify".into(),
-        attempt: 1,
-        idempotency_key: "bench:verify:1".into(),
-    };
-    // Warm-up: first calls fault in the pooled memory slots.
-    for _ in 0..50 {
-        host.call("identity", "verify_totp", input.clone(), ctx.clone())
-            .await
-            .map_err(|e| anyhow!("{}: {}", e.code, e.message))?;
+    let host = Arc::new(host);
+    let totp = json!({"secret_ref": "totp_seed/bench", "code": "000000"});
+    measure_calls(&host, "identity", "verify_totp", &totp, args.plugin_calls).await?;
+
+    // The trivial action of the test plugin (tests/hostile, built with the others).
+    let trivial = WasmHost::new(Secrets::new(), Arc::new(SystemClock), None)?;
+    trivial.load_dir(std::path::Path::new("tests")).await;
+    if trivial.plugin_names().iter().any(|p| p == "hostile") {
+        let trivial = Arc::new(trivial);
+        measure_calls(&trivial, "hostile", "count", &json!({}), args.plugin_calls).await?;
     }
-    let mut lat = Vec::with_capacity(args.plugin_calls);
-    for _ in 0..args.plugin_calls {
-        let t = Instant::now();
-        host.call("identity", "verify_totp", input.clone(), ctx.clone())
-            .await
-            .map_err(|e| anyhow!("{}: {}", e.code, e.message))?;
-        lat.push(t.elapsed().as_secs_f64() * 1_000_000.0);
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    println!(
-        "plugin call (identity.verify_totp, fresh instance per call): p50 {:.0} µs, p99 {:.0} µs over {} calls",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        args.plugin_calls
-    );
     Ok(())
 }
