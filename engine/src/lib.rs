@@ -19,6 +19,7 @@ pub mod diagnostic;
 pub mod plugin_host;
 pub mod runtime;
 pub mod store;
+pub mod testing;
 pub mod validate;
 
 pub mod cli;

@@ -1,0 +1,841 @@
+//! YAML text → [`TestFile`], collecting every problem with its position, like the workflow
+//! reader: `file:line:col: error: message` plus a hint, "did you mean" for unknown fields.
+
+use super::model::*;
+use crate::definition::yaml::{self, Key, Node, Value};
+use crate::definition::{Duration, Spanned};
+use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use serde_json::{Map, Value as Json};
+
+pub const FILE_FIELDS: &[&str] = &[
+    "workflow",
+    "description",
+    "start",
+    "input",
+    "mocks",
+    "tests",
+];
+pub const TEST_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "input",
+    "start",
+    "mocks",
+    "events",
+    "stop_after",
+    "expect",
+];
+pub const MOCK_FIELDS: &[&str] = &["call", "when", "reply", "error", "timeout", "times"];
+pub const MOCK_ERROR_FIELDS: &[&str] = &["code", "message", "retryable"];
+pub const EVENT_FIELDS: &[&str] = &["after", "type", "key", "data", "id"];
+pub const EXPECT_FIELDS: &[&str] = &[
+    "status",
+    "path",
+    "output",
+    "vars",
+    "error",
+    "calls",
+    "retries_reuse_idempotency_key",
+    "not_in_journal",
+    "sla",
+];
+pub const CALL_FIELDS: &[&str] = &["call", "step", "attempt", "with", "idempotency_key_same_as"];
+
+/// Expectation fields that are part of the format but not checked yet: (field, hint).
+///
+/// `sla:` is the extension point for SLA clocks (deadline, warning, breach, pauses); it is
+/// rejected until the runtime journals SLA clocks, so a test never passes by ignoring it.
+pub const NOT_SUPPORTED_YET: &[(&str, &str)] = &[(
+    "sla",
+    "SLA clocks are being added to the runtime; until then, check the deadlines your rules \
+     compute through `vars:`, e.g. `vars: { first_response_due: \"2026-01-05T13:00:00.000Z\" }`",
+)];
+
+/// Read a test file. Returns it if it is sound, and every problem found.
+pub fn read(file: &str, text: &str) -> (Option<TestFile>, Vec<Diagnostic>) {
+    let mut r = Reader {
+        file,
+        diags: Vec::new(),
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            r.diags.push(
+                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
+                    .with_hint("check indentation and that every `key:` is followed by a space"),
+            );
+            return (None, r.diags);
+        }
+    };
+    let tests = r.file(&root);
+    let ok = !r.diags.iter().any(Diagnostic::is_error);
+    (tests.filter(|_| ok), r.diags)
+}
+
+struct Reader<'a> {
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// The entries of one mapping whose keys were checked.
+struct Fields<'n> {
+    node: &'n Node,
+    entries: &'n [(Key, Node)],
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v)
+    }
+
+    fn key_span(&self, name: &str) -> Span {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map_or(self.node.span, |(k, _)| k.span)
+    }
+}
+
+impl Reader<'_> {
+    fn err(&mut self, span: Span, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(self.file, span, msg));
+    }
+
+    fn hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::error(self.file, span, msg).with_hint(hint));
+    }
+
+    /// Check that `node` is a mapping whose keys are all in `allowed`.
+    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
+        let Some(entries) = node.as_map() else {
+            self.hint(
+                node.span,
+                format!(
+                    "{what} must be a mapping of `key: value` lines, found {}",
+                    node.kind_name()
+                ),
+                format!("allowed keys: {}", allowed.join(", ")),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            if !allowed.contains(&k.name.as_str()) {
+                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("allowed here: {}", allowed.join(", ")),
+                };
+                self.hint(
+                    k.span,
+                    format!("unknown field `{}` in {what}", k.name),
+                    hint,
+                );
+            }
+        }
+        Some(Fields { node, entries })
+    }
+
+    fn required<'n>(
+        &mut self,
+        f: &Fields<'n>,
+        name: &str,
+        what: &str,
+        hint: &str,
+    ) -> Option<&'n Node> {
+        let n = f.get(name);
+        if n.is_none() {
+            self.hint(f.node.span, format!("{what} is missing `{name}:`"), hint);
+        }
+        n
+    }
+
+    /// An optional field: `Ok(None)` when absent, `Err(())` when present but wrong (reported).
+    fn optional<T>(
+        &mut self,
+        node: Option<&Node>,
+        read: impl FnOnce(&mut Self, &Node) -> Option<T>,
+    ) -> Result<Option<T>, ()> {
+        match node {
+            None => Ok(None),
+            Some(n) => read(self, n).map(Some).ok_or(()),
+        }
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s, _) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => {
+                self.err(
+                    node.span,
+                    format!(
+                        "{what} must be a non-empty string, found {}",
+                        node.kind_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn target(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.string(node, what)?;
+        match s.split_once('.') {
+            Some((p, a)) if !p.is_empty() && !a.is_empty() => Some(s),
+            _ => {
+                self.hint(
+                    node.span,
+                    format!("{what} `{s}` must name a plugin and an action"),
+                    "write it as in the workflow's `call:`, e.g. `payments.refund`",
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.hint(
+                    node.span,
+                    format!("{what} must be true or false, found {}", node.kind_name()),
+                    "write `true` or `false`",
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, node: &Node, what: &str, max: i64) -> Option<u32> {
+        match node.value {
+            Value::Int(i) if (1..=max).contains(&i) => Some(i as u32),
+            Value::Int(i) => {
+                self.err(
+                    node.span,
+                    format!("{what} must be between 1 and {max}, found {i}"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    node.span,
+                    format!("{what} must be a whole number, found {}", node.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<u64> {
+        let text = match &node.value {
+            Value::Str(s, _) => s.clone(),
+            Value::Int(0) => return Some(0),
+            _ => {
+                self.hint(
+                    node.span,
+                    format!(
+                        "{what} must be a duration like `2h`, found {}",
+                        node.kind_name()
+                    ),
+                    "write e.g. `30s`, `5m`, `25h`, `3d` or `1d2h`",
+                );
+                return None;
+            }
+        };
+        match Duration::parse(&text) {
+            Ok(d) => Some(d.as_millis()),
+            Err(e) => {
+                self.hint(
+                    node.span,
+                    format!("invalid {what}: {e}"),
+                    "write e.g. `30s`, `5m`, `25h`, `3d` or `1d2h`",
+                );
+                None
+            }
+        }
+    }
+
+    fn time(&mut self, node: &Node, what: &str) -> Option<i64> {
+        let parsed = node
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        match parsed {
+            Some(t) => Some(t.timestamp_millis()),
+            None => {
+                self.hint(
+                    node.span,
+                    format!("{what} must be an RFC 3339 time"),
+                    format!("for example `{DEFAULT_START}` (UTC) or `2026-03-06T16:00:00+01:00`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn mapping(&mut self, node: &Node, what: &str, example: &str) -> Option<Map<String, Json>> {
+        match node.to_json() {
+            Json::Object(m) => Some(m),
+            _ => {
+                self.hint(
+                    node.span,
+                    format!("{what} must be a mapping, found {}", node.kind_name()),
+                    format!("for example: {example}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, what: &str, example: &str) -> &'n [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            _ => {
+                self.hint(
+                    node.span,
+                    format!("{what} must be a list, found {}", node.kind_name()),
+                    format!("write one `- ` line per item, e.g.\n{example}"),
+                );
+                &[]
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the file
+
+    fn file(&mut self, root: &Node) -> Option<TestFile> {
+        let f = self.fields(root, "the test file", FILE_FIELDS)?;
+        let workflow = self
+            .required(
+                &f,
+                "workflow",
+                "the test file",
+                "name the workflow under test at the top, e.g. `workflow: refund`",
+            )
+            .and_then(|n| Some(Spanned::new(self.string(n, "`workflow`")?, n.span)));
+        let start = match f.get("start") {
+            Some(n) => self.time(n, "`start`"),
+            None => Some(default_start()),
+        };
+        let input = match f.get("input") {
+            Some(n) => self.mapping(n, "`input`", "`input: { order_id: ORD-1 }`"),
+            None => Some(Map::new()),
+        };
+        let shared_mocks = match f.get("mocks") {
+            Some(n) => self.mocks(n),
+            None => Vec::new(),
+        };
+        let mut tests = Vec::new();
+        if let Some(n) = self.required(
+            &f,
+            "tests",
+            "the test file",
+            "add `tests:` with one `- name: ...` entry per test",
+        ) {
+            let items = self.list(
+                n,
+                "`tests`",
+                "  tests:\n    - name: small refund is paid\n      ...",
+            );
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(n.span, "`tests` is empty; add at least one test");
+            }
+            for item in items {
+                if let Some(t) = self.test(
+                    item,
+                    start.unwrap_or_else(default_start),
+                    input.as_ref(),
+                    &shared_mocks,
+                ) {
+                    if let Some(first) = tests
+                        .iter()
+                        .find(|o: &&TestCase| o.name.value == t.name.value)
+                    {
+                        self.hint(
+                            t.name.span,
+                            format!("a test named `{}` is already defined", t.name.value),
+                            format!(
+                                "the first one is at line {}; give each test its own name",
+                                first.name.span.line
+                            ),
+                        );
+                    }
+                    tests.push(t);
+                }
+            }
+        }
+        Some(TestFile {
+            file: self.file.to_string(),
+            workflow: workflow?,
+            tests,
+        })
+    }
+
+    fn test(
+        &mut self,
+        node: &Node,
+        file_start: i64,
+        file_input: Option<&Map<String, Json>>,
+        shared_mocks: &[Mock],
+    ) -> Option<TestCase> {
+        let f = self.fields(node, "a test", TEST_FIELDS)?;
+        let name = self
+            .required(
+                &f,
+                "name",
+                "a test",
+                "start each test with `- name: what it shows`",
+            )
+            .and_then(|n| Some(Spanned::new(self.string(n, "`name`")?, n.span)));
+        let start = match f.get("start") {
+            Some(n) => self.time(n, "`start`"),
+            None => Some(file_start),
+        };
+        let mut input = file_input.cloned().unwrap_or_default();
+        if let Some(n) = f.get("input") {
+            if let Some(own) = self.mapping(n, "`input`", "`input: { amount_minor: 2500 }`") {
+                input.extend(own);
+            }
+        }
+        let mut mocks = match f.get("mocks") {
+            Some(n) => self.mocks(n),
+            None => Vec::new(),
+        };
+        mocks.extend(shared_mocks.iter().cloned());
+        let mut events = Vec::new();
+        if let Some(n) = f.get("events") {
+            let example = "  events:\n    - { after: 2h, type: refund.approved, key: ORD-1 }";
+            for item in self.list(n, "`events`", example) {
+                if let Some(e) = self.event(item) {
+                    events.push(e);
+                }
+            }
+        }
+        events.sort_by_key(|e: &TimedEvent| e.after_ms);
+        let stop_after = self.optional(f.get("stop_after"), |r, n| r.duration(n, "`stop_after`"));
+        if let Ok(Some(stop)) = stop_after {
+            for e in events.iter().filter(|e| e.after_ms > stop) {
+                self.hint(
+                    e.span,
+                    "this event comes after the test's `stop_after`, so it would never be delivered",
+                    format!(
+                        "deliver it by {} or raise `stop_after`",
+                        Duration::from_millis(stop)
+                    ),
+                );
+            }
+        }
+        let expect = match f.get("expect") {
+            Some(n) => self.expect(n),
+            None => {
+                self.hint(
+                    f.node.span,
+                    "a test is missing `expect:`",
+                    "say what must happen, e.g. `expect: { status: completed, path: [...] }`",
+                );
+                None
+            }
+        };
+        Some(TestCase {
+            name: name?,
+            input: Json::Object(input),
+            start_ms: start?,
+            mocks,
+            events,
+            stop_after_ms: stop_after.ok()?,
+            expect: expect?,
+        })
+    }
+
+    fn mocks(&mut self, node: &Node) -> Vec<Mock> {
+        let example = "  mocks:\n    - { call: payments.refund, reply: { id: re_1 } }";
+        let mut out = Vec::new();
+        for item in self.list(node, "`mocks`", example) {
+            if let Some(m) = self.mock(item) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn mock(&mut self, node: &Node) -> Option<Mock> {
+        let f = self.fields(node, "a mock", MOCK_FIELDS)?;
+        let target = self
+            .required(
+                &f,
+                "call",
+                "a mock",
+                "name the call it answers: `call: payments.refund`",
+            )
+            .and_then(|n| self.target(n, "`call`"));
+        let when = self.optional(f.get("when"), |r, n| {
+            r.mapping(
+                n,
+                "`when`",
+                "`when: { amount_minor: 2500 }` (answers only calls whose input has these values)",
+            )
+            .map(Json::Object)
+        });
+        let times = self.optional(f.get("times"), |r, n| r.count(n, "`times`", 1_000_000));
+        let given: Vec<&str> = ["reply", "error", "timeout"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        let answer = match given.as_slice() {
+            [] => {
+                self.hint(
+                    f.node.span,
+                    "a mock needs an answer",
+                    "add one of `reply: {...}` (the plugin's output), `error: { code: ..., retryable: true }` or `timeout: true`",
+                );
+                None
+            }
+            [one] => match *one {
+                "reply" => f.get("reply").map(|n| Answer::Reply(n.to_json())),
+                "error" => self.mock_error(f.get("error")?),
+                _ => {
+                    let n = f.get("timeout")?;
+                    match self.boolean(n, "`timeout`")? {
+                        true => Some(Answer::Timeout),
+                        false => {
+                            self.hint(
+                                n.span,
+                                "`timeout: false` answers nothing",
+                                "write `timeout: true`, or give `reply:` or `error:` instead",
+                            );
+                            None
+                        }
+                    }
+                }
+            },
+            [_, second, ..] => {
+                self.hint(
+                    f.key_span(second),
+                    format!("a mock gives one answer, but this one also has `{second}`"),
+                    "use two mocks with `times:` to answer calls differently, e.g. `times: 2` timeouts, then a reply",
+                );
+                None
+            }
+        };
+        Some(Mock {
+            span: f.node.span,
+            target: target?,
+            when: when.ok()?,
+            answer: answer?,
+            times: times.ok()?,
+        })
+    }
+
+    fn mock_error(&mut self, node: &Node) -> Option<Answer> {
+        let f = self.fields(node, "`error`", MOCK_ERROR_FIELDS)?;
+        let code = self
+            .required(
+                &f,
+                "code",
+                "`error`",
+                "e.g. `error: { code: card_declined, retryable: false }`",
+            )
+            .and_then(|n| self.string(n, "`code`"));
+        let message = self.optional(f.get("message"), |r, n| r.string(n, "`message`"));
+        let retryable = self.optional(f.get("retryable"), |r, n| r.boolean(n, "`retryable`"));
+        let code = code?;
+        Some(Answer::Error {
+            message: message
+                .ok()?
+                .unwrap_or_else(|| format!("mocked error `{code}`")),
+            code,
+            retryable: retryable.ok()?.unwrap_or(false),
+        })
+    }
+
+    fn event(&mut self, node: &Node) -> Option<TimedEvent> {
+        let f = self.fields(node, "an event", EVENT_FIELDS)?;
+        let after = match f.get("after") {
+            Some(n) => self.duration(n, "`after`"),
+            None => Some(0),
+        };
+        let event_type = self
+            .required(&f, "type", "an event", "e.g. `type: refund.approved`")
+            .and_then(|n| self.string(n, "`type`"));
+        let key = self
+            .required(
+                &f,
+                "key",
+                "an event",
+                "only waits for this type *and* key wake up, e.g. `key: ORD-1`",
+            )
+            .and_then(|n| self.string(n, "`key`"));
+        let id = self.optional(f.get("id"), |r, n| r.string(n, "`id`"));
+        Some(TimedEvent {
+            span: f.node.span,
+            after_ms: after?,
+            event_type: event_type?,
+            key: key?,
+            data: f.get("data").map_or(Json::Null, Node::to_json),
+            id: id.ok()?,
+        })
+    }
+
+    fn expect(&mut self, node: &Node) -> Option<Expect> {
+        let f = self.fields(node, "`expect`", EXPECT_FIELDS)?;
+        let mut ok = true;
+        let mut e = Expect {
+            span: f.node.span,
+            ..Expect::default()
+        };
+        for (field, hint) in NOT_SUPPORTED_YET {
+            if f.get(field).is_some() {
+                self.hint(
+                    f.key_span(field),
+                    format!("`{field}` expectations are not supported yet"),
+                    *hint,
+                );
+                ok = false;
+            }
+        }
+        if f.entries.is_empty() {
+            self.hint(
+                f.node.span,
+                "`expect` checks nothing",
+                "add e.g. `status: completed` or `path: [...]`",
+            );
+            ok = false;
+        }
+        if let Some(n) = f.get("status") {
+            match n.as_str().and_then(ExpectedStatus::parse) {
+                Some(s) => e.status = Some(Spanned::new(s, n.span)),
+                None => {
+                    let hint = match n
+                        .as_str()
+                        .and_then(|s| did_you_mean(s, ExpectedStatus::NAMES))
+                    {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("one of: {}", ExpectedStatus::NAMES.join(", ")),
+                    };
+                    self.hint(n.span, "`status` is not a status", hint);
+                    ok = false;
+                }
+            }
+        }
+        if let Some(n) = f.get("path") {
+            let example = "  path: [check_eligibility, route, pay, refunded]";
+            let mut path = Vec::new();
+            if !matches!(n.value, Value::Seq(_)) {
+                ok = false;
+            }
+            for item in self.list(n, "`path`", example) {
+                match self.string(item, "a step in `path`") {
+                    Some(s) => path.push(Spanned::new(s, item.span)),
+                    None => ok = false,
+                }
+            }
+            e.path = Some(path);
+        }
+        e.output = f.get("output").map(Node::to_json);
+        if let Some(n) = f.get("vars") {
+            match self.mapping(n, "`vars`", "`vars: { eligible: true }`") {
+                Some(m) => e.vars = Some(Json::Object(m)),
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("error") {
+            match self.string(n, "`error` (the error code)") {
+                Some(code) => e.error = Some(code),
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("calls") {
+            let example = "  calls:\n    - { call: payments.refund, with: { amount_minor: 2500 } }";
+            let items = self.list(n, "`calls`", example);
+            let mut calls = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match self.call(item, i + 1, items.len()) {
+                    Some(c) => calls.push(c),
+                    None => ok = false,
+                }
+            }
+            e.calls = Some(calls);
+        }
+        if let Some(n) = f.get("retries_reuse_idempotency_key") {
+            match self.boolean(n, "`retries_reuse_idempotency_key`") {
+                Some(b) => e.retries_reuse_idempotency_key = b,
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("not_in_journal") {
+            let items: Vec<&Node> = match &n.value {
+                Value::Seq(items) => items.iter().collect(),
+                _ => vec![n],
+            };
+            for item in items {
+                match self.string(item, "an entry of `not_in_journal`") {
+                    Some(s) => e.not_in_journal.push(s),
+                    None => ok = false,
+                }
+            }
+        }
+        ok.then_some(e)
+    }
+
+    fn call(&mut self, node: &Node, position: usize, total: usize) -> Option<ExpectedCall> {
+        let f = self.fields(node, "an expected call", CALL_FIELDS)?;
+        let target = self
+            .required(
+                &f,
+                "call",
+                "an expected call",
+                "e.g. `call: payments.refund`",
+            )
+            .and_then(|n| self.target(n, "`call`"));
+        let step = self.optional(f.get("step"), |r, n| {
+            Some(Spanned::new(r.string(n, "`step`")?, n.span))
+        });
+        let attempt = self.optional(f.get("attempt"), |r, n| r.count(n, "`attempt`", 1_000));
+        let with = self.optional(f.get("with"), |r, n| {
+            r.mapping(n, "`with`", "`with: { amount_minor: 2500 }`")
+                .map(Json::Object)
+        });
+        let same_as = self.optional(f.get("idempotency_key_same_as"), |r, n| {
+            let i = r.count(n, "`idempotency_key_same_as`", total.max(1) as i64)? as usize;
+            if i == position {
+                r.hint(
+                    n.span,
+                    "a call cannot share its idempotency key with itself",
+                    format!("give the position (1 to {total}) of another entry of `calls:`"),
+                );
+                return None;
+            }
+            Some(i)
+        });
+        Some(ExpectedCall {
+            span: f.node.span,
+            target: target?,
+            step: step.ok()?,
+            attempt: attempt.ok()?,
+            with: with.ok()?,
+            idempotency_key_same_as: same_as.ok()?,
+        })
+    }
+}
+
+fn default_start() -> i64 {
+    chrono::DateTime::parse_from_rfc3339(DEFAULT_START)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+workflow: refund
+start: 2026-11-20T10:00:00Z
+input: { order_id: ORD-1, amount_minor: 2500 }
+mocks:
+  - { call: payments.refund, reply: { id: re_1 } }
+tests:
+  - name: retried
+    input: { amount_minor: 25000 }
+    mocks:
+      - { call: payments.refund, timeout: true, times: 2 }
+    events:
+      - { after: 25h, type: refund.approved, key: ORD-1 }
+      - { after: 2h, type: refund.approved, key: ORD-2, id: e1 }
+    expect:
+      status: completed
+      path: [a, b]
+      calls:
+        - { call: payments.refund, attempt: 1 }
+        - { call: payments.refund, idempotency_key_same_as: 1 }
+      not_in_journal: ann@example.com
+"#;
+
+    #[test]
+    fn reads_a_full_file() {
+        let (file, diags) = read("t.test.yaml", GOOD);
+        assert!(diags.is_empty(), "{diags:?}");
+        let file = file.unwrap();
+        let t = &file.tests[0];
+        assert_eq!(file.workflow.value, "refund");
+        assert_eq!(t.input["order_id"], "ORD-1");
+        assert_eq!(t.input["amount_minor"], 25000);
+        assert_eq!(t.mocks.len(), 2);
+        assert_eq!(t.mocks[0].answer, Answer::Timeout);
+        assert_eq!(t.mocks[0].times, Some(2));
+        assert_eq!(t.events[0].key, "ORD-2", "events are sorted by time");
+        assert_eq!(t.events[1].after_ms, 25 * 3_600_000);
+        assert_eq!(
+            t.expect.calls.as_ref().unwrap()[1].idempotency_key_same_as,
+            Some(1)
+        );
+        assert_eq!(t.expect.not_in_journal, vec!["ann@example.com"]);
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let (file, diags) = read("t.test.yaml", text);
+        assert!(file.is_none());
+        diags.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn unknown_fields_get_did_you_mean_with_positions() {
+        let e =
+            errors("workflow: refund\ntests:\n  - name: x\n    expcet: { status: completed }\n");
+        assert!(
+            e.iter().any(|d| d
+                .starts_with("t.test.yaml:4:5: error: unknown field `expcet` in a test")
+                && d.contains("did you mean `expect`?")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn sla_is_reserved_and_rejected() {
+        let e = errors(
+            "workflow: refund\ntests:\n  - name: x\n    expect:\n      sla: { first_response: met }\n",
+        );
+        assert!(
+            e.iter().any(|d| d
+                .starts_with("t.test.yaml:5:7: error: `sla` expectations are not supported yet")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn mocks_need_exactly_one_answer() {
+        let e = errors("workflow: w\ntests:\n  - name: x\n    mocks:\n      - { call: a.b }\n      - { call: a.b, reply: 1, timeout: true }\n    expect: { status: completed }\n");
+        assert!(
+            e.iter().any(|d| d.contains("a mock needs an answer")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|d| d.contains("also has `timeout`")), "{e:?}");
+    }
+
+    #[test]
+    fn bad_values_are_reported_together() {
+        let e = errors("workflow: w\nstart: tomorrow\ntests:\n  - name: x\n    events: [{ after: 5, type: t, key: k }]\n    expect: { status: done, calls: [{ call: pay, idempotency_key_same_as: 1 }] }\n");
+        assert!(
+            e.iter()
+                .any(|d| d.starts_with("t.test.yaml:2:8: error: `start` must be an RFC 3339 time")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|d| d.contains("`after` must be a duration")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|d| d.contains("`status` is not a status")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|d| d.contains("must name a plugin and an action")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|d| d.contains("with itself")), "{e:?}");
+    }
+}
