@@ -25,6 +25,10 @@ pub enum Command {
     Validate {
         /// Files or directories (default: workflows/).
         paths: Vec<PathBuf>,
+        /// Plugin folder whose manifests name the valid `call:` targets; checks are
+        /// skipped when it does not exist.
+        #[arg(long, env = "CASEWORK_PLUGINS", default_value = "plugins")]
+        plugins: PathBuf,
     },
     /// Run one instance on a temporary store with a virtual clock, printing each step.
     Run(run::RunArgs),
@@ -57,7 +61,7 @@ pub enum Command {
 /// Run a parsed command; returns the process exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Validate { paths } => validate(paths),
+        Command::Validate { paths, plugins } => validate(paths, &plugins),
         Command::Run(args) => Ok(run::run(args).await? as u8),
         Command::Serve(args) => serve::serve(args).await.map(|_| 0),
         Command::Inspect {
@@ -95,7 +99,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
+fn validate(paths: Vec<PathBuf>, plugins: &std::path::Path) -> anyhow::Result<u8> {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("workflows")]
     } else {
@@ -114,8 +118,18 @@ fn validate(paths: Vec<PathBuf>) -> anyhow::Result<u8> {
             anyhow::bail!("{} does not exist", p.display());
         }
     }
-    let (ok, diags) =
-        crate::daemon::registry::load_files(&files, None, &crate::compile::rules::Rules::shared());
+    let catalog = plugins.is_dir().then(|| {
+        let found = crate::plugin_host::directory::PluginDirectory::scan(plugins);
+        for problem in &found.problems {
+            eprintln!("casework: warning: {problem}");
+        }
+        found.catalog()
+    });
+    let (ok, diags) = crate::daemon::registry::load_files(
+        &files,
+        catalog,
+        &crate::compile::rules::Rules::shared(),
+    );
     for d in &diags {
         println!("{d}");
     }

@@ -1,9 +1,11 @@
 //! `casework serve`: the daemon.
 
 use crate::clock::SystemClock;
-use crate::daemon::registry::{load_files, workflow_files};
+use crate::daemon::reload::Reloader;
 use crate::daemon::{http, Driver};
-use crate::plugin_host::{Ledger, NoPlugins, PluginHost};
+use crate::plugin_host::secrets::Secrets;
+use crate::plugin_host::wasm::WasmHost;
+use crate::plugin_host::{Ledger, PluginHost};
 use crate::store::{seal::KeySource, sled::SledStore};
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
@@ -27,6 +29,16 @@ pub struct ServeArgs {
     /// environment variable CASEWORK_JOURNAL_KEY, else DATA/journal.key (created on first start).
     #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
     pub journal_key_file: Option<PathBuf>,
+    /// Folder of plugins: one sub-folder per plugin with `plugin.toml` and `<name>.wasm`.
+    #[arg(long, env = "CASEWORK_PLUGINS", default_value = "plugins")]
+    pub plugins: PathBuf,
+    /// TOML file of plugin secrets (`[plugin] name = "value"`); a variable
+    /// CASEWORK_SECRET__<PLUGIN>__<NAME> overrides one value.
+    #[arg(long, env = "CASEWORK_SECRETS_FILE")]
+    pub secrets: Option<PathBuf>,
+    /// Do not watch the workflow and plugin folders for changes.
+    #[arg(long, env = "CASEWORK_NO_RELOAD")]
+    pub no_reload: bool,
     /// Testing only: answer every plugin call with a fake that appends its idempotency key to FILE.
     #[arg(long, hide = true)]
     pub test_ledger: Option<PathBuf>,
@@ -41,35 +53,37 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     let key = KeySource::from_env(args.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let store = Arc::new(SledStore::open_with(&args.data, key).map_err(|e| anyhow!("{e}"))?);
-    let plugins: Arc<dyn PluginHost> = match &args.test_ledger {
-        Some(path) => Arc::new(Ledger::new(path.clone())),
-        None => Arc::new(NoPlugins),
-    };
-    let driver = Driver::new(store, plugins, Arc::new(SystemClock), None);
-    let files = workflow_files(&args.workflows)
-        .with_context(|| format!("reading {}", args.workflows.display()))?;
-    let (workflows, diags) = load_files(&files, None, &driver.inner().rules);
-    for d in diags.iter() {
-        tracing::error!(target: "casework::load", "{d}");
-    }
-    {
-        let mut problems = driver
-            .inner()
-            .registry
-            .problems
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        for d in diags.into_iter().filter(|d| d.is_error()) {
-            problems.entry(d.file.clone()).or_default().push(d);
+    let clock = Arc::new(SystemClock);
+    let (plugins, wasm): (Arc<dyn PluginHost>, Option<Arc<WasmHost>>) = match &args.test_ledger {
+        Some(path) => (Arc::new(Ledger::new(path.clone())), None),
+        None => {
+            let host = Arc::new(load_plugins(&args, clock.clone()).await?);
+            (host.clone(), Some(host))
         }
-    }
-    for wf in workflows {
+    };
+    let driver = Driver::new(store, plugins, clock, None);
+    let reloader = Reloader::new(
+        driver.clone(),
+        args.workflows.clone(),
+        wasm.map(|host| (args.plugins.clone(), host)),
+    );
+    let report = reloader.reload_workflows();
+    for wf in driver.inner().registry.all_latest() {
         tracing::info!(workflow = %wf.name, version = wf.version, file = %wf.file, "workflow loaded");
-        driver.install(wf).map_err(|e| anyhow!(e))?;
+    }
+    if !report.rejected.is_empty() {
+        tracing::error!(
+            rejected = report.rejected.len(),
+            "some workflow files have errors and were not loaded; see GET /v1/workflows"
+        );
+    }
+    if !args.no_reload {
+        tokio::spawn(reloader.clone().watch());
     }
     let resumed = driver.resume_all().map_err(|e| anyhow!(e))?;
     tracing::info!(resumed, "instances resumed");
     tokio::spawn(driver.clone().run_timers());
+    tokio::spawn(crate::daemon::triggers::run_schedules(driver.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -86,6 +100,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver.wait_idle()).await;
     tracing::info!("casework stopped");
     Ok(())
+}
+
+/// Loads the plugin folder. A plugin that fails to load is logged and left out (its
+/// workflows fail validation with the reason); it never stops the daemon.
+async fn load_plugins(args: &ServeArgs, clock: Arc<SystemClock>) -> Result<WasmHost> {
+    let secrets = match &args.secrets {
+        Some(path) => Secrets::from_file(path).map_err(|e| anyhow!("casework: {e}"))?,
+        None => Secrets::new(),
+    };
+    let host = WasmHost::new(secrets, clock, Some(args.data.join("plugin-cache")))
+        .context("starting the WebAssembly plugin host")?;
+    host.load_dir(&args.plugins).await;
+    for problem in host.problems() {
+        tracing::error!(target: "casework::plugins", "{problem}");
+    }
+    tracing::info!(plugins = ?host.plugin_names(), dir = %args.plugins.display(), "plugins loaded");
+    Ok(host)
 }
 
 async fn shutdown_signal() {

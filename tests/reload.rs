@@ -1,0 +1,167 @@
+//! Hot reload against the real daemon: a saved file becomes a new version for new
+//! instances while running instances keep theirs; an invalid file is rejected with
+//! its file:line:col errors and the previous version stays; a deleted file stops new
+//! instances and lets running ones finish.
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn workflow(version: u32) -> String {
+    format!(
+        r#"workflow: greeter
+version: {version}
+description: Waits for a go, then answers with its version.
+input:
+  key: {{ type: string, required: true }}
+steps:
+  - id: hold
+    wait: {{ event: go, key: input.key }}
+    next: done
+  - id: done
+    complete: {{ output: {{ version: {version} }} }}
+"#
+    )
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path) -> Daemon {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_casework"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--workflows")
+        .arg(dir.join("workflows"))
+        .arg("--plugins")
+        .arg(dir.join("plugins"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("{addr}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "daemon did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Daemon { child, addr }
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).send_json(&b).unwrap(),
+        ("POST", None) => agent.post(url).send_empty().unwrap(),
+        _ => agent.get(url).call().unwrap(),
+    };
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn start(d: &Daemon, key: &str) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{}/v1/workflows/greeter/instances", d.addr),
+        Some(json!({"key": key})),
+    )
+}
+
+fn workflows(d: &Daemon) -> Value {
+    call("GET", &format!("{}/v1/workflows", d.addr), None).1
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finish(d: &Daemon, key: &str, id: &str) -> Value {
+    call(
+        "POST",
+        &format!("{}/v1/events", d.addr),
+        Some(json!({"type": "go", "key": key})),
+    );
+    let mut view = Value::Null;
+    eventually(&format!("{id} completes"), || {
+        view = call("GET", &format!("{}/v1/instances/{id}", d.addr), None).1;
+        view["status"] == "completed"
+    });
+    view["output"].clone()
+}
+
+#[test]
+fn saved_invalid_and_deleted_files_take_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let file = wf_dir.join("greeter.yaml");
+    std::fs::write(&file, workflow(1)).unwrap();
+    let d = spawn(dir.path());
+
+    let (status, a) = start(&d, "a");
+    assert_eq!(status, 201, "{a}");
+    let a = a["id"].as_str().unwrap().to_string();
+
+    // Save version 2: new instances get it, the running one keeps version 1.
+    std::fs::write(&file, workflow(2)).unwrap();
+    eventually("version 2 is live", || {
+        workflows(&d)["workflows"][0]["version"] == 2
+    });
+    let (_, b) = start(&d, "b");
+    let b = b["id"].as_str().unwrap().to_string();
+    assert_eq!(finish(&d, "a", &a), json!({"version": 1}));
+    assert_eq!(finish(&d, "b", &b), json!({"version": 2}));
+
+    // Save a broken file: rejected with its position, version 2 stays.
+    std::fs::write(&file, workflow(3).replace("wait:", "wiat:")).unwrap();
+    eventually("the broken file is reported", || {
+        workflows(&d)["failed"].as_array().is_some_and(|f| !f.is_empty())
+    });
+    let listed = workflows(&d);
+    let errors = listed["failed"][0]["errors"].to_string();
+    assert!(errors.contains("greeter.yaml:8:5: error: unknown field `wiat`"), "{errors}");
+    assert!(errors.contains("did you mean `wait`"), "{errors}");
+    assert_eq!(listed["workflows"][0]["version"], 2, "{listed}");
+    let (status, c) = start(&d, "c");
+    assert_eq!(status, 201, "the previous version must keep serving: {c}");
+    let c = c["id"].as_str().unwrap().to_string();
+
+    // Delete the file: no new instances, the running one finishes.
+    std::fs::remove_file(&file).unwrap();
+    eventually("the workflow is retired", || {
+        workflows(&d)["workflows"].as_array().is_some_and(|w| w.is_empty())
+    });
+    let (status, refused) = start(&d, "d");
+    assert_eq!(status, 404, "{refused}");
+    assert_eq!(refused["error"]["code"], "workflow_not_found");
+    assert_eq!(finish(&d, "c", &c), json!({"version": 2}));
+    assert_eq!(
+        workflows(&d)["failed"],
+        json!([]),
+        "a deleted file has no problems left"
+    );
+}
