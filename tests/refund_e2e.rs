@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 
 const SECRET_KEY: &str = "sk_test_e2e_9f8e7d6c5b4a";
 
+/// A refund the fake created: its id and the form it was created from.
+type Created = (String, Vec<(String, String)>);
+
 /// A Stripe-compatible refunds endpoint that honours idempotency keys like Stripe
 /// does: a repeated key returns the first answer and creates nothing.
 #[derive(Default)]
 struct FakeStripe {
     /// Idempotency-Key → (refund id, request form)
-    created: Mutex<BTreeMap<String, (String, Vec<(String, String)>)>>,
+    created: Mutex<BTreeMap<String, Created>>,
     requests: Mutex<Vec<String>>,
     bad_auth: Mutex<u32>,
 }
