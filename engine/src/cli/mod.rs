@@ -4,6 +4,7 @@ pub mod bench;
 pub mod graph;
 pub mod run;
 pub mod serve;
+pub mod test;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
         #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
         journal_key_file: Option<PathBuf>,
     },
+    /// Run workflow tests (`*.test.yaml`) on a virtual clock: ok/FAIL per test, exit 1 if one failed.
+    Test(test::TestArgs),
     /// Print a Mermaid flowchart of a workflow.
     Graph { file: PathBuf },
     /// Print the JSON Schema of workflow files (for editor autocompletion).
@@ -64,6 +67,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { paths, plugins } => validate(paths, &plugins),
         Command::Run(args) => Ok(run::run(args).await? as u8),
         Command::Serve(args) => serve::serve(args).await.map(|_| 0),
+        Command::Test(args) => test::test(args).await,
         Command::Inspect {
             id,
             data,
@@ -106,12 +110,16 @@ fn validate(paths: Vec<PathBuf>, plugins: &std::path::Path) -> anyhow::Result<u8
         paths
     };
     let mut files = Vec::new();
+    let mut tests = Vec::new();
     for p in &paths {
         if p.is_dir() {
             files.extend(
                 crate::daemon::registry::workflow_files(p)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
             );
+            tests.extend(crate::testing::test_files(p).unwrap_or_default());
+        } else if p.is_file() && crate::testing::is_test_file(p) {
+            tests.push(p.clone());
         } else if p.is_file() {
             files.push(p.clone());
         } else {
@@ -133,9 +141,20 @@ fn validate(paths: Vec<PathBuf>, plugins: &std::path::Path) -> anyhow::Result<u8
     for d in &diags {
         println!("{d}");
     }
-    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let test_diags = test::check_test_files(&tests);
+    for d in &test_diags {
+        println!("{d}");
+    }
+    let errors = diags
+        .iter()
+        .chain(&test_diags)
+        .filter(|d| d.is_error())
+        .count();
     if errors > 0 {
-        eprintln!("casework: {errors} error(s) in {} file(s)", files.len());
+        eprintln!(
+            "casework: {errors} error(s) in {} file(s)",
+            files.len() + tests.len()
+        );
         return Ok(1);
     }
     let calendars = crate::compile::rules::Rules::shared().calendars().len();

@@ -1,0 +1,207 @@
+//! `casework test`: run workflow tests (`*.test.yaml`) on a virtual clock, without code.
+
+use crate::compile::rules::Rules;
+use crate::compile::CompiledWorkflow;
+use crate::daemon::registry::{load_files, workflow_files};
+use crate::diagnostic::Diagnostic;
+use crate::testing::report::{case_lines, file_heading, summary_line, Summary};
+use crate::testing::runner::{run_tests, Suite};
+use crate::testing::{self, check_against, is_test_file};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Test files (`*.test.yaml`), folders holding them, or workflow files (their
+    /// `<name>.test.yaml` runs). Default: workflows/.
+    pub paths: Vec<PathBuf>,
+    /// Run only the tests whose name contains this text (ignoring case).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Run the tests; returns the exit code: 0 all passed, 1 a test failed, 2 a test file could
+/// not be read.
+pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
+    Ok(tokio::task::spawn_blocking(move || run(args)).await?)
+}
+
+/// A closed stdout (e.g. piped into `head`) must not panic the runner.
+fn out(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+fn run(args: TestArgs) -> u8 {
+    let began = Instant::now();
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from("workflows")]
+    } else {
+        args.paths
+    };
+    let mut summary = Summary::default();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in &paths {
+        match test_files_for(p) {
+            Ok(found) => {
+                if found.is_empty() {
+                    eprintln!("casework: no test files (*.test.yaml) in {}", p.display());
+                    summary.broken_files += 1;
+                }
+                for f in found {
+                    if !files.contains(&f) {
+                        files.push(f);
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("casework: {e}");
+                summary.broken_files += 1;
+            }
+        }
+    }
+    let filter = args.filter.as_deref().map(str::to_lowercase);
+    for file in &files {
+        run_file(file, filter.as_deref(), &mut summary);
+    }
+    summary.elapsed = began.elapsed();
+    out(&summary_line(&summary));
+    if let Some(f) = &args.filter {
+        if summary.passed + summary.failed == 0 && summary.filtered_out > 0 {
+            eprintln!("casework: no test name contains `{f}`");
+        }
+    }
+    summary.exit_code()
+}
+
+/// The test files a command-line path stands for.
+fn test_files_for(p: &Path) -> Result<Vec<PathBuf>, String> {
+    if p.is_dir() {
+        return testing::test_files(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    }
+    if !p.is_file() {
+        return Err(format!("{} does not exist", p.display()));
+    }
+    if is_test_file(p) {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    // A workflow file: its tests sit next to it.
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    for ext in ["test.yaml", "test.yml"] {
+        let sibling = p.with_file_name(format!("{stem}.{ext}"));
+        if sibling.is_file() {
+            return Ok(vec![sibling]);
+        }
+    }
+    Err(format!(
+        "{} is not a test file, and there is no {stem}.test.yaml next to it",
+        p.display()
+    ))
+}
+
+fn run_file(file: &Path, filter: Option<&str>, summary: &mut Summary) {
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            out(
+                &Diagnostic::error(&name, Default::default(), format!("cannot read file: {e}"))
+                    .to_string(),
+            );
+            summary.broken_files += 1;
+            return;
+        }
+    };
+    let (parsed, diags) = testing::read(&name, &text);
+    for d in &diags {
+        out(&d.to_string());
+    }
+    let Some(tf) = parsed else {
+        summary.broken_files += 1;
+        return;
+    };
+    let dir = folder_of(file);
+    let workflow_files = workflow_files(dir).unwrap_or_default();
+    let (workflows, workflow_diags) = load_files(&workflow_files, None, &Rules::shared());
+    let selected: Vec<_> = tf
+        .tests
+        .iter()
+        .filter(|t| filter.is_none_or(|f| t.name.value.to_lowercase().contains(f)))
+        .cloned()
+        .collect();
+    summary.filtered_out += tf.tests.len() - selected.len();
+    if !workflows.iter().any(|w| w.name == tf.workflow.value)
+        && workflow_diags.iter().any(Diagnostic::is_error)
+    {
+        // The workflow is probably there but broken: that fails its tests.
+        for d in workflow_diags.iter().filter(|d| d.is_error()) {
+            out(&d.to_string());
+        }
+        out(&file_heading(&name, &tf.workflow.value));
+        for t in &selected {
+            out(&format!(
+                "  FAIL  {}\n        the workflow `{}` did not load (errors above)",
+                t.name.value, tf.workflow.value
+            ));
+            summary.failed += 1;
+        }
+        return;
+    }
+    let refs: Vec<&CompiledWorkflow> = workflows.iter().collect();
+    let checks = check_against(&tf, &refs);
+    for d in &checks {
+        out(&d.to_string());
+    }
+    if checks.iter().any(Diagnostic::is_error) {
+        summary.broken_files += 1;
+        return;
+    }
+    if selected.is_empty() {
+        return;
+    }
+    out(&file_heading(&name, &tf.workflow.value));
+    let suite = Suite {
+        files: workflow_files,
+        workflow: tf.workflow.value.clone(),
+    };
+    run_tests(&suite, &selected, |r| {
+        for l in case_lines(&r) {
+            out(&l);
+        }
+        summary.add(&r);
+    });
+}
+
+fn folder_of(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// For `casework validate`: read each test file and check it against the workflows in its
+/// folder (syntax and structure errors; unknown steps, calls and events as warnings).
+pub fn check_test_files(files: &[PathBuf]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(Diagnostic::error(
+                    &name,
+                    Default::default(),
+                    format!("cannot read file: {e}"),
+                ));
+                continue;
+            }
+        };
+        let (parsed, diags) = testing::read(&name, &text);
+        out.extend(diags);
+        let Some(tf) = parsed else { continue };
+        let files = workflow_files(folder_of(file)).unwrap_or_default();
+        let (workflows, _) = load_files(&files, None, &Rules::shared());
+        let refs: Vec<&CompiledWorkflow> = workflows.iter().collect();
+        out.extend(check_against(&tf, &refs));
+    }
+    out
+}
