@@ -139,11 +139,16 @@ fn saved_invalid_and_deleted_files_take_effect_without_a_restart() {
     // Save a broken file: rejected with its position, version 2 stays.
     std::fs::write(&file, workflow(3).replace("wait:", "wiat:")).unwrap();
     eventually("the broken file is reported", || {
-        workflows(&d)["failed"].as_array().is_some_and(|f| !f.is_empty())
+        workflows(&d)["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
     });
     let listed = workflows(&d);
     let errors = listed["failed"][0]["errors"].to_string();
-    assert!(errors.contains("greeter.yaml:8:5: error: unknown field `wiat`"), "{errors}");
+    assert!(
+        errors.contains("greeter.yaml:8:5: error: unknown field `wiat`"),
+        "{errors}"
+    );
     assert!(errors.contains("did you mean `wait`"), "{errors}");
     assert_eq!(listed["workflows"][0]["version"], 2, "{listed}");
     let (status, c) = start(&d, "c");
@@ -153,7 +158,9 @@ fn saved_invalid_and_deleted_files_take_effect_without_a_restart() {
     // Delete the file: no new instances, the running one finishes.
     std::fs::remove_file(&file).unwrap();
     eventually("the workflow is retired", || {
-        workflows(&d)["workflows"].as_array().is_some_and(|w| w.is_empty())
+        workflows(&d)["workflows"]
+            .as_array()
+            .is_some_and(|w| w.is_empty())
     });
     let (status, refused) = start(&d, "d");
     assert_eq!(status, 404, "{refused}");

@@ -54,7 +54,8 @@ fn driver(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Driver {
     let d = Driver::new(store, Arc::new(NoPlugins), clock, None);
     for src in [EMERGENCY, SWEEP] {
         let (wf, diags) = compile::load("t.yaml", src, &Default::default(), &Rules::shared());
-        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}"))).unwrap();
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
     }
     d
 }
@@ -81,7 +82,10 @@ async fn an_event_starts_only_workflows_whose_filter_matches() {
     assert_eq!(urgent.started[0].workflow, "emergency");
     d.wait_idle().await;
     let inst = d.snapshot(&urgent.started[0].id).unwrap();
-    assert_eq!(inst.input, json!({"ticket_id": "T-2", "priority": "urgent"}));
+    assert_eq!(
+        inst.input,
+        json!({"ticket_id": "T-2", "priority": "urgent"})
+    );
     assert_eq!(inst.output, Some(json!({"ticket": "T-2"})));
 }
 
@@ -116,7 +120,10 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     let d = driver(store.clone(), clock.clone());
 
     let (first, next) = fire_due_schedules(&d).await.unwrap();
-    assert!(first.started.is_empty(), "first sight must not fire for the past: {first:?}");
+    assert!(
+        first.started.is_empty(),
+        "first sight must not fire for the past: {first:?}"
+    );
     assert_eq!(next, Some(ms("2026-03-03T09:00:00Z")));
 
     clock.advance_to(ms("2026-03-03T09:00:00Z"));
@@ -135,7 +142,11 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     clock.advance_to(ms("2026-03-07T12:00:00Z"));
     let d = driver(store.clone(), clock.clone());
     let (after_downtime, next) = fire_due_schedules(&d).await.unwrap();
-    assert_eq!(after_downtime.started.len(), 1, "once, not three times: {after_downtime:?}");
+    assert_eq!(
+        after_downtime.started.len(),
+        1,
+        "once, not three times: {after_downtime:?}"
+    );
     d.wait_idle().await;
     let inst = d.snapshot(&after_downtime.started[0].id).unwrap();
     assert_eq!(inst.output, Some(json!({"at": "2026-03-06T09:00:00.000Z"})));

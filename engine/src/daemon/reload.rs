@@ -51,7 +51,11 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(driver: Driver, workflows: PathBuf, plugins: Option<(PathBuf, Arc<WasmHost>)>) -> Self {
+    pub fn new(
+        driver: Driver,
+        workflows: PathBuf,
+        plugins: Option<(PathBuf, Arc<WasmHost>)>,
+    ) -> Self {
         Reloader {
             driver,
             workflows,
@@ -69,7 +73,9 @@ impl Reloader {
             Ok(files) => files,
             Err(e) => {
                 tracing::error!(dir = %self.workflows.display(), "cannot read the workflow folder: {e}; keeping every loaded workflow");
-                report.rejected.push(format!("{}: {e}", self.workflows.display()));
+                report
+                    .rejected
+                    .push(format!("{}: {e}", self.workflows.display()));
                 self.count(&report);
                 return report;
             }
@@ -85,9 +91,10 @@ impl Reloader {
             for d in list {
                 tracing::error!(target: "casework::load", "{d}");
             }
-            report
-                .rejected
-                .push(format!("{file}: {}", list.first().map(|d| d.message.as_str()).unwrap_or("")));
+            report.rejected.push(format!(
+                "{file}: {}",
+                list.first().map(|d| d.message.as_str()).unwrap_or("")
+            ));
         }
 
         let mut defined = BTreeSet::new();
@@ -152,19 +159,20 @@ impl Reloader {
     /// process ends; a watcher that cannot start is logged and reload is off.
     pub async fn watch(self) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for path in event.paths {
-                    let _ = tx.send(path);
+        let mut watcher =
+            match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
                 }
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!("hot reload is off: cannot watch files: {e}");
-                return;
-            }
-        };
+            }) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!("hot reload is off: cannot watch files: {e}");
+                    return;
+                }
+            };
         let mut dirs = vec![self.workflows.clone()];
         if let Some((dir, _)) = &self.plugins {
             dirs.push(dir.clone());
@@ -180,10 +188,11 @@ impl Reloader {
             while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
                 changed.push(path);
             }
-            let plugins_changed = self
-                .plugins
-                .as_ref()
-                .is_some_and(|(dir, _)| changed.iter().any(|p| is_under(p, dir) && is_plugin_file(p)));
+            let plugins_changed = self.plugins.as_ref().is_some_and(|(dir, _)| {
+                changed
+                    .iter()
+                    .any(|p| is_under(p, dir) && is_plugin_file(p))
+            });
             let workflows_changed = changed
                 .iter()
                 .any(|p| is_under(p, &self.workflows) && is_workflow_file(p));

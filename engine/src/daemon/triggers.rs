@@ -86,7 +86,16 @@ pub async fn start_for_event(driver: &Driver, event: &Event) -> TriggerOutcome {
                 }
             }
             let key = event.id.as_ref().map(|id| format!("event:{id}:{i}"));
-            start(driver, &wf, trigger, &b, event.data.clone(), key, &mut outcome).await;
+            start(
+                driver,
+                &wf,
+                trigger,
+                &b,
+                event.data.clone(),
+                key,
+                &mut outcome,
+            )
+            .await;
         }
     }
     for f in &outcome.failed {
@@ -138,7 +147,9 @@ fn schedule_slot(workflow: &str, index: usize, pattern: &str) -> String {
 
 /// Fires every schedule whose latest occurrence (at or before now) has not been
 /// handled. Returns what started and when the next occurrence is due.
-pub async fn fire_due_schedules(driver: &Driver) -> Result<(TriggerOutcome, Option<Millis>), String> {
+pub async fn fire_due_schedules(
+    driver: &Driver,
+) -> Result<(TriggerOutcome, Option<Millis>), String> {
     let inner = driver.inner();
     let now = inner.clock.now_ms();
     let mut outcome = TriggerOutcome::default();
@@ -177,7 +188,10 @@ pub async fn fire_due_schedules(driver: &Driver) -> Result<(TriggerOutcome, Opti
             };
             if due {
                 let mut locals = Map::new();
-                locals.insert("schedule".into(), json!({"at": format_ms(latest), "pattern": pattern}));
+                locals.insert(
+                    "schedule".into(),
+                    json!({"at": format_ms(latest), "pattern": pattern}),
+                );
                 let b = Bindings {
                     input: &Value::Null,
                     vars: &Map::new(),
