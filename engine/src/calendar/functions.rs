@@ -186,3 +186,102 @@ mod tests {
         assert!(err.to_string().contains("`4 hours` needs a unit"), "{err}");
     }
 }
+
+/// SLA clocks for rules. A clock is a plain map kept in `vars` (so every start, pause
+/// and resume is journaled with the step that made it, and replays exactly):
+///
+/// ```text
+/// vars.first_response = sla_start("support-hours", now, "4h");
+/// vars.first_response = sla_pause(vars.first_response, now, "waiting on customer");
+/// vars.first_response = sla_resume(vars.first_response, now);
+/// sla_deadline(vars.first_response)        // RFC 3339, or () while paused
+/// sla_warn_at(vars.first_response, 75)      // when 75% of the target is used
+/// sla_status(vars.first_response, now, 75)  // "running" | "paused" | "warned" | "breached"
+/// ```
+pub fn register_sla(engine: &mut Engine, calendars: SharedCalendars) {
+    use super::sla::{SlaClock, SlaState};
+    use rhai::{Dynamic, Map};
+
+    fn clock(m: &Map) -> Res<SlaClock> {
+        rhai::serde::from_dynamic(&Dynamic::from_map(m.clone())).or_else(|_| {
+            fail("this is not an SLA clock; make one with sla_start(calendar, now, \"4h\")")
+        })
+    }
+    fn map(c: &SlaClock) -> Res<Map> {
+        let d = rhai::serde::to_dynamic(c).or_else(fail)?;
+        d.try_cast::<Map>()
+            .ok_or_else(|| fail::<()>("SLA clock did not serialise").unwrap_err())
+    }
+    fn percent(p: INT) -> Res<u32> {
+        u32::try_from(p).ok().filter(|p| *p <= 100).map_or_else(
+            || fail(format!("a warning percent must be 0 to 100, not {p}")),
+            Ok,
+        )
+    }
+    fn time_or_unit(t: Option<i64>) -> Dynamic {
+        t.map_or(Dynamic::UNIT, |t| Dynamic::from(format_ms(t)))
+    }
+
+    let c = calendars.clone();
+    engine.register_fn(
+        "sla_start",
+        move |cal: &str, at: &str, target: &str| -> Res<Map> {
+            let (at, target) = (instant(at)?, duration(target)?);
+            let (clock, _) = SlaClock::start(&c.get(), cal, at, target).or_else(fail)?;
+            map(&clock)
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "sla_pause",
+        move |m: Map, at: &str, reason: &str| -> Res<Map> {
+            let mut k = clock(&m)?;
+            k.pause(&c.get(), instant(at)?, reason).or_else(fail)?;
+            map(&k)
+        },
+    );
+    engine.register_fn("sla_resume", move |m: Map, at: &str| -> Res<Map> {
+        let mut k = clock(&m)?;
+        k.resume(instant(at)?).or_else(fail)?;
+        map(&k)
+    });
+    let c = calendars.clone();
+    engine.register_fn(
+        "sla_change",
+        move |m: Map, at: &str, cal: &str, target: &str| -> Res<Map> {
+            let mut k = clock(&m)?;
+            k.change_policy(&c.get(), instant(at)?, cal, duration(target)?)
+                .or_else(fail)?;
+            map(&k)
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn("sla_deadline", move |m: Map| -> Res<Dynamic> {
+        Ok(time_or_unit(clock(&m)?.deadline(&c.get()).or_else(fail)?))
+    });
+    let c = calendars.clone();
+    engine.register_fn("sla_warn_at", move |m: Map, p: INT| -> Res<Dynamic> {
+        let p = percent(p)?;
+        Ok(time_or_unit(clock(&m)?.warn_at(&c.get(), p).or_else(fail)?))
+    });
+    let c = calendars.clone();
+    engine.register_fn(
+        "sla_status",
+        move |m: Map, at: &str, p: INT| -> Res<String> {
+            let s = clock(&m)?
+                .status(&c.get(), instant(at)?, percent(p)?)
+                .or_else(fail)?;
+            Ok(match s.state {
+                SlaState::Running => "running",
+                SlaState::Paused => "paused",
+                SlaState::Warned => "warned",
+                SlaState::Breached => "breached",
+            }
+            .to_string())
+        },
+    );
+    let c = calendars;
+    engine.register_fn("sla_used", move |m: Map, at: &str| -> Res<INT> {
+        clock(&m)?.used(&c.get(), instant(at)?).or_else(fail)
+    });
+}

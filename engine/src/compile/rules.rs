@@ -106,6 +106,7 @@ impl Rules {
         super::helpers::register(&mut engine);
         let calendars = SharedCalendars::default();
         crate::calendar::functions::register(&mut engine, calendars.clone());
+        crate::calendar::functions::register_sla(&mut engine, calendars.clone());
         Rules {
             engine,
             limits,

@@ -172,6 +172,8 @@ pub enum StepKind {
         events: Vec<Spanned<String>>,
         key: Script,
         timeout: Option<Spanned<Duration>>,
+        /// An instant to wait until (e.g. an SLA deadline), instead of `timeout`.
+        until: Option<Script>,
         on_timeout: Option<Spanned<String>>,
     },
     Sleep(SleepFor),

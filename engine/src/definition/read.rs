@@ -725,7 +725,7 @@ impl Reader<'_> {
                 let wf = self.fields(
                     body,
                     &format!("`wait` of {label}"),
-                    &["event", "key", "timeout", "on_timeout"],
+                    &["event", "key", "timeout", "until", "on_timeout"],
                 )?;
                 let events = match wf.get("event") {
                     Some(Node {
@@ -762,17 +762,26 @@ impl Reader<'_> {
                 let on_timeout = wf
                     .get("on_timeout")
                     .and_then(|n| self.name(n, "`on_timeout`"));
-                if on_timeout.is_some() && timeout.is_none() {
+                let until = wf.get("until").and_then(|n| self.script(n, "`until`"));
+                if timeout.is_some() && until.is_some() {
+                    self.hint(
+                        wf.key_span("until"),
+                        "a `wait` has both `timeout` and `until`",
+                        "keep one: `timeout: 72h` waits a duration, `until: <expression>` waits until an instant (e.g. an SLA deadline)",
+                    );
+                }
+                if on_timeout.is_some() && timeout.is_none() && until.is_none() {
                     self.hint(
                         wf.key_span("on_timeout"),
                         "`on_timeout` without a `timeout`",
-                        "add `timeout: 72h` (or another duration)",
+                        "add `timeout: 72h` (or another duration), or `until: <expression>`",
                     );
                 }
                 Some(StepKind::Wait {
                     events,
                     key: key?,
                     timeout,
+                    until,
                     on_timeout,
                 })
             }

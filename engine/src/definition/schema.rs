@@ -28,7 +28,9 @@ fn kind_schema(kind: &str) -> Value {
         "wait" => json!({"type": "object", "additionalProperties": false, "required": ["event", "key"], "properties": {
             "event": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
             "key": expr("expression giving the correlation key, e.g. input.order_id"),
-            "timeout": duration(), "on_timeout": name()}}),
+            "timeout": duration(),
+            "until": expr("expression giving the instant to stop waiting, e.g. sla_deadline(vars.first_response)"),
+            "on_timeout": name()}}),
         "sleep" => json!({"oneOf": [duration(), {"type": "object", "additionalProperties": false, "required": ["until"], "properties": {"until": expr("expression giving an RFC 3339 time")}}]}),
         "parallel" => json!({"type": "object", "additionalProperties": false, "required": ["branches"], "properties": {
             "join": {"enum": ["all", "first"]},

@@ -993,6 +993,7 @@ impl Instance {
                 events,
                 key,
                 timeout_ms,
+                until,
                 ..
             } => {
                 let key = match rules.eval(key, &b).map_err(rule_err)?.0 {
@@ -1010,7 +1011,18 @@ impl Instance {
                     step: step.id.clone(),
                     events: events.clone(),
                     key,
-                    deadline: timeout_ms.map(|t| now + t as i64),
+                    deadline: match until {
+                        Some(ast) => {
+                            let v = rules.eval(ast, &b).map_err(rule_err)?.0;
+                            // `()` (e.g. the deadline of a paused SLA clock) waits without one.
+                            if v.is_null() {
+                                None
+                            } else {
+                                Some(instant_of(&v, "wait `until`")?)
+                            }
+                        }
+                        None => timeout_ms.map(|t| now + t as i64),
+                    },
                     at: now,
                 }
             }
@@ -1022,11 +1034,7 @@ impl Instance {
             },
             Kind::Sleep(Sleep::Until(ast)) => {
                 let v = rules.eval(ast, &b).map_err(rule_err)?.0;
-                let until = v
-                    .as_str()
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                    .map(|t| t.timestamp_millis())
-                    .ok_or_else(|| StepError::new("rule_error", format!("sleep `until` must give a time like \"2026-03-06T16:00:00Z\", but gave {v}")))?;
+                let until = instant_of(&v, "sleep `until`")?;
                 Record::SleepStarted {
                     frame: id,
                     step: step.id.clone(),
@@ -1799,4 +1807,18 @@ steps:
             }
         );
     }
+}
+
+/// An instant given by an expression: RFC 3339 text (like `now`) or epoch milliseconds.
+fn instant_of(v: &Value, what: &str) -> Result<Millis, StepError> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+        .or_else(|| v.as_i64())
+        .ok_or_else(|| {
+            StepError::new(
+                "rule_error",
+                format!("{what} must give a time like \"2026-03-06T16:00:00Z\", but gave {v}"),
+            )
+        })
 }
