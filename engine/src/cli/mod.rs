@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod graph;
+pub mod report;
 pub mod run;
 pub mod serve;
 pub mod test;
@@ -53,6 +54,8 @@ pub enum Command {
     },
     /// Run workflow tests (`*.test.yaml`) on a virtual clock: ok/FAIL per test, exit 1 if one failed.
     Test(test::TestArgs),
+    /// Support metrics per workflow: outcomes, first response and resolution times, SLA attainment, surveys.
+    Report(report::ReportArgs),
     /// Print a Mermaid flowchart of a workflow.
     Graph { file: PathBuf },
     /// Print the JSON Schema of workflow files (for editor autocompletion).
@@ -68,6 +71,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => Ok(run::run(args).await? as u8),
         Command::Serve(args) => serve::serve(args).await.map(|_| 0),
         Command::Test(args) => test::test(args).await,
+        Command::Report(args) => report::report(args),
         Command::Inspect {
             id,
             data,

@@ -4,6 +4,7 @@ pub mod driver;
 pub mod http;
 pub mod registry;
 pub mod reload;
+pub mod report;
 pub mod triggers;
 pub mod view;
 

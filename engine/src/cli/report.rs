@@ -1,0 +1,79 @@
+//! `casework report`: support metrics per workflow from the journal.
+
+use crate::daemon::report;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Only this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only instances started at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The daemon's data directory.
+    #[arg(long, env = "CASEWORK_DATA", default_value = "data")]
+    pub data: PathBuf,
+    /// Where to ask when the daemon holds the data directory.
+    #[arg(long, default_value = crate::cli::serve::DEFAULT_LISTEN)]
+    pub addr: String,
+    /// File holding the journal key (default: CASEWORK_JOURNAL_KEY, else DATA/journal.key).
+    #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
+    pub journal_key_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<u8> {
+    let since = match &args.since {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| anyhow::anyhow!("--since must look like 2026-11-01T00:00:00Z"))?
+                .timestamp_millis(),
+        ),
+        None => None,
+    };
+    let key = crate::store::seal::KeySource::from_env(args.journal_key_file.as_deref())?;
+    let reports = match crate::store::sled::SledStore::open_with(&args.data, key) {
+        Ok(store) => report::build(
+            &store,
+            &crate::compile::rules::Rules::shared(),
+            args.workflow.as_deref(),
+            since,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+        Err(crate::store::Error::Locked { .. }) => {
+            let mut url = format!("http://{}/v1/reports", args.addr);
+            let mut query = Vec::new();
+            if let Some(w) = &args.workflow {
+                query.push(format!("workflow={w}"));
+            }
+            if let Some(s) = &args.since {
+                query.push(format!("since={s}"));
+            }
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let mut resp = ureq::get(&url).call().map_err(|e| {
+                anyhow::anyhow!(
+                    "the data directory is in use and the daemon at {} did not answer: {e}",
+                    args.addr
+                )
+            })?;
+            let body: serde_json::Value = resp.body_mut().read_json()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&body["workflows"])?);
+                return Ok(0);
+            }
+            serde_json::from_value(body["workflows"].clone())?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", report::render(&reports));
+    }
+    Ok(0)
+}

@@ -1,0 +1,240 @@
+//! Support metrics from what the journal records, per workflow: instances by outcome,
+//! time to first response and to resolution, SLA attainment and survey scores.
+//!
+//! A workflow marks what it measures in `vars.report` (see docs/workflows.md, "Support
+//! metrics"): `first_response_at` and `resolved_at` (instants), `sla_met` (true/false),
+//! and survey answers under `survey` (e.g. `{csat: 5, nps: 9}`). Nothing else is
+//! inferred, so a report never guesses what a step meant.
+
+use super::registry::Registry;
+use crate::compile::rules::Rules;
+use crate::runtime::{Instance, Millis};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Percentiles of a duration, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durations {
+    pub count: u64,
+    pub p50_ms: i64,
+    pub p90_ms: i64,
+    pub max_ms: i64,
+}
+
+/// How often the SLA was met among instances that recorded it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attainment {
+    pub measured: u64,
+    pub met: u64,
+    /// Whole percent, rounded down.
+    pub percent: u64,
+}
+
+/// One survey question's answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Survey {
+    pub answers: u64,
+    /// The mean as text with two decimals (integer arithmetic, no float rounding drift).
+    pub average: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowReport {
+    pub workflow: String,
+    pub instances: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub first_response: Option<Durations>,
+    pub resolution: Option<Durations>,
+    pub sla: Option<Attainment>,
+    pub surveys: BTreeMap<String, Survey>,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_status: BTreeMap<String, u64>,
+    first_response: Vec<i64>,
+    resolution: Vec<i64>,
+    sla_measured: u64,
+    sla_met: u64,
+    surveys: BTreeMap<String, (u64, i64)>,
+}
+
+fn instant(v: &Value) -> Option<Millis> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+        .or_else(|| v.as_i64())
+}
+
+fn durations(mut v: Vec<i64>) -> Option<Durations> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |p: usize| v[(v.len() - 1) * p / 100];
+    Some(Durations {
+        count: v.len() as u64,
+        p50_ms: at(50),
+        p90_ms: at(90),
+        max_ms: v[v.len() - 1],
+    })
+}
+
+fn average(sum: i64, n: u64) -> String {
+    let hundredths = sum * 100 / n as i64;
+    format!("{}.{:02}", hundredths / 100, (hundredths % 100).abs())
+}
+
+/// Builds the report over every top-level instance in the store, optionally one
+/// workflow's, started at or after `since`.
+pub fn build(
+    store: &dyn Store,
+    rules: &Arc<Rules>,
+    workflow: Option<&str>,
+    since: Option<Millis>,
+) -> Result<Vec<WorkflowReport>, String> {
+    let registry = Registry::default();
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .instances(after.as_deref(), 500)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for meta in page {
+            if meta.parent.is_some()
+                || workflow.is_some_and(|w| w != meta.workflow)
+                || since.is_some_and(|s| meta.created_at < s)
+            {
+                continue;
+            }
+            let tally = tallies.entry(meta.workflow.clone()).or_default();
+            *tally.by_status.entry(meta.status.clone()).or_default() += 1;
+            let wf = registry.pinned(store, &meta.hash, rules)?;
+            let journal = store.journal(&meta.id).map_err(|e| e.to_string())?;
+            let inst = Instance::replay(&meta.id, &wf, &journal);
+            let Some(report) = inst.vars.get("report") else {
+                continue;
+            };
+            if let Some(t) = report.get("first_response_at").and_then(instant) {
+                tally.first_response.push(t - meta.created_at);
+            }
+            if let Some(t) = report.get("resolved_at").and_then(instant) {
+                tally.resolution.push(t - meta.created_at);
+            }
+            if let Some(met) = report.get("sla_met").and_then(Value::as_bool) {
+                tally.sla_measured += 1;
+                tally.sla_met += u64::from(met);
+            }
+            if let Some(Value::Object(answers)) = report.get("survey") {
+                for (question, score) in answers {
+                    if let Some(score) = score.as_i64() {
+                        let entry = tally.surveys.entry(question.clone()).or_default();
+                        entry.0 += 1;
+                        entry.1 += score;
+                    }
+                }
+            }
+        }
+    }
+    Ok(tallies
+        .into_iter()
+        .map(|(workflow, t)| WorkflowReport {
+            instances: t.by_status.values().sum(),
+            workflow,
+            by_status: t.by_status,
+            first_response: durations(t.first_response),
+            resolution: durations(t.resolution),
+            sla: (t.sla_measured > 0).then(|| Attainment {
+                measured: t.sla_measured,
+                met: t.sla_met,
+                percent: t.sla_met * 100 / t.sla_measured,
+            }),
+            surveys: t
+                .surveys
+                .into_iter()
+                .map(|(q, (n, sum))| {
+                    (
+                        q,
+                        Survey {
+                            answers: n,
+                            average: average(sum, n),
+                        },
+                    )
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// The report as text for a terminal.
+pub fn render(reports: &[WorkflowReport]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if reports.is_empty() {
+        out.push_str("no instances yet\n");
+    }
+    let human = |ms: i64| crate::definition::Duration::from_millis(ms.max(0) as u64).to_string();
+    for r in reports {
+        let _ = writeln!(out, "{} — {} instance(s)", r.workflow, r.instances);
+        let statuses: Vec<String> = r
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let _ = writeln!(out, "  outcomes: {}", statuses.join(", "));
+        for (label, d) in [
+            ("first response", &r.first_response),
+            ("resolution", &r.resolution),
+        ] {
+            if let Some(d) = d {
+                let _ = writeln!(
+                    out,
+                    "  {label}: p50 {}, p90 {}, max {} ({} measured)",
+                    human(d.p50_ms),
+                    human(d.p90_ms),
+                    human(d.max_ms),
+                    d.count
+                );
+            }
+        }
+        if let Some(s) = &r.sla {
+            let _ = writeln!(
+                out,
+                "  SLA met: {}% ({} of {})",
+                s.percent, s.met, s.measured
+            );
+        }
+        for (q, s) in &r.surveys {
+            let _ = writeln!(
+                out,
+                "  survey {q}: average {} ({} answers)",
+                s.average, s.answers
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_use_integer_arithmetic() {
+        assert_eq!(average(14, 3), "4.66");
+        assert_eq!(average(10, 2), "5.00");
+        assert_eq!(average(-3, 2), "-1.50");
+    }
+
+    #[test]
+    fn percentiles_come_from_the_sorted_values() {
+        let d = durations(vec![50, 10, 40, 20, 30]).unwrap();
+        assert_eq!((d.count, d.p50_ms, d.p90_ms, d.max_ms), (5, 30, 40, 50));
+        assert_eq!(durations(vec![]), None);
+    }
+}
