@@ -1,7 +1,10 @@
 //! The long-running side: the driver that carries out effects, the HTTP API, `serve`.
 
+pub mod auth;
+pub mod config;
 pub mod driver;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod reload;
 pub mod report;
