@@ -6,11 +6,14 @@
 //! reloaded from its journal when a timer, event or child wakes it: parked instances cost
 //! disk, not RAM.
 
+use super::metrics::Metrics;
 use super::registry::Registry;
 use crate::clock::Clock;
 use crate::compile::{rules::Rules, CompiledWorkflow};
 use crate::plugin_host::{CallContext, PluginHost};
-use crate::runtime::{Effect, Event, FrameState, Instance, Millis, ParentRef, Record, StepError};
+use crate::runtime::{
+    Effect, Event, FrameState, Instance, Millis, ParentRef, Record, RetryRefused, StepError,
+};
 use crate::store::{Batch, InstanceMeta, Store, Timer, Wait};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -40,6 +43,7 @@ pub struct Inner {
     firing: Mutex<HashSet<Timer>>,
     observer: Option<Observer>,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Counters for benchmarks and metrics.
@@ -74,6 +78,20 @@ enum Msg {
         reason: String,
         reply: oneshot::Sender<bool>,
     },
+    Retry {
+        reply: oneshot::Sender<Result<(), RetryRefused>>,
+    },
+}
+
+/// Why a retry did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] RetryRefused),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Why an instance could not be started.
@@ -117,8 +135,14 @@ impl Driver {
             firing: Mutex::new(HashSet::new()),
             observer,
             stats: Arc::new(Stats::default()),
+            metrics: Arc::new(Metrics::default()),
         });
-        tokio::spawn(committer(inner.store.clone(), inner.stats.clone(), rx));
+        tokio::spawn(committer(
+            inner.store.clone(),
+            inner.stats.clone(),
+            inner.metrics.clone(),
+            rx,
+        ));
         Driver { inner }
     }
 
@@ -133,10 +157,15 @@ impl Driver {
 
     /// Install a compiled workflow as the newest version of its name.
     pub fn install(&self, wf: CompiledWorkflow) -> Result<Arc<CompiledWorkflow>, String> {
-        self.inner
+        let wf = self
+            .inner
             .registry
             .install(self.inner.store.as_ref(), wf)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.inner
+            .registry
+            .mark_loaded(&wf.hash, self.inner.clock.now_ms());
+        Ok(wf)
     }
 
     /// Restart every instance that was running when the process stopped.
@@ -220,6 +249,28 @@ impl Driver {
             },
         );
         rx.await.unwrap_or(false)
+    }
+
+    /// Run a failed instance's failed step again (see [`Instance::retry`]). Returns once
+    /// the retry is journaled.
+    pub async fn retry(&self, id: &str) -> Result<(), RetryError> {
+        if self
+            .inner
+            .store
+            .instance(id)
+            .map_err(|e| RetryError::Internal(e.to_string()))?
+            .is_none()
+        {
+            return Err(RetryError::NotFound(id.to_string()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(id, Msg::Retry { reply });
+        match rx.await {
+            Ok(r) => r.map_err(RetryError::Refused),
+            Err(_) => Err(RetryError::Internal(
+                "the instance could not be loaded or journaled; see the log".into(),
+            )),
+        }
     }
 
     /// Fire the timers that are due now. Returns how many were sent.
@@ -397,6 +448,7 @@ pub fn new_id(now: Millis) -> String {
 async fn committer(
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -405,10 +457,12 @@ async fn committer(
             waiting.push(more);
         }
         let store = store.clone();
+        let began = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        metrics.flush(began.elapsed());
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "journal flush failed");
@@ -575,6 +629,10 @@ async fn handle(
     }
     let (mut records, mut fired, mut event_reply, mut cancel_reply) =
         (Vec::new(), None, None, None);
+    let mut retry_reply = None;
+    if let Some((i, _)) = state.as_mut() {
+        i.timings = Some(Vec::new());
+    }
     let (old_timers, old_waits, old_effects) = match state.as_ref() {
         Some((i, wf)) if !fresh => (timers_of(id, i), waits_of(id, i), i.effects(wf)),
         Some((i, _)) => (timers_of(id, i), waits_of(id, i), Vec::new()),
@@ -582,7 +640,8 @@ async fn handle(
     };
     match msg {
         Msg::Start { record, wf, reply } => {
-            let inst = Instance::start(id, &wf, record.clone());
+            let mut inst = Instance::start(id, &wf, record.clone());
+            inst.timings = Some(Vec::new());
             records.push(record);
             *state = Some((inst, wf));
             start_reply = Some(reply);
@@ -624,6 +683,16 @@ async fn handle(
             cancel_reply = Some((reply, !r.is_empty()));
             records.extend(r);
         }
+        Msg::Retry { reply } => {
+            let (inst, wf) = state.as_mut().expect("loaded");
+            match inst.retry(wf, now) {
+                Ok(r) => {
+                    records.extend(r);
+                    retry_reply = Some((reply, Ok(())));
+                }
+                Err(e) => retry_reply = Some((reply, Err(e))),
+            }
+        }
     }
     let (inst, wf) = state.as_mut().expect("loaded");
     // A freshly loaded instance may be waiting for a child that already ended.
@@ -646,6 +715,7 @@ async fn handle(
         }
     }
     records.extend(inst.advance(wf, now));
+    let timings = inst.timings.take().unwrap_or_default();
     let new_timers = timers_of(id, inst);
     let new_waits = waits_of(id, inst);
     let mut batch = Batch {
@@ -714,6 +784,16 @@ async fn handle(
             .stats
             .records
             .fetch_add(batch.records.len() as i64, Ordering::Relaxed);
+        for t in &timings {
+            inner.metrics.step(&wf.name, &t.step, t.ok, t.millis);
+        }
+        for r in &batch.records {
+            if let Record::StepFailed { error, .. } = r {
+                if error.code == "rule_error" {
+                    inner.metrics.rule_error(&wf.name);
+                }
+            }
+        }
         if !batch.timers_add.is_empty() {
             inner.timer_wake.notify_one();
         }
@@ -838,6 +918,9 @@ async fn handle(
     if let Some((r, v)) = cancel_reply {
         let _ = r.send(v);
     }
+    if let Some((r, v)) = retry_reply {
+        let _ = r.send(v);
+    }
 }
 
 fn reply_false(msg: Msg) {
@@ -885,18 +968,27 @@ fn spawn_call(
     inner.busy.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         let attempt = ctx.attempt;
+        let began = std::time::Instant::now();
         let call = inner.plugins.call(&plugin, &action, input, ctx);
-        let result =
-            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(StepError::from(e)),
-                Err(_) => Err(StepError {
-                    code: "timeout".into(),
-                    message: format!("`{plugin}.{action}` did not answer within {timeout_ms} ms"),
-                    retryable: true,
-                    step: None,
-                }),
-            };
+        let answer = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await;
+        let outcome = match &answer {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        inner
+            .metrics
+            .plugin_call(&plugin, &action, outcome, began.elapsed());
+        let result = match answer {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StepError::from(e)),
+            Err(_) => Err(StepError {
+                code: "timeout".into(),
+                message: format!("`{plugin}.{action}` did not answer within {timeout_ms} ms"),
+                retryable: true,
+                step: None,
+            }),
+        };
         inner.send(
             &id,
             Msg::CallResult {

@@ -15,6 +15,8 @@ pub struct Registry {
     by_hash: RwLock<HashMap<String, Arc<CompiledWorkflow>>>,
     /// Problems of files that failed to load, by file.
     pub problems: RwLock<BTreeMap<String, Vec<Diagnostic>>>,
+    /// When each version (by hash) was installed in this process.
+    loaded_at: RwLock<HashMap<String, crate::runtime::Millis>>,
 }
 
 /// Workflow files in a directory (`*.yaml`/`*.yml`, not test files), sorted for determinism,
@@ -117,6 +119,23 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .insert(wf.name.clone(), wf.clone());
         Ok(wf)
+    }
+
+    /// Notes when the version with `hash` was installed.
+    pub fn mark_loaded(&self, hash: &str, at: crate::runtime::Millis) {
+        self.loaded_at
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_string(), at);
+    }
+
+    /// When the version with `hash` was installed in this process, if it was.
+    pub fn loaded_at(&self, hash: &str) -> Option<crate::runtime::Millis> {
+        self.loaded_at
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .copied()
     }
 
     /// Stops new instances of `name` (its file was deleted). Running instances keep

@@ -1626,6 +1626,20 @@ pub fn backoff_ms(r: &crate::definition::Retry, attempt: u32, instance: &str, st
     capped - spread + h.finish() % (spread + 1)
 }
 
+/// An instant given by an expression: RFC 3339 text (like `now`) or epoch milliseconds.
+fn instant_of(v: &Value, what: &str) -> Result<Millis, StepError> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+        .or_else(|| v.as_i64())
+        .ok_or_else(|| {
+            StepError::new(
+                "rule_error",
+                format!("{what} must give a time like \"2026-03-06T16:00:00Z\", but gave {v}"),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1807,18 +1821,4 @@ steps:
             }
         );
     }
-}
-
-/// An instant given by an expression: RFC 3339 text (like `now`) or epoch milliseconds.
-fn instant_of(v: &Value, what: &str) -> Result<Millis, StepError> {
-    v.as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.timestamp_millis())
-        .or_else(|| v.as_i64())
-        .ok_or_else(|| {
-            StepError::new(
-                "rule_error",
-                format!("{what} must give a time like \"2026-03-06T16:00:00Z\", but gave {v}"),
-            )
-        })
 }
