@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    // `serve` sets up its logs from its configuration.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_tracing();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,11 +37,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(daemon: bool) {
+fn init_tracing() {
     use std::io::IsTerminal;
-    let default = if daemon { "info" } else { "error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASEWORK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,8 +1,10 @@
 //! `casework serve`: the daemon.
 
 use crate::clock::SystemClock;
+use crate::daemon::config::{self, Config};
+use crate::daemon::http::{Api, ApiOptions};
 use crate::daemon::reload::Reloader;
-use crate::daemon::{http, Driver};
+use crate::daemon::Driver;
 use crate::plugin_host::secrets::Secrets;
 use crate::plugin_host::wasm::WasmHost;
 use crate::plugin_host::{Ledger, PluginHost};
@@ -12,60 +14,59 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+pub const DEFAULT_LISTEN: &str = config::DEFAULT_LISTEN;
 
+/// `casework serve`: every setting is also a `CASEWORK_*` variable and a key of the config
+/// file (see `casework.example.toml`); flags win over variables, variables over the file.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Where instances are stored (sled).
-    #[arg(long, env = "CASEWORK_DATA", default_value = "data")]
-    pub data: PathBuf,
-    /// Folder of workflow files.
-    #[arg(long, env = "CASEWORK_WORKFLOWS", default_value = "workflows")]
-    pub workflows: PathBuf,
-    /// Address for the HTTP API.
-    #[arg(long, env = "CASEWORK_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// File holding the journal encryption key (64 hex characters). Default: the key in the
-    /// environment variable CASEWORK_JOURNAL_KEY, else DATA/journal.key (created on first start).
-    #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
-    pub journal_key_file: Option<PathBuf>,
-    /// Folder of plugins: one sub-folder per plugin with `plugin.toml` and `<name>.wasm`.
-    #[arg(long, env = "CASEWORK_PLUGINS", default_value = "plugins")]
-    pub plugins: PathBuf,
-    /// TOML file of plugin secrets (`[plugin] name = "value"`); a variable
-    /// CASEWORK_SECRET__<PLUGIN>__<NAME> overrides one value.
-    #[arg(long, env = "CASEWORK_SECRETS_FILE")]
-    pub secrets: Option<PathBuf>,
-    /// Do not watch the workflow and plugin folders for changes.
-    #[arg(long, env = "CASEWORK_NO_RELOAD")]
-    pub no_reload: bool,
+    #[command(flatten)]
+    pub config: config::Flags,
     /// Testing only: answer every plugin call with a fake that appends its idempotency key to FILE.
     #[arg(long, hide = true)]
     pub test_ledger: Option<PathBuf>,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    if !args.workflows.is_dir() {
+    // Settings first: a bad one stops here, before anything is opened or created.
+    let cfg = Config::load(&args.config).map_err(|e| anyhow!("casework: {e}"))?;
+    config::init_tracing(cfg.log_format, &cfg.log_level);
+    if let Some(file) = &cfg.file {
+        tracing::info!(file = %file.display(), "configuration read");
+    }
+    if cfg.tokens.is_empty() {
+        tracing::warn!(addr = %cfg.listen, "no API tokens configured: the API is open to anyone who can reach this loopback address");
+    }
+    if !cfg.workflows.is_dir() {
         return Err(anyhow!(
             "casework: workflow folder {} does not exist; pass --workflows DIR",
-            args.workflows.display()
+            cfg.workflows.display()
         ));
     }
-    let key = KeySource::from_env(args.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
-    let store = Arc::new(SledStore::open_with(&args.data, key).map_err(|e| anyhow!("{e}"))?);
+    let key = KeySource::from_env(cfg.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let store = Arc::new(SledStore::open_with(&cfg.data, key).map_err(|e| anyhow!("{e}"))?);
     let clock = Arc::new(SystemClock);
     let (plugins, wasm): (Arc<dyn PluginHost>, Option<Arc<WasmHost>>) = match &args.test_ledger {
         Some(path) => (Arc::new(Ledger::new(path.clone())), None),
         None => {
-            let host = Arc::new(load_plugins(&args, clock.clone()).await?);
+            let host = Arc::new(load_plugins(&cfg, clock.clone()).await?);
             (host.clone(), Some(host))
         }
     };
     let driver = Driver::new(store, plugins, clock, None);
     let reloader = Reloader::new(
         driver.clone(),
-        args.workflows.clone(),
-        wasm.map(|host| (args.plugins.clone(), host)),
+        cfg.workflows.clone(),
+        wasm.map(|host| (cfg.plugins.clone(), host)),
+    );
+    let api = Api::new(
+        driver.clone(),
+        ApiOptions {
+            tokens: cfg.tokens.clone(),
+            max_body_bytes: cfg.max_body_bytes,
+            rate_limit: cfg.rate_limit,
+            reload_stats: Some(reloader.stats.clone()),
+        },
     );
     let report = reloader.reload_workflows();
     for wf in driver.inner().registry.all_latest() {
@@ -77,23 +78,27 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "some workflow files have errors and were not loaded; see GET /v1/workflows"
         );
     }
-    if !args.no_reload {
+    if !cfg.no_reload {
         tokio::spawn(reloader.clone().watch());
     }
     let resumed = driver.resume_all().map_err(|e| anyhow!(e))?;
     tracing::info!(resumed, "instances resumed");
+    api.set_ready();
     tokio::spawn(driver.clone().run_timers());
     tokio::spawn(crate::daemon::triggers::run_schedules(driver.clone()));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %args.listen, data = %args.data.display(), "casework is serving");
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(addr = %cfg.listen, data = %cfg.data.display(), "casework is serving");
     println!(
         "casework: serving on http://{} (data in {})",
-        args.listen,
-        args.data.display()
+        cfg.listen,
+        cfg.data.display()
     );
-    axum::serve(listener, http::router(driver.clone()))
+    let app = api
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     // In-flight steps are already journaled; waiting for idle lets their records flush.
@@ -104,7 +109,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// Loads the plugin folder. A plugin that fails to load is logged and left out (its
 /// workflows fail validation with the reason); it never stops the daemon.
-async fn load_plugins(args: &ServeArgs, clock: Arc<SystemClock>) -> Result<WasmHost> {
+async fn load_plugins(args: &Config, clock: Arc<SystemClock>) -> Result<WasmHost> {
     let secrets = match &args.secrets {
         Some(path) => Secrets::from_file(path).map_err(|e| anyhow!("casework: {e}"))?,
         None => Secrets::new(),

@@ -1,18 +1,89 @@
-//! The HTTP API (axum). Errors are JSON with a stable `code`.
+//! The HTTP API (axum). Errors are JSON with a stable `code`; every route, the scope it
+//! needs and every request, response and error shape are in `openapi.json`, served at
+//! `GET /openapi.json` (a test keeps it and [`ROUTES`] in step).
+//!
+//! Each route passes a guard first: bearer token and scope (401 `unauthorized`, 403
+//! `forbidden`), then the caller's rate limit (429 `rate_limited`), then the handler;
+//! the answer is counted for `/metrics`. Bodies are size-limited (413 `body_too_large`)
+//! and unknown JSON fields are rejected (400).
 
-use super::driver::{Driver, StartError};
+use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
+use super::driver::{Driver, RetryError, StartError};
+use super::metrics::{Metrics, Snapshot};
+use super::reload::ReloadStats;
 use super::view;
-use crate::runtime::Event;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use crate::runtime::{Event, RetryRefused};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted unless configured (`max_body_bytes`).
+pub const MAX_BODY_BYTES: usize = super::config::DEFAULT_MAX_BODY_BYTES as usize;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// One route: method, path (axum syntax, as in the OpenAPI document) and the scope a
+/// token needs (`None`: open to anyone, for probes and the API description).
+#[derive(Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub scope: Option<Scope>,
+}
+
+const fn route(method: &'static str, path: &'static str, scope: Option<Scope>) -> Route {
+    Route {
+        method,
+        path,
+        scope,
+    }
+}
+
+/// Every route the daemon serves. The router is built from this list.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", None),
+    route("GET", "/readyz", None),
+    route("GET", "/openapi.json", None),
+    route("GET", "/metrics", Some(Scope::Read)),
+    route("GET", "/v1/workflows", Some(Scope::Read)),
+    route("POST", "/v1/workflows/{name}/instances", Some(Scope::Start)),
+    route("GET", "/v1/instances", Some(Scope::Read)),
+    route("GET", "/v1/instances/{id}", Some(Scope::Read)),
+    route("POST", "/v1/instances/{id}/cancel", Some(Scope::Admin)),
+    route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
+    route("POST", "/v1/events", Some(Scope::Start)),
+];
+
+fn handler(r: &Route) -> MethodRouter<Api> {
+    match (r.method, r.path) {
+        ("GET", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/openapi.json") => get(openapi),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/v1/workflows") => get(list_workflows),
+        ("POST", "/v1/workflows/{name}/instances") => post(start),
+        ("GET", "/v1/instances") => get(list_instances),
+        ("GET", "/v1/instances/{id}") => get(get_instance),
+        ("POST", "/v1/instances/{id}/cancel") => post(cancel),
+        ("POST", "/v1/instances/{id}/retry") => post(retry),
+        ("POST", "/v1/events") => post(deliver),
+        (m, p) => unreachable!("route {m} {p} has no handler"),
+    }
+}
 
 /// An API error: fixed status, stable code, human message.
 pub struct ApiError {
@@ -20,6 +91,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Option<Value>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,6 +101,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
 }
@@ -39,7 +112,16 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.details {
             body["error"]["details"] = d;
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
     }
 }
 
@@ -47,25 +129,315 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-pub fn router(driver: Driver) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/v1/workflows", get(list_workflows))
-        .route("/v1/workflows/{name}/instances", post(start))
-        .route("/v1/instances/{id}", get(get_instance))
-        .route("/v1/instances", get(list_instances))
-        .route("/v1/instances/{id}/cancel", post(cancel))
-        .route("/v1/events", post(deliver))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(driver)
+fn instance_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "instance_not_found",
+        format!("no instance `{id}`"),
+    )
 }
 
-async fn list_workflows(State(d): State<Driver>) -> Json<Value> {
-    let reg = &d.inner().registry;
+/// How the API is set up; [`Default`] is open (no tokens), no rate limit, 1 MiB bodies.
+#[derive(Clone)]
+pub struct ApiOptions {
+    pub tokens: Vec<ApiToken>,
+    pub max_body_bytes: usize,
+    pub rate_limit: Option<RateLimit>,
+    /// The reloader's counters, for `/metrics`.
+    pub reload_stats: Option<Arc<ReloadStats>>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            tokens: Vec::new(),
+            max_body_bytes: MAX_BODY_BYTES,
+            rate_limit: None,
+            reload_stats: None,
+        }
+    }
+}
+
+/// The API: the driver plus auth, limits and readiness. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    driver: Driver,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tokens: Tokens,
+    limiter: Option<RateLimiter>,
+    max_body_bytes: usize,
+    reload: Option<Arc<ReloadStats>>,
+    ready: AtomicBool,
+}
+
+impl Api {
+    pub fn new(driver: Driver, opts: ApiOptions) -> Api {
+        Api {
+            driver,
+            shared: Arc::new(Shared {
+                tokens: Tokens::new(opts.tokens),
+                limiter: opts.rate_limit.map(RateLimiter::new),
+                max_body_bytes: opts.max_body_bytes,
+                reload: opts.reload_stats,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Workflows are loaded and instances resumed: `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.shared.ready.store(true, Ordering::SeqCst);
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.driver.inner().metrics
+    }
+
+    /// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
+    /// that an open API can rate-limit by client address.
+    pub fn router(&self) -> Router {
+        let mut router = Router::new();
+        for r in ROUTES {
+            let guarded =
+                handler(r).route_layer(middleware::from_fn_with_state((self.clone(), r), guard));
+            router = router.route(r.path, guarded);
+        }
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.shared.max_body_bytes))
+            .with_state(self.clone())
+    }
+}
+
+/// The API with default options, ready at once (tests and embedding).
+pub fn router(driver: Driver) -> Router {
+    let api = Api::new(driver, ApiOptions::default());
+    api.set_ready();
+    api.router()
+}
+
+/// Auth, rate limit, then the handler; counts the answer.
+async fn guard(
+    State((api, route)): State<(Api, &'static Route)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let resp = match admit(&api, route, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    api.metrics()
+        .http_request(route.method, route.path, resp.status().as_u16());
+    resp
+}
+
+fn admit(api: &Api, route: &Route, req: &Request) -> Result<(), ApiError> {
+    let Some(needed) = route.scope else {
+        return Ok(());
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let checked = api.shared.tokens.check(authorization, needed);
+    if let Some(limiter) = &api.shared.limiter {
+        let key = match &checked {
+            Ok(Caller::Token { name, .. }) => format!("token:{name}"),
+            _ => match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+                Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+                None => "anonymous".to_string(),
+            },
+        };
+        if let Err(wait) = limiter.take(&key, Instant::now()) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError {
+                retry_after: Some(secs),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many requests; retry in {secs} s"),
+                )
+            });
+        }
+    }
+    match checked {
+        Ok(_) => Ok(()),
+        Err(Denied::Unauthorized) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid token as `Authorization: Bearer <token>`",
+        )),
+        Err(Denied::Forbidden { needed, has }) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token has scope `{}`; {} {} needs `{}`",
+                has.as_str(),
+                route.method,
+                route.path,
+                needed.as_str()
+            ),
+        )),
+    }
+}
+
+async fn not_found(State(api): State<Api>, req: Request) -> ApiError {
+    api.metrics()
+        .http_request(req.method().as_str(), "(unmatched)", 404);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        format!(
+            "no route {} {}; see GET /openapi.json",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(State(api): State<Api>, req: Request) -> ApiError {
+    api.metrics()
+        .http_request(req.method().as_str(), "(unmatched)", 405);
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not accept {}; see GET /openapi.json",
+            req.uri().path(),
+            req.method()
+        ),
+    )
+}
+
+/// A JSON body that may be absent. Too large: 413 `body_too_large`; not JSON: 415
+/// `unsupported_media_type`; malformed, wrong shape or unknown fields: 400 `invalid_body`.
+pub struct JsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || v.ends_with("+json")
+            });
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than this daemon accepts (max_body_bytes)",
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(None));
+        }
+        if json_type != Some(true) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `content-type: application/json`",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| JsonBody(Some(v)))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
+    }
+}
+
+async fn readyz(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    if api.shared.ready.load(Ordering::SeqCst) {
+        Ok(Json(json!({"status": "ready"})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "still loading workflows and resuming instances",
+        ))
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
+    let inner = api.driver.inner().clone();
+    // Counting instances reads the whole index: off the async threads.
+    let instances_by_status = tokio::task::spawn_blocking(move || {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = inner.store.instances(cursor.as_deref(), 1000)?;
+            for m in &page {
+                *counts.entry(m.status.clone()).or_default() += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => cursor = Some(last.id.clone()),
+                _ => return Ok::<_, crate::store::Error>(counts),
+            }
+        }
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    let inner = api.driver.inner();
+    let (reloads, reload_failures) = api
+        .shared
+        .reload
+        .as_ref()
+        .map(|s| {
+            (
+                s.reloads.load(Ordering::Relaxed),
+                s.failures.load(Ordering::Relaxed),
+            )
+        })
+        .unwrap_or_default();
+    let page = api.metrics().render(&Snapshot {
+        instances_by_status,
+        workflows_loaded: inner.registry.all_latest().len(),
+        journal_records: inner.stats.records.load(Ordering::Relaxed),
+        reloads,
+        reload_failures,
+        ready: api.shared.ready.load(Ordering::SeqCst),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        page,
+    )
+        .into_response())
+}
+
+async fn list_workflows(State(api): State<Api>) -> Json<Value> {
+    let reg = &api.driver.inner().registry;
     let workflows: Vec<Value> = reg
         .all_latest()
         .iter()
-        .map(|w| json!({"name": w.name, "version": w.version, "hash": w.hash, "file": w.file, "description": w.description}))
+        .map(|w| {
+            json!({
+                "name": w.name,
+                "version": w.version,
+                "hash": w.hash,
+                "file": w.file,
+                "description": w.description,
+                "loaded_at": reg.loaded_at(&w.hash).map(crate::compile::rules::format_ms),
+            })
+        })
         .collect();
     let problems: Vec<Value> = reg
         .problems
@@ -78,17 +450,17 @@ async fn list_workflows(State(d): State<Driver>) -> Json<Value> {
 }
 
 async fn start(
-    State(d): State<Driver>,
+    State(api): State<Api>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<Value>>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let input = body.map(|Json(v)| v).unwrap_or(Value::Null);
+    let input = body.unwrap_or(Value::Null);
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    match d.start(&name, input, key).await {
+    match api.driver.start(&name, input, key).await {
         Ok(s) => {
             let status = if s.created {
                 StatusCode::CREATED
@@ -115,22 +487,20 @@ async fn start(
 }
 
 async fn get_instance(
-    State(d): State<Driver>,
+    State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<view::InstanceView>, ApiError> {
-    instance_view(&d, &id).map(Json)
+    instance_view(&api.driver, &id).map(Json)
 }
 
 /// The redacted view of one instance.
 pub fn instance_view(d: &Driver, id: &str) -> Result<view::InstanceView, ApiError> {
     let inner = d.inner();
-    let meta = inner.store.instance(id).map_err(internal)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "instance_not_found",
-            format!("no instance `{id}`"),
-        )
-    })?;
+    let meta = inner
+        .store
+        .instance(id)
+        .map_err(internal)?
+        .ok_or_else(|| instance_not_found(id))?;
     let wf = inner
         .registry
         .pinned(inner.store.as_ref(), &meta.hash, &inner.rules)
@@ -149,15 +519,18 @@ struct ListQuery {
 }
 
 async fn list_instances(
-    State(d): State<Driver>,
-    Query(q): Query<ListQuery>,
+    State(api): State<Api>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut out = Vec::new();
     let mut cursor = q.cursor.clone();
     // Scan forward in pages until the filtered page is full or the end is reached.
     loop {
-        let page = d
+        let page = api
+            .driver
             .inner()
             .store
             .instances(cursor.as_deref(), 1000)
@@ -182,22 +555,59 @@ async fn list_instances(
     }
 }
 
-async fn cancel(State(d): State<Driver>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CancelBody>,
+) -> Result<Json<Value>, ApiError> {
+    let d = &api.driver;
     if d.inner().store.instance(&id).map_err(internal)?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "instance_not_found",
-            format!("no instance `{id}`"),
-        ));
+        return Err(instance_not_found(&id));
     }
-    if d.cancel(&id, "cancelled through the API").await {
+    let reason = body
+        .and_then(|b| b.reason)
+        .unwrap_or_else(|| "cancelled through the API".into());
+    if d.cancel(&id, &reason).await {
         Ok(Json(json!({"id": id, "cancelling": true})))
     } else {
         Err(ApiError::new(
             StatusCode::CONFLICT,
             "instance_finished",
-            format!("instance `{id}` has already ended"),
+            format!("instance `{id}` has already ended or is being cancelled"),
         ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {}
+
+async fn retry(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    JsonBody(_): JsonBody<RetryBody>,
+) -> Result<Json<Value>, ApiError> {
+    match api.driver.retry(&id).await {
+        Ok(()) => Ok(Json(json!({"id": id, "retrying": true}))),
+        Err(RetryError::NotFound(_)) => Err(instance_not_found(&id)),
+        Err(RetryError::Refused(e @ RetryRefused::NotFailed(_))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_failed",
+            format!("instance `{id}` cannot be retried: {e}"),
+        )),
+        Err(RetryError::Refused(e @ RetryRefused::NotRetryable(_))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!("instance `{id}` cannot be retried: {e}"),
+        )),
+        Err(RetryError::Internal(e)) => Err(internal(e)),
     }
 }
 
@@ -214,22 +624,154 @@ struct EventBody {
 }
 
 async fn deliver(
-    State(d): State<Driver>,
-    body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>,
+    State(api): State<Api>,
+    JsonBody(body): JsonBody<EventBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(b) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.body_text()))?;
+    let b = body.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "send the event as JSON: {\"type\": ..., \"key\": ..., \"data\": {...}}",
+        )
+    })?;
     let event = Event {
         event_type: b.event_type,
         key: b.key,
         data: b.data,
         id: b.id,
     };
+    let d = &api.driver;
     let woken = d.deliver(event.clone()).await.map_err(internal)?;
-    let triggered = super::triggers::start_for_event(&d, &event).await;
+    let triggered = super::triggers::start_for_event(d, &event).await;
     Ok(Json(json!({
         "woken": woken,
         "started": triggered.started,
         "trigger_errors": triggered.failed,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+        doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .filter(|k| {
+                        ["get", "post", "put", "patch", "delete", "head", "options"]
+                            .contains(&k.as_str())
+                    })
+                    .map(|m| (m.to_ascii_uppercase(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_operation_is_routed() {
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(routed, documented());
+    }
+
+    #[test]
+    fn the_document_describes_each_operation_fully() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let text = OPENAPI;
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+            assert!(op["operationId"].is_string(), "{} {}", r.method, r.path);
+            assert!(op["responses"].is_object(), "{} {}", r.method, r.path);
+            // Scoped routes document their auth errors; open ones declare no security.
+            match r.scope {
+                Some(scope) => {
+                    let desc = op["description"].as_str().unwrap_or("");
+                    assert!(
+                        desc.contains(&format!("Scope: `{}`", scope.as_str())),
+                        "{} {} must say its scope",
+                        r.method,
+                        r.path
+                    );
+                    for code in ["401", "403", "429"] {
+                        assert!(
+                            op["responses"][code].is_object(),
+                            "{} {} {code}",
+                            r.method,
+                            r.path
+                        );
+                    }
+                }
+                None => assert_eq!(op["security"], json!([]), "{} {}", r.method, r.path),
+            }
+        }
+        // Every `$ref` resolves.
+        for part in text.split("\"$ref\": \"#/").skip(1) {
+            let pointer = part.split('"').next().unwrap();
+            assert!(
+                doc.pointer(&format!("/{pointer}")).is_some(),
+                "dangling $ref #/{pointer}"
+            );
+        }
+    }
+
+    async fn raw(addr: SocketAddr, method: &str, path: &str) -> (u16, Value) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        let status = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn the_router_answers_exactly_the_documented_methods() {
+        let store = Arc::new(crate::store::sled::SledStore::temporary().unwrap());
+        let driver = Driver::new(
+            store,
+            Arc::new(crate::plugin_host::NoPlugins),
+            Arc::new(crate::clock::ManualClock::new(0)),
+            None,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(driver);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let documented = documented();
+        for (_, path) in &documented {
+            let concrete = path.replace("{name}", "nope").replace("{id}", "nope");
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                let (status, body) = raw(addr, method, &concrete).await;
+                let listed = documented.contains(&(method.to_string(), path.clone()));
+                assert_ne!(body["error"]["code"], "route_not_found", "{method} {path}");
+                if listed {
+                    assert_ne!(status, 405, "{method} {path} is documented but not routed");
+                } else {
+                    assert_eq!(status, 405, "{method} {path} is routed but not documented");
+                    assert_eq!(body["error"]["code"], "method_not_allowed");
+                }
+            }
+        }
+        let (status, body) = raw(addr, "GET", "/v2/nothing").await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (404, json!("route_not_found"))
+        );
+    }
 }
