@@ -108,85 +108,6 @@ pub fn register(engine: &mut Engine, calendars: SharedCalendars) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::{read, Calendars};
-    use super::*;
-
-    fn engine() -> (Engine, SharedCalendars) {
-        let shared = SharedCalendars::default();
-        let mut e = Engine::new();
-        register(&mut e, shared.clone());
-        (e, shared)
-    }
-
-    fn support() -> Calendars {
-        let (cal, d) = read(
-            "support-hours.yaml",
-            "calendar: support-hours\ntimezone: Europe/London\nhours: { weekdays: 08:00-18:00 }\n",
-        );
-        Calendars::new([cal.unwrap_or_else(|| panic!("{d:?}"))])
-    }
-
-    #[test]
-    fn rules_do_business_time() {
-        let (e, shared) = engine();
-        shared.replace(support());
-        let due: String = e
-            .eval(r#"business_add("support-hours", "2026-03-27T16:00:00Z", "4h")"#)
-            .unwrap();
-        assert_eq!(due, "2026-03-30T09:00:00.000Z");
-        let due_ms: INT = e
-            .eval(r#"business_add("support-hours", 1774627200000, 4 * 3600000)"#)
-            .unwrap();
-        assert_eq!(format_ms(due_ms), "2026-03-30T09:00:00.000Z");
-        let used: INT = e
-            .eval(r#"business_between("support-hours", "2026-03-27T17:00:00Z", "2026-03-30T08:00:00Z")"#)
-            .unwrap();
-        assert_eq!(used, 2 * 3_600_000);
-        assert!(!e
-            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
-            .unwrap());
-        let open: String = e
-            .eval(r#"next_open("support-hours", "2026-03-28T10:00:00Z")"#)
-            .unwrap();
-        assert_eq!(open, "2026-03-30T07:00:00.000Z");
-    }
-
-    #[test]
-    fn unknown_calendars_and_bad_arguments_are_rule_errors() {
-        let (e, shared) = engine();
-        let err = e
-            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("unknown calendar `support-hours`: no calendars are loaded"),
-            "{err}"
-        );
-        shared.replace(support());
-        let err = e
-            .eval::<bool>(r#"within_hours("suport-hours", "2026-03-28T10:00:00Z")"#)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("did you mean `support-hours`?); known calendars: support-hours"),
-            "{err}"
-        );
-        let err = e
-            .eval::<String>(r#"business_add("support-hours", "tomorrow", "4h")"#)
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("`tomorrow` is not a time"),
-            "{err}"
-        );
-        let err = e
-            .eval::<String>(r#"business_add("support-hours", "2026-03-28T10:00:00Z", "4 hours")"#)
-            .unwrap_err();
-        assert!(err.to_string().contains("`4 hours` needs a unit"), "{err}");
-    }
-}
-
 /// SLA clocks for rules. A clock is a plain map kept in `vars` (so every start, pause
 /// and resume is journaled with the step that made it, and replays exactly):
 ///
@@ -284,4 +205,83 @@ pub fn register_sla(engine: &mut Engine, calendars: SharedCalendars) {
     engine.register_fn("sla_used", move |m: Map, at: &str| -> Res<INT> {
         clock(&m)?.used(&c.get(), instant(at)?).or_else(fail)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{read, Calendars};
+    use super::*;
+
+    fn engine() -> (Engine, SharedCalendars) {
+        let shared = SharedCalendars::default();
+        let mut e = Engine::new();
+        register(&mut e, shared.clone());
+        (e, shared)
+    }
+
+    fn support() -> Calendars {
+        let (cal, d) = read(
+            "support-hours.yaml",
+            "calendar: support-hours\ntimezone: Europe/London\nhours: { weekdays: 08:00-18:00 }\n",
+        );
+        Calendars::new([cal.unwrap_or_else(|| panic!("{d:?}"))])
+    }
+
+    #[test]
+    fn rules_do_business_time() {
+        let (e, shared) = engine();
+        shared.replace(support());
+        let due: String = e
+            .eval(r#"business_add("support-hours", "2026-03-27T16:00:00Z", "4h")"#)
+            .unwrap();
+        assert_eq!(due, "2026-03-30T09:00:00.000Z");
+        let due_ms: INT = e
+            .eval(r#"business_add("support-hours", 1774627200000, 4 * 3600000)"#)
+            .unwrap();
+        assert_eq!(format_ms(due_ms), "2026-03-30T09:00:00.000Z");
+        let used: INT = e
+            .eval(r#"business_between("support-hours", "2026-03-27T17:00:00Z", "2026-03-30T08:00:00Z")"#)
+            .unwrap();
+        assert_eq!(used, 2 * 3_600_000);
+        assert!(!e
+            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap());
+        let open: String = e
+            .eval(r#"next_open("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap();
+        assert_eq!(open, "2026-03-30T07:00:00.000Z");
+    }
+
+    #[test]
+    fn unknown_calendars_and_bad_arguments_are_rule_errors() {
+        let (e, shared) = engine();
+        let err = e
+            .eval::<bool>(r#"within_hours("support-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown calendar `support-hours`: no calendars are loaded"),
+            "{err}"
+        );
+        shared.replace(support());
+        let err = e
+            .eval::<bool>(r#"within_hours("suport-hours", "2026-03-28T10:00:00Z")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean `support-hours`?); known calendars: support-hours"),
+            "{err}"
+        );
+        let err = e
+            .eval::<String>(r#"business_add("support-hours", "tomorrow", "4h")"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`tomorrow` is not a time"),
+            "{err}"
+        );
+        let err = e
+            .eval::<String>(r#"business_add("support-hours", "2026-03-28T10:00:00Z", "4 hours")"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`4 hours` needs a unit"), "{err}");
+    }
 }
