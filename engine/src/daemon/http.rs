@@ -66,6 +66,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/instances/{id}/cancel", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
+    route("GET", "/v1/reports", Some(Scope::Read)),
 ];
 
 fn handler(r: &Route) -> MethodRouter<Api> {
@@ -81,6 +82,7 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("POST", "/v1/instances/{id}/cancel") => post(cancel),
         ("POST", "/v1/instances/{id}/retry") => post(retry),
         ("POST", "/v1/events") => post(deliver),
+        ("GET", "/v1/reports") => get(reports),
         (m, p) => unreachable!("route {m} {p} has no handler"),
     }
 }
@@ -507,6 +509,45 @@ pub fn instance_view(d: &Driver, id: &str) -> Result<view::InstanceView, ApiErro
         .map_err(internal)?;
     let journal = inner.store.journal(id).map_err(internal)?;
     Ok(view::instance_view(id, &meta.status, &wf, &journal))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    workflow: Option<String>,
+    since: Option<String>,
+}
+
+/// Support metrics per workflow (see `daemon/report.rs`).
+async fn reports(
+    State(api): State<Api>,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let since = match &q.since {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "`since` must look like 2026-11-01T00:00:00Z",
+                    )
+                })?
+                .timestamp_millis(),
+        ),
+        None => None,
+    };
+    let inner = api.driver.inner();
+    let built = super::report::build(
+        inner.store.as_ref(),
+        &inner.rules,
+        q.workflow.as_deref(),
+        since,
+    )
+    .map_err(internal)?;
+    Ok(Json(json!({ "workflows": built })))
 }
 
 #[derive(Deserialize)]
