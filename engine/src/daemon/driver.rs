@@ -358,7 +358,12 @@ impl Inner {
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(msg).ok();
         actors.insert(id.to_string(), tx);
-        let span = tracing::info_span!("instance", id = %id);
+        let span = tracing::info_span!(
+            "instance",
+            id = %id,
+            workflow = tracing::field::Empty,
+            version = tracing::field::Empty
+        );
         tokio::spawn(tracing::Instrument::instrument(
             actor(self.clone(), id.to_string(), rx),
             span,
@@ -627,6 +632,11 @@ async fn handle(
             },
         }
     }
+    if let Some((_, wf)) = state.as_ref() {
+        let span = tracing::Span::current();
+        span.record("workflow", tracing::field::display(&wf.name));
+        span.record("version", wf.version);
+    }
     let (mut records, mut fired, mut event_reply, mut cancel_reply) =
         (Vec::new(), None, None, None);
     let mut retry_reply = None;
@@ -640,6 +650,9 @@ async fn handle(
     };
     match msg {
         Msg::Start { record, wf, reply } => {
+            let span = tracing::Span::current();
+            span.record("workflow", tracing::field::display(&wf.name));
+            span.record("version", wf.version);
             let mut inst = Instance::start(id, &wf, record.clone());
             inst.timings = Some(Vec::new());
             records.push(record);
@@ -966,7 +979,15 @@ fn spawn_call(
     timeout_ms: u64,
 ) {
     inner.busy.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(async move {
+    // A child of the instance span: log lines of the call (the plugin's own included)
+    // carry instance, workflow, version, step and attempt.
+    let span = tracing::info_span!(
+        "step",
+        step = %ctx.step_id,
+        call = %format!("{plugin}.{action}"),
+        attempt = ctx.attempt
+    );
+    let call_task = async move {
         let attempt = ctx.attempt;
         let began = std::time::Instant::now();
         let call = inner.plugins.call(&plugin, &action, input, ctx);
@@ -998,7 +1019,8 @@ fn spawn_call(
             },
         );
         inner.done_one();
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(call_task, span));
 }
 
 fn log_record(wf: &CompiledWorkflow, r: &Record) {
