@@ -54,6 +54,8 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 const MAX_LOG_LINES: u32 = 100;
 /// Characters kept per log line or error message.
 const MAX_MESSAGE_CHARS: usize = 2048;
+/// Bytes of a plugin's stderr kept per call (panic messages).
+const STDERR_BYTES: usize = 16 * 1024;
 /// Outbound requests per call.
 const MAX_HTTP_REQUESTS: u32 = 50;
 /// How often the epoch ticks; also how often a busy plugin yields to tokio.
@@ -390,8 +392,12 @@ impl WasmHost {
     ) -> Store<CallState> {
         let manifest = &plugin.manifest;
         let deadline = Instant::now() + Duration::from_millis(manifest.limits.timeout_ms.into());
+        // stderr is kept (bounded) so a panic message reaches the error and the log;
+        // everything else in the WASI context stays empty.
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_BYTES);
         let state = CallState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
             limits: CallLimits {
                 memory_bytes: manifest.limits.memory_mb as usize * 1024 * 1024,
@@ -507,6 +513,10 @@ impl WasmHost {
         };
         let outcome = tokio::time::timeout(call_timeout(&plugin.manifest), call).await;
         let state = store.data();
+        let said = state.stderr_text();
+        if !said.trim().is_empty() {
+            tracing::warn!(plugin = %plugin_name, "plugin wrote to stderr: {}", state.scrub(&truncate(said.trim())));
+        }
         let result = match outcome {
             Err(_) => Err(timeout_error(plugin_name, &plugin.manifest)),
             Ok(Err(trap)) if state.timed_out => {
@@ -660,6 +670,7 @@ impl ResourceLimiter for CallLimits {
 /// Everything one call can see. Built fresh per call, dropped afterwards.
 struct CallState {
     wasi: WasiCtx,
+    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
     table: ResourceTable,
     limits: CallLimits,
     plugin: String,
@@ -679,6 +690,11 @@ struct CallState {
 }
 
 impl CallState {
+    /// What the plugin wrote to stderr in this call, bounded.
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    }
+
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for secret in &self.handed_out {
