@@ -111,12 +111,34 @@ fn install_payments(dir: &Path, port: u16) {
         format!("[payments]\nstripe_secret_key = \"{SECRET_KEY}\"\n"),
     )
     .unwrap();
+    // refund.yaml also calls crm (refund history) and paging (approver and customer
+    // notices); the daemon loads a workflow only if every plugin it calls is installed.
+    // Unconfigured, their calls fail and the workflow records the failed notice.
+    for other in ["crm", "paging"] {
+        let source = repo().join("plugins").join(other);
+        let target = dir.join("plugins").join(other);
+        std::fs::create_dir_all(&target).unwrap();
+        for file in ["plugin.toml".to_string(), format!("{other}.wasm")] {
+            std::fs::copy(source.join(&file), target.join(&file)).unwrap_or_else(|e| {
+                panic!("plugins/{other}/{file}: {e}; run `bash plugins/build.sh`")
+            });
+        }
+    }
     std::fs::create_dir_all(dir.join("workflows")).unwrap();
     std::fs::copy(
         repo().join("workflows/refund.yaml"),
         dir.join("workflows/refund.yaml"),
     )
     .unwrap();
+    // The approval clock counts business hours of a calendar in workflows/calendars/.
+    let calendars = dir.join("workflows/calendars");
+    std::fs::create_dir_all(&calendars).unwrap();
+    for entry in std::fs::read_dir(repo().join("workflows/calendars")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, calendars.join(path.file_name().unwrap())).unwrap();
+        }
+    }
 }
 
 struct Daemon {
@@ -194,7 +216,10 @@ fn refund_input(order: &str, amount: u64) -> Value {
         "order_date": chrono::Utc::now().to_rfc3339(),
         "reason": "requested_by_customer",
         "customer_email": "jane.doe@example.com",
-        "requested_by": "agent-7"
+        "requested_by": "agent-7",
+        // Finish right after paying instead of watching 10 days for a late
+        // `refund.failed` webhook (that path is tested in workflows/refund.test.yaml).
+        "late_failure_watch": "0s"
     })
 }
 
