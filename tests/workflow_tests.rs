@@ -31,11 +31,11 @@ fn casework(args: &[&str], dir: &Path) -> Run {
     }
 }
 
-/// A folder holding a copy of the refund workflow and the given test file.
+/// A folder holding the frozen fixture refund workflow and the given test file.
 fn folder_with(test_file: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::copy(
-        repo().join("workflows/refund.yaml"),
+        repo().join("tests/fixtures/refund.yaml"),
         dir.path().join("refund.yaml"),
     )
     .expect("copy refund.yaml");
