@@ -421,3 +421,28 @@ steps:
         Some(json!("2026-01-03T00:00:00.000Z"))
     );
 }
+
+#[tokio::test]
+async fn a_failure_on_the_workflow_handlers_path_ends_the_instance_instead_of_looping() {
+    let r = setup(&[r#"
+workflow: w
+version: 1
+on_error: tell_team
+steps:
+  - id: work
+    fail: { code: broken, message: "the work failed" }
+  - id: tell_team
+    set: { told: true }
+    next: give_up
+  - id: give_up
+    fail: { code: gave_up, message: "told the team about ${vars.error.code}" }
+"#]);
+    let id = r.start("w", json!({})).await;
+    let inst = r.settle(&id).await;
+    assert_eq!(inst.status, Status::Failed);
+    let error = inst.error.unwrap();
+    assert_eq!(error.code, "gave_up");
+    assert_eq!(error.message, "told the team about broken");
+    let journal = r.driver.inner().store.journal(&id).unwrap();
+    assert!(journal.len() < 10, "the handler ran more than once: {journal:#?}");
+}

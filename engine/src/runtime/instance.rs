@@ -848,6 +848,9 @@ impl Instance {
             if frame.parent.is_none()
                 && !frame.compensation
                 && !in_handler
+                // Once the workflow's handler has been entered, a failure on its path ends
+                // the instance instead of entering the handler again (which would loop).
+                && self.failure_origin.is_none()
                 && self.final_error.is_none()
             {
                 wf.on_error
