@@ -446,3 +446,35 @@ steps:
     let journal = r.driver.inner().store.journal(&id).unwrap();
     assert!(journal.len() < 10, "the handler ran more than once: {journal:#?}");
 }
+
+#[tokio::test]
+async fn join_first_cancels_the_other_branches_timers_and_calls() {
+    let r = setup(&[r#"
+workflow: race
+version: 1
+steps:
+  - id: race
+    parallel:
+      join: first
+      branches:
+        - id: quick
+          steps: [{ id: q, sleep: 1m, next: q2 }, { id: q2, set: { winner: quick } }]
+        - id: slow
+          steps: [{ id: z, sleep: 1h, next: z2 }, { id: z2, call: pager.page }]
+    next: linger
+  - id: linger
+    sleep: 2h
+    next: done
+  - id: done
+    complete: { output: "${vars.winner}" }
+"#]);
+    let id = r.start("race", json!({})).await;
+    let inst = r.settle(&id).await;
+    assert_eq!(inst.status, Status::Completed);
+    assert_eq!(inst.output, Some(json!("quick")));
+    assert!(
+        r.called().is_empty(),
+        "the losing branch still paged: {:?}",
+        r.called()
+    );
+}

@@ -304,6 +304,10 @@ impl Instance {
                     self.compensable.push((step.clone(), c));
                 }
                 self.step_ended(*frame, step, true);
+                // A join that settled (first branch done, or all) ends its branches: with
+                // `join: first` the others are cancelled, their timers, waits and calls
+                // dropped (a late call result finds no frame and is ignored).
+                self.drop_children(*frame);
                 self.move_on(wf, *frame, output.clone(), next.as_deref());
             }
             Record::CallStarted {
