@@ -444,7 +444,10 @@ steps:
     assert_eq!(error.code, "gave_up");
     assert_eq!(error.message, "told the team about broken");
     let journal = r.driver.inner().store.journal(&id).unwrap();
-    assert!(journal.len() < 10, "the handler ran more than once: {journal:#?}");
+    assert!(
+        journal.len() < 10,
+        "the handler ran more than once: {journal:#?}"
+    );
 }
 
 #[tokio::test]
