@@ -181,7 +181,7 @@ fn a_malformed_test_file_gives_file_line_col_errors_and_exit_2() {
         "./refund.test.yaml:4:5: error: unknown field `expcet` in a test\n  hint: did you mean `expect`?",
         "./refund.test.yaml:3:5: error: a test is missing `expect:`",
         "./refund.test.yaml:8:11: error: a mock needs an answer",
-        "./refund.test.yaml:10:7: error: `sla` expectations are not supported yet",
+        "./refund.test.yaml:10:30: error: `met` is not an SLA state",
     ] {
         assert!(r.stdout.contains(want), "missing {want:?} in:\n{}", r.stdout);
     }

@@ -55,6 +55,10 @@ pub struct Observed {
     pub logs: Vec<String>,
     /// Calls no mock answered.
     pub unanswered: Vec<(String, Value)>,
+    /// Virtual time when the test ended, for SLA states.
+    pub ended_at: i64,
+    /// The calendars the run used, for SLA states.
+    pub calendars: std::sync::Arc<crate::calendar::Calendars>,
 }
 
 /// Partial match: a mapping matches when every key it lists matches (at every depth; `null`
@@ -191,6 +195,11 @@ pub fn check(e: &Expect, o: &Observed) -> Vec<Failure> {
     if e.retries_reuse_idempotency_key {
         out.extend(check_retry_keys(&o.calls));
     }
+    for want in &e.sla {
+        if let Some(f) = check_sla(want, o) {
+            out.push(f);
+        }
+    }
     for text in &e.not_in_journal {
         if let Some(f) = find_text(text, o) {
             out.push(f);
@@ -216,6 +225,52 @@ fn describe_call(c: &ActualCall) -> String {
         c.key,
         short(&c.input)
     )
+}
+
+fn check_sla(want: &super::model::ExpectedSla, o: &Observed) -> Option<Failure> {
+    use crate::calendar::sla::{SlaClock, SlaState};
+    let name = &want.clock;
+    let Some(raw) = o.vars.get(name) else {
+        return Some(Failure::new(format!(
+            "sla: there is no variable `{name}`; keep the clock in one, e.g. `vars.{name} = sla_start(...)`"
+        )));
+    };
+    let clock: SlaClock = match serde_json::from_value(raw.clone()) {
+        Ok(c) => c,
+        Err(_) => {
+            return Some(Failure::new(format!(
+                "sla: `vars.{name}` is not an SLA clock (made with sla_start): {}",
+                short(raw)
+            )))
+        }
+    };
+    let status = match clock.status(&o.calendars, o.ended_at, want.warn_percent) {
+        Ok(s) => s,
+        Err(e) => return Some(Failure::new(format!("sla: `{name}`: {e}"))),
+    };
+    let got = match status.state {
+        SlaState::Running => "running",
+        SlaState::Paused => "paused",
+        SlaState::Warned => "warned",
+        SlaState::Breached => "breached",
+    };
+    (got != want.state).then(|| {
+        let mut f = Failure::new(format!(
+            "sla: `{name}` expected {}, got {got} at {}",
+            want.state,
+            crate::compile::rules::format_ms(o.ended_at)
+        ))
+        .line(format!(
+            "used {} of {} (warning at {}%)",
+            crate::definition::Duration::from_millis(status.used_ms.max(0) as u64),
+            crate::definition::Duration::from_millis(clock.target_ms.max(0) as u64),
+            want.warn_percent
+        ));
+        if let Some(d) = status.deadline {
+            f = f.line(format!("deadline {}", crate::compile::rules::format_ms(d)));
+        }
+        f
+    })
 }
 
 fn check_calls(want: &[ExpectedCall], got: &[ActualCall]) -> Vec<Failure> {

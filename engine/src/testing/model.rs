@@ -99,9 +99,25 @@ pub struct Expect {
     pub retries_reuse_idempotency_key: bool,
     /// Text that must appear in no journal record and no log line.
     pub not_in_journal: Vec<String>,
-    // Extension point: `sla:` (expectations on SLA clocks: deadlines, warnings, breaches,
-    // pauses) is reserved. The reader rejects it with "not supported yet" until SLA clocks
-    // are journaled by the runtime; add the field here and its check in `expect.rs` then.
+    /// SLA clocks kept in variables, and the state each must be in when the test ends.
+    pub sla: Vec<ExpectedSla>,
+}
+
+/// `sla: { first_response: breached }` or `sla: { resolution: { state: warned, warn_percent: 80 } }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedSla {
+    pub span: Span,
+    /// The variable holding the clock (made with `sla_start`).
+    pub clock: String,
+    /// `running`, `paused`, `warned` or `breached`.
+    pub state: String,
+    /// The share of the target at which a running clock counts as warned.
+    pub warn_percent: u32,
+}
+
+impl ExpectedSla {
+    pub const STATES: [&'static str; 4] = ["running", "paused", "warned", "breached"];
+    pub const DEFAULT_WARN_PERCENT: u32 = 75;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

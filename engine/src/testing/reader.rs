@@ -42,14 +42,10 @@ pub const EXPECT_FIELDS: &[&str] = &[
 pub const CALL_FIELDS: &[&str] = &["call", "step", "attempt", "with", "idempotency_key_same_as"];
 
 /// Expectation fields that are part of the format but not checked yet: (field, hint).
-///
-/// `sla:` is the extension point for SLA clocks (deadline, warning, breach, pauses); it is
-/// rejected until the runtime journals SLA clocks, so a test never passes by ignoring it.
-pub const NOT_SUPPORTED_YET: &[(&str, &str)] = &[(
-    "sla",
-    "SLA clocks are being added to the runtime; until then, check the deadlines your rules \
-     compute through `vars:`, e.g. `vars: { first_response_due: \"2026-01-05T13:00:00.000Z\" }`",
-)];
+/// Empty today; a new field starts here so a test never passes by ignoring it.
+pub const NOT_SUPPORTED_YET: &[(&str, &str)] = &[];
+
+pub const SLA_FIELDS: &[&str] = &["state", "warn_percent"];
 
 /// Read a test file. Returns it if it is sound, and every problem found.
 pub fn read(file: &str, text: &str) -> (Option<TestFile>, Vec<Diagnostic>) {
@@ -665,6 +661,12 @@ impl Reader<'_> {
                 None => ok = false,
             }
         }
+        if let Some(n) = f.get("sla") {
+            match self.sla(n) {
+                Some(list) => e.sla = list,
+                None => ok = false,
+            }
+        }
         if let Some(n) = f.get("not_in_journal") {
             let items: Vec<&Node> = match &n.value {
                 Value::Seq(items) => items.iter().collect(),
@@ -678,6 +680,70 @@ impl Reader<'_> {
             }
         }
         ok.then_some(e)
+    }
+
+    fn sla(&mut self, node: &Node) -> Option<Vec<ExpectedSla>> {
+        let Value::Map(entries) = &node.value else {
+            self.hint(
+                node.span,
+                format!(
+                    "`sla` must map clock variables to states, found {}",
+                    node.kind_name()
+                ),
+                "e.g. `sla: { first_response: breached, resolution: running }`",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (key, spec) in entries {
+            let (state_node, warn_percent) = match &spec.value {
+                Value::Map(_) => {
+                    let f = self.fields(spec, "an SLA expectation", SLA_FIELDS)?;
+                    let Some(state) = f.get("state") else {
+                        self.hint(
+                            spec.span,
+                            format!("the SLA expectation for `{}` has no `state`", key.name),
+                            "add `state: running`, `paused`, `warned` or `breached`",
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    let pct = match f.get("warn_percent") {
+                        Some(n) => match self.count(n, "`warn_percent`", 100) {
+                            Some(p) => p,
+                            None => {
+                                ok = false;
+                                continue;
+                            }
+                        },
+                        None => ExpectedSla::DEFAULT_WARN_PERCENT,
+                    };
+                    (state, pct)
+                }
+                _ => (spec, ExpectedSla::DEFAULT_WARN_PERCENT),
+            };
+            let Some(state) = self.string(state_node, "an SLA state") else {
+                ok = false;
+                continue;
+            };
+            if !ExpectedSla::STATES.contains(&state.as_str()) {
+                self.hint(
+                    state_node.span,
+                    format!("`{state}` is not an SLA state"),
+                    "write one of: running, paused, warned, breached",
+                );
+                ok = false;
+                continue;
+            }
+            out.push(ExpectedSla {
+                span: spec.span,
+                clock: key.name.clone(),
+                state,
+                warn_percent,
+            });
+        }
+        ok.then_some(out)
     }
 
     fn call(&mut self, node: &Node, position: usize, total: usize) -> Option<ExpectedCall> {
@@ -794,15 +860,16 @@ tests:
     }
 
     #[test]
-    fn sla_is_reserved_and_rejected() {
+    fn sla_states_are_checked_when_read() {
         let e = errors(
-            "workflow: refund\ntests:\n  - name: x\n    expect:\n      sla: { first_response: met }\n",
+            "workflow: refund\ntests:\n  - name: x\n    expect:\n      sla: { first_response: met, resolution: { state: warned, warn_percent: 101 } }\n",
         );
         assert!(
-            e.iter().any(|d| d
-                .starts_with("t.test.yaml:5:7: error: `sla` expectations are not supported yet")),
+            e.iter()
+                .any(|d| d.starts_with("t.test.yaml:5:30: error: `met` is not an SLA state")),
             "{e:?}"
         );
+        assert!(e.iter().any(|d| d.contains("`warn_percent`")), "{e:?}");
     }
 
     #[test]

@@ -269,6 +269,8 @@ async fn run_case(
         journal: std::mem::take(&mut *lock(&journal)),
         logs: Vec::new(),
         unanswered: host.unanswered(),
+        ended_at: clock.now_ms(),
+        calendars: rules.calendars(),
     };
     Ok((observed, clock.now_ms() - case.start_ms))
 }
