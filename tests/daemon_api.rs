@@ -767,3 +767,76 @@ fn invalid_configuration_names_the_key_and_creates_nothing() {
         "the data directory was not created"
     );
 }
+
+#[test]
+fn an_event_starts_a_triggered_workflow_once_per_event_id_and_wakes_only_its_key() {
+    const EMERGENCY: &str = r#"
+workflow: page
+version: 1
+input:
+  ticket: { type: string, required: true }
+triggers:
+  - event: ticket.created
+    when: event.data.priority == "urgent"
+    input: { ticket: "${event.key}" }
+steps:
+  - id: wait_ack
+    wait: { event: incident.acknowledged, key: input.ticket, timeout: 1h, on_timeout: unacked }
+    next: acked
+  - id: acked
+    complete: { output: { acked: true } }
+  - id: unacked
+    complete: { output: { acked: false } }
+"#;
+    let dir = folder(&[("page.yaml", EMERGENCY)]);
+    let d = spawn(dir.path(), &[]);
+    let ticket = |key: &str, priority: &str, id: &str| json!({"type": "ticket.created", "key": key, "data": {"priority": priority}, "id": id});
+
+    let (s, low) = call(
+        &d,
+        "POST",
+        "/v1/events",
+        Some(ticket("T-1", "low", "e1")),
+        &[],
+    );
+    assert_eq!(s, 200, "{low}");
+    assert_eq!(low["started"], json!([]), "{low}");
+
+    let (_, urgent) = call(
+        &d,
+        "POST",
+        "/v1/events",
+        Some(ticket("T-2", "urgent", "e2")),
+        &[],
+    );
+    let started = urgent["started"].as_array().cloned().unwrap_or_default();
+    assert_eq!(started.len(), 1, "{urgent}");
+    assert_eq!(started[0]["workflow"], "page");
+    let id = started[0]["id"].as_str().unwrap().to_string();
+
+    // The same event again (a retried webhook) starts nothing new.
+    let (_, again) = call(
+        &d,
+        "POST",
+        "/v1/events",
+        Some(ticket("T-2", "urgent", "e2")),
+        &[],
+    );
+    assert_eq!(again["started"][0]["id"], json!(id), "{again}");
+    assert_eq!(again["started"][0]["created"], json!(false), "{again}");
+
+    // An acknowledgement for another ticket wakes nothing; the right one completes it.
+    let ack = |key: &str| json!({"type": "incident.acknowledged", "key": key});
+    let (_, other) = call(&d, "POST", "/v1/events", Some(ack("T-9")), &[]);
+    assert_eq!(other["woken"], json!([]), "{other}");
+    eventually("the instance waits for its acknowledgement", || {
+        status_of(&d, &id, &[]) == "parked"
+    });
+    let (_, mine) = call(&d, "POST", "/v1/events", Some(ack("T-2")), &[]);
+    assert_eq!(mine["woken"], json!([id]), "{mine}");
+    eventually("the instance completes", || {
+        status_of(&d, &id, &[]) == "completed"
+    });
+    let (_, view) = call(&d, "GET", &format!("/v1/instances/{id}"), None, &[]);
+    assert_eq!(view["output"], json!({"acked": true}), "{view}");
+}
