@@ -265,6 +265,11 @@ fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_re
     daemon.child.wait().unwrap();
 
     let daemon = spawn(dir.path(), port, 2);
+    let status = |id: &str| get(&daemon.addr, &format!("/v1/instances/{id}"))["status"].clone();
+    // After the restart the big refund resumes and parks on its approval again.
+    wait_until("the big refund to wait for its approval", || {
+        status(&big_id) == "parked"
+    });
     // An approval for another order must not wake this refund.
     let other = post(
         &daemon.addr,
@@ -272,7 +277,6 @@ fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_re
         json!({"type": "refund.approved", "key": "ord-other", "data": {"by": "lead-1"}}),
     );
     assert_eq!(other["woken"], json!([]), "{other}");
-    let status = |id: &str| get(&daemon.addr, &format!("/v1/instances/{id}"))["status"].clone();
     assert_eq!(
         status(&big_id),
         "parked",
