@@ -44,15 +44,8 @@ pub fn read(file: &str, text: &str) -> (Option<Calendar>, Vec<Diagnostic>) {
         file,
         diags: Vec::new(),
     };
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            r.diags.push(
-                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
-                    .with_hint("check indentation and that every `key:` is followed by a space"),
-            );
-            return (None, r.diags);
-        }
+    let Some(root) = yaml::parse_file(file, text, &mut r.diags) else {
+        return (None, r.diags);
     };
     let cal = r.calendar(&root);
     let ok = !r.diags.iter().any(Diagnostic::is_error);
@@ -86,31 +79,7 @@ impl Reader<'_> {
         what: &str,
         allowed: &[&str],
     ) -> Option<&'n [(Key, Node)]> {
-        let Some(entries) = node.as_map() else {
-            self.err(
-                node.span,
-                format!(
-                    "{what} must be a mapping of `key: value` lines, found {}",
-                    node.kind_name()
-                ),
-                format!("allowed keys: {}", allowed.join(", ")),
-            );
-            return None;
-        };
-        for (k, _) in entries {
-            if !allowed.contains(&k.name.as_str()) {
-                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("allowed here: {}", allowed.join(", ")),
-                };
-                self.err(
-                    k.span,
-                    format!("unknown field `{}` in {what}", k.name),
-                    hint,
-                );
-            }
-        }
-        Some(entries)
+        yaml::fields(self.file, node, what, allowed, &mut self.diags).map(|f| f.entries)
     }
 
     fn calendar(&mut self, root: &Node) -> Option<Calendar> {

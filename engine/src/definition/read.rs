@@ -1,6 +1,6 @@
 //! YAML text → [`WorkflowDef`], collecting every structural problem with its position.
 
-use super::yaml::{self, Key, Node, Value};
+use super::yaml::{self, Fields, Key, Node, Value};
 use super::*;
 use crate::diagnostic::{did_you_mean, Diagnostic};
 
@@ -10,15 +10,8 @@ pub fn read(file: &str, text: &str) -> (Option<WorkflowDef>, Vec<Diagnostic>) {
         file,
         diags: Vec::new(),
     };
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            r.diags.push(
-                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
-                    .with_hint("check indentation and that every `key:` is followed by a space"),
-            );
-            return (None, r.diags);
-        }
+    let Some(root) = yaml::parse_file(file, text, &mut r.diags) else {
+        return (None, r.diags);
     };
     let def = r.workflow(&root);
     let ok = !r.diags.iter().any(Diagnostic::is_error);
@@ -60,28 +53,6 @@ struct Reader<'a> {
     diags: Vec<Diagnostic>,
 }
 
-/// The entries of one YAML mapping, checked against the fields that are allowed there.
-struct Fields<'n> {
-    node: &'n Node,
-    entries: &'n [(Key, Node)],
-}
-
-impl<'n> Fields<'n> {
-    fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == name)
-            .map(|(_, v)| v)
-    }
-
-    fn key_span(&self, name: &str) -> Span {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == name)
-            .map_or(self.node.span, |(k, _)| k.span)
-    }
-}
-
 impl Reader<'_> {
     fn err(&mut self, span: Span, msg: impl Into<String>) -> &mut Diagnostic {
         self.diags.push(Diagnostic::error(self.file, span, msg));
@@ -95,31 +66,7 @@ impl Reader<'_> {
 
     /// Check that `node` is a mapping whose keys are all in `allowed`.
     fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
-        let Some(entries) = node.as_map() else {
-            self.hint(
-                node.span,
-                format!(
-                    "{what} must be a mapping of `key: value` lines, found {}",
-                    node.kind_name()
-                ),
-                format!("allowed keys: {}", allowed.join(", ")),
-            );
-            return None;
-        };
-        for (k, _) in entries {
-            if !allowed.contains(&k.name.as_str()) {
-                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("allowed here: {}", allowed.join(", ")),
-                };
-                self.hint(
-                    k.span,
-                    format!("unknown field `{}` in {what}", k.name),
-                    hint,
-                );
-            }
-        }
-        Some(Fields { node, entries })
+        yaml::fields(self.file, node, what, allowed, &mut self.diags)
     }
 
     fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {

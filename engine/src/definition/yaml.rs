@@ -3,7 +3,7 @@
 //! serde-based YAML loaders drop positions after parsing; support-ops authors need
 //! `file:line:col` for every problem, so the workflow reader walks this tree instead.
 
-use crate::diagnostic::{BlockStart, Span};
+use crate::diagnostic::{did_you_mean, BlockStart, Diagnostic, Span};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -280,6 +280,86 @@ fn plain_scalar(text: String) -> Value {
         }
     }
     Value::Str(text, BlockStart::Inline)
+}
+
+/// Parses a whole file, reporting a syntax error as a diagnostic with its position.
+/// Every reader of YAML files (workflows, calendars, tests) starts here.
+pub fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Option<Node> {
+    match parse(text) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            diags.push(
+                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
+                    .with_hint("check indentation and that every `key:` is followed by a space"),
+            );
+            None
+        }
+    }
+}
+
+/// A mapping whose keys were checked against the allowed ones.
+pub struct Fields<'n> {
+    pub node: &'n Node,
+    pub entries: &'n [(Key, Node)],
+}
+
+impl<'n> Fields<'n> {
+    pub fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Where `name` is written, or the mapping itself when it is absent.
+    pub fn key_span(&self, name: &str) -> Span {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map_or(self.node.span, |(k, _)| k.span)
+    }
+}
+
+/// Checks that `node` is a mapping whose keys are all in `allowed`, reporting every
+/// unknown key (with "did you mean") into `diags`. `None` when it is not a mapping.
+pub fn fields<'n>(
+    file: &str,
+    node: &'n Node,
+    what: &str,
+    allowed: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Fields<'n>> {
+    let Some(entries) = node.as_map() else {
+        diags.push(
+            Diagnostic::error(
+                file,
+                node.span,
+                format!(
+                    "{what} must be a mapping of `key: value` lines, found {}",
+                    node.kind_name()
+                ),
+            )
+            .with_hint(format!("allowed keys: {}", allowed.join(", "))),
+        );
+        return None;
+    };
+    for (k, _) in entries {
+        if !allowed.contains(&k.name.as_str()) {
+            let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("allowed here: {}", allowed.join(", ")),
+            };
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    k.span,
+                    format!("unknown field `{}` in {what}", k.name),
+                )
+                .with_hint(hint),
+            );
+        }
+    }
+    Some(Fields { node, entries })
 }
 
 #[cfg(test)]

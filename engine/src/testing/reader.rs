@@ -2,7 +2,7 @@
 //! reader: `file:line:col: error: message` plus a hint, "did you mean" for unknown fields.
 
 use super::model::*;
-use crate::definition::yaml::{self, Key, Node, Value};
+use crate::definition::yaml::{self, Fields, Node, Value};
 use crate::definition::{Duration, Spanned};
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use serde_json::{Map, Value as Json};
@@ -53,15 +53,8 @@ pub fn read(file: &str, text: &str) -> (Option<TestFile>, Vec<Diagnostic>) {
         file,
         diags: Vec::new(),
     };
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            r.diags.push(
-                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
-                    .with_hint("check indentation and that every `key:` is followed by a space"),
-            );
-            return (None, r.diags);
-        }
+    let Some(root) = yaml::parse_file(file, text, &mut r.diags) else {
+        return (None, r.diags);
     };
     let tests = r.file(&root);
     let ok = !r.diags.iter().any(Diagnostic::is_error);
@@ -71,28 +64,6 @@ pub fn read(file: &str, text: &str) -> (Option<TestFile>, Vec<Diagnostic>) {
 struct Reader<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
-}
-
-/// The entries of one mapping whose keys were checked.
-struct Fields<'n> {
-    node: &'n Node,
-    entries: &'n [(Key, Node)],
-}
-
-impl<'n> Fields<'n> {
-    fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == name)
-            .map(|(_, v)| v)
-    }
-
-    fn key_span(&self, name: &str) -> Span {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == name)
-            .map_or(self.node.span, |(k, _)| k.span)
-    }
 }
 
 impl Reader<'_> {
@@ -107,31 +78,7 @@ impl Reader<'_> {
 
     /// Check that `node` is a mapping whose keys are all in `allowed`.
     fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
-        let Some(entries) = node.as_map() else {
-            self.hint(
-                node.span,
-                format!(
-                    "{what} must be a mapping of `key: value` lines, found {}",
-                    node.kind_name()
-                ),
-                format!("allowed keys: {}", allowed.join(", ")),
-            );
-            return None;
-        };
-        for (k, _) in entries {
-            if !allowed.contains(&k.name.as_str()) {
-                let hint = match did_you_mean(&k.name, allowed.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("allowed here: {}", allowed.join(", ")),
-                };
-                self.hint(
-                    k.span,
-                    format!("unknown field `{}` in {what}", k.name),
-                    hint,
-                );
-            }
-        }
-        Some(Fields { node, entries })
+        yaml::fields(self.file, node, what, allowed, &mut self.diags)
     }
 
     fn required<'n>(
