@@ -4,8 +4,12 @@
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+
+mod support {
+    pub mod daemon;
+}
 
 const WORKFLOW: &str = r#"
 workflow: crashy
@@ -29,31 +33,10 @@ steps:
     complete: { output: "${input.n}" }
 "#;
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
 fn spawn(dir: &Path, port: u16) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_casework"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .arg("--test-ledger")
-        .arg(dir.join("ledger.txt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get(&format!("{addr}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon { child, addr }
+    let mut c = daemon::command(dir, port);
+    c.arg("--test-ledger").arg(dir.join("ledger.txt"));
+    daemon::start(c, port)
 }
 
 fn post(addr: &str, path: &str, body: Value) -> Option<Value> {

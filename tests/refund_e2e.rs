@@ -9,9 +9,13 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+
+mod support {
+    pub mod daemon;
+}
 
 const SECRET_KEY: &str = "sk_test_e2e_9f8e7d6c5b4a";
 
@@ -141,50 +145,16 @@ fn install_payments(dir: &Path, port: u16) {
     }
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(dir: &Path, port: u16, run: u32) -> Daemon {
     let log = dir.join(format!("daemon-{run}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_casework"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .arg("--plugins")
+    let mut c = daemon::command(dir, port);
+    c.arg("--plugins")
         .arg(dir.join("plugins"))
         .arg("--secrets")
         .arg(dir.join("secrets.toml"))
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{addr}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon { child, addr }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .stderr(std::fs::File::create(&log).unwrap());
+    daemon::start(c, port)
 }
 
 fn post(addr: &str, path: &str, body: Value) -> Value {
@@ -237,7 +207,7 @@ fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_re
     let (stripe, stripe_port) = runtime.block_on(start_stripe());
     let dir = tempfile::tempdir().unwrap();
     install_payments(dir.path(), stripe_port);
-    let port = free_port();
+    let port = daemon::free_port();
 
     let mut daemon = spawn(dir.path(), port, 1);
     let mut ids = Vec::new();

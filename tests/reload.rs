@@ -5,8 +5,12 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+
+mod support {
+    pub mod daemon;
+}
 
 fn workflow(version: u32) -> String {
     format!(
@@ -25,43 +29,11 @@ steps:
     )
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(dir: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_casework"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .arg("--plugins")
-        .arg(dir.join("plugins"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("{addr}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon { child, addr }
+    let port = daemon::free_port();
+    let mut c = daemon::command(dir, port);
+    c.arg("--plugins").arg(dir.join("plugins"));
+    daemon::start(c, port)
 }
 
 fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {

@@ -5,9 +5,14 @@
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+
+mod support {
+    pub mod daemon;
+}
 
 const WORKFLOW: &str = r#"
 workflow: slow
@@ -23,28 +28,10 @@ steps:
     complete: { output: "${input.n}" }
 "#;
 
-fn spawn(dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_casework"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .arg("--test-ledger")
-        .arg(dir.join("ledger.txt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+fn spawn(dir: &Path, port: u16) -> Daemon {
+    let mut c = daemon::command(dir, port);
+    c.arg("--test-ledger").arg(dir.join("ledger.txt"));
+    daemon::start(c, port)
 }
 
 fn status(port: u16, id: &str) -> Option<String> {
@@ -101,13 +88,13 @@ fn sigterm_under_load_exits_cleanly_and_the_next_start_finishes_everything() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let term = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
+        .args(["-TERM", &daemon.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -137,8 +124,8 @@ fn sigterm_under_load_exits_cleanly_and_the_next_start_finishes_everything() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    daemon.kill().unwrap();
-    let _ = daemon.wait();
+    daemon.child.kill().unwrap();
+    let _ = daemon.child.wait();
 
     let ledger = std::fs::read_to_string(dir.path().join("ledger.txt")).unwrap();
     let keys: BTreeSet<&str> = ledger.lines().filter_map(|l| l.split(' ').next()).collect();
