@@ -144,3 +144,72 @@ fn saved_invalid_and_deleted_files_take_effect_without_a_restart() {
         "a deleted file has no problems left"
     );
 }
+
+fn reloads(d: &Daemon) -> u64 {
+    let text = ureq::get(&format!("{}/metrics", d.addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("casework_reloads_total "))
+        .expect("casework_reloads_total in /metrics")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Regression: the reloader reacted to its own reads (inotify open/close events), so
+/// after the first edit it reloaded about four times a second for as long as it ran.
+#[test]
+fn one_edit_is_one_reload_and_reading_files_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(wf_dir.join("calendars")).unwrap();
+    let file = wf_dir.join("greeter.yaml");
+    std::fs::write(&file, workflow(1)).unwrap();
+    // A real plugin too: a plugin reload is the expensive kind.
+    let plugin = dir.path().join("plugins/paging");
+    std::fs::create_dir_all(&plugin).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/paging");
+    for name in ["plugin.toml", "paging.wasm"] {
+        std::fs::copy(shipped.join(name), plugin.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e} (run bash plugins/build.sh first)"));
+    }
+    let d = spawn(dir.path());
+    let at_start = reloads(&d);
+
+    // Give the watcher a chance to misbehave: reads, opens and closes of every file.
+    let every_file = [
+        file.clone(),
+        plugin.join("plugin.toml"),
+        plugin.join("paging.wasm"),
+    ];
+    for _ in 0..5 {
+        for f in &every_file {
+            std::fs::read(f).unwrap();
+            drop(std::fs::File::open(f).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(reloads(&d), at_start, "reading files must not reload");
+
+    std::fs::write(&file, workflow(2)).unwrap();
+    eventually("version 2 is live", || {
+        workflows(&d)["workflows"][0]["version"] == 2
+    });
+    // A looping reloader would count several reloads a second from here on.
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert_eq!(reloads(&d), at_start + 1, "one edit, one reload");
+
+    // Saving the same bytes again changes nothing, so nothing is reloaded.
+    std::fs::write(&file, workflow(2)).unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        reloads(&d),
+        at_start + 1,
+        "an identical save is not a change"
+    );
+}

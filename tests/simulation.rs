@@ -24,7 +24,7 @@ use casework::daemon::Driver;
 use casework::plugin_host::{CallContext, CallFuture, PluginError, PluginHost};
 use casework::runtime::{Event, Instance, Millis, Record};
 use casework::store::memory::MemoryStore;
-use casework::store::Store;
+use casework::store::{Batch, Store, Timer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -356,6 +356,10 @@ fn plan(
         kinds.insert(n, kind);
         let start = T0 + rng.random_range(0..60) * MIN;
         actions.push((start, Action::Start(n)));
+        // A double click: the same start again at the same moment, racing the first.
+        for _ in 0..rng.random_range(0..=2) {
+            actions.push((start, Action::Start(n)));
+        }
         let event_type = match kind {
             "order" => "approve",
             "race" => "ack",
@@ -732,6 +736,12 @@ fn check(sim: &mut Sim) {
     }
     let ids: BTreeSet<&String> = sim.acked.values().collect();
     assert_eq!(ids.len(), sim.acked.len(), "two requests got one instance");
+    let top_level = metas.iter().filter(|m| m.parent.is_none()).count();
+    assert_eq!(
+        top_level,
+        sim.kinds.len(),
+        "one instance per request, however often it was sent"
+    );
     for id in &ids {
         assert!(
             metas.iter().any(|m| &&m.id == id),
@@ -999,13 +1009,42 @@ fn start_then_tear(
     (store, clock, id)
 }
 
-/// The first batch of a new instance is torn after its timers: a timer for an instance that
-/// does not exist. It must be dropped, not fire forever.
+/// The first batch of a new instance is one atomic write (records, index entries and the
+/// idempotency claim), so a crash keeps all of it or none: never a timer, wait or claim
+/// for an instance that does not exist.
+#[test]
+fn a_new_instance_survives_a_crash_whole_or_not_at_all() {
+    let (store, _, id) = start_then_tear("race", json!({"n": 1}), 0);
+    assert!(store.instance(&id).unwrap().is_none());
+    assert_eq!(
+        store.next_timer().unwrap(),
+        None,
+        "no timer without its instance"
+    );
+    assert!(store.journal(&id).unwrap().is_empty());
+    let (store, _, id) = start_then_tear("race", json!({"n": 1}), 1);
+    assert!(store.instance(&id).unwrap().is_some());
+    assert!(!store.journal(&id).unwrap().is_empty());
+}
+
+/// Stores written before creation was atomic can hold a timer for an instance that never
+/// got journaled. Nothing would ever consume it: it must be dropped, not fire forever.
 #[test]
 fn a_timer_of_an_instance_never_journaled_is_dropped() {
-    let (store, clock, id) = start_then_tear("race", json!({"n": 1}), 1);
-    assert!(store.instance(&id).unwrap().is_none());
-    assert!(store.next_timer().unwrap().is_some());
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    store
+        .write(&Batch {
+            instance: "ghost".into(),
+            timers_add: vec![Timer {
+                at: T0,
+                instance: "ghost".into(),
+                frame: 0,
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    store.flush().unwrap();
     let rt = runtime();
     rt.block_on(async {
         let d = fixed_driver(&store, &clock);
@@ -1025,8 +1064,8 @@ fn a_timer_of_an_instance_never_journaled_is_dropped() {
 /// for an instance whose journal has completed. The next start repairs the index.
 #[test]
 fn an_index_entry_behind_the_journal_is_repaired() {
-    // Writes: records and index of the start, then records and index of the end.
-    let (store, clock, id) = start_then_tear("poll", json!({"n": 1}), 3);
+    // Writes: the start (one atomic write), then the end's records, then its index entry.
+    let (store, clock, id) = start_then_tear("poll", json!({"n": 1}), 2);
     assert_eq!(store.instance(&id).unwrap().unwrap().status, "running");
     assert_eq!(
         store.journal(&id).unwrap().last().map(Record::kind),

@@ -166,3 +166,56 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     assert_eq!(inst.output, Some(json!({"at": "2026-03-30T08:00:00.000Z"})));
     assert_eq!(clock.now_ms(), ms("2026-03-30T08:00:00Z"));
 }
+
+/// Each occurrence of a schedule starts one instance even when many schedulers (here
+/// two drivers on one store, as two daemons would be) fire it at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_occurrence_fired_by_racing_schedulers_starts_one_instance() {
+    const OCCURRENCES: usize = 50;
+    const RACERS: usize = 16;
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let drivers = [
+        driver(store.clone(), clock.clone()),
+        driver(store.clone(), clock.clone()),
+    ];
+    let (_, mut next) = fire_due_schedules(&drivers[0]).await.unwrap();
+    let mut instances = std::collections::BTreeSet::new();
+    for occurrence in 0..OCCURRENCES {
+        clock.advance_to(next.expect("a next occurrence"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (d, barrier) = (drivers[i % 2].clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    fire_due_schedules(&d).await.unwrap()
+                })
+            })
+            .collect();
+        let mut created = 0;
+        let mut named = std::collections::BTreeSet::new();
+        for r in racers {
+            let (outcome, n) = r.await.unwrap();
+            next = n;
+            for s in outcome.started {
+                created += usize::from(s.created);
+                named.insert(s.id);
+            }
+        }
+        assert_eq!(created, 1, "occurrence {occurrence}: started {named:?}");
+        assert_eq!(named.len(), 1, "occurrence {occurrence}: {named:?}");
+        instances.extend(named);
+    }
+    for d in &drivers {
+        d.wait_idle().await;
+    }
+    let all = store.instances(None, 10_000).unwrap();
+    assert_eq!(all.len(), OCCURRENCES, "one instance per occurrence");
+    assert_eq!(
+        all.into_iter()
+            .map(|m| m.id)
+            .collect::<std::collections::BTreeSet<_>>(),
+        instances
+    );
+}

@@ -54,6 +54,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let driver = Driver::new(store, plugins, clock, None);
+    driver.set_max_pending(cfg.max_pending);
     let reloader = Reloader::new(
         driver.clone(),
         cfg.workflows.clone(),

@@ -16,6 +16,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "casework.toml";
 /// Largest request body accepted unless configured.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// A bound past which `max_pending` no longer protects memory (a million tasks in hand).
+const MAX_MAX_PENDING: u64 = 1_000_000;
 /// Shortest token secret accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -96,6 +98,11 @@ pub struct Flags {
     /// Do not watch the workflow and plugin folders for changes. [env: CASEWORK_NO_RELOAD]
     #[arg(long)]
     pub no_reload: bool,
+    /// Work the engine may have in hand (queued messages and plugin calls in flight);
+    /// past it starts, events and retries get 503 with Retry-After [default: 10000]
+    /// [env: CASEWORK_MAX_PENDING]
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<u64>,
 }
 
 /// A token as configured: a secret value or the hex SHA-256 of one.
@@ -156,6 +163,7 @@ pub struct Layer {
     pub rate_limit: Option<u32>,
     pub rate_burst: Option<u32>,
     pub no_reload: Option<bool>,
+    pub max_pending: Option<u64>,
 }
 
 /// Keys of the config file, for messages.
@@ -173,6 +181,7 @@ const KEYS: &[&str] = &[
     "rate_limit",
     "rate_burst",
     "no_reload",
+    "max_pending",
 ];
 
 /// What a key expects, added to a message about a bad value.
@@ -187,6 +196,7 @@ fn expects(key: &str) -> Option<&'static str> {
         "max_body_bytes" => "a whole number of bytes",
         "rate_limit" | "rate_burst" => "a whole number of requests",
         "no_reload" => "true or false",
+        "max_pending" => "a whole number of units of work",
         "scope" => "\"read\", \"start\" or \"admin\"",
         _ => return None,
     })
@@ -209,6 +219,7 @@ impl Layer {
             rate_limit: upper.rate_limit.or(self.rate_limit),
             rate_burst: upper.rate_burst.or(self.rate_burst),
             no_reload: upper.no_reload.or(self.no_reload),
+            max_pending: upper.max_pending.or(self.max_pending),
         }
     }
 
@@ -227,6 +238,7 @@ impl Layer {
             rate_limit: f.rate_limit,
             rate_burst: f.rate_burst,
             no_reload: f.no_reload.then_some(true),
+            max_pending: f.max_pending,
         }
     }
 
@@ -308,6 +320,11 @@ impl Layer {
                     _ => Err(format!("CASEWORK_NO_RELOAD: `{v}` is not true or false")),
                 })
                 .transpose()?,
+            max_pending: num(
+                "CASEWORK_MAX_PENDING",
+                get("CASEWORK_MAX_PENDING"),
+                "a whole number",
+            )?,
         })
     }
 
@@ -343,6 +360,14 @@ impl Layer {
                 return Err(format!(
                     "{}: {n} is out of range (1 to {MAX_MAX_BODY_BYTES} bytes)",
                     name("max_body_bytes")
+                ));
+            }
+        }
+        if let Some(n) = self.max_pending {
+            if n == 0 || n > MAX_MAX_PENDING {
+                return Err(format!(
+                    "{}: {n} is out of range (1 to {MAX_MAX_PENDING})",
+                    name("max_pending")
                 ));
             }
         }
@@ -471,6 +496,7 @@ pub struct Config {
     /// `None`: no rate limit.
     pub rate_limit: Option<RateLimit>,
     pub no_reload: bool,
+    pub max_pending: usize,
 }
 
 impl Config {
@@ -564,6 +590,9 @@ impl Config {
                 burst: l.rate_burst.unwrap_or(rate),
             }),
             no_reload: l.no_reload.unwrap_or(false),
+            max_pending: l
+                .max_pending
+                .map_or(crate::daemon::driver::DEFAULT_MAX_PENDING, |n| n as usize),
         })
     }
 }

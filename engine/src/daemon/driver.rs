@@ -14,7 +14,7 @@ use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
     Effect, Event, FrameState, Instance, Millis, ParentRef, Record, RetryRefused, StepError,
 };
-use crate::store::{Batch, InstanceMeta, Store, Timer, Wait};
+use crate::store::{Batch, Claim, Created, InstanceMeta, Store, Timer, Wait};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -37,10 +37,14 @@ pub struct Inner {
     pub rules: Arc<Rules>,
     actors: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     busy: AtomicI64,
+    /// Admission bound on `busy`: past it, starts, events and retries are refused
+    /// with [`Overloaded`] instead of queueing without end.
+    max_pending: AtomicI64,
     idle: Notify,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     timer_wake: Notify,
     firing: Mutex<HashSet<Timer>>,
+    events_in_flight: KeyedLock,
     observer: Option<Observer>,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
@@ -57,7 +61,9 @@ enum Msg {
     Start {
         record: Record,
         wf: Arc<CompiledWorkflow>,
-        reply: oneshot::Sender<Result<(), String>>,
+        /// The idempotency key, claimed in the same write as the instance's first records.
+        claim: Option<Claim>,
+        reply: oneshot::Sender<Result<Started, String>>,
     },
     Resume,
     CallResult {
@@ -83,6 +89,29 @@ enum Msg {
     },
 }
 
+/// Default bound on work in hand (queued messages, plugin calls and child starts in
+/// flight, across all instances). Each unit costs a message and, for calls, a task: at this
+/// bound that is a few megabytes, far from exhausting memory, while a burst that exceeds it
+/// is told to come back (`503` with `Retry-After`) rather than queued without limit.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
+/// The engine has as much work in hand as it may queue; try again shortly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine has {pending} units of work in hand, its limit (max_pending); try again in {retry_after_s} s")]
+pub struct Overloaded {
+    pub pending: usize,
+    pub retry_after_s: u64,
+}
+
+/// Why an event could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
 /// Why a retry did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -90,6 +119,8 @@ pub enum RetryError {
     NotFound(String),
     #[error(transparent)]
     Refused(#[from] RetryRefused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     #[error("{0}")]
     Internal(String),
 }
@@ -101,6 +132,8 @@ pub enum StartError {
     UnknownWorkflow(String),
     #[error("the input does not match the workflow's `input:` section")]
     InvalidInput(Vec<crate::validate::input::InputProblem>),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     #[error("{0}")]
     Internal(String),
 }
@@ -129,10 +162,12 @@ impl Driver {
             rules: Rules::shared(),
             actors: Mutex::new(HashMap::new()),
             busy: AtomicI64::new(0),
+            max_pending: AtomicI64::new(DEFAULT_MAX_PENDING as i64),
             idle: Notify::new(),
             commits,
             timer_wake: Notify::new(),
             firing: Mutex::new(HashSet::new()),
+            events_in_flight: KeyedLock::default(),
             observer,
             stats: Arc::new(Stats::default()),
             metrics: Arc::new(Metrics::default()),
@@ -184,9 +219,17 @@ impl Driver {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<Started, StartError> {
+        self.inner.admit()?;
         self.inner
             .start(workflow, input, idempotency_key, None, None)
             .await
+    }
+
+    /// Bound the work in hand (see [`DEFAULT_MAX_PENDING`]).
+    pub fn set_max_pending(&self, max: usize) {
+        self.inner
+            .max_pending
+            .store(max.min(i64::MAX as usize) as i64, Ordering::Relaxed);
     }
 
     /// Start an instance with a chosen id (used by benchmarks and tests to await it).
@@ -202,17 +245,28 @@ impl Driver {
     }
 
     /// Deliver an event to every instance waiting for its type and key. Returns the ids woken.
-    pub async fn deliver(&self, event: Event) -> Result<Vec<String>, String> {
+    pub async fn deliver(&self, event: Event) -> Result<Vec<String>, DeliverError> {
         let inner = &self.inner;
+        inner.admit()?;
+        // Duplicates of one event id sent at once are delivered one after the other, so
+        // the second finds the first's answer instead of waking the instance again.
+        let _in_flight = match &event.id {
+            Some(id) => Some(inner.events_in_flight.hold(id).await),
+            None => None,
+        };
         if let Some(id) = &event.id {
-            if let Some(answer) = inner.store.event_answer(id).map_err(|e| e.to_string())? {
+            if let Some(answer) = inner
+                .store
+                .event_answer(id)
+                .map_err(|e| DeliverError::Internal(e.to_string()))?
+            {
                 return Ok(serde_json::from_value(answer).unwrap_or_default());
             }
         }
         let waiters = inner
             .store
             .waiters(&event.event_type, &event.key)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeliverError::Internal(e.to_string()))?;
         let instances: BTreeSet<String> = waiters.into_iter().map(|w| w.instance).collect();
         let mut woken = Vec::new();
         for id in instances {
@@ -232,8 +286,8 @@ impl Driver {
             inner
                 .store
                 .put_event_answer(id, &serde_json::json!(woken))
-                .map_err(|e| e.to_string())?;
-            inner.commit().await?;
+                .map_err(|e| DeliverError::Internal(e.to_string()))?;
+            inner.commit().await.map_err(DeliverError::Internal)?;
         }
         Ok(woken)
     }
@@ -254,6 +308,7 @@ impl Driver {
     /// Run a failed instance's failed step again (see [`Instance::retry`]). Returns once
     /// the retry is journaled.
     pub async fn retry(&self, id: &str) -> Result<(), RetryError> {
+        self.inner.admit()?;
         if self
             .inner
             .store
@@ -345,6 +400,21 @@ impl Driver {
 }
 
 impl Inner {
+    /// Refuses new work from outside while the work in hand is at its bound. Work the
+    /// engine gives itself (call results, timers, child results) is never refused: it is
+    /// bounded by what was admitted, and dropping it would lose a state change.
+    fn admit(&self) -> Result<(), Overloaded> {
+        let pending = self.busy.load(Ordering::SeqCst);
+        if pending >= self.max_pending.load(Ordering::Relaxed) {
+            self.metrics.overloaded();
+            return Err(Overloaded {
+                pending: pending.max(0) as usize,
+                retry_after_s: 1,
+            });
+        }
+        Ok(())
+    }
+
     fn send(self: &Arc<Self>, id: &str, msg: Msg) {
         let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
         self.busy.fetch_add(1, Ordering::SeqCst);
@@ -401,10 +471,17 @@ impl Inner {
         let input =
             crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
         let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
-        if let Some(k) = &key {
+        let claim = key.as_ref().map(|k| Claim {
+            workflow: workflow.to_string(),
+            key: k.clone(),
+        });
+        // A duplicate of a start that has committed answers without running anything. One
+        // racing a start still in flight is settled by the store: the key is claimed in the
+        // same atomic write as the instance (see `Store::create`), so only one can win.
+        if let Some(c) = &claim {
             if let Some(existing) = self
                 .store
-                .claim_key(workflow, k, &id)
+                .key_holder(&c.workflow, &c.key)
                 .map_err(|e| StartError::Internal(e.to_string()))?
             {
                 return Ok(Started {
@@ -424,11 +501,18 @@ impl Inner {
         }
         let record = Instance::start_record(&wf, input, key, parent, self.clock.now_ms());
         let (reply, rx) = oneshot::channel();
-        self.send(&id, Msg::Start { record, wf, reply });
+        self.send(
+            &id,
+            Msg::Start {
+                record,
+                wf,
+                claim,
+                reply,
+            },
+        );
         rx.await
             .map_err(|_| StartError::Internal("instance task stopped".into()))?
-            .map_err(StartError::Internal)?;
-        Ok(Started { id, created: true })
+            .map_err(StartError::Internal)
     }
 
     fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
@@ -442,6 +526,51 @@ impl Inner {
             .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
         let journal = self.store.journal(id).map_err(|e| e.to_string())?;
         Ok((Instance::replay(id, &wf, &journal), wf))
+    }
+}
+
+/// One async lock per key, held only while in use (the map holds keys in flight only).
+#[derive(Default)]
+struct KeyedLock {
+    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one key of a [`KeyedLock`]; the entry goes when the last holder or waiter does.
+struct KeyGuard<'a> {
+    lock: &'a KeyedLock,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLock {
+    async fn hold(&self, key: &str) -> KeyGuard<'_> {
+        let m = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let guard = m.lock_owned().await;
+        KeyGuard {
+            lock: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut held = self.lock.held.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the map holds it now: nobody holds or waits for this key.
+        if held
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            held.remove(&self.key);
+        }
     }
 }
 
@@ -585,7 +714,10 @@ async fn handle(
         Msg::Start { reply, .. }
             if state.is_some() || matches!(inner.store.instance(id), Ok(Some(_))) =>
         {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Ok(Started {
+                id: id.to_string(),
+                created: false,
+            }));
             return;
         }
         m => m,
@@ -593,6 +725,7 @@ async fn handle(
     let now = inner.clock.now_ms();
     let mut fresh = false;
     let mut start_reply = None;
+    let mut start_claim = None;
     if state.is_none() {
         match msg {
             Msg::Start { .. } => {}
@@ -649,7 +782,12 @@ async fn handle(
         None => Default::default(),
     };
     match msg {
-        Msg::Start { record, wf, reply } => {
+        Msg::Start {
+            record,
+            wf,
+            claim,
+            reply,
+        } => {
             let span = tracing::Span::current();
             span.record("workflow", tracing::field::display(&wf.name));
             span.record("version", wf.version);
@@ -658,6 +796,7 @@ async fn handle(
             records.push(record);
             *state = Some((inst, wf));
             start_reply = Some(reply);
+            start_claim = Some(claim);
         }
         Msg::Resume => {}
         Msg::CallResult {
@@ -779,9 +918,33 @@ async fn handle(
         || !batch.timers_remove.is_empty()
         || stale_meta;
     if changed {
-        let written = inner.store.write(&batch).map_err(|e| e.to_string());
+        let written = match &start_claim {
+            // The first write of a new instance: records and key claim together, or nothing.
+            Some(claim) => inner
+                .store
+                .create(&batch, claim.as_ref())
+                .map_err(|e| e.to_string()),
+            None => inner
+                .store
+                .write(&batch)
+                .map(|()| Created::New)
+                .map_err(|e| e.to_string()),
+        };
         let committed = match written {
-            Ok(()) => inner.commit().await,
+            Ok(Created::New) => inner.commit().await,
+            Ok(Created::Existing(holder)) => {
+                // Another start won the key (or the instance exists): this one leaves
+                // nothing behind and answers with the winner, once the winner is durable.
+                *state = None;
+                let answer = inner.commit().await.map(|()| Started {
+                    id: holder,
+                    created: false,
+                });
+                if let Some(r) = start_reply {
+                    let _ = r.send(answer);
+                }
+                return;
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = committed {
@@ -923,7 +1086,10 @@ async fn handle(
         }
     }
     if let Some(r) = start_reply {
-        let _ = r.send(Ok(()));
+        let _ = r.send(Ok(Started {
+            id: id.to_string(),
+            created: true,
+        }));
     }
     if let Some((r, v)) = event_reply {
         let _ = r.send(v);

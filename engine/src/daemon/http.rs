@@ -8,7 +8,7 @@
 //! and unknown JSON fields are rejected (400).
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
-use super::driver::{Driver, RetryError, StartError};
+use super::driver::{DeliverError, Driver, RetryError, StartError};
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
 use super::view;
@@ -124,6 +124,14 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+/// `503 overloaded` with `Retry-After`: the engine's work in hand is at its bound.
+fn overloaded(e: crate::daemon::driver::Overloaded) -> ApiError {
+    ApiError {
+        retry_after: Some(e.retry_after_s),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
     }
 }
 
@@ -484,6 +492,7 @@ async fn start(
                 format!("{} problem(s) with the input", problems.len()),
             )
         }),
+        Err(StartError::Overloaded(e)) => Err(overloaded(e)),
         Err(StartError::Internal(e)) => Err(internal(e)),
     }
 }
@@ -648,6 +657,7 @@ async fn retry(
             "not_retryable",
             format!("instance `{id}` cannot be retried: {e}"),
         )),
+        Err(RetryError::Overloaded(e)) => Err(overloaded(e)),
         Err(RetryError::Internal(e)) => Err(internal(e)),
     }
 }
@@ -682,7 +692,10 @@ async fn deliver(
         id: b.id,
     };
     let d = &api.driver;
-    let woken = d.deliver(event.clone()).await.map_err(internal)?;
+    let woken = d.deliver(event.clone()).await.map_err(|e| match e {
+        DeliverError::Overloaded(o) => overloaded(o),
+        DeliverError::Internal(e) => internal(e),
+    })?;
     let triggered = super::triggers::start_for_event(d, &event).await;
     Ok(Json(json!({
         "woken": woken,

@@ -186,6 +186,8 @@ pub struct Metrics {
     flushes: HistogramFamily,
     rule_errors: CounterFamily,
     http: CounterFamily,
+    /// Starts, events and retries refused because the work in hand was at `max_pending`.
+    overloaded: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -219,6 +221,7 @@ impl Default for Metrics {
                 "HTTP requests answered, by route and status.",
                 &["method", "route", "status"],
             ),
+            overloaded: Default::default(),
         }
     }
 }
@@ -249,6 +252,11 @@ impl Metrics {
 
     pub fn flush(&self, took: Duration) {
         self.flushes.observe(&[], took.as_secs_f64());
+    }
+
+    pub fn overloaded(&self) {
+        self.overloaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn rule_error(&self, workflow: &str) {
@@ -319,6 +327,14 @@ impl Metrics {
             "casework_reload_failures_total",
             "Reloads that rejected at least one file.",
             s.reload_failures.to_string(),
+        );
+        counter(
+            &mut out,
+            "casework_overloaded_total",
+            "Starts, events and retries refused with 503 because the work in hand was at max_pending.",
+            self.overloaded
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
         );
         self.steps.render(&mut out);
         self.calls.render(&mut out);

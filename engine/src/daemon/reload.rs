@@ -13,7 +13,9 @@ use super::registry::{load_files, workflow_files};
 use super::Driver;
 use crate::diagnostic::Diagnostic;
 use crate::plugin_host::wasm::WasmHost;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +164,9 @@ impl Reloader {
         let mut watcher =
             match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(event) = res {
+                    if !changes_content(&event.kind) {
+                        return;
+                    }
                     for path in event.paths {
                         let _ = tx.send(path);
                     }
@@ -182,12 +187,20 @@ impl Reloader {
                 tracing::warn!(dir = %dir.display(), "not watching for changes: {e}");
             }
         }
+        let mut seen = self.fingerprint();
         while let Some(first) = rx.recv().await {
             let mut changed = vec![first];
             // Collect the rest of the burst.
             while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
                 changed.push(path);
             }
+            // A burst that leaves every file as it was (a save of the same bytes, a
+            // temporary file come and gone) reloads nothing.
+            let now = self.fingerprint();
+            if now == seen {
+                continue;
+            }
+            seen = now;
             let plugins_changed = self.plugins.as_ref().is_some_and(|(dir, _)| {
                 changed
                     .iter()
@@ -211,6 +224,74 @@ impl Reloader {
             );
         }
         drop(watcher);
+    }
+}
+
+impl Reloader {
+    /// What the watched folders hold now: each reloadable file with a hash of its bytes.
+    /// Reading files raises only access events, which the watcher ignores.
+    fn fingerprint(&self) -> BTreeMap<PathBuf, [u8; 32]> {
+        let mut out = BTreeMap::new();
+        let mut dirs = vec![(
+            self.workflows.clone(),
+            is_workflow_file as fn(&Path) -> bool,
+        )];
+        if let Some((dir, _)) = &self.plugins {
+            dirs.push((dir.clone(), is_plugin_file));
+        }
+        for (dir, wanted) in dirs {
+            for entry in walkdir(&dir, MAX_WATCHED_FILES) {
+                if wanted(&entry) {
+                    if let Ok(bytes) = std::fs::read(&entry) {
+                        out.insert(entry, Sha256::digest(&bytes).into());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// At most this many files are fingerprinted per folder: a folder that grows past it
+/// (someone unpacked an archive into it) still reloads, it just is not deduplicated.
+const MAX_WATCHED_FILES: usize = 10_000;
+
+/// The files below `dir` (at most `limit`), not following links.
+fn walkdir(dir: &Path, limit: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                todo.push(e.path());
+            } else if kind.is_file() {
+                out.push(e.path());
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a file-system event can have changed what a file holds. Reads (open, close
+/// without writing) and metadata changes cannot: reacting to them made the daemon reload
+/// itself in a loop, since each reload reads every file.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
     }
 }
 

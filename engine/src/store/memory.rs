@@ -66,6 +66,8 @@ enum Op {
     Definition(String, StoredDefinition),
     Key(String, String, String),
     EventAnswer(String, Value),
+    /// Several operations that survive a crash together or not at all (a sled transaction).
+    Atomic(Vec<Op>),
 }
 
 fn timer_tuple(t: &Timer) -> (Millis, String, u32) {
@@ -114,6 +116,11 @@ impl Data {
             }
             Op::EventAnswer(id, answer) => {
                 self.events.insert(id.clone(), answer.clone());
+            }
+            Op::Atomic(ops) => {
+                for op in ops {
+                    self.apply(op);
+                }
             }
         }
     }
@@ -186,23 +193,28 @@ impl MemoryStore {
     }
 }
 
+/// A batch as the writes a disk store logs, in the sled store's order: indexes first,
+/// then records, meta, removals.
+fn batch_ops(b: &Batch) -> Vec<Op> {
+    let mut ops = Vec::new();
+    ops.extend(b.timers_add.iter().cloned().map(Op::TimerAdd));
+    ops.extend(b.waits_add.iter().cloned().map(Op::WaitAdd));
+    if !b.records.is_empty() {
+        ops.push(Op::Journal(
+            b.instance.clone(),
+            b.first_seq,
+            b.records.clone(),
+        ));
+    }
+    ops.extend(b.meta.iter().cloned().map(Op::Meta));
+    ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
+    ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
+    ops
+}
+
 impl Store for MemoryStore {
     fn write(&self, b: &Batch) -> Result<()> {
-        // Same order as the sled store: indexes first, then records, meta, removals.
-        let mut ops = Vec::new();
-        ops.extend(b.timers_add.iter().cloned().map(Op::TimerAdd));
-        ops.extend(b.waits_add.iter().cloned().map(Op::WaitAdd));
-        if !b.records.is_empty() {
-            ops.push(Op::Journal(
-                b.instance.clone(),
-                b.first_seq,
-                b.records.clone(),
-            ));
-        }
-        ops.extend(b.meta.iter().cloned().map(Op::Meta));
-        ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
-        ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
-        self.log(ops)
+        self.log(batch_ops(b))
     }
 
     fn flush(&self) -> Result<()> {
@@ -263,19 +275,42 @@ impl Store for MemoryStore {
         Ok(self.lock()?.live.definitions.get(hash).cloned())
     }
 
-    fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>> {
+    fn create(&self, b: &Batch, claim: Option<&Claim>) -> Result<Created> {
         let mut g = self.lock()?;
-        let k = (workflow.to_string(), key.to_string());
-        if let Some(holder) = g.live.keys.get(&k) {
-            // A claim whose instance never got journaled (crash in between) is free again.
-            if holder == id || g.live.instances.contains_key(holder) {
-                return Ok(Some(holder.clone()));
+        if g.live.instances.contains_key(&b.instance) {
+            return Ok(Created::Existing(b.instance.clone()));
+        }
+        if let Some(c) = claim {
+            let k = (c.workflow.clone(), c.key.clone());
+            if let Some(holder) = g.live.keys.get(&k) {
+                // A claim without its instance is left by a store from before claims and
+                // instances were written together: it is free.
+                if g.live.instances.contains_key(holder) {
+                    return Ok(Created::Existing(holder.clone()));
+                }
             }
         }
-        let op = Op::Key(k.0, k.1, id.to_string());
+        let mut ops = batch_ops(b);
+        if let Some(c) = claim {
+            ops.push(Op::Key(
+                c.workflow.clone(),
+                c.key.clone(),
+                b.instance.clone(),
+            ));
+        }
+        let op = Op::Atomic(ops);
         g.live.apply(&op);
         g.pending.push(op);
-        Ok(None)
+        Ok(Created::New)
+    }
+
+    fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
+        let g = self.lock()?;
+        Ok(g.live
+            .keys
+            .get(&(workflow.to_string(), key.to_string()))
+            .filter(|holder| g.live.instances.contains_key(*holder))
+            .cloned())
     }
 
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>> {
@@ -427,12 +462,21 @@ mod tests {
         assert_eq!(ids(s.instances(None, 10).unwrap()), vec!["a", "b"]);
         assert_eq!(ids(s.instances(Some("a"), 10).unwrap()), vec!["b"]);
         assert_eq!(ids(s.runnable().unwrap()), vec!["a"]);
-        assert_eq!(s.claim_key("w", "k", "zz").unwrap(), None);
+        let claim = Claim {
+            workflow: "w".into(),
+            key: "k".into(),
+        };
+        let first = |id: &str| Batch {
+            instance: id.into(),
+            meta: Some(meta(id, "running")),
+            ..Batch::default()
+        };
+        assert_eq!(s.create(&first("c"), Some(&claim)).unwrap(), Created::New);
         assert_eq!(
-            s.claim_key("w", "k", "a").unwrap(),
-            None,
-            "zz never journaled"
+            s.create(&first("d"), Some(&claim)).unwrap(),
+            Created::Existing("c".into())
         );
-        assert_eq!(s.claim_key("w", "k", "q").unwrap(), Some("a".into()));
+        assert_eq!(s.instance("d").unwrap(), None, "the loser wrote nothing");
+        assert_eq!(s.key_holder("w", "k").unwrap(), Some("c".into()));
     }
 }

@@ -75,6 +75,22 @@ pub struct Batch {
     pub waits_remove: Vec<Wait>,
 }
 
+/// An idempotency key, claimed by the first write of the instance it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub workflow: String,
+    pub key: String,
+}
+
+/// What [`Store::create`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The batch was written and the key (if any) now belongs to the new instance.
+    New,
+    /// Nothing was written: this instance already exists, or holds the key.
+    Existing(String),
+}
+
 /// A stored workflow version, so instances can run the exact definition they started with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredDefinition {
@@ -97,8 +113,15 @@ pub trait Store: Send + Sync + 'static {
     fn runnable(&self) -> Result<Vec<InstanceMeta>>;
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()>;
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>>;
-    /// Claim an idempotency key for `id`; returns the instance that already holds it, if any.
-    fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>>;
+    /// Write the first batch of a new instance and claim its idempotency key in one atomic
+    /// write: either the records, index entries and claim are all stored, or — when the
+    /// instance exists already or another instance holds the key — nothing is, and the
+    /// existing instance is named. Like [`Store::write`], durable only after a flush. This
+    /// is what makes concurrent duplicate starts create one instance.
+    fn create(&self, batch: &Batch, claim: Option<&Claim>) -> Result<Created>;
+    /// The instance that holds an idempotency key, if any (a read: claims happen in
+    /// [`Store::create`]).
+    fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;
     /// Timers due at or before `now`, earliest first.
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>>;
     fn next_timer(&self) -> Result<Option<Millis>>;

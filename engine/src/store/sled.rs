@@ -9,6 +9,7 @@
 use super::seal::{self, JournalKey, KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
+use ::sled::Transactional;
 use std::path::Path;
 
 pub struct SledStore {
@@ -351,35 +352,83 @@ impl Store for SledStore {
         }
     }
 
-    fn claim_key(&self, workflow: &str, key: &str, id: &str) -> Result<Option<String>> {
-        let k = self.claim_id(workflow, key);
-        loop {
-            match self
-                .keys
-                .compare_and_swap(&k, None as Option<&[u8]>, Some(id.as_bytes()))
-                .map_err(io)?
-            {
-                Ok(()) => return Ok(None),
-                Err(cas) => {
-                    let holder = cas
-                        .current
-                        .map(|v| String::from_utf8_lossy(&v).into_owned())
-                        .unwrap_or_default();
-                    // A claim whose instance never got journaled (crash in between) is free again.
-                    if self.instance(&holder)?.is_some() || holder == id {
-                        return Ok(Some(holder));
-                    }
-                    if self
-                        .keys
-                        .compare_and_swap(&k, Some(holder.as_bytes()), Some(id.as_bytes()))
-                        .map_err(io)?
-                        .is_ok()
-                    {
-                        return Ok(None);
-                    }
-                }
-            }
+    fn create(&self, b: &Batch, claim: Option<&Claim>) -> Result<Created> {
+        // Sealing draws random nonces, so it happens once, outside the transaction body
+        // (which sled may run again on a conflict).
+        let mut records = Vec::with_capacity(b.records.len());
+        for (i, r) in b.records.iter().enumerate() {
+            let stored = Stored {
+                v: VERSION,
+                record: r.clone(),
+            };
+            let key = journal_key(&b.instance, b.first_seq + i as u64);
+            let value = self.seal("journal", &key, &json(&stored)?)?;
+            records.push((key, value));
         }
+        let meta = b.meta.as_ref().map(json).transpose()?;
+        let claim_id = claim.map(|c| self.claim_id(&c.workflow, &c.key));
+        let timers_add: Vec<Vec<u8>> = b.timers_add.iter().map(timer_key).collect();
+        let timers_remove: Vec<Vec<u8>> = b.timers_remove.iter().map(timer_key).collect();
+        let waits_add: Vec<Vec<u8>> = b.waits_add.iter().map(|w| self.wait_key(w)).collect();
+        let waits_remove: Vec<Vec<u8>> = b.waits_remove.iter().map(|w| self.wait_key(w)).collect();
+        let id = b.instance.as_bytes();
+        let outcome = (
+            &self.keys,
+            &self.journal,
+            &self.instances,
+            &self.timers,
+            &self.waits,
+        )
+            .transaction(|(keys, journal, instances, timers, waits)| {
+                if instances.get(id)?.is_some() {
+                    return Ok(Created::Existing(b.instance.clone()));
+                }
+                if let Some(k) = &claim_id {
+                    if let Some(holder) = keys.get(k)? {
+                        // A claim without its instance is left by a store from before claims
+                        // and instances were written together: it is free.
+                        if instances.get(&holder)?.is_some() {
+                            return Ok(Created::Existing(
+                                String::from_utf8_lossy(&holder).into_owned(),
+                            ));
+                        }
+                    }
+                    keys.insert(k.as_slice(), id)?;
+                }
+                for k in &timers_add {
+                    timers.insert(k.as_slice(), &[] as &[u8])?;
+                }
+                for k in &waits_add {
+                    waits.insert(k.as_slice(), &[] as &[u8])?;
+                }
+                for (k, v) in &records {
+                    journal.insert(k.as_slice(), v.as_slice())?;
+                }
+                if let Some(m) = &meta {
+                    instances.insert(id, m.as_slice())?;
+                }
+                for k in &timers_remove {
+                    timers.remove(k.as_slice())?;
+                }
+                for k in &waits_remove {
+                    waits.remove(k.as_slice())?;
+                }
+                Ok(Created::New)
+            });
+        outcome.map_err(|e: ::sled::transaction::TransactionError<()>| match e {
+            ::sled::transaction::TransactionError::Storage(e) => io(e),
+            ::sled::transaction::TransactionError::Abort(()) => {
+                Error::Io("instance creation aborted".into())
+            }
+        })
+    }
+
+    fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
+        let Some(holder) = self.keys.get(self.claim_id(workflow, key)).map_err(io)? else {
+            return Ok(None);
+        };
+        let holder = String::from_utf8_lossy(&holder).into_owned();
+        Ok(self.instance(&holder)?.is_some().then_some(holder))
     }
 
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>> {
@@ -498,31 +547,25 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_key_is_claimed_once() {
+    fn a_claim_left_without_its_instance_is_free() {
+        // Stores written before claims and instances were one write can hold a claim
+        // whose instance never got journaled.
         let s = SledStore::temporary().unwrap();
-        assert_eq!(s.claim_key("refund", "k1", "i1").unwrap(), None);
-        // i1 was never journaled, so a second claimant takes the key over.
-        assert_eq!(s.claim_key("refund", "k1", "i2").unwrap(), None);
-        let meta = InstanceMeta {
-            id: "i2".into(),
+        s.keys
+            .insert(s.claim_id("refund", "k1"), b"ghost".as_slice())
+            .unwrap();
+        assert_eq!(s.key_holder("refund", "k1").unwrap(), None);
+        let claim = Claim {
             workflow: "refund".into(),
-            version: 1,
-            hash: "h".into(),
-            status: "running".into(),
-            created_at: 0,
-            updated_at: 0,
-            parent: None,
+            key: "k1".into(),
         };
-        s.write(&Batch {
+        let first = Batch {
             instance: "i2".into(),
-            meta: Some(meta),
+            meta: Some(meta("i2")),
             ..Batch::default()
-        })
-        .unwrap();
-        assert_eq!(
-            s.claim_key("refund", "k1", "i3").unwrap(),
-            Some("i2".into())
-        );
+        };
+        assert_eq!(s.create(&first, Some(&claim)).unwrap(), Created::New);
+        assert_eq!(s.key_holder("refund", "k1").unwrap(), Some("i2".into()));
     }
 
     fn meta(id: &str) -> InstanceMeta {

@@ -214,7 +214,7 @@ async fn run_case(
                 id: ev.id.clone(),
             })
             .await
-            .map_err(engine_error)?;
+            .map_err(|e| engine_error(e.to_string()))?;
         if woken.is_empty() {
             lock(&trace).push(format!(
                 "{when}  (nothing was waiting for {} with key {})",

@@ -1,0 +1,116 @@
+//! Bounded work in hand: when the engine holds `max_pending` units of work (queued
+//! messages, plugin calls in flight), new starts and events are refused with a clear,
+//! retryable error — over HTTP `503 overloaded` with `Retry-After` — instead of queueing
+//! without limit; once the work drains, they are accepted again.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use casework::clock::ManualClock;
+use casework::compile::{self, rules::Rules};
+use casework::daemon::driver::{DeliverError, StartError};
+use casework::daemon::Driver;
+use casework::plugin_host::{CallContext, CallFuture, PluginHost};
+use casework::runtime::Event;
+use casework::store::memory::MemoryStore;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const CALL: &str = r#"workflow: call
+version: 1
+steps:
+  - id: charge
+    call: payments.charge
+    next: done
+  - id: done
+    complete: {}
+"#;
+
+/// Holds every call until released.
+struct Gate(tokio::sync::Semaphore);
+
+impl PluginHost for Gate {
+    fn call<'a>(
+        &'a self,
+        _plugin: &'a str,
+        _action: &'a str,
+        _input: Value,
+        _ctx: CallContext,
+    ) -> CallFuture<'a> {
+        Box::pin(async move {
+            let _permit = self.0.acquire().await;
+            Ok(json!({}))
+        })
+    }
+}
+
+fn driver(gate: Arc<Gate>) -> Driver {
+    let d = Driver::new(
+        Arc::new(MemoryStore::new()),
+        gate,
+        Arc::new(ManualClock::new(0)),
+        None,
+    );
+    let (wf, diags) = compile::load("call.yaml", CALL, &Default::default(), &Rules::shared());
+    d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+        .unwrap();
+    d
+}
+
+#[tokio::test]
+async fn past_max_pending_starts_and_events_are_refused_until_the_work_drains() {
+    const MAX: usize = 8;
+    let gate = Arc::new(Gate(tokio::sync::Semaphore::new(0)));
+    let d = driver(gate.clone());
+    d.set_max_pending(MAX);
+    // Each started instance holds one call in flight.
+    for i in 0..MAX {
+        d.start("call", json!({}), Some(format!("k{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("start {i} within the bound: {e}"));
+    }
+    let refused = d.start("call", json!({}), None).await.unwrap_err();
+    let StartError::Overloaded(o) = &refused else {
+        panic!("expected Overloaded, got {refused:?}")
+    };
+    assert_eq!(o.pending, MAX);
+    assert_eq!(
+        refused.to_string(),
+        "the engine has 8 units of work in hand, its limit (max_pending); try again in 1 s"
+    );
+    let event = Event {
+        event_type: "go".into(),
+        key: "k".into(),
+        data: json!({}),
+        id: None,
+    };
+    assert!(matches!(
+        d.deliver(event.clone()).await,
+        Err(DeliverError::Overloaded(_))
+    ));
+
+    // Over HTTP: 503 with a stable code and Retry-After.
+    let app = casework::daemon::http::router(d.clone());
+    let resp = app
+        .oneshot(
+            Request::post("/v1/workflows/call/instances")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+
+    // Let the calls finish: the engine takes work again.
+    gate.0.add_permits(MAX);
+    d.wait_idle().await;
+    d.start("call", json!({}), None).await.unwrap();
+    assert!(d.deliver(event).await.is_ok());
+}
