@@ -1,4 +1,4 @@
-//! Bounded work in hand: when the engine holds `max_pending` units of work (queued
+//! Bounds on what one burst or one request can make the daemon do. Work in hand: when the engine holds `max_pending` units of work (queued
 //! messages, plugin calls in flight), new starts and events are refused with a clear,
 //! retryable error — over HTTP `503 overloaded` with `Retry-After` — instead of queueing
 //! without limit; once the work drains, they are accepted again.
@@ -113,4 +113,81 @@ async fn past_max_pending_starts_and_events_are_refused_until_the_work_drains() 
     d.wait_idle().await;
     d.start("call", json!({}), None).await.unwrap();
     assert!(d.deliver(event).await.is_ok());
+}
+
+async fn get_json(app: &axum::Router, uri: &str) -> Value {
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A filter that matches little of a large index must not read all of it in one
+/// request: the page comes back short with a cursor, and following it finds the rest.
+#[tokio::test]
+async fn a_filtered_list_reads_a_bounded_part_of_the_index_per_request() {
+    use casework::store::{Batch, InstanceMeta, Store};
+    let store = MemoryStore::new();
+    let meta = |id: String, workflow: &str| InstanceMeta {
+        id,
+        workflow: workflow.into(),
+        version: 1,
+        hash: "h".into(),
+        status: "completed".into(),
+        created_at: 0,
+        updated_at: 0,
+        parent: None,
+    };
+    for i in 0..45_000 {
+        let id = format!("{i:08}");
+        store
+            .write(&Batch {
+                instance: id.clone(),
+                meta: Some(meta(id, "noise")),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    store
+        .write(&Batch {
+            instance: "99999999".into(),
+            meta: Some(meta("99999999".into(), "rare")),
+            ..Batch::default()
+        })
+        .unwrap();
+    let d = Driver::new(
+        Arc::new(store),
+        Arc::new(Gate(tokio::sync::Semaphore::new(0))),
+        Arc::new(ManualClock::new(0)),
+        None,
+    );
+    let app = casework::daemon::http::router(d);
+    let mut uri = "/v1/instances?workflow=rare".to_string();
+    let mut requests = 0;
+    let found = loop {
+        requests += 1;
+        let page = get_json(&app, &uri).await;
+        let ids: Vec<&str> = page["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        if !ids.is_empty() {
+            assert_eq!(page["next_cursor"], Value::Null, "{page}");
+            break ids.join(",");
+        }
+        let cursor = page["next_cursor"]
+            .as_str()
+            .expect("a cursor to go on from");
+        uri = format!("/v1/instances?workflow=rare&cursor={cursor}");
+    };
+    assert_eq!(found, "99999999");
+    assert_eq!(requests, 3, "20,000 entries per request, 45,001 in all");
 }

@@ -577,15 +577,20 @@ async fn list_instances(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut out = Vec::new();
     let mut cursor = q.cursor.clone();
-    // Scan forward in pages until the filtered page is full or the end is reached.
+    // Scan forward in pages until the filtered page is full or the end is reached, but
+    // read at most MAX_LIST_SCAN index entries per request: a filter that matches little
+    // of a large index answers a short page with a cursor to go on from, rather than
+    // reading the whole index in one request.
+    let mut scanned = 0;
     loop {
         let page = api
             .driver
             .inner()
             .store
-            .instances(cursor.as_deref(), 1000)
+            .instances(cursor.as_deref(), LIST_PAGE)
             .map_err(internal)?;
-        let exhausted = page.len() < 1000;
+        let exhausted = page.len() < LIST_PAGE;
+        scanned += page.len();
         for m in page {
             cursor = Some(m.id.clone());
             if q.workflow.as_ref().is_some_and(|w| &m.workflow != w)
@@ -602,8 +607,16 @@ async fn list_instances(
         if exhausted {
             return Ok(Json(json!({"instances": out, "next_cursor": null})));
         }
+        if scanned >= MAX_LIST_SCAN {
+            return Ok(Json(json!({"instances": out, "next_cursor": cursor})));
+        }
     }
 }
+
+/// Index entries read per store call when listing instances.
+const LIST_PAGE: usize = 1000;
+/// Index entries one list request reads at most (see `list_instances`).
+const MAX_LIST_SCAN: usize = 20 * LIST_PAGE;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
