@@ -1,7 +1,8 @@
-//! Bounds on what one burst or one request can make the daemon do. Work in hand: when the engine holds `max_pending` units of work (queued
-//! messages, plugin calls in flight), new starts and events are refused with a clear,
-//! retryable error — over HTTP `503 overloaded` with `Retry-After` — instead of queueing
-//! without limit; once the work drains, they are accepted again.
+//! Bounds on what one burst or one request can make the daemon do. When the engine holds
+//! `max_pending` units of work (queued messages, plugin calls in flight), new starts and
+//! events are refused with a clear, retryable error — over HTTP `503 overloaded` with
+//! `Retry-After` — instead of queueing without limit; once the work drains, they are
+//! accepted again. A filtered list reads a bounded part of the index per request.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
