@@ -12,9 +12,9 @@ use crate::clock::Clock;
 use crate::compile::{rules::Rules, CompiledWorkflow};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
-    Effect, Event, FrameState, Instance, Millis, ParentRef, Record, RetryRefused, StepError,
+    Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, StepError,
 };
-use crate::store::{Batch, Claim, Created, InstanceMeta, Store, Timer, Wait};
+use crate::store::{Batch, Claim, Created, InstanceMeta, Store, Timer};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -607,54 +607,8 @@ async fn committer(
     }
 }
 
-/// Index entries (timers, waits) and effects implied by a state.
-fn timers_of(id: &str, inst: &Instance) -> HashSet<Timer> {
-    inst.frames
-        .iter()
-        .filter_map(|(&frame, f)| {
-            let at = match &f.state {
-                FrameState::Backoff { until, .. } | FrameState::Sleeping { until } => *until,
-                FrameState::Waiting {
-                    deadline: Some(d), ..
-                } => *d,
-                _ => return None,
-            };
-            Some(Timer {
-                at,
-                instance: id.to_string(),
-                frame,
-            })
-        })
-        .collect()
-}
-
-fn waits_of(id: &str, inst: &Instance) -> HashSet<Wait> {
-    let mut out = HashSet::new();
-    for (&frame, f) in &inst.frames {
-        if let FrameState::Waiting { events, key, .. } = &f.state {
-            for e in events {
-                out.insert(Wait {
-                    event_type: e.clone(),
-                    key: key.clone(),
-                    instance: id.to_string(),
-                    frame,
-                });
-            }
-        }
-    }
-    out
-}
-
-fn meta_of(inst: &Instance) -> InstanceMeta {
-    let status = if inst.status.is_final()
-        || inst.status == crate::runtime::Status::Compensating && !inst.is_parked()
-    {
-        inst.status.as_str()
-    } else if inst.is_parked() {
-        "parked"
-    } else {
-        "running"
-    };
+/// The index entry of an instance, with the status its last step decided.
+fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
     InstanceMeta {
         id: inst.id.clone(),
         workflow: inst.workflow.clone(),
@@ -724,45 +678,25 @@ async fn handle(
     };
     let now = inner.clock.now_ms();
     let mut fresh = false;
-    let mut start_reply = None;
-    let mut start_claim = None;
-    if state.is_none() {
-        match msg {
-            Msg::Start { .. } => {}
-            _ => match inner.load(id) {
-                Ok(s) => {
-                    *state = Some(s);
-                    fresh = true;
+    if state.is_none() && !matches!(msg, Msg::Start { .. }) {
+        match inner.load(id) {
+            Ok(s) => {
+                *state = Some(s);
+                fresh = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load instance");
+                if let Msg::Timer(t) = &msg {
+                    drop_timer_of_unknown_instance(inner, id, t);
+                    inner
+                        .firing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(t);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot load instance");
-                    if let Msg::Timer(t) = &msg {
-                        // A crash between writing a new instance's timer (indexes go first)
-                        // and its first records leaves a timer for an instance that never
-                        // existed. Nothing would ever consume it: it would fire again at every
-                        // tick and, once enough piled up, hide the real timers behind it.
-                        if matches!(inner.store.instance(id), Ok(None)) {
-                            let stale = Batch {
-                                instance: id.to_string(),
-                                timers_remove: vec![t.clone()],
-                                ..Batch::default()
-                            };
-                            if inner.store.write(&stale).is_ok() {
-                                tracing::warn!(
-                                    "dropped a timer of an instance that was never journaled"
-                                );
-                            }
-                        }
-                        inner
-                            .firing
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(t);
-                    }
-                    reply_false(msg);
-                    return;
-                }
-            },
+                reply_false(msg);
+                return;
+            }
         }
     }
     if let Some((_, wf)) = state.as_ref() {
@@ -770,18 +704,16 @@ async fn handle(
         span.record("workflow", tracing::field::display(&wf.name));
         span.record("version", wf.version);
     }
-    let (mut records, mut fired, mut event_reply, mut cancel_reply) =
-        (Vec::new(), None, None, None);
-    let mut retry_reply = None;
-    if let Some((i, _)) = state.as_mut() {
-        i.timings = Some(Vec::new());
-    }
-    let (old_timers, old_waits, old_effects) = match state.as_ref() {
-        Some((i, wf)) if !fresh => (timers_of(id, i), waits_of(id, i), i.effects(wf)),
-        Some((i, _)) => (timers_of(id, i), waits_of(id, i), Vec::new()),
-        None => Default::default(),
+    // What the instance is told, and what of the outside world it needs to know: the
+    // results of children that ended (for a fresh load, any it waits on).
+    let mut start = None;
+    let mut reply = None;
+    // Once handled (or failed), the timer may fire again if it is still in the index.
+    let _fired = match &msg {
+        Msg::Timer(t) => Some(Firing(inner, t.clone())),
+        _ => None,
     };
-    match msg {
+    let step = match msg {
         Msg::Start {
             record,
             wf,
@@ -791,145 +723,79 @@ async fn handle(
             let span = tracing::Span::current();
             span.record("workflow", tracing::field::display(&wf.name));
             span.record("version", wf.version);
-            let mut inst = Instance::start(id, &wf, record.clone());
-            inst.timings = Some(Vec::new());
-            records.push(record);
+            let (inst, step) = Instance::create(id, &wf, record, now);
             *state = Some((inst, wf));
-            start_reply = Some(reply);
-            start_claim = Some(claim);
+            start = Some((claim, reply));
+            step
         }
-        Msg::Resume => {}
-        Msg::CallResult {
-            frame,
-            attempt,
-            result,
-        } => {
+        msg => {
             let (inst, wf) = state.as_mut().expect("loaded");
-            records.extend(inst.on_call_result(wf, frame, attempt, result, now));
-        }
-        Msg::Timer(t) => {
-            let (inst, wf) = state.as_mut().expect("loaded");
-            if let Some(FrameState::Sub { child, .. }) =
-                inst.frames.get(&t.frame).map(|f| f.state.clone())
-            {
-                if let Some(result) = child_result(inner, &child) {
-                    records.extend(inst.on_child_finished(wf, &child, result, now));
-                }
+            let mut waited: Vec<String> = if fresh {
+                inst.children_waited_on()
             } else {
-                records.extend(inst.on_timer(wf, t.frame, now));
-            }
-            fired = Some(t);
-        }
-        Msg::Event { event, reply } => {
-            let (inst, wf) = state.as_mut().expect("loaded");
-            records.extend(inst.on_event(wf, &event, now));
-            event_reply = Some((reply, !records.is_empty()));
-        }
-        Msg::ChildFinished { child, result } => {
-            let (inst, wf) = state.as_mut().expect("loaded");
-            records.extend(inst.on_child_finished(wf, &child, result, now));
-        }
-        Msg::Cancel { reason, reply } => {
-            let (inst, wf) = state.as_mut().expect("loaded");
-            let r = inst.cancel(wf, &reason, now);
-            cancel_reply = Some((reply, !r.is_empty()));
-            records.extend(r);
-        }
-        Msg::Retry { reply } => {
-            let (inst, wf) = state.as_mut().expect("loaded");
-            match inst.retry(wf, now) {
-                Ok(r) => {
-                    records.extend(r);
-                    retry_reply = Some((reply, Ok(())));
+                Vec::new()
+            };
+            let input = match msg {
+                Msg::Start { .. } => unreachable!("handled above"),
+                Msg::Resume => Input::Resume,
+                Msg::CallResult {
+                    frame,
+                    attempt,
+                    result,
+                } => Input::CallResult {
+                    frame,
+                    attempt,
+                    result,
+                },
+                Msg::Timer(t) => {
+                    waited.extend(inst.child_of_frame(t.frame));
+                    Input::Timer(t)
                 }
-                Err(e) => retry_reply = Some((reply, Err(e))),
-            }
-        }
-    }
-    let (inst, wf) = state.as_mut().expect("loaded");
-    // A freshly loaded instance may be waiting for a child that already ended.
-    if fresh {
-        let subs: Vec<String> = inst
-            .frames
-            .values()
-            .filter_map(|f| {
-                if let FrameState::Sub { child, .. } = &f.state {
-                    Some(child.clone())
-                } else {
-                    None
+                Msg::Event { event, reply: r } => {
+                    reply = Some(Answer::Event(r));
+                    Input::Event(event)
                 }
-            })
-            .collect();
-        for child in subs {
-            if let Some(result) = child_result(inner, &child) {
-                records.extend(inst.on_child_finished(wf, &child, result, now));
-            }
+                Msg::ChildFinished { child, result } => Input::ChildFinished { child, result },
+                Msg::Cancel { reason, reply: r } => {
+                    reply = Some(Answer::Cancel(r));
+                    Input::Cancel { reason }
+                }
+                Msg::Retry { reply: r } => {
+                    reply = Some(Answer::Retry(r));
+                    Input::Retry
+                }
+            };
+            waited.sort();
+            waited.dedup();
+            let finished: Vec<_> = waited
+                .into_iter()
+                .filter_map(|child| child_result(inner, &child).map(|r| (child, r)))
+                .collect();
+            inst.step(wf, input, &finished, now)
         }
-    }
-    records.extend(inst.advance(wf, now));
-    let timings = inst.timings.take().unwrap_or_default();
-    let new_timers = timers_of(id, inst);
-    let new_waits = waits_of(id, inst);
-    let mut batch = Batch {
-        instance: id.to_string(),
-        first_seq: inst.records - records.len() as u64,
-        meta: Some(meta_of(inst)),
-        timers_add: new_timers.difference(&old_timers).cloned().collect(),
-        timers_remove: old_timers.difference(&new_timers).cloned().collect(),
-        waits_add: new_waits.difference(&old_waits).cloned().collect(),
-        waits_remove: old_waits.difference(&new_waits).cloned().collect(),
-        records,
     };
-    if let Some(t) = &fired {
-        if !new_timers.contains(t) {
-            batch.timers_remove.push(t.clone());
-        }
-    }
-    if inst.status.is_final() {
-        batch.waits_remove.extend(new_waits.iter().cloned());
-        // Wake the parent durably: a timer due now survives a crash before the message lands.
-        if let Some(p) = &inst.parent {
-            batch.timers_add.push(Timer {
-                at: now,
-                instance: p.instance.clone(),
-                frame: p.frame,
-            });
-        }
-    }
-    // A child is started only after this batch commits, and a parent waiting on a child is
-    // parked: if the process dies in between, nothing would ever load the parent again to
-    // start the child. A timer due now does (on a fresh load the start is re-issued, a no-op
-    // if the child exists); once fired it is removed like any stale timer.
-    for r in &batch.records {
-        if let Record::SubStarted { frame, .. } = r {
-            batch.timers_add.push(Timer {
-                at: now,
-                instance: id.to_string(),
-                frame: *frame,
-            });
-        }
-    }
+    let (inst, wf) = state.as_mut().expect("loaded");
+    let batch = Batch {
+        instance: id.to_string(),
+        first_seq: inst.records - step.records.len() as u64,
+        meta: Some(meta_of(inst, step.index.status)),
+        timers_add: step.index.timers_add.clone(),
+        timers_remove: step.index.timers_remove.clone(),
+        waits_add: step.index.waits_add.clone(),
+        waits_remove: step.index.waits_remove.clone(),
+        records: step.records,
+    };
     // A crash can keep a batch's records but lose the index entry written after them, so
     // the index may say `running` for an instance whose journal has ended (or parked it).
     // On a fresh load the journal is the truth: rewrite a stale entry.
     let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
-    let changed = !batch.records.is_empty()
-        || !batch.timers_add.is_empty()
-        || !batch.timers_remove.is_empty()
-        || stale_meta;
-    if changed {
-        let written = match &start_claim {
+    if !batch.records.is_empty() || step.index.touches_timers() || stale_meta {
+        let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
-            Some(claim) => inner
-                .store
-                .create(&batch, claim.as_ref())
-                .map_err(|e| e.to_string()),
-            None => inner
-                .store
-                .write(&batch)
-                .map(|()| Created::New)
-                .map_err(|e| e.to_string()),
-        };
+            Some((claim, _)) => inner.store.create(&batch, claim.as_ref()),
+            None => inner.store.write(&batch).map(|()| Created::New),
+        }
+        .map_err(|e| e.to_string());
         let committed = match written {
             Ok(Created::New) => inner.commit().await,
             Ok(Created::Existing(holder)) => {
@@ -940,7 +806,7 @@ async fn handle(
                     id: holder,
                     created: false,
                 });
-                if let Some(r) = start_reply {
+                if let Some((_, r)) = start {
                     let _ = r.send(answer);
                 }
                 return;
@@ -951,7 +817,7 @@ async fn handle(
             // Nothing was acknowledged: drop the in-memory state and reload from the journal later.
             tracing::error!(error = %e, "could not journal; the instance will be retried from its journal");
             *state = None;
-            if let Some(r) = start_reply {
+            if let Some((_, r)) = start {
                 let _ = r.send(Err(e));
             }
             return;
@@ -960,7 +826,7 @@ async fn handle(
             .stats
             .records
             .fetch_add(batch.records.len() as i64, Ordering::Relaxed);
-        for t in &timings {
+        for t in &step.timings {
             inner.metrics.step(&wf.name, &t.step, t.ok, t.millis);
         }
         for r in &batch.records {
@@ -974,13 +840,6 @@ async fn handle(
             inner.timer_wake.notify_one();
         }
     }
-    if let Some(t) = fired {
-        inner
-            .firing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&t);
-    }
     if let Some(obs) = &inner.observer {
         for r in &batch.records {
             obs(id, r);
@@ -989,12 +848,65 @@ async fn handle(
     for r in &batch.records {
         log_record(wf, r);
     }
-    // Effects: on a fresh load everything in hand is re-issued (calls keep their idempotency key).
-    let effects = inst.effects(wf);
-    for e in effects {
-        if old_effects.contains(&e) {
-            continue;
+    carry_out(inner, id, inst, step.effects);
+    if let Some((_, r)) = start {
+        let _ = r.send(Ok(Started {
+            id: id.to_string(),
+            created: true,
+        }));
+    }
+    match (reply, step.reply) {
+        (Some(Answer::Event(r)), Reply::Woken(v))
+        | (Some(Answer::Cancel(r)), Reply::Cancelled(v)) => {
+            let _ = r.send(v);
         }
+        (Some(Answer::Retry(r)), Reply::Retried(v)) => {
+            let _ = r.send(v);
+        }
+        _ => {}
+    }
+}
+
+/// A timer being handled: [`Driver::fire_due_timers`] skips it until this is dropped.
+struct Firing<'a>(&'a Inner, Timer);
+
+impl Drop for Firing<'_> {
+    fn drop(&mut self) {
+        self.0
+            .firing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Where the answer to a message goes.
+enum Answer {
+    Event(oneshot::Sender<bool>),
+    Cancel(oneshot::Sender<bool>),
+    Retry(oneshot::Sender<Result<(), RetryRefused>>),
+}
+
+/// A crash between writing a new instance's timer and its first records (possible only in
+/// stores written before instance creation was atomic) leaves a timer for an instance
+/// that never existed. Nothing would ever consume it: it would fire again at every tick
+/// and, once enough piled up, hide the real timers behind it.
+fn drop_timer_of_unknown_instance(inner: &Arc<Inner>, id: &str, t: &Timer) {
+    if matches!(inner.store.instance(id), Ok(None)) {
+        let stale = Batch {
+            instance: id.to_string(),
+            timers_remove: vec![t.clone()],
+            ..Batch::default()
+        };
+        if inner.store.write(&stale).is_ok() {
+            tracing::warn!("dropped a timer of an instance that was never journaled");
+        }
+    }
+}
+
+/// Carries out the effects a step decided (its records are durable by now).
+fn carry_out(inner: &Arc<Inner>, id: &str, inst: &Instance, effects: Vec<Effect>) {
+    for e in effects {
         match e {
             Effect::Call {
                 frame,
@@ -1084,21 +996,6 @@ async fn handle(
             }
             Effect::Timer { .. } | Effect::Wait { .. } => {}
         }
-    }
-    if let Some(r) = start_reply {
-        let _ = r.send(Ok(Started {
-            id: id.to_string(),
-            created: true,
-        }));
-    }
-    if let Some((r, v)) = event_reply {
-        let _ = r.send(v);
-    }
-    if let Some((r, v)) = cancel_reply {
-        let _ = r.send(v);
-    }
-    if let Some((r, v)) = retry_reply {
-        let _ = r.send(v);
     }
 }
 

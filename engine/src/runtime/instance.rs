@@ -185,6 +185,9 @@ pub struct Instance {
     pub records: u64,
     pub started_at: Millis,
     pub updated_at: Millis,
+    /// Effects handed to the driver so far (not journaled: after a load nothing has been
+    /// carried out in this process, so everything in hand is handed out again).
+    pub(super) issued: Vec<Effect>,
 }
 
 type Outcome = Result<Record, StepError>;
@@ -245,6 +248,7 @@ impl Instance {
             records: 0,
             started_at: 0,
             updated_at: 0,
+            issued: Vec::new(),
         }
     }
 

@@ -1,14 +1,18 @@
 //! The instance state machine: records in, records and effects out. No clock, no I/O.
 //!
-//! [`Instance::apply`] folds one journal record into the state; the `on_*` methods and
-//! [`Instance::advance`] decide what happens next and return the records that say so
-//! (already applied). Replaying a journal through `apply` rebuilds the exact same state,
-//! because every decision (which case matched, when a retry is due) is in a record.
+//! [`Instance::apply`] folds one journal record into the state; [`Instance::step`] (with
+//! [`Instance::create`] for a new instance) is the driver's one entry point: it takes an
+//! [`Input`] and the time, and returns a [`Step`] with the records that say what was
+//! decided (already applied), the index changes and the effects to carry out. Replaying a
+//! journal through `apply` rebuilds the exact same state, because every decision (which
+//! case matched, when a retry is due) is in a record.
 
 mod instance;
 pub mod record;
+mod step;
 
 pub use instance::{
     Effect, FrameState, Instance, RetryRefused, Status, StepTiming, MAX_FRAMES, MAX_TRANSITIONS,
 };
 pub use record::{Event, Millis, ParentRef, Record, StepError};
+pub use step::{IndexDelta, Input, Reply, Step, Timer, Wait};

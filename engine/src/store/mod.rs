@@ -5,6 +5,7 @@ pub mod seal;
 pub mod sled;
 
 use crate::runtime::{Millis, Record};
+pub use crate::runtime::{Timer, Wait};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,23 +43,6 @@ impl InstanceMeta {
     pub fn is_final(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
-}
-
-/// A due timer: wake `frame` of `instance` at `at`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Timer {
-    pub at: Millis,
-    pub instance: String,
-    pub frame: u32,
-}
-
-/// A waiting frame: `instance`'s `frame` waits for `event_type` with `key`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Wait {
-    pub event_type: String,
-    pub key: String,
-    pub instance: String,
-    pub frame: u32,
 }
 
 /// Everything one step of one instance changes, written together (indexes first).

@@ -1,0 +1,307 @@
+//! The runtime's one entry point for the driver: [`Instance::step`] takes what happened
+//! (an [`Input`]) and the time, and returns everything the instance decided as a [`Step`]:
+//! the records to journal, the index changes (timers, waits, status) and the effects to
+//! carry out. The driver persists and carries out; it does not work out from the
+//! instance's state what changed.
+//!
+//! The one thing the runtime cannot know is the outside world, so the driver passes it in:
+//! the results of children that ended while nobody was listening (read from the store).
+
+use super::instance::{Effect, FrameState, Instance, RetryRefused, Status, StepTiming};
+use super::record::{Event, Millis, Record, StepError};
+use crate::compile::CompiledWorkflow;
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// A due timer in the index: wake `frame` of `instance` at `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Timer {
+    pub at: Millis,
+    pub instance: String,
+    pub frame: u32,
+}
+
+/// A waiting frame in the index: `instance`'s `frame` waits for `event_type` with `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Wait {
+    pub event_type: String,
+    pub key: String,
+    pub instance: String,
+    pub frame: u32,
+}
+
+/// What happened to an instance.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Nothing new: loaded after a restart or a failed write, go on from the journal.
+    Resume,
+    CallResult {
+        frame: u32,
+        attempt: u32,
+        result: Result<Value, StepError>,
+    },
+    Timer(Timer),
+    Event(Event),
+    ChildFinished {
+        child: String,
+        result: Result<Value, StepError>,
+    },
+    Cancel {
+        reason: String,
+    },
+    Retry,
+}
+
+/// What the caller of an input is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    None,
+    /// The event was taken by a waiting step.
+    Woken(bool),
+    /// The cancel was accepted (false: the instance had already ended).
+    Cancelled(bool),
+    Retried(Result<(), RetryRefused>),
+}
+
+/// Index changes of one step: entries to add and remove, and the status to index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexDelta {
+    pub timers_add: Vec<Timer>,
+    pub timers_remove: Vec<Timer>,
+    pub waits_add: Vec<Wait>,
+    pub waits_remove: Vec<Wait>,
+    /// running, parked, compensating, completed, failed or cancelled.
+    pub status: &'static str,
+}
+
+impl IndexDelta {
+    /// Whether the index must be written although no record was.
+    pub fn touches_timers(&self) -> bool {
+        !self.timers_add.is_empty() || !self.timers_remove.is_empty()
+    }
+}
+
+/// Everything one input made the instance decide.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Already applied to the instance; journal them before acting on anything below.
+    pub records: Vec<Record>,
+    pub index: IndexDelta,
+    /// Effects not handed out before (after a load: everything in hand, so calls in
+    /// flight when the process stopped are made again with the same idempotency key).
+    pub effects: Vec<Effect>,
+    pub reply: Reply,
+    /// Steps that ended, for metrics.
+    pub timings: Vec<StepTiming>,
+}
+
+impl Instance {
+    /// A new instance from its start record, and its first step (whose records begin
+    /// with the start record).
+    pub fn create(
+        id: &str,
+        wf: &CompiledWorkflow,
+        record: Record,
+        now: Millis,
+    ) -> (Instance, Step) {
+        let mut inst = Instance::start(id, wf, record.clone());
+        let before = Index::default();
+        let step = inst.conclude(wf, before, vec![record], Reply::None, None, &[], now);
+        (inst, step)
+    }
+
+    /// Frames waiting on a child: the children whose end the instance waits for.
+    pub fn children_waited_on(&self) -> Vec<String> {
+        self.frames
+            .values()
+            .filter_map(|f| match &f.state {
+                FrameState::Sub { child, .. } => Some(child.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The child `frame` waits on, if it waits on one.
+    pub fn child_of_frame(&self, frame: u32) -> Option<String> {
+        match self.frames.get(&frame).map(|f| &f.state) {
+            Some(FrameState::Sub { child, .. }) => Some(child.clone()),
+            _ => None,
+        }
+    }
+
+    /// Handles one input: `finished` are results of children that have ended (the driver
+    /// reads them for a freshly loaded instance and for a timer on a frame waiting on a
+    /// child); then the instance advances as far as it can without outside help.
+    pub fn step(
+        &mut self,
+        wf: &CompiledWorkflow,
+        input: Input,
+        finished: &[(String, Result<Value, StepError>)],
+        now: Millis,
+    ) -> Step {
+        let before = Index::of(self);
+        self.timings = Some(Vec::new());
+        let mut records = Vec::new();
+        let mut reply = Reply::None;
+        let mut fired = None;
+        match input {
+            Input::Resume => {}
+            Input::CallResult {
+                frame,
+                attempt,
+                result,
+            } => records.extend(self.on_call_result(wf, frame, attempt, result, now)),
+            Input::Timer(t) => {
+                // A frame waiting on a child is woken by the child's end (in `finished`).
+                if self.child_of_frame(t.frame).is_none() {
+                    records.extend(self.on_timer(wf, t.frame, now));
+                }
+                fired = Some(t);
+            }
+            Input::Event(event) => {
+                records.extend(self.on_event(wf, &event, now));
+                reply = Reply::Woken(!records.is_empty());
+            }
+            Input::ChildFinished { child, result } => {
+                records.extend(self.on_child_finished(wf, &child, result, now))
+            }
+            Input::Cancel { reason } => {
+                records.extend(self.cancel(wf, &reason, now));
+                reply = Reply::Cancelled(!records.is_empty());
+            }
+            Input::Retry => match self.retry(wf, now) {
+                Ok(r) => {
+                    records.extend(r);
+                    reply = Reply::Retried(Ok(()));
+                }
+                Err(e) => reply = Reply::Retried(Err(e)),
+            },
+        }
+        self.conclude(wf, before, records, reply, fired, finished, now)
+    }
+
+    /// The part of every step after its input: children's results, advancing, and working
+    /// out what changed.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &mut self,
+        wf: &CompiledWorkflow,
+        before: Index,
+        mut records: Vec<Record>,
+        reply: Reply,
+        fired: Option<Timer>,
+        finished: &[(String, Result<Value, StepError>)],
+        now: Millis,
+    ) -> Step {
+        if self.timings.is_none() {
+            self.timings = Some(Vec::new());
+        }
+        for (child, result) in finished {
+            records.extend(self.on_child_finished(wf, child, result.clone(), now));
+        }
+        records.extend(self.advance(wf, now));
+        let after = Index::of(self);
+        let mut index = IndexDelta {
+            timers_add: after.timers.difference(&before.timers).cloned().collect(),
+            timers_remove: before.timers.difference(&after.timers).cloned().collect(),
+            waits_add: after.waits.difference(&before.waits).cloned().collect(),
+            waits_remove: before.waits.difference(&after.waits).cloned().collect(),
+            status: self.index_status(),
+        };
+        if let Some(t) = fired {
+            if !after.timers.contains(&t) {
+                index.timers_remove.push(t);
+            }
+        }
+        if self.status.is_final() {
+            index.waits_remove.extend(after.waits.iter().cloned());
+            // Wake the parent durably: a timer due now survives a crash before the
+            // message reaches it.
+            if let Some(p) = &self.parent {
+                index.timers_add.push(Timer {
+                    at: now,
+                    instance: p.instance.clone(),
+                    frame: p.frame,
+                });
+            }
+        }
+        // A child is started only after this step is journaled, and a parent waiting on
+        // a child is parked: if the process dies in between, nothing would load the parent
+        // again to start the child. A timer due now does (on a load the start is issued
+        // again, a no-op if the child exists); once fired it is removed like any stale one.
+        for r in &records {
+            if let Record::SubStarted { frame, .. } = r {
+                index.timers_add.push(Timer {
+                    at: now,
+                    instance: self.id.clone(),
+                    frame: *frame,
+                });
+            }
+        }
+        let in_hand = self.effects(wf);
+        let effects = in_hand
+            .iter()
+            .filter(|e| !self.issued.contains(e))
+            .cloned()
+            .collect();
+        self.issued = in_hand;
+        Step {
+            records,
+            index,
+            effects,
+            reply,
+            timings: self.timings.take().unwrap_or_default(),
+        }
+    }
+
+    /// The status the index shows: `parked` when nothing can happen without outside help.
+    pub fn index_status(&self) -> &'static str {
+        if self.status.is_final() || self.status == Status::Compensating && !self.is_parked() {
+            self.status.as_str()
+        } else if self.is_parked() {
+            "parked"
+        } else {
+            "running"
+        }
+    }
+}
+
+/// The timers and waits an instance's state implies.
+#[derive(Default)]
+struct Index {
+    timers: HashSet<Timer>,
+    waits: HashSet<Wait>,
+}
+
+impl Index {
+    fn of(inst: &Instance) -> Index {
+        let mut index = Index::default();
+        for (&frame, f) in &inst.frames {
+            match &f.state {
+                FrameState::Backoff { until: at, .. }
+                | FrameState::Sleeping { until: at }
+                | FrameState::Waiting {
+                    deadline: Some(at), ..
+                } => {
+                    index.timers.insert(Timer {
+                        at: *at,
+                        instance: inst.id.clone(),
+                        frame,
+                    });
+                }
+                _ => {}
+            }
+            if let FrameState::Waiting { events, key, .. } = &f.state {
+                for e in events {
+                    index.waits.insert(Wait {
+                        event_type: e.clone(),
+                        key: key.clone(),
+                        instance: inst.id.clone(),
+                        frame,
+                    });
+                }
+            }
+        }
+        index
+    }
+}
