@@ -36,12 +36,14 @@ steps:
     complete: { output: { paid: true } }
 "#;
 
-/// A rule that always fails.
+/// A rule that prints 5000 bytes (904 over its budget), then fails.
 const OOPS: &str = r#"workflow: oops
 version: 1
 steps:
   - id: boom
-    rule: 'throw "no luck";'
+    rule: |
+      let s = ""; s.pad(5000, 'x'); print(s);
+      throw "no luck";
     next: done
   - id: done
     complete: {}
@@ -509,6 +511,8 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
         "casework_plugin_call_duration_seconds_count{plugin=\"payments\",action=\"charge\",outcome=\"error\"} 1",
         "casework_plugin_call_duration_seconds_count{plugin=\"payments\",action=\"charge\",outcome=\"ok\"} 1",
         "casework_rule_errors_total{workflow=\"oops\"} 1",
+        "casework_rule_output_dropped_bytes_total 904\n",
+        "casework_rule_output_dropped_lines_total 0\n",
         "casework_journal_flush_duration_seconds_count ",
         "casework_journal_records_total ",
         "casework_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/instances\",status=\"201\"} ",
@@ -521,6 +525,14 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
     assert!(
         !logs.contains("secret-note-123"),
         "a sensitive input was logged"
+    );
+    assert!(
+        logs.contains("rule output truncated: 904 bytes dropped, 0 lines not shown"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(&"x".repeat(4097)),
+        "more than the budget was logged"
     );
 }
 

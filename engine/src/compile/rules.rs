@@ -3,6 +3,7 @@
 //! Rules have no I/O: no file or module access, no `eval`, no clock (time comes in as the
 //! `now` variable, taken from the journal record, so replays are deterministic).
 
+use super::rule_output::Ledger;
 use crate::calendar::{Calendars, SharedCalendars};
 use crate::diagnostic::{BlockStart, Span};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -61,6 +62,8 @@ pub struct Rules {
     limits: Limits,
     /// Business calendars that rules name, e.g. `business_add("support-hours", now, "4h")`.
     calendars: SharedCalendars,
+    /// What rules print, within budgets (see `rule_output`).
+    output: Arc<Ledger>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -78,6 +81,9 @@ pub struct Bindings<'a> {
     /// Frame-local names (a foreach item, its index).
     pub locals: &'a serde_json::Map<String, serde_json::Value>,
     pub now_ms: i64,
+    /// The instance whose rule this is, whose output budget `print` draws on (None for a
+    /// trigger's `when:` or input, which run before there is an instance).
+    pub instance: Option<&'a str>,
 }
 
 impl Rules {
@@ -101,8 +107,23 @@ impl Rules {
         engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
         engine.disable_symbol("import");
-        engine.on_print(|s| tracing::info!(target: "casework::rule", "{s}"));
-        engine.on_debug(|s, _, pos| tracing::debug!(target: "casework::rule", ?pos, "{s}"));
+        let output = Arc::new(Ledger::default());
+        // Output the log would not keep is not written, so it uses no budget.
+        let ledger = output.clone();
+        engine.on_print(move |s| {
+            if tracing::enabled!(target: "casework::rule", tracing::Level::INFO) {
+                ledger.line(s, |line| tracing::info!(target: "casework::rule", "{line}"));
+            }
+        });
+        let ledger = output.clone();
+        engine.on_debug(move |s, _, pos| {
+            if tracing::enabled!(target: "casework::rule", tracing::Level::DEBUG) {
+                ledger.line(
+                    s,
+                    |line| tracing::debug!(target: "casework::rule", ?pos, "{line}"),
+                );
+            }
+        });
         super::helpers::register(&mut engine);
         let calendars = SharedCalendars::default();
         crate::calendar::functions::register(&mut engine, calendars.clone());
@@ -111,7 +132,18 @@ impl Rules {
             engine,
             limits,
             calendars,
+            output,
         }
+    }
+
+    /// An instance ended: its output budget is no longer needed.
+    pub fn forget_instance(&self, instance: &str) {
+        self.output.forget(instance);
+    }
+
+    /// Bytes and lines of rule output dropped by the budgets so far (for `/metrics`).
+    pub fn output_dropped(&self) -> (u64, u64) {
+        self.output.dropped()
     }
 
     /// Replace the calendars rules can name (done when calendar files are loaded).
@@ -159,10 +191,10 @@ impl Rules {
         for (k, v) in b.locals {
             scope.push_constant(k.as_str(), to_dynamic(v)?);
         }
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-            .map_err(|e| runtime_error(&e, &self.limits))?;
+        let budget = self.output.begin(b.instance);
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        drop(budget);
+        let result = result.map_err(|e| runtime_error(&e, &self.limits))?;
         let vars_dyn = scope
             .get_value::<Dynamic>("vars")
             .unwrap_or_else(|| Dynamic::from(Map::new()));
@@ -320,6 +352,7 @@ mod tests {
                 vars: &serde_json::Map::new(),
                 locals: &serde_json::Map::new(),
                 now_ms: 0,
+                instance: None,
             },
         )
     }

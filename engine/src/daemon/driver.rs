@@ -826,6 +826,9 @@ async fn handle(
     for r in &batch.records {
         log_record(wf, r);
     }
+    if inst.status.is_final() {
+        wf.rules.forget_instance(id);
+    }
     // Effects: on a fresh load everything in hand is re-issued (calls keep their idempotency key).
     let effects = inst.effects(wf);
     for e in effects {

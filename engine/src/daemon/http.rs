@@ -414,6 +414,7 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         reloads,
         reload_failures,
         ready: api.shared.ready.load(Ordering::SeqCst),
+        rule_output_dropped: inner.rules.output_dropped(),
     });
     Ok((
         [(
