@@ -36,12 +36,14 @@ steps:
     complete: { output: { paid: true } }
 "#;
 
-/// A rule that always fails.
+/// A rule that prints 5000 bytes (904 over its budget), then fails.
 const OOPS: &str = r#"workflow: oops
 version: 1
 steps:
   - id: boom
-    rule: 'throw "no luck";'
+    rule: |
+      let s = ""; s.pad(5000, 'x'); print(s);
+      throw "no luck";
     next: done
   - id: done
     complete: {}
@@ -509,6 +511,8 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
         "casework_plugin_call_duration_seconds_count{plugin=\"payments\",action=\"charge\",outcome=\"error\"} 1",
         "casework_plugin_call_duration_seconds_count{plugin=\"payments\",action=\"charge\",outcome=\"ok\"} 1",
         "casework_rule_errors_total{workflow=\"oops\"} 1",
+        "casework_rule_output_dropped_bytes_total 904\n",
+        "casework_rule_output_dropped_lines_total 0\n",
         "casework_journal_flush_duration_seconds_count ",
         "casework_journal_records_total ",
         "casework_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/instances\",status=\"201\"} ",
@@ -521,6 +525,14 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
     assert!(
         !logs.contains("secret-note-123"),
         "a sensitive input was logged"
+    );
+    assert!(
+        logs.contains("rule output truncated: 904 bytes dropped, 0 lines not shown"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(&"x".repeat(4097)),
+        "more than the budget was logged"
     );
 }
 
@@ -839,4 +851,96 @@ steps:
     });
     let (_, view) = call(&d, "GET", &format!("/v1/instances/{id}"), None, &[]);
     assert_eq!(view["output"], json!({"acked": true}), "{view}");
+}
+
+/// POST `body` to `path` with these `Idempotency-Key` headers given as raw bytes.
+fn post_with_keys(d: &Daemon, path: &str, body: Value, keys: &[&[u8]]) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.post(format!("{}{path}", d.addr));
+    for key in keys {
+        let value = ureq::http::HeaderValue::from_bytes(key).expect("a header value");
+        r = r.header("idempotency-key", value);
+    }
+    let mut resp = r.send_json(&body).expect("an answer");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A key with a byte outside visible ASCII was dropped silently, so a retried start with
+/// `Idempotency-Key: refund:ORD-ü:1500` created a second instance.
+#[test]
+fn a_utf8_idempotency_key_is_honoured_and_an_unusable_one_is_refused_not_ignored() {
+    let dir = folder(&[("hold.yaml", HOLD)]);
+    let d = spawn(dir.path(), &[]);
+    let start = "/v1/workflows/hold/instances";
+    let input = json!({"key": "k", "amount": 1500});
+
+    let key = "refund:ORD-ü:1500".as_bytes();
+    let (s, first) = post_with_keys(&d, start, input.clone(), &[key]);
+    assert_eq!((s, &first["created"]), (201, &json!(true)), "{first}");
+    let (s, again) = post_with_keys(&d, start, input.clone(), &[key]);
+    assert_eq!(
+        (s, &again["created"], &again["id"]),
+        (200, &json!(false), &first["id"]),
+        "{again}"
+    );
+    // Compared byte for byte: `u` is not `ü`.
+    let (s, other) = post_with_keys(&d, start, input.clone(), &[b"refund:ORD-u:1500"]);
+    assert_eq!((s, &other["created"]), (201, &json!(true)), "{other}");
+    assert_ne!(other["id"], first["id"]);
+
+    let longest = "k".repeat(256);
+    let (s, _) = post_with_keys(&d, start, input.clone(), &[longest.as_bytes()]);
+    assert_eq!(s, 201, "a 256-byte key is accepted");
+    let too_long = "k".repeat(257);
+    let latin1 = b"refund:ORD-\xfc:1500";
+    for (keys, why) in [
+        (vec![&latin1[..]], "the Idempotency-Key is not UTF-8"),
+        (vec![&b""[..]], "the Idempotency-Key is empty"),
+        (
+            vec![too_long.as_bytes()],
+            "the Idempotency-Key is 257 bytes long",
+        ),
+        (
+            vec![&b"a"[..], &b"b"[..]],
+            "there is more than one Idempotency-Key header",
+        ),
+    ] {
+        let (s, e) = post_with_keys(&d, start, input.clone(), &keys);
+        assert_eq!(
+            (s, code(&e)),
+            (400, "invalid_idempotency_key"),
+            "{why}: {e}"
+        );
+        assert_eq!(
+            e["error"]["message"],
+            format!("{why}; send one Idempotency-Key header of 1 to 256 bytes of UTF-8 text"),
+        );
+    }
+    let (_, list) = call(&d, "GET", "/v1/instances?workflow=hold", None, &[]);
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(3),
+        "refused starts created nothing: {list}"
+    );
+
+    // Event ids: the same rules, in the body.
+    let event = |id: &str| json!({"type": "go", "key": "nobody", "id": id});
+    for (id, why) in [
+        (String::new(), "is empty"),
+        ("e".repeat(257), "is 257 bytes long"),
+    ] {
+        let (s, e) = call(&d, "POST", "/v1/events", Some(event(&id)), &[]);
+        assert_eq!((s, code(&e)), (400, "invalid_event_id"), "{e}");
+        assert_eq!(
+            e["error"]["message"],
+            format!("the event `id` {why}; an `id` is 1 to 256 bytes of text, or leave it out"),
+        );
+    }
+    let (s, delivered) = call(&d, "POST", "/v1/events", Some(event("évt-ü-1")), &[]);
+    assert_eq!(s, 200, "{delivered}");
 }

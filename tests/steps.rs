@@ -403,6 +403,62 @@ steps:
     assert_eq!(r.settle(&good).await.output, Some(json!("fine")));
 }
 
+/// `sleep()` blocked a tokio worker (and with it every instance on that thread) and
+/// `timestamp()` read the system clock; neither exists for rules, wherever they run.
+#[tokio::test]
+async fn sleep_and_timestamp_are_unknown_functions_in_rules_conditions_and_templates() {
+    let r = setup(&[
+        r#"
+workflow: nap_in_rule
+version: 1
+steps:
+  - id: nap
+    rule: sleep(1)
+"#,
+        r#"
+workflow: clock_in_switch
+version: 1
+steps:
+  - id: route
+    switch:
+      - when: timestamp() == ()
+        goto: done
+    default: done
+  - id: done
+    complete: {}
+"#,
+        r#"
+workflow: nap_in_template
+version: 1
+steps:
+  - id: done
+    complete: { output: { at: "${ sleep(1) }" } }
+"#,
+    ]);
+    for (workflow, step, call) in [
+        ("nap_in_rule", "nap", "sleep (i64)"),
+        ("clock_in_switch", "route", "timestamp ()"),
+        ("nap_in_template", "done", "sleep (i64)"),
+    ] {
+        let id = r.start(workflow, json!({})).await;
+        let inst = r.settle(&id).await;
+        assert_eq!(inst.status, Status::Failed, "{workflow}");
+        let error = inst.error.unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.step.as_deref()),
+            ("rule_error", Some(step)),
+            "{workflow}: {error:?}"
+        );
+        assert!(
+            error
+                .message
+                .starts_with(&format!("unknown function `{call}`")),
+            "{workflow}: {}",
+            error.message
+        );
+    }
+}
+
 #[tokio::test]
 async fn sleep_advances_virtual_time() {
     let r = setup(&[r#"

@@ -39,16 +39,20 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASEWORK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // `run` calls real plugins too: libraries stay at warn here as in `serve`.
+    let cap = casework::daemon::config::library_log_cap();
     if std::io::stderr().is_terminal()
         || std::env::var("CASEWORK_LOG_FORMAT").as_deref() == Ok("pretty")
     {
-        builder.init();
+        builder.finish().with(cap).init();
     } else {
-        builder.json().init();
+        builder.json().finish().with(cap).init();
     }
 }

@@ -355,6 +355,7 @@ mod tests {
                         vars: &serde_json::Map::new(),
                         locals: &serde_json::Map::new(),
                         now_ms: ms("2026-03-27T16:00:00Z"),
+                        instance: None,
                     },
                 )
                 .map(|(v, _)| v)

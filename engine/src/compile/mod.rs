@@ -4,6 +4,7 @@
 //! so an instance pinned to a source hash runs the same program after a restart.
 
 pub mod helpers;
+pub mod rule_output;
 pub mod rules;
 pub mod template;
 

@@ -3,6 +3,7 @@
 //! Rules have no I/O: no file or module access, no `eval`, no clock (time comes in as the
 //! `now` variable, taken from the journal record, so replays are deterministic).
 
+use super::rule_output::Ledger;
 use crate::calendar::{Calendars, SharedCalendars};
 use crate::diagnostic::{BlockStart, Span};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -61,6 +62,8 @@ pub struct Rules {
     limits: Limits,
     /// Business calendars that rules name, e.g. `business_add("support-hours", now, "4h")`.
     calendars: SharedCalendars,
+    /// What rules print, within budgets (see `rule_output`).
+    output: Arc<Ledger>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -78,6 +81,9 @@ pub struct Bindings<'a> {
     /// Frame-local names (a foreach item, its index).
     pub locals: &'a serde_json::Map<String, serde_json::Value>,
     pub now_ms: i64,
+    /// The instance whose rule this is, whose output budget `print` draws on (None for a
+    /// trigger's `when:` or input, which run before there is an instance).
+    pub instance: Option<&'a str>,
 }
 
 impl Rules {
@@ -90,7 +96,7 @@ impl Rules {
     }
 
     pub fn new(limits: Limits) -> Self {
-        let mut engine = Engine::new();
+        let mut engine = sandboxed_engine();
         engine.set_max_operations(limits.max_operations);
         engine.set_max_call_levels(limits.max_call_levels);
         engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth / 2);
@@ -101,8 +107,23 @@ impl Rules {
         engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
         engine.disable_symbol("import");
-        engine.on_print(|s| tracing::info!(target: "casework::rule", "{s}"));
-        engine.on_debug(|s, _, pos| tracing::debug!(target: "casework::rule", ?pos, "{s}"));
+        let output = Arc::new(Ledger::default());
+        // Output the log would not keep is not written, so it uses no budget.
+        let ledger = output.clone();
+        engine.on_print(move |s| {
+            if tracing::enabled!(target: "casework::rule", tracing::Level::INFO) {
+                ledger.line(s, |line| tracing::info!(target: "casework::rule", "{line}"));
+            }
+        });
+        let ledger = output.clone();
+        engine.on_debug(move |s, _, pos| {
+            if tracing::enabled!(target: "casework::rule", tracing::Level::DEBUG) {
+                ledger.line(
+                    s,
+                    |line| tracing::debug!(target: "casework::rule", ?pos, "{line}"),
+                );
+            }
+        });
         super::helpers::register(&mut engine);
         let calendars = SharedCalendars::default();
         crate::calendar::functions::register(&mut engine, calendars.clone());
@@ -111,7 +132,18 @@ impl Rules {
             engine,
             limits,
             calendars,
+            output,
         }
+    }
+
+    /// An instance ended: its output budget is no longer needed.
+    pub fn forget_instance(&self, instance: &str) {
+        self.output.forget(instance);
+    }
+
+    /// Bytes and lines of rule output dropped by the budgets so far (for `/metrics`).
+    pub fn output_dropped(&self) -> (u64, u64) {
+        self.output.dropped()
     }
 
     /// Replace the calendars rules can name (done when calendar files are loaded).
@@ -159,10 +191,10 @@ impl Rules {
         for (k, v) in b.locals {
             scope.push_constant(k.as_str(), to_dynamic(v)?);
         }
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-            .map_err(|e| runtime_error(&e, &self.limits))?;
+        let budget = self.output.begin(b.instance);
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        drop(budget);
+        let result = result.map_err(|e| runtime_error(&e, &self.limits))?;
         let vars_dyn = scope
             .get_value::<Dynamic>("vars")
             .unwrap_or_else(|| Dynamic::from(Map::new()));
@@ -214,6 +246,18 @@ fn runtime_error(e: &EvalAltResult, limits: &Limits) -> RuleError {
             "rule nested function calls deeper than {} levels (endless recursion?)",
             limits.max_call_levels
         ),
+        EvalAltResult::ErrorFunctionNotFound(signature, pos) => {
+            let at = match (pos.line(), pos.position()) {
+                (Some(l), Some(c)) => format!(" (line {l}, column {c} of the rule)"),
+                _ => String::new(),
+            };
+            format!(
+                "unknown function `{signature}`{at}: rules can call the helpers in \
+                 docs/workflows.md and Rhai's operators and string, list, map and math \
+                 functions, but nothing that reads the clock, sleeps or does I/O \
+                 (time comes in as `now`; to wait, use a `sleep:` step)"
+            )
+        }
         EvalAltResult::ErrorDataTooLarge(what, _) => format!(
             "rule built a {what} larger than allowed (strings {} bytes, lists {} items, maps {} keys)",
             limits.max_string_bytes, limits.max_array_len, limits.max_map_len
@@ -236,6 +280,41 @@ fn strip_pos(e: &EvalAltResult) -> String {
         Some(i) => text[..i].to_string(),
         None => text,
     }
+}
+
+/// A Rhai engine with only the packages rules need.
+///
+/// `Engine::new()` registers Rhai's whole standard library, which includes `sleep` (it
+/// blocks the thread, and with it a tokio worker of the daemon) and `timestamp`/`elapsed`
+/// (the system clock, which would make replays disagree). Both live in packages that also
+/// hold harmless functions (`sleep` in `LanguageCorePackage`, with `parse_json`, `exit`
+/// and `tag`), and Rhai cannot unregister one function; disabling the symbol would only
+/// stop the parser, not `Fn("sleep").call(1)`. So the engine starts raw and gets the
+/// packages below, none of which touches time, threads or I/O. What a rule can call is
+/// pinned by `rhai_surface.txt` (see the test `the_functions_rules_can_call_are_the_listed_ones`).
+fn sandboxed_engine() -> Engine {
+    use rhai::packages::{
+        ArithmeticPackage, BasicArrayPackage, BasicFnPackage, BasicIteratorPackage,
+        BasicMapPackage, BasicMathPackage, BasicStringPackage, LogicPackage, MoreStringPackage,
+        Package,
+    };
+    let mut engine = Engine::new_raw();
+    // `Engine::new()` turns the interner on; rules build many small strings (`vars` keys).
+    engine.set_max_strings_interned(256);
+    for package in [
+        ArithmeticPackage::new().as_shared_module(),
+        LogicPackage::new().as_shared_module(),
+        BasicStringPackage::new().as_shared_module(),
+        MoreStringPackage::new().as_shared_module(),
+        BasicIteratorPackage::new().as_shared_module(),
+        BasicFnPackage::new().as_shared_module(),
+        BasicMathPackage::new().as_shared_module(),
+        BasicArrayPackage::new().as_shared_module(),
+        BasicMapPackage::new().as_shared_module(),
+    ] {
+        engine.register_global_module(package);
+    }
+    engine
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC text, the form instants take in variables.
@@ -273,6 +352,7 @@ mod tests {
                 vars: &serde_json::Map::new(),
                 locals: &serde_json::Map::new(),
                 now_ms: 0,
+                instance: None,
             },
         )
     }
@@ -303,6 +383,103 @@ mod tests {
         let rules = Rules::shared();
         assert!(rules.compile_script("eval(\"1\")").is_err());
         assert!(rules.compile_script("import \"x\" as y;").is_err());
+    }
+
+    /// Every function a rule can call, Rhai's and ours, is listed in `rhai_surface.txt`:
+    /// a function that appears (a new package, a Rhai upgrade, a new helper) is a visible
+    /// diff to review, not a silent widening of the sandbox. `CASEWORK_BLESS=1` rewrites
+    /// the file. Keywords the parser handles itself (`print`, `debug`, `type_of`, `Fn`,
+    /// `call`, `curry`, `is_def_var`, `is_def_fn`, `is_shared`) are not functions and are
+    /// not listed.
+    #[test]
+    fn the_functions_rules_can_call_are_the_listed_ones() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/compile/rhai_surface.txt");
+        let mut signatures: Vec<String> = Rules::shared()
+            .engine
+            .gen_fn_signatures(true)
+            .iter()
+            .map(|s| callable_signature(s))
+            .collect();
+        signatures.sort();
+        signatures.dedup();
+        let mut actual = String::from(SURFACE_HEADER);
+        for s in &signatures {
+            actual.push_str(s);
+            actual.push('\n');
+        }
+        if std::env::var_os("CASEWORK_BLESS").is_some() {
+            std::fs::write(path, &actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(path).unwrap_or_default();
+        let listed: std::collections::BTreeSet<&str> =
+            expected.lines().filter(|l| !l.starts_with('#')).collect();
+        let callable: std::collections::BTreeSet<&str> =
+            signatures.iter().map(String::as_str).collect();
+        let added: Vec<_> = callable.difference(&listed).collect();
+        let removed: Vec<_> = listed.difference(&callable).collect();
+        assert!(
+            added.is_empty() && removed.is_empty(),
+            "the functions rules can call changed (review, then rerun with CASEWORK_BLESS=1)\n\
+             callable but not listed: {added:#?}\nlisted but not callable: {removed:#?}"
+        );
+        for banned in ["sleep(", "timestamp(", "elapsed(", "parse_json(", "exit("] {
+            assert!(
+                !signatures.iter().any(|s| s.starts_with(banned)),
+                "{banned} must not be callable from rules"
+            );
+        }
+    }
+
+    /// `contains(string: string, match_string: string) -> bool` as `contains(string, string)`:
+    /// the name and parameter types are what a rule can call. Parameter names are
+    /// documentation, and return types of our own functions print as Rust type names,
+    /// which change between compiler versions.
+    fn callable_signature(signature: &str) -> String {
+        let signature = signature.split(" -> ").next().unwrap_or(signature);
+        let Some((name, params)) = signature.split_once('(') else {
+            return signature.to_string();
+        };
+        let params = params.strip_suffix(')').unwrap_or(params);
+        let types: Vec<&str> = params
+            .split(", ")
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once(": ").map_or(p, |(_, ty)| ty))
+            .collect();
+        format!("{name}({})", types.join(", "))
+    }
+
+    const SURFACE_HEADER: &str = "\
+# Every function a Casework rule can call: Rhai's packages chosen in
+# engine/src/compile/rules.rs (`sandboxed_engine`) plus our helpers, calendar and SLA
+# functions. Checked by `the_functions_rules_can_call_are_the_listed_ones`; after an
+# intended change, rerun it with CASEWORK_BLESS=1 and review the diff.
+";
+
+    #[test]
+    fn rules_cannot_sleep_or_read_the_clock() {
+        let err = run("sleep(1)").unwrap_err();
+        assert_eq!(
+            err.message,
+            "unknown function `sleep (i64)` (line 1, column 1 of the rule): rules can call the \
+             helpers in docs/workflows.md and Rhai's operators and string, list, map and math \
+             functions, but nothing that reads the clock, sleeps or does I/O (time comes in as \
+             `now`; to wait, use a `sleep:` step)"
+        );
+        for script in [
+            "sleep(0.5)",
+            "timestamp()",
+            // Through a function pointer the parser never sees the name.
+            "Fn(\"sleep\").call(1)",
+            "call(Fn(\"timestamp\"))",
+            "parse_json(\"{}\")",
+        ] {
+            let err = run(script).unwrap_err();
+            assert!(
+                err.message.starts_with("unknown function"),
+                "{script}: {err}"
+            );
+        }
     }
 
     #[test]

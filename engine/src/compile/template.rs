@@ -190,6 +190,7 @@ mod tests {
                 vars: &vars,
                 locals: &serde_json::Map::new(),
                 now_ms: 0,
+                instance: None,
             },
         )
         .unwrap()

@@ -600,6 +600,8 @@ impl Config {
 /// Installs the log subscriber for the daemon (values were checked by [`Config::load`]).
 pub fn init_tracing(format: LogFormat, level: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -612,16 +614,84 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
     // A subscriber may already be set (tests running serve in-process): keep it.
     let _ = if pretty {
-        builder.try_init()
+        builder.finish().with(library_log_cap()).try_init()
     } else {
-        builder.json().try_init()
+        builder.json().finish().with(library_log_cap()).try_init()
     };
+}
+
+/// Lets only Casework's own targets log below `warn`, whatever the operator's filter says.
+///
+/// Libraries log what they send and receive at debug and trace: ureq_proto dumps every
+/// request's bytes (the `Authorization: Bearer` header with a plugin's Stripe key among
+/// them) and rustls its handshakes. No level an operator picks (`log_level = "trace"`,
+/// `CASEWORK_LOG=ureq_proto=trace`) may turn that on. This is a filter layer of its own,
+/// combined with the operator's filter by "both must agree", rather than `ureq=warn`
+/// appended to their directives: an EnvFilter lets the most specific directive win, so
+/// `ureq::run=trace` would beat an appended `ureq=warn`. It is a list of who may speak,
+/// not of who may not, so a new dependency that logs request data is covered without
+/// being named here.
+pub fn library_log_cap() -> tracing_subscriber::filter::FilterFn {
+    fn may_log(meta: &tracing::Metadata<'_>) -> bool {
+        let target = meta.target();
+        let ours = target == "casework" || target.starts_with("casework::");
+        // More verbose levels compare greater: this is `warn` and `error`.
+        ours || *meta.level() <= tracing::Level::WARN
+    }
+    tracing_subscriber::filter::FilterFn::new(may_log as fn(&tracing::Metadata<'_>) -> bool)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn libraries_log_at_most_warn_whatever_the_filter_enables() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        // The operator asks for everything, and for the HTTP client by name.
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("trace,ureq=trace,ureq_proto::util=trace,rustls=debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish()
+            .with(library_log_cap());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "ureq_proto::util", "4175 7468 Authorization: Bearer");
+            tracing::debug!(target: "ureq::run", "Request headers");
+            tracing::info!(target: "rustls::client", "handshake");
+            tracing::trace!(target: "caseworker", "a crate that only looks like ours");
+            tracing::warn!(target: "ureq::pool", "library warning");
+            tracing::error!(target: "rustls", "library error");
+            tracing::trace!(target: "casework::plugin_host::wasm", "our trace");
+            tracing::debug!(target: "casework::rule", "our debug");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let messages: Vec<&str> = text
+            .lines()
+            .map(|l| l.rsplit(": ").next().unwrap_or(l))
+            .collect();
+        assert_eq!(
+            messages,
+            ["library warning", "library error", "our trace", "our debug"],
+            "{text}"
+        );
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

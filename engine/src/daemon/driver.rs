@@ -848,6 +848,9 @@ async fn handle(
     for r in &batch.records {
         log_record(wf, r);
     }
+    if inst.status.is_final() {
+        wf.rules.forget_instance(id);
+    }
     carry_out(inner, id, inst, step.effects);
     if let Some((_, r)) = start {
         let _ = r.send(Ok(Started {

@@ -33,6 +33,10 @@ use std::time::Instant;
 /// Largest request body accepted unless configured (`max_body_bytes`).
 pub const MAX_BODY_BYTES: usize = super::config::DEFAULT_MAX_BODY_BYTES as usize;
 
+/// Longest `Idempotency-Key` header or event `id` accepted, in bytes. Both are stored
+/// as keyed hashes, so this bounds what a client can mean by a key, not storage.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -422,6 +426,7 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         reloads,
         reload_failures,
         ready: api.shared.ready.load(Ordering::SeqCst),
+        rule_output_dropped: inner.rules.output_dropped(),
     });
     Ok((
         [(
@@ -466,10 +471,7 @@ async fn start(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let input = body.unwrap_or(Value::Null);
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let key = idempotency_key(&headers)?;
     match api.driver.start(&name, input, key).await {
         Ok(s) => {
             let status = if s.created {
@@ -494,6 +496,46 @@ async fn start(
         }),
         Err(StartError::Overloaded(e)) => Err(overloaded(e)),
         Err(StartError::Internal(e)) => Err(internal(e)),
+    }
+}
+
+/// The client's `Idempotency-Key`, compared byte for byte. A key the daemon cannot use
+/// is refused: ignoring it would start a second instance where the client asked for one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let refuse = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!(
+                "{why}; send one Idempotency-Key header of 1 to \
+                 {MAX_IDEMPOTENCY_KEY_BYTES} bytes of UTF-8 text"
+            ),
+        )
+    };
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(refuse(
+            "there is more than one Idempotency-Key header".into(),
+        ));
+    }
+    // Header values may carry any byte but controls; UTF-8 is what a client means by text
+    // (`refund:ORD-ü:1500`), other bytes have no agreed meaning.
+    let key = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| refuse("the Idempotency-Key is not UTF-8".into()))?;
+    check_key_length(key).map_err(|why| refuse(format!("the Idempotency-Key {why}")))?;
+    Ok(Some(key.to_string()))
+}
+
+/// A client-chosen key (idempotency key, event id) is 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`]
+/// bytes: an empty one would make every keyless-looking request the same request.
+fn check_key_length(key: &str) -> Result<(), String> {
+    match key.len() {
+        0 => Err("is empty".into()),
+        n if n > MAX_IDEMPOTENCY_KEY_BYTES => Err(format!("is {n} bytes long")),
+        _ => Ok(()),
     }
 }
 
@@ -698,6 +740,18 @@ async fn deliver(
             "send the event as JSON: {\"type\": ..., \"key\": ..., \"data\": {...}}",
         )
     })?;
+    if let Some(id) = &b.id {
+        check_key_length(id).map_err(|why| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_event_id",
+                format!(
+                    "the event `id` {why}; an `id` is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes \
+                     of text, or leave it out"
+                ),
+            )
+        })?;
+    }
     let event = Event {
         event_type: b.event_type,
         key: b.key,
@@ -791,6 +845,44 @@ mod tests {
                 "dangling $ref #/{pointer}"
             );
         }
+    }
+
+    /// Every `code` an [`ApiError`] can carry (the string after its status in this file)
+    /// is in the document's list of codes, so a client can switch on them.
+    #[test]
+    fn every_error_code_is_documented() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let listed: BTreeSet<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+            ["properties"]["code"]["enum"]
+            .as_array()
+            .expect("a list of codes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let source = include_str!("http.rs");
+        let mut used = BTreeSet::new();
+        for part in source.split("StatusCode::").skip(1) {
+            let after_status =
+                part.trim_start_matches(|c: char| c.is_ascii_uppercase() || c == '_');
+            let Some(rest) = after_status.strip_prefix(',') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            if let Some(code) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                used.insert(code);
+            }
+        }
+        // The scan finds codes written over several lines and in every handler.
+        for code in [
+            "internal",
+            "rate_limited",
+            "invalid_body",
+            "invalid_event_id",
+        ] {
+            assert!(used.contains(code), "{code} not found in {used:?}");
+        }
+        let missing: Vec<_> = used.difference(&listed).collect();
+        assert!(missing.is_empty(), "codes not in openapi.json: {missing:?}");
     }
 
     async fn raw(addr: SocketAddr, method: &str, path: &str) -> (u16, Value) {

@@ -235,6 +235,8 @@ pub struct Snapshot {
     pub reloads: u64,
     pub reload_failures: u64,
     pub ready: bool,
+    /// Rule output dropped by its budgets (`compile::rule_output`): bytes, lines.
+    pub rule_output_dropped: (u64, u64),
 }
 
 impl Metrics {
@@ -336,6 +338,18 @@ impl Metrics {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .to_string(),
         );
+        counter(
+            &mut out,
+            "casework_rule_output_dropped_bytes_total",
+            "Bytes that rules printed beyond their output budgets and were not logged.",
+            s.rule_output_dropped.0.to_string(),
+        );
+        counter(
+            &mut out,
+            "casework_rule_output_dropped_lines_total",
+            "Rule print/debug lines dropped whole by the output budgets.",
+            s.rule_output_dropped.1.to_string(),
+        );
         self.steps.render(&mut out);
         self.calls.render(&mut out);
         self.rule_errors.render(&mut out);
@@ -371,7 +385,10 @@ mod tests {
         m.http_request("GET", "/v1/instances/{id}", 404);
         let mut snap = Snapshot::default();
         snap.instances_by_status.insert("failed".into(), 2);
+        snap.rule_output_dropped = (5908, 1);
         let page = m.render(&snap);
+        assert!(page.contains("casework_rule_output_dropped_bytes_total 5908\n"));
+        assert!(page.contains("casework_rule_output_dropped_lines_total 1\n"));
         assert!(page.contains(
             "casework_step_duration_seconds_bucket{workflow=\"refund\",step=\"say \\\"hi\\\"\\\\\",outcome=\"completed\",le=\"10\"} 1"
         ), "{page}");

@@ -61,6 +61,7 @@ pub async fn start_for_event(driver: &Driver, event: &Event) -> TriggerOutcome {
                 vars: &Map::new(),
                 locals: &locals,
                 now_ms: now,
+                instance: None,
             };
             if let Some(when) = when {
                 match wf.rules.eval(when, &b) {
@@ -197,6 +198,7 @@ pub async fn fire_due_schedules(
                     vars: &Map::new(),
                     locals: &locals,
                     now_ms: now,
+                    instance: None,
                 };
                 // Keyed by occurrence: firing again after a crash finds the same instance.
                 let key = format!("schedule:{i}:{latest}");

@@ -750,6 +750,7 @@ impl Instance {
             vars: &self.vars,
             locals: &frame.locals,
             now_ms: now,
+            instance: Some(&self.id),
         }
     }
 
