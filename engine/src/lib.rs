@@ -16,6 +16,8 @@ pub mod compile;
 pub mod daemon;
 pub mod definition;
 pub mod diagnostic;
+#[cfg(test)]
+mod log_capture;
 pub mod plugin_host;
 pub mod runtime;
 pub mod store;

@@ -648,20 +648,8 @@ mod tests {
 
     #[test]
     fn libraries_log_at_most_warn_whatever_the_filter_enables() {
-        use std::sync::{Arc, Mutex};
         use tracing_subscriber::layer::SubscriberExt;
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
+        let buffer = crate::log_capture::Buffer::default();
         let writer = buffer.clone();
         // The operator asks for everything, and for the HTTP client by name.
         let subscriber = tracing_subscriber::fmt()
@@ -681,7 +669,7 @@ mod tests {
             tracing::trace!(target: "casework::plugin_host::wasm", "our trace");
             tracing::debug!(target: "casework::rule", "our debug");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let text = buffer.text();
         let messages: Vec<&str> = text
             .lines()
             .map(|l| l.rsplit(": ").next().unwrap_or(l))

@@ -162,6 +162,21 @@ impl SledStore {
         k
     }
 
+    /// A batch's records as journal keys and sealed values.
+    fn sealed_records(&self, b: &Batch) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(b.records.len());
+        for (i, r) in b.records.iter().enumerate() {
+            let stored = Stored {
+                v: VERSION,
+                record: r.clone(),
+            };
+            let key = journal_key(&b.instance, b.first_seq + i as u64);
+            let value = self.seal("journal", &key, &json(&stored)?)?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
     fn claim_id(&self, workflow: &str, key: &str) -> Vec<u8> {
         let mut k = workflow.as_bytes().to_vec();
         k.push(0);
@@ -226,13 +241,7 @@ impl Store for SledStore {
             self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
         }
         let mut batch = ::sled::Batch::default();
-        for (i, r) in b.records.iter().enumerate() {
-            let stored = Stored {
-                v: VERSION,
-                record: r.clone(),
-            };
-            let key = journal_key(&b.instance, b.first_seq + i as u64);
-            let value = self.seal("journal", &key, &json(&stored)?)?;
+        for (key, value) in self.sealed_records(b)? {
             batch.insert(key, value);
         }
         self.journal.apply_batch(batch).map_err(io)?;
@@ -355,16 +364,7 @@ impl Store for SledStore {
     fn create(&self, b: &Batch, claim: Option<&Claim>) -> Result<Created> {
         // Sealing draws random nonces, so it happens once, outside the transaction body
         // (which sled may run again on a conflict).
-        let mut records = Vec::with_capacity(b.records.len());
-        for (i, r) in b.records.iter().enumerate() {
-            let stored = Stored {
-                v: VERSION,
-                record: r.clone(),
-            };
-            let key = journal_key(&b.instance, b.first_seq + i as u64);
-            let value = self.seal("journal", &key, &json(&stored)?)?;
-            records.push((key, value));
-        }
+        let records = self.sealed_records(b)?;
         let meta = b.meta.as_ref().map(json).transpose()?;
         let claim_id = claim.map(|c| self.claim_id(&c.workflow, &c.key));
         let timers_add: Vec<Vec<u8>> = b.timers_add.iter().map(timer_key).collect();
