@@ -152,7 +152,7 @@ fn spawn(dir: &Path, port: u16, run: u32) -> Daemon {
         .arg(dir.join("plugins"))
         .arg("--secrets")
         .arg(dir.join("secrets.toml"))
-        .env("RUST_LOG", "info")
+        .env("CASEWORK_LOG", "info")
         .stderr(std::fs::File::create(&log).unwrap());
     daemon::start(c, port)
 }
