@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Concurrent misbehaving plugin calls per containment load (spin, log flood, huge output).
     #[arg(long, default_value_t = 8)]
     pub hostile_calls: usize,
+    /// Concurrent calls of a plugin allowed 512 MiB that use all of it, for the guest
+    /// memory measurement (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    pub memory_calls: usize,
     /// Folder holding the test plugin `hostile.wasm` and its `plugin.toml` (built by
     /// `bash plugins/build.sh`).
     #[arg(long, default_value = "tests/hostile")]
@@ -261,6 +265,9 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     if args.containment_runs > 0 {
         containment(&args).await?;
     }
+    if args.memory_calls > 0 {
+        guest_memory(&args).await?;
+    }
     Ok(())
 }
 
@@ -450,6 +457,40 @@ async fn plugin_calls(args: &BenchArgs) -> Result<()> {
 /// Longest a containment load is measured for; the runs stop there if not done.
 const CONTAINMENT_PHASE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// The test plugin installed under `tmp/plugins` with a 3 s time limit, as in the
+/// reported measurement, and a 512 MiB memory limit: room for a 100 MiB output (the
+/// guest builds it, then its JSON) and for the memory measurement.
+async fn hostile_host(
+    args: &BenchArgs,
+    tmp: &std::path::Path,
+) -> Result<Arc<crate::plugin_host::wasm::WasmHost>> {
+    use crate::plugin_host::{secrets::Secrets, wasm::WasmHost};
+    let wasm = args.hostile.join("hostile.wasm");
+    if !wasm.is_file() {
+        return Err(anyhow!(
+            "{} is missing; run `bash plugins/build.sh` first",
+            wasm.display()
+        ));
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+    let plugin_dir = tmp.join("plugins/hostile");
+    std::fs::create_dir_all(&plugin_dir)?;
+    std::fs::copy(&wasm, plugin_dir.join("hostile.wasm"))?;
+    let manifest = std::fs::read_to_string(args.hostile.join("plugin.toml"))?
+        .replace("timeout_ms = 2000", "timeout_ms = 3000")
+        .replace("memory_mb = 32", "memory_mb = 512");
+    std::fs::write(plugin_dir.join("plugin.toml"), manifest)?;
+    let host = WasmHost::new(Secrets::new(), Arc::new(SystemClock), None)?;
+    host.load_dir(&tmp.join("plugins")).await;
+    if host.plugin_names() != ["hostile"] {
+        return Err(anyhow!(
+            "the hostile plugin did not load: {}",
+            host.problems().join("; ")
+        ));
+    }
+    Ok(Arc::new(host))
+}
+
 /// One misbehaving load: `calls` concurrent calls of `hostile.<action>`, each started
 /// again as soon as it ends, for as long as the measurement runs.
 struct Load {
@@ -464,34 +505,9 @@ struct Load {
 /// calls misbehave: spin until their time limit, flood the log, return 100 MiB, or run
 /// 50 at once as a foreach would. Guest code must only delay other plugin calls.
 async fn containment(args: &BenchArgs) -> Result<()> {
-    use crate::plugin_host::{secrets::Secrets, wasm::WasmHost, CallContext, PluginHost};
-    let wasm = args.hostile.join("hostile.wasm");
-    if !wasm.is_file() {
-        return Err(anyhow!(
-            "{} is missing; run `bash plugins/build.sh` first",
-            wasm.display()
-        ));
-    }
+    use crate::plugin_host::{CallContext, PluginHost};
     let tmp = std::env::temp_dir().join(format!("casework-bench-contain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let plugin_dir = tmp.join("plugins/hostile");
-    std::fs::create_dir_all(&plugin_dir)?;
-    std::fs::copy(&wasm, plugin_dir.join("hostile.wasm"))?;
-    // A 3 s limit as in the reported measurement, and room for a 100 MiB output (the
-    // guest builds it, then its JSON).
-    let manifest = std::fs::read_to_string(args.hostile.join("plugin.toml"))?
-        .replace("timeout_ms = 2000", "timeout_ms = 3000")
-        .replace("memory_mb = 32", "memory_mb = 512");
-    std::fs::write(plugin_dir.join("plugin.toml"), manifest)?;
-    let host = WasmHost::new(Secrets::new(), Arc::new(SystemClock), None)?;
-    host.load_dir(&tmp.join("plugins")).await;
-    if host.plugin_names() != ["hostile"] {
-        return Err(anyhow!(
-            "the hostile plugin did not load: {}",
-            host.problems().join("; ")
-        ));
-    }
-    let host = Arc::new(host);
+    let host = hostile_host(args, &tmp).await?;
     let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
     let d = driver_with(&tmp.join("data"), waiters.clone(), host.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -635,6 +651,65 @@ async fn containment(args: &BenchArgs) -> Result<()> {
     }
     server.abort();
     drop(d);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Stage 8, guest memory: concurrent calls of a plugin allowed 512 MiB that allocate
+/// until they hit it; resident memory is sampled every 10 ms during the calls, then
+/// read right after them and again a second later (does the host give it back?).
+async fn guest_memory(args: &BenchArgs) -> Result<()> {
+    use crate::plugin_host::{CallContext, PluginHost};
+    let tmp = std::env::temp_dir().join(format!("casework-bench-memory-{}", std::process::id()));
+    let host = hostile_host(args, &tmp).await?;
+    let before = rss_mb();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mb());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let calls: Vec<_> = (0..args.memory_calls)
+        .map(|c| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let ctx = CallContext {
+                    instance_id: format!("memory-{c}"),
+                    step_id: "grow".into(),
+                    attempt: 1,
+                    idempotency_key: format!("memory-{c}:grow:1"),
+                };
+                match host.call("hostile", "grow", json!({}), ctx).await {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.code,
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for c in calls {
+        *outcomes.entry(c.await?).or_default() += 1;
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler
+        .join()
+        .map_err(|_| anyhow!("the memory sampler panicked"))?;
+    let after = rss_mb();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let later = rss_mb();
+    let list: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "guest memory, {} concurrent calls using their 512 MiB limit: resident {before:.0} MB before, peak {peak:.0} MB, {after:.0} MB right after, {later:.0} MB a second later; calls: {}",
+        args.memory_calls,
+        list.join(", ")
+    );
+    drop(host);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
