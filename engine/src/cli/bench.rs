@@ -38,6 +38,21 @@ pub struct BenchArgs {
     /// Plugin folder holding the shipped `identity` plugin (built by `bash plugins/build.sh`).
     #[arg(long, default_value = "plugins")]
     pub plugins: std::path::PathBuf,
+    /// Rule-workflow runs (and as many `/healthz` requests) per containment load, each
+    /// load capped at `CONTAINMENT_PHASE`; 0 skips the containment measurement.
+    #[arg(long, default_value_t = 300)]
+    pub containment_runs: usize,
+    /// Concurrent misbehaving plugin calls per containment load (spin, log flood, huge output).
+    #[arg(long, default_value_t = 8)]
+    pub hostile_calls: usize,
+    /// Concurrent calls of a plugin allowed 512 MiB that use all of it, for the guest
+    /// memory measurement (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    pub memory_calls: usize,
+    /// Folder holding the test plugin `hostile.wasm` and its `plugin.toml` (built by
+    /// `bash plugins/build.sh`).
+    #[arg(long, default_value = "tests/hostile")]
+    pub hostile: std::path::PathBuf,
 }
 
 const FIVE_STEPS: &str = r#"
@@ -80,6 +95,14 @@ steps:
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 fn driver_at(dir: &std::path::Path, waiters: Waiters) -> Result<Driver> {
+    driver_with(dir, waiters, Arc::new(NoPlugins))
+}
+
+fn driver_with(
+    dir: &std::path::Path,
+    waiters: Waiters,
+    plugins: Arc<dyn crate::plugin_host::PluginHost>,
+) -> Result<Driver> {
     let store = Arc::new(SledStore::open(dir).map_err(|e| anyhow!("{e}"))?);
     let observer = Arc::new(move |id: &str, r: &Record| {
         if r.is_final() {
@@ -88,12 +111,7 @@ fn driver_at(dir: &std::path::Path, waiters: Waiters) -> Result<Driver> {
             }
         }
     });
-    let d = Driver::new(
-        store,
-        Arc::new(NoPlugins),
-        Arc::new(SystemClock),
-        Some(observer),
-    );
+    let d = Driver::new(store, plugins, Arc::new(SystemClock), Some(observer));
     for src in [FIVE_STEPS, PARKED] {
         let (wf, diags) = compile::load("bench.yaml", src, &Default::default(), &Rules::shared());
         let wf = wf.ok_or_else(|| anyhow!("bench workflow invalid: {diags:?}"))?;
@@ -243,6 +261,12 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     }
     if args.plugin_calls > 0 {
         plugin_calls(&args).await?;
+    }
+    if args.containment_runs > 0 {
+        containment(&args).await?;
+    }
+    if args.memory_calls > 0 {
+        guest_memory(&args).await?;
     }
     Ok(())
 }
@@ -427,5 +451,265 @@ async fn plugin_calls(args: &BenchArgs) -> Result<()> {
         let trivial = Arc::new(trivial);
         measure_calls(&trivial, "hostile", "count", &json!({}), args.plugin_calls).await?;
     }
+    Ok(())
+}
+
+/// Longest a containment load is measured for; the runs stop there if not done.
+const CONTAINMENT_PHASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The test plugin installed under `tmp/plugins` with a 3 s time limit, as in the
+/// reported measurement, and a 512 MiB memory limit: room for a 100 MiB output (the
+/// guest builds it, then its JSON) and for the memory measurement.
+async fn hostile_host(
+    args: &BenchArgs,
+    tmp: &std::path::Path,
+) -> Result<Arc<crate::plugin_host::wasm::WasmHost>> {
+    use crate::plugin_host::{secrets::Secrets, wasm::WasmHost};
+    let wasm = args.hostile.join("hostile.wasm");
+    if !wasm.is_file() {
+        return Err(anyhow!(
+            "{} is missing; run `bash plugins/build.sh` first",
+            wasm.display()
+        ));
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+    let plugin_dir = tmp.join("plugins/hostile");
+    std::fs::create_dir_all(&plugin_dir)?;
+    std::fs::copy(&wasm, plugin_dir.join("hostile.wasm"))?;
+    let manifest = std::fs::read_to_string(args.hostile.join("plugin.toml"))?
+        .replace("timeout_ms = 2000", "timeout_ms = 3000")
+        .replace("memory_mb = 32", "memory_mb = 512");
+    std::fs::write(plugin_dir.join("plugin.toml"), manifest)?;
+    let host = WasmHost::new(Secrets::new(), Arc::new(SystemClock), None)?;
+    host.load_dir(&tmp.join("plugins")).await;
+    if host.plugin_names() != ["hostile"] {
+        return Err(anyhow!(
+            "the hostile plugin did not load: {}",
+            host.problems().join("; ")
+        ));
+    }
+    Ok(Arc::new(host))
+}
+
+/// One misbehaving load: `calls` concurrent calls of `hostile.<action>`, each started
+/// again as soon as it ends, for as long as the measurement runs.
+struct Load {
+    name: String,
+    action: &'static str,
+    input: serde_json::Value,
+    calls: usize,
+}
+
+/// Stage 7, containment: the latency of a rule-only workflow (start to durable
+/// completion, through the driver) and of `GET /healthz` (over loopback) while plugin
+/// calls misbehave: spin until their time limit, flood the log, return 100 MiB, or run
+/// 50 at once as a foreach would. Guest code must only delay other plugin calls.
+async fn containment(args: &BenchArgs) -> Result<()> {
+    use crate::plugin_host::{CallContext, PluginHost};
+    let tmp = std::env::temp_dir().join(format!("casework-bench-contain-{}", std::process::id()));
+    let host = hostile_host(args, &tmp).await?;
+    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    let d = driver_with(&tmp.join("data"), waiters.clone(), host.clone())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = {
+        let d = d.clone();
+        tokio::spawn(async move { axum::serve(listener, crate::daemon::http::router(d)).await })
+    };
+
+    let n = args.hostile_calls;
+    let loads = [
+        None,
+        Some(Load {
+            name: format!("{n} spinning calls"),
+            action: "spin",
+            input: json!({}),
+            calls: n,
+        }),
+        Some(Load {
+            name: format!("{n} log floods"),
+            action: "flood",
+            input: json!({}),
+            calls: n,
+        }),
+        Some(Load {
+            name: format!("{n} calls returning 100 MiB"),
+            action: "big_output",
+            input: json!({"mib": 100}),
+            calls: n,
+        }),
+        Some(Load {
+            name: "50 spinning calls (a foreach of 50)".into(),
+            action: "spin",
+            input: json!({}),
+            calls: 50,
+        }),
+    ];
+    let mut idle_p99 = None;
+    let mut run_id = 2_000_000i64;
+    for load in loads {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outcomes: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+        let mut callers = Vec::new();
+        for c in 0..load.as_ref().map_or(0, |l| l.calls) {
+            let (host, stop, outcomes) = (host.clone(), stop.clone(), outcomes.clone());
+            let load = load.as_ref().expect("calls > 0 only with a load");
+            let (action, input) = (load.action, load.input.clone());
+            callers.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ctx = CallContext {
+                        instance_id: format!("load-{c}"),
+                        step_id: action.into(),
+                        attempt: 1,
+                        idempotency_key: format!("load-{c}:{action}:1"),
+                    };
+                    let outcome = match host.call("hostile", action, input.clone(), ctx).await {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => e.code,
+                    };
+                    *outcomes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(outcome)
+                        .or_default() += 1;
+                }
+            }));
+        }
+        // Let every load call get going before measuring.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+        let runs = args.containment_runs;
+        let health = std::thread::spawn(move || -> Result<Vec<f64>> {
+            let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+            let began = Instant::now();
+            let mut lat = Vec::with_capacity(runs);
+            while lat.len() < runs && began.elapsed() < CONTAINMENT_PHASE {
+                let t = Instant::now();
+                agent
+                    .get(&format!("http://{addr}/healthz"))
+                    .call()
+                    .map_err(|e| anyhow!("/healthz failed: {e}"))?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(lat)
+        });
+        let began = Instant::now();
+        let mut lat = Vec::with_capacity(runs);
+        while lat.len() < runs && began.elapsed() < CONTAINMENT_PHASE {
+            let (tx, rx) = oneshot::channel();
+            run_id += 1;
+            let id = crate::daemon::driver::new_id(run_id);
+            waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), tx);
+            let t = Instant::now();
+            d.start_as("bench-five", json!({"amount_minor": 5}), id)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            let _ = rx.await;
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let mut health = tokio::task::spawn_blocking(move || health.join())
+            .await?
+            .map_err(|_| anyhow!("the /healthz client panicked"))??;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in callers {
+            c.await?;
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        health.sort_by(|a, b| a.total_cmp(b));
+        let p99 = pct(&lat, 0.99);
+        let name = match &load {
+            None => {
+                idle_p99 = Some(p99);
+                "idle".to_string()
+            }
+            Some(l) => l.name.clone(),
+        };
+        let ratio = idle_p99
+            .filter(|_| load.is_some())
+            .map(|idle| format!(" ({:.1}x idle)", p99 / idle))
+            .unwrap_or_default();
+        let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcomes = if outcomes.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            format!("; plugin calls: {}", list.join(", "))
+        };
+        println!(
+            "containment, {name}: rule workflow ({} runs) p50 {:.2} ms, p99 {p99:.2} ms{ratio}; /healthz ({} requests) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{outcomes}",
+            lat.len(),
+            pct(&lat, 0.5),
+            health.len(),
+            pct(&health, 0.5),
+            pct(&health, 0.99),
+            health.last().copied().unwrap_or(0.0),
+        );
+    }
+    server.abort();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Stage 8, guest memory: concurrent calls of a plugin allowed 512 MiB that allocate
+/// until they hit it; resident memory is sampled every 10 ms during the calls, then
+/// read right after them and again a second later (does the host give it back?).
+async fn guest_memory(args: &BenchArgs) -> Result<()> {
+    use crate::plugin_host::{CallContext, PluginHost};
+    let tmp = std::env::temp_dir().join(format!("casework-bench-memory-{}", std::process::id()));
+    let host = hostile_host(args, &tmp).await?;
+    let before = rss_mb();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mb());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let calls: Vec<_> = (0..args.memory_calls)
+        .map(|c| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let ctx = CallContext {
+                    instance_id: format!("memory-{c}"),
+                    step_id: "grow".into(),
+                    attempt: 1,
+                    idempotency_key: format!("memory-{c}:grow:1"),
+                };
+                match host.call("hostile", "grow", json!({}), ctx).await {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.code,
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for c in calls {
+        *outcomes.entry(c.await?).or_default() += 1;
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler
+        .join()
+        .map_err(|_| anyhow!("the memory sampler panicked"))?;
+    let after = rss_mb();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let later = rss_mb();
+    let list: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "guest memory, {} concurrent calls using their 512 MiB limit: resident {before:.0} MB before, peak {peak:.0} MB, {after:.0} MB right after, {later:.0} MB a second later; calls: {}",
+        args.memory_calls,
+        list.join(", ")
+    );
+    drop(host);
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

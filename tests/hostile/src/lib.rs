@@ -122,8 +122,23 @@ fn leak_secret(input: Target, _: &Context) -> Result<Report> {
     ))
 }
 
-fn big_output(_: Nothing, _: &Context) -> Result<Report> {
-    report(true, "x".repeat(2 * 1024 * 1024))
+#[derive(Deserialize, JsonSchema)]
+pub struct Size {
+    /// MiB of output; 2 when absent.
+    #[serde(default)]
+    pub mib: Option<usize>,
+}
+
+fn big_output(input: Size, _: &Context) -> Result<Report> {
+    report(true, "x".repeat(input.mib.unwrap_or(2) * 1024 * 1024))
+}
+
+/// Writes 2 KiB log lines until stopped: the host must keep only its bounded share.
+fn flood(_: Nothing, _: &Context) -> Result<Report> {
+    let line = "z".repeat(2048);
+    loop {
+        casework_sdk::log::info(&line);
+    }
 }
 
 #[derive(Deserialize, Serialize, JsonSchema)]
@@ -158,7 +173,8 @@ impl Plugin for Hostile {
             Action::new("fetch", "GETs a URL through the host.", fetch),
             Action::new("secret", "Looks up a secret by name.", secret),
             Action::new("leak_secret", "Tries to leak a secret.", leak_secret),
-            Action::new("big_output", "Returns 2 MiB.", big_output),
+            Action::new("big_output", "Returns `mib` MiB (default 2).", big_output),
+            Action::new("flood", "Logs 2 KiB lines until stopped.", flood),
             Action::new("echo", "Echoes input and context.", echo),
         ]
     }
