@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::compile::{rules::Rules, CompiledWorkflow};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
-    Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, StepError,
+    Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
 };
 use crate::store::{Batch, Claim, Created, InstanceMeta, Store, Timer};
 use serde_json::Value;
@@ -677,6 +677,11 @@ async fn handle(
         m => m,
     };
     let now = inner.clock.now_ms();
+    // Once handled (or failed), the timer may fire again if it is still in the index.
+    let _fired = match &msg {
+        Msg::Timer(t) => Some(Firing(inner, t.clone())),
+        _ => None,
+    };
     let mut fresh = false;
     if state.is_none() && !matches!(msg, Msg::Start { .. }) {
         match inner.load(id) {
@@ -688,11 +693,6 @@ async fn handle(
                 tracing::error!(error = %e, "cannot load instance");
                 if let Msg::Timer(t) = &msg {
                     drop_timer_of_unknown_instance(inner, id, t);
-                    inner
-                        .firing
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(t);
                 }
                 reply_false(msg);
                 return;
@@ -708,11 +708,6 @@ async fn handle(
     // results of children that ended (for a fresh load, any it waits on).
     let mut start = None;
     let mut reply = None;
-    // Once handled (or failed), the timer may fire again if it is still in the index.
-    let _fired = match &msg {
-        Msg::Timer(t) => Some(Firing(inner, t.clone())),
-        _ => None,
-    };
     let step = match msg {
         Msg::Start {
             record,
@@ -775,21 +770,29 @@ async fn handle(
         }
     };
     let (inst, wf) = state.as_mut().expect("loaded");
+    let Step {
+        records,
+        index,
+        effects,
+        reply: decided,
+        timings,
+    } = step;
     let batch = Batch {
         instance: id.to_string(),
-        first_seq: inst.records - step.records.len() as u64,
-        meta: Some(meta_of(inst, step.index.status)),
-        timers_add: step.index.timers_add.clone(),
-        timers_remove: step.index.timers_remove.clone(),
-        waits_add: step.index.waits_add.clone(),
-        waits_remove: step.index.waits_remove.clone(),
-        records: step.records,
+        first_seq: inst.records - records.len() as u64,
+        meta: Some(meta_of(inst, index.status)),
+        timers_add: index.timers_add,
+        timers_remove: index.timers_remove,
+        waits_add: index.waits_add,
+        waits_remove: index.waits_remove,
+        records,
     };
     // A crash can keep a batch's records but lose the index entry written after them, so
     // the index may say `running` for an instance whose journal has ended (or parked it).
     // On a fresh load the journal is the truth: rewrite a stale entry.
     let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
-    if !batch.records.is_empty() || step.index.touches_timers() || stale_meta {
+    let touches_timers = !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
+    if !batch.records.is_empty() || touches_timers || stale_meta {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
             Some((claim, _)) => inner.store.create(&batch, claim.as_ref()),
@@ -826,7 +829,7 @@ async fn handle(
             .stats
             .records
             .fetch_add(batch.records.len() as i64, Ordering::Relaxed);
-        for t in &step.timings {
+        for t in &timings {
             inner.metrics.step(&wf.name, &t.step, t.ok, t.millis);
         }
         for r in &batch.records {
@@ -851,14 +854,14 @@ async fn handle(
     if inst.status.is_final() {
         wf.rules.forget_instance(id);
     }
-    carry_out(inner, id, inst, step.effects);
+    carry_out(inner, id, inst, effects);
     if let Some((_, r)) = start {
         let _ = r.send(Ok(Started {
             id: id.to_string(),
             created: true,
         }));
     }
-    match (reply, step.reply) {
+    match (reply, decided) {
         (Some(Answer::Event(r)), Reply::Woken(v))
         | (Some(Answer::Cancel(r)), Reply::Cancelled(v)) => {
             let _ = r.send(v);

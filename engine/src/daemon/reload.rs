@@ -228,55 +228,32 @@ impl Reloader {
 }
 
 impl Reloader {
-    /// What the watched folders hold now: each reloadable file with a hash of its bytes.
-    /// Reading files raises only access events, which the watcher ignores.
+    /// What a reload would read now: each workflow, calendar and plugin file with a hash of
+    /// its bytes. Reading files raises only access events, which the watcher ignores.
     fn fingerprint(&self) -> BTreeMap<PathBuf, [u8; 32]> {
-        let mut out = BTreeMap::new();
-        let mut dirs = vec![(
-            self.workflows.clone(),
-            is_workflow_file as fn(&Path) -> bool,
-        )];
+        let mut files = workflow_files(&self.workflows).unwrap_or_default();
         if let Some((dir, _)) = &self.plugins {
-            dirs.push((dir.clone(), is_plugin_file));
-        }
-        for (dir, wanted) in dirs {
-            for entry in walkdir(&dir, MAX_WATCHED_FILES) {
-                if wanted(&entry) {
-                    if let Ok(bytes) = std::fs::read(&entry) {
-                        out.insert(entry, Sha256::digest(&bytes).into());
+            // One folder per plugin, holding its plugin.toml and <name>.wasm.
+            for plugin in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                for file in std::fs::read_dir(plugin.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if is_plugin_file(&file.path()) {
+                        files.push(file.path());
                     }
                 }
             }
         }
-        out
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let bytes = std::fs::read(&f).ok()?;
+                Some((f, Sha256::digest(&bytes).into()))
+            })
+            .collect()
     }
-}
-
-/// At most this many files are fingerprinted per folder: a folder that grows past it
-/// (someone unpacked an archive into it) still reloads, it just is not deduplicated.
-const MAX_WATCHED_FILES: usize = 10_000;
-
-/// The files below `dir` (at most `limit`), not following links.
-fn walkdir(dir: &Path, limit: usize) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() {
-                todo.push(e.path());
-            } else if kind.is_file() {
-                out.push(e.path());
-                if out.len() >= limit {
-                    return out;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Whether a file-system event can have changed what a file holds. Reads (open, close

@@ -74,13 +74,6 @@ pub struct IndexDelta {
     pub status: &'static str,
 }
 
-impl IndexDelta {
-    /// Whether the index must be written although no record was.
-    pub fn touches_timers(&self) -> bool {
-        !self.timers_add.is_empty() || !self.timers_remove.is_empty()
-    }
-}
-
 /// Everything one input made the instance decide.
 #[derive(Clone, Debug)]
 pub struct Step {
