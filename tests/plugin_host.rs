@@ -5,46 +5,22 @@
 
 mod support {
     pub mod fake_http;
+    pub mod hostile;
+    pub mod logs;
 }
 
 use casework::clock::SystemClock;
+use casework::plugin_host::pool::PoolConfig;
 use casework::plugin_host::secrets::Secrets;
 use casework::plugin_host::wasm::WasmHost;
 use casework::plugin_host::{CallContext, PluginError, PluginHost};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use support::fake_http::{Answer, FakeProvider};
+use support::hostile::install;
 
 const TOKEN: &str = "tok_SuperSecret_8d1f";
-
-fn hostile_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hostile")
-}
-
-/// A plugin directory holding the hostile plugin, granted exactly `origins`.
-fn install(origins: &[String], edit: impl Fn(String) -> String) -> tempfile::TempDir {
-    let wasm = hostile_dir().join("hostile.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run `bash plugins/build.sh` first",
-        wasm.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let plugin = dir.path().join("hostile");
-    std::fs::create_dir(&plugin).unwrap();
-    std::fs::copy(&wasm, plugin.join("hostile.wasm")).unwrap();
-    let grants = origins
-        .iter()
-        .map(|o| format!("\"{o}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let manifest = std::fs::read_to_string(hostile_dir().join("plugin.toml"))
-        .unwrap()
-        .replace("http = []", &format!("http = [{grants}]"));
-    std::fs::write(plugin.join("plugin.toml"), edit(manifest)).unwrap();
-    dir
-}
 
 async fn host_for(dir: &Path) -> WasmHost {
     let mut secrets = Secrets::new();
@@ -92,15 +68,22 @@ async fn a_plugin_that_loops_forever_is_stopped_and_marked_retryable() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_busy_plugin_does_not_block_other_calls_on_the_same_thread() {
-    let (host, _dir) = host(&[]).await;
+async fn a_busy_plugin_does_not_block_other_calls_on_the_same_pool_thread() {
+    let dir = install(&[], |m| m);
+    let one_thread = PoolConfig {
+        threads: 1,
+        ..PoolConfig::default()
+    };
+    let host =
+        WasmHost::with_pool(Secrets::new(), Arc::new(SystemClock), None, one_thread).unwrap();
+    host.load_dir(dir.path()).await;
     let host = Arc::new(host);
     let spinner = {
         let host = host.clone();
         tokio::spawn(async move { call(&host, "spin", json!({})).await })
     };
     tokio::task::yield_now().await;
-    // On a single-threaded runtime this only finishes if the spinning plugin yields.
+    // With one pool thread this only finishes if the spinning plugin yields.
     let echoed = call(&host, "echo", json!({"value": 7})).await.unwrap();
     assert_eq!(echoed["value"], 7);
     assert!(
@@ -274,7 +257,7 @@ async fn secrets_only_by_grant_and_never_in_errors_logs_or_output() {
     assert_eq!(refused["ok"], false);
     assert_eq!(refused["detail"], "NotGranted");
 
-    let logs = support_logs::capture();
+    let logs = support::logs::capture();
     let err = logs
         .run(call(&host, "leak_secret", json!({"target": "error"})))
         .await
@@ -398,43 +381,4 @@ async fn compiled_components_are_cached_on_disk_and_reused() {
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert!(cached[0].ends_with(".cwasm"));
-}
-
-/// Captures what the host logs during one future.
-mod support_logs {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    pub struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    pub fn capture() -> Capture {
-        Capture::default()
-    }
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Capture {
-        pub async fn run<F: std::future::Future>(&self, fut: F) -> F::Output {
-            use tracing::instrument::WithSubscriber;
-            let writer = self.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .finish();
-            fut.with_subscriber(subscriber).await
-        }
-
-        pub fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
-    }
 }

@@ -40,7 +40,7 @@ pub struct BenchArgs {
     pub plugins: std::path::PathBuf,
     /// Rule-workflow runs (and as many `/healthz` requests) per containment load, each
     /// load capped at `CONTAINMENT_PHASE`; 0 skips the containment measurement.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1_000)]
     pub containment_runs: usize,
     /// Concurrent misbehaving plugin calls per containment load (spin, log flood, huge output).
     #[arg(long, default_value_t = 8)]
@@ -53,6 +53,15 @@ pub struct BenchArgs {
     /// `bash plugins/build.sh`).
     #[arg(long, default_value = "tests/hostile")]
     pub hostile: std::path::PathBuf,
+    /// Scheduling priority of the plugin pool's threads in the containment and memory
+    /// measurements: normal, low or idle (as `plugin_priority` of `casework serve`).
+    #[arg(long, default_value = "low", value_parser = parse_priority)]
+    pub plugin_priority: crate::plugin_host::pool::Priority,
+}
+
+fn parse_priority(s: &str) -> Result<crate::plugin_host::pool::Priority, String> {
+    crate::plugin_host::pool::Priority::parse(s)
+        .ok_or_else(|| format!("`{s}` is not normal, low or idle"))
 }
 
 const FIVE_STEPS: &str = r#"
@@ -457,9 +466,10 @@ async fn plugin_calls(args: &BenchArgs) -> Result<()> {
 /// Longest a containment load is measured for; the runs stop there if not done.
 const CONTAINMENT_PHASE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The test plugin installed under `tmp/plugins` with a 3 s time limit, as in the
-/// reported measurement, and a 512 MiB memory limit: room for a 100 MiB output (the
-/// guest builds it, then its JSON) and for the memory measurement.
+/// The test plugin installed under `tmp/plugins` twice, with a 3 s time limit as in
+/// the reported measurement: as `hostile` (32 MiB) and as `roomy` (512 MiB: room for a
+/// 100 MiB output, which the guest builds and then encodes as JSON, and for the memory
+/// measurement).
 async fn hostile_host(
     args: &BenchArgs,
     tmp: &std::path::Path,
@@ -473,18 +483,25 @@ async fn hostile_host(
         ));
     }
     let _ = std::fs::remove_dir_all(tmp);
-    let plugin_dir = tmp.join("plugins/hostile");
-    std::fs::create_dir_all(&plugin_dir)?;
-    std::fs::copy(&wasm, plugin_dir.join("hostile.wasm"))?;
-    let manifest = std::fs::read_to_string(args.hostile.join("plugin.toml"))?
-        .replace("timeout_ms = 2000", "timeout_ms = 3000")
-        .replace("memory_mb = 32", "memory_mb = 512");
-    std::fs::write(plugin_dir.join("plugin.toml"), manifest)?;
-    let host = WasmHost::new(Secrets::new(), Arc::new(SystemClock), None)?;
+    for (name, memory_mb) in [("hostile", 32), ("roomy", 512)] {
+        let plugin_dir = tmp.join("plugins").join(name);
+        std::fs::create_dir_all(&plugin_dir)?;
+        std::fs::copy(&wasm, plugin_dir.join(format!("{name}.wasm")))?;
+        let manifest = std::fs::read_to_string(args.hostile.join("plugin.toml"))?
+            .replace("name = \"hostile\"", &format!("name = \"{name}\""))
+            .replace("timeout_ms = 2000", "timeout_ms = 3000")
+            .replace("memory_mb = 32", &format!("memory_mb = {memory_mb}"));
+        std::fs::write(plugin_dir.join("plugin.toml"), manifest)?;
+    }
+    let pool = crate::plugin_host::pool::PoolConfig {
+        priority: args.plugin_priority,
+        ..Default::default()
+    };
+    let host = WasmHost::with_pool(Secrets::new(), Arc::new(SystemClock), None, pool)?;
     host.load_dir(&tmp.join("plugins")).await;
-    if host.plugin_names() != ["hostile"] {
+    if host.plugin_names() != ["hostile", "roomy"] {
         return Err(anyhow!(
-            "the hostile plugin did not load: {}",
+            "the hostile plugin did not load twice: {}",
             host.problems().join("; ")
         ));
     }
@@ -495,6 +512,7 @@ async fn hostile_host(
 /// again as soon as it ends, for as long as the measurement runs.
 struct Load {
     name: String,
+    plugin: &'static str,
     action: &'static str,
     input: serde_json::Value,
     calls: usize,
@@ -522,24 +540,28 @@ async fn containment(args: &BenchArgs) -> Result<()> {
         None,
         Some(Load {
             name: format!("{n} spinning calls"),
+            plugin: "hostile",
             action: "spin",
             input: json!({}),
             calls: n,
         }),
         Some(Load {
             name: format!("{n} log floods"),
+            plugin: "hostile",
             action: "flood",
             input: json!({}),
             calls: n,
         }),
         Some(Load {
             name: format!("{n} calls returning 100 MiB"),
+            plugin: "roomy",
             action: "big_output",
             input: json!({"mib": 100}),
             calls: n,
         }),
         Some(Load {
             name: "50 spinning calls (a foreach of 50)".into(),
+            plugin: "hostile",
             action: "spin",
             input: json!({}),
             calls: 50,
@@ -554,7 +576,7 @@ async fn containment(args: &BenchArgs) -> Result<()> {
         for c in 0..load.as_ref().map_or(0, |l| l.calls) {
             let (host, stop, outcomes) = (host.clone(), stop.clone(), outcomes.clone());
             let load = load.as_ref().expect("calls > 0 only with a load");
-            let (action, input) = (load.action, load.input.clone());
+            let (plugin, action, input) = (load.plugin, load.action, load.input.clone());
             callers.push(tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let ctx = CallContext {
@@ -563,7 +585,7 @@ async fn containment(args: &BenchArgs) -> Result<()> {
                         attempt: 1,
                         idempotency_key: format!("load-{c}:{action}:1"),
                     };
-                    let outcome = match host.call("hostile", action, input.clone(), ctx).await {
+                    let outcome = match host.call(plugin, action, input.clone(), ctx).await {
                         Ok(_) => "ok".to_string(),
                         Err(e) => e.code,
                     };
@@ -685,7 +707,7 @@ async fn guest_memory(args: &BenchArgs) -> Result<()> {
                     attempt: 1,
                     idempotency_key: format!("memory-{c}:grow:1"),
                 };
-                match host.call("hostile", "grow", json!({}), ctx).await {
+                match host.call("roomy", "grow", json!({}), ctx).await {
                     Ok(_) => "ok".to_string(),
                     Err(e) => e.code,
                 }

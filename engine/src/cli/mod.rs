@@ -35,7 +35,8 @@ pub enum Command {
     /// Run one instance on a temporary store with a virtual clock, printing each step.
     Run(run::RunArgs),
     /// Run the daemon: load workflows, serve the HTTP API, resume instances after a restart.
-    Serve(serve::ServeArgs),
+    // Boxed: its flags make it far larger than the other commands.
+    Serve(Box<serve::ServeArgs>),
     /// Show an instance: status, current steps, variables (sensitive values redacted), journal.
     Inspect {
         id: String,
@@ -69,7 +70,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate { paths, plugins } => validate(paths, &plugins),
         Command::Run(args) => Ok(run::run(args).await? as u8),
-        Command::Serve(args) => serve::serve(args).await.map(|_| 0),
+        Command::Serve(args) => serve::serve(*args).await.map(|_| 0),
         Command::Test(args) => test::test(args).await,
         Command::Report(args) => report::report(args),
         Command::Inspect {

@@ -115,13 +115,28 @@ async fn load_plugins(args: &Config, clock: Arc<SystemClock>) -> Result<WasmHost
         Some(path) => Secrets::from_file(path).map_err(|e| anyhow!("casework: {e}"))?,
         None => Secrets::new(),
     };
-    let host = WasmHost::new(secrets, clock, Some(args.data.join("plugin-cache")))
-        .context("starting the WebAssembly plugin host")?;
+    let host = WasmHost::with_pool(
+        secrets,
+        clock,
+        Some(args.data.join("plugin-cache")),
+        args.plugin_pool,
+    )
+    .context("starting the WebAssembly plugin host")?;
     host.load_dir(&args.plugins).await;
     for problem in host.problems() {
         tracing::error!(target: "casework::plugins", "{problem}");
     }
-    tracing::info!(plugins = ?host.plugin_names(), dir = %args.plugins.display(), "plugins loaded");
+    let pool = args.plugin_pool;
+    tracing::info!(
+        plugins = ?host.plugin_names(),
+        dir = %args.plugins.display(),
+        threads = pool.threads,
+        concurrency = pool.concurrency,
+        queue = pool.queue,
+        memory_mib = pool.memory_mib,
+        priority = ?pool.priority,
+        "plugins loaded"
+    );
     Ok(host)
 }
 

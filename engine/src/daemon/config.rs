@@ -7,6 +7,7 @@
 //! `casework.example.toml` at the repository root for every key.
 
 use super::auth::{ApiToken, RateLimit, Scope};
+use crate::plugin_host::pool::{self, PoolConfig, Priority};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,30 @@ pub struct Flags {
     /// [env: CASEWORK_MAX_PENDING]
     #[arg(long, value_name = "N")]
     pub max_pending: Option<u64>,
+    /// Threads that run plugin code, apart from the daemon's [default: cores - 1, at
+    /// least 1] [env: CASEWORK_PLUGIN_THREADS]
+    #[arg(long, value_name = "N")]
+    pub plugin_threads: Option<usize>,
+    /// Calls of one plugin that run at once [default: 16] [env: CASEWORK_PLUGIN_CONCURRENCY]
+    #[arg(long, value_name = "N")]
+    pub plugin_concurrency: Option<usize>,
+    /// Calls of one plugin that may wait to run; more fail at once with plugin_busy
+    /// [default: 256] [env: CASEWORK_PLUGIN_QUEUE]
+    #[arg(long, value_name = "N")]
+    pub plugin_queue: Option<usize>,
+    /// Guest memory all running plugin calls may reserve together, in MiB; a call
+    /// reserves its plugin's limits.memory_mb [default: 1024] [env: CASEWORK_PLUGIN_MEMORY_MIB]
+    #[arg(long, value_name = "MIB")]
+    pub plugin_memory_mib: Option<u32>,
+    /// Scheduling priority of plugin threads: normal, low (nice +10) or idle
+    /// (SCHED_IDLE, for hosts that run only the daemon) [default: low]
+    /// [env: CASEWORK_PLUGIN_PRIORITY]
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_flag)]
+    pub plugin_priority: Option<Priority>,
+}
+
+fn parse_priority_flag(s: &str) -> Result<Priority, String> {
+    Priority::parse(s).ok_or_else(|| format!("`{s}` is not normal, low or idle"))
 }
 
 /// A token as configured: a secret value or the hex SHA-256 of one.
@@ -164,6 +189,11 @@ pub struct Layer {
     pub rate_burst: Option<u32>,
     pub no_reload: Option<bool>,
     pub max_pending: Option<u64>,
+    pub plugin_threads: Option<usize>,
+    pub plugin_concurrency: Option<usize>,
+    pub plugin_queue: Option<usize>,
+    pub plugin_memory_mib: Option<u32>,
+    pub plugin_priority: Option<Priority>,
 }
 
 /// Keys of the config file, for messages.
@@ -182,6 +212,11 @@ const KEYS: &[&str] = &[
     "rate_burst",
     "no_reload",
     "max_pending",
+    "plugin_threads",
+    "plugin_concurrency",
+    "plugin_queue",
+    "plugin_memory_mib",
+    "plugin_priority",
 ];
 
 /// What a key expects, added to a message about a bad value.
@@ -197,6 +232,10 @@ fn expects(key: &str) -> Option<&'static str> {
         "rate_limit" | "rate_burst" => "a whole number of requests",
         "no_reload" => "true or false",
         "max_pending" => "a whole number of units of work",
+        "plugin_threads" => "a whole number of threads",
+        "plugin_concurrency" | "plugin_queue" => "a whole number of calls",
+        "plugin_memory_mib" => "a whole number of MiB",
+        "plugin_priority" => "\"normal\", \"low\" or \"idle\"",
         "scope" => "\"read\", \"start\" or \"admin\"",
         _ => return None,
     })
@@ -220,6 +259,11 @@ impl Layer {
             rate_burst: upper.rate_burst.or(self.rate_burst),
             no_reload: upper.no_reload.or(self.no_reload),
             max_pending: upper.max_pending.or(self.max_pending),
+            plugin_threads: upper.plugin_threads.or(self.plugin_threads),
+            plugin_concurrency: upper.plugin_concurrency.or(self.plugin_concurrency),
+            plugin_queue: upper.plugin_queue.or(self.plugin_queue),
+            plugin_memory_mib: upper.plugin_memory_mib.or(self.plugin_memory_mib),
+            plugin_priority: upper.plugin_priority.or(self.plugin_priority),
         }
     }
 
@@ -239,6 +283,11 @@ impl Layer {
             rate_burst: f.rate_burst,
             no_reload: f.no_reload.then_some(true),
             max_pending: f.max_pending,
+            plugin_threads: f.plugin_threads,
+            plugin_concurrency: f.plugin_concurrency,
+            plugin_queue: f.plugin_queue,
+            plugin_memory_mib: f.plugin_memory_mib,
+            plugin_priority: f.plugin_priority,
         }
     }
 
@@ -325,6 +374,33 @@ impl Layer {
                 get("CASEWORK_MAX_PENDING"),
                 "a whole number",
             )?,
+            plugin_threads: num(
+                "CASEWORK_PLUGIN_THREADS",
+                get("CASEWORK_PLUGIN_THREADS"),
+                "a whole number",
+            )?,
+            plugin_concurrency: num(
+                "CASEWORK_PLUGIN_CONCURRENCY",
+                get("CASEWORK_PLUGIN_CONCURRENCY"),
+                "a whole number",
+            )?,
+            plugin_queue: num(
+                "CASEWORK_PLUGIN_QUEUE",
+                get("CASEWORK_PLUGIN_QUEUE"),
+                "a whole number",
+            )?,
+            plugin_memory_mib: num(
+                "CASEWORK_PLUGIN_MEMORY_MIB",
+                get("CASEWORK_PLUGIN_MEMORY_MIB"),
+                "a whole number of MiB",
+            )?,
+            plugin_priority: get("CASEWORK_PLUGIN_PRIORITY")
+                .map(|v| {
+                    Priority::parse(v.trim()).ok_or_else(|| {
+                        format!("CASEWORK_PLUGIN_PRIORITY: `{v}` is not normal, low or idle")
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -373,6 +449,43 @@ impl Layer {
         }
         if self.rate_burst == Some(0) {
             return Err(format!("{}: must be at least 1", name("rate_burst")));
+        }
+        let slots = crate::plugin_host::wasm::SLOTS as u64;
+        for (key, value, max, unit) in [
+            (
+                "plugin_threads",
+                self.plugin_threads.map(|n| n as u64),
+                pool::MAX_THREADS as u64,
+                "threads",
+            ),
+            // More could never run at once: the host has this many instance slots.
+            (
+                "plugin_concurrency",
+                self.plugin_concurrency.map(|n| n as u64),
+                slots,
+                "calls",
+            ),
+            (
+                "plugin_queue",
+                self.plugin_queue.map(|n| n as u64),
+                pool::MAX_QUEUE as u64,
+                "calls",
+            ),
+            (
+                "plugin_memory_mib",
+                self.plugin_memory_mib.map(u64::from),
+                u64::from(pool::MAX_MEMORY_MIB),
+                "MiB",
+            ),
+        ] {
+            if let Some(n) = value {
+                if n == 0 || n > max {
+                    return Err(format!(
+                        "{}: {n} is out of range (1 to {max} {unit})",
+                        name(key)
+                    ));
+                }
+            }
         }
         if let Some(level) = &self.log_level {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
@@ -497,6 +610,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub no_reload: bool,
     pub max_pending: usize,
+    /// Sizes of the plugin pool.
+    pub plugin_pool: PoolConfig,
 }
 
 impl Config {
@@ -593,6 +708,16 @@ impl Config {
             max_pending: l
                 .max_pending
                 .map_or(crate::daemon::driver::DEFAULT_MAX_PENDING, |n| n as usize),
+            plugin_pool: {
+                let default = PoolConfig::default();
+                PoolConfig {
+                    threads: l.plugin_threads.unwrap_or(default.threads),
+                    concurrency: l.plugin_concurrency.unwrap_or(default.concurrency),
+                    queue: l.plugin_queue.unwrap_or(default.queue),
+                    memory_mib: l.plugin_memory_mib.unwrap_or(default.memory_mib),
+                    priority: l.plugin_priority.unwrap_or(default.priority),
+                }
+            },
         })
     }
 }
@@ -712,6 +837,98 @@ mod tests {
         assert_eq!(c.rate_limit, None);
         assert!(c.tokens.is_empty());
         assert!(!c.no_reload);
+        assert_eq!(c.plugin_pool, PoolConfig::default());
+        assert!(c.plugin_pool.threads >= 1);
+    }
+
+    #[test]
+    fn plugin_pool_sizes_come_from_every_source_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "plugin_threads = 3\nplugin_concurrency = 4\nplugin_queue = 5\nplugin_memory_mib = 600\nplugin_priority = \"normal\"\n",
+        );
+        let env = env_of(&[
+            ("CASEWORK_PLUGIN_QUEUE", "50"),
+            ("CASEWORK_PLUGIN_PRIORITY", "idle"),
+        ]);
+        let mut flags = flags_with(&file);
+        flags.plugin_memory_mib = Some(700);
+        let c = Config::load_with(&flags, &env).unwrap();
+        assert_eq!(
+            c.plugin_pool,
+            PoolConfig {
+                threads: 3,
+                concurrency: 4,
+                queue: 50,
+                memory_mib: 700,
+                priority: Priority::Idle,
+            }
+        );
+        let cases = [
+            (
+                "plugin_threads = 0\n",
+                "key `plugin_threads`: 0 is out of range (1 to 256 threads)",
+            ),
+            (
+                "plugin_concurrency = 65\n",
+                "key `plugin_concurrency`: 65 is out of range (1 to 64 calls)",
+            ),
+            (
+                "plugin_queue = 0\n",
+                "key `plugin_queue`: 0 is out of range (1 to 100000 calls)",
+            ),
+            (
+                "plugin_memory_mib = -1\n",
+                "casework.toml:1: key `plugin_memory_mib`:",
+            ),
+            (
+                "plugin_priority = \"lowest\"\n",
+                "key `plugin_priority`: unknown variant `lowest`",
+            ),
+            (
+                "plugin_memroy_mib = 5\n",
+                "key `plugin_memroy_mib` is unknown (did you mean `plugin_memory_mib`?)",
+            ),
+        ];
+        for (text, want) in cases {
+            let file = write(dir.path(), text);
+            let e = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let e = Config::load_with(
+            &Flags::default(),
+            &env_of(&[("CASEWORK_PLUGIN_THREADS", "many")]),
+        )
+        .unwrap_err();
+        assert_eq!(e, "CASEWORK_PLUGIN_THREADS: `many` is not a whole number");
+        let e = Config::load_with(
+            &Flags::default(),
+            &env_of(&[("CASEWORK_PLUGIN_PRIORITY", "high")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "CASEWORK_PLUGIN_PRIORITY: `high` is not normal, low or idle"
+        );
+        let e = Config::load_with(
+            &Flags::default(),
+            &env_of(&[("CASEWORK_PLUGIN_MEMORY_MIB", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("CASEWORK_PLUGIN_MEMORY_MIB: 0 is out of range"),
+            "{e}"
+        );
+        let flags = Flags {
+            plugin_concurrency: Some(0),
+            ..Flags::default()
+        };
+        let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
+        assert!(
+            e.starts_with("--plugin-concurrency: 0 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod directory;
 pub mod egress;
+pub mod pool;
 pub mod secrets;
 pub mod wasm;
 

@@ -7,14 +7,23 @@
 //! plugin keeps in memory survives into the next customer's call and a trapped
 //! instance is never reused.
 //!
-//! Every limit is enforced here, on the host side: memory (a [`ResourceLimiter`]),
-//! CPU time (epoch interruption, yielding to tokio every tick so a busy plugin never
-//! blocks other instances), optional fuel, a tokio timeout around the whole call (a
-//! plugin blocked in a host call is cancelled too), input/output/log size caps, and
-//! the outbound HTTP grant check in [`super::egress`].
+//! Guest code, and the host's work on what a guest hands over (its log lines, its
+//! output), runs on the plugin pool ([`super::pool`]): a runtime of its own, never the
+//! daemon's, entered through a per-plugin FIFO limit, a bounded queue and a shared
+//! memory budget. The caller waits on the daemon's runtime for the answer.
+//!
+//! Every limit is enforced here, on the host side: memory (a [`ResourceLimiter`] per
+//! call, the pool's budget across calls), CPU time (epoch interruption against a
+//! deadline counted from when the call arrived, so waiting in the queue uses it up;
+//! the guest yields to the pool's scheduler every tick, so calls on one pool thread
+//! interleave and a cancelled call stops at the next tick), optional fuel, a timeout
+//! around the whole call on the caller's side (a plugin blocked in a host call, or a
+//! call still waiting, is given up and its job aborted), input/output/log size caps,
+//! and the outbound HTTP grant check in [`super::egress`].
 
 use super::directory::{PluginDirectory, PluginFiles};
 use super::egress::{self, EgressError};
+use super::pool::{Pool, PoolConfig, PoolStats, Stage, StageWatch, Ticket};
 use super::secrets::Secrets;
 use super::{CallContext, CallFuture, PluginError, PluginHost};
 use crate::clock::Clock;
@@ -58,13 +67,23 @@ const MAX_MESSAGE_CHARS: usize = 2048;
 const STDERR_BYTES: usize = 16 * 1024;
 /// Outbound requests per call.
 const MAX_HTTP_REQUESTS: u32 = 50;
-/// How often the epoch ticks; also how often a busy plugin yields to tokio.
+/// How often the epoch ticks; also how often a busy plugin yields to the pool's
+/// scheduler.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Concurrent plugin instances; sized for a small machine, each slot reserves
-/// address space (not memory) in the pooling allocator.
-const SLOTS: u32 = 64;
+/// address space (not memory) in the pooling allocator. Also the largest
+/// `plugin_concurrency`: more could never run at once.
+pub const SLOTS: u32 = 64;
 /// The most linear memory any one plugin may ask for.
 const MAX_MEMORY_MB: u32 = 512;
+/// Linear memory a pooled slot keeps resident (reset in place) after a call: about
+/// what a small call dirties, so resetting it needs no madvise. Idle slots keep at most
+/// `SLOTS * 2 * KEEP_RESIDENT` (128 MiB) in all. Without PAGEMAP_SCAN (Linux < 6.7)
+/// the whole first KEEP_RESIDENT is reset after every call, dirty or not.
+const KEEP_RESIDENT: usize = 1024 * 1024;
+/// The same for tables, which are small (`SLOTS * 8 * TABLE_KEEP_RESIDENT`, 32 MiB, at
+/// most).
+const TABLE_KEEP_RESIDENT: usize = 64 * 1024;
 
 /// What a loaded plugin says about one action.
 #[derive(Clone, Debug)]
@@ -76,7 +95,7 @@ pub struct ActionInfo {
 
 /// A plugin ready to run: manifest plus pre-linked component.
 struct LoadedPlugin {
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     sha256: String,
     pre: IntegrationPre<CallState>,
     actions: BTreeMap<String, ActionInfo>,
@@ -93,14 +112,20 @@ pub struct PluginSummary {
 
 /// The WebAssembly [`PluginHost`].
 pub struct WasmHost {
-    engine: Engine,
+    sandbox: Sandbox,
     linker: Linker<CallState>,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     problems: RwLock<Vec<String>>,
+    cache_dir: Option<PathBuf>,
+    pool: Pool,
+}
+
+/// What a job on the pool needs to build a call's store; cheap to clone.
+#[derive(Clone)]
+struct Sandbox {
+    engine: Engine,
     secrets: Arc<Secrets>,
     clock: Arc<dyn Clock>,
-    cache_dir: Option<PathBuf>,
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for WasmHost {
@@ -112,12 +137,22 @@ impl std::fmt::Debug for WasmHost {
 }
 
 impl WasmHost {
-    /// A host with no plugins yet. `cache_dir` keeps compiled components across
-    /// restarts (`None` compiles on every load).
+    /// A host with no plugins yet and the default pool. `cache_dir` keeps compiled
+    /// components across restarts (`None` compiles on every load).
     pub fn new(
         secrets: Secrets,
         clock: Arc<dyn Clock>,
         cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        Self::with_pool(secrets, clock, cache_dir, PoolConfig::default())
+    }
+
+    /// As [`WasmHost::new`], with the plugin pool sized by `pool`.
+    pub fn with_pool(
+        secrets: Secrets,
+        clock: Arc<dyn Clock>,
+        cache_dir: Option<PathBuf>,
+        pool: PoolConfig,
     ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
@@ -126,8 +161,9 @@ impl WasmHost {
         // Deep recursion in a plugin is a trap, far below the host thread's stack.
         config.max_wasm_stack(512 * 1024);
         config.async_stack_size(2 * 1024 * 1024);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(SLOTS)
+        let mut slots = PoolingAllocationConfig::new();
+        slots
+            .total_component_instances(SLOTS)
             .total_core_instances(SLOTS * 8)
             .max_core_instances_per_component(16)
             .total_memories(SLOTS * 2)
@@ -136,10 +172,16 @@ impl WasmHost {
             .max_tables_per_component(16)
             .total_stacks(SLOTS)
             .max_memory_size(MAX_MEMORY_MB as usize * 1024 * 1024)
-            // Resetting a slot (madvise) flushes TLBs on every core; doing it in batches
-            // was the largest single cost of a call in profiles.
-            .decommit_batch_size(16);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            // After a call, up to KEEP_RESIDENT of its dirty pages (found with
+            // PAGEMAP_SCAN where the kernel has it) are reset in place and the rest is
+            // returned to the OS at once (no decommit batching). A small call then
+            // costs no madvise, whose TLB shootdowns on every core were the largest
+            // cost of a call in profiles, and a call that used 512 MiB does not leave
+            // it resident: what idle slots keep is at most KEEP_RESIDENT each.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(slots));
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -154,15 +196,22 @@ impl WasmHost {
             std::fs::create_dir_all(dir)?;
         }
         Ok(WasmHost {
-            engine,
+            sandbox: Sandbox {
+                engine,
+                secrets: Arc::new(secrets),
+                clock,
+            },
             linker,
             plugins: RwLock::new(BTreeMap::new()),
             problems: RwLock::new(Vec::new()),
-            secrets: Arc::new(secrets),
-            clock,
             cache_dir,
-            slots: Arc::new(tokio::sync::Semaphore::new(SLOTS as usize)),
+            pool: Pool::new(pool, SLOTS as usize)?,
         })
+    }
+
+    /// Calls waiting and running on the plugin pool, and the memory they reserved.
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// Loads every plugin in `dir`, replacing what was loaded before. A plugin whose
@@ -179,7 +228,7 @@ impl WasmHost {
         let mut loaded = BTreeMap::new();
         for files in &found.plugins {
             let unchanged = previous.get(&files.manifest.name).filter(|p| {
-                p.manifest == files.manifest
+                *p.manifest == files.manifest
                     && std::fs::read(&files.wasm_path)
                         .is_ok_and(|b| hex::encode(Sha256::digest(&b)) == p.sha256)
             });
@@ -272,6 +321,15 @@ impl WasmHost {
                 files.manifest.limits.memory_mb
             ));
         }
+        let budget = self.pool.config().memory_mib;
+        if files.manifest.limits.memory_mb > budget {
+            // Refused now rather than at every call: no call of it could ever start.
+            return Err(super::pool::over_budget_text(
+                name,
+                files.manifest.limits.memory_mb,
+                budget,
+            ));
+        }
         let component = self
             .compile(bytes, &sha256)
             .await
@@ -286,7 +344,7 @@ impl WasmHost {
                 )
             })?;
         let mut plugin = LoadedPlugin {
-            manifest: files.manifest.clone(),
+            manifest: Arc::new(files.manifest.clone()),
             sha256,
             pre,
             actions: BTreeMap::new(),
@@ -304,50 +362,53 @@ impl WasmHost {
 
     /// Compiles a component, or loads it from the on-disk cache.
     async fn compile(&self, bytes: Vec<u8>, sha256: &str) -> anyhow::Result<Component> {
-        let engine = self.engine.clone();
+        let engine = self.sandbox.engine.clone();
         let cache_path = self.cache_dir.as_ref().map(|dir| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut h);
             dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
         });
-        tokio::task::spawn_blocking(move || {
-            if let Some(path) = &cache_path {
-                if path.is_file() {
-                    // SAFETY: the file was written by `Component::serialize` below, into
-                    // the daemon's own data directory, under a name that binds it to the
-                    // source's hash and this engine's compatibility fingerprint.
-                    // Anyone who can write the data directory can already change
-                    // the journal; see SECURITY.md.
-                    match unsafe { Component::deserialize_file(&engine, path) } {
-                        Ok(c) => return Ok(c),
-                        Err(e) => tracing::warn!(
-                            path = %path.display(),
-                            "ignoring unusable compiled plugin cache entry: {e}"
-                        ),
+        // On the pool's blocking threads: compiling is seconds of CPU at the pool's
+        // priority, not the daemon's.
+        self.pool
+            .spawn_blocking(move || {
+                if let Some(path) = &cache_path {
+                    if path.is_file() {
+                        // SAFETY: the file was written by `Component::serialize` below, into
+                        // the daemon's own data directory, under a name that binds it to the
+                        // source's hash and this engine's compatibility fingerprint.
+                        // Anyone who can write the data directory can already change
+                        // the journal; see SECURITY.md.
+                        match unsafe { Component::deserialize_file(&engine, path) } {
+                            Ok(c) => return Ok(c),
+                            Err(e) => tracing::warn!(
+                                path = %path.display(),
+                                "ignoring unusable compiled plugin cache entry: {e}"
+                            ),
+                        }
                     }
                 }
-            }
-            let component = Component::new(&engine, &bytes)?;
-            if let Some(path) = &cache_path {
-                // Unique per writer: two hosts compiling the same plugin must not share it.
-                let tmp = path.with_extension(format!(
-                    "{}.{}.tmp",
-                    std::process::id(),
-                    rand::random::<u64>()
-                ));
-                let written = component
-                    .serialize()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| Ok(std::fs::write(&tmp, b)?))
-                    .and_then(|_| Ok(std::fs::rename(&tmp, path)?));
-                if let Err(e) = written {
-                    tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
+                let component = Component::new(&engine, &bytes)?;
+                if let Some(path) = &cache_path {
+                    // Unique per writer: two hosts compiling the same plugin must not share it.
+                    let tmp = path.with_extension(format!(
+                        "{}.{}.tmp",
+                        std::process::id(),
+                        rand::random::<u64>()
+                    ));
+                    let written = component
+                        .serialize()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| Ok(std::fs::write(&tmp, b)?))
+                        .and_then(|_| Ok(std::fs::rename(&tmp, path)?));
+                    if let Err(e) = written {
+                        tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
+                    }
                 }
-            }
-            Ok(component)
-        })
-        .await?
+                Ok(component)
+            })
+            .await?
     }
 
     async fn describe(
@@ -355,18 +416,19 @@ impl WasmHost {
         plugin: &LoadedPlugin,
     ) -> Result<BTreeMap<String, ActionInfo>, String> {
         let name = plugin.manifest.name.clone();
-        let mut store = self.store(plugin, "describe", None);
-        let described = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            instance
-                .casework_plugin_actions()
-                .call_describe(&mut store)
-                .await
-        };
-        let list = tokio::time::timeout(call_timeout(&plugin.manifest), described)
+        let arrived = Instant::now();
+        let deadline = arrived + time_limit(&plugin.manifest);
+        let (sandbox, pre, manifest) = (
+            self.sandbox.clone(),
+            plugin.pre.clone(),
+            plugin.manifest.clone(),
+        );
+        let list = self
+            .on_pool(&plugin.manifest, arrived, move |ticket| {
+                run_describe(sandbox, pre, manifest, ticket, deadline)
+            })
             .await
-            .map_err(|_| format!("plugin `{name}`: describe() did not return in time"))?
-            .map_err(|e| format!("plugin `{name}`: describe() failed: {}", trap_text(&e)))?;
+            .map_err(|e| format!("plugin `{name}`: describe() failed: {}", e.message))?;
         let mut actions = BTreeMap::new();
         for info in list {
             let parse = |what: &str, text: &str| {
@@ -387,14 +449,118 @@ impl WasmHost {
         Ok(actions)
     }
 
+    /// Runs the job `start` makes from the call's ticket on the plugin pool, and waits
+    /// for its answer here, on the caller's runtime, until the plugin's time limit
+    /// (counted from `arrived`) plus a margin. Giving up drops the job, which aborts it.
+    async fn on_pool<T, F>(
+        &self,
+        manifest: &Manifest,
+        arrived: Instant,
+        start: impl FnOnce(Ticket) -> F,
+    ) -> Result<T, PluginError>
+    where
+        F: std::future::Future<Output = Result<T, PluginError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        use tracing::instrument::{Instrument, WithSubscriber};
+        let plugin = manifest.name.as_str();
+        let ticket = self.pool.enqueue(plugin, manifest.limits.memory_mb)?;
+        let stage = ticket.stage();
+        // The job's log lines (the guest's included) keep the caller's span and
+        // subscriber: instance, step and attempt, and a test's capture.
+        let job = self.pool.spawn(
+            start(ticket)
+                .instrument(tracing::Span::current())
+                .with_current_subscriber(),
+        );
+        let give_up = arrived + time_limit(manifest) + HOST_MARGIN;
+        match tokio::time::timeout_at(give_up.into(), job).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(failed)) if failed.is_cancelled() => Err(error(
+                "plugin_unavailable",
+                "the plugin host is shutting down",
+                true,
+            )),
+            Ok(Err(failed)) => Err(error(
+                "plugin_host_failed",
+                format!(
+                    "the plugin host failed while running plugin `{plugin}`: {failed}; the provider may or may not have acted, and a retry reuses the same idempotency key"
+                ),
+                true,
+            )),
+            Err(_) => Err(gave_up(plugin, manifest, &stage, self.pool.config())),
+        }
+    }
+
+    async fn invoke(
+        &self,
+        plugin_name: &str,
+        action: &str,
+        input: Value,
+        ctx: CallContext,
+    ) -> Result<Value, PluginError> {
+        // The call's time starts now: waiting for the pool uses it up.
+        let arrived = Instant::now();
+        let plugin = self
+            .plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin_name)
+            .cloned()
+            .ok_or_else(|| {
+                let problems = self.problems();
+                let why = problems
+                    .iter()
+                    .find(|p| p.contains(&format!("`{plugin_name}`")))
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_else(|| {
+                        format!("; loaded plugins: {}", self.plugin_names().join(", "))
+                    });
+                error(
+                    "plugin_unavailable",
+                    format!("plugin `{plugin_name}` is not loaded{why}"),
+                    false,
+                )
+            })?;
+        if !plugin.actions.contains_key(action) {
+            return Err(error(
+                "unknown_action",
+                format!(
+                    "plugin `{plugin_name}` has no action `{action}`; it has: {}",
+                    plugin
+                        .actions
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                false,
+            ));
+        }
+        let deadline = arrived + time_limit(&plugin.manifest);
+        let call = Call {
+            sandbox: self.sandbox.clone(),
+            pre: plugin.pre.clone(),
+            manifest: plugin.manifest.clone(),
+            action: action.to_string(),
+            input,
+            ctx,
+            deadline,
+        };
+        self.on_pool(&plugin.manifest, arrived, move |ticket| call.run(ticket))
+            .await
+    }
+}
+
+impl Sandbox {
+    /// A fresh store for one call of `manifest`'s plugin, interrupted at `deadline`.
     fn store(
         &self,
-        plugin: &LoadedPlugin,
+        manifest: &Manifest,
         step: &str,
         ctx: Option<&CallContext>,
+        deadline: Instant,
     ) -> Store<CallState> {
-        let manifest = &plugin.manifest;
-        let deadline = Instant::now() + Duration::from_millis(manifest.limits.timeout_ms.into());
         // stderr is kept (bounded) so a panic message reaches the error and the log;
         // everything else in the WASI context stays empty.
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_BYTES);
@@ -437,51 +603,34 @@ impl WasmHost {
         });
         store
     }
+}
 
-    async fn invoke(
-        &self,
-        plugin_name: &str,
-        action: &str,
-        input: Value,
-        ctx: CallContext,
-    ) -> Result<Value, PluginError> {
-        let plugin = self
-            .plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(plugin_name)
-            .cloned()
-            .ok_or_else(|| {
-                let problems = self.problems();
-                let why = problems
-                    .iter()
-                    .find(|p| p.contains(&format!("`{plugin_name}`")))
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_else(|| {
-                        format!("; loaded plugins: {}", self.plugin_names().join(", "))
-                    });
-                error(
-                    "plugin_unavailable",
-                    format!("plugin `{plugin_name}` is not loaded{why}"),
-                    false,
-                )
-            })?;
-        if !plugin.actions.contains_key(action) {
-            return Err(error(
-                "unknown_action",
-                format!(
-                    "plugin `{plugin_name}` has no action `{action}`; it has: {}",
-                    plugin
-                        .actions
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                false,
-            ));
-        }
+/// One action call, moved onto the plugin pool whole: everything the host does with
+/// it, from serialising the input to parsing the output, happens on the pool.
+struct Call {
+    sandbox: Sandbox,
+    pre: IntegrationPre<CallState>,
+    manifest: Arc<Manifest>,
+    action: String,
+    input: Value,
+    ctx: CallContext,
+    deadline: Instant,
+}
+
+impl Call {
+    async fn run(self, ticket: Ticket) -> Result<Value, PluginError> {
+        let Call {
+            sandbox,
+            pre,
+            manifest,
+            action,
+            input,
+            ctx,
+            deadline,
+        } = self;
+        let plugin_name = manifest.name.as_str();
         let input_text = input.to_string();
+        drop(input);
         if input_text.len() > MAX_INPUT_BYTES {
             return Err(error(
                 "input_too_large",
@@ -492,42 +641,35 @@ impl WasmHost {
                 false,
             ));
         }
-        let _slot = self.slots.acquire().await.map_err(|_| {
-            error(
-                "plugin_unavailable",
-                "the plugin host is shutting down",
-                true,
-            )
-        })?;
+        let running = admitted_in_time(ticket, &manifest, deadline).await?;
 
-        let mut store = self.store(&plugin, &ctx.step_id, Some(&ctx));
+        let mut store = sandbox.store(&manifest, &ctx.step_id, Some(&ctx), deadline);
         let wit_ctx = actions::Context {
             instance_id: ctx.instance_id.clone(),
             step_id: ctx.step_id.clone(),
             attempt: ctx.attempt,
             idempotency_key: ctx.idempotency_key.clone(),
         };
-        let call = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let outcome = async {
+            let instance = pre.instantiate_async(&mut store).await?;
             instance
                 .casework_plugin_actions()
-                .call_invoke(&mut store, action, &input_text, &wit_ctx)
+                .call_invoke(&mut store, &action, &input_text, &wit_ctx)
                 .await
-        };
-        let outcome = tokio::time::timeout(call_timeout(&plugin.manifest), call).await;
+        }
+        .await;
         let state = store.data();
         let said = state.stderr_text();
         if !said.trim().is_empty() {
             tracing::warn!(plugin = %plugin_name, "plugin wrote to stderr: {}", state.scrub(&truncate(said.trim())));
         }
         let result = match outcome {
-            Err(_) => Err(timeout_error(plugin_name, &plugin.manifest)),
-            Ok(Err(trap)) if state.timed_out => {
+            Err(trap) if state.timed_out => {
                 drop(trap);
-                Err(timeout_error(plugin_name, &plugin.manifest))
+                Err(timeout_error(plugin_name, &manifest))
             }
-            Ok(Err(trap)) => Err(trap_error(plugin_name, state, &trap)),
-            Ok(Ok(Err(e))) => Err(PluginError {
+            Err(trap) => Err(trap_error(plugin_name, state, &trap)),
+            Ok(Err(e)) => Err(PluginError {
                 code: if is_code(&e.code) {
                     e.code
                 } else {
@@ -536,17 +678,108 @@ impl WasmHost {
                 message: state.scrub(&truncate(&e.message)),
                 retryable: e.retryable,
             }),
-            Ok(Ok(Ok(output))) => state.accept_output(plugin_name, action, output),
+            Ok(Ok(output)) => state.accept_output(plugin_name, &action, output),
         };
+        // The instance slot, memory and plugin permit go back only once the guest's
+        // store is gone, so the next call can have them.
         drop(store);
+        drop(running);
         result
     }
 }
 
-/// The whole-call budget: the plugin's time limit plus a margin for the host's own
-/// work, so the epoch trap (which names the cause) normally wins the race.
-fn call_timeout(manifest: &Manifest) -> Duration {
-    Duration::from_millis(u64::from(manifest.limits.timeout_ms)) + EPOCH_TICK * 10
+/// `describe()` of a plugin being loaded, on the pool like any call.
+async fn run_describe(
+    sandbox: Sandbox,
+    pre: IntegrationPre<CallState>,
+    manifest: Arc<Manifest>,
+    ticket: Ticket,
+    deadline: Instant,
+) -> Result<Vec<actions::ActionInfo>, PluginError> {
+    let running = admitted_in_time(ticket, &manifest, deadline).await?;
+    let mut store = sandbox.store(&manifest, "describe", None, deadline);
+    let described = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .casework_plugin_actions()
+            .call_describe(&mut store)
+            .await
+    }
+    .await;
+    let answer = match described {
+        Ok(list) => Ok(list),
+        Err(_) if store.data().timed_out => Err(timeout_error(&manifest.name, &manifest)),
+        Err(trap) => Err(error("plugin_trapped", trap_text(&trap), false)),
+    };
+    drop(store);
+    drop(running);
+    answer
+}
+
+/// Waits for the ticket's permits; a call admitted only after its deadline does not
+/// start (it would be interrupted at once) and says what it waited for.
+async fn admitted_in_time(
+    ticket: Ticket,
+    manifest: &Manifest,
+    deadline: Instant,
+) -> Result<super::pool::Running, PluginError> {
+    let pool = ticket.config();
+    let running = ticket.admitted().await?;
+    if Instant::now() >= deadline {
+        return Err(waited_too_long(
+            &manifest.name,
+            manifest,
+            running.waited_on(),
+            pool,
+        ));
+    }
+    Ok(running)
+}
+
+/// A plugin's time limit, which covers waiting on the pool and running.
+fn time_limit(manifest: &Manifest) -> Duration {
+    Duration::from_millis(u64::from(manifest.limits.timeout_ms))
+}
+
+/// How long after a plugin's time limit the caller gives up on a call, so the epoch
+/// interrupt (whose error names the cause, and which keeps the guest's stderr) normally
+/// answers first.
+const HOST_MARGIN: Duration = Duration::from_millis(100);
+
+/// The caller's answer when the call's time ran out before the pool answered.
+fn gave_up(plugin: &str, manifest: &Manifest, stage: &StageWatch, pool: PoolConfig) -> PluginError {
+    match stage.get() {
+        Stage::Running => timeout_error(plugin, manifest),
+        waiting => waited_too_long(plugin, manifest, waiting, pool),
+    }
+}
+
+/// A call that never started: its whole time limit went waiting on the pool.
+fn waited_too_long(
+    plugin: &str,
+    manifest: &Manifest,
+    stage: Stage,
+    pool: PoolConfig,
+) -> PluginError {
+    let waited_for = match stage {
+        Stage::Plugin => format!(
+            "one of the {} calls of this plugin that may run at once (plugin_concurrency)",
+            pool.concurrency
+        ),
+        Stage::Memory => format!(
+            "{} MiB (its limits.memory_mb) of the {} MiB all plugin calls may use together (plugin_memory_mib)",
+            manifest.limits.memory_mb, pool.memory_mib
+        ),
+        Stage::Slot | Stage::Running => format!("one of the host's {SLOTS} instance slots"),
+    };
+    error(
+        "plugin_busy",
+        format!(
+            "plugin `{plugin}` could not start within its {} ms limit (limits.timeout_ms): it waited for {waited_for}; it did not run, so a retry is safe",
+            manifest.limits.timeout_ms
+        ),
+        true,
+    )
 }
 
 fn timeout_error(plugin: &str, manifest: &Manifest) -> PluginError {
