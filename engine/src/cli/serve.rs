@@ -86,6 +86,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(resumed, "instances resumed");
     api.set_ready();
     tokio::spawn(driver.clone().run_timers());
+    tokio::spawn(driver.clone().run_ownership());
     tokio::spawn(crate::daemon::triggers::run_schedules(driver.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

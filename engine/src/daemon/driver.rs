@@ -5,6 +5,13 @@
 //! events) reach it through its inbox. An instance with nothing to do leaves memory and is
 //! reloaded from its journal when a timer, event or child wakes it: parked instances cost
 //! disk, not RAM.
+//!
+//! Several drivers (daemons) may share one store. An actor writes only under its claim on
+//! the instance (a [`Fence`]): it claims the instance when it wakes it, gives it up when it
+//! parks, and stops at once when the store says another daemon has claimed it since (see
+//! the ownership rules at [`Store`]). A message for an instance another live daemon owns
+//! becomes mail in the store; [`Driver::tick_ownership`] renews this daemon's heartbeat,
+//! reads its mail and takes over orphans.
 
 use super::metrics::Metrics;
 use super::registry::Registry;
@@ -14,7 +21,10 @@ use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
     Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
 };
-use crate::store::{Batch, Claim, Created, InstanceMeta, Store, Timer};
+use crate::store::{
+    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Store,
+    Timer,
+};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,6 +40,12 @@ pub struct Driver {
 }
 
 pub struct Inner {
+    /// This daemon's name in the store's ownership records: unique per process.
+    pub daemon: String,
+    /// How long a heartbeat keeps this daemon's claims (ms).
+    lease_ms: AtomicI64,
+    /// Instances found owned by another live daemon, until when to leave their timers to it.
+    held_elsewhere: Mutex<HashMap<String, Millis>>,
     pub store: Arc<dyn Store>,
     pub plugins: Arc<dyn PluginHost>,
     pub clock: Arc<dyn Clock>,
@@ -87,7 +103,15 @@ enum Msg {
     Retry {
         reply: oneshot::Sender<Result<(), RetryRefused>>,
     },
+    /// Read the instance's mail (messages left while another daemon owned it).
+    Mail,
 }
+
+/// Default lease: how long a daemon that stops renewing keeps its instances before other
+/// daemons take them over. Heartbeats run at a third of it.
+pub const DEFAULT_LEASE_MS: Millis = 10_000;
+/// Mail and orphans read per ownership tick.
+const OWNERSHIP_BATCH: usize = 1024;
 
 /// Default bound on work in hand (queued messages, plugin calls and child starts in
 /// flight, across all instances). Each unit costs a message and, for calls, a task: at this
@@ -154,7 +178,15 @@ impl Driver {
         observer: Option<Observer>,
     ) -> Driver {
         let (commits, rx) = mpsc::unbounded_channel();
+        let daemon = format!("d-{}", new_id(clock.now_ms()));
+        // Alive from the first instant, so this daemon's first claims count.
+        if let Err(e) = store.heartbeat(&daemon, clock.now_ms() + DEFAULT_LEASE_MS) {
+            tracing::error!(error = %e, "could not record this daemon's heartbeat");
+        }
         let inner = Arc::new(Inner {
+            daemon,
+            lease_ms: AtomicI64::new(DEFAULT_LEASE_MS),
+            held_elsewhere: Mutex::new(HashMap::new()),
             store,
             plugins,
             clock,
@@ -203,13 +235,76 @@ impl Driver {
         Ok(wf)
     }
 
-    /// Restart every instance that was running when the process stopped.
+    /// Restart every instance that should be running and that no live daemon owns (at a
+    /// process start: every instance that was running when it stopped).
     pub fn resume_all(&self) -> Result<usize, String> {
-        let runnable = self.inner.store.runnable().map_err(|e| e.to_string())?;
-        for m in &runnable {
-            self.inner.send(&m.id, Msg::Resume);
+        let now = self.inner.clock.now_ms();
+        let orphans = self
+            .inner
+            .store
+            .orphans(now, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        for id in &orphans {
+            self.inner.send(id, Msg::Resume);
         }
-        Ok(runnable.len())
+        Ok(orphans.len())
+    }
+
+    /// How long this daemon's claims outlive its last heartbeat (see [`DEFAULT_LEASE_MS`]).
+    pub fn set_lease_ms(&self, ms: Millis) {
+        self.inner.lease_ms.store(ms.max(1), Ordering::Relaxed);
+        self.inner.heartbeat();
+    }
+
+    pub fn lease_ms(&self) -> Millis {
+        self.inner.lease_ms.load(Ordering::Relaxed)
+    }
+
+    /// One round of ownership work: renew this daemon's heartbeat, wake instances with
+    /// mail (its own, and any no live daemon owns), and take over orphans (instances that
+    /// should be running whose owner's lease lapsed). Returns how many instances it woke.
+    pub fn tick_ownership(&self) -> Result<usize, String> {
+        let inner = &self.inner;
+        inner.heartbeat();
+        let now = inner.clock.now_ms();
+        let mailed = inner
+            .store
+            .mailed(&inner.daemon, now, OWNERSHIP_BATCH)
+            .map_err(|e| e.to_string())?;
+        let orphans = inner
+            .store
+            .orphans(now, OWNERSHIP_BATCH)
+            .map_err(|e| e.to_string())?;
+        let mut woken = 0;
+        for id in &mailed {
+            inner.send(id, Msg::Mail);
+            woken += 1;
+        }
+        for id in orphans {
+            // One of this daemon's own actors running while its heartbeat lapsed (a
+            // virtual clock that jumped) is not an orphan.
+            if !inner.has_actor(&id) {
+                inner.send(&id, Msg::Resume);
+                woken += 1;
+            }
+        }
+        inner
+            .held_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, until| *until > now);
+        Ok(woken)
+    }
+
+    /// Run [`Driver::tick_ownership`] against the real clock until the process ends.
+    pub async fn run_ownership(self) {
+        loop {
+            if let Err(e) = self.tick_ownership() {
+                tracing::error!(error = %e, "could not renew this daemon's claims or read its mail");
+            }
+            let period = (self.lease_ms() / 3).clamp(50, 5_000);
+            tokio::time::sleep(std::time::Duration::from_millis(period as u64)).await;
+        }
     }
 
     /// Start an instance of the newest version of `workflow`.
@@ -336,7 +431,22 @@ impl Driver {
             .due_timers(inner.clock.now_ms(), 1024)
             .map_err(|e| e.to_string())?;
         let mut sent = 0;
+        let held: HashSet<String> = {
+            let now = inner.clock.now_ms();
+            let held = inner
+                .held_elsewhere
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         for t in due {
+            // Another live daemon owns the instance: its own timer loop fires this.
+            if held.contains(&t.instance) {
+                continue;
+            }
             if inner
                 .firing
                 .lock()
@@ -400,6 +510,20 @@ impl Driver {
 }
 
 impl Inner {
+    fn heartbeat(&self) {
+        let until = self.clock.now_ms() + self.lease_ms.load(Ordering::Relaxed);
+        if let Err(e) = self.store.heartbeat(&self.daemon, until) {
+            tracing::error!(error = %e, "could not renew this daemon's heartbeat");
+        }
+    }
+
+    fn has_actor(&self, id: &str) -> bool {
+        self.actors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
     /// Refuses new work from outside while the work in hand is at its bound. Work the
     /// engine gives itself (call results, timers, child results) is never refused: it is
     /// bounded by what was admitted, and dropping it would lose a state change.
@@ -621,17 +745,47 @@ fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
     }
 }
 
+/// What an actor holds: the instance as its journal says (once loaded) and the claim it
+/// may write under.
+#[derive(Default)]
+struct Owned {
+    state: Option<(Instance, Arc<CompiledWorkflow>)>,
+    fence: Option<Fence>,
+}
+
 async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut state: Option<(Instance, Arc<CompiledWorkflow>)> = None;
+    let mut own = Owned::default();
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(_) => {
                 // Nothing queued: leave memory if there is nothing in hand.
-                let parked = state
+                let parked = own
+                    .state
                     .as_ref()
                     .is_none_or(|(i, _)| i.is_parked() || i.status.is_final());
                 if parked {
+                    // Give the instance up first, so whichever daemon wakes it next may
+                    // claim it; mail that waits is handled before.
+                    if let Some(fence) = own.fence.take() {
+                        match inner.store.release(&id, &fence) {
+                            Ok(false) => {
+                                own.fence = Some(fence);
+                                if read_mail(&inner, &id, &mut own).await == 0 {
+                                    // Unreadable mail: keep the claim and leave; the next
+                                    // ownership tick tries again.
+                                    own.fence = None;
+                                } else {
+                                    continue;
+                                }
+                            }
+                            Ok(true) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not give up the instance; it is free again when this daemon's lease lapses");
+                            }
+                        }
+                        own.state = None;
+                    }
                     let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
                     match rx.try_recv() {
                         Ok(m) => m,
@@ -649,16 +803,138 @@ async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Ms
                 }
             }
         };
-        handle(&inner, &id, &mut state, msg).await;
+        match msg {
+            Msg::Mail => {
+                read_mail(&inner, &id, &mut own).await;
+            }
+            msg => handle(&inner, &id, &mut own, msg, None).await,
+        }
         inner.done_one();
+    }
+}
+
+/// Handles the instance's mail, oldest first. Returns how many letters were handled.
+async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> usize {
+    if own.fence.is_none() {
+        match inner.store.claim(id, &inner.daemon, inner.clock.now_ms()) {
+            Ok(Ownership::Mine(f)) => {
+                own.fence = Some(f);
+                own.state = None;
+            }
+            // Its owner reads it; or the instance is gone.
+            Ok(Ownership::Held { .. }) | Ok(Ownership::Unknown) => return 0,
+            Err(e) => {
+                tracing::error!(error = %e, "could not claim the instance to read its mail");
+                return 0;
+            }
+        }
+    }
+    let letters = match inner.store.mail(id, 64) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the instance's mail");
+            return 0;
+        }
+    };
+    let mut handled = 0;
+    for (seq, letter) in letters {
+        let msg = match letter {
+            Mail::Event { event } => Msg::Event {
+                event,
+                reply: oneshot::channel().0,
+            },
+            Mail::ChildFinished { child, result } => Msg::ChildFinished { child, result },
+            Mail::Cancel { reason } => Msg::Cancel {
+                reason,
+                reply: oneshot::channel().0,
+            },
+            Mail::Retry => Msg::Retry {
+                reply: oneshot::channel().0,
+            },
+        };
+        handle(inner, id, own, msg, Some(seq)).await;
+        handled += 1;
+        if own.fence.is_none() {
+            break;
+        }
+    }
+    handled
+}
+
+/// The message as mail for the instance's owner, if it is one an owner must get (a timer
+/// is fired by its owner, a call result is redone by it, a resume is its own business).
+fn letter_of(msg: &Msg) -> Option<Mail> {
+    match msg {
+        Msg::Event { event, .. } => Some(Mail::Event {
+            event: event.clone(),
+        }),
+        Msg::ChildFinished { child, result } => Some(Mail::ChildFinished {
+            child: child.clone(),
+            result: result.clone(),
+        }),
+        Msg::Cancel { reason, .. } => Some(Mail::Cancel {
+            reason: reason.clone(),
+        }),
+        Msg::Retry { .. } => Some(Mail::Retry),
+        Msg::Start { .. }
+        | Msg::Resume
+        | Msg::CallResult { .. }
+        | Msg::Timer(_)
+        | Msg::Mail => None,
+    }
+}
+
+/// Another daemon owns the instance: leave it the message as mail and answer that it was
+/// handed over (an event counts as delivered, a cancel or retry as requested).
+async fn forward(inner: &Arc<Inner>, id: &str, letter: Option<Mail>, answer: Option<Answer>) {
+    let posted = match &letter {
+        Some(l) => match inner.store.post(id, l) {
+            Ok(()) => inner.commit().await,
+            Err(e) => Err(e.to_string()),
+        },
+        None => Ok(()),
+    };
+    if let Err(e) = &posted {
+        tracing::error!(error = %e, "could not leave mail for the instance's owner");
+    }
+    let ok = posted.is_ok();
+    match answer {
+        Some(Answer::Event(r)) | Some(Answer::Cancel(r)) => {
+            let _ = r.send(ok);
+        }
+        Some(Answer::Retry(r)) => {
+            let _ = r.send(if ok {
+                Ok(())
+            } else {
+                Err(RetryRefused::NotRetryable(
+                    "could not hand the retry to the daemon that owns the instance; try again".into(),
+                ))
+            });
+        }
+        None => {}
+    }
+}
+
+/// The reply channel of a message, for [`forward`].
+fn answer_of(msg: Msg) -> Option<Answer> {
+    match msg {
+        Msg::Event { reply, .. } => Some(Answer::Event(reply)),
+        Msg::Cancel { reply, .. } => Some(Answer::Cancel(reply)),
+        Msg::Retry { reply } => Some(Answer::Retry(reply)),
+        Msg::Start { reply, .. } => {
+            let _ = reply.send(Err("the instance exists already".into()));
+            None
+        }
+        _ => None,
     }
 }
 
 async fn handle(
     inner: &Arc<Inner>,
     id: &str,
-    state: &mut Option<(Instance, Arc<CompiledWorkflow>)>,
+    own: &mut Owned,
     msg: Msg,
+    mail_seq: Option<u64>,
 ) {
     // A start for an instance that exists already (a parent reloaded while its child's first
     // start was in flight re-issues it) must not begin it again: that would rewrite its
@@ -666,7 +942,7 @@ async fn handle(
     // start has been journaled (or has failed, and this one goes ahead).
     let msg = match msg {
         Msg::Start { reply, .. }
-            if state.is_some() || matches!(inner.store.instance(id), Ok(Some(_))) =>
+            if own.state.is_some() || matches!(inner.store.instance(id), Ok(Some(_))) =>
         {
             let _ = reply.send(Ok(Started {
                 id: id.to_string(),
@@ -682,11 +958,45 @@ async fn handle(
         Msg::Timer(t) => Some(Firing(inner, t.clone())),
         _ => None,
     };
+    // Mail that came from the store stays there until handled; anything else is posted
+    // again if this daemon turns out to have lost the instance.
+    let letter = if mail_seq.is_none() {
+        letter_of(&msg)
+    } else {
+        None
+    };
+    if own.fence.is_none() && !matches!(msg, Msg::Start { .. }) {
+        match inner.store.claim(id, &inner.daemon, now) {
+            Ok(Ownership::Mine(f)) => {
+                own.fence = Some(f);
+                own.state = None;
+            }
+            Ok(Ownership::Held { daemon }) => {
+                tracing::debug!(owner = %daemon, "another daemon owns the instance");
+                if matches!(msg, Msg::Timer(_)) {
+                    inner
+                        .held_elsewhere
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.to_string(), now + inner.lease_ms.load(Ordering::Relaxed));
+                }
+                forward(inner, id, letter, answer_of(msg)).await;
+                return;
+            }
+            // Handled below, as an instance that cannot be loaded.
+            Ok(Ownership::Unknown) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not claim the instance");
+                reply_false(msg);
+                return;
+            }
+        }
+    }
     let mut fresh = false;
-    if state.is_none() && !matches!(msg, Msg::Start { .. }) {
+    if own.state.is_none() && !matches!(msg, Msg::Start { .. }) {
         match inner.load(id) {
             Ok(s) => {
-                *state = Some(s);
+                own.state = Some(s);
                 fresh = true;
             }
             Err(e) => {
@@ -699,7 +1009,7 @@ async fn handle(
             }
         }
     }
-    if let Some((_, wf)) = state.as_ref() {
+    if let Some((_, wf)) = own.state.as_ref() {
         let span = tracing::Span::current();
         span.record("workflow", tracing::field::display(&wf.name));
         span.record("version", wf.version);
@@ -719,12 +1029,12 @@ async fn handle(
             span.record("workflow", tracing::field::display(&wf.name));
             span.record("version", wf.version);
             let (inst, step) = Instance::create(id, &wf, record, now);
-            *state = Some((inst, wf));
+            own.state = Some((inst, wf));
             start = Some((claim, reply));
             step
         }
         msg => {
-            let (inst, wf) = state.as_mut().expect("loaded");
+            let (inst, wf) = own.state.as_mut().expect("loaded");
             let mut waited: Vec<String> = if fresh {
                 inst.children_waited_on()
             } else {
@@ -732,6 +1042,8 @@ async fn handle(
             };
             let input = match msg {
                 Msg::Start { .. } => unreachable!("handled above"),
+                // The actor reads mail itself (`read_mail`); this is never sent here.
+                Msg::Mail => Input::Resume,
                 Msg::Resume => Input::Resume,
                 Msg::CallResult {
                     frame,
@@ -769,7 +1081,7 @@ async fn handle(
             inst.step(wf, input, &finished, now)
         }
     };
-    let (inst, wf) = state.as_mut().expect("loaded");
+    let (inst, wf) = own.state.as_mut().expect("loaded");
     let Step {
         records,
         index,
@@ -786,25 +1098,45 @@ async fn handle(
         waits_add: index.waits_add,
         waits_remove: index.waits_remove,
         records,
+        fence: own.fence.clone(),
+        mail_done: mail_seq.into_iter().collect(),
     };
     // A crash can keep a batch's records but lose the index entry written after them, so
     // the index may say `running` for an instance whose journal has ended (or parked it).
     // On a fresh load the journal is the truth: rewrite a stale entry.
     let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
     let touches_timers = !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
-    if !batch.records.is_empty() || touches_timers || stale_meta {
+    if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty()
+    {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
-            Some((claim, _)) => inner.store.create(&batch, claim.as_ref()),
-            None => inner.store.write(&batch).map(|()| Created::New),
-        }
-        .map_err(|e| e.to_string());
+            Some((claim, _)) => inner.store.create(&batch, claim.as_ref(), &inner.daemon),
+            None => inner
+                .store
+                .write(&batch)
+                .map(|()| Created::New(batch.fence.clone().unwrap_or_default())),
+        };
         let committed = match written {
-            Ok(Created::New) => inner.commit().await,
+            Ok(Created::New(fence)) => {
+                own.fence = Some(fence);
+                inner.commit().await
+            }
+            Err(StoreError::Fenced { epoch, .. }) => {
+                // Another daemon claimed the instance while this one held it (paused or
+                // cut off past its lease): drop everything, hand the message over.
+                tracing::warn!(epoch, "another daemon took the instance over; leaving it to its new owner");
+                own.state = None;
+                own.fence = None;
+                if let Some((_, r)) = start {
+                    let _ = r.send(Err("the instance was taken over by another daemon".into()));
+                }
+                forward(inner, id, letter, reply).await;
+                return;
+            }
             Ok(Created::Existing(holder)) => {
                 // Another start won the key (or the instance exists): this one leaves
                 // nothing behind and answers with the winner, once the winner is durable.
-                *state = None;
+                own.state = None;
                 let answer = inner.commit().await.map(|()| Started {
                     id: holder,
                     created: false,
@@ -814,12 +1146,12 @@ async fn handle(
                 }
                 return;
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(e) = committed {
             // Nothing was acknowledged: drop the in-memory state and reload from the journal later.
             tracing::error!(error = %e, "could not journal; the instance will be retried from its journal");
-            *state = None;
+            own.state = None;
             if let Some((_, r)) = start {
                 let _ = r.send(Err(e));
             }

@@ -10,17 +10,27 @@
 //! Every handle from before the crash is dead: its reads and writes fail, so whatever the
 //! crashed driver still had running cannot touch the data any more.
 //!
+//! Several simulated daemons can share one store: [`MemoryStore::connect`] gives a handle
+//! of its own, which [`MemoryStore::kill`] stops without touching the data (a daemon
+//! SIGKILLed while the database lives on). Ownership ([`super::lease::Leases`]) is kept
+//! beside the data and survives a kill; a [`MemoryStore::crash`] starts it afresh, as a
+//! restarted sled process does.
+//!
 //! Nothing leaves the process, so values are not sealed.
 
 use super::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use super::lease::Leases;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Clone)]
 pub struct MemoryStore {
     shared: Arc<Mutex<Shared>>,
     generation: u64,
+    /// Set by [`MemoryStore::kill`]: this handle (and its clones) is dead.
+    killed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -41,6 +51,7 @@ struct Shared {
     durable: Data,
     /// Writes since the last flush, in the order a disk store would log them.
     pending: Vec<Op>,
+    leases: Leases,
 }
 
 #[derive(Clone, Default)]
@@ -52,6 +63,9 @@ struct Data {
     timers: BTreeSet<(Millis, String, u32)>,
     waits: BTreeSet<(String, String, String, u32)>,
     events: HashMap<String, Value>,
+    mail: BTreeMap<(String, u64), Mail>,
+    /// Last mail number handed out.
+    mail_seq: u64,
 }
 
 #[derive(Clone)]
@@ -66,6 +80,8 @@ enum Op {
     Definition(String, StoredDefinition),
     Key(String, String, String),
     EventAnswer(String, Value),
+    Post(String, u64, Mail),
+    MailDone(String, Vec<u64>),
     /// Several operations that survive a crash together or not at all (a sled transaction).
     Atomic(Vec<Op>),
 }
@@ -117,6 +133,15 @@ impl Data {
             Op::EventAnswer(id, answer) => {
                 self.events.insert(id.clone(), answer.clone());
             }
+            Op::Post(instance, seq, mail) => {
+                self.mail_seq = self.mail_seq.max(*seq);
+                self.mail.insert((instance.clone(), *seq), mail.clone());
+            }
+            Op::MailDone(instance, seqs) => {
+                for seq in seqs {
+                    self.mail.remove(&(instance.clone(), *seq));
+                }
+            }
             Op::Atomic(ops) => {
                 for op in ops {
                     self.apply(op);
@@ -137,11 +162,31 @@ impl MemoryStore {
         MemoryStore {
             shared: Arc::new(Mutex::new(Shared::default())),
             generation: 0,
+            killed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Another handle on the same data, for another daemon: it dies alone with
+    /// [`MemoryStore::kill`].
+    pub fn connect(&self) -> MemoryStore {
+        MemoryStore {
+            shared: self.shared.clone(),
+            generation: self.generation,
+            killed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The daemon using this handle (and its clones) is gone: every later read and write
+    /// through them fails. The data, including what it wrote, stays.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Shared>> {
         let g = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(Error::Io("this store handle belongs to a daemon that was killed".into()));
+        }
         if g.generation != self.generation {
             return Err(Error::Io(
                 "this store handle belongs to a process that crashed".into(),
@@ -186,9 +231,11 @@ impl MemoryStore {
         g.live = g.durable.clone();
         g.generation += 1;
         g.hold = false;
+        g.leases = Leases::default();
         MemoryStore {
             shared: self.shared.clone(),
             generation: g.generation,
+            killed: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -209,12 +256,23 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
     ops.extend(b.meta.iter().cloned().map(Op::Meta));
     ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
     ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
+    if !b.mail_done.is_empty() {
+        ops.push(Op::MailDone(b.instance.clone(), b.mail_done.clone()));
+    }
     ops
 }
 
 impl Store for MemoryStore {
     fn write(&self, b: &Batch) -> Result<()> {
-        self.log(batch_ops(b))
+        let mut g = self.lock()?;
+        if let Some(fence) = &b.fence {
+            g.leases.check(&b.instance, fence)?;
+        }
+        for op in batch_ops(b) {
+            g.live.apply(&op);
+            g.pending.push(op);
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
@@ -262,7 +320,7 @@ impl Store for MemoryStore {
             .live
             .instances
             .values()
-            .filter(|m| m.status == "running" || m.status == "compensating")
+            .filter(|m| is_runnable(m))
             .cloned()
             .collect())
     }
@@ -275,7 +333,7 @@ impl Store for MemoryStore {
         Ok(self.lock()?.live.definitions.get(hash).cloned())
     }
 
-    fn create(&self, b: &Batch, claim: Option<&Claim>) -> Result<Created> {
+    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
         let mut g = self.lock()?;
         if g.live.instances.contains_key(&b.instance) {
             return Ok(Created::Existing(b.instance.clone()));
@@ -301,7 +359,7 @@ impl Store for MemoryStore {
         let op = Op::Atomic(ops);
         g.live.apply(&op);
         g.pending.push(op);
-        Ok(Created::New)
+        Ok(Created::New(g.leases.create(&b.instance, daemon)))
     }
 
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
@@ -356,6 +414,90 @@ impl Store for MemoryStore {
     fn put_event_answer(&self, event_id: &str, answer: &Value) -> Result<()> {
         self.log(vec![Op::EventAnswer(event_id.to_string(), answer.clone())])
     }
+
+    fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
+        self.lock()?.leases.heartbeat(daemon, until);
+        Ok(())
+    }
+
+    fn claim(&self, instance: &str, daemon: &str, now: Millis) -> Result<Ownership> {
+        let mut g = self.lock()?;
+        if !g.live.instances.contains_key(instance) {
+            return Ok(Ownership::Unknown);
+        }
+        Ok(g.leases.claim(instance, daemon, now))
+    }
+
+    fn release(&self, instance: &str, fence: &Fence) -> Result<bool> {
+        let mut g = self.lock()?;
+        if g.leases.check(instance, fence).is_err() {
+            return Ok(true);
+        }
+        if has_mail(&g.live, instance) {
+            return Ok(false);
+        }
+        g.leases.release(instance, fence);
+        Ok(true)
+    }
+
+    fn orphans(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
+        let g = self.lock()?;
+        Ok(g.live
+            .instances
+            .values()
+            .filter(|m| is_runnable(m) && g.leases.is_orphan(&m.id, now))
+            .take(limit)
+            .map(|m| m.id.clone())
+            .collect())
+    }
+
+    fn post(&self, instance: &str, mail: &Mail) -> Result<()> {
+        let mut g = self.lock()?;
+        let seq = g.live.mail_seq + 1;
+        let op = Op::Post(instance.to_string(), seq, mail.clone());
+        g.live.apply(&op);
+        g.pending.push(op);
+        Ok(())
+    }
+
+    fn mail(&self, instance: &str, limit: usize) -> Result<Vec<(u64, Mail)>> {
+        let g = self.lock()?;
+        Ok(g.live
+            .mail
+            .range((instance.to_string(), 0)..=(instance.to_string(), u64::MAX))
+            .take(limit)
+            .map(|((_, seq), m)| (*seq, m.clone()))
+            .collect())
+    }
+
+    fn mailed(&self, daemon: &str, now: Millis, limit: usize) -> Result<Vec<String>> {
+        let g = self.lock()?;
+        let mut out: Vec<String> = Vec::new();
+        for (instance, _) in g.live.mail.keys() {
+            if out.len() >= limit {
+                break;
+            }
+            if out.last() == Some(instance) {
+                continue;
+            }
+            let mine = g.leases.owner(instance).is_some_and(|f| f.daemon == daemon);
+            if mine || g.leases.is_orphan(instance, now) {
+                out.push(instance.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn is_runnable(m: &InstanceMeta) -> bool {
+    m.status == "running" || m.status == "compensating"
+}
+
+fn has_mail(d: &Data, instance: &str) -> bool {
+    d.mail
+        .range((instance.to_string(), 0)..=(instance.to_string(), u64::MAX))
+        .next()
+        .is_some()
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The only door to durable state: [`Store`]. Only `store::sled` imports sled.
 
+pub mod lease;
 pub mod memory;
 pub mod seal;
 pub mod sled;
 
-use crate::runtime::{Millis, Record};
+use crate::runtime::{Event, Millis, Record, StepError};
 pub use crate::runtime::{Timer, Wait};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,10 @@ pub enum Error {
     WrongKey { path: String },
     #[error("casework: {0}")]
     Key(String),
+    /// The write came from a claim that is no longer the instance's newest: another daemon
+    /// took it over (this one was paused or cut off past its lease). Nothing was written.
+    #[error("casework: instance {instance} is owned by another daemon now (this daemon's claim, epoch {epoch}, lapsed); it left the instance to its new owner")]
+    Fenced { instance: String, epoch: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -57,6 +62,50 @@ pub struct Batch {
     pub timers_remove: Vec<Timer>,
     pub waits_add: Vec<Wait>,
     pub waits_remove: Vec<Wait>,
+    /// The claim this batch is written under; a batch whose fence is not the instance's
+    /// newest claim is refused whole with [`Error::Fenced`]. `None` only for an instance
+    /// that does not exist (cleaning up an index entry left without one).
+    pub fence: Option<Fence>,
+    /// Mail this batch has handled (see [`Store::mail`]), removed in the same write so a
+    /// crash either keeps the message and not its effect, or both.
+    pub mail_done: Vec<u64>,
+}
+
+/// A daemon's claim on an instance: only the newest claim may write the instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fence {
+    pub daemon: String,
+    /// Grows with every claim of the instance by a different daemon (or after a release).
+    pub epoch: u64,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// The instance is this daemon's, under this fence.
+    Mine(Fence),
+    /// Another daemon that is alive owns it: leave it mail instead.
+    Held { daemon: String },
+    /// No such instance.
+    Unknown,
+}
+
+/// A message for an instance another daemon owns, kept in the store until its owner has
+/// handled it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mail", rename_all = "snake_case")]
+pub enum Mail {
+    Event {
+        event: Event,
+    },
+    ChildFinished {
+        child: String,
+        result: std::result::Result<serde_json::Value, StepError>,
+    },
+    Cancel {
+        reason: String,
+    },
+    Retry,
 }
 
 /// An idempotency key, claimed by the first write of the instance it starts.
@@ -69,8 +118,9 @@ pub struct Claim {
 /// What [`Store::create`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
-    /// The batch was written and the key (if any) now belongs to the new instance.
-    New,
+    /// The batch was written, the key (if any) now belongs to the new instance, and the
+    /// instance is owned by the creating daemon under this fence.
+    New(Fence),
     /// Nothing was written: this instance already exists, or holds the key.
     Existing(String),
 }
@@ -84,6 +134,30 @@ pub struct StoredDefinition {
     pub source: String,
 }
 
+/// # Ownership
+///
+/// Several daemons may share one store. Each live instance has at most one owner, the
+/// only daemon that may append to its journal:
+///
+/// - A daemon is alive while its heartbeat ([`Store::heartbeat`]) has not lapsed.
+/// - [`Store::create`] makes the creating daemon the owner of a new instance;
+///   [`Store::claim`] makes a daemon the owner of an instance nobody alive owns, with a
+///   higher epoch than any claim before.
+/// - Every batch carries the fence it was decided under and is written only if that is
+///   still the instance's newest claim, checked in the same atomic write. An owner that
+///   was paused past its lease finds its writes refused ([`Error::Fenced`]) once
+///   another daemon has claimed the instance.
+/// - An owner gives an instance up when it parks ([`Store::release`]), so whichever daemon
+///   fires its timer or receives its event next claims it.
+/// - A message for an instance another daemon owns is left as mail ([`Store::post`]);
+///   the owner reads it ([`Store::mailed`], [`Store::mail`]) and removes it in the batch
+///   that handles it, and cannot release the instance while mail waits. Mail that races
+///   a release is found by any daemon polling [`Store::mailed`].
+/// - Instances that should be running but whose owner is gone are orphans
+///   ([`Store::orphans`]): any daemon claims and resumes them from their journal.
+///
+/// Time is the caller's (`now`, `until`): daemons' clocks must agree to well within the
+/// lease time. Correctness does not rest on it: the epoch check does.
 pub trait Store: Send + Sync + 'static {
     /// Write a batch; it is durable only after [`Store::flush`].
     fn write(&self, batch: &Batch) -> Result<()>;
@@ -102,7 +176,9 @@ pub trait Store: Send + Sync + 'static {
     /// instance exists already or another instance holds the key — nothing is, and the
     /// existing instance is named. Like [`Store::write`], durable only after a flush. This
     /// is what makes concurrent duplicate starts create one instance.
-    fn create(&self, batch: &Batch, claim: Option<&Claim>) -> Result<Created>;
+    /// The new instance is owned by `daemon` ([`Created::New`] gives the fence); the
+    /// batch's own `fence` is not looked at.
+    fn create(&self, batch: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created>;
     /// The instance that holds an idempotency key, if any (a read: claims happen in
     /// [`Store::create`]).
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;
@@ -113,4 +189,25 @@ pub trait Store: Send + Sync + 'static {
     /// The answer given for an event id before, if any (event deduplication).
     fn event_answer(&self, event_id: &str) -> Result<Option<serde_json::Value>>;
     fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()>;
+    /// Renew `daemon`'s liveness until `until` (never shortens it).
+    fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()>;
+    /// Claim `instance` for `daemon`: its own already ([`Ownership::Mine`] with the same
+    /// fence), or free or owned by a daemon whose liveness lapsed before `now` (a new fence
+    /// with a higher epoch), or owned by a live daemon ([`Ownership::Held`]).
+    fn claim(&self, instance: &str, daemon: &str, now: Millis) -> Result<Ownership>;
+    /// Give up the claim `fence` on `instance`. Returns false, and keeps the claim, when
+    /// mail waits for the instance (handle it first); true when released or when the claim
+    /// was not the newest any more (nothing to give up).
+    fn release(&self, instance: &str, fence: &Fence) -> Result<bool>;
+    /// Instances that should be running (status running or compensating) but that no
+    /// daemon alive at `now` owns, oldest first.
+    fn orphans(&self, now: Millis, limit: usize) -> Result<Vec<String>>;
+    /// Leave mail for `instance` (durable after [`Store::flush`]).
+    fn post(&self, instance: &str, mail: &Mail) -> Result<()>;
+    /// Mail waiting for `instance`, in the order it was posted.
+    fn mail(&self, instance: &str, limit: usize) -> Result<Vec<(u64, Mail)>>;
+    /// Instances with mail waiting that `daemon` owns or that no daemon alive at `now`
+    /// owns (mail posted while its owner was releasing the instance lands there; whoever
+    /// finds it claims the instance and handles it).
+    fn mailed(&self, daemon: &str, now: Millis, limit: usize) -> Result<Vec<String>>;
 }

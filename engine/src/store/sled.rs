@@ -6,6 +6,7 @@
 //! are stored as keyed hashes. What stays clear holds only ids, names, status and times:
 //! the instance index (so `runnable` can scan it cheaply), timer keys and instance ids.
 
+use super::lease::Leases;
 use super::seal::{self, JournalKey, KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
@@ -22,6 +23,10 @@ pub struct SledStore {
     timers: ::sled::Tree,
     waits: ::sled::Tree,
     events: ::sled::Tree,
+    mail: ::sled::Tree,
+    /// Ownership lives in memory: the directory lock admits one process, so one daemon,
+    /// and a restarted process owns nothing of its predecessor's (see `store::lease`).
+    leases: std::sync::Mutex<Leases>,
 }
 
 fn io(e: ::sled::Error) -> Error {
@@ -33,7 +38,7 @@ const SEAL_TREE: &str = "seal";
 const CHECK_KEY: &[u8] = b"check";
 const CHECK_TEXT: &[u8] = b"casework journal key check v1";
 /// Trees whose content says the data directory is in use.
-const DATA_TREES: [&str; 7] = [
+const DATA_TREES: [&str; 8] = [
     "journal",
     "instances",
     "definitions",
@@ -41,6 +46,7 @@ const DATA_TREES: [&str; 7] = [
     "timers",
     "waits",
     "events",
+    "mail",
 ];
 
 impl SledStore {
@@ -137,6 +143,8 @@ impl SledStore {
             timers: t("timers")?,
             waits: t("waits")?,
             events: t("events")?,
+            mail: t("mail")?,
+            leases: Default::default(),
             sealer,
             db,
         })
@@ -177,6 +185,20 @@ impl SledStore {
         Ok(out)
     }
 
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_mail(&self, instance: &str) -> Result<bool> {
+        Ok(self
+            .mail
+            .scan_prefix(instance_prefix(instance))
+            .next()
+            .transpose()
+            .map_err(io)?
+            .is_some())
+    }
+
     fn claim_id(&self, workflow: &str, key: &str) -> Vec<u8> {
         let mut k = workflow.as_bytes().to_vec();
         k.push(0);
@@ -196,6 +218,12 @@ fn refuse_unsealed_data(db: &::sled::Db, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn instance_prefix(instance: &str) -> Vec<u8> {
+    let mut k = instance.as_bytes().to_vec();
+    k.push(0);
+    k
 }
 
 fn journal_key(instance: &str, seq: u64) -> Vec<u8> {
@@ -232,6 +260,11 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 impl Store for SledStore {
     fn write(&self, b: &Batch) -> Result<()> {
+        // Held for the whole write, so no claim slips between the check and the write.
+        let leases = self.leases();
+        if let Some(fence) = &b.fence {
+            leases.check(&b.instance, fence)?;
+        }
         // Index entries go first: after a crash an index entry without its record is
         // harmless (the instance ignores a stale timer or wait), the reverse would lose a wakeup.
         for t in &b.timers_add {
@@ -256,6 +289,12 @@ impl Store for SledStore {
         for w in &b.waits_remove {
             self.waits.remove(self.wait_key(w)).map_err(io)?;
         }
+        for seq in &b.mail_done {
+            self.mail
+                .remove(journal_key(&b.instance, *seq))
+                .map_err(io)?;
+        }
+        drop(leases);
         Ok(())
     }
 
@@ -361,7 +400,7 @@ impl Store for SledStore {
         }
     }
 
-    fn create(&self, b: &Batch, claim: Option<&Claim>) -> Result<Created> {
+    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
         // Sealing draws random nonces, so it happens once, outside the transaction body
         // (which sled may run again on a conflict).
         let records = self.sealed_records(b)?;
@@ -381,16 +420,14 @@ impl Store for SledStore {
         )
             .transaction(|(keys, journal, instances, timers, waits)| {
                 if instances.get(id)?.is_some() {
-                    return Ok(Created::Existing(b.instance.clone()));
+                    return Ok(Err(b.instance.clone()));
                 }
                 if let Some(k) = &claim_id {
                     if let Some(holder) = keys.get(k)? {
                         // A claim without its instance is left by a store from before claims
                         // and instances were written together: it is free.
                         if instances.get(&holder)?.is_some() {
-                            return Ok(Created::Existing(
-                                String::from_utf8_lossy(&holder).into_owned(),
-                            ));
+                            return Ok(Err(String::from_utf8_lossy(&holder).into_owned()));
                         }
                     }
                     keys.insert(k.as_slice(), id)?;
@@ -413,13 +450,17 @@ impl Store for SledStore {
                 for k in &waits_remove {
                     waits.remove(k.as_slice())?;
                 }
-                Ok(Created::New)
+                Ok(Ok(()))
             });
-        outcome.map_err(|e: ::sled::transaction::TransactionError<()>| match e {
+        let created = outcome.map_err(|e: ::sled::transaction::TransactionError<()>| match e {
             ::sled::transaction::TransactionError::Storage(e) => io(e),
             ::sled::transaction::TransactionError::Abort(()) => {
                 Error::Io("instance creation aborted".into())
             }
+        })?;
+        Ok(match created {
+            Ok(()) => Created::New(self.leases().create(&b.instance, daemon)),
+            Err(holder) => Created::Existing(holder),
         })
     }
 
@@ -490,6 +531,97 @@ impl Store for SledStore {
         let value = self.seal("events", &k, &json(answer)?)?;
         self.events.insert(k, value).map_err(io)?;
         Ok(())
+    }
+
+    fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
+        self.leases().heartbeat(daemon, until);
+        Ok(())
+    }
+
+    fn claim(&self, instance: &str, daemon: &str, now: Millis) -> Result<Ownership> {
+        if self.instance(instance)?.is_none() {
+            return Ok(Ownership::Unknown);
+        }
+        Ok(self.leases().claim(instance, daemon, now))
+    }
+
+    fn release(&self, instance: &str, fence: &Fence) -> Result<bool> {
+        let mut leases = self.leases();
+        if leases.check(instance, fence).is_err() {
+            return Ok(true);
+        }
+        if self.has_mail(instance)? {
+            return Ok(false);
+        }
+        leases.release(instance, fence);
+        Ok(true)
+    }
+
+    fn orphans(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
+        let runnable = self.runnable()?;
+        let leases = self.leases();
+        Ok(runnable
+            .into_iter()
+            .filter(|m| leases.is_orphan(&m.id, now))
+            .take(limit)
+            .map(|m| m.id)
+            .collect())
+    }
+
+    fn post(&self, instance: &str, mail: &Mail) -> Result<()> {
+        let seq = self.db.generate_id().map_err(io)?;
+        let key = journal_key(instance, seq);
+        let value = self.seal("mail", &key, &json(mail)?)?;
+        self.mail.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    fn mail(&self, instance: &str, limit: usize) -> Result<Vec<(u64, Mail)>> {
+        let prefix = instance_prefix(instance);
+        let corrupt = |detail: String| Error::Corrupt {
+            instance: instance.into(),
+            detail,
+        };
+        self.mail
+            .scan_prefix(&prefix)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let seq = k[prefix.len()..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("a mail key is cut short".into()))?;
+                let plain = self
+                    .sealer
+                    .open("mail", &k, &v)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let mail = serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
+                Ok((seq, mail))
+            })
+            .collect()
+    }
+
+    fn mailed(&self, daemon: &str, now: Millis, limit: usize) -> Result<Vec<String>> {
+        let leases = self.leases();
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.mail.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv.map_err(io)?;
+            let Some(split) = k.len().checked_sub(9) else {
+                continue;
+            };
+            let instance = String::from_utf8_lossy(&k[..split]).into_owned();
+            if out.last() == Some(&instance) {
+                continue;
+            }
+            let mine = leases.owner(&instance).is_some_and(|f| f.daemon == daemon);
+            if mine || leases.is_orphan(&instance, now) {
+                out.push(instance);
+            }
+        }
+        Ok(out)
     }
 }
 
