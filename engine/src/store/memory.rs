@@ -613,9 +613,12 @@ mod tests {
             meta: Some(meta(id, "running")),
             ..Batch::default()
         };
-        assert_eq!(s.create(&first("c"), Some(&claim)).unwrap(), Created::New);
+        assert!(matches!(
+            s.create(&first("c"), Some(&claim), "d1").unwrap(),
+            Created::New(_)
+        ));
         assert_eq!(
-            s.create(&first("d"), Some(&claim)).unwrap(),
+            s.create(&first("d"), Some(&claim), "d1").unwrap(),
             Created::Existing("c".into())
         );
         assert_eq!(s.instance("d").unwrap(), None, "the loser wrote nothing");

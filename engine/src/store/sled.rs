@@ -696,7 +696,10 @@ mod tests {
             meta: Some(meta("i2")),
             ..Batch::default()
         };
-        assert_eq!(s.create(&first, Some(&claim)).unwrap(), Created::New);
+        assert!(matches!(
+            s.create(&first, Some(&claim), "d1").unwrap(),
+            Created::New(Fence { daemon, .. }) if daemon == "d1"
+        ));
         assert_eq!(s.key_holder("refund", "k1").unwrap(), Some("i2".into()));
     }
 
