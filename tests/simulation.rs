@@ -10,6 +10,12 @@
 //! journal must give the state the engine reports, also after one more restart.
 //!
 //! `CASEWORK_SIM_SEED=N` runs one seed; `CASEWORK_SIM_SEEDS=K` runs seeds 0..K (default 200).
+//! Each seed runs one to three daemons (drivers) sharing the store, as several `casework
+//! serve` processes share one database. Requests go to any daemon that answers. A daemon
+//! can be SIGKILLed (its store handle dies, a new daemon joins) or paused past its lease
+//! (its heartbeat stops and its plugin calls hang): the others take its instances over,
+//! and when it wakes up every write it tries for them must be refused.
+//!
 //! A seed fixes the scenario (instances, events, crash times, what the integration answers);
 //! task interleaving inside a tick is tokio's and may differ between runs.
 //!
@@ -29,6 +35,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 const T0: Millis = 1_767_225_600_000;
@@ -311,8 +318,65 @@ impl PluginHost for World {
 enum Action {
     Start(usize),
     Deliver(Event),
-    Crash { polls: u32 },
+    Crash {
+        polls: u32,
+    },
+    /// SIGKILL one daemon; a new one takes its place.
+    Kill {
+        which: usize,
+    },
+    /// Stop one daemon (no heartbeat, no timers, plugin calls hang) for `asleep`, from
+    /// the next burst of work sent to it.
+    Pause {
+        which: usize,
+        asleep: Millis,
+    },
+    Wake {
+        which: usize,
+    },
 }
+
+/// A daemon's view of the outside world: the shared [`World`], unless the daemon is
+/// paused, when its calls hang until it wakes.
+struct Gate {
+    world: Arc<World>,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl PluginHost for Gate {
+    fn call<'a>(
+        &'a self,
+        plugin: &'a str,
+        action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
+        Box::pin(async move {
+            let mut paused = self.paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+            let answer = self.world.call(plugin, action, input, ctx).await;
+            // Paused while the call was out: the answer arrives when the daemon wakes.
+            let _ = paused.wait_for(|p| !*p).await;
+            answer
+        })
+    }
+}
+
+/// One daemon of a life.
+struct Daemon {
+    driver: Driver,
+    store: MemoryStore,
+    gate: Arc<Gate>,
+}
+
+impl Daemon {
+    fn paused(&self) -> bool {
+        *self.gate.paused.borrow()
+    }
+}
+
+/// Records seen by observers, by instance and daemon.
+type Observed = Arc<Mutex<BTreeMap<(String, u64), Vec<Record>>>>;
 
 /// Everything that outlives a crash: the scenario, the store, the outside world, the clock.
 struct Sim {
@@ -332,11 +396,21 @@ struct Sim {
     /// Every event ever sent, as (type, key, data).
     sent: Vec<(String, String, Value)>,
     /// Records seen by observers: durable when seen.
-    observed: Arc<Mutex<BTreeMap<String, Vec<Record>>>>,
+    /// By instance and daemon: daemons journal concurrently, so only each one's own
+    /// observations are in journal order.
+    observed: Observed,
     crashes: u32,
     answer_rounds: u32,
     /// Crashes that lost writes not yet flushed.
     torn: u32,
+    /// Daemons sharing the store in each life.
+    daemons: usize,
+    kills: u32,
+    pauses: u32,
+    /// Writes refused because their daemon had lost the instance.
+    fenced: i64,
+    /// A daemon to pause in the next burst of work, which goes to it, and for how long.
+    pausing: Option<(usize, Millis)>,
 }
 
 enum End {
@@ -347,6 +421,7 @@ enum End {
 fn plan(
     seed: u64,
     rng: &mut StdRng,
+    daemons: usize,
 ) -> (VecDeque<(Millis, Action)>, BTreeMap<usize, &'static str>) {
     let mut actions: Vec<(Millis, Action)> = Vec::new();
     let mut kinds = BTreeMap::new();
@@ -404,6 +479,21 @@ fn plan(
             },
         ));
     }
+    if daemons > 1 {
+        for _ in 0..rng.random_range(0..=4) {
+            let at = T0 + rng.random_range(0..240) * MIN;
+            let which = rng.random_range(0..daemons);
+            actions.push((at, Action::Kill { which }));
+        }
+        for _ in 0..rng.random_range(1..=4) {
+            // Mostly while requests still arrive and calls are made.
+            let at = T0 + rng.random_range(0..120) * MIN;
+            let which = rng.random_range(0..daemons);
+            // Well past the lease (10 s), sometimes by hours.
+            let asleep = rng.random_range(1..=180) * MIN;
+            actions.push((at, Action::Pause { which, asleep }));
+        }
+    }
     // Stable order: by time, then as planned.
     actions.sort_by_key(|a| a.0);
     (actions.into(), kinds)
@@ -417,21 +507,36 @@ fn input_for(n: usize, kind: &str) -> Value {
 }
 
 fn new_driver(sim: &Sim) -> Driver {
+    new_driver_on(sim, sim.store.clone(), sim.world.clone())
+}
+
+fn new_daemon(sim: &Sim) -> Daemon {
+    let store = sim.store.connect();
+    let gate = Arc::new(Gate {
+        world: sim.world.clone(),
+        paused: tokio::sync::watch::channel(false).0,
+    });
+    let driver = new_driver_on(sim, store.clone(), gate.clone());
+    Daemon {
+        driver,
+        store,
+        gate,
+    }
+}
+
+fn new_driver_on(sim: &Sim, store: MemoryStore, host: Arc<dyn PluginHost>) -> Driver {
+    static DAEMONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let daemon = DAEMONS.fetch_add(1, Ordering::Relaxed);
     let observed = sim.observed.clone();
     let observer: Observer = Arc::new(move |id: &str, r: &Record| {
         observed
             .lock()
             .unwrap()
-            .entry(id.to_string())
+            .entry((id.to_string(), daemon))
             .or_default()
             .push(r.clone());
     });
-    let driver = Driver::new(
-        Arc::new(sim.store.clone()),
-        sim.world.clone(),
-        sim.clock.clone(),
-        Some(observer),
-    );
+    let driver = Driver::new(Arc::new(store), host, sim.clock.clone(), Some(observer));
     for src in WORKFLOWS {
         let (wf, diags) = compile::load("sim.yaml", src, &Default::default(), &Rules::shared());
         driver
@@ -446,46 +551,63 @@ type Pending = Vec<tokio::task::JoinHandle<Done>>;
 enum Done {
     Started(usize, String),
     Delivered(Event),
+    /// The daemon died under the request; the client sends it again elsewhere.
+    Lost,
 }
 
-fn spawn_start(driver: &Driver, n: usize, kind: &'static str, tasks: &mut Pending) {
-    let d = driver.clone();
+fn spawn_start(d: &Daemon, n: usize, kind: &'static str, tasks: &mut Pending) {
+    let (driver, store) = (d.driver.clone(), d.store.clone());
     tasks.push(tokio::spawn(async move {
-        let started = d
+        match driver
             .start(kind, input_for(n, kind), Some(format!("req-{n}")))
             .await
-            .unwrap_or_else(|e| panic!("start of request {n} failed: {e}"));
-        Done::Started(n, started.id)
+        {
+            Ok(started) => Done::Started(n, started.id),
+            Err(_) if store.is_killed() => Done::Lost,
+            Err(e) => panic!("start of request {n} failed: {e}"),
+        }
     }));
 }
 
-fn spawn_deliver(driver: &Driver, event: Event, tasks: &mut Pending) {
-    let d = driver.clone();
+fn spawn_deliver(d: &Daemon, event: Event, tasks: &mut Pending) {
+    let (driver, store) = (d.driver.clone(), d.store.clone());
     tasks.push(tokio::spawn(async move {
-        d.deliver(event.clone())
-            .await
-            .unwrap_or_else(|e| panic!("delivery failed: {e}"));
-        Done::Delivered(event)
+        match driver.deliver(event.clone()).await {
+            Ok(_) => Done::Delivered(event),
+            Err(_) if store.is_killed() => Done::Lost,
+            Err(e) => panic!("delivery failed: {e}"),
+        }
     }));
 }
 
-/// One life of the process: runs until a planned crash or until nothing can happen.
+/// A daemon that answers requests: any that is not paused (one always is not).
+fn pick(sim: &mut Sim, daemons: &[Daemon]) -> usize {
+    if let Some((w, _)) = sim.pausing {
+        if !daemons[w].paused() {
+            return w;
+        }
+    }
+    let awake: Vec<usize> = (0..daemons.len())
+        .filter(|&i| !daemons[i].paused())
+        .collect();
+    awake[sim.rng.random_range(0..awake.len())]
+}
+
+/// One life of the processes: runs until a planned crash (of everything, store included)
+/// or until nothing can happen.
 async fn life(sim: &mut Sim) -> End {
-    let driver = new_driver(sim);
-    driver.resume_all().unwrap();
+    let mut daemons: Vec<Daemon> = (0..sim.daemons).map(|_| new_daemon(sim)).collect();
+    for d in &daemons {
+        d.driver.resume_all().unwrap();
+    }
     let mut tasks: Pending = Vec::new();
-    // The client retries what it got no answer for.
-    for n in sim.unacked_starts.clone() {
-        spawn_start(&driver, n, sim.kinds[&n], &mut tasks);
-    }
-    for e in sim.unacked_events.clone() {
-        spawn_deliver(&driver, e, &mut tasks);
-    }
+    resend_unacked(sim, &daemons, &mut tasks);
     let mut spins = 0u32;
     // A planned crash waits for the next burst of work, so that it interrupts something.
     let mut armed: Option<u32> = None;
     let mut last_now = Millis::MIN;
     loop {
+        let mut lost = false;
         for t in tasks.drain(..) {
             match t.await.expect("client task") {
                 Done::Started(n, id) => {
@@ -499,52 +621,115 @@ async fn life(sim: &mut Sim) -> End {
                         sim.unacked_events.remove(i);
                     }
                 }
+                Done::Lost => lost = true,
             }
+        }
+        if lost {
+            resend_unacked(sim, &daemons, &mut tasks);
+            continue;
         }
         // Like the timer loop of a real process, due timers fire while work is in flight.
         let every = sim.rng.random_range(1..8);
-        loop {
-            tokio::select! {
-                _ = driver.wait_idle() => break,
-                _ = async {
-                    for _ in 0..every {
-                        tokio::task::yield_now().await;
+        for d in daemons.iter().filter(|d| !d.paused()) {
+            loop {
+                tokio::select! {
+                    _ = d.driver.wait_idle() => break,
+                    _ = async {
+                        for _ in 0..every {
+                            tokio::task::yield_now().await;
+                        }
+                    } => {
+                        for d in daemons.iter().filter(|d| !d.paused()) {
+                            d.driver.fire_due_timers().unwrap();
+                        }
                     }
-                } => {
-                    driver.fire_due_timers().unwrap();
                 }
             }
         }
+        // Heartbeats of every daemon awake first, then mail and takeovers: an awake
+        // daemon's claims do not lapse only because the virtual clock jumped.
+        for d in daemons.iter().filter(|d| !d.paused()) {
+            d.driver.heartbeat();
+        }
+        let mut woken = 0;
+        for d in daemons.iter().filter(|d| !d.paused()) {
+            woken += d.driver.tick_ownership().unwrap();
+        }
+
         let now = sim.clock.now_ms();
         while sim.queue.front().is_some_and(|(at, _)| *at <= now) {
             let (_, action) = sim.queue.pop_front().unwrap();
             match action {
                 Action::Start(n) => {
                     sim.unacked_starts.insert(n);
-                    spawn_start(&driver, n, sim.kinds[&n], &mut tasks);
+                    let i = pick(sim, &daemons);
+                    spawn_start(&daemons[i], n, sim.kinds[&n], &mut tasks);
                 }
                 Action::Deliver(e) => {
                     sim.sent
                         .push((e.event_type.clone(), e.key.clone(), e.data.clone()));
                     sim.unacked_events.push(e.clone());
-                    spawn_deliver(&driver, e, &mut tasks);
+                    let i = pick(sim, &daemons);
+                    spawn_deliver(&daemons[i], e, &mut tasks);
                 }
                 Action::Crash { polls } => {
                     armed.get_or_insert(polls);
                 }
+                Action::Kill { which } => {
+                    let d = &mut daemons[which];
+                    let _ = d.gate.paused.send_replace(false);
+                    sim.fenced += d.driver.inner().stats.fenced.load(Ordering::Relaxed);
+                    d.store.kill();
+                    *d = new_daemon(sim);
+                    d.driver.resume_all().unwrap();
+                    sim.kills += 1;
+                }
+                Action::Pause { which, asleep } => {
+                    // Never the last daemon awake: someone must answer the client.
+                    let awake = daemons.iter().filter(|d| !d.paused()).count();
+                    if awake > 1 && !daemons[which].paused() {
+                        sim.pausing.get_or_insert((which, asleep));
+                    }
+                }
+                Action::Wake { which } => {
+                    let _ = daemons[which].gate.paused.send_replace(false);
+                }
             }
         }
-        let fired = driver.fire_due_timers().unwrap();
+        let mut fired = 0;
+        if let Some((w, asleep)) = sim.pausing {
+            // Due timers go to the daemon about to pause, too.
+            fired += daemons[w].driver.fire_due_timers().unwrap();
+            if !tasks.is_empty() || fired > 0 {
+                // The pause lands in the middle of the work just sent to it: its calls
+                // are out (or about to be) when it stops.
+                for _ in 0..sim.rng.random_range(0..4) {
+                    tokio::task::yield_now().await;
+                }
+                let _ = daemons[w].gate.paused.send_replace(true);
+                let wake = now + asleep;
+                let at = sim.queue.partition_point(|(t, _)| *t <= wake);
+                sim.queue.insert(at, (wake, Action::Wake { which: w }));
+                sim.pausing = None;
+                sim.pauses += 1;
+            }
+        }
+        for d in daemons.iter().filter(|d| !d.paused()) {
+            fired += d.driver.fire_due_timers().unwrap();
+        }
         if let Some(polls) = armed {
             if !tasks.is_empty() || fired > 0 {
                 // The crash lands in the next burst of work: let it run a little, then die.
                 for _ in 0..polls {
                     tokio::task::yield_now().await;
                 }
+                for d in &daemons {
+                    sim.fenced += d.driver.inner().stats.fenced.load(Ordering::Relaxed);
+                }
                 return End::Crashed;
             }
         }
-        if !tasks.is_empty() {
+        if !tasks.is_empty() || woken > 0 {
             continue;
         }
         if fired > 0 {
@@ -574,7 +759,16 @@ async fn life(sim: &mut Sim) -> End {
         };
         match next {
             Some(at) if at > now => sim.clock.advance_to(at),
+            // Due, but left to a daemon that owns it and is paused: time passes until its
+            // lease lapses (or it wakes).
+            Some(_) if daemons.iter().any(Daemon::paused) => sim.clock.advance_to(now + 1_000),
             Some(_) => tokio::task::yield_now().await,
+            // Cannot happen (a paused daemon's wake-up is queued), but must not hang.
+            None if daemons.iter().any(Daemon::paused) => {
+                for d in &daemons {
+                    d.gate.paused.send_replace(false);
+                }
+            }
             None => {
                 // Nothing left to happen. The client answers every `ask` that is still
                 // unanswered (an answer sent before the question was asked reaches nobody).
@@ -595,6 +789,9 @@ async fn life(sim: &mut Sim) -> End {
                     .map(|(n, _)| *n)
                     .collect();
                 if unanswered.is_empty() {
+                    for d in &daemons {
+                        sim.fenced += d.driver.inner().stats.fenced.load(Ordering::Relaxed);
+                    }
                     return End::Finished;
                 }
                 sim.answer_rounds += 1;
@@ -625,6 +822,18 @@ async fn life(sim: &mut Sim) -> End {
     }
 }
 
+/// The client sends again what it got no answer for, each to a daemon that answers.
+fn resend_unacked(sim: &mut Sim, daemons: &[Daemon], tasks: &mut Pending) {
+    for n in sim.unacked_starts.clone() {
+        let i = pick(sim, daemons);
+        spawn_start(&daemons[i], n, sim.kinds[&n], tasks);
+    }
+    for e in sim.unacked_events.clone() {
+        let i = pick(sim, daemons);
+        spawn_deliver(&daemons[i], e, tasks);
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -650,9 +859,10 @@ fn is_subsequence(small: &[Record], big: &[Record]) -> bool {
     small.iter().all(|s| it.any(|b| b == s))
 }
 
-fn run_seed(seed: u64) -> String {
+fn run_seed(seed: u64) -> (String, i64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (queue, kinds) = plan(seed, &mut rng);
+    let daemons = 1 + (seed % 3) as usize;
+    let (queue, kinds) = plan(seed, &mut rng, daemons);
     let mut sim = Sim {
         seed,
         rng,
@@ -672,6 +882,11 @@ fn run_seed(seed: u64) -> String {
         crashes: 0,
         answer_rounds: 0,
         torn: 0,
+        daemons,
+        kills: 0,
+        pauses: 0,
+        fenced: 0,
+        pausing: None,
     };
     loop {
         let rt = runtime();
@@ -696,15 +911,20 @@ fn run_seed(seed: u64) -> String {
     }
     check(&mut sim);
     let applied = sim.world.state.lock().unwrap().applied.len();
-    format!(
-        "seed {seed}: {} instances, {} crashes ({} lost unflushed writes), {} effects, {} events sent, finished at +{} min",
+    let summary = format!(
+        "seed {seed}: {} instances, {} daemons, {} crashes ({} lost unflushed writes), {} kills, {} pauses, {} fenced writes, {} effects, {} events sent, finished at +{} min",
         sim.acked.len(),
+        sim.daemons,
         sim.crashes,
         sim.torn,
+        sim.kills,
+        sim.pauses,
+        sim.fenced,
         applied,
         sim.sent.len(),
         (sim.clock.now_ms() - T0) / MIN
-    )
+    );
+    (summary, sim.fenced)
 }
 
 fn check(sim: &mut Sim) {
@@ -782,12 +1002,14 @@ fn check(sim: &mut Sim) {
         assert_eq!(replayed.records as usize, journal.len());
         // Records acknowledged (observed after their flush) were never lost or rewritten.
         let observed = sim.observed.lock().unwrap();
-        let seen = observed.get(&m.id).map(Vec::as_slice).unwrap_or(&[]);
-        assert!(
-            is_subsequence(seen, &journal),
-            "{}: acknowledged records are missing from the journal\nobserved: {seen:#?}\njournal: {journal:#?}",
-            m.id
-        );
+        let by_daemon = observed.range((m.id.clone(), 0)..=(m.id.clone(), u64::MAX));
+        for ((_, daemon), seen) in by_daemon {
+            assert!(
+                is_subsequence(seen, &journal),
+                "{}: records acknowledged by daemon {daemon} are missing from the journal\nobserved: {seen:#?}\njournal: {journal:#?}",
+                m.id
+            );
+        }
         let mut started: BTreeMap<(u32, String, u32), String> = BTreeMap::new();
         for r in &journal {
             match r {
@@ -892,10 +1114,15 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn seeded_crashes_lose_nothing_and_repeat_no_effect() {
     let started = std::time::Instant::now();
-    for seed in seeds() {
+    let seeds = seeds();
+    let mut fenced = 0;
+    for &seed in &seeds {
         let result = std::panic::catch_unwind(|| run_seed(seed));
         match result {
-            Ok(summary) => eprintln!("{summary}"),
+            Ok((summary, f)) => {
+                eprintln!("{summary}");
+                fenced += f;
+            }
             Err(e) => {
                 eprintln!(
                     "simulation failed with seed {seed}; reproduce with CASEWORK_SIM_SEED={seed} cargo test -p casework --test simulation"
@@ -905,6 +1132,13 @@ fn seeded_crashes_lose_nothing_and_repeat_no_effect() {
         }
     }
     eprintln!("simulation took {:?}", started.elapsed());
+    if seeds.len() >= 30 {
+        assert!(
+            fenced > 0,
+            "in {} seeds no daemon woke up to find its write refused: the simulation no longer tests fencing",
+            seeds.len()
+        );
+    }
 }
 
 /// Always answers, at once.

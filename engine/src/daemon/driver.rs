@@ -22,8 +22,7 @@ use crate::runtime::{
     Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
 };
 use crate::store::{
-    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Store,
-    Timer,
+    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Store, Timer,
 };
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -71,6 +70,8 @@ pub struct Inner {
 pub struct Stats {
     pub records: AtomicI64,
     pub flushes: AtomicI64,
+    /// Writes refused because another daemon had claimed the instance since.
+    pub fenced: AtomicI64,
 }
 
 enum Msg {
@@ -253,6 +254,11 @@ impl Driver {
     /// How long this daemon's claims outlive its last heartbeat (see [`DEFAULT_LEASE_MS`]).
     pub fn set_lease_ms(&self, ms: Millis) {
         self.inner.lease_ms.store(ms.max(1), Ordering::Relaxed);
+        self.inner.heartbeat();
+    }
+
+    /// Renew this daemon's heartbeat now (also part of [`Driver::tick_ownership`]).
+    pub fn heartbeat(&self) {
         self.inner.heartbeat();
     }
 
@@ -876,11 +882,9 @@ fn letter_of(msg: &Msg) -> Option<Mail> {
             reason: reason.clone(),
         }),
         Msg::Retry { .. } => Some(Mail::Retry),
-        Msg::Start { .. }
-        | Msg::Resume
-        | Msg::CallResult { .. }
-        | Msg::Timer(_)
-        | Msg::Mail => None,
+        Msg::Start { .. } | Msg::Resume | Msg::CallResult { .. } | Msg::Timer(_) | Msg::Mail => {
+            None
+        }
     }
 }
 
@@ -907,7 +911,8 @@ async fn forward(inner: &Arc<Inner>, id: &str, letter: Option<Mail>, answer: Opt
                 Ok(())
             } else {
                 Err(RetryRefused::NotRetryable(
-                    "could not hand the retry to the daemon that owns the instance; try again".into(),
+                    "could not hand the retry to the daemon that owns the instance; try again"
+                        .into(),
                 ))
             });
         }
@@ -929,13 +934,7 @@ fn answer_of(msg: Msg) -> Option<Answer> {
     }
 }
 
-async fn handle(
-    inner: &Arc<Inner>,
-    id: &str,
-    own: &mut Owned,
-    msg: Msg,
-    mail_seq: Option<u64>,
-) {
+async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_seq: Option<u64>) {
     // A start for an instance that exists already (a parent reloaded while its child's first
     // start was in flight re-issues it) must not begin it again: that would rewrite its
     // journal from record 0. Messages to one id are handled in order, so by now the first
@@ -1106,8 +1105,7 @@ async fn handle(
     // On a fresh load the journal is the truth: rewrite a stale entry.
     let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
     let touches_timers = !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
-    if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty()
-    {
+    if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty() {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
             Some((claim, _)) => inner.store.create(&batch, claim.as_ref(), &inner.daemon),
@@ -1124,7 +1122,11 @@ async fn handle(
             Err(StoreError::Fenced { epoch, .. }) => {
                 // Another daemon claimed the instance while this one held it (paused or
                 // cut off past its lease): drop everything, hand the message over.
-                tracing::warn!(epoch, "another daemon took the instance over; leaving it to its new owner");
+                tracing::warn!(
+                    epoch,
+                    "another daemon took the instance over; leaving it to its new owner"
+                );
+                inner.stats.fenced.fetch_add(1, Ordering::Relaxed);
                 own.state = None;
                 own.fence = None;
                 if let Some((_, r)) = start {

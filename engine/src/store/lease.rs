@@ -85,6 +85,18 @@ impl Leases {
         }
     }
 
+    /// Instances whose owner's heartbeat lapsed before `now`, in id order.
+    pub fn lapsed_claims(&self, now: Millis) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .owners
+            .iter()
+            .filter(|(_, f)| !self.alive(&f.daemon, now))
+            .map(|(i, _)| i.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The newest claim on `instance`, if it has an owner.
     pub fn owner(&self, instance: &str) -> Option<&Fence> {
         self.owners.get(instance)

@@ -18,10 +18,10 @@
 //!
 //! Nothing leaves the process, so values are not sealed.
 
+use super::lease::Leases;
 use super::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use super::lease::Leases;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -182,10 +182,17 @@ impl MemoryStore {
         self.killed.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`MemoryStore::kill`] stopped this handle.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Shared>> {
         let g = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if self.killed.load(Ordering::SeqCst) {
-            return Err(Error::Io("this store handle belongs to a daemon that was killed".into()));
+            return Err(Error::Io(
+                "this store handle belongs to a daemon that was killed".into(),
+            ));
         }
         if g.generation != self.generation {
             return Err(Error::Io(

@@ -24,6 +24,8 @@ pub struct SledStore {
     waits: ::sled::Tree,
     events: ::sled::Tree,
     mail: ::sled::Tree,
+    /// Whether `orphans` has scanned the whole index once.
+    orphans_scanned: std::sync::atomic::AtomicBool,
     /// Ownership lives in memory: the directory lock admits one process, so one daemon,
     /// and a restarted process owns nothing of its predecessor's (see `store::lease`).
     leases: std::sync::Mutex<Leases>,
@@ -144,6 +146,7 @@ impl SledStore {
             waits: t("waits")?,
             events: t("events")?,
             mail: t("mail")?,
+            orphans_scanned: Default::default(),
             leases: Default::default(),
             sealer,
             db,
@@ -558,14 +561,34 @@ impl Store for SledStore {
     }
 
     fn orphans(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
-        let runnable = self.runnable()?;
-        let leases = self.leases();
-        Ok(runnable
-            .into_iter()
-            .filter(|m| leases.is_orphan(&m.id, now))
-            .take(limit)
-            .map(|m| m.id)
-            .collect())
+        // Only this process writes here, and it claims what it runs: after the first
+        // call (the scan at start-up, which finds what the previous process left running)
+        // the only orphans are instances of a daemon in this process whose heartbeat
+        // lapsed. That keeps the periodic takeover check off the whole index.
+        if !self.orphans_scanned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let runnable = self.runnable()?;
+            let leases = self.leases();
+            return Ok(runnable
+                .into_iter()
+                .filter(|m| leases.is_orphan(&m.id, now))
+                .take(limit)
+                .map(|m| m.id)
+                .collect());
+        }
+        let lapsed = self.leases().lapsed_claims(now);
+        let mut out = Vec::new();
+        for id in lapsed {
+            if out.len() >= limit {
+                break;
+            }
+            if self
+                .instance(&id)?
+                .is_some_and(|m| m.status == "running" || m.status == "compensating")
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     fn post(&self, instance: &str, mail: &Mail) -> Result<()> {
