@@ -55,6 +55,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let driver = Driver::new(store, plugins, clock, None);
     driver.set_max_pending(cfg.max_pending);
+    driver.set_lease_ms(cfg.lease_ms);
     let reloader = Reloader::new(
         driver.clone(),
         cfg.workflows.clone(),

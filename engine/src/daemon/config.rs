@@ -17,6 +17,10 @@ pub const DEFAULT_CONFIG_FILE: &str = "casework.toml";
 /// Largest request body accepted unless configured.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Leases shorter than this would need heartbeats more often than a loaded store answers.
+const MIN_LEASE_MS: u64 = 500;
+/// An hour: past it a dead daemon's emergencies would wait too long for anyone to page.
+const MAX_LEASE_MS: u64 = 3_600_000;
 /// A bound past which `max_pending` no longer protects memory (a million tasks in hand).
 const MAX_MAX_PENDING: u64 = 1_000_000;
 /// Shortest token secret accepted.
@@ -104,6 +108,11 @@ pub struct Flags {
     /// [env: CASEWORK_MAX_PENDING]
     #[arg(long, value_name = "N")]
     pub max_pending: Option<u64>,
+    /// How long this daemon keeps its instances after its last heartbeat, in ms: when it
+    /// stops (killed, paused, cut off), other daemons on the same store take its running
+    /// instances over after this long [default: 10000] [env: CASEWORK_LEASE_MS]
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
     /// Threads that run plugin code, apart from the daemon's [default: cores - 1, at
     /// least 1] [env: CASEWORK_PLUGIN_THREADS]
     #[arg(long, value_name = "N")]
@@ -189,6 +198,7 @@ pub struct Layer {
     pub rate_burst: Option<u32>,
     pub no_reload: Option<bool>,
     pub max_pending: Option<u64>,
+    pub lease_ms: Option<u64>,
     pub plugin_threads: Option<usize>,
     pub plugin_concurrency: Option<usize>,
     pub plugin_queue: Option<usize>,
@@ -212,6 +222,7 @@ const KEYS: &[&str] = &[
     "rate_burst",
     "no_reload",
     "max_pending",
+    "lease_ms",
     "plugin_threads",
     "plugin_concurrency",
     "plugin_queue",
@@ -232,6 +243,7 @@ fn expects(key: &str) -> Option<&'static str> {
         "rate_limit" | "rate_burst" => "a whole number of requests",
         "no_reload" => "true or false",
         "max_pending" => "a whole number of units of work",
+        "lease_ms" => "a whole number of milliseconds",
         "plugin_threads" => "a whole number of threads",
         "plugin_concurrency" | "plugin_queue" => "a whole number of calls",
         "plugin_memory_mib" => "a whole number of MiB",
@@ -259,6 +271,7 @@ impl Layer {
             rate_burst: upper.rate_burst.or(self.rate_burst),
             no_reload: upper.no_reload.or(self.no_reload),
             max_pending: upper.max_pending.or(self.max_pending),
+            lease_ms: upper.lease_ms.or(self.lease_ms),
             plugin_threads: upper.plugin_threads.or(self.plugin_threads),
             plugin_concurrency: upper.plugin_concurrency.or(self.plugin_concurrency),
             plugin_queue: upper.plugin_queue.or(self.plugin_queue),
@@ -283,6 +296,7 @@ impl Layer {
             rate_burst: f.rate_burst,
             no_reload: f.no_reload.then_some(true),
             max_pending: f.max_pending,
+            lease_ms: f.lease_ms,
             plugin_threads: f.plugin_threads,
             plugin_concurrency: f.plugin_concurrency,
             plugin_queue: f.plugin_queue,
@@ -374,6 +388,11 @@ impl Layer {
                 get("CASEWORK_MAX_PENDING"),
                 "a whole number",
             )?,
+            lease_ms: num(
+                "CASEWORK_LEASE_MS",
+                get("CASEWORK_LEASE_MS"),
+                "a whole number of milliseconds",
+            )?,
             plugin_threads: num(
                 "CASEWORK_PLUGIN_THREADS",
                 get("CASEWORK_PLUGIN_THREADS"),
@@ -444,6 +463,14 @@ impl Layer {
                 return Err(format!(
                     "{}: {n} is out of range (1 to {MAX_MAX_PENDING})",
                     name("max_pending")
+                ));
+            }
+        }
+        if let Some(n) = self.lease_ms {
+            if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&n) {
+                return Err(format!(
+                    "{}: {n} is out of range ({MIN_LEASE_MS} to {MAX_LEASE_MS} ms); shorter leases fail over sooner but need heartbeats that often",
+                    name("lease_ms")
                 ));
             }
         }
@@ -610,6 +637,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub no_reload: bool,
     pub max_pending: usize,
+    /// See [`crate::daemon::driver::DEFAULT_LEASE_MS`].
+    pub lease_ms: i64,
     /// Sizes of the plugin pool.
     pub plugin_pool: PoolConfig,
 }
@@ -708,6 +737,9 @@ impl Config {
             max_pending: l
                 .max_pending
                 .map_or(crate::daemon::driver::DEFAULT_MAX_PENDING, |n| n as usize),
+            lease_ms: l
+                .lease_ms
+                .map_or(crate::daemon::driver::DEFAULT_LEASE_MS, |n| n as i64),
             plugin_pool: {
                 let default = PoolConfig::default();
                 PoolConfig {
@@ -839,6 +871,30 @@ mod tests {
         assert!(!c.no_reload);
         assert_eq!(c.plugin_pool, PoolConfig::default());
         assert!(c.plugin_pool.threads >= 1);
+    }
+
+    #[test]
+    fn the_lease_comes_from_every_source_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "lease_ms = 3000\n");
+        let c = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap();
+        assert_eq!(c.lease_ms, 3000);
+        let env = env_of(&[("CASEWORK_LEASE_MS", "4000")]);
+        assert_eq!(
+            Config::load_with(&flags_with(&file), &env)
+                .unwrap()
+                .lease_ms,
+            4000
+        );
+        let mut flags = flags_with(&file);
+        flags.lease_ms = Some(5000);
+        assert_eq!(Config::load_with(&flags, &env).unwrap().lease_ms, 5000);
+        let short = write(dir.path(), "lease_ms = 10\n");
+        let err = Config::load_with(&flags_with(&short), &env_of(&[])).unwrap_err();
+        assert!(
+            err.contains("key `lease_ms`: 10 is out of range (500 to 3600000 ms)"),
+            "{err}"
+        );
     }
 
     #[test]

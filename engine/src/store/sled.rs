@@ -565,7 +565,10 @@ impl Store for SledStore {
         // call (the scan at start-up, which finds what the previous process left running)
         // the only orphans are instances of a daemon in this process whose heartbeat
         // lapsed. That keeps the periodic takeover check off the whole index.
-        if !self.orphans_scanned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if !self
+            .orphans_scanned
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             let runnable = self.runnable()?;
             let leases = self.leases();
             return Ok(runnable
