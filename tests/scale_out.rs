@@ -1,0 +1,405 @@
+//! Three `casework serve` processes on one PostgreSQL database (start it with
+//! `bash tests/postgres.sh`), running the shipped refund workflow with the real payments
+//! plugin against a Stripe-compatible fake on 127.0.0.1 that counts refunds per
+//! idempotency key. While 500 refunds run (some started twice at once on two daemons,
+//! some waiting for an approval sent to any daemon), a random daemon is SIGKILLed and
+//! restarted 20 times. Every refund must end paid, exactly once, whichever daemon held it.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use casework::store::seal::JournalKey;
+use rand::Rng;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+use support::postgres::TestDb;
+
+mod support {
+    pub mod daemon;
+    pub mod postgres;
+}
+
+const SECRET_KEY: &str = "sk_test_scale_3c2b1a";
+const REFUNDS: usize = 500;
+/// Refunds above the agent limit: each waits for an approval event.
+const APPROVALS: usize = 25;
+const KILLS: usize = 20;
+/// Short, so 20 failovers fit in a test; the default is 10 s.
+const LEASE_MS: u64 = 1_000;
+
+#[derive(Default)]
+struct FakeStripe {
+    /// Idempotency-Key → refund id.
+    created: Mutex<BTreeMap<String, String>>,
+    /// Requests per Idempotency-Key.
+    requests: Mutex<BTreeMap<String, u32>>,
+    bad_auth: Mutex<u32>,
+}
+
+async fn refunds(
+    State(stripe): State<Arc<FakeStripe>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    if header("authorization") != format!("Bearer {SECRET_KEY}") {
+        *stripe.bad_auth.lock().unwrap() += 1;
+        return (StatusCode::UNAUTHORIZED, "{}".to_string());
+    }
+    let key = header("idempotency-key");
+    *stripe.requests.lock().unwrap().entry(key.clone()).or_default() += 1;
+    // A window in which a daemon can die with the payment in flight.
+    let pause = rand::rng().random_range(0..40);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    let amount: u64 = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "amount")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let id = {
+        let mut created = stripe.created.lock().unwrap();
+        let next = format!("re_{}", created.len() + 1);
+        created.entry(key).or_insert(next).clone()
+    };
+    let refund = json!({
+        "id": id, "object": "refund", "amount": amount, "currency": "usd",
+        "payment_intent": "pi_1", "charge": "ch_1", "status": "succeeded",
+        "created": 1_700_000_000, "metadata": {}
+    });
+    (StatusCode::OK, refund.to_string())
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shipped refund workflow and its plugins, payments pointed at the fake.
+fn install(dir: &Path, stripe_port: u16) {
+    let origin = format!("http://127.0.0.1:{stripe_port}");
+    for plugin in ["payments", "crm", "paging"] {
+        let source = repo().join("plugins").join(plugin);
+        let target = dir.join("plugins").join(plugin);
+        std::fs::create_dir_all(&target).unwrap();
+        let wasm = format!("{plugin}.wasm");
+        std::fs::copy(source.join(&wasm), target.join(&wasm))
+            .unwrap_or_else(|e| panic!("plugins/{plugin}/{wasm}: {e}; run `bash plugins/build.sh`"));
+        let manifest = std::fs::read_to_string(source.join("plugin.toml"))
+            .unwrap()
+            .replace("\"https://api.stripe.com:443\"", &format!("\"{origin}\""))
+            .replace("\"https://api.stripe.com\"", &format!("\"{origin}\""));
+        std::fs::write(target.join("plugin.toml"), manifest).unwrap();
+    }
+    std::fs::write(
+        dir.join("secrets.toml"),
+        format!("[payments]\nstripe_secret_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
+    let calendars = dir.join("workflows/calendars");
+    std::fs::create_dir_all(&calendars).unwrap();
+    std::fs::copy(
+        repo().join("workflows/refund.yaml"),
+        dir.join("workflows/refund.yaml"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(repo().join("workflows/calendars")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, calendars.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// One of the three daemons: its port and data folder stay the same across restarts.
+struct Node {
+    name: String,
+    port: u16,
+    daemon: Option<Daemon>,
+    starts: u32,
+}
+
+fn spawn(dir: &Path, node: &mut Node, url: &str, key: &str) {
+    node.starts += 1;
+    let log = dir.join(format!("{}-{}.log", node.name, node.starts));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_casework"));
+    c.args(["serve", "--listen", &format!("127.0.0.1:{}", node.port)])
+        .arg("--data")
+        .arg(dir.join(&node.name))
+        .arg("--workflows")
+        .arg(dir.join("workflows"))
+        .arg("--plugins")
+        .arg(dir.join("plugins"))
+        .arg("--secrets")
+        .arg(dir.join("secrets.toml"))
+        .args(["--store", url, "--no-reload"])
+        .args(["--lease-ms", &LEASE_MS.to_string()])
+        .env("CASEWORK_JOURNAL_KEY", key)
+        .env("CASEWORK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    node.daemon = Some(daemon::start(c, node.port));
+}
+
+fn refund_input(order: &str, amount: u64) -> Value {
+    json!({
+        "order_id": order,
+        "payment_ref": "pi_1",
+        "amount_minor": amount,
+        "refundable_minor": 100000,
+        "currency": "USD",
+        "order_date": chrono::Utc::now().to_rfc3339(),
+        "reason": "requested_by_customer",
+        "customer_email": "jane.doe@example.com",
+        "requested_by": "agent-7",
+        "late_failure_watch": "0s"
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// POST to the daemons from `first` on until one answers 2xx; a killed daemon refuses the
+/// connection, an overloaded one says 503.
+fn post_any(ports: &[u16], first: usize, path: &str, body: &Value, key: Option<&str>) -> Value {
+    let agent = agent();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = first;
+    loop {
+        assert!(Instant::now() < deadline, "no daemon accepted POST {path}");
+        let port = ports[i % ports.len()];
+        let mut req = agent.post(&format!("http://127.0.0.1:{port}{path}"));
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Ok(mut resp) = req.send_json(body) {
+            if resp.status().is_success() {
+                return resp.body_mut().read_json().unwrap();
+            }
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn get_any(ports: &[u16], path: &str) -> Option<Value> {
+    let agent = agent();
+    for port in ports {
+        if let Ok(mut resp) = agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+            if resp.status().is_success() {
+                return resp.body_mut().read_json().ok();
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stripe = Arc::new(FakeStripe::default());
+    let stripe_port = runtime.block_on(async {
+        let app = axum::Router::new()
+            .route("/v1/refunds", axum::routing::post(refunds))
+            .with_state(stripe.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        port
+    });
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), stripe_port);
+    let key = JournalKey::random().unwrap().to_hex();
+    let nodes: Vec<Arc<Mutex<Node>>> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let mut node = Node {
+                name: name.to_string(),
+                port: daemon::free_port(),
+                daemon: None,
+                starts: 0,
+            };
+            spawn(dir.path(), &mut node, db.url(), &key);
+            Arc::new(Mutex::new(node))
+        })
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.lock().unwrap().port).collect();
+
+    // The killer: SIGKILL a random daemon at a random moment, restart it, 20 times.
+    let killer = {
+        let (nodes, url, key, dir) = (
+            nodes.clone(),
+            db.url().to_string(),
+            key.clone(),
+            dir.path().to_path_buf(),
+        );
+        std::thread::spawn(move || {
+            let mut rng = rand::rng();
+            for _ in 0..KILLS {
+                std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
+                let mut node = nodes[rng.random_range(0..nodes.len())].lock().unwrap();
+                if let Some(mut d) = node.daemon.take() {
+                    d.child.kill().unwrap();
+                    d.child.wait().unwrap();
+                }
+                // Sometimes the others run alone past the lease before it comes back.
+                if rng.random_bool(0.3) {
+                    std::thread::sleep(Duration::from_millis(LEASE_MS * 2));
+                }
+                spawn(&dir, &mut node, &url, &key);
+            }
+        })
+    };
+
+    // Clients: every refund once, a tenth of them twice at the same moment on two daemons.
+    let ids: Arc<Mutex<BTreeMap<usize, BTreeSet<String>>>> = Default::default();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (ports, ids) = (ports.clone(), ids.clone());
+            std::thread::spawn(move || {
+                for n in (c..REFUNDS).step_by(8) {
+                    let amount = if n < APPROVALS { 45_000 } else { 1_000 + n as u64 };
+                    let body = refund_input(&format!("ord-{n}"), amount);
+                    let k = format!("refund-{n}");
+                    let twice = n % 10 == 0;
+                    let starts: Vec<_> = (0..if twice { 2 } else { 1 })
+                        .map(|i| {
+                            let (ports, body, k) = (ports.clone(), body.clone(), k.clone());
+                            std::thread::spawn(move || {
+                                post_any(
+                                    &ports,
+                                    n + i,
+                                    "/v1/workflows/refund/instances",
+                                    &body,
+                                    Some(&k),
+                                )
+                            })
+                        })
+                        .collect();
+                    for s in starts {
+                        let started = s.join().unwrap();
+                        let id = started["id"].as_str().expect("an instance id").to_string();
+                        ids.lock().unwrap().entry(n).or_default().insert(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let ids = ids.lock().unwrap().clone();
+    for (n, got) in &ids {
+        assert_eq!(got.len(), 1, "refund {n} was answered with two instances: {got:?}");
+    }
+    assert_eq!(ids.len(), REFUNDS);
+    let id_of = |n: usize| ids[&n].iter().next().unwrap().clone();
+
+    // Approvals, each sent to some daemon once its refund waits for one; whichever daemon
+    // holds the refund must get it.
+    let status = |id: &str| {
+        get_any(&ports, &format!("/v1/instances/{id}"))
+            .map(|v| v["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut approved = BTreeSet::new();
+    while approved.len() < APPROVALS {
+        assert!(
+            Instant::now() < deadline,
+            "refunds waiting for approval never parked: {:?}",
+            (0..APPROVALS).filter(|n| !approved.contains(n)).collect::<Vec<_>>()
+        );
+        for n in 0..APPROVALS {
+            if approved.contains(&n) || status(&id_of(n)) != "parked" {
+                continue;
+            }
+            let event = json!({
+                "type": "refund.approved", "key": format!("ord-{n}"),
+                "data": {"by": "lead-1"}, "id": format!("approval-{n}")
+            });
+            let answer = post_any(&ports, n, "/v1/events", &event, None);
+            if answer["woken"] == json!([id_of(n)]) {
+                approved.insert(n);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Everything ends, whoever held it when its daemon died.
+    for n in 0..REFUNDS {
+        let id = id_of(n);
+        let view = loop {
+            assert!(Instant::now() < deadline, "refund {n} ({id}) never finished: {}", status(&id));
+            match get_any(&ports, &format!("/v1/instances/{id}")) {
+                Some(v) if v["status"] != "running" && v["status"] != "parked" => break v,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        assert_eq!(view["status"], "completed", "refund {n}: {view}");
+        assert_eq!(view["output"]["status"], "refunded", "refund {n}: {view}");
+        // Each timer fired once: a frame's timer firing is never followed by another
+        // firing with nothing in between that could have set a new timer.
+        let mut last: BTreeMap<u64, Value> = BTreeMap::new();
+        for r in view["journal"].as_array().expect("the journal") {
+            let Some(frame) = r["frame"].as_u64() else {
+                continue;
+            };
+            if r["record"] == "timer_fired" {
+                if let Some(prev) = last.get(&frame) {
+                    assert!(
+                        !(prev["record"] == "timer_fired" && prev["step"] == r["step"]),
+                        "refund {n}: a timer fired twice: {prev} then {r}"
+                    );
+                }
+            }
+            last.insert(frame, r.clone());
+        }
+    }
+    killer.join().unwrap();
+
+    // Each refund paid exactly once, under one key per refund, whatever was repeated.
+    let created = stripe.created.lock().unwrap().clone();
+    assert_eq!(created.len(), REFUNDS, "one refund at the provider per request");
+    let requests = stripe.requests.lock().unwrap().clone();
+    assert!(
+        requests.values().any(|&n| n > 1),
+        "no payment was sent twice: no daemon died with one in flight, so the test proved nothing about failover"
+    );
+    assert_eq!(*stripe.bad_auth.lock().unwrap(), 0);
+    for n in 0..REFUNDS {
+        let view = get_any(&ports, &format!("/v1/instances/{}", id_of(n))).unwrap();
+        let refund_id = view["output"]["refund_id"].as_str().unwrap_or_default();
+        assert_eq!(
+            created.values().filter(|r| *r == refund_id).count(),
+            1,
+            "refund {n} reports {refund_id}, which the provider created {} times",
+            created.values().filter(|r| *r == refund_id).count()
+        );
+    }
+    // The secret key never reaches a log.
+    for node in &nodes {
+        let node = node.lock().unwrap();
+        for run in 1..=node.starts {
+            let log = std::fs::read_to_string(dir.path().join(format!("{}-{run}.log", node.name)))
+                .unwrap_or_default();
+            assert!(!log.contains(SECRET_KEY), "secret key in {}-{run}.log", node.name);
+        }
+    }
+}
