@@ -158,7 +158,12 @@ fn journal_order_and_reads(s: &Fixture) {
     );
     assert_eq!(
         s.journal("i1").unwrap(),
-        vec![rec("first", 1), rec("two", 2), rec("three", 3), rec("four", 4)]
+        vec![
+            rec("first", 1),
+            rec("two", 2),
+            rec("three", 3),
+            rec("four", 4)
+        ]
     );
     assert_eq!(s.journal("i").unwrap(), vec![], "no prefix match");
     assert_eq!(s.journal("nope").unwrap(), vec![]);
@@ -238,10 +243,7 @@ fn definitions_round_trip(s: &Fixture) {
     s.put_definition("h", &def).unwrap();
     s.flush().unwrap();
     assert_eq!(s.definition("h").unwrap(), Some(def.clone()));
-    let newer = StoredDefinition {
-        version: 3,
-        ..def
-    };
+    let newer = StoredDefinition { version: 3, ..def };
     s.put_definition("h", &newer).unwrap();
     s.flush().unwrap();
     assert_eq!(s.definition("h").unwrap(), Some(newer));
@@ -325,7 +327,10 @@ fn waits_are_found_by_type_and_key(s: &Fixture) {
         s.waiters("approved", "john@example.com").unwrap(),
         vec![wait("john@example.com", "c", 1)]
     );
-    assert!(s.waiters("rejected", "jane@example.com").unwrap().is_empty());
+    assert!(s
+        .waiters("rejected", "jane@example.com")
+        .unwrap()
+        .is_empty());
     assert!(s.waiters("approved", "jane").unwrap().is_empty());
     write(
         s,
@@ -367,7 +372,10 @@ fn create_new_existing_and_key_held(s: &Fixture) {
     assert_eq!(s.instance("c1").unwrap(), Some(meta("c1", "parked")));
     assert_eq!(s.journal("c1").unwrap(), vec![rec("first", 1)]);
     assert_eq!(s.due_timers(50, 10).unwrap(), vec![timer(50, "c1", 0)]);
-    assert_eq!(s.waiters("approved", "k").unwrap(), vec![wait("k", "c1", 0)]);
+    assert_eq!(
+        s.waiters("approved", "k").unwrap(),
+        vec![wait("k", "c1", 0)]
+    );
     assert_eq!(s.key_holder("refund", "key-1").unwrap(), Some("c1".into()));
     assert_eq!(s.key_holder("refund", "key-2").unwrap(), None);
     assert_eq!(s.key_holder("other", "key-1").unwrap(), None);
@@ -402,7 +410,8 @@ fn create_new_existing_and_key_held(s: &Fixture) {
         key: "key-1".into(),
     };
     assert!(matches!(
-        s.create(&first("c3", "running"), Some(&other), "d2").unwrap(),
+        s.create(&first("c3", "running"), Some(&other), "d2")
+            .unwrap(),
         Created::New(_)
     ));
     // Both creators own their instance, under different epochs.
@@ -427,7 +436,11 @@ fn concurrent_duplicate_creates_make_one_instance(s: &Fixture) {
                 let id = format!("r{i:02}");
                 barrier.wait();
                 let out = store
-                    .create(&first(&id, "running"), Some(&claim("dup")), &format!("d{i}"))
+                    .create(
+                        &first(&id, "running"),
+                        Some(&claim("dup")),
+                        &format!("d{i}"),
+                    )
                     .unwrap();
                 store.flush().unwrap();
                 (id, out)
@@ -487,7 +500,10 @@ fn a_stale_fence_is_refused_whole(s: &Fixture) {
         "{err:?}"
     );
     s.flush().unwrap();
-    assert_eq!(s.journal("x").unwrap(), vec![rec("first", 1), rec("by d1", 2)]);
+    assert_eq!(
+        s.journal("x").unwrap(),
+        vec![rec("first", 1), rec("by d1", 2)]
+    );
     assert_eq!(s.instance("x").unwrap().unwrap().status, "running");
     assert_eq!(s.next_timer().unwrap(), None);
     assert!(s.waiters("approved", "k").unwrap().is_empty());
@@ -544,7 +560,10 @@ fn claims_follow_heartbeats_and_epochs_grow(s: &Fixture) {
     };
     assert_eq!(f2.daemon, "d2");
     assert!(f2.epoch > f1.epoch);
-    assert_eq!(s.claim("x", "d2", 500).unwrap(), Ownership::Mine(f2.clone()));
+    assert_eq!(
+        s.claim("x", "d2", 500).unwrap(),
+        Ownership::Mine(f2.clone())
+    );
     // d2 lapsed at 100 already: d1, alive again, takes it back with a newer epoch.
     s.heartbeat("d1", 1000).unwrap();
     let Ownership::Mine(f3) = s.claim("x", "d1", 300).unwrap() else {
@@ -659,7 +678,11 @@ fn mail_comes_in_order_and_leaves_with_its_batch(s: &Fixture) {
         },
     );
     assert_eq!(s.mail("x", 10).unwrap(), got[2..].to_vec());
-    assert_eq!(s.mail("y", 10).unwrap().len(), 1, "other instances' mail stays");
+    assert_eq!(
+        s.mail("y", 10).unwrap().len(),
+        1,
+        "other instances' mail stays"
+    );
 }
 
 fn orphans_are_runnable_instances_nobody_alive_owns(s: &Fixture) {
@@ -714,10 +737,7 @@ fn mailed_lists_own_and_orphaned_mail(s: &Fixture) {
     assert_eq!(s.mailed("d1", 10, 10).unwrap(), ["r", "w", "x"]);
     assert_eq!(s.mailed("d3", 10, 10).unwrap(), ["r", "w", "z"]);
     // At 2000 everyone has lapsed: all of it is orphaned.
-    assert_eq!(
-        s.mailed("d9", 2000, 10).unwrap(),
-        ["r", "w", "x", "y", "z"]
-    );
+    assert_eq!(s.mailed("d9", 2000, 10).unwrap(), ["r", "w", "x", "y", "z"]);
 }
 
 macro_rules! contract {
@@ -811,7 +831,10 @@ fn postgres_values_and_client_strings_are_not_stored_in_clear() {
     )
     .unwrap();
     // The store reads it all back.
-    assert_eq!(s.journal("i1").unwrap(), vec![rec(MARKER, 1), rec(MARKER, 2)]);
+    assert_eq!(
+        s.journal("i1").unwrap(),
+        vec![rec(MARKER, 1), rec(MARKER, 2)]
+    );
     assert_eq!(s.waiters("approved", MARKER).unwrap().len(), 1);
     assert_eq!(s.key_holder("refund", MARKER).unwrap(), Some("i1".into()));
     assert_eq!(s.mail("i1", 10).unwrap().len(), 1);
@@ -870,7 +893,11 @@ fn postgres_daemons_on_separate_connections_share_ownership() {
     // Two stores on one database, as two daemons would have.
     let db = TestDb::new();
     let (k, _) = key();
-    let a = PgStore::open(db.url(), casework::store::seal::KeySource::Explicit(k.clone())).unwrap();
+    let a = PgStore::open(
+        db.url(),
+        casework::store::seal::KeySource::Explicit(k.clone()),
+    )
+    .unwrap();
     let b = PgStore::open(db.url(), casework::store::seal::KeySource::Explicit(k)).unwrap();
     a.heartbeat("da", 100).unwrap();
     b.heartbeat("db", 1000).unwrap();

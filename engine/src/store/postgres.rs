@@ -710,10 +710,7 @@ async fn migrate(s: &Shared, c: &mut deadpool_postgres::Client) -> Result<()> {
         .await
         .map_err(|e| s.db(e))?;
     let current: i32 = t
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM casework_schema",
-            &[],
-        )
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM casework_schema", &[])
         .await
         .and_then(|r| r.try_get(0))
         .map_err(|e| s.db(e))?;
@@ -1204,7 +1201,10 @@ impl Store for PgStore {
             let c = s.client().await?;
             // The number first: the value is sealed bound to it.
             let seq: i64 = c
-                .query_one("SELECT nextval(pg_get_serial_sequence('casework_mail', 'seq'))", &[])
+                .query_one(
+                    "SELECT nextval(pg_get_serial_sequence('casework_mail', 'seq'))",
+                    &[],
+                )
                 .await
                 .and_then(|r| r.try_get(0))
                 .map_err(|e| s.db(e))?;
@@ -1335,7 +1335,9 @@ pub mod testing {
         pub fn raw_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
             let url = self.url.clone();
             self.runtime.block_on(async move {
-                let c = admin_client(&url).await.expect("connect to the test database");
+                let c = admin_client(&url)
+                    .await
+                    .expect("connect to the test database");
                 c.query(sql, &[])
                     .await
                     .expect("raw query")
@@ -1349,7 +1351,9 @@ pub mod testing {
         pub fn execute(&self, sql: &str) {
             let url = self.url.clone();
             self.runtime.block_on(async move {
-                let c = admin_client(&url).await.expect("connect to the test database");
+                let c = admin_client(&url)
+                    .await
+                    .expect("connect to the test database");
                 c.batch_execute(sql).await.expect("raw statements");
             })
         }
@@ -1402,8 +1406,7 @@ mod tests {
             "postgres://casework:hunter2secret@127.0.0.1:1/ledgerdb",
             key().1,
         )
-        .err()
-        .expect("nothing listens on port 1");
+        .expect_err("nothing listens on port 1");
         let text = err.to_string();
         eprintln!("{text}");
         assert!(text.contains("127.0.0.1:1"), "{text}");
@@ -1424,8 +1427,7 @@ mod tests {
             &format!("postgres://casework:pw-secret-9@127.0.0.1:{port}/silent"),
             key().1,
         )
-        .err()
-        .expect("a server that never answers");
+        .expect_err("a server that never answers");
         let text = err.to_string();
         eprintln!("{text}");
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
@@ -1461,7 +1463,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("every daemon on the database must use the same key"), "{err}");
+        assert!(
+            err.contains("every daemon on the database must use the same key"),
+            "{err}"
+        );
         assert!(err.contains("CASEWORK_JOURNAL_KEY"), "{err}");
         let (k, source) = key();
         let s = PgStore::open(db.url(), source).unwrap();
@@ -1494,7 +1499,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("newer than this casework understands"), "{err}");
+        assert!(
+            err.contains("newer than this casework understands"),
+            "{err}"
+        );
     }
 
     #[test]
