@@ -3,16 +3,17 @@
 //! instances, idempotency keys and events; a daemon with another journal key, or none,
 //! refuses to start and says why.
 
-use casework::store::postgres::testing::TestDb;
 use casework::store::seal::JournalKey;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::daemon::{self, Daemon};
+use support::postgres::TestDb;
 
 mod support {
     pub mod daemon;
+    pub mod postgres;
 }
 
 const WORKFLOW: &str = r#"

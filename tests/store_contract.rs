@@ -8,8 +8,8 @@
 
 use casework::runtime::Record;
 use casework::store::memory::MemoryStore;
-use casework::store::postgres::testing::{key, TestDb};
 use casework::store::postgres::PgStore;
+use casework::store::seal::{JournalKey, KeySource};
 use casework::store::sled::SledStore;
 use casework::store::{
     Batch, Claim, Created, Error, Fence, InstanceMeta, Mail, Ownership, Store, StoredDefinition,
@@ -17,6 +17,16 @@ use casework::store::{
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier};
+use support::postgres::TestDb;
+
+mod support {
+    pub mod postgres;
+}
+
+fn key() -> (JournalKey, KeySource) {
+    let k = JournalKey::random().expect("a random key");
+    (k.clone(), KeySource::Explicit(k))
+}
 
 /// A store under test, and what must live as long as it (the test database).
 struct Fixture {
@@ -893,12 +903,8 @@ fn postgres_daemons_on_separate_connections_share_ownership() {
     // Two stores on one database, as two daemons would have.
     let db = TestDb::new();
     let (k, _) = key();
-    let a = PgStore::open(
-        db.url(),
-        casework::store::seal::KeySource::Explicit(k.clone()),
-    )
-    .unwrap();
-    let b = PgStore::open(db.url(), casework::store::seal::KeySource::Explicit(k)).unwrap();
+    let a = PgStore::open(db.url(), KeySource::Explicit(k.clone())).unwrap();
+    let b = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
     a.heartbeat("da", 100).unwrap();
     b.heartbeat("db", 1000).unwrap();
     let Created::New(fa) = a.create(&first("x", "running"), None, "da").unwrap() else {

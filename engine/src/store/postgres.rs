@@ -18,7 +18,7 @@
 //! (its own threads) that runs the connection pool, and each method sends its work there
 //! and waits for the answer on a std channel.
 
-use super::seal::{JournalKey, KeySource, OpenError, Sealer};
+use super::seal::{KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -26,7 +26,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 /// How long opening waits for the server to accept a connection.
@@ -34,6 +33,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one store operation may take before it fails (the server hangs, or every
 /// connection is in use).
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an operation waits for a free connection (less than [`OP_TIMEOUT`], so the
+/// message says what happened).
+const POOL_WAIT: Duration = Duration::from_secs(20);
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
 /// Threads of the store's own runtime (it only waits on sockets).
@@ -227,8 +229,12 @@ impl Shared {
         use deadpool_postgres::PoolError;
         let why = match e {
             PoolError::Backend(e) => describe(&e),
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => format!(
+                "all {POOL_SIZE} connections stayed busy for {} s",
+                POOL_WAIT.as_secs()
+            ),
             PoolError::Timeout(_) => format!(
-                "no connection within {} s (the server does not answer, or all {POOL_SIZE} connections are busy)",
+                "the server did not accept a connection within {} s",
                 CONNECT_TIMEOUT.as_secs()
             ),
             other => other.to_string(),
@@ -628,7 +634,7 @@ impl PgStore {
             Pool::builder(manager)
                 .max_size(POOL_SIZE)
                 .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(OP_TIMEOUT))
+                .wait_timeout(Some(POOL_WAIT))
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .recycle_timeout(Some(CONNECT_TIMEOUT))
                 .build()
@@ -1208,7 +1214,9 @@ impl Store for PgStore {
                 .await
                 .and_then(|r| r.try_get(0))
                 .map_err(|e| s.db(e))?;
-            let key = seq_key(&instance, big(seq as u64)? as u64);
+            let number = u64::try_from(seq)
+                .map_err(|_| Error::Io(format!("{}: negative mail number {seq}", s.target)))?;
+            let key = seq_key(&instance, number);
             let value = s.seal("mail", &key, &plain)?;
             c.execute(
                 "INSERT INTO casework_mail (seq, instance, value) VALUES ($1, $2, $3)",
@@ -1272,131 +1280,22 @@ impl Store for PgStore {
     }
 }
 
-/// Parameters as tokio-postgres takes them (a helper for the tests' raw queries).
-#[doc(hidden)]
-pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-/// Test helpers: a fresh database per test on the server `CASEWORK_TEST_POSTGRES` names
-/// (default `postgres://postgres@127.0.0.1:54329/postgres`, started by `tests/postgres.sh`).
-#[doc(hidden)]
-pub mod testing {
-    use super::*;
-
-    pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:54329/postgres";
-
-    /// A database that exists for one test and is dropped with this value.
-    pub struct TestDb {
-        admin: String,
-        name: String,
-        url: String,
-        runtime: tokio::runtime::Runtime,
-    }
-
-    impl TestDb {
-        /// Create a database with a random name. Panics, with the command that starts
-        /// the server, when the server cannot be reached: a test must not pass silently.
-        pub fn new() -> TestDb {
-            let admin = std::env::var("CASEWORK_TEST_POSTGRES")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-            let name = format!("casework_test_{:016x}", rand::random::<u64>());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the test database");
-            let created = runtime.block_on(async {
-                let c = admin_client(&admin).await?;
-                c.batch_execute(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .map_err(|e| describe(&e))
-            });
-            if let Err(e) = created {
-                panic!(
-                    "cannot create a test database on the PostgreSQL server {} ({e}). Start it with `bash tests/postgres.sh`, or point CASEWORK_TEST_POSTGRES at another server",
-                    redact_url(&admin)
-                );
-            }
-            let mut u = url::Url::parse(&admin).expect("CASEWORK_TEST_POSTGRES is a URL");
-            u.set_path(&format!("/{name}"));
-            TestDb {
-                admin,
-                url: u.to_string(),
-                name,
-                runtime,
-            }
-        }
-
-        pub fn url(&self) -> &str {
-            &self.url
-        }
-
-        /// Rows of a query on the test database, as text (for looking at raw tables).
-        pub fn raw_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
-            let url = self.url.clone();
-            self.runtime.block_on(async move {
-                let c = admin_client(&url)
-                    .await
-                    .expect("connect to the test database");
-                c.query(sql, &[])
-                    .await
-                    .expect("raw query")
-                    .iter()
-                    .map(|r| r.get::<_, Vec<u8>>(0))
-                    .collect()
-            })
-        }
-
-        /// Run statements on the test database.
-        pub fn execute(&self, sql: &str) {
-            let url = self.url.clone();
-            self.runtime.block_on(async move {
-                let c = admin_client(&url)
-                    .await
-                    .expect("connect to the test database");
-                c.batch_execute(sql).await.expect("raw statements");
-            })
-        }
-    }
-
-    impl Default for TestDb {
-        fn default() -> Self {
-            TestDb::new()
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let (admin, name) = (self.admin.clone(), self.name.clone());
-            let _ = self.runtime.block_on(async move {
-                let c = admin_client(&admin).await?;
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .map_err(|e| describe(&e))
-            });
-        }
-    }
-
-    async fn admin_client(url: &str) -> std::result::Result<tokio_postgres::Client, String> {
-        let (cfg, _) = parse_url(url).map_err(|e| e.to_string())?;
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
-
-    /// A random journal key, as an explicit key source.
-    pub fn key() -> (JournalKey, KeySource) {
-        let k = JournalKey::random().expect("a random key");
-        (k.clone(), KeySource::Explicit(k))
-    }
-}
+/// The test database helper, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+mod test_db;
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{key, TestDb};
+    use super::test_db::TestDb;
     use super::*;
+    use crate::store::seal::JournalKey;
+
+    /// A random journal key, as the key itself and as a key source.
+    fn key() -> (JournalKey, KeySource) {
+        let k = JournalKey::random().expect("a random key");
+        (k.clone(), KeySource::Explicit(k))
+    }
 
     #[test]
     fn an_unreachable_server_is_named_without_its_password() {
