@@ -160,6 +160,64 @@ fn two_daemons_share_one_postgres_store() {
     );
 }
 
+const SLOW: &str = r#"
+workflow: slow
+version: 1
+input: { n: integer }
+steps:
+  - id: charge
+    call: ledger.charge
+    with: { n: "${input.n}", delay_ms: 5000 }
+    next: done
+  - id: done
+    complete: { output: "${input.n}" }
+"#;
+
+#[test]
+fn a_killed_daemons_running_instance_is_finished_by_the_other() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/slow.yaml"), SLOW).unwrap();
+    let key = JournalKey::random().unwrap().to_hex();
+    let ledger = dir.path().join("ledger.txt");
+    let with_ledger = |name: &str| {
+        let (mut c, port) = serve(dir.path(), name, db.url(), &key);
+        c.arg("--test-ledger").arg(&ledger);
+        daemon::start(c, port)
+    };
+    let mut a = with_ledger("data-a");
+    let b = with_ledger("data-b");
+    let (status, started) = post(
+        &a.addr,
+        "/v1/workflows/slow/instances",
+        json!({"n": 7}),
+        None,
+    );
+    assert_eq!(status, 201, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    // a is in the middle of the call (5 s): SIGKILL it. Its lease lapses within 10 s and
+    // b, polling for orphans, resumes the instance from its journal.
+    std::thread::sleep(Duration::from_millis(500));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get(&b.addr, &format!("/v1/instances/{id}"));
+        if v["status"] == "completed" {
+            assert_eq!(v["output"], json!(7), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never finished it: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The call was made with one idempotency key, however often it was tried.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let keys: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(keys.len(), 1, "{text}");
+}
+
 #[test]
 fn an_unreachable_database_stops_serve_without_showing_the_password() {
     let dir = tempfile::tempdir().unwrap();
