@@ -322,7 +322,34 @@ impl Shared {
     }
 }
 
-/// Everything of a batch but the fence check, inside the caller's transaction.
+/// Timers as the columns `UNNEST` takes.
+fn timer_columns(timers: &[Timer]) -> (Vec<i64>, Vec<&str>, Vec<i64>) {
+    (
+        timers.iter().map(|t| t.at).collect(),
+        timers.iter().map(|t| t.instance.as_str()).collect(),
+        timers.iter().map(|t| i64::from(t.frame)).collect(),
+    )
+}
+
+/// Waits (with their keys' hashes) as the columns `UNNEST` takes.
+struct WaitColumns<'a> {
+    event_type: Vec<&'a str>,
+    key_hash: Vec<&'a [u8]>,
+    instance: Vec<&'a str>,
+    frame: Vec<i64>,
+}
+
+fn wait_columns<'a>(waits: &'a [Wait], hashes: &'a [Vec<u8>]) -> WaitColumns<'a> {
+    WaitColumns {
+        event_type: waits.iter().map(|w| w.event_type.as_str()).collect(),
+        key_hash: hashes.iter().map(Vec::as_slice).collect(),
+        instance: waits.iter().map(|w| w.instance.as_str()).collect(),
+        frame: waits.iter().map(|w| i64::from(w.frame)).collect(),
+    }
+}
+
+/// Everything of a batch but the fence check, inside the caller's transaction: one
+/// statement per kind of change, each row list passed as arrays.
 async fn apply_batch(
     t: &deadpool_postgres::Transaction<'_>,
     b: &Batch,
@@ -330,37 +357,37 @@ async fn apply_batch(
 ) -> std::result::Result<(), TxError> {
     // One transaction: the order inside it does not matter for crashes.
     if !b.timers_add.is_empty() {
+        let (at, instance, frame) = timer_columns(&b.timers_add);
         let st = t
             .prepare_cached(
-                "INSERT INTO casework_timers (at, instance, frame) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                "INSERT INTO casework_timers (at, instance, frame) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING",
             )
             .await?;
-        for tm in &b.timers_add {
-            t.execute(&st, &[&tm.at, &tm.instance, &i64::from(tm.frame)])
-                .await?;
-        }
+        t.execute(&st, &[&at, &instance, &frame]).await?;
     }
     if !b.waits_add.is_empty() {
+        let w = wait_columns(&b.waits_add, &sealed.wait_hashes_add);
         let st = t
             .prepare_cached(
-                "INSERT INTO casework_waits (event_type, key_hash, instance, frame) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO casework_waits (event_type, key_hash, instance, frame) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING",
             )
             .await?;
-        for (w, h) in b.waits_add.iter().zip(&sealed.wait_hashes_add) {
-            t.execute(&st, &[&w.event_type, h, &w.instance, &i64::from(w.frame)])
-                .await?;
-        }
+        t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
+            .await?;
     }
     if !sealed.records.is_empty() {
+        let seqs: Vec<i64> = sealed.records.iter().map(|(seq, _)| *seq).collect();
+        let values: Vec<&[u8]> = sealed.records.iter().map(|(_, v)| v.as_slice()).collect();
         let st = t
             .prepare_cached(
-                "INSERT INTO casework_journal (instance, seq, value) VALUES ($1, $2, $3) \
+                "INSERT INTO casework_journal (instance, seq, value) \
+                 SELECT $1, r.seq, r.value FROM UNNEST($2::bigint[], $3::bytea[]) AS r(seq, value) \
                  ON CONFLICT (instance, seq) DO UPDATE SET value = EXCLUDED.value",
             )
             .await?;
-        for (seq, value) in &sealed.records {
-            t.execute(&st, &[&b.instance, seq, value]).await?;
-        }
+        t.execute(&st, &[&b.instance, &seqs, &values]).await?;
     }
     if let Some(m) = &b.meta {
         let st = t
@@ -388,26 +415,28 @@ async fn apply_batch(
         .await?;
     }
     if !b.timers_remove.is_empty() {
+        let (at, instance, frame) = timer_columns(&b.timers_remove);
         let st = t
             .prepare_cached(
-                "DELETE FROM casework_timers WHERE at = $1 AND instance = $2 AND frame = $3",
+                "DELETE FROM casework_timers t \
+                 USING UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS r(at, instance, frame) \
+                 WHERE t.at = r.at AND t.instance = r.instance AND t.frame = r.frame",
             )
             .await?;
-        for tm in &b.timers_remove {
-            t.execute(&st, &[&tm.at, &tm.instance, &i64::from(tm.frame)])
-                .await?;
-        }
+        t.execute(&st, &[&at, &instance, &frame]).await?;
     }
     if !b.waits_remove.is_empty() {
+        let w = wait_columns(&b.waits_remove, &sealed.wait_hashes_remove);
         let st = t
             .prepare_cached(
-                "DELETE FROM casework_waits WHERE event_type = $1 AND key_hash = $2 AND instance = $3 AND frame = $4",
+                "DELETE FROM casework_waits w \
+                 USING UNNEST($1::text[], $2::bytea[], $3::text[], $4::bigint[]) AS r(event_type, key_hash, instance, frame) \
+                 WHERE w.event_type = r.event_type AND w.key_hash = r.key_hash \
+                 AND w.instance = r.instance AND w.frame = r.frame",
             )
             .await?;
-        for (w, h) in b.waits_remove.iter().zip(&sealed.wait_hashes_remove) {
-            t.execute(&st, &[&w.event_type, h, &w.instance, &i64::from(w.frame)])
-                .await?;
-        }
+        t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
+            .await?;
     }
     if !b.mail_done.is_empty() {
         let seqs = b
