@@ -24,6 +24,10 @@ find_bin() {
 }
 
 if [ -z "$(find_bin initdb)" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "postgres.sh: PostgreSQL is not installed; run this script as root (it installs Debian's postgresql package) or install it yourself" >&2
+        exit 1
+    fi
     echo "postgres.sh: installing PostgreSQL (Debian package postgresql)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
@@ -37,10 +41,15 @@ if [ -z "$initdb" ] || [ -z "$pg_ctl" ]; then
     exit 1
 fi
 
-# PostgreSQL refuses to run as root: run it as the `postgres` user the package creates.
-user="postgres"
-if ! id "$user" >/dev/null 2>&1; then
-    useradd --system --home-dir "$dir" --shell /usr/sbin/nologin "$user"
+# PostgreSQL refuses to run as root: as root, run it as the `postgres` user the package
+# creates; as anyone else, as that user.
+if [ "$(id -u)" = 0 ]; then
+    user="postgres"
+    if ! id "$user" >/dev/null 2>&1; then
+        useradd --system --home-dir "$dir" --shell /usr/sbin/nologin "$user"
+    fi
+else
+    user="$(id -un)"
 fi
 as_pg() {
     if [ "$(id -un)" = "$user" ]; then
@@ -51,7 +60,9 @@ as_pg() {
 }
 
 mkdir -p "$dir"
-chown "$user" "$dir"
+if [ "$(id -u)" = 0 ]; then
+    chown "$user" "$dir"
+fi
 chmod 700 "$dir"
 data="$dir/data"
 
@@ -76,7 +87,9 @@ if [ ! -f "$data/PG_VERSION" ]; then
 local all all trust
 host  all all 127.0.0.1/32 trust
 EOF
-    chown "$user" "$data/postgresql.conf" "$data/pg_hba.conf"
+    if [ "$(id -u)" = 0 ]; then
+        chown "$user" "$data/postgresql.conf" "$data/pg_hba.conf"
+    fi
 fi
 
 ready() {
