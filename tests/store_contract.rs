@@ -594,6 +594,74 @@ fn claims_follow_heartbeats_and_epochs_grow(s: &Fixture) {
     assert!(f6.epoch > f5.epoch);
 }
 
+fn concurrent_claims_of_a_lapsed_instance_have_one_winner(s: &Fixture) {
+    const N: usize = 8;
+    let f0 = create(s, "x", "running", "d-old");
+    s.heartbeat("d-old", 10).unwrap();
+    for i in 0..N {
+        s.heartbeat(&format!("d{i}"), 1000).unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let store = s.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let daemon = format!("d{i}");
+                barrier.wait();
+                (daemon.clone(), store.claim("x", &daemon, 100).unwrap())
+            })
+        })
+        .collect();
+    let results: Vec<(String, Ownership)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<&Fence> = results
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Ownership::Mine(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = winners[0].clone();
+    assert!(winner.epoch > f0.epoch);
+    for (daemon, o) in &results {
+        if *daemon != winner.daemon {
+            assert_eq!(
+                *o,
+                Ownership::Held {
+                    daemon: winner.daemon.clone()
+                }
+            );
+        }
+    }
+    // Only the winner's fence writes.
+    assert!(matches!(
+        s.write(&Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("old", 2)],
+            fence: Some(f0),
+            ..Batch::default()
+        }),
+        Err(Error::Fenced { .. })
+    ));
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("new", 2)],
+            fence: Some(winner),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(
+        s.journal("x").unwrap(),
+        vec![rec("first", 1), rec("new", 2)]
+    );
+}
+
 fn release_is_refused_while_mail_waits(s: &Fixture) {
     let f1 = create(s, "x", "parked", "d1");
     s.heartbeat("d1", 1000).unwrap();
@@ -779,6 +847,7 @@ macro_rules! suite {
                 concurrent_duplicate_creates_make_one_instance,
                 a_stale_fence_is_refused_whole,
                 claims_follow_heartbeats_and_epochs_grow,
+                concurrent_claims_of_a_lapsed_instance_have_one_winner,
                 release_is_refused_while_mail_waits,
                 mail_comes_in_order_and_leaves_with_its_batch,
                 orphans_are_runnable_instances_nobody_alive_owns,
