@@ -8,7 +8,7 @@ use crate::daemon::Driver;
 use crate::plugin_host::secrets::Secrets;
 use crate::plugin_host::wasm::WasmHost;
 use crate::plugin_host::{Ledger, PluginHost};
-use crate::store::{seal::KeySource, sled::SledStore};
+use crate::store::{postgres::PgStore, seal::KeySource, sled::SledStore, Store};
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,7 +44,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ));
     }
     let key = KeySource::from_env(cfg.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
-    let store = Arc::new(SledStore::open_with(&cfg.data, key).map_err(|e| anyhow!("{e}"))?);
+    let store: Arc<dyn Store> = match &cfg.store {
+        Some(url) => {
+            tracing::info!(store = %url, "opening the PostgreSQL store");
+            let url = url.clone();
+            // Opening waits on the store's own runtime: not on this one's worker thread.
+            let opened = tokio::task::spawn_blocking(move || PgStore::open(url.expose(), key))
+                .await
+                .map_err(|e| anyhow!("casework: opening the PostgreSQL store: {e}"))?;
+            Arc::new(opened.map_err(|e| anyhow!("{e}"))?)
+        }
+        None => Arc::new(SledStore::open_with(&cfg.data, key).map_err(|e| anyhow!("{e}"))?),
+    };
+    let stored_in = match &cfg.store {
+        Some(url) => url.redacted(),
+        None => format!("data in {}", cfg.data.display()),
+    };
     let clock = Arc::new(SystemClock);
     let (plugins, wasm): (Arc<dyn PluginHost>, Option<Arc<WasmHost>>) = match &args.test_ledger {
         Some(path) => (Arc::new(Ledger::new(path.clone())), None),
@@ -92,12 +107,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, data = %cfg.data.display(), "casework is serving");
-    println!(
-        "casework: serving on http://{} (data in {})",
-        cfg.listen,
-        cfg.data.display()
-    );
+    tracing::info!(addr = %cfg.listen, store = %stored_in, "casework is serving");
+    println!("casework: serving on http://{} ({stored_in})", cfg.listen);
     let app = api
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();

@@ -61,6 +61,13 @@ pub struct Flags {
     /// Where instances are stored (sled) [default: data] [env: CASEWORK_DATA]
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Store instances in PostgreSQL instead of sled, so several daemons can share them:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB. Every daemon on one database needs the same
+    /// journal key (CASEWORK_JOURNAL_KEY or --journal-key-file). Prefer CASEWORK_STORE or
+    /// the config file for a URL with a password: command lines are visible to other
+    /// users of the machine. [default: sled in --data] [env: CASEWORK_STORE]
+    #[arg(long, value_name = "URL", value_parser = parse_store_flag)]
+    pub store: Option<StoreUrl>,
     /// Folder of workflow files [default: workflows] [env: CASEWORK_WORKFLOWS]
     #[arg(long, value_name = "DIR")]
     pub workflows: Option<PathBuf>,
@@ -135,6 +142,58 @@ pub struct Flags {
     pub plugin_priority: Option<Priority>,
 }
 
+/// A store URL as given. Checked in [`Layer::check`], not here: clap's message for a bad
+/// value repeats the value, and this one may hold a password.
+fn parse_store_flag(s: &str) -> Result<StoreUrl, String> {
+    Ok(StoreUrl(s.to_string()))
+}
+
+/// Where instances are stored when not in sled: a `postgres://` URL. Its password never
+/// shows: `Debug` and `Display` print it as `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(url: impl Into<String>) -> StoreUrl {
+        StoreUrl(url.into())
+    }
+
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        crate::store::postgres::redact_url(&self.0)
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
+        let text = self.0.trim();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err("is not a postgres:// URL");
+        }
+        match url::Url::parse(text) {
+            Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+            Ok(_) => Err("has no host"),
+            Err(_) => Err("is not a valid URL"),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 fn parse_priority_flag(s: &str) -> Result<Priority, String> {
     Priority::parse(s).ok_or_else(|| format!("`{s}` is not normal, low or idle"))
 }
@@ -186,6 +245,7 @@ fn parse_token_flag(s: &str) -> Result<TokenSpec, String> {
 pub struct Layer {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
+    pub store: Option<StoreUrl>,
     pub workflows: Option<PathBuf>,
     pub plugins: Option<PathBuf>,
     pub secrets: Option<PathBuf>,
@@ -210,6 +270,7 @@ pub struct Layer {
 const KEYS: &[&str] = &[
     "listen",
     "data",
+    "store",
     "workflows",
     "plugins",
     "secrets",
@@ -235,6 +296,7 @@ fn expects(key: &str) -> Option<&'static str> {
     Some(match key {
         "listen" => "an IP address and port, like \"127.0.0.1:7420\"",
         "data" | "workflows" | "plugins" => "a folder path",
+        "store" => "a PostgreSQL URL, like \"postgres://casework@db.internal:5432/casework\"",
         "secrets" | "journal_key_file" => "a file path",
         "log_format" => "\"auto\", \"pretty\" or \"json\"",
         "log_level" => "a level or filter, like \"info\" or \"info,casework=debug\"",
@@ -259,6 +321,7 @@ impl Layer {
         Layer {
             listen: upper.listen.or(self.listen),
             data: upper.data.or(self.data),
+            store: upper.store.or(self.store),
             workflows: upper.workflows.or(self.workflows),
             plugins: upper.plugins.or(self.plugins),
             secrets: upper.secrets.or(self.secrets),
@@ -284,6 +347,7 @@ impl Layer {
         Layer {
             listen: f.listen,
             data: f.data.clone(),
+            store: f.store.clone(),
             workflows: f.workflows.clone(),
             plugins: f.plugins.clone(),
             secrets: f.secrets.clone(),
@@ -348,6 +412,7 @@ impl Layer {
                 })
                 .transpose()?,
             data: path("CASEWORK_DATA"),
+            store: get("CASEWORK_STORE").map(StoreUrl),
             workflows: path("CASEWORK_WORKFLOWS"),
             plugins: path("CASEWORK_PLUGINS"),
             secrets: path("CASEWORK_SECRETS_FILE"),
@@ -450,6 +515,16 @@ impl Layer {
 
     /// Checks values that parse but make no sense; `name` says where a key came from.
     fn check(&self, name: &dyn Fn(&str) -> String) -> Result<(), String> {
+        if let Some(store) = &self.store {
+            if let Err(why) = store.check() {
+                // Shown redacted: the URL may hold a password.
+                return Err(format!(
+                    "{}: `{store}` {why}; give {}",
+                    name("store"),
+                    expects("store").unwrap_or("")
+                ));
+            }
+        }
         if let Some(n) = self.max_body_bytes {
             if n == 0 || n > MAX_MAX_BODY_BYTES {
                 return Err(format!(
@@ -624,6 +699,8 @@ pub struct Config {
     pub file: Option<PathBuf>,
     pub listen: SocketAddr,
     pub data: PathBuf,
+    /// PostgreSQL instead of sled in `data`.
+    pub store: Option<StoreUrl>,
     pub workflows: PathBuf,
     pub plugins: PathBuf,
     pub secrets: Option<PathBuf>,
@@ -721,6 +798,7 @@ impl Config {
             file,
             listen,
             data: l.data.unwrap_or_else(|| "data".into()),
+            store: l.store,
             workflows: l.workflows.unwrap_or_else(|| "workflows".into()),
             plugins: l.plugins.unwrap_or_else(|| "plugins".into()),
             secrets: l.secrets,
@@ -1099,6 +1177,56 @@ mod tests {
         };
         let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
         assert!(e.starts_with("--max-body-bytes: 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn the_store_comes_from_every_source_and_its_password_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load_with(&Flags::default(), &env_of(&[])).unwrap();
+        assert_eq!(c.store, None, "sled by default");
+        let file = write(
+            dir.path(),
+            "store = \"postgres://casework:file-secret-1@db:5432/cw\"\n",
+        );
+        let c = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap();
+        assert_eq!(
+            c.store.as_ref().unwrap().expose(),
+            "postgres://casework:file-secret-1@db:5432/cw"
+        );
+        let shown = format!("{c:?} {}", c.store.as_ref().unwrap());
+        assert!(!shown.contains("file-secret-1"), "{shown}");
+        assert!(
+            shown.contains("postgres://casework:***@db:5432/cw"),
+            "{shown}"
+        );
+        let env = env_of(&[("CASEWORK_STORE", "postgres://env@db2/cw")]);
+        let c = Config::load_with(&flags_with(&file), &env).unwrap();
+        assert_eq!(c.store.unwrap().expose(), "postgres://env@db2/cw");
+        let mut flags = flags_with(&file);
+        flags.store = Some(StoreUrl::new("postgresql://flag@db3:6543/cw"));
+        let c = Config::load_with(&flags, &env).unwrap();
+        assert_eq!(c.store.unwrap().expose(), "postgresql://flag@db3:6543/cw");
+        // Bad values name their source and never echo the password.
+        let file = write(dir.path(), "store = \"mysql://root:file-secret-2@db/x\"\n");
+        let e = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap_err();
+        assert!(
+            e.contains("key `store`: `mysql://root:***@db/x` is not a postgres:// URL"),
+            "{e}"
+        );
+        assert!(!e.contains("file-secret-2"), "{e}");
+        let e = Config::load_with(
+            &Flags::default(),
+            &env_of(&[("CASEWORK_STORE", "postgres://:env-secret-3@/cw")]),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("CASEWORK_STORE: "), "{e}");
+        assert!(!e.contains("env-secret-3"), "{e}");
+        let flags = Flags {
+            store: Some(StoreUrl::new("sled:data")),
+            ..Flags::default()
+        };
+        let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
+        assert!(e.starts_with("--store: "), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The only door to durable state: [`Store`]. Only `store::sled` imports sled.
+//! The only door to durable state: [`Store`]. Only `store::sled` imports sled; only
+//! `store::postgres` imports tokio-postgres.
 
 pub mod lease;
 pub mod memory;
+pub mod postgres;
 pub mod seal;
 pub mod sled;
 

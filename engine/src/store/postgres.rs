@@ -1,0 +1,1473 @@
+//! [`Store`] on PostgreSQL, so several daemons can share one store.
+//!
+//! The same contract as the sled store (see the ownership rules at [`Store`]), with the
+//! facts `store::lease` keeps in memory kept in tables instead: each instance row holds its
+//! owner and the epoch of that owner's claim, `casework_daemons` holds each daemon's lease.
+//! Values that can hold instance data (journal records, pinned definitions, event answers,
+//! mail) are sealed with the journal key exactly as in `store::sled` (bound to table and
+//! key), and client-chosen strings in keys are keyed hashes ([`Sealer::index_id`]).
+//!
+//! Every [`Store::write`] and [`Store::create`] is one transaction, and a fenced write checks
+//! its fence in that transaction (`SELECT ... FOR UPDATE` on the instance row), so a write
+//! under a stale claim is refused whole. Every write commits before it returns, so
+//! [`Store::flush`] has nothing left to do.
+//!
+//! The trait is synchronous and is called from tokio worker threads, from `spawn_blocking`
+//! and from plain threads. `tokio-postgres` is asynchronous, and `Runtime::block_on` panics
+//! on a thread that already runs a runtime; so a [`PgStore`] owns a small runtime of its own
+//! (its own threads) that runs the connection pool, and each method sends its work there
+//! and waits for the answer on a std channel.
+
+use super::seal::{KeySource, OpenError, Sealer};
+use super::*;
+use crate::runtime::record::{Stored, VERSION};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+/// How long opening waits for the server to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one store operation may take before it fails (the server hangs, or every
+/// connection is in use).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an operation waits for a free connection (less than [`OP_TIMEOUT`], so the
+/// message says what happened).
+const POOL_WAIT: Duration = Duration::from_secs(20);
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+/// Threads of the store's own runtime (it only waits on sockets).
+const THREADS: usize = 2;
+/// Tries of a transaction that PostgreSQL aborted as a serialization failure or deadlock.
+const TRIES: usize = 8;
+/// Key of the advisory lock migrations run under (any constant unique to casework).
+const MIGRATION_LOCK: i64 = 0x6361_7365_776f_726b; // "casework"
+
+/// The schema, one step per version; a database at version N has had steps 1..=N applied.
+/// Append new steps, never edit one that was released.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE casework_meta (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE casework_instances (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        parent TEXT,
+        owner TEXT,
+        epoch BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX casework_instances_live ON casework_instances (id)
+        WHERE status IN ('running', 'compensating');
+    CREATE TABLE casework_journal (
+        instance TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        value BYTEA NOT NULL,
+        PRIMARY KEY (instance, seq)
+    );
+    CREATE TABLE casework_definitions (
+        hash TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE casework_idempotency (
+        workflow TEXT NOT NULL,
+        key_hash BYTEA NOT NULL,
+        instance TEXT COLLATE "C" NOT NULL,
+        UNIQUE (workflow, key_hash)
+    );
+    CREATE TABLE casework_timers (
+        at BIGINT NOT NULL,
+        instance TEXT COLLATE "C" NOT NULL,
+        frame BIGINT NOT NULL,
+        PRIMARY KEY (at, instance, frame)
+    );
+    CREATE TABLE casework_waits (
+        event_type TEXT COLLATE "C" NOT NULL,
+        key_hash BYTEA NOT NULL,
+        instance TEXT COLLATE "C" NOT NULL,
+        frame BIGINT NOT NULL,
+        PRIMARY KEY (event_type, key_hash, instance, frame)
+    );
+    CREATE TABLE casework_events (
+        id_hash BYTEA PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE casework_mail (
+        seq BIGSERIAL PRIMARY KEY,
+        instance TEXT COLLATE "C" NOT NULL,
+        value BYTEA NOT NULL
+    );
+    CREATE INDEX casework_mail_instance ON casework_mail (instance, seq);
+    CREATE TABLE casework_daemons (
+        id TEXT PRIMARY KEY,
+        alive_until BIGINT NOT NULL
+    );
+    CREATE SEQUENCE casework_epochs;
+    "#,
+];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Name and plaintext of the sealed value that tells a wrong key at open.
+const CHECK_NAME: &str = "seal_check";
+const CHECK_TEXT: &[u8] = b"casework journal key check v1";
+
+/// Where the database is, for messages: never the password.
+#[derive(Clone, Debug)]
+struct Target {
+    host: String,
+    port: u16,
+    db: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PostgreSQL database {} at {}:{}",
+            self.db, self.host, self.port
+        )
+    }
+}
+
+struct Shared {
+    pool: Pool,
+    sealer: Sealer,
+    target: Target,
+}
+
+pub struct PgStore {
+    /// Taken in `drop`: a runtime must not be dropped (which blocks) on a runtime thread.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.shared.target.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// An error inside a transaction: PostgreSQL's (maybe worth another try) or the store's.
+enum TxError {
+    Pg(tokio_postgres::Error),
+    Store(Error),
+}
+
+impl From<tokio_postgres::Error> for TxError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        TxError::Pg(e)
+    }
+}
+
+impl From<Error> for TxError {
+    fn from(e: Error) -> Self {
+        TxError::Store(e)
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// PostgreSQL's own words for an error (the server's message, or the client's).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl Shared {
+    fn db(&self, e: tokio_postgres::Error) -> Error {
+        Error::Io(format!("{}: {}", self.target, describe(&e)))
+    }
+
+    fn tx(&self, e: TxError) -> Error {
+        match e {
+            TxError::Pg(e) => self.db(e),
+            TxError::Store(e) => e,
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(|e| self.pool_error(e))
+    }
+
+    fn pool_error(&self, e: deadpool_postgres::PoolError) -> Error {
+        use deadpool_postgres::PoolError;
+        let why = match e {
+            PoolError::Backend(e) => describe(&e),
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => format!(
+                "all {POOL_SIZE} connections stayed busy for {} s",
+                POOL_WAIT.as_secs()
+            ),
+            PoolError::Timeout(_) => format!(
+                "the server did not accept a connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            other => other.to_string(),
+        };
+        Error::Io(format!("cannot reach the {}: {why}", self.target))
+    }
+
+    fn seal(&self, table: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        self.sealer.seal(table, key, plain)
+    }
+}
+
+/// The key a journal record or a mail message is sealed under: as in the sled store.
+fn seq_key(instance: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(instance.len() + 9);
+    k.extend_from_slice(instance.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Io(e.to_string()))
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored u64 (sequence number, epoch) as PostgreSQL's BIGINT.
+fn big(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::Io(format!("{n} is too large for the PostgreSQL store")))
+}
+
+fn meta_from(row: &tokio_postgres::Row) -> Result<InstanceMeta> {
+    let id: String = row.try_get("id").map_err(col)?;
+    let version: i64 = row.try_get("version").map_err(col)?;
+    Ok(InstanceMeta {
+        version: u32::try_from(version).map_err(|_| Error::Corrupt {
+            instance: id.clone(),
+            detail: format!("version {version} is out of range"),
+        })?,
+        workflow: row.try_get("workflow").map_err(col)?,
+        hash: row.try_get("hash").map_err(col)?,
+        status: row.try_get("status").map_err(col)?,
+        created_at: row.try_get("created_at").map_err(col)?,
+        updated_at: row.try_get("updated_at").map_err(col)?,
+        parent: row.try_get("parent").map_err(col)?,
+        id,
+    })
+}
+
+fn col(e: tokio_postgres::Error) -> Error {
+    Error::Io(format!("unexpected column in the PostgreSQL store: {e}"))
+}
+
+const META_COLUMNS: &str = "id, workflow, version, hash, status, created_at, updated_at, parent";
+
+/// A batch with its values sealed (once: sealing draws random nonces, and a transaction
+/// may be tried again).
+struct Sealed {
+    records: Vec<(i64, Vec<u8>)>,
+    wait_hashes_add: Vec<Vec<u8>>,
+    wait_hashes_remove: Vec<Vec<u8>>,
+}
+
+impl Shared {
+    fn sealed(&self, b: &Batch) -> Result<Sealed> {
+        let mut records = Vec::with_capacity(b.records.len());
+        for (i, r) in b.records.iter().enumerate() {
+            let seq = b.first_seq + i as u64;
+            let stored = Stored {
+                v: VERSION,
+                record: r.clone(),
+            };
+            let value = self.seal("journal", &seq_key(&b.instance, seq), &json(&stored)?)?;
+            records.push((big(seq)?, value));
+        }
+        let hash = |w: &Wait| self.sealer.index_id("wait", &w.key).to_vec();
+        Ok(Sealed {
+            records,
+            wait_hashes_add: b.waits_add.iter().map(hash).collect(),
+            wait_hashes_remove: b.waits_remove.iter().map(hash).collect(),
+        })
+    }
+}
+
+/// Timers as the columns `UNNEST` takes.
+fn timer_columns(timers: &[Timer]) -> (Vec<i64>, Vec<&str>, Vec<i64>) {
+    (
+        timers.iter().map(|t| t.at).collect(),
+        timers.iter().map(|t| t.instance.as_str()).collect(),
+        timers.iter().map(|t| i64::from(t.frame)).collect(),
+    )
+}
+
+/// Waits (with their keys' hashes) as the columns `UNNEST` takes.
+struct WaitColumns<'a> {
+    event_type: Vec<&'a str>,
+    key_hash: Vec<&'a [u8]>,
+    instance: Vec<&'a str>,
+    frame: Vec<i64>,
+}
+
+fn wait_columns<'a>(waits: &'a [Wait], hashes: &'a [Vec<u8>]) -> WaitColumns<'a> {
+    WaitColumns {
+        event_type: waits.iter().map(|w| w.event_type.as_str()).collect(),
+        key_hash: hashes.iter().map(Vec::as_slice).collect(),
+        instance: waits.iter().map(|w| w.instance.as_str()).collect(),
+        frame: waits.iter().map(|w| i64::from(w.frame)).collect(),
+    }
+}
+
+/// Everything of a batch but the fence check, inside the caller's transaction: one
+/// statement per kind of change, each row list passed as arrays.
+async fn apply_batch(
+    t: &deadpool_postgres::Transaction<'_>,
+    b: &Batch,
+    sealed: &Sealed,
+) -> std::result::Result<(), TxError> {
+    // One transaction: the order inside it does not matter for crashes.
+    if !b.timers_add.is_empty() {
+        let (at, instance, frame) = timer_columns(&b.timers_add);
+        let st = t
+            .prepare_cached(
+                "INSERT INTO casework_timers (at, instance, frame) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        t.execute(&st, &[&at, &instance, &frame]).await?;
+    }
+    if !b.waits_add.is_empty() {
+        let w = wait_columns(&b.waits_add, &sealed.wait_hashes_add);
+        let st = t
+            .prepare_cached(
+                "INSERT INTO casework_waits (event_type, key_hash, instance, frame) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
+            .await?;
+    }
+    if !sealed.records.is_empty() {
+        let seqs: Vec<i64> = sealed.records.iter().map(|(seq, _)| *seq).collect();
+        let values: Vec<&[u8]> = sealed.records.iter().map(|(_, v)| v.as_slice()).collect();
+        let st = t
+            .prepare_cached(
+                "INSERT INTO casework_journal (instance, seq, value) \
+                 SELECT $1, r.seq, r.value FROM UNNEST($2::bigint[], $3::bytea[]) AS r(seq, value) \
+                 ON CONFLICT (instance, seq) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .await?;
+        t.execute(&st, &[&b.instance, &seqs, &values]).await?;
+    }
+    if let Some(m) = &b.meta {
+        let st = t
+            .prepare_cached(
+                "INSERT INTO casework_instances (id, workflow, version, hash, status, created_at, updated_at, parent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version, \
+                 hash = EXCLUDED.hash, status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
+                 updated_at = EXCLUDED.updated_at, parent = EXCLUDED.parent",
+            )
+            .await?;
+        t.execute(
+            &st,
+            &[
+                &m.id,
+                &m.workflow,
+                &i64::from(m.version),
+                &m.hash,
+                &m.status,
+                &m.created_at,
+                &m.updated_at,
+                &m.parent,
+            ],
+        )
+        .await?;
+    }
+    if !b.timers_remove.is_empty() {
+        let (at, instance, frame) = timer_columns(&b.timers_remove);
+        let st = t
+            .prepare_cached(
+                "DELETE FROM casework_timers t \
+                 USING UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS r(at, instance, frame) \
+                 WHERE t.at = r.at AND t.instance = r.instance AND t.frame = r.frame",
+            )
+            .await?;
+        t.execute(&st, &[&at, &instance, &frame]).await?;
+    }
+    if !b.waits_remove.is_empty() {
+        let w = wait_columns(&b.waits_remove, &sealed.wait_hashes_remove);
+        let st = t
+            .prepare_cached(
+                "DELETE FROM casework_waits w \
+                 USING UNNEST($1::text[], $2::bytea[], $3::text[], $4::bigint[]) AS r(event_type, key_hash, instance, frame) \
+                 WHERE w.event_type = r.event_type AND w.key_hash = r.key_hash \
+                 AND w.instance = r.instance AND w.frame = r.frame",
+            )
+            .await?;
+        t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
+            .await?;
+    }
+    if !b.mail_done.is_empty() {
+        let seqs = b
+            .mail_done
+            .iter()
+            .map(|s| big(*s))
+            .collect::<Result<Vec<i64>>>()?;
+        let st = t
+            .prepare_cached("DELETE FROM casework_mail WHERE instance = $1 AND seq = ANY($2)")
+            .await?;
+        t.execute(&st, &[&b.instance, &seqs]).await?;
+    }
+    Ok(())
+}
+
+async fn write_tx(
+    c: &mut deadpool_postgres::Client,
+    b: &Batch,
+    sealed: &Sealed,
+) -> std::result::Result<(), TxError> {
+    let t = c.transaction().await?;
+    if let Some(fence) = &b.fence {
+        let row = t
+            .query_opt(
+                "SELECT owner, epoch FROM casework_instances WHERE id = $1 FOR UPDATE",
+                &[&b.instance],
+            )
+            .await?;
+        let current = match &row {
+            Some(r) => Some((r.try_get::<_, Option<String>>(0)?, r.try_get::<_, i64>(1)?)),
+            None => None,
+        };
+        let ok = matches!(&current, Some((Some(owner), epoch))
+            if *owner == fence.daemon && u64::try_from(*epoch).ok() == Some(fence.epoch));
+        if !ok {
+            t.rollback().await?;
+            return Err(TxError::Store(Error::Fenced {
+                instance: b.instance.clone(),
+                epoch: fence.epoch,
+            }));
+        }
+    }
+    apply_batch(&t, b, sealed).await?;
+    t.commit().await?;
+    Ok(())
+}
+
+async fn create_tx(
+    c: &mut deadpool_postgres::Client,
+    b: &Batch,
+    sealed: &Sealed,
+    claim: Option<&(String, Vec<u8>)>,
+    daemon: &str,
+) -> std::result::Result<Created, TxError> {
+    let Some(m) = &b.meta else {
+        return Err(TxError::Store(Error::Io(format!(
+            "cannot create instance {}: its first batch has no instance record",
+            b.instance
+        ))));
+    };
+    let t = c.transaction().await?;
+    // The instance row first: a concurrent create of the same id waits here for the
+    // winner's commit, then finds the row.
+    let inserted = t
+        .query_opt(
+            "INSERT INTO casework_instances (id, workflow, version, hash, status, created_at, updated_at, parent, owner, epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('casework_epochs')) \
+             ON CONFLICT (id) DO NOTHING RETURNING epoch",
+            &[
+                &b.instance,
+                &m.workflow,
+                &i64::from(m.version),
+                &m.hash,
+                &m.status,
+                &m.created_at,
+                &m.updated_at,
+                &m.parent,
+                &daemon,
+            ],
+        )
+        .await?;
+    let Some(row) = inserted else {
+        t.rollback().await?;
+        return Ok(Created::Existing(b.instance.clone()));
+    };
+    let epoch: i64 = row.try_get(0)?;
+    if let Some((workflow, key_hash)) = claim {
+        // Under the unique constraint: of concurrent claims one inserts, the others wait
+        // for its commit and then find its row.
+        let won = t
+            .query_opt(
+                "INSERT INTO casework_idempotency (workflow, key_hash, instance) VALUES ($1, $2, $3) \
+                 ON CONFLICT (workflow, key_hash) DO NOTHING RETURNING instance",
+                &[workflow, key_hash, &b.instance],
+            )
+            .await?;
+        if won.is_none() {
+            let holder = t
+                .query_opt(
+                    "SELECT k.instance, i.id IS NOT NULL FROM casework_idempotency k \
+                     LEFT JOIN casework_instances i ON i.id = k.instance \
+                     WHERE k.workflow = $1 AND k.key_hash = $2 FOR UPDATE OF k",
+                    &[workflow, key_hash],
+                )
+                .await?;
+            match holder {
+                Some(r) if r.try_get::<_, bool>(1)? => {
+                    let holder: String = r.try_get(0)?;
+                    t.rollback().await?;
+                    return Ok(Created::Existing(holder));
+                }
+                // A claim without its instance is free (as in the other stores).
+                Some(_) => {
+                    t.execute(
+                        "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
+                        &[workflow, key_hash, &b.instance],
+                    )
+                    .await?;
+                }
+                // Deleted meanwhile: not possible today (claims are never deleted); try again.
+                None => {
+                    t.rollback().await?;
+                    return Err(TxError::Store(Error::Io(
+                        "an idempotency claim changed while it was being read".into(),
+                    )));
+                }
+            }
+        }
+    }
+    // The instance row is written: the meta part of the batch is an update of it.
+    apply_batch(&t, b, sealed).await?;
+    t.commit().await?;
+    Ok(Created::New(Fence {
+        daemon: daemon.to_string(),
+        epoch: u64::try_from(epoch).unwrap_or(0),
+    }))
+}
+
+/// The parts of a `postgres://` URL the store needs, checked without echoing the URL
+/// (it may hold a password).
+fn parse_url(url: &str) -> Result<(tokio_postgres::Config, Target)> {
+    let url = url.trim();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::Io(
+            "the store must be a postgres:// URL, like postgres://casework@db.internal:5432/casework".into(),
+        ));
+    }
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        Error::Io(format!(
+            "the store URL {} is not a valid PostgreSQL URL: {e}",
+            redact_url(url)
+        ))
+    })?;
+    cfg.connect_timeout(CONNECT_TIMEOUT);
+    cfg.application_name("casework");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    if cfg.get_hosts().is_empty() {
+        cfg.host("localhost");
+    }
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg
+        .get_dbname()
+        .or(cfg.get_user())
+        .unwrap_or("postgres")
+        .to_string();
+    Ok((cfg, Target { host, port, db }))
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        // Not a URL: show its scheme at most.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(unparsable)"),
+            None => "(not a URL)".to_string(),
+        },
+    }
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (`postgres://user[:password]@host:port/db`), bring
+    /// its schema up to date and check the journal key against the one it was created with.
+    ///
+    /// Every daemon on one database must use the same journal key, given explicitly
+    /// ([`KeySource::Explicit`]); there is no key file beside a database.
+    pub fn open(url: &str, key: KeySource) -> Result<PgStore> {
+        let key = match key {
+            KeySource::Explicit(k) => k,
+            KeySource::DataDir => {
+                return Err(Error::Key(
+                    "the PostgreSQL store needs the journal key given explicitly: every daemon on the database must use the same key. Pass it as CASEWORK_JOURNAL_KEY (64 hex characters) or --journal-key-file (generate one with `openssl rand -hex 32`)".into(),
+                ))
+            }
+        };
+        let (cfg, target) = parse_url(url)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(THREADS)
+            .thread_name("casework-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(format!("cannot start the PostgreSQL store's threads: {e}")))?;
+        let handle = runtime.handle().clone();
+        // Pool::builder with Runtime::Tokio1 spawns onto the current runtime: build it there.
+        let pool = {
+            let _guard = handle.enter();
+            let manager = Manager::from_config(
+                cfg,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| Error::Io(format!("cannot set up the connection pool: {e}")))?
+        };
+        let store = PgStore {
+            runtime: Some(runtime),
+            handle,
+            shared: Arc::new(Shared {
+                pool,
+                sealer: Sealer::new(&key),
+                target,
+            }),
+        };
+        store.run(|s| async move {
+            let mut c = s.client().await?;
+            migrate(&s, &mut c).await?;
+            check_key(&s, &c).await
+        })?;
+        Ok(store)
+    }
+
+    /// Run `f` on the store's runtime and wait for it on this thread.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let target = shared.target.to_string();
+        let fut = f(shared);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let r = match tokio::time::timeout(OP_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Io(format!(
+                    "the {target} did not answer within {} s",
+                    OP_TIMEOUT.as_secs()
+                ))),
+            };
+            let _ = tx.send(r);
+        });
+        rx.recv()
+            .map_err(|_| Error::Io("the PostgreSQL store has stopped".into()))?
+    }
+
+    /// Run a transaction, again when PostgreSQL aborted it as a serialization failure or a
+    /// deadlock.
+    fn transact<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, TxError>> + Send,
+        T: Send + 'static,
+    {
+        self.run(move |s| async move {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match f(s.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(TxError::Pg(e)) if retryable(&e) && tries < TRIES => {
+                        tokio::time::sleep(Duration::from_millis(5 * tries as u64)).await;
+                    }
+                    Err(e) => return Err(s.tx(e)),
+                }
+            }
+        })
+    }
+}
+
+/// Apply the missing schema steps, under an advisory lock so concurrent opens do it once.
+async fn migrate(s: &Shared, c: &mut deadpool_postgres::Client) -> Result<()> {
+    let t = c.transaction().await.map_err(|e| s.db(e))?;
+    t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(|e| s.db(e))?;
+    t.batch_execute("CREATE TABLE IF NOT EXISTS casework_schema (version INT NOT NULL)")
+        .await
+        .map_err(|e| s.db(e))?;
+    let current: i32 = t
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM casework_schema", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| s.db(e))?;
+    if current > SCHEMA_VERSION {
+        return Err(Error::Io(format!(
+            "the {} has schema version {current}, newer than this casework understands (up to {SCHEMA_VERSION}); run a casework at least as new as the one that upgraded it",
+            s.target
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i32 + 1;
+        t.batch_execute(step).await.map_err(|e| {
+            Error::Io(format!(
+                "{}: schema step {version} failed: {}",
+                s.target,
+                describe(&e)
+            ))
+        })?;
+        t.execute("DELETE FROM casework_schema", &[])
+            .await
+            .map_err(|e| s.db(e))?;
+        t.execute(
+            "INSERT INTO casework_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(|e| s.db(e))?;
+        tracing::info!(version, database = %s.target, "PostgreSQL schema step applied");
+    }
+    t.commit().await.map_err(|e| s.db(e))
+}
+
+/// Check the journal key against the sealed check value, writing it on a new database.
+async fn check_key(s: &Shared, c: &deadpool_postgres::Client) -> Result<()> {
+    let sealed = s.seal("seal", b"check", CHECK_TEXT)?;
+    // Of two daemons opening a new database at once, the first check value written stays.
+    c.execute(
+        "INSERT INTO casework_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&CHECK_NAME, &sealed],
+    )
+    .await
+    .map_err(|e| s.db(e))?;
+    let stored: Vec<u8> = c
+        .query_one(
+            "SELECT value FROM casework_meta WHERE name = $1",
+            &[&CHECK_NAME],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| s.db(e))?;
+    match s.sealer.open("seal", b"check", &stored) {
+        Ok(text) if text == CHECK_TEXT => Ok(()),
+        Ok(_) | Err(OpenError::Auth) | Err(OpenError::Truncated) => Err(Error::WrongKey {
+            path: s.target.to_string(),
+        }),
+        Err(e @ OpenError::UnknownFormat(_)) => Err(Error::Key(format!("the {}: {e}", s.target))),
+    }
+}
+
+impl Store for PgStore {
+    fn write(&self, b: &Batch) -> Result<()> {
+        let sealed = Arc::new(self.shared.sealed(b)?);
+        let b = Arc::new(b.clone());
+        self.transact(move |s| {
+            let (b, sealed) = (b.clone(), sealed.clone());
+            async move {
+                let mut c = s.client().await?;
+                write_tx(&mut c, &b, &sealed).await
+            }
+        })
+    }
+
+    /// Every write commits before it returns: nothing is left to make durable.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn journal(&self, instance: &str) -> Result<Vec<Record>> {
+        let instance = instance.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT seq, value FROM casework_journal WHERE instance = $1 ORDER BY seq",
+                    &[&instance],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            let corrupt = |detail: String| Error::Corrupt {
+                instance: instance.clone(),
+                detail,
+            };
+            rows.iter()
+                .map(|r| {
+                    let seq: i64 = r.try_get(0).map_err(col)?;
+                    let value: Vec<u8> = r.try_get(1).map_err(col)?;
+                    let seq = u64::try_from(seq)
+                        .map_err(|_| corrupt(format!("negative sequence number {seq}")))?;
+                    let plain = s
+                        .sealer
+                        .open("journal", &seq_key(&instance, seq), &value)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    let stored: Stored =
+                        serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
+                    if stored.v != VERSION {
+                        return Err(corrupt(format!(
+                            "journal version {} is newer than this casework understands",
+                            stored.v
+                        )));
+                    }
+                    Ok(stored.record)
+                })
+                .collect()
+        })
+    }
+
+    fn instance(&self, id: &str) -> Result<Option<InstanceMeta>> {
+        let id = id.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let row = c
+                .query_opt(
+                    &format!("SELECT {META_COLUMNS} FROM casework_instances WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            row.as_ref().map(meta_from).transpose()
+        })
+    }
+
+    fn instances(&self, after: Option<&str>, limit_: usize) -> Result<Vec<InstanceMeta>> {
+        let after = after.map(str::to_string);
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {META_COLUMNS} FROM casework_instances \
+                         WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+                    ),
+                    &[&after, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter().map(meta_from).collect()
+        })
+    }
+
+    fn runnable(&self) -> Result<Vec<InstanceMeta>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {META_COLUMNS} FROM casework_instances \
+                         WHERE status IN ('running', 'compensating') ORDER BY id"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter().map(meta_from).collect()
+        })
+    }
+
+    fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()> {
+        let value = self
+            .shared
+            .seal("definitions", hash.as_bytes(), &json(def)?)?;
+        let hash = hash.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            c.execute(
+                "INSERT INTO casework_definitions (hash, value) VALUES ($1, $2) \
+                 ON CONFLICT (hash) DO UPDATE SET value = EXCLUDED.value",
+                &[&hash, &value],
+            )
+            .await
+            .map_err(|e| s.db(e))?;
+            Ok(())
+        })
+    }
+
+    fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
+        let hash = hash.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let Some(row) = c
+                .query_opt(
+                    "SELECT value FROM casework_definitions WHERE hash = $1",
+                    &[&hash],
+                )
+                .await
+                .map_err(|e| s.db(e))?
+            else {
+                return Ok(None);
+            };
+            let value: Vec<u8> = row.try_get(0).map_err(col)?;
+            let plain = s
+                .sealer
+                .open("definitions", hash.as_bytes(), &value)
+                .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))?;
+            serde_json::from_slice(&plain)
+                .map(Some)
+                .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))
+        })
+    }
+
+    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
+        let sealed = Arc::new(self.shared.sealed(b)?);
+        let claim = claim.map(|c| {
+            (
+                c.workflow.clone(),
+                self.shared.sealer.index_id("idempotency", &c.key).to_vec(),
+            )
+        });
+        let b = Arc::new(b.clone());
+        let daemon = daemon.to_string();
+        self.transact(move |s| {
+            let (b, sealed, claim, daemon) =
+                (b.clone(), sealed.clone(), claim.clone(), daemon.clone());
+            async move {
+                let mut c = s.client().await?;
+                create_tx(&mut c, &b, &sealed, claim.as_ref(), &daemon).await
+            }
+        })
+    }
+
+    fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
+        let workflow = workflow.to_string();
+        let key_hash = self.shared.sealer.index_id("idempotency", key).to_vec();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT k.instance FROM casework_idempotency k \
+                     JOIN casework_instances i ON i.id = k.instance \
+                     WHERE k.workflow = $1 AND k.key_hash = $2",
+                    &[&workflow, &key_hash],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            row.map(|r| r.try_get(0).map_err(col)).transpose()
+        })
+    }
+
+    fn due_timers(&self, now: Millis, limit_: usize) -> Result<Vec<Timer>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT at, instance, frame FROM casework_timers WHERE at <= $1 \
+                     ORDER BY at, instance, frame LIMIT $2",
+                    &[&now, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter()
+                .map(|r| {
+                    let frame: i64 = r.try_get(2).map_err(col)?;
+                    Ok(Timer {
+                        at: r.try_get(0).map_err(col)?,
+                        instance: r.try_get(1).map_err(col)?,
+                        frame: u32::try_from(frame)
+                            .map_err(|_| Error::Io(format!("timer frame {frame} out of range")))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn next_timer(&self) -> Result<Option<Millis>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            c.query_one("SELECT MIN(at) FROM casework_timers", &[])
+                .await
+                .map_err(|e| s.db(e))?
+                .try_get(0)
+                .map_err(col)
+        })
+    }
+
+    fn waiters(&self, event_type: &str, key: &str) -> Result<Vec<Wait>> {
+        let event_type = event_type.to_string();
+        let key = key.to_string();
+        let key_hash = self.shared.sealer.index_id("wait", &key).to_vec();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT instance, frame FROM casework_waits WHERE event_type = $1 AND key_hash = $2 \
+                     ORDER BY instance, frame",
+                    &[&event_type, &key_hash],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter()
+                .map(|r| {
+                    let frame: i64 = r.try_get(1).map_err(col)?;
+                    Ok(Wait {
+                        event_type: event_type.clone(),
+                        key: key.clone(),
+                        instance: r.try_get(0).map_err(col)?,
+                        frame: u32::try_from(frame)
+                            .map_err(|_| Error::Io(format!("wait frame {frame} out of range")))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn event_answer(&self, event_id: &str) -> Result<Option<serde_json::Value>> {
+        let id_hash = self.shared.sealer.index_id("event", event_id).to_vec();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let Some(row) = c
+                .query_opt(
+                    "SELECT value FROM casework_events WHERE id_hash = $1",
+                    &[&id_hash],
+                )
+                .await
+                .map_err(|e| s.db(e))?
+            else {
+                return Ok(None);
+            };
+            let value: Vec<u8> = row.try_get(0).map_err(col)?;
+            let plain = s
+                .sealer
+                .open("events", &id_hash, &value)
+                .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
+            serde_json::from_slice(&plain)
+                .map(Some)
+                .map_err(|e| Error::Io(format!("a stored event answer: {e}")))
+        })
+    }
+
+    fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()> {
+        let id_hash = self.shared.sealer.index_id("event", event_id).to_vec();
+        let value = self.shared.seal("events", &id_hash, &json(answer)?)?;
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            c.execute(
+                "INSERT INTO casework_events (id_hash, value) VALUES ($1, $2) \
+                 ON CONFLICT (id_hash) DO UPDATE SET value = EXCLUDED.value",
+                &[&id_hash, &value],
+            )
+            .await
+            .map_err(|e| s.db(e))?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
+        let daemon = daemon.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            c.execute(
+                "INSERT INTO casework_daemons (id, alive_until) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET alive_until = GREATEST(casework_daemons.alive_until, EXCLUDED.alive_until)",
+                &[&daemon, &until],
+            )
+            .await
+            .map_err(|e| s.db(e))?;
+            Ok(())
+        })
+    }
+
+    fn claim(&self, instance: &str, daemon: &str, now: Millis) -> Result<Ownership> {
+        let instance = instance.to_string();
+        let daemon = daemon.to_string();
+        self.transact(move |s| {
+            let (instance, daemon) = (instance.clone(), daemon.clone());
+            async move {
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                let Some(row) = t
+                    .query_opt(
+                        "SELECT i.owner, i.epoch, d.alive_until FROM casework_instances i \
+                         LEFT JOIN casework_daemons d ON d.id = i.owner \
+                         WHERE i.id = $1 FOR UPDATE OF i",
+                        &[&instance],
+                    )
+                    .await?
+                else {
+                    t.rollback().await?;
+                    return Ok(Ownership::Unknown);
+                };
+                let owner: Option<String> = row.try_get(0)?;
+                let epoch: i64 = row.try_get(1)?;
+                let alive_until: Option<i64> = row.try_get(2)?;
+                match owner {
+                    Some(o) if o == daemon => {
+                        t.rollback().await?;
+                        return Ok(Ownership::Mine(Fence {
+                            daemon,
+                            epoch: u64::try_from(epoch).unwrap_or(0),
+                        }));
+                    }
+                    Some(o) if alive_until.is_some_and(|u| u > now) => {
+                        t.rollback().await?;
+                        return Ok(Ownership::Held { daemon: o });
+                    }
+                    _ => {}
+                }
+                let epoch: i64 = t
+                    .query_one(
+                        "UPDATE casework_instances SET owner = $2, epoch = nextval('casework_epochs') \
+                         WHERE id = $1 RETURNING epoch",
+                        &[&instance, &daemon],
+                    )
+                    .await?
+                    .try_get(0)?;
+                t.commit().await?;
+                Ok(Ownership::Mine(Fence {
+                    daemon,
+                    epoch: u64::try_from(epoch).unwrap_or(0),
+                }))
+            }
+        })
+    }
+
+    fn release(&self, instance: &str, fence: &Fence) -> Result<bool> {
+        let instance = instance.to_string();
+        let fence = fence.clone();
+        self.transact(move |s| {
+            let (instance, fence) = (instance.clone(), fence.clone());
+            async move {
+                let epoch = big(fence.epoch)?;
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                // The row lock makes the check and the release one step for claims and
+                // fenced writes; mail posted after the check finds a released instance,
+                // which `mailed` reports to every daemon.
+                let owned = t
+                    .query_opt(
+                        "SELECT 1 FROM casework_instances WHERE id = $1 AND owner = $2 AND epoch = $3 FOR UPDATE",
+                        &[&instance, &fence.daemon, &epoch],
+                    )
+                    .await?;
+                if owned.is_none() {
+                    t.rollback().await?;
+                    return Ok(true);
+                }
+                let mail = t
+                    .query_opt(
+                        "SELECT 1 FROM casework_mail WHERE instance = $1 LIMIT 1",
+                        &[&instance],
+                    )
+                    .await?;
+                if mail.is_some() {
+                    t.rollback().await?;
+                    return Ok(false);
+                }
+                t.execute(
+                    "UPDATE casework_instances SET owner = NULL WHERE id = $1",
+                    &[&instance],
+                )
+                .await?;
+                t.commit().await?;
+                Ok(true)
+            }
+        })
+    }
+
+    fn orphans(&self, now: Millis, limit_: usize) -> Result<Vec<String>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT i.id FROM casework_instances i \
+                     LEFT JOIN casework_daemons d ON d.id = i.owner \
+                     WHERE i.status IN ('running', 'compensating') \
+                     AND (i.owner IS NULL OR d.alive_until IS NULL OR d.alive_until <= $1) \
+                     ORDER BY i.id LIMIT $2",
+                    &[&now, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter().map(|r| r.try_get(0).map_err(col)).collect()
+        })
+    }
+
+    fn post(&self, instance: &str, mail: &Mail) -> Result<()> {
+        let instance = instance.to_string();
+        let plain = json(mail)?;
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            // The number first: the value is sealed bound to it.
+            let seq: i64 = c
+                .query_one(
+                    "SELECT nextval(pg_get_serial_sequence('casework_mail', 'seq'))",
+                    &[],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| s.db(e))?;
+            let number = u64::try_from(seq)
+                .map_err(|_| Error::Io(format!("{}: negative mail number {seq}", s.target)))?;
+            let key = seq_key(&instance, number);
+            let value = s.seal("mail", &key, &plain)?;
+            c.execute(
+                "INSERT INTO casework_mail (seq, instance, value) VALUES ($1, $2, $3)",
+                &[&seq, &instance, &value],
+            )
+            .await
+            .map_err(|e| s.db(e))?;
+            Ok(())
+        })
+    }
+
+    fn mail(&self, instance: &str, limit_: usize) -> Result<Vec<(u64, Mail)>> {
+        let instance = instance.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT seq, value FROM casework_mail WHERE instance = $1 ORDER BY seq LIMIT $2",
+                    &[&instance, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            let corrupt = |detail: String| Error::Corrupt {
+                instance: instance.clone(),
+                detail,
+            };
+            rows.iter()
+                .map(|r| {
+                    let seq: i64 = r.try_get(0).map_err(col)?;
+                    let value: Vec<u8> = r.try_get(1).map_err(col)?;
+                    let seq = u64::try_from(seq)
+                        .map_err(|_| corrupt(format!("negative mail number {seq}")))?;
+                    let plain = s
+                        .sealer
+                        .open("mail", &seq_key(&instance, seq), &value)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    let mail = serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
+                    Ok((seq, mail))
+                })
+                .collect()
+        })
+    }
+
+    fn mailed(&self, daemon: &str, now: Millis, limit_: usize) -> Result<Vec<String>> {
+        let daemon = daemon.to_string();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT m.instance FROM (SELECT DISTINCT instance FROM casework_mail) m \
+                     LEFT JOIN casework_instances i ON i.id = m.instance \
+                     LEFT JOIN casework_daemons d ON d.id = i.owner \
+                     WHERE i.owner IS NULL OR i.owner = $1 OR d.alive_until IS NULL OR d.alive_until <= $2 \
+                     ORDER BY m.instance LIMIT $3",
+                    &[&daemon, &now, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter().map(|r| r.try_get(0).map_err(col)).collect()
+        })
+    }
+}
+
+/// The test database helper, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+mod test_db;
+
+#[cfg(test)]
+mod tests {
+    use super::test_db::TestDb;
+    use super::*;
+    use crate::store::seal::JournalKey;
+
+    /// A random journal key, as the key itself and as a key source.
+    fn key() -> (JournalKey, KeySource) {
+        let k = JournalKey::random().expect("a random key");
+        (k.clone(), KeySource::Explicit(k))
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_without_its_password() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let started = std::time::Instant::now();
+        let err = PgStore::open(
+            "postgres://casework:hunter2secret@127.0.0.1:1/ledgerdb",
+            key().1,
+        )
+        .expect_err("nothing listens on port 1");
+        let text = err.to_string();
+        eprintln!("{text}");
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+        assert!(text.contains("ledgerdb"), "{text}");
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+        assert!(!format!("{err:?}").contains("hunter2"));
+        assert!(started.elapsed() < OP_TIMEOUT, "bounded by the timeouts");
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_fails_within_the_connect_timeout() {
+        // A loopback port that accepts connections and never answers (the kernel
+        // completes the handshake for the listen backlog): opening must give up on its own.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let started = std::time::Instant::now();
+        let err = PgStore::open(
+            &format!("postgres://casework:pw-secret-9@127.0.0.1:{port}/silent"),
+            key().1,
+        )
+        .expect_err("a server that never answers");
+        let text = err.to_string();
+        eprintln!("{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("silent"), "{text}");
+        assert!(!text.contains("pw-secret-9"), "{text}");
+        assert!(
+            started.elapsed() < CONNECT_TIMEOUT * 3,
+            "took {:?}",
+            started.elapsed()
+        );
+        drop(listener);
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_echoing_it() {
+        let err = PgStore::open("mysql://root:topsecret@db/x", key().1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("postgres:// URL"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+        assert_eq!(
+            redact_url("postgres://u:topsecret@h:5/d"),
+            "postgres://u:***@h:5/d"
+        );
+        assert_eq!(redact_url("postgres://u@h:5/d"), "postgres://u@h:5/d");
+    }
+
+    #[test]
+    fn no_key_wrong_key_and_the_right_key() {
+        let db = TestDb::new();
+        let err = PgStore::open(db.url(), KeySource::DataDir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("every daemon on the database must use the same key"),
+            "{err}"
+        );
+        assert!(err.contains("CASEWORK_JOURNAL_KEY"), "{err}");
+        let (k, source) = key();
+        let s = PgStore::open(db.url(), source).unwrap();
+        s.put_event_answer("e1", &serde_json::json!({"ok": true}))
+            .unwrap();
+        drop(s);
+        let err = PgStore::open(db.url(), key().1).err().unwrap();
+        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
+        let s = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
+        assert_eq!(
+            s.event_answer("e1").unwrap(),
+            Some(serde_json::json!({"ok": true}))
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_opening_twice_migrates_once() {
+        let db = TestDb::new();
+        let (k, source) = key();
+        drop(PgStore::open(db.url(), source).unwrap());
+        // Reopening applies nothing again.
+        drop(PgStore::open(db.url(), KeySource::Explicit(k.clone())).unwrap());
+        let versions = db.raw_bytes("SELECT version::text::bytea FROM casework_schema");
+        assert_eq!(versions, vec![SCHEMA_VERSION.to_string().into_bytes()]);
+        db.execute(&format!(
+            "UPDATE casework_schema SET version = {}",
+            SCHEMA_VERSION + 1
+        ));
+        let err = PgStore::open(db.url(), KeySource::Explicit(k))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("newer than this casework understands"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn concurrent_opens_of_a_new_database_agree() {
+        let db = TestDb::new();
+        let (k, _) = key();
+        let url = db.url().to_string();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, k) = (url.clone(), k.clone());
+                std::thread::spawn(move || PgStore::open(&url, KeySource::Explicit(k)).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_store_works_from_inside_a_tokio_runtime_and_drops_there() {
+        let db = TestDb::new();
+        let s = PgStore::open(db.url(), key().1).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            s.heartbeat("d1", 10).unwrap();
+            assert_eq!(s.next_timer().unwrap(), None);
+            let s = Arc::new(s);
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || s2.next_timer().unwrap())
+                .await
+                .unwrap();
+            // The last handle is dropped on a runtime thread: must not panic.
+            drop(s);
+        });
+    }
+}

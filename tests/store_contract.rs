@@ -1,0 +1,1013 @@
+//! One contract suite for every `Store`: the same test functions run against
+//! `MemoryStore`, `SledStore::temporary()` and `PgStore` (a fresh database per test on the
+//! server `CASEWORK_TEST_POSTGRES` names; start it with `bash tests/postgres.sh`). If that
+//! server cannot be reached the PostgreSQL tests fail, saying so: they never skip.
+//!
+//! Writes are followed by `flush`, as the driver does (for sled and memory a write is
+//! durable only after it; for PostgreSQL it is a no-op).
+
+use casework::runtime::Record;
+use casework::store::memory::MemoryStore;
+use casework::store::postgres::PgStore;
+use casework::store::seal::{JournalKey, KeySource};
+use casework::store::sled::SledStore;
+use casework::store::{
+    Batch, Claim, Created, Error, Fence, InstanceMeta, Mail, Ownership, Store, StoredDefinition,
+    Timer, Wait,
+};
+use serde_json::json;
+use std::sync::{Arc, Barrier};
+use support::postgres::TestDb;
+
+mod support {
+    pub mod postgres;
+}
+
+fn key() -> (JournalKey, KeySource) {
+    let k = JournalKey::random().expect("a random key");
+    (k.clone(), KeySource::Explicit(k))
+}
+
+/// A store under test, and what must live as long as it (the test database).
+struct Fixture {
+    store: Arc<dyn Store>,
+    db: Option<TestDb>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = dyn Store;
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+fn memory() -> Fixture {
+    Fixture {
+        store: Arc::new(MemoryStore::new()),
+        db: None,
+    }
+}
+
+fn sled() -> Fixture {
+    Fixture {
+        store: Arc::new(SledStore::temporary().expect("a temporary sled store")),
+        db: None,
+    }
+}
+
+fn postgres() -> Fixture {
+    let db = TestDb::new();
+    let store = PgStore::open(db.url(), key().1).expect("open the PostgreSQL store");
+    Fixture {
+        store: Arc::new(store),
+        db: Some(db),
+    }
+}
+
+fn meta(id: &str, status: &str) -> InstanceMeta {
+    InstanceMeta {
+        id: id.into(),
+        workflow: "refund".into(),
+        version: 3,
+        hash: "h1".into(),
+        status: status.into(),
+        created_at: 10,
+        updated_at: 20,
+        parent: None,
+    }
+}
+
+fn rec(reason: &str, at: i64) -> Record {
+    Record::Cancelled {
+        reason: reason.into(),
+        at,
+    }
+}
+
+fn timer(at: i64, instance: &str, frame: u32) -> Timer {
+    Timer {
+        at,
+        instance: instance.into(),
+        frame,
+    }
+}
+
+fn wait(key: &str, instance: &str, frame: u32) -> Wait {
+    Wait {
+        event_type: "approved".into(),
+        key: key.into(),
+        instance: instance.into(),
+        frame,
+    }
+}
+
+fn claim(key: &str) -> Claim {
+    Claim {
+        workflow: "refund".into(),
+        key: key.into(),
+    }
+}
+
+fn first(id: &str, status: &str) -> Batch {
+    Batch {
+        instance: id.into(),
+        records: vec![rec("first", 1)],
+        meta: Some(meta(id, status)),
+        ..Batch::default()
+    }
+}
+
+/// Create `id` owned by `daemon`, returning its fence.
+fn create(s: &Fixture, id: &str, status: &str, daemon: &str) -> Fence {
+    match s.create(&first(id, status), None, daemon).unwrap() {
+        Created::New(f) => {
+            s.flush().unwrap();
+            assert_eq!(f.daemon, daemon);
+            f
+        }
+        other => panic!("{id} was not created: {other:?}"),
+    }
+}
+
+fn write(s: &Fixture, b: Batch) {
+    s.write(&b).unwrap();
+    s.flush().unwrap();
+}
+
+fn ids(v: Vec<InstanceMeta>) -> Vec<String> {
+    v.into_iter().map(|m| m.id).collect()
+}
+
+// ---- the contract ----
+
+fn journal_order_and_reads(s: &Fixture) {
+    let f = create(s, "i1", "running", "d1");
+    write(
+        s,
+        Batch {
+            instance: "i1".into(),
+            first_seq: 1,
+            records: vec![rec("two", 2), rec("three", 3)],
+            meta: Some(InstanceMeta {
+                updated_at: 30,
+                ..meta("i1", "parked")
+            }),
+            fence: Some(f.clone()),
+            ..Batch::default()
+        },
+    );
+    write(
+        s,
+        Batch {
+            instance: "i1".into(),
+            first_seq: 3,
+            records: vec![rec("four", 4)],
+            fence: Some(f),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(
+        s.journal("i1").unwrap(),
+        vec![
+            rec("first", 1),
+            rec("two", 2),
+            rec("three", 3),
+            rec("four", 4)
+        ]
+    );
+    assert_eq!(s.journal("i").unwrap(), vec![], "no prefix match");
+    assert_eq!(s.journal("nope").unwrap(), vec![]);
+    let m = s.instance("i1").unwrap().unwrap();
+    assert_eq!(
+        m,
+        InstanceMeta {
+            updated_at: 30,
+            ..meta("i1", "parked")
+        }
+    );
+    assert_eq!(s.instance("nope").unwrap(), None);
+    // A parent survives the round trip.
+    let child = InstanceMeta {
+        parent: Some("i1".into()),
+        ..meta("c1", "running")
+    };
+    write(
+        s,
+        Batch {
+            instance: "c1".into(),
+            meta: Some(child.clone()),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.instance("c1").unwrap(), Some(child));
+}
+
+fn instances_page_in_id_order(s: &Fixture) {
+    for id in ["0b", "0d", "0a", "0c", "0e"] {
+        write(
+            s,
+            Batch {
+                instance: id.into(),
+                meta: Some(meta(id, "completed")),
+                ..Batch::default()
+            },
+        );
+    }
+    assert_eq!(ids(s.instances(None, 2).unwrap()), ["0a", "0b"]);
+    assert_eq!(ids(s.instances(Some("0b"), 2).unwrap()), ["0c", "0d"]);
+    assert_eq!(ids(s.instances(Some("0d"), 10).unwrap()), ["0e"]);
+    assert!(s.instances(Some("0e"), 10).unwrap().is_empty());
+    assert_eq!(ids(s.instances(Some("0"), 1).unwrap()), ["0a"]);
+    assert!(s.instances(None, 0).unwrap().is_empty());
+}
+
+fn runnable_lists_running_and_compensating(s: &Fixture) {
+    for (id, status) in [
+        ("a", "running"),
+        ("b", "parked"),
+        ("c", "completed"),
+        ("d", "compensating"),
+        ("e", "failed"),
+        ("f", "cancelled"),
+    ] {
+        write(
+            s,
+            Batch {
+                instance: id.into(),
+                meta: Some(meta(id, status)),
+                ..Batch::default()
+            },
+        );
+    }
+    assert_eq!(ids(s.runnable().unwrap()), ["a", "d"]);
+}
+
+fn definitions_round_trip(s: &Fixture) {
+    let def = StoredDefinition {
+        name: "refund".into(),
+        version: 2,
+        file: "workflows/refund.yaml".into(),
+        source: "workflow: refund\n".into(),
+    };
+    assert_eq!(s.definition("h").unwrap(), None);
+    s.put_definition("h", &def).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.definition("h").unwrap(), Some(def.clone()));
+    let newer = StoredDefinition { version: 3, ..def };
+    s.put_definition("h", &newer).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.definition("h").unwrap(), Some(newer));
+}
+
+fn timers_come_due_in_order(s: &Fixture) {
+    assert_eq!(s.next_timer().unwrap(), None);
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            timers_add: vec![
+                timer(300, "c", 1),
+                timer(-5, "a", 1),
+                timer(100, "b", 2),
+                timer(100, "b", 1),
+                timer(100, "a", 9),
+            ],
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.next_timer().unwrap(), Some(-5));
+    assert_eq!(
+        s.due_timers(200, 10).unwrap(),
+        vec![
+            timer(-5, "a", 1),
+            timer(100, "a", 9),
+            timer(100, "b", 1),
+            timer(100, "b", 2)
+        ]
+    );
+    assert_eq!(s.due_timers(200, 1).unwrap(), vec![timer(-5, "a", 1)]);
+    assert_eq!(s.due_timers(-6, 10).unwrap(), vec![]);
+    assert_eq!(s.due_timers(-5, 10).unwrap(), vec![timer(-5, "a", 1)]);
+    // Adding a timer twice keeps one.
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            timers_add: vec![timer(-5, "a", 1)],
+            timers_remove: vec![timer(100, "a", 9)],
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.due_timers(100, 10).unwrap().len(), 3);
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            timers_remove: vec![timer(-5, "a", 1), timer(100, "b", 1), timer(100, "b", 2)],
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.next_timer().unwrap(), Some(300));
+    assert_eq!(s.due_timers(1000, 10).unwrap(), vec![timer(300, "c", 1)]);
+}
+
+fn waits_are_found_by_type_and_key(s: &Fixture) {
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            waits_add: vec![
+                wait("jane@example.com", "b", 1),
+                wait("jane@example.com", "a", 2),
+                wait("jane@example.com", "a", 1),
+                wait("john@example.com", "c", 1),
+            ],
+            ..Batch::default()
+        },
+    );
+    assert_eq!(
+        s.waiters("approved", "jane@example.com").unwrap(),
+        vec![
+            wait("jane@example.com", "a", 1),
+            wait("jane@example.com", "a", 2),
+            wait("jane@example.com", "b", 1)
+        ]
+    );
+    assert_eq!(
+        s.waiters("approved", "john@example.com").unwrap(),
+        vec![wait("john@example.com", "c", 1)]
+    );
+    assert!(s
+        .waiters("rejected", "jane@example.com")
+        .unwrap()
+        .is_empty());
+    assert!(s.waiters("approved", "jane").unwrap().is_empty());
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            waits_remove: vec![wait("jane@example.com", "a", 2)],
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.waiters("approved", "jane@example.com").unwrap().len(), 2);
+}
+
+fn event_answers_are_kept(s: &Fixture) {
+    assert_eq!(s.event_answer("evt-1").unwrap(), None);
+    s.put_event_answer("evt-1", &json!({"started": ["i1"]}))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(
+        s.event_answer("evt-1").unwrap(),
+        Some(json!({"started": ["i1"]}))
+    );
+    assert_eq!(s.event_answer("evt-2").unwrap(), None);
+    s.put_event_answer("evt-1", &json!(null)).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.event_answer("evt-1").unwrap(), Some(json!(null)));
+}
+
+fn create_new_existing_and_key_held(s: &Fixture) {
+    let b = Batch {
+        timers_add: vec![timer(50, "c1", 0)],
+        waits_add: vec![wait("k", "c1", 0)],
+        ..first("c1", "parked")
+    };
+    let Created::New(f) = s.create(&b, Some(&claim("key-1")), "d1").unwrap() else {
+        panic!("a new instance")
+    };
+    s.flush().unwrap();
+    assert_eq!(f.daemon, "d1");
+    assert_eq!(s.instance("c1").unwrap(), Some(meta("c1", "parked")));
+    assert_eq!(s.journal("c1").unwrap(), vec![rec("first", 1)]);
+    assert_eq!(s.due_timers(50, 10).unwrap(), vec![timer(50, "c1", 0)]);
+    assert_eq!(
+        s.waiters("approved", "k").unwrap(),
+        vec![wait("k", "c1", 0)]
+    );
+    assert_eq!(s.key_holder("refund", "key-1").unwrap(), Some("c1".into()));
+    assert_eq!(s.key_holder("refund", "key-2").unwrap(), None);
+    assert_eq!(s.key_holder("other", "key-1").unwrap(), None);
+    // The same instance again: nothing written.
+    let again = Batch {
+        records: vec![rec("again", 9)],
+        ..first("c1", "running")
+    };
+    assert_eq!(
+        s.create(&again, None, "d2").unwrap(),
+        Created::Existing("c1".into())
+    );
+    assert_eq!(s.journal("c1").unwrap(), vec![rec("first", 1)]);
+    assert_eq!(s.instance("c1").unwrap().unwrap().status, "parked");
+    // Another instance with the held key: nothing written, the holder named.
+    let loser = Batch {
+        timers_add: vec![timer(60, "c2", 0)],
+        ..first("c2", "running")
+    };
+    assert_eq!(
+        s.create(&loser, Some(&claim("key-1")), "d2").unwrap(),
+        Created::Existing("c1".into())
+    );
+    s.flush().unwrap();
+    assert_eq!(s.instance("c2").unwrap(), None);
+    assert!(s.journal("c2").unwrap().is_empty());
+    assert_eq!(s.next_timer().unwrap(), Some(50));
+    assert_eq!(s.due_timers(100, 10).unwrap().len(), 1);
+    // The key of another workflow is another key.
+    let other = Claim {
+        workflow: "other".into(),
+        key: "key-1".into(),
+    };
+    assert!(matches!(
+        s.create(&first("c3", "running"), Some(&other), "d2")
+            .unwrap(),
+        Created::New(_)
+    ));
+    // Both creators own their instance, under different epochs.
+    let Ownership::Mine(f1) = s.claim("c1", "d1", 0).unwrap() else {
+        panic!("c1 is d1's")
+    };
+    assert_eq!(f1, f);
+    let Ownership::Mine(f3) = s.claim("c3", "d2", 0).unwrap() else {
+        panic!("c3 is d2's")
+    };
+    assert_ne!(f3.epoch, f.epoch);
+}
+
+fn concurrent_duplicate_creates_make_one_instance(s: &Fixture) {
+    const N: usize = 16;
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let store = s.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let id = format!("r{i:02}");
+                barrier.wait();
+                let out = store
+                    .create(
+                        &first(&id, "running"),
+                        Some(&claim("dup")),
+                        &format!("d{i}"),
+                    )
+                    .unwrap();
+                store.flush().unwrap();
+                (id, out)
+            })
+        })
+        .collect();
+    let results: Vec<(String, Created)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<&String> = results
+        .iter()
+        .filter(|(_, c)| matches!(c, Created::New(_)))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one New: {results:?}");
+    let winner = winners[0].clone();
+    for (id, c) in &results {
+        if *id != winner {
+            assert_eq!(*c, Created::Existing(winner.clone()), "{id}");
+            assert_eq!(s.instance(id).unwrap(), None, "{id} wrote nothing");
+            assert!(s.journal(id).unwrap().is_empty(), "{id} wrote nothing");
+        }
+    }
+    assert_eq!(s.key_holder("refund", "dup").unwrap(), Some(winner.clone()));
+    assert_eq!(ids(s.instances(None, 100).unwrap()), [winner]);
+}
+
+fn a_stale_fence_is_refused_whole(s: &Fixture) {
+    let f1 = create(s, "x", "running", "d1");
+    s.heartbeat("d1", 100).unwrap();
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("by d1", 2)],
+            fence: Some(f1.clone()),
+            ..Batch::default()
+        },
+    );
+    // d1 lapses at 100; d2 takes x over.
+    let Ownership::Mine(f2) = s.claim("x", "d2", 100).unwrap() else {
+        panic!("a lapsed owner's instance is claimed")
+    };
+    assert!(f2.epoch > f1.epoch);
+    let stale = Batch {
+        instance: "x".into(),
+        first_seq: 2,
+        records: vec![rec("stale", 3)],
+        meta: Some(meta("x", "completed")),
+        timers_add: vec![timer(5, "x", 1)],
+        waits_add: vec![wait("k", "x", 1)],
+        fence: Some(f1.clone()),
+        ..Batch::default()
+    };
+    let err = s.write(&stale).unwrap_err();
+    assert!(
+        matches!(&err, Error::Fenced { instance, epoch } if instance == "x" && *epoch == f1.epoch),
+        "{err:?}"
+    );
+    s.flush().unwrap();
+    assert_eq!(
+        s.journal("x").unwrap(),
+        vec![rec("first", 1), rec("by d1", 2)]
+    );
+    assert_eq!(s.instance("x").unwrap().unwrap().status, "running");
+    assert_eq!(s.next_timer().unwrap(), None);
+    assert!(s.waiters("approved", "k").unwrap().is_empty());
+    // d1 renewing its lease gives it back nothing.
+    s.heartbeat("d1", 1000).unwrap();
+    assert!(matches!(s.write(&stale), Err(Error::Fenced { .. })));
+    // The new owner writes.
+    write(
+        s,
+        Batch {
+            fence: Some(f2),
+            ..stale
+        },
+    );
+    assert_eq!(s.journal("x").unwrap().len(), 3);
+    assert_eq!(s.instance("x").unwrap().unwrap().status, "completed");
+    // A fence for an instance nobody created is refused too.
+    let ghost = Batch {
+        instance: "ghost".into(),
+        records: vec![rec("ghost", 1)],
+        fence: Some(Fence {
+            daemon: "d1".into(),
+            epoch: 1,
+        }),
+        ..Batch::default()
+    };
+    assert!(matches!(s.write(&ghost), Err(Error::Fenced { .. })));
+    assert!(s.journal("ghost").unwrap().is_empty());
+}
+
+fn claims_follow_heartbeats_and_epochs_grow(s: &Fixture) {
+    assert_eq!(s.claim("nope", "d1", 0).unwrap(), Ownership::Unknown);
+    let f1 = create(s, "x", "running", "d1");
+    s.heartbeat("d1", 100).unwrap();
+    s.heartbeat("d2", 100).unwrap();
+    assert_eq!(s.claim("x", "d1", 10).unwrap(), Ownership::Mine(f1.clone()));
+    assert_eq!(
+        s.claim("x", "d2", 99).unwrap(),
+        Ownership::Held {
+            daemon: "d1".into()
+        }
+    );
+    // A heartbeat never shortens a lease.
+    s.heartbeat("d1", 200).unwrap();
+    s.heartbeat("d1", 50).unwrap();
+    assert_eq!(
+        s.claim("x", "d2", 199).unwrap(),
+        Ownership::Held {
+            daemon: "d1".into()
+        }
+    );
+    let Ownership::Mine(f2) = s.claim("x", "d2", 200).unwrap() else {
+        panic!("d1 lapsed at 200")
+    };
+    assert_eq!(f2.daemon, "d2");
+    assert!(f2.epoch > f1.epoch);
+    assert_eq!(
+        s.claim("x", "d2", 500).unwrap(),
+        Ownership::Mine(f2.clone())
+    );
+    // d2 lapsed at 100 already: d1, alive again, takes it back with a newer epoch.
+    s.heartbeat("d1", 1000).unwrap();
+    let Ownership::Mine(f3) = s.claim("x", "d1", 300).unwrap() else {
+        panic!("d2 lapsed")
+    };
+    assert!(f3.epoch > f2.epoch);
+    // Released, then claimed again: a newer epoch still.
+    assert!(s.release("x", &f3).unwrap());
+    let Ownership::Mine(f4) = s.claim("x", "d1", 300).unwrap() else {
+        panic!("a released instance is free")
+    };
+    assert!(f4.epoch > f3.epoch);
+    // A daemon that never sent a heartbeat is not alive.
+    let f5 = create(s, "y", "running", "d9");
+    let Ownership::Mine(f6) = s.claim("y", "d1", 0).unwrap() else {
+        panic!("d9 never sent a heartbeat")
+    };
+    assert!(f6.epoch > f5.epoch);
+}
+
+fn concurrent_claims_of_a_lapsed_instance_have_one_winner(s: &Fixture) {
+    const N: usize = 8;
+    let f0 = create(s, "x", "running", "d-old");
+    s.heartbeat("d-old", 10).unwrap();
+    for i in 0..N {
+        s.heartbeat(&format!("d{i}"), 1000).unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let store = s.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let daemon = format!("d{i}");
+                barrier.wait();
+                (daemon.clone(), store.claim("x", &daemon, 100).unwrap())
+            })
+        })
+        .collect();
+    let results: Vec<(String, Ownership)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<&Fence> = results
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Ownership::Mine(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = winners[0].clone();
+    assert!(winner.epoch > f0.epoch);
+    for (daemon, o) in &results {
+        if *daemon != winner.daemon {
+            assert_eq!(
+                *o,
+                Ownership::Held {
+                    daemon: winner.daemon.clone()
+                }
+            );
+        }
+    }
+    // Only the winner's fence writes.
+    assert!(matches!(
+        s.write(&Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("old", 2)],
+            fence: Some(f0),
+            ..Batch::default()
+        }),
+        Err(Error::Fenced { .. })
+    ));
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("new", 2)],
+            fence: Some(winner),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(
+        s.journal("x").unwrap(),
+        vec![rec("first", 1), rec("new", 2)]
+    );
+}
+
+fn release_is_refused_while_mail_waits(s: &Fixture) {
+    let f1 = create(s, "x", "parked", "d1");
+    s.heartbeat("d1", 1000).unwrap();
+    s.post("x", &Mail::Retry).unwrap();
+    s.flush().unwrap();
+    assert!(!s.release("x", &f1).unwrap(), "mail waits");
+    assert_eq!(
+        s.claim("x", "d2", 10).unwrap(),
+        Ownership::Held {
+            daemon: "d1".into()
+        },
+        "the claim is kept"
+    );
+    let mail = s.mail("x", 10).unwrap();
+    assert_eq!(mail.len(), 1);
+    write(
+        s,
+        Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("handled", 2)],
+            mail_done: vec![mail[0].0],
+            fence: Some(f1.clone()),
+            ..Batch::default()
+        },
+    );
+    assert!(s.mail("x", 10).unwrap().is_empty());
+    assert!(s.release("x", &f1).unwrap());
+    // Released: anyone may claim it, and a stale release changes nothing.
+    let Ownership::Mine(f2) = s.claim("x", "d2", 10).unwrap() else {
+        panic!("released")
+    };
+    assert!(s.release("x", &f1).unwrap(), "nothing to give up");
+    assert_eq!(s.claim("x", "d2", 10).unwrap(), Ownership::Mine(f2.clone()));
+    // After a release the old fence writes nothing.
+    assert!(s.release("x", &f2).unwrap());
+    assert!(matches!(
+        s.write(&Batch {
+            instance: "x".into(),
+            first_seq: 2,
+            records: vec![rec("late", 3)],
+            fence: Some(f2),
+            ..Batch::default()
+        }),
+        Err(Error::Fenced { .. })
+    ));
+}
+
+fn mail_comes_in_order_and_leaves_with_its_batch(s: &Fixture) {
+    let f = create(s, "x", "running", "d1");
+    let posted = [
+        Mail::Cancel {
+            reason: "one".into(),
+        },
+        Mail::Retry,
+        Mail::ChildFinished {
+            child: "c1".into(),
+            result: Ok(json!({"ok": 1})),
+        },
+    ];
+    s.post("x", &posted[0]).unwrap();
+    s.post("y", &Mail::Retry).unwrap();
+    s.post("x", &posted[1]).unwrap();
+    s.post("x", &posted[2]).unwrap();
+    s.flush().unwrap();
+    let got = s.mail("x", 10).unwrap();
+    assert_eq!(
+        got.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+        posted.to_vec()
+    );
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{got:?}");
+    assert_eq!(s.mail("x", 2).unwrap(), got[..2].to_vec());
+    assert_eq!(s.mail("y", 10).unwrap().len(), 1);
+    assert!(s.mail("z", 10).unwrap().is_empty());
+    // Handled in a batch: gone with it; a refused batch removes nothing.
+    let stale = Batch {
+        instance: "x".into(),
+        mail_done: vec![got[0].0, got[1].0],
+        fence: Some(Fence {
+            daemon: "d1".into(),
+            epoch: f.epoch + 1000,
+        }),
+        ..Batch::default()
+    };
+    assert!(matches!(s.write(&stale), Err(Error::Fenced { .. })));
+    assert_eq!(s.mail("x", 10).unwrap().len(), 3);
+    write(
+        s,
+        Batch {
+            fence: Some(f),
+            ..stale
+        },
+    );
+    assert_eq!(s.mail("x", 10).unwrap(), got[2..].to_vec());
+    assert_eq!(
+        s.mail("y", 10).unwrap().len(),
+        1,
+        "other instances' mail stays"
+    );
+}
+
+fn orphans_are_runnable_instances_nobody_alive_owns(s: &Fixture) {
+    s.heartbeat("alive", 1000).unwrap();
+    s.heartbeat("dead", 50).unwrap();
+    create(s, "a", "running", "alive");
+    create(s, "b", "running", "dead");
+    create(s, "c", "parked", "dead");
+    let fe = create(s, "e", "compensating", "alive");
+    assert!(s.release("e", &fe).unwrap());
+    create(s, "f", "completed", "dead");
+    // Written without ever being created or claimed: nobody owns it.
+    write(
+        s,
+        Batch {
+            instance: "d".into(),
+            meta: Some(meta("d", "running")),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(s.orphans(100, 10).unwrap(), ["b", "d", "e"]);
+    assert_eq!(s.orphans(100, 2).unwrap(), ["b", "d"]);
+    // Before "dead" lapsed it owned b.
+    assert_eq!(s.orphans(10, 10).unwrap(), ["d", "e"]);
+    // Once claimed by a live daemon, b is no orphan.
+    assert!(matches!(
+        s.claim("b", "alive", 100).unwrap(),
+        Ownership::Mine(_)
+    ));
+    assert_eq!(s.orphans(100, 10).unwrap(), ["d", "e"]);
+    assert_eq!(s.orphans(2000, 10).unwrap(), ["a", "b", "d", "e"]);
+}
+
+fn mailed_lists_own_and_orphaned_mail(s: &Fixture) {
+    s.heartbeat("d1", 1000).unwrap();
+    s.heartbeat("d2", 1000).unwrap();
+    s.heartbeat("d3", 50).unwrap();
+    create(s, "x", "parked", "d1");
+    create(s, "y", "parked", "d2");
+    create(s, "z", "parked", "d3");
+    let fr = create(s, "r", "parked", "d2");
+    assert!(s.release("r", &fr).unwrap());
+    for i in ["z", "x", "y", "w", "x", "r"] {
+        s.post(i, &Mail::Retry).unwrap();
+    }
+    s.flush().unwrap();
+    // w has no instance: nobody owns it, so anyone finds its mail.
+    assert_eq!(s.mailed("d1", 100, 10).unwrap(), ["r", "w", "x", "z"]);
+    assert_eq!(s.mailed("d2", 100, 10).unwrap(), ["r", "w", "y", "z"]);
+    assert_eq!(s.mailed("d1", 100, 2).unwrap(), ["r", "w"]);
+    // Before d3 lapsed, z's mail was d3's alone.
+    assert_eq!(s.mailed("d1", 10, 10).unwrap(), ["r", "w", "x"]);
+    assert_eq!(s.mailed("d3", 10, 10).unwrap(), ["r", "w", "z"]);
+    // At 2000 everyone has lapsed: all of it is orphaned.
+    assert_eq!(s.mailed("d9", 2000, 10).unwrap(), ["r", "w", "x", "y", "z"]);
+}
+
+macro_rules! contract {
+    ($store:ident: $($test:ident),* $(,)?) => {
+        mod $store {
+            $(
+                #[test]
+                fn $test() {
+                    let fixture = super::$store();
+                    super::$test(&fixture);
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! suite {
+    ($($store:ident),*) => {
+        $(
+            contract!($store:
+                journal_order_and_reads,
+                instances_page_in_id_order,
+                runnable_lists_running_and_compensating,
+                definitions_round_trip,
+                timers_come_due_in_order,
+                waits_are_found_by_type_and_key,
+                event_answers_are_kept,
+                create_new_existing_and_key_held,
+                concurrent_duplicate_creates_make_one_instance,
+                a_stale_fence_is_refused_whole,
+                claims_follow_heartbeats_and_epochs_grow,
+                concurrent_claims_of_a_lapsed_instance_have_one_winner,
+                release_is_refused_while_mail_waits,
+                mail_comes_in_order_and_leaves_with_its_batch,
+                orphans_are_runnable_instances_nobody_alive_owns,
+                mailed_lists_own_and_orphaned_mail,
+            );
+        )*
+    };
+}
+
+suite!(memory, sled, postgres);
+
+// ---- PostgreSQL only: what is in the tables ----
+
+const MARKER: &str = "MARKER-4111-1111-jane.doe";
+
+#[test]
+fn postgres_values_and_client_strings_are_not_stored_in_clear() {
+    let s = postgres();
+    let db = s.db.as_ref().unwrap();
+    let f = match s
+        .create(
+            &Batch {
+                records: vec![rec(MARKER, 1)],
+                waits_add: vec![wait(MARKER, "i1", 0)],
+                ..first("i1", "parked")
+            },
+            Some(&claim(MARKER)),
+            "d1",
+        )
+        .unwrap()
+    {
+        Created::New(f) => f,
+        other => panic!("{other:?}"),
+    };
+    s.write(&Batch {
+        instance: "i1".into(),
+        first_seq: 1,
+        records: vec![rec(MARKER, 2)],
+        fence: Some(f),
+        ..Batch::default()
+    })
+    .unwrap();
+    s.post(
+        "i1",
+        &Mail::Cancel {
+            reason: MARKER.into(),
+        },
+    )
+    .unwrap();
+    s.put_event_answer(MARKER, &json!({ "note": MARKER }))
+        .unwrap();
+    s.put_definition(
+        "h1",
+        &StoredDefinition {
+            name: "refund".into(),
+            version: 1,
+            file: "refund.yaml".into(),
+            source: MARKER.into(),
+        },
+    )
+    .unwrap();
+    // The store reads it all back.
+    assert_eq!(
+        s.journal("i1").unwrap(),
+        vec![rec(MARKER, 1), rec(MARKER, 2)]
+    );
+    assert_eq!(s.waiters("approved", MARKER).unwrap().len(), 1);
+    assert_eq!(s.key_holder("refund", MARKER).unwrap(), Some("i1".into()));
+    assert_eq!(s.mail("i1", 10).unwrap().len(), 1);
+    assert!(s.event_answer(MARKER).unwrap().is_some());
+    // The raw tables do not show it.
+    let marker = MARKER.as_bytes();
+    let hidden = |what: &str, values: Vec<Vec<u8>>| {
+        assert!(!values.is_empty(), "{what}: nothing stored");
+        for v in values {
+            assert!(
+                !v.windows(marker.len()).any(|w| w == marker),
+                "{what} holds the marker in clear"
+            );
+            assert!(
+                !v.windows(4).any(|w| w == b"4111"),
+                "{what} holds part of the marker in clear"
+            );
+        }
+    };
+    hidden(
+        "casework_journal",
+        db.raw_bytes("SELECT value FROM casework_journal"),
+    );
+    hidden(
+        "casework_mail",
+        db.raw_bytes("SELECT value FROM casework_mail"),
+    );
+    hidden(
+        "casework_events",
+        db.raw_bytes("SELECT id_hash || value FROM casework_events"),
+    );
+    hidden(
+        "casework_definitions",
+        db.raw_bytes("SELECT value FROM casework_definitions"),
+    );
+    hidden(
+        "casework_waits",
+        db.raw_bytes("SELECT convert_to(event_type, 'UTF8') || key_hash FROM casework_waits"),
+    );
+    hidden(
+        "casework_idempotency",
+        db.raw_bytes("SELECT convert_to(workflow, 'UTF8') || key_hash FROM casework_idempotency"),
+    );
+    // A sealed record moved to another row fails to open, naming no plaintext.
+    db.execute(
+        "INSERT INTO casework_journal (instance, seq, value) \
+         SELECT 'i2', 0, value FROM casework_journal WHERE instance = 'i1' AND seq = 0",
+    );
+    let err = s.journal("i2").unwrap_err().to_string();
+    assert!(err.contains("failed authentication"), "{err}");
+    assert!(!err.contains(MARKER), "{err}");
+}
+
+#[test]
+fn postgres_daemons_on_separate_connections_share_ownership() {
+    // Two stores on one database, as two daemons would have.
+    let db = TestDb::new();
+    let (k, _) = key();
+    let a = PgStore::open(db.url(), KeySource::Explicit(k.clone())).unwrap();
+    let b = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
+    a.heartbeat("da", 100).unwrap();
+    b.heartbeat("db", 1000).unwrap();
+    let Created::New(fa) = a.create(&first("x", "running"), None, "da").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        b.claim("x", "db", 50).unwrap(),
+        Ownership::Held {
+            daemon: "da".into()
+        }
+    );
+    b.post("x", &Mail::Retry).unwrap();
+    assert_eq!(a.mailed("da", 50, 10).unwrap(), ["x"]);
+    assert!(!a.release("x", &fa).unwrap());
+    let Ownership::Mine(fb) = b.claim("x", "db", 100).unwrap() else {
+        panic!("da lapsed")
+    };
+    assert!(matches!(
+        a.write(&Batch {
+            instance: "x".into(),
+            first_seq: 1,
+            records: vec![rec("a", 2)],
+            fence: Some(fa),
+            ..Batch::default()
+        }),
+        Err(Error::Fenced { .. })
+    ));
+    b.write(&Batch {
+        instance: "x".into(),
+        first_seq: 1,
+        records: vec![rec("b", 2)],
+        fence: Some(fb),
+        ..Batch::default()
+    })
+    .unwrap();
+    assert_eq!(a.journal("x").unwrap(), vec![rec("first", 1), rec("b", 2)]);
+}
