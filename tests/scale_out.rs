@@ -58,7 +58,12 @@ async fn refunds(
         return (StatusCode::UNAUTHORIZED, "{}".to_string());
     }
     let key = header("idempotency-key");
-    *stripe.requests.lock().unwrap().entry(key.clone()).or_default() += 1;
+    *stripe
+        .requests
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default() += 1;
     // A window in which a daemon can die with the payment in flight.
     let pause = rand::rng().random_range(0..40);
     tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -91,8 +96,9 @@ fn install(dir: &Path, stripe_port: u16) {
         let target = dir.join("plugins").join(plugin);
         std::fs::create_dir_all(&target).unwrap();
         let wasm = format!("{plugin}.wasm");
-        std::fs::copy(source.join(&wasm), target.join(&wasm))
-            .unwrap_or_else(|e| panic!("plugins/{plugin}/{wasm}: {e}; run `bash plugins/build.sh`"));
+        std::fs::copy(source.join(&wasm), target.join(&wasm)).unwrap_or_else(|e| {
+            panic!("plugins/{plugin}/{wasm}: {e}; run `bash plugins/build.sh`")
+        });
         let manifest = std::fs::read_to_string(source.join("plugin.toml"))
             .unwrap()
             .replace("\"https://api.stripe.com:443\"", &format!("\"{origin}\""))
@@ -274,7 +280,11 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
             let (ports, ids) = (ports.clone(), ids.clone());
             std::thread::spawn(move || {
                 for n in (c..REFUNDS).step_by(8) {
-                    let amount = if n < APPROVALS { 45_000 } else { 1_000 + n as u64 };
+                    let amount = if n < APPROVALS {
+                        45_000
+                    } else {
+                        1_000 + n as u64
+                    };
                     let body = refund_input(&format!("ord-{n}"), amount);
                     let k = format!("refund-{n}");
                     let twice = n % 10 == 0;
@@ -306,7 +316,11 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
     }
     let ids = ids.lock().unwrap().clone();
     for (n, got) in &ids {
-        assert_eq!(got.len(), 1, "refund {n} was answered with two instances: {got:?}");
+        assert_eq!(
+            got.len(),
+            1,
+            "refund {n} was answered with two instances: {got:?}"
+        );
     }
     assert_eq!(ids.len(), REFUNDS);
     let id_of = |n: usize| ids[&n].iter().next().unwrap().clone();
@@ -324,7 +338,9 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
         assert!(
             Instant::now() < deadline,
             "refunds waiting for approval never parked: {:?}",
-            (0..APPROVALS).filter(|n| !approved.contains(n)).collect::<Vec<_>>()
+            (0..APPROVALS)
+                .filter(|n| !approved.contains(n))
+                .collect::<Vec<_>>()
         );
         for n in 0..APPROVALS {
             if approved.contains(&n) || status(&id_of(n)) != "parked" {
@@ -346,7 +362,11 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
     for n in 0..REFUNDS {
         let id = id_of(n);
         let view = loop {
-            assert!(Instant::now() < deadline, "refund {n} ({id}) never finished: {}", status(&id));
+            assert!(
+                Instant::now() < deadline,
+                "refund {n} ({id}) never finished: {}",
+                status(&id)
+            );
             match get_any(&ports, &format!("/v1/instances/{id}")) {
                 Some(v) if v["status"] != "running" && v["status"] != "parked" => break v,
                 _ => std::thread::sleep(Duration::from_millis(100)),
@@ -376,7 +396,11 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
 
     // Each refund paid exactly once, under one key per refund, whatever was repeated.
     let created = stripe.created.lock().unwrap().clone();
-    assert_eq!(created.len(), REFUNDS, "one refund at the provider per request");
+    assert_eq!(
+        created.len(),
+        REFUNDS,
+        "one refund at the provider per request"
+    );
     let requests = stripe.requests.lock().unwrap().clone();
     assert!(
         requests.values().any(|&n| n > 1),
@@ -399,7 +423,11 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
         for run in 1..=node.starts {
             let log = std::fs::read_to_string(dir.path().join(format!("{}-{run}.log", node.name)))
                 .unwrap_or_default();
-            assert!(!log.contains(SECRET_KEY), "secret key in {}-{run}.log", node.name);
+            assert!(
+                !log.contains(SECRET_KEY),
+                "secret key in {}-{run}.log",
+                node.name
+            );
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct SledStore {
     mail: ::sled::Tree,
     /// Whether `orphans` has scanned the whole index once.
     orphans_scanned: std::sync::atomic::AtomicBool,
+    /// Since then: instances that became runnable with no owner (written without a claim,
+    /// or released while running), the other way to become an orphan.
+    loose: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Ownership lives in memory: the directory lock admits one process, so one daemon,
     /// and a restarted process owns nothing of its predecessor's (see `store::lease`).
     leases: std::sync::Mutex<Leases>,
@@ -147,6 +150,7 @@ impl SledStore {
             events: t("events")?,
             mail: t("mail")?,
             orphans_scanned: Default::default(),
+            loose: Default::default(),
             leases: Default::default(),
             sealer,
             db,
@@ -188,6 +192,10 @@ impl SledStore {
         Ok(out)
     }
 
+    fn loose(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.loose.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -221,6 +229,10 @@ fn refuse_unsealed_data(db: &::sled::Db, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn is_runnable(m: &InstanceMeta) -> bool {
+    m.status == "running" || m.status == "compensating"
 }
 
 fn instance_prefix(instance: &str) -> Vec<u8> {
@@ -296,6 +308,14 @@ impl Store for SledStore {
             self.mail
                 .remove(journal_key(&b.instance, *seq))
                 .map_err(io)?;
+        }
+        if let Some(m) = &b.meta {
+            let mut loose = self.loose();
+            if is_runnable(m) && leases.owner(&b.instance).is_none() {
+                loose.insert(b.instance.clone());
+            } else {
+                loose.remove(&b.instance);
+            }
         }
         drop(leases);
         Ok(())
@@ -545,7 +565,11 @@ impl Store for SledStore {
         if self.instance(instance)?.is_none() {
             return Ok(Ownership::Unknown);
         }
-        Ok(self.leases().claim(instance, daemon, now))
+        let claimed = self.leases().claim(instance, daemon, now);
+        if matches!(claimed, Ownership::Mine(_)) {
+            self.loose().remove(instance);
+        }
+        Ok(claimed)
     }
 
     fn release(&self, instance: &str, fence: &Fence) -> Result<bool> {
@@ -557,14 +581,17 @@ impl Store for SledStore {
             return Ok(false);
         }
         leases.release(instance, fence);
+        if self.instance(instance)?.as_ref().is_some_and(is_runnable) {
+            self.loose().insert(instance.to_string());
+        }
         Ok(true)
     }
 
     fn orphans(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
-        // Only this process writes here, and it claims what it runs: after the first
-        // call (the scan at start-up, which finds what the previous process left running)
-        // the only orphans are instances of a daemon in this process whose heartbeat
-        // lapsed. That keeps the periodic takeover check off the whole index.
+        // Only this process writes here: after the first call (the scan at start-up, which
+        // finds what the previous process left running) every orphan is either claimed by a
+        // daemon in this process whose heartbeat lapsed, or in `loose`. That keeps the
+        // periodic takeover check off the whole index.
         if !self
             .orphans_scanned
             .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -578,15 +605,16 @@ impl Store for SledStore {
                 .map(|m| m.id)
                 .collect());
         }
-        let lapsed = self.leases().lapsed_claims(now);
+        let mut candidates: std::collections::BTreeSet<String> =
+            self.leases().lapsed_claims(now).into_iter().collect();
+        candidates.extend(self.loose().iter().cloned());
         let mut out = Vec::new();
-        for id in lapsed {
+        for id in candidates {
             if out.len() >= limit {
                 break;
             }
-            if self
-                .instance(&id)?
-                .is_some_and(|m| m.status == "running" || m.status == "compensating")
+            if self.instance(&id)?.as_ref().is_some_and(is_runnable)
+                && self.leases().is_orphan(&id, now)
             {
                 out.push(id);
             }
