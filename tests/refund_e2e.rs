@@ -3,147 +3,19 @@
 //! mid-payment and restarted. Every refund must be created exactly once, with the
 //! same Idempotency-Key on every attempt, and every instance must finish.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::daemon::{self, Daemon};
+use support::refunds::{self, refund_input};
 
 mod support {
     pub mod daemon;
+    pub mod refunds;
 }
 
 const SECRET_KEY: &str = "sk_test_e2e_9f8e7d6c5b4a";
-
-/// A refund the fake created: its id and the form it was created from.
-type Created = (String, Vec<(String, String)>);
-
-/// A Stripe-compatible refunds endpoint that honours idempotency keys like Stripe
-/// does: a repeated key returns the first answer and creates nothing.
-#[derive(Default)]
-struct FakeStripe {
-    /// Idempotency-Key → (refund id, request form)
-    created: Mutex<BTreeMap<String, Created>>,
-    requests: Mutex<Vec<String>>,
-    bad_auth: Mutex<u32>,
-}
-
-async fn refunds(
-    State(stripe): State<Arc<FakeStripe>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> impl IntoResponse {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    if header("authorization") != format!("Bearer {SECRET_KEY}") {
-        *stripe.bad_auth.lock().unwrap() += 1;
-        return (StatusCode::UNAUTHORIZED, "{}".to_string());
-    }
-    let key = header("idempotency-key");
-    stripe.requests.lock().unwrap().push(key.clone());
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    // An in-flight window in which the test kills the daemon.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let id = {
-        let mut created = stripe.created.lock().unwrap();
-        let next = format!("re_{}", created.len() + 1);
-        created
-            .entry(key)
-            .or_insert_with(|| (next, form.clone()))
-            .0
-            .clone()
-    };
-    let amount: u64 = form
-        .iter()
-        .find(|(k, _)| k == "amount")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let refund = json!({
-        "id": id, "object": "refund", "amount": amount, "currency": "usd",
-        "payment_intent": "pi_1", "charge": "ch_1", "status": "succeeded",
-        "created": 1_700_000_000, "metadata": {}
-    });
-    (StatusCode::OK, refund.to_string())
-}
-
-async fn start_stripe() -> (Arc<FakeStripe>, u16) {
-    let stripe = Arc::new(FakeStripe::default());
-    let app = axum::Router::new()
-        .route("/v1/refunds", axum::routing::post(refunds))
-        .with_state(stripe.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (stripe, port)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Plugin folder with the real payments component, pointed at the fake.
-fn install_payments(dir: &Path, port: u16) {
-    let source = repo().join("plugins/payments");
-    assert!(
-        source.join("payments.wasm").is_file(),
-        "plugins/payments/payments.wasm is missing: run `bash plugins/build.sh` first"
-    );
-    let target = dir.join("plugins/payments");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::copy(source.join("payments.wasm"), target.join("payments.wasm")).unwrap();
-    let origin = format!("http://127.0.0.1:{port}");
-    let manifest = std::fs::read_to_string(source.join("plugin.toml"))
-        .unwrap()
-        .replace("\"https://api.stripe.com:443\"", &format!("\"{origin}\""))
-        .replace("\"https://api.stripe.com\"", &format!("\"{origin}\""));
-    std::fs::write(target.join("plugin.toml"), manifest).unwrap();
-    std::fs::write(
-        dir.join("secrets.toml"),
-        format!("[payments]\nstripe_secret_key = \"{SECRET_KEY}\"\n"),
-    )
-    .unwrap();
-    // refund.yaml also calls crm (refund history) and paging (approver and customer
-    // notices); the daemon loads a workflow only if every plugin it calls is installed.
-    // Unconfigured, their calls fail and the workflow records the failed notice.
-    for other in ["crm", "paging"] {
-        let source = repo().join("plugins").join(other);
-        let target = dir.join("plugins").join(other);
-        std::fs::create_dir_all(&target).unwrap();
-        for file in ["plugin.toml".to_string(), format!("{other}.wasm")] {
-            std::fs::copy(source.join(&file), target.join(&file)).unwrap_or_else(|e| {
-                panic!("plugins/{other}/{file}: {e}; run `bash plugins/build.sh`")
-            });
-        }
-    }
-    std::fs::create_dir_all(dir.join("workflows")).unwrap();
-    std::fs::copy(
-        repo().join("workflows/refund.yaml"),
-        dir.join("workflows/refund.yaml"),
-    )
-    .unwrap();
-    // The approval clock counts business hours of a calendar in workflows/calendars/.
-    let calendars = dir.join("workflows/calendars");
-    std::fs::create_dir_all(&calendars).unwrap();
-    for entry in std::fs::read_dir(repo().join("workflows/calendars")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&path, calendars.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
 
 fn spawn(dir: &Path, port: u16, run: u32) -> Daemon {
     let log = dir.join(format!("daemon-{run}.log"));
@@ -176,23 +48,6 @@ fn get(addr: &str, path: &str) -> Value {
         .unwrap()
 }
 
-fn refund_input(order: &str, amount: u64) -> Value {
-    json!({
-        "order_id": order,
-        "payment_ref": "pi_1",
-        "amount_minor": amount,
-        "refundable_minor": 100000,
-        "currency": "USD",
-        "order_date": chrono::Utc::now().to_rfc3339(),
-        "reason": "requested_by_customer",
-        "customer_email": "jane.doe@example.com",
-        "requested_by": "agent-7",
-        // Finish right after paying instead of watching 10 days for a late
-        // `refund.failed` webhook (that path is tested in workflows/refund.test.yaml).
-        "late_failure_watch": "0s"
-    })
-}
-
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -204,9 +59,10 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_refund() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stripe, stripe_port) = runtime.block_on(start_stripe());
+    // Each request is held 300 ms: the window in which the test kills the daemon.
+    let (stripe, stripe_port) = runtime.block_on(refunds::start(SECRET_KEY, 300..300));
     let dir = tempfile::tempdir().unwrap();
-    install_payments(dir.path(), stripe_port);
+    refunds::install(dir.path(), stripe_port, SECRET_KEY);
     let port = daemon::free_port();
 
     let mut daemon = spawn(dir.path(), port, 1);
@@ -277,15 +133,11 @@ fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_re
         ids.len(),
         "one refund per instance: {created:?}"
     );
-    let requests = stripe.requests.lock().unwrap().clone();
-    for key in &requests {
+    let per_key: BTreeMap<String, u32> = stripe.requests_per_key();
+    for key in per_key.keys() {
         assert!(created.contains_key(key), "unknown key {key}");
     }
     // The call cut by SIGKILL was sent again after the restart, with the same key.
-    let mut per_key = BTreeMap::new();
-    for key in &requests {
-        *per_key.entry(key.clone()).or_insert(0) += 1;
-    }
     assert!(
         per_key.values().any(|n| *n >= 2),
         "no request was repeated, so the kill did not land mid-payment: {per_key:?}"

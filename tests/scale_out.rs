@@ -5,23 +5,22 @@
 //! some waiting for an approval sent to any daemon), a random daemon is SIGKILLed and
 //! restarted 20 times. Every refund must end paid, exactly once, whichever daemon held it.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use casework::store::seal::JournalKey;
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::daemon::{self, Daemon};
 use support::postgres::TestDb;
+use support::refunds::{self, refund_input};
 
 mod support {
     pub mod daemon;
     pub mod postgres;
+    pub mod refunds;
 }
 
 const SECRET_KEY: &str = "sk_test_scale_3c2b1a";
@@ -31,99 +30,6 @@ const APPROVALS: usize = 25;
 const KILLS: usize = 20;
 /// Short, so 20 failovers fit in a test; the default is 10 s.
 const LEASE_MS: u64 = 1_000;
-
-#[derive(Default)]
-struct FakeStripe {
-    /// Idempotency-Key → refund id.
-    created: Mutex<BTreeMap<String, String>>,
-    /// Requests per Idempotency-Key.
-    requests: Mutex<BTreeMap<String, u32>>,
-    bad_auth: Mutex<u32>,
-}
-
-async fn refunds(
-    State(stripe): State<Arc<FakeStripe>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> impl IntoResponse {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    if header("authorization") != format!("Bearer {SECRET_KEY}") {
-        *stripe.bad_auth.lock().unwrap() += 1;
-        return (StatusCode::UNAUTHORIZED, "{}".to_string());
-    }
-    let key = header("idempotency-key");
-    *stripe
-        .requests
-        .lock()
-        .unwrap()
-        .entry(key.clone())
-        .or_default() += 1;
-    // A window in which a daemon can die with the payment in flight.
-    let pause = rand::rng().random_range(0..40);
-    tokio::time::sleep(Duration::from_millis(pause)).await;
-    let amount: u64 = url::form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "amount")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let id = {
-        let mut created = stripe.created.lock().unwrap();
-        let next = format!("re_{}", created.len() + 1);
-        created.entry(key).or_insert(next).clone()
-    };
-    let refund = json!({
-        "id": id, "object": "refund", "amount": amount, "currency": "usd",
-        "payment_intent": "pi_1", "charge": "ch_1", "status": "succeeded",
-        "created": 1_700_000_000, "metadata": {}
-    });
-    (StatusCode::OK, refund.to_string())
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The shipped refund workflow and its plugins, payments pointed at the fake.
-fn install(dir: &Path, stripe_port: u16) {
-    let origin = format!("http://127.0.0.1:{stripe_port}");
-    for plugin in ["payments", "crm", "paging"] {
-        let source = repo().join("plugins").join(plugin);
-        let target = dir.join("plugins").join(plugin);
-        std::fs::create_dir_all(&target).unwrap();
-        let wasm = format!("{plugin}.wasm");
-        std::fs::copy(source.join(&wasm), target.join(&wasm)).unwrap_or_else(|e| {
-            panic!("plugins/{plugin}/{wasm}: {e}; run `bash plugins/build.sh`")
-        });
-        let manifest = std::fs::read_to_string(source.join("plugin.toml"))
-            .unwrap()
-            .replace("\"https://api.stripe.com:443\"", &format!("\"{origin}\""))
-            .replace("\"https://api.stripe.com\"", &format!("\"{origin}\""));
-        std::fs::write(target.join("plugin.toml"), manifest).unwrap();
-    }
-    std::fs::write(
-        dir.join("secrets.toml"),
-        format!("[payments]\nstripe_secret_key = \"{SECRET_KEY}\"\n"),
-    )
-    .unwrap();
-    let calendars = dir.join("workflows/calendars");
-    std::fs::create_dir_all(&calendars).unwrap();
-    std::fs::copy(
-        repo().join("workflows/refund.yaml"),
-        dir.join("workflows/refund.yaml"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(repo().join("workflows/calendars")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&path, calendars.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
 
 /// One of the three daemons: its port and data folder stay the same across restarts.
 struct Node {
@@ -153,21 +59,6 @@ fn spawn(dir: &Path, node: &mut Node, url: &str, key: &str) {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     node.daemon = Some(daemon::start(c, node.port));
-}
-
-fn refund_input(order: &str, amount: u64) -> Value {
-    json!({
-        "order_id": order,
-        "payment_ref": "pi_1",
-        "amount_minor": amount,
-        "refundable_minor": 100000,
-        "currency": "USD",
-        "order_date": chrono::Utc::now().to_rfc3339(),
-        "reason": "requested_by_customer",
-        "customer_email": "jane.doe@example.com",
-        "requested_by": "agent-7",
-        "late_failure_watch": "0s"
-    })
 }
 
 fn agent() -> ureq::Agent {
@@ -216,21 +107,11 @@ fn get_any(ports: &[u16], path: &str) -> Option<Value> {
 #[test]
 fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let stripe = Arc::new(FakeStripe::default());
-    let stripe_port = runtime.block_on(async {
-        let app = axum::Router::new()
-            .route("/v1/refunds", axum::routing::post(refunds))
-            .with_state(stripe.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        port
-    });
+    // Up to 40 ms per request: a window in which a daemon can die with a payment in flight.
+    let (stripe, stripe_port) = runtime.block_on(refunds::start(SECRET_KEY, 0..40));
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), stripe_port);
+    refunds::install(dir.path(), stripe_port, SECRET_KEY);
     let key = JournalKey::random().unwrap().to_hex();
     let nodes: Vec<Arc<Mutex<Node>>> = ["a", "b", "c"]
         .iter()
@@ -401,7 +282,7 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
         REFUNDS,
         "one refund at the provider per request"
     );
-    let requests = stripe.requests.lock().unwrap().clone();
+    let requests = stripe.requests_per_key();
     assert!(
         requests.values().any(|&n| n > 1),
         "no payment was sent twice: no daemon died with one in flight, so the test proved nothing about failover"
@@ -410,11 +291,10 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
     for n in 0..REFUNDS {
         let view = get_any(&ports, &format!("/v1/instances/{}", id_of(n))).unwrap();
         let refund_id = view["output"]["refund_id"].as_str().unwrap_or_default();
+        let times = created.values().filter(|(r, _)| r == refund_id).count();
         assert_eq!(
-            created.values().filter(|r| *r == refund_id).count(),
-            1,
-            "refund {n} reports {refund_id}, which the provider created {} times",
-            created.values().filter(|r| *r == refund_id).count()
+            times, 1,
+            "refund {n} reports {refund_id}, which the provider created {times} times"
         );
     }
     // The secret key never reaches a log.

@@ -57,6 +57,15 @@ pub struct BenchArgs {
     /// measurements: normal, low or idle (as `plugin_priority` of `casework serve`).
     #[arg(long, default_value = "low", value_parser = parse_priority)]
     pub plugin_priority: crate::plugin_host::pool::Priority,
+    /// Starts of W1 (rule, plugin call, rule) over HTTP per store and daemon count (0
+    /// skips the measurement): on sled, and with `--postgres` on PostgreSQL with 1, 2
+    /// and 3 daemons.
+    #[arg(long, default_value_t = 4_000)]
+    pub w1_starts: usize,
+    /// A PostgreSQL database to measure W1 on (e.g. the one `bash tests/postgres.sh`
+    /// starts: postgres://postgres@127.0.0.1:54329/postgres). Bench instances stay in it.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 fn parse_priority(s: &str) -> Result<crate::plugin_host::pool::Priority, String> {
@@ -277,6 +286,177 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     if args.memory_calls > 0 {
         guest_memory(&args).await?;
     }
+    if args.w1_starts > 0 {
+        w1(&args).await?;
+    }
+    Ok(())
+}
+
+/// W1: a rule, a plugin call (answered at once by a canned host, so the store and the
+/// engine are what is measured) and a rule.
+const W1: &str = r#"
+workflow: bench-w1
+version: 1
+input:
+  n: integer
+steps:
+  - id: decide
+    rule: vars.amount = input.n * 100
+    next: pay
+  - id: pay
+    call: bench.pay
+    with: { amount: "${vars.amount}" }
+    save_as: paid
+    next: record
+  - id: record
+    rule: vars.done = vars.paid.ok
+    next: end
+  - id: end
+    complete: { output: { done: "${vars.done}" } }
+"#;
+
+/// When each instance's final record became durable, by id.
+type Finished = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// One W1 daemon on `store`, serving HTTP on a free loopback port.
+async fn w1_daemon(
+    store: Arc<dyn crate::store::Store>,
+    finished: Finished,
+) -> Result<(std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)> {
+    let mut host = crate::plugin_host::Canned::new();
+    host.answer("bench.pay", Ok(json!({"ok": true})));
+    let observer = Arc::new(move |id: &str, r: &Record| {
+        if r.is_final() {
+            finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string(), Instant::now());
+        }
+    });
+    let d = Driver::new(store, Arc::new(host), Arc::new(SystemClock), Some(observer));
+    let (wf, diags) = compile::load("w1.yaml", W1, &Default::default(), &Rules::shared());
+    d.install(wf.ok_or_else(|| anyhow!("W1 invalid: {diags:?}"))?)
+        .map_err(|e| anyhow!(e))?;
+    let timers = tokio::spawn(d.clone().run_timers());
+    let ownership = tokio::spawn(d.clone().run_ownership());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, crate::daemon::http::router(d)).await;
+    });
+    Ok((addr, vec![timers, ownership, server]))
+}
+
+/// Stage 9: W1 started over HTTP by `http_clients` clients, spread over the daemons;
+/// start latency (until the start is durable and answered) and end-to-end latency (until
+/// the final record is durable).
+async fn w1(args: &BenchArgs) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("casework-bench-w1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut runs: Vec<(String, Vec<Arc<dyn crate::store::Store>>)> = vec![(
+        "sled".into(),
+        vec![Arc::new(SledStore::open(&tmp).map_err(|e| anyhow!("{e}"))?)],
+    )];
+    if let Some(url) = &args.postgres {
+        let key = crate::store::seal::JournalKey::random().map_err(|e| anyhow!("{e}"))?;
+        for daemons in 1..=3 {
+            let mut stores: Vec<Arc<dyn crate::store::Store>> = Vec::new();
+            for _ in 0..daemons {
+                let (url, key) = (url.clone(), key.clone());
+                let store = tokio::task::spawn_blocking(move || {
+                    crate::store::postgres::PgStore::open(
+                        &url,
+                        crate::store::seal::KeySource::Explicit(key),
+                    )
+                })
+                .await?
+                .map_err(|e| anyhow!("{e}"))?;
+                stores.push(Arc::new(store));
+            }
+            runs.push((format!("postgres, {daemons} daemon(s)"), stores));
+        }
+    }
+    for (name, stores) in runs {
+        let finished: Finished = Arc::new(Mutex::new(HashMap::new()));
+        let mut addrs = Vec::new();
+        let mut servers = Vec::new();
+        for store in stores {
+            let (addr, tasks) = w1_daemon(store, finished.clone()).await?;
+            addrs.push(addr);
+            servers.extend(tasks);
+        }
+        let clients = args.http_clients.max(1);
+        let per_client = args.w1_starts.div_ceil(clients);
+        let addrs2 = addrs.clone();
+        let t0 = Instant::now();
+        let started =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(String, Instant, f64)>> {
+                let handles: Vec<_> = (0..clients)
+                    .map(|c| {
+                        let addr = addrs2[c % addrs2.len()];
+                        std::thread::spawn(move || -> Result<Vec<(String, Instant, f64)>> {
+                            let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                            let mut out = Vec::with_capacity(per_client);
+                            for i in 0..per_client {
+                                let t = Instant::now();
+                                let mut resp = agent
+                                    .post(&format!("http://{addr}/v1/workflows/bench-w1/instances"))
+                                    .send_json(json!({"n": i}))
+                                    .map_err(|e| anyhow!("start failed: {e}"))?;
+                                let v: serde_json::Value = resp.body_mut().read_json()?;
+                                let id = v["id"].as_str().unwrap_or_default().to_string();
+                                out.push((id, t, t.elapsed().as_secs_f64() * 1000.0));
+                            }
+                            Ok(out)
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for h in handles {
+                    all.extend(h.join().map_err(|_| anyhow!("client thread panicked"))??);
+                }
+                Ok(all)
+            })
+            .await??;
+        // Wait (bounded) for every instance's end.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let done = {
+                let f = finished.lock().unwrap_or_else(|e| e.into_inner());
+                started.iter().all(|(id, _, _)| f.contains_key(id))
+            };
+            if done || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let f = finished.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut starts: Vec<f64> = started.iter().map(|(_, _, ms)| *ms).collect();
+        let mut ends: Vec<f64> = started
+            .iter()
+            .filter_map(|(id, t, _)| {
+                f.get(id)
+                    .map(|e| e.duration_since(*t).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        starts.sort_by(|a, b| a.total_cmp(b));
+        ends.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "w1 on {name}: {} of {} instances ended in {secs:.2}s = {:.0} instances/s from {clients} clients; start p50 {:.2} ms, p99 {:.2} ms; end-to-end p50 {:.2} ms, p99 {:.2} ms",
+            ends.len(),
+            started.len(),
+            ends.len() as f64 / secs,
+            pct(&starts, 0.5),
+            pct(&starts, 0.99),
+            pct(&ends, 0.5),
+            pct(&ends, 0.99)
+        );
+        for s in servers {
+            s.abort();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 
