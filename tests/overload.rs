@@ -192,3 +192,39 @@ async fn a_filtered_list_reads_a_bounded_part_of_the_index_per_request() {
     assert_eq!(found, "99999999");
     assert_eq!(requests, 3, "20,000 entries per request, 45,001 in all");
 }
+
+/// A daemon whose store stops answering says so on `/readyz` (so a load balancer sends
+/// work elsewhere) from its next heartbeat on.
+#[tokio::test]
+async fn readyz_reports_a_store_that_stopped_answering() {
+    let store = MemoryStore::new();
+    let handle = store.connect();
+    let d = Driver::new(
+        Arc::new(handle.clone()),
+        Arc::new(Gate(tokio::sync::Semaphore::new(0))),
+        Arc::new(ManualClock::new(0)),
+        None,
+    );
+    let app = casework::daemon::http::router(d.clone());
+    let readyz = |app: axum::Router| async move {
+        let resp = app
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
+    };
+    d.tick_ownership().unwrap();
+    assert!(d.store_reachable());
+    let (_, before) = readyz(app.clone()).await;
+    assert_ne!(before["error"]["code"], "store_unavailable", "{before}");
+    // The database goes away under this daemon.
+    handle.kill();
+    assert!(d.tick_ownership().is_err());
+    let (status, after) = readyz(app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(after["error"]["code"], "store_unavailable", "{after}");
+}

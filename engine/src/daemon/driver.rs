@@ -43,6 +43,8 @@ pub struct Inner {
     pub daemon: String,
     /// How long a heartbeat keeps this daemon's claims (ms).
     lease_ms: AtomicI64,
+    /// Whether the last heartbeat reached the store (`/readyz` says so when it did not).
+    store_reachable: std::sync::atomic::AtomicBool,
     /// Instances found owned by another live daemon, until when to leave their timers to it.
     held_elsewhere: Mutex<HashMap<String, Millis>>,
     pub store: Arc<dyn Store>,
@@ -188,6 +190,7 @@ impl Driver {
             daemon,
             lease_ms: AtomicI64::new(DEFAULT_LEASE_MS),
             held_elsewhere: Mutex::new(HashMap::new()),
+            store_reachable: std::sync::atomic::AtomicBool::new(true),
             store,
             plugins,
             clock,
@@ -255,6 +258,11 @@ impl Driver {
     pub fn set_lease_ms(&self, ms: Millis) {
         self.inner.lease_ms.store(ms.max(1), Ordering::Relaxed);
         self.inner.heartbeat();
+    }
+
+    /// Whether this daemon's last heartbeat reached the store.
+    pub fn store_reachable(&self) -> bool {
+        self.inner.store_reachable.load(Ordering::SeqCst)
     }
 
     /// Renew this daemon's heartbeat now (also part of [`Driver::tick_ownership`]).
@@ -518,8 +526,15 @@ impl Driver {
 impl Inner {
     fn heartbeat(&self) {
         let until = self.clock.now_ms() + self.lease_ms.load(Ordering::Relaxed);
-        if let Err(e) = self.store.heartbeat(&self.daemon, until) {
-            tracing::error!(error = %e, "could not renew this daemon's heartbeat");
+        let ok = match self.store.heartbeat(&self.daemon, until) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "could not renew this daemon's heartbeat");
+                false
+            }
+        };
+        if self.store_reachable.swap(ok, Ordering::SeqCst) != ok && ok {
+            tracing::info!("the store answers again");
         }
     }
 

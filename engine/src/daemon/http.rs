@@ -372,7 +372,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 }
 
 async fn readyz(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    if api.shared.ready.load(Ordering::SeqCst) {
+    if !api.driver.store_reachable() {
+        // A load balancer sends work elsewhere; this daemon keeps retrying the store, and
+        // what it acknowledged before is in the store already.
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "this daemon's last heartbeat could not be written to the store; it retries every few seconds (see the log)",
+        ))
+    } else if api.shared.ready.load(Ordering::SeqCst) {
         Ok(Json(json!({"status": "ready"})))
     } else {
         Err(ApiError::new(
