@@ -21,6 +21,8 @@ pub enum Error {
     Corrupt { instance: String, detail: String },
     #[error("casework: journal key does not match this data directory ({path}); pass the key it was created with (CASEWORK_JOURNAL_KEY or --journal-key-file), or restore its journal.key")]
     WrongKey { path: String },
+    #[error("casework: the journal key does not match the one the database {target} was created with; every daemon on it must use that same key (CASEWORK_JOURNAL_KEY or --journal-key-file)")]
+    WrongDatabaseKey { target: String },
     #[error("casework: {0}")]
     Key(String),
     /// The write came from a claim that is no longer the instance's newest: another daemon

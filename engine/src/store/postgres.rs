@@ -798,8 +798,8 @@ async fn check_key(s: &Shared, c: &deadpool_postgres::Client) -> Result<()> {
         .map_err(|e| s.db(e))?;
     match s.sealer.open("seal", b"check", &stored) {
         Ok(text) if text == CHECK_TEXT => Ok(()),
-        Ok(_) | Err(OpenError::Auth) | Err(OpenError::Truncated) => Err(Error::WrongKey {
-            path: s.target.to_string(),
+        Ok(_) | Err(OpenError::Auth) | Err(OpenError::Truncated) => Err(Error::WrongDatabaseKey {
+            target: s.target.to_string(),
         }),
         Err(e @ OpenError::UnknownFormat(_)) => Err(Error::Key(format!("the {}: {e}", s.target))),
     }
@@ -1402,7 +1402,13 @@ mod tests {
             .unwrap();
         drop(s);
         let err = PgStore::open(db.url(), key().1).err().unwrap();
-        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
+        assert!(matches!(err, Error::WrongDatabaseKey { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("every daemon on it must use that same key")
+                && !message.contains("journal.key"),
+            "{message}"
+        );
         let s = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
         assert_eq!(
             s.event_answer("e1").unwrap(),
