@@ -1123,17 +1123,18 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
     if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty() {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
-            Some((claim, _)) => inner.store.create(&batch, claim.as_ref(), &inner.daemon),
-            None => inner
+            Some((claim, _)) => inner
                 .store
-                .write(&batch)
-                .map(|()| Created::New(batch.fence.clone().unwrap_or_default())),
+                .create(&batch, claim.as_ref(), &inner.daemon)
+                .map(Some),
+            None => inner.store.write(&batch).map(|()| None),
         };
         let committed = match written {
-            Ok(Created::New(fence)) => {
+            Ok(Some(Created::New(fence))) => {
                 own.fence = Some(fence);
                 inner.commit().await
             }
+            Ok(None) => inner.commit().await,
             Err(StoreError::Fenced { epoch, .. }) => {
                 // Another daemon claimed the instance while this one held it (paused or
                 // cut off past its lease): drop everything, hand the message over.
@@ -1150,7 +1151,7 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
                 forward(inner, id, letter, reply).await;
                 return;
             }
-            Ok(Created::Existing(holder)) => {
+            Ok(Some(Created::Existing(holder))) => {
                 // Another start won the key (or the instance exists): this one leaves
                 // nothing behind and answers with the winner, once the winner is durable.
                 own.state = None;

@@ -76,7 +76,7 @@ pub struct Batch {
 }
 
 /// A daemon's claim on an instance: only the newest claim may write the instance.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fence {
     pub daemon: String,
     /// Grows with every claim of the instance by a different daemon (or after a release).
