@@ -37,6 +37,8 @@ struct Node {
     port: u16,
     daemon: Option<Daemon>,
     starts: u32,
+    /// Its plugins folder, under the test's folder.
+    plugins: &'static str,
 }
 
 fn spawn(dir: &Path, node: &mut Node, url: &str, key: &str) {
@@ -49,7 +51,7 @@ fn spawn(dir: &Path, node: &mut Node, url: &str, key: &str) {
         .arg("--workflows")
         .arg(dir.join("workflows"))
         .arg("--plugins")
-        .arg(dir.join("plugins"))
+        .arg(dir.join(node.plugins))
         .arg("--secrets")
         .arg(dir.join("secrets.toml"))
         .args(["--store", url, "--no-reload"])
@@ -121,6 +123,7 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
                 port: daemon::free_port(),
                 daemon: None,
                 starts: 0,
+                plugins: "plugins",
             };
             spawn(dir.path(), &mut node, db.url(), &key);
             Arc::new(Mutex::new(node))
@@ -310,4 +313,126 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
             );
         }
     }
+}
+
+/// A daemon that lacks the payments plugin must not take over a refund (it would fail the
+/// payment): it leaves the refund, and the approval sent to it, to a daemon that has the
+/// plugin, and says so in `/readyz`.
+#[test]
+fn a_daemon_without_the_payments_plugin_leaves_refunds_to_one_that_has_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stripe, stripe_port) = runtime.block_on(refunds::start(SECRET_KEY, 0..1));
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    refunds::install(dir.path(), stripe_port, SECRET_KEY);
+    // B has the other plugins of refund.yaml, not payments.
+    for plugin in ["crm", "paging"] {
+        let (from, to) = (
+            dir.path().join("plugins").join(plugin),
+            dir.path().join("plugins-b").join(plugin),
+        );
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&from).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let key = JournalKey::random().unwrap().to_hex();
+    let node = |name: &str, plugins| Node {
+        name: name.to_string(),
+        port: daemon::free_port(),
+        daemon: None,
+        starts: 0,
+        plugins,
+    };
+    let (mut a, mut b) = (node("a", "plugins"), node("b", "plugins-b"));
+    spawn(dir.path(), &mut a, db.url(), &key);
+    spawn(dir.path(), &mut b, db.url(), &key);
+
+    // Refunds above the agent limit park, waiting for an approval; A started them.
+    let orders: Vec<String> = (0..5).map(|n| format!("ord-lack-{n}")).collect();
+    let ids: Vec<String> = orders
+        .iter()
+        .map(|o| {
+            post_any(
+                &[a.port],
+                0,
+                "/v1/workflows/refund/instances",
+                &refund_input(o, 45_000),
+                Some(o),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let status = |port: u16, id: &str| {
+        get_any(&[port], &format!("/v1/instances/{id}"))
+            .map(|v| v["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("the refunds never parked", &|| {
+        ids.iter().all(|id| status(a.port, id) == "parked")
+    });
+
+    // A dies; the approvals go to B, the one daemon left.
+    let mut d = a.daemon.take().unwrap();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    for o in &orders {
+        let answer = post_any(
+            &[b.port],
+            0,
+            "/v1/events",
+            &json!({"type": "refund.approved", "key": o, "data": {"by": "lead-1"}, "id": format!("approval-{o}")}),
+            None,
+        );
+        assert_eq!(
+            answer["woken"].as_array().map(Vec::len),
+            Some(1),
+            "{answer}"
+        );
+    }
+    // B says what it cannot run, and runs none of it: after many of its ownership rounds
+    // (a third of the lease each) every refund still waits, unpaid.
+    until("B's /readyz never named the missing plugin", &|| {
+        get_any(&[b.port], "/readyz").is_some_and(|r| {
+            r["cannot_run"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["call"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("payments."))
+                })
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
+    for id in &ids {
+        let view = get_any(&[b.port], &format!("/v1/instances/{id}")).unwrap();
+        assert_eq!(
+            view["status"],
+            json!("parked"),
+            "B ran a refund it cannot pay: {view}"
+        );
+    }
+    assert!(
+        stripe.requests_per_key().is_empty(),
+        "paid while only B ran"
+    );
+
+    // A comes back: it finds the approvals waiting as mail and pays each refund once.
+    spawn(dir.path(), &mut a, db.url(), &key);
+    until("the refunds never completed once A was back", &|| {
+        ids.iter().all(|id| status(b.port, id) == "completed")
+    });
+    let paid = stripe.requests_per_key();
+    assert_eq!(paid.len(), orders.len(), "{paid:?}");
+    assert!(paid.values().all(|n| *n == 1), "{paid:?}");
 }

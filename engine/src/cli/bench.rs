@@ -62,10 +62,16 @@ pub struct BenchArgs {
     /// and 3 daemons.
     #[arg(long, default_value_t = 4_000)]
     pub w1_starts: usize,
-    /// A PostgreSQL database to measure W1 on (e.g. the one `bash tests/postgres.sh`
-    /// starts: postgres://postgres@127.0.0.1:54329/postgres). Bench instances stay in it.
+    /// A PostgreSQL server to measure W1 and failover on (e.g. the one `bash
+    /// tests/postgres.sh` starts: postgres://postgres@127.0.0.1:54329/postgres). Each run
+    /// creates a database of its own there and drops it at the end, so the URL's user
+    /// must be allowed to create databases.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// With `--postgres`: instances whose owner stops in the middle of a plugin call,
+    /// to measure how long another daemon takes to finish them (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    pub failover_instances: usize,
 }
 
 fn parse_priority(s: &str) -> Result<crate::plugin_host::pool::Priority, String> {
@@ -289,6 +295,11 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     if args.w1_starts > 0 {
         w1(&args).await?;
     }
+    if let Some(url) = &args.postgres {
+        if args.failover_instances > 0 {
+            failover(url, args.failover_instances).await?;
+        }
+    }
     Ok(())
 }
 
@@ -357,9 +368,15 @@ async fn w1(args: &BenchArgs) -> Result<()> {
         "sled".into(),
         vec![Arc::new(SledStore::open(&tmp).map_err(|e| anyhow!("{e}"))?)],
     )];
+    // Each PostgreSQL run on a database of its own, dropped at the end.
+    let mut scratch = Vec::new();
     if let Some(url) = &args.postgres {
         let key = crate::store::seal::JournalKey::random().map_err(|e| anyhow!("{e}"))?;
         for daemons in 1..=3 {
+            let db =
+                crate::store::postgres::ScratchDatabase::create(url).map_err(|e| anyhow!("{e}"))?;
+            let url = db.url().to_string();
+            scratch.push(db);
             let mut stores: Vec<Arc<dyn crate::store::Store>> = Vec::new();
             for _ in 0..daemons {
                 let (url, key) = (url.clone(), key.clone());
@@ -376,6 +393,7 @@ async fn w1(args: &BenchArgs) -> Result<()> {
             runs.push((format!("postgres, {daemons} daemon(s)"), stores));
         }
     }
+    let _scratch = scratch;
     for (name, stores) in runs {
         let finished: Finished = Arc::new(Mutex::new(HashMap::new()));
         let mut addrs = Vec::new();
@@ -913,5 +931,124 @@ async fn guest_memory(args: &BenchArgs) -> Result<()> {
     );
     drop(host);
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// A plugin host whose calls never answer: the daemon "dies" with every call in flight.
+struct Unanswered;
+
+impl crate::plugin_host::PluginHost for Unanswered {
+    fn call<'a>(
+        &'a self,
+        _plugin: &'a str,
+        _action: &'a str,
+        _input: serde_json::Value,
+        _ctx: crate::plugin_host::CallContext,
+    ) -> crate::plugin_host::CallFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Lease of the failover measurement: what a team would choose for fast takeover.
+const FAILOVER_LEASE_MS: i64 = 2_000;
+
+/// Stage 10, failover on PostgreSQL: daemon A starts `count` W1 instances whose plugin
+/// call never answers, then stops renewing its lease (as if SIGKILLed: its tasks are
+/// dropped, nothing is released); daemon B, live all along, takes them over once A's
+/// lease lapses and finishes them. Prints the time from A's last heartbeat to each
+/// instance's end.
+async fn failover(url: &str, count: usize) -> Result<()> {
+    let db = crate::store::postgres::ScratchDatabase::create(url).map_err(|e| anyhow!("{e}"))?;
+    let url = db.url();
+    let key = crate::store::seal::JournalKey::random().map_err(|e| anyhow!("{e}"))?;
+    let open = |url: String, key: crate::store::seal::JournalKey| async move {
+        tokio::task::spawn_blocking(move || {
+            crate::store::postgres::PgStore::open(
+                &url,
+                crate::store::seal::KeySource::Explicit(key),
+            )
+        })
+        .await?
+        .map_err(|e| anyhow!("{e}"))
+    };
+    let (store_a, store_b) = (
+        open(url.into(), key.clone()).await?,
+        open(url.into(), key).await?,
+    );
+    let (wf_a, _) = compile::load("w1.yaml", W1, &Default::default(), &Rules::shared());
+    let (wf_b, diags) = compile::load("w1.yaml", W1, &Default::default(), &Rules::shared());
+    let a = Driver::with_lease(
+        Arc::new(store_a),
+        Arc::new(Unanswered),
+        Arc::new(SystemClock),
+        None,
+        FAILOVER_LEASE_MS,
+    );
+    a.install(wf_a.ok_or_else(|| anyhow!("W1 invalid"))?)
+        .map_err(|e| anyhow!(e))?;
+    let finished: Finished = Arc::new(Mutex::new(HashMap::new()));
+    let observer = {
+        let finished = finished.clone();
+        Arc::new(move |id: &str, r: &Record| {
+            if r.is_final() {
+                finished
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), Instant::now());
+            }
+        })
+    };
+    let mut host = crate::plugin_host::Canned::new();
+    host.answer("bench.pay", Ok(json!({"ok": true})));
+    let b = Driver::with_lease(
+        Arc::new(store_b),
+        Arc::new(host),
+        Arc::new(SystemClock),
+        Some(observer),
+        FAILOVER_LEASE_MS,
+    );
+    b.install(wf_b.ok_or_else(|| anyhow!("W1 invalid: {diags:?}"))?)
+        .map_err(|e| anyhow!(e))?;
+    let b_ownership = tokio::spawn(b.clone().run_ownership());
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let started = a
+            .start("bench-w1", json!({"n": n}), None)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        ids.push(started.id);
+    }
+    // A's last heartbeat; from now on nothing renews its claims.
+    a.heartbeat();
+    let stopped = Instant::now();
+    drop(a);
+    let deadline = stopped + std::time::Duration::from_secs(60);
+    loop {
+        let done = {
+            let f = finished.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().all(|id| f.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    b_ownership.abort();
+    let f = finished.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut took: Vec<f64> = ids
+        .iter()
+        .filter_map(|id| {
+            f.get(id)
+                .map(|t| t.duration_since(stopped).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    took.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "failover on postgres, lease {FAILOVER_LEASE_MS} ms: {} of {count} instances whose owner stopped mid-call finished on the other daemon; from the owner's last heartbeat: first {:.0} ms, p50 {:.0} ms, last {:.0} ms",
+        took.len(),
+        took.first().copied().unwrap_or(f64::NAN),
+        pct(&took, 0.5),
+        took.last().copied().unwrap_or(f64::NAN)
+    );
     Ok(())
 }

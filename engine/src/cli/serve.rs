@@ -68,9 +68,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             (host.clone(), Some(host))
         }
     };
-    let driver = Driver::new(store, plugins, clock, None);
+    let driver = Driver::with_lease(store, plugins, clock, None, cfg.lease_ms);
     driver.set_max_pending(cfg.max_pending);
-    driver.set_lease_ms(cfg.lease_ms);
     let reloader = Reloader::new(
         driver.clone(),
         cfg.workflows.clone(),

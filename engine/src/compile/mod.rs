@@ -39,6 +39,16 @@ pub struct CompiledWorkflow {
     pub triggers: Vec<Trigger>,
 }
 
+impl CompiledWorkflow {
+    /// Every `plugin.action` the workflow's steps call, in step order (repeats included).
+    pub fn calls(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.steps.iter().filter_map(|s| match &s.kind {
+            Kind::Call { plugin, action, .. } => Some((plugin.as_str(), action.as_str())),
+            _ => None,
+        })
+    }
+}
+
 /// What starts a workflow besides the API.
 #[derive(Debug)]
 pub struct Trigger {

@@ -47,6 +47,13 @@ pub struct Inner {
     store_reachable: std::sync::atomic::AtomicBool,
     /// Instances found owned by another live daemon, until when to leave their timers to it.
     held_elsewhere: Mutex<HashMap<String, Millis>>,
+    /// Instances whose workflow calls a plugin action this daemon does not have: left to
+    /// a daemon that has it, until when (then looked at again; plugins may be added).
+    cannot_run: Mutex<HashMap<String, (String, Millis)>>,
+    /// Plugin actions found missing (each is logged once).
+    missing_calls: Mutex<HashSet<String>>,
+    /// Set when the store hints that mail came for this daemon ([`Store::on_mail`]).
+    mail_hint: Arc<Notify>,
     pub store: Arc<dyn Store>,
     pub plugins: Arc<dyn PluginHost>,
     pub clock: Arc<dyn Clock>,
@@ -173,23 +180,46 @@ pub struct Started {
 }
 
 impl Driver {
-    /// A driver over `store`. Call [`Driver::resume_all`] after loading workflows.
+    /// A driver over `store` with the default lease. Call [`Driver::resume_all`] after
+    /// loading workflows.
     pub fn new(
         store: Arc<dyn Store>,
         plugins: Arc<dyn PluginHost>,
         clock: Arc<dyn Clock>,
         observer: Option<Observer>,
     ) -> Driver {
+        Driver::with_lease(store, plugins, clock, observer, DEFAULT_LEASE_MS)
+    }
+
+    /// A driver whose claims outlive its last heartbeat by `lease_ms` (see
+    /// [`DEFAULT_LEASE_MS`]). Fixed for the driver's life: a heartbeat never shortens a
+    /// lease, so a lease set after the first heartbeat would hold the first one's length.
+    pub fn with_lease(
+        store: Arc<dyn Store>,
+        plugins: Arc<dyn PluginHost>,
+        clock: Arc<dyn Clock>,
+        observer: Option<Observer>,
+        lease_ms: Millis,
+    ) -> Driver {
+        let lease_ms = lease_ms.max(1);
         let (commits, rx) = mpsc::unbounded_channel();
         let daemon = format!("d-{}", new_id(clock.now_ms()));
         // Alive from the first instant, so this daemon's first claims count.
-        if let Err(e) = store.heartbeat(&daemon, clock.now_ms() + DEFAULT_LEASE_MS) {
+        if let Err(e) = store.heartbeat(&daemon, clock.now_ms() + lease_ms) {
             tracing::error!(error = %e, "could not record this daemon's heartbeat");
         }
+        let mail_hint = Arc::new(Notify::new());
+        store.on_mail(&daemon, {
+            let hint = mail_hint.clone();
+            Arc::new(move || hint.notify_one())
+        });
         let inner = Arc::new(Inner {
             daemon,
-            lease_ms: AtomicI64::new(DEFAULT_LEASE_MS),
+            mail_hint,
+            lease_ms: AtomicI64::new(lease_ms),
             held_elsewhere: Mutex::new(HashMap::new()),
+            cannot_run: Mutex::new(HashMap::new()),
+            missing_calls: Mutex::new(HashSet::new()),
             store_reachable: std::sync::atomic::AtomicBool::new(true),
             store,
             plugins,
@@ -254,12 +284,6 @@ impl Driver {
         Ok(orphans.len())
     }
 
-    /// How long this daemon's claims outlive its last heartbeat (see [`DEFAULT_LEASE_MS`]).
-    pub fn set_lease_ms(&self, ms: Millis) {
-        self.inner.lease_ms.store(ms.max(1), Ordering::Relaxed);
-        self.inner.heartbeat();
-    }
-
     /// Whether this daemon's last heartbeat reached the store.
     pub fn store_reachable(&self) -> bool {
         self.inner.store_reachable.load(Ordering::SeqCst)
@@ -268,6 +292,25 @@ impl Driver {
     /// Renew this daemon's heartbeat now (also part of [`Driver::tick_ownership`]).
     pub fn heartbeat(&self) {
         self.inner.heartbeat();
+    }
+
+    /// Plugin actions this daemon lacks, with how many instances it leaves to other
+    /// daemons because of each (as of the last lease; `/readyz` shows it).
+    pub fn cannot_run(&self) -> std::collections::BTreeMap<String, usize> {
+        let now = self.inner.clock.now_ms();
+        let mut counts = std::collections::BTreeMap::new();
+        for (call, until) in self
+            .inner
+            .cannot_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            if *until > now {
+                *counts.entry(call.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     pub fn lease_ms(&self) -> Millis {
@@ -281,23 +324,16 @@ impl Driver {
         let inner = &self.inner;
         inner.heartbeat();
         let now = inner.clock.now_ms();
-        let mailed = inner
-            .store
-            .mailed(&inner.daemon, now, OWNERSHIP_BATCH)
-            .map_err(|e| e.to_string())?;
+        let mut woken = self.wake_mailed()?;
         let orphans = inner
             .store
             .orphans(now, OWNERSHIP_BATCH)
             .map_err(|e| e.to_string())?;
-        let mut woken = 0;
-        for id in &mailed {
-            inner.send(id, Msg::Mail);
-            woken += 1;
-        }
+        let skipped = inner.left_to_others(now);
         for id in orphans {
             // One of this daemon's own actors running while its heartbeat lapsed (a
             // virtual clock that jumped) is not an orphan.
-            if !inner.has_actor(&id) {
+            if !inner.has_actor(&id) && !skipped.contains(&id) {
                 inner.send(&id, Msg::Resume);
                 woken += 1;
             }
@@ -307,17 +343,53 @@ impl Driver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, until| *until > now);
+        inner
+            .cannot_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, until)| *until > now);
         Ok(woken)
     }
 
-    /// Run [`Driver::tick_ownership`] against the real clock until the process ends.
+    /// Wake the instances with mail that this daemon owns or that nobody alive owns.
+    /// Returns how many it woke.
+    pub fn wake_mailed(&self) -> Result<usize, String> {
+        let inner = &self.inner;
+        let mailed = inner
+            .store
+            .mailed(&inner.daemon, inner.clock.now_ms(), OWNERSHIP_BATCH)
+            .map_err(|e| e.to_string())?;
+        let skipped = inner.left_to_others(inner.clock.now_ms());
+        let mut woken = 0;
+        for id in mailed.iter().filter(|id| !skipped.contains(*id)) {
+            inner.send(id, Msg::Mail);
+            woken += 1;
+        }
+        Ok(woken)
+    }
+
+    /// Run [`Driver::tick_ownership`] against the real clock until the process ends, and
+    /// read mail at once whenever the store hints that some came (the poll is the
+    /// fallback: hints can be lost).
     pub async fn run_ownership(self) {
+        let hint = self.inner.mail_hint.clone();
         loop {
             if let Err(e) = self.tick_ownership() {
                 tracing::error!(error = %e, "could not renew this daemon's claims or read its mail");
             }
             let period = (self.lease_ms() / 3).clamp(50, 5_000);
-            tokio::time::sleep(std::time::Duration::from_millis(period as u64)).await;
+            let next_tick = tokio::time::sleep(std::time::Duration::from_millis(period as u64));
+            tokio::pin!(next_tick);
+            loop {
+                tokio::select! {
+                    _ = &mut next_tick => break,
+                    _ = hint.notified() => {
+                        if let Err(e) = self.wake_mailed() {
+                            tracing::error!(error = %e, "could not read this daemon's mail");
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -445,19 +517,10 @@ impl Driver {
             .due_timers(inner.clock.now_ms(), 1024)
             .map_err(|e| e.to_string())?;
         let mut sent = 0;
-        let held: HashSet<String> = {
-            let now = inner.clock.now_ms();
-            let held = inner
-                .held_elsewhere
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            held.iter()
-                .filter(|(_, until)| **until > now)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let held = inner.left_to_others(inner.clock.now_ms());
         for t in due {
-            // Another live daemon owns the instance: its own timer loop fires this.
+            // Another live daemon owns the instance (its own timer loop fires this), or
+            // the instance calls a plugin this daemon lacks.
             if held.contains(&t.instance) {
                 continue;
             }
@@ -536,6 +599,69 @@ impl Inner {
         if self.store_reachable.swap(ok, Ordering::SeqCst) != ok && ok {
             tracing::info!("the store answers again");
         }
+    }
+
+    /// Instances this daemon leaves to others for now: held by another live daemon, or
+    /// calling a plugin this daemon lacks.
+    fn left_to_others(&self, now: Millis) -> HashSet<String> {
+        let mut ids: HashSet<String> = self
+            .held_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.extend(
+            self.cannot_run
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, (_, until))| *until > now)
+                .map(|(id, _)| id.clone()),
+        );
+        ids
+    }
+
+    /// Whether this daemon may take `id` over: false (noted, and logged once) when its
+    /// workflow calls a plugin action this daemon does not have, so that a daemon that has
+    /// it runs the instance instead of this one failing its calls. An instance that cannot
+    /// be read is for the caller to report. Gives the index entry it read, for the load
+    /// that follows (its pinned hash never changes).
+    fn can_run(&self, id: &str, now: Millis) -> (bool, Option<InstanceMeta>) {
+        let Ok(Some(meta)) = self.store.instance(id) else {
+            return (true, None);
+        };
+        let Ok(wf) = self
+            .registry
+            .pinned(self.store.as_ref(), &meta.hash, &self.rules)
+        else {
+            return (true, Some(meta));
+        };
+        let Some((plugin, action)) = wf.calls().find(|(p, a)| !self.plugins.provides(p, a)) else {
+            return (true, Some(meta));
+        };
+        let call = format!("{plugin}.{action}");
+        let until = now + self.lease_ms.load(Ordering::Relaxed);
+        self.cannot_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), (call.clone(), until));
+        // Once per missing action, not per instance and lease.
+        let first = self
+            .missing_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call.clone());
+        if first {
+            tracing::warn!(
+                workflow = %wf.name,
+                version = wf.version,
+                call = %call,
+                "this daemon has no plugin for `{call}`, which the instance calls; it leaves the instance to a daemon that has it (install the plugin in this daemon's plugins folder to run it here)"
+            );
+        }
+        (false, None)
     }
 
     fn has_actor(&self, id: &str) -> bool {
@@ -661,11 +787,23 @@ impl Inner {
     }
 
     fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
-        let meta = self
-            .store
-            .instance(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no instance `{id}`"))?;
+        self.load_from(id, None)
+    }
+
+    /// [`Inner::load`] with the instance's index entry if it was read already.
+    fn load_from(
+        &self,
+        id: &str,
+        meta: Option<InstanceMeta>,
+    ) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
+        let meta = match meta {
+            Some(m) => m,
+            None => self
+                .store
+                .instance(id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no instance `{id}`"))?,
+        };
         let wf = self
             .registry
             .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
@@ -837,6 +975,9 @@ async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Ms
 /// Handles the instance's mail, oldest first. Returns how many letters were handled.
 async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> usize {
     if own.fence.is_none() {
+        if !inner.can_run(id, inner.clock.now_ms()).0 {
+            return 0;
+        }
         match inner.store.claim(id, &inner.daemon, inner.clock.now_ms()) {
             Ok(Ownership::Mine(f)) => {
                 own.fence = Some(f);
@@ -979,7 +1120,15 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
     } else {
         None
     };
+    let mut known = None;
     if own.fence.is_none() && !matches!(msg, Msg::Start { .. }) {
+        let (runnable, meta) = inner.can_run(id, now);
+        known = meta;
+        if !runnable {
+            // Events, cancels and retries wait as mail for a daemon that can run it.
+            forward(inner, id, letter, answer_of(msg)).await;
+            return;
+        }
         match inner.store.claim(id, &inner.daemon, now) {
             Ok(Ownership::Mine(f)) => {
                 own.fence = Some(f);
@@ -1008,7 +1157,7 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
     }
     let mut fresh = false;
     if own.state.is_none() && !matches!(msg, Msg::Start { .. }) {
-        match inner.load(id) {
+        match inner.load_from(id, known) {
             Ok(s) => {
                 own.state = Some(s);
                 fresh = true;

@@ -381,7 +381,20 @@ async fn readyz(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
             "this daemon's last heartbeat could not be written to the store; it retries every few seconds (see the log)",
         ))
     } else if api.shared.ready.load(Ordering::SeqCst) {
-        Ok(Json(json!({"status": "ready"})))
+        let cannot_run = api.driver.cannot_run();
+        if cannot_run.is_empty() {
+            return Ok(Json(json!({"status": "ready"})));
+        }
+        // Ready for everything else: these instances wait for a daemon with the plugin.
+        let calls: Vec<Value> = cannot_run
+            .into_iter()
+            .map(|(call, instances)| json!({"call": call, "instances": instances}))
+            .collect();
+        Ok(Json(json!({
+            "status": "ready",
+            "cannot_run": calls,
+            "hint": "these instances call plugins this daemon does not have, so it leaves them to daemons that have them; install the plugins in this daemon's plugins folder to run them here",
+        })))
     } else {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

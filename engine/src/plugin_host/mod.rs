@@ -59,6 +59,14 @@ pub trait PluginHost: Send + Sync + 'static {
     fn catalog(&self) -> Option<crate::validate::Catalog> {
         None
     }
+
+    /// Whether this host can run `plugin.action`. A daemon does not take over instances
+    /// whose workflow calls something it cannot run; another daemon that can does. A host
+    /// that cannot tell (no catalog) says yes.
+    fn provides(&self, plugin: &str, action: &str) -> bool {
+        self.catalog()
+            .is_none_or(|c| c.plugins.get(plugin).is_some_and(|a| a.contains(action)))
+    }
 }
 
 /// No plugins are installed: every call fails, saying so. Nothing pretends a plugin ran.

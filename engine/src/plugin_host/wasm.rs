@@ -1125,6 +1125,14 @@ impl PluginHost for WasmHost {
         Box::pin(self.invoke(plugin, action, input, ctx))
     }
 
+    fn provides(&self, plugin: &str, action: &str) -> bool {
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin)
+            .is_some_and(|p| p.actions.contains_key(action))
+    }
+
     fn catalog(&self) -> Option<Catalog> {
         let mut catalog = Catalog::default();
         for (name, plugin) in self

@@ -214,4 +214,15 @@ pub trait Store: Send + Sync + 'static {
     /// owns (mail posted while its owner was releasing the instance lands there; whoever
     /// finds it claims the instance and handles it).
     fn mailed(&self, daemon: &str, now: Millis, limit: usize) -> Result<Vec<String>>;
+    /// Call `wake` when mail may have been posted for an instance `daemon` owns, so the
+    /// owner reads [`Store::mailed`] at once instead of at its next poll. A hint only: it
+    /// may come without mail and may be lost (a reconnect), so owners keep polling. Stores
+    /// that share nothing with another process (sled, memory) have nobody to hear from and
+    /// never call it.
+    fn on_mail(&self, daemon: &str, wake: MailHint) {
+        let _ = (daemon, wake);
+    }
 }
+
+/// What [`Store::on_mail`] calls: cheap, never blocking (it runs on the store's threads).
+pub type MailHint = std::sync::Arc<dyn Fn() + Send + Sync>;

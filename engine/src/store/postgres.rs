@@ -22,7 +22,9 @@ use super::seal::{KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -144,6 +146,12 @@ struct Shared {
     pool: Pool,
     sealer: Sealer,
     target: Target,
+    /// For the connection that listens for mail notifications (outside the pool).
+    config: tokio_postgres::Config,
+    /// Who to wake when a daemon's mail notification comes ([`Store::on_mail`]).
+    hints: std::sync::Mutex<HashMap<String, Vec<MailHint>>>,
+    /// Whether the listening task runs (started by the first [`Store::on_mail`]).
+    listening: std::sync::atomic::AtomicBool,
 }
 
 pub struct PgStore {
@@ -654,7 +662,7 @@ impl PgStore {
         let pool = {
             let _guard = handle.enter();
             let manager = Manager::from_config(
-                cfg,
+                cfg.clone(),
                 NoTls,
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
@@ -676,6 +684,9 @@ impl PgStore {
                 pool,
                 sealer: Sealer::new(&key),
                 target,
+                config: cfg,
+                hints: std::sync::Mutex::new(HashMap::new()),
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         store.run(|s| async move {
@@ -732,6 +743,74 @@ impl PgStore {
                 }
             }
         })
+    }
+}
+
+/// Notifications buffered between the listening connection and the task that wakes
+/// owners; past it, notifications are dropped (hints coalesce: one wake reads all mail).
+const HINTS_BUFFERED: usize = 1024;
+/// The longest pause between attempts to reconnect the listening connection.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Keep a connection that `LISTEN`s on `casework_mail` and wake the daemons named in its
+/// notifications, reconnecting with backoff for as long as the store lives. Notifications
+/// sent while it was not listening are lost, so after every (re)connect every daemon is
+/// woken once to read what may have come meanwhile.
+async fn listen(s: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match s.config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(HINTS_BUFFERED);
+                let reader = tokio::spawn(async move {
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                let _ = tx.try_send(n.payload().to_string());
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return describe(&e),
+                            None => return "the server closed the connection".to_string(),
+                        }
+                    }
+                });
+                match client.batch_execute("LISTEN casework_mail").await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        s.wake(None);
+                        while let Some(daemon) = rx.recv().await {
+                            s.wake(Some(&daemon));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(store = %s.target, error = %describe(&e), "could not listen for mail notifications; owners poll meanwhile");
+                    }
+                }
+                reader.abort();
+                if let Ok(why) = reader.await {
+                    tracing::warn!(store = %s.target, error = %why, "lost the connection that listens for mail notifications; reconnecting (owners poll meanwhile)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(store = %s.target, error = %describe(&e), "cannot connect to listen for mail notifications; owners poll meanwhile");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+    }
+}
+
+impl Shared {
+    /// Wake `daemon`'s owners (every daemon of this process with `None`).
+    fn wake(&self, daemon: Option<&str>) {
+        let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        let woken: Vec<&MailHint> = match daemon {
+            Some(d) => hints.get(d).into_iter().flatten().collect(),
+            None => hints.values().flatten().collect(),
+        };
+        for wake in woken {
+            wake();
+        }
     }
 }
 
@@ -1247,8 +1326,12 @@ impl Store for PgStore {
                 .map_err(|_| Error::Io(format!("{}: negative mail number {seq}", s.target)))?;
             let key = seq_key(&instance, number);
             let value = s.seal("mail", &key, &plain)?;
+            // The owner is told in the same statement (a hint: it polls as well). A
+            // notification is delivered when the statement's transaction commits.
             c.execute(
-                "INSERT INTO casework_mail (seq, instance, value) VALUES ($1, $2, $3)",
+                "WITH m AS (INSERT INTO casework_mail (seq, instance, value) VALUES ($1, $2, $3)) \
+                 SELECT pg_notify('casework_mail', owner) FROM casework_instances \
+                 WHERE id = $2 AND owner IS NOT NULL",
                 &[&seq, &instance, &value],
             )
             .await
@@ -1289,6 +1372,19 @@ impl Store for PgStore {
         })
     }
 
+    fn on_mail(&self, daemon: &str, wake: MailHint) {
+        self.shared
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(daemon.to_string())
+            .or_default()
+            .push(wake);
+        if !self.shared.listening.swap(true, Ordering::SeqCst) {
+            self.handle.spawn(listen(self.shared.clone()));
+        }
+    }
+
     fn mailed(&self, daemon: &str, now: Millis, limit_: usize) -> Result<Vec<String>> {
         let daemon = daemon.to_string();
         self.run(move |s| async move {
@@ -1307,6 +1403,79 @@ impl Store for PgStore {
             rows.iter().map(|r| r.try_get(0).map_err(col)).collect()
         })
     }
+}
+
+/// A database of its own on a server, for `casework bench`: created empty, dropped with
+/// the value, so a run never meets the instances (or the journal key) of another.
+pub struct ScratchDatabase {
+    server: tokio_postgres::Config,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    /// Create `casework_bench_<random>` on the server of `url` (whose user may create
+    /// databases).
+    pub fn create(url: &str) -> Result<ScratchDatabase> {
+        let (server, target) = parse_url(url)?;
+        let name = format!("casework_bench_{:016x}", rand::random::<u64>());
+        scratch_statement(&server, &target, &format!("CREATE DATABASE {name}"))?;
+        let mut u = url::Url::parse(url.trim())
+            .map_err(|e| Error::Io(format!("the store URL is not a URL: {e}")))?;
+        u.set_path(&name);
+        Ok(ScratchDatabase {
+            server,
+            name,
+            url: u.to_string(),
+        })
+    }
+
+    /// The new database's URL (with the password of the URL it was made from, if any).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let target = Target {
+            host: String::new(),
+            port: 0,
+            db: self.name.clone(),
+        };
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = scratch_statement(&self.server, &target, &sql) {
+            tracing::warn!(database = %self.name, error = %e, "could not drop the scratch database");
+        }
+    }
+}
+
+/// Run one statement on the server's own database, on a runtime of its own.
+fn scratch_statement(server: &tokio_postgres::Config, target: &Target, sql: &str) -> Result<()> {
+    let (server, target, sql) = (server.clone(), target.clone(), sql.to_string());
+    // A thread of its own: the caller may be on a tokio runtime, where `block_on` panics.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(format!("cannot start a runtime: {e}")))?;
+        runtime.block_on(async {
+            let (client, connection) = server
+                .connect(NoTls)
+                .await
+                .map_err(|e| Error::Io(format!("cannot reach the {target}: {}", describe(&e))))?;
+            let connection = tokio::spawn(connection);
+            let done = client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| Error::Io(format!("{target}: {}", describe(&e))));
+            drop(client);
+            let _ = connection.await;
+            done
+        })
+    })
+    .join()
+    .map_err(|_| Error::Io("the scratch database thread panicked".into()))?
 }
 
 /// The test database helper, shared with the integration tests.
@@ -1446,6 +1615,69 @@ mod tests {
         for h in handles {
             h.join().unwrap().unwrap();
         }
+    }
+
+    /// Waits (bounded) until `count` reaches `at_least`; false if it never does.
+    fn reaches(count: &std::sync::atomic::AtomicUsize, at_least: usize) -> bool {
+        for _ in 0..300 {
+            if count.load(Ordering::SeqCst) >= at_least {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    #[test]
+    fn the_owner_is_told_of_mail_and_again_after_its_listening_connection_drops() {
+        use std::sync::atomic::AtomicUsize;
+        let db = TestDb::new();
+        let (k, source) = key();
+        let owner = PgStore::open(db.url(), source).unwrap();
+        let sender = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
+        db.execute(
+            "INSERT INTO casework_instances (id, workflow, version, hash, status, created_at, updated_at, owner, epoch) \
+             VALUES ('i1', 'w', 1, 'h', 'running', 0, 0, 'd-owner', 1), \
+                    ('i2', 'w', 1, 'h', 'running', 0, 0, 'd-other', 2)",
+        );
+        let (mine, others) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        for (daemon, count) in [("d-owner", &mine), ("d-other", &others)] {
+            let count = count.clone();
+            owner.on_mail(
+                daemon,
+                Arc::new(move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+        }
+        // Listening: every daemon is woken once on connecting.
+        assert!(reaches(&mine, 1) && reaches(&others, 1), "never listened");
+        let (m0, o0) = (mine.load(Ordering::SeqCst), others.load(Ordering::SeqCst));
+        let mail = Mail::Cancel {
+            reason: "a test".into(),
+        };
+        sender.post("i1", &mail).unwrap();
+        assert!(reaches(&mine, m0 + 1), "the owner was not told of its mail");
+        assert_eq!(
+            others.load(Ordering::SeqCst),
+            o0,
+            "a daemon that owns nothing with mail was woken"
+        );
+        // The listening connection is cut (a failover of the database, a restart): the
+        // store reconnects, wakes everyone once (hints sent meanwhile are lost), and hears
+        // new mail again.
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query = 'LISTEN casework_mail'",
+        );
+        assert!(reaches(&others, o0 + 1), "no wake-up after reconnecting");
+        let m1 = mine.load(Ordering::SeqCst);
+        sender.post("i1", &mail).unwrap();
+        assert!(
+            reaches(&mine, m1 + 1),
+            "not told of mail after reconnecting"
+        );
+        assert_eq!(owner.mail("i1", 10).unwrap().len(), 2);
     }
 
     #[test]
