@@ -149,6 +149,35 @@ fn two_daemons_share_one_postgres_store() {
     assert!(!dir.path().join("data-a/journal.key").exists());
     drop((a, b));
 
+    // `inspect` and `report` read the database directly, with the daemons' key.
+    let cli = |args: &[&str], key: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_casework"))
+            .args(args)
+            .args(["--store", db.url()])
+            .env("CASEWORK_JOURNAL_KEY", key)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = cli(&["inspect", &id, "--json"], &key);
+    assert!(ok, "{err}");
+    let view: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["status"], json!("completed"), "{view}");
+    assert_eq!(view["output"], json!("lead-2"), "{view}");
+    let (ok, out, err) = cli(&["report", "--json"], &key);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"approve\""), "{out}");
+    let (ok, _, err) = cli(&["inspect", "no-such-id"], &key);
+    assert!(!ok && err.contains("no instance `no-such-id`"), "{err}");
+    assert!(err.contains("casework_test_"), "names the database: {err}");
+    let (ok, _, err) = cli(&["inspect", &id], &JournalKey::random().unwrap().to_hex());
+    assert!(!ok && err.contains("journal key does not match"), "{err}");
+
     // Another key, or none: refused at startup, saying why.
     let other = JournalKey::random().unwrap().to_hex();
     let text = refused(dir.path(), db.url(), &other);

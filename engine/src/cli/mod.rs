@@ -52,6 +52,10 @@ pub enum Command {
         /// File holding the journal key (default: CASEWORK_JOURNAL_KEY, else DATA/journal.key).
         #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
         journal_key_file: Option<PathBuf>,
+        /// Read a PostgreSQL store (postgres://USER@HOST:PORT/DB) instead of the data
+        /// directory; needs the daemons' journal key.
+        #[arg(long, env = "CASEWORK_STORE", value_name = "URL")]
+        store: Option<String>,
     },
     /// Run workflow tests (`*.test.yaml`) on a virtual clock: ok/FAIL per test, exit 1 if one failed.
     Test(test::TestArgs),
@@ -79,7 +83,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             addr,
             json,
             journal_key_file,
-        } => inspect(&id, &data, &addr, json, journal_key_file.as_deref()).await,
+            store,
+        } => {
+            let source = StoreSource {
+                url: store.as_deref(),
+                data: &data,
+                key_file: journal_key_file.as_deref(),
+            };
+            inspect(&id, &source, &addr, json).await
+        }
         Command::Graph { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -170,20 +182,46 @@ fn validate(paths: Vec<PathBuf>, plugins: &std::path::Path) -> anyhow::Result<u8
     Ok(0)
 }
 
+/// Where `inspect` and `report` read instances: a PostgreSQL store, or a data directory.
+pub struct StoreSource<'a> {
+    pub url: Option<&'a str>,
+    pub data: &'a std::path::Path,
+    pub key_file: Option<&'a std::path::Path>,
+}
+
+impl StoreSource<'_> {
+    /// Open the store for reading. On sled, `Err(Locked)` means a daemon holds the data
+    /// directory (ask it over HTTP instead); PostgreSQL is shared, so it opens beside the
+    /// daemons.
+    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::store::Store>, crate::store::Error> {
+        let key = crate::store::seal::KeySource::from_env(self.key_file)
+            .map_err(|e| crate::store::Error::Key(e.to_string()))?;
+        Ok(match self.url {
+            Some(url) => std::sync::Arc::new(crate::store::postgres::PgStore::open(url, key)?),
+            None => std::sync::Arc::new(crate::store::sled::SledStore::open_with(self.data, key)?),
+        })
+    }
+
+    /// The store, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self.url {
+            Some(url) => crate::store::postgres::redact_url(url),
+            None => self.data.display().to_string(),
+        }
+    }
+}
+
 async fn inspect(
     id: &str,
-    data: &std::path::Path,
+    source: &StoreSource<'_>,
     addr: &str,
     as_json: bool,
-    key_file: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
-    let key = crate::store::seal::KeySource::from_env(key_file)?;
-    let view = match crate::store::sled::SledStore::open_with(data, key) {
+    let view = match source.open() {
         Ok(store) => {
-            let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
             let meta = store
                 .instance(id)?
-                .ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", data.display()))?;
+                .ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", source.describe()))?;
             let registry = crate::daemon::registry::Registry::default();
             let wf = registry
                 .pinned(

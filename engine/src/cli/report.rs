@@ -23,6 +23,10 @@ pub struct ReportArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a PostgreSQL store (postgres://USER@HOST:PORT/DB) instead of the data
+    /// directory; needs the daemons' journal key.
+    #[arg(long, env = "CASEWORK_STORE", value_name = "URL")]
+    pub store: Option<String>,
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<u8> {
@@ -34,10 +38,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<u8> {
         ),
         None => None,
     };
-    let key = crate::store::seal::KeySource::from_env(args.journal_key_file.as_deref())?;
-    let reports = match crate::store::sled::SledStore::open_with(&args.data, key) {
+    let source = crate::cli::StoreSource {
+        url: args.store.as_deref(),
+        data: &args.data,
+        key_file: args.journal_key_file.as_deref(),
+    };
+    let reports = match source.open() {
         Ok(store) => report::build(
-            &store,
+            store.as_ref(),
             &crate::compile::rules::Rules::shared(),
             args.workflow.as_deref(),
             since,

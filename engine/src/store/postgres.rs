@@ -542,17 +542,31 @@ async fn create_tx(
             )
             .await?;
         if won.is_none() {
-            let holder = t
+            // Whether the holder exists is asked after the lock, in a statement of its own
+            // (as in `claim`): a join in the locking statement would be re-checked against
+            // the instances as they were before waiting for the lock, and miss a holder
+            // created by the transaction waited for.
+            let holder: Option<String> = t
                 .query_opt(
-                    "SELECT k.instance, i.id IS NOT NULL FROM casework_idempotency k \
-                     LEFT JOIN casework_instances i ON i.id = k.instance \
-                     WHERE k.workflow = $1 AND k.key_hash = $2 FOR UPDATE OF k",
+                    "SELECT instance FROM casework_idempotency \
+                     WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
                     &[workflow, key_hash],
                 )
-                .await?;
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            let exists = match &holder {
+                Some(h) => t
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM casework_instances WHERE id = $1)",
+                        &[h],
+                    )
+                    .await?
+                    .try_get::<_, bool>(0)?,
+                None => false,
+            };
             match holder {
-                Some(r) if r.try_get::<_, bool>(1)? => {
-                    let holder: String = r.try_get(0)?;
+                Some(holder) if exists => {
                     t.rollback().await?;
                     return Ok(Created::Existing(holder));
                 }
@@ -1201,11 +1215,14 @@ impl Store for PgStore {
             async move {
                 let mut c = s.client().await?;
                 let t = c.transaction().await?;
+                // The owner's lease is read in a statement of its own, after the row lock:
+                // a claimer that waited for the lock gets the row as the winner left it,
+                // but a join in the locking statement would be re-checked against the
+                // daemons table as it was before the wait, find no lease for the new
+                // owner and take the instance again.
                 let Some(row) = t
                     .query_opt(
-                        "SELECT i.owner, i.epoch, d.alive_until FROM casework_instances i \
-                         LEFT JOIN casework_daemons d ON d.id = i.owner \
-                         WHERE i.id = $1 FOR UPDATE OF i",
+                        "SELECT owner, epoch FROM casework_instances WHERE id = $1 FOR UPDATE",
                         &[&instance],
                     )
                     .await?
@@ -1215,7 +1232,17 @@ impl Store for PgStore {
                 };
                 let owner: Option<String> = row.try_get(0)?;
                 let epoch: i64 = row.try_get(1)?;
-                let alive_until: Option<i64> = row.try_get(2)?;
+                let alive_until: Option<i64> = match &owner {
+                    Some(o) if *o != daemon => t
+                        .query_opt(
+                            "SELECT alive_until FROM casework_daemons WHERE id = $1",
+                            &[o],
+                        )
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?,
+                    _ => None,
+                };
                 match owner {
                     Some(o) if o == daemon => {
                         t.rollback().await?;
