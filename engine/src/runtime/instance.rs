@@ -1,6 +1,6 @@
 //! One workflow instance: its variables, its frames (threads of execution) and its status.
 
-use super::record::*;
+use crate::journal::*;
 use crate::compile::rules::Bindings;
 use crate::compile::{CompiledWorkflow, Kind, Sleep};
 use crate::definition::Join;

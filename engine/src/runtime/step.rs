@@ -8,8 +8,8 @@
 //! the results of children that ended while nobody was listening (read from the store).
 
 use super::instance::{Effect, FrameState, Instance, RetryRefused, Status, StepTiming};
-use super::record::{Event, Millis, Record, StepError};
 use crate::compile::CompiledWorkflow;
+use crate::journal::{Event, Millis, Record, StepError};
 use serde_json::Value;
 use std::collections::HashSet;
 
