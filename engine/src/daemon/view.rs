@@ -38,22 +38,22 @@ pub fn instance_view(
     journal: &[Record],
 ) -> InstanceView {
     let inst = Instance::replay(id, wf, journal);
-    let secrets = sensitive_values(wf, &inst.input);
+    let secrets = sensitive_values(wf, inst.input());
     let redact = |v: Value| redact(v, &secrets);
     InstanceView {
         id: id.to_string(),
-        workflow: inst.workflow.clone(),
-        version: inst.version,
+        workflow: inst.workflow().to_string(),
+        version: inst.version(),
         status: status.to_string(),
         current: inst
             .current_steps(wf)
             .into_iter()
             .map(|(_, step, doing)| CurrentStep { step, doing })
             .collect(),
-        input: redact(inst.input.clone()),
-        vars: redact(Value::Object(inst.vars.clone())),
-        output: inst.output.clone().map(redact),
-        error: inst.error.clone(),
+        input: redact(inst.input().clone()),
+        vars: redact(Value::Object(inst.vars().clone())),
+        output: inst.output().cloned().map(redact),
+        error: inst.error().cloned(),
         journal: journal
             .iter()
             .map(|r| redact(serde_json::to_value(r).unwrap_or(Value::Null)))

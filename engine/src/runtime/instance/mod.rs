@@ -30,7 +30,7 @@ pub const MAX_FRAMES: usize = 1_000;
 /// Longest list a foreach may iterate.
 pub const MAX_FOREACH_ITEMS: usize = 10_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Running,
@@ -56,9 +56,10 @@ impl Status {
     }
 }
 
-/// What a frame is doing at its current step.
+/// What a frame is doing at its current step. Frames are the instance's own business:
+/// outside `runtime` they are read only through `Instance`'s queries.
 #[derive(Clone, Debug, PartialEq)]
-pub enum FrameState {
+pub(in crate::runtime) enum FrameState {
     /// The step at `at` should run now.
     Ready,
     Calling {
@@ -93,34 +94,35 @@ pub enum FrameState {
 
 /// A parallel or foreach step waiting for its children.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Join_ {
-    pub join: Join,
-    pub foreach: bool,
+pub(in crate::runtime) struct Join_ {
+    join: Join,
+    foreach: bool,
     /// Live child frame per slot.
-    pub children: BTreeMap<usize, u32>,
-    pub results: BTreeMap<usize, Value>,
-    pub items: Vec<Value>,
-    pub next_item: usize,
-    pub total: usize,
-    pub concurrency: usize,
-    pub slot_names: Vec<String>,
+    children: BTreeMap<usize, u32>,
+    results: BTreeMap<usize, Value>,
+    items: Vec<Value>,
+    next_item: usize,
+    total: usize,
+    concurrency: usize,
+    slot_names: Vec<String>,
 }
 
+/// One thread of execution: the main path, a branch or item, or a compensation.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Frame {
-    pub parent: Option<(u32, usize)>,
-    pub at: usize,
-    pub state: FrameState,
-    pub locals: Map<String, Value>,
-    pub output: Value,
+pub(in crate::runtime) struct Frame {
+    parent: Option<(u32, usize)>,
+    at: usize,
+    pub(in crate::runtime) state: FrameState,
+    locals: Map<String, Value>,
+    output: Value,
     /// A compensation frame: when it ends, the next compensation runs.
-    pub compensation: bool,
+    compensation: bool,
     /// When the frame entered its current step (journal time), for step durations.
-    pub entered_at: Millis,
+    entered_at: Millis,
 }
 
-/// A step that ended, in journal time (metrics). Collected only while
-/// [`Instance::timings`] is `Some`, so replaying a long journal keeps nothing.
+/// A step that ended, in journal time (metrics). Collected only while an input is
+/// handled ([`Instance::step`]), so replaying a long journal keeps nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepTiming {
     pub step: String,
@@ -172,21 +174,21 @@ pub enum Effect {
 
 #[derive(Clone, Debug)]
 pub struct Instance {
-    pub id: String,
-    pub workflow: String,
-    pub version: u32,
-    pub hash: String,
-    pub input: Value,
-    pub vars: Map<String, Value>,
-    pub frames: BTreeMap<u32, Frame>,
-    pub next_frame: u32,
-    pub status: Status,
-    pub output: Option<Value>,
-    pub error: Option<StepError>,
-    pub parent: Option<ParentRef>,
-    pub idempotency_key: Option<String>,
+    id: String,
+    workflow: String,
+    version: u32,
+    hash: String,
+    input: Value,
+    vars: Map<String, Value>,
+    pub(in crate::runtime) frames: BTreeMap<u32, Frame>,
+    next_frame: u32,
+    status: Status,
+    output: Option<Value>,
+    error: Option<StepError>,
+    parent: Option<ParentRef>,
+    idempotency_key: Option<String>,
     /// Completed steps with a compensation, oldest first: (step, compensation step).
-    pub compensable: Vec<(String, String)>,
+    compensable: Vec<(String, String)>,
     pending_compensations: Vec<String>,
     final_error: Option<StepError>,
     cancel_reason: Option<String>,
@@ -196,14 +198,14 @@ pub struct Instance {
     /// Compensations ran: the completed work was undone, so a retry would be wrong.
     compensated: bool,
     /// Steps ended by the records applied since this was set to `Some` (metrics only).
-    pub timings: Option<Vec<StepTiming>>,
-    pub transitions: u64,
-    pub records: u64,
-    pub started_at: Millis,
-    pub updated_at: Millis,
+    pub(in crate::runtime) timings: Option<Vec<StepTiming>>,
+    transitions: u64,
+    records: u64,
+    started_at: Millis,
+    updated_at: Millis,
     /// Effects handed to the driver so far (not journaled: after a load nothing has been
     /// carried out in this process, so everything in hand is handed out again).
-    pub(super) issued: Vec<Effect>,
+    pub(in crate::runtime) issued: Vec<Effect>,
 }
 
 impl Instance {
@@ -273,6 +275,69 @@ impl Instance {
         inst
     }
 
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The workflow's name.
+    pub fn workflow(&self) -> &str {
+        &self.workflow
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The source hash the instance is pinned to.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn input(&self) -> &Value {
+        &self.input
+    }
+
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    pub fn parent(&self) -> Option<&ParentRef> {
+        self.parent.as_ref()
+    }
+
+    pub fn vars(&self) -> &Map<String, Value> {
+        &self.vars
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// What the instance completed with (`None` until it completes).
+    pub fn output(&self) -> Option<&Value> {
+        self.output.as_ref()
+    }
+
+    /// Why the instance failed or was cancelled (`None` while it has not).
+    pub fn error(&self) -> Option<&StepError> {
+        self.error.as_ref()
+    }
+
+    /// How many journal records have been applied: the journal's length.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// When the instance started (its start record's time).
+    pub fn started_at(&self) -> Millis {
+        self.started_at
+    }
+
+    /// The time of the newest record applied.
+    pub fn updated_at(&self) -> Millis {
+        self.updated_at
+    }
+
     /// Nothing can happen until something from outside arrives (event, timer, call result).
     pub fn is_parked(&self) -> bool {
         !self.status.is_final()
@@ -307,5 +372,34 @@ impl Instance {
                 Some((*id, wf.steps.get(f.at)?.id.clone(), what))
             })
             .collect()
+    }
+
+    /// The key a frame waits with for an event of `event_type`, if one waits for it (the
+    /// first such frame): what `casework run` delivers its next event to.
+    pub fn waiting_key(&self, event_type: &str) -> Option<&str> {
+        self.frames.values().find_map(|f| match &f.state {
+            FrameState::Waiting { events, key, .. } if events.iter().any(|e| e == event_type) => {
+                Some(key.as_str())
+            }
+            _ => None,
+        })
+    }
+
+    /// Whether a timer firing for `frame` now ends its step (a sleep that ends, a wait
+    /// that times out), rather than starting a retry or finding nothing: the test
+    /// runner's path lists such steps.
+    pub fn timer_ends_step(&self, frame: u32) -> bool {
+        matches!(
+            self.frames.get(&frame).map(|f| &f.state),
+            Some(FrameState::Sleeping { .. } | FrameState::Waiting { .. })
+        )
+    }
+
+    /// The step the main path (the top-level frame that is not a compensation) is at.
+    pub fn main_step<'w>(&self, wf: &'w CompiledWorkflow) -> Option<&'w crate::compile::Step> {
+        self.frames
+            .values()
+            .find(|f| f.parent.is_none() && !f.compensation)
+            .and_then(|f| wf.steps.get(f.at))
     }
 }
