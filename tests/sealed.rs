@@ -131,7 +131,7 @@ fn secrets_never_reach_the_data_directory_in_clear() {
             .id;
         d.wait_idle().await;
         let inst = d.snapshot(&id).unwrap();
-        assert!(inst.is_parked(), "{:?}", inst.status);
+        assert!(inst.is_parked(), "{:?}", inst.status());
         id
     });
 
@@ -151,12 +151,12 @@ fn secrets_never_reach_the_data_directory_in_clear() {
         assert_eq!(woken, vec![id.clone()]);
         let d2 = d.clone();
         let id2 = id.clone();
-        d.run_virtual(move || d2.snapshot(&id2).is_some_and(|i| i.status.is_final()))
+        d.run_virtual(move || d2.snapshot(&id2).is_some_and(|i| i.status().is_final()))
             .await
             .unwrap();
         let inst = d.snapshot(&id).unwrap();
-        assert_eq!(inst.status, Status::Completed);
-        assert_eq!(inst.output, Some(json!({"code": OTP, "token": TOKEN})));
+        assert_eq!(inst.status(), Status::Completed);
+        assert_eq!(inst.output(), Some(&json!({"code": OTP, "token": TOKEN})));
         // A repeated event id is answered from the (sealed) dedup entry.
         let again = d
             .deliver(Event {

@@ -992,14 +992,14 @@ fn check(sim: &mut Sim) {
         // Replaying the journal gives the final state the index reports.
         let replayed = Instance::replay(&m.id, &wf, &journal);
         assert!(
-            replayed.status.is_final(),
+            replayed.status().is_final(),
             "{}: replay ends {:?}",
             m.id,
-            replayed.status
+            replayed.status()
         );
-        assert_eq!(replayed.status.as_str(), m.status, "{}", m.id);
-        assert_eq!(replayed.updated_at, m.updated_at, "{}", m.id);
-        assert_eq!(replayed.records as usize, journal.len());
+        assert_eq!(replayed.status().as_str(), m.status, "{}", m.id);
+        assert_eq!(replayed.updated_at(), m.updated_at, "{}", m.id);
+        assert_eq!(replayed.records() as usize, journal.len());
         // Records acknowledged (observed after their flush) were never lost or rewritten.
         let observed = sim.observed.lock().unwrap();
         let by_daemon = observed.range((m.id.clone(), 0)..=(m.id.clone(), u64::MAX));

@@ -85,7 +85,7 @@ impl Run {
         let id2 = id.to_string();
         let d = self.driver.clone();
         self.driver
-            .run_virtual(move || d.snapshot(&id2).is_none_or(|i| i.status.is_final()))
+            .run_virtual(move || d.snapshot(&id2).is_none_or(|i| i.status().is_final()))
             .await
             .unwrap();
         self.driver.snapshot(id).unwrap()
@@ -130,10 +130,10 @@ steps:
 "#]);
     let id = r.start("w", json!({"amount": 500})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.status, Status::Completed);
+    assert_eq!(inst.status(), Status::Completed);
     assert_eq!(
-        inst.output,
-        Some(json!({"label": "large 500", "big": true}))
+        inst.output(),
+        Some(&json!({"label": "large 500", "big": true}))
     );
 }
 
@@ -153,7 +153,7 @@ steps:
 "#]);
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.output, Some(json!(3)));
+    assert_eq!(inst.output(), Some(&json!(3)));
     let calls = r.host.calls.lock().unwrap();
     assert_eq!(calls.len(), 3);
     assert!(calls
@@ -180,7 +180,7 @@ steps:
 "#]);
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.output, Some(json!("card_declined")));
+    assert_eq!(inst.output(), Some(&json!("card_declined")));
     assert_eq!(r.called().len(), 1, "non-retryable errors are not retried");
 }
 
@@ -197,8 +197,8 @@ steps:
 "#]);
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.status, Status::Failed);
-    assert_eq!(inst.error.unwrap().code, "timeout");
+    assert_eq!(inst.status(), Status::Failed);
+    assert_eq!(inst.error().unwrap().code, "timeout");
     assert_eq!(r.called().len(), 2);
 }
 
@@ -226,7 +226,7 @@ compensations:
 "#]);
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.status, Status::Failed);
+    assert_eq!(inst.status(), Status::Failed);
     assert_eq!(
         r.called(),
         vec![
@@ -270,8 +270,8 @@ steps:
         .await
         .unwrap();
     assert_eq!(woken, vec![one.clone()]);
-    assert_eq!(r.settle(&one).await.output, Some(json!("lead")));
-    assert_eq!(r.settle(&two).await.output, Some(json!("expired")));
+    assert_eq!(r.settle(&one).await.output(), Some(&json!("lead")));
+    assert_eq!(r.settle(&two).await.output(), Some(&json!("expired")));
 }
 
 #[tokio::test]
@@ -312,9 +312,9 @@ steps:
 "#,
     ]);
     let a = r.start("all", json!({})).await;
-    assert_eq!(r.settle(&a).await.output, Some(json!(2)));
+    assert_eq!(r.settle(&a).await.output(), Some(&json!(2)));
     let f = r.start("first", json!({})).await;
-    assert_eq!(r.settle(&f).await.output, Some(json!("quick")));
+    assert_eq!(r.settle(&f).await.output(), Some(&json!("quick")));
 }
 
 #[tokio::test]
@@ -338,7 +338,7 @@ steps:
     complete: { output: "${vars.results.len()}" }
 "#]);
     let id = r.start("w", json!({})).await;
-    assert_eq!(r.settle(&id).await.output, Some(json!(7)));
+    assert_eq!(r.settle(&id).await.output(), Some(&json!(7)));
     assert_eq!(r.called().len(), 7);
     assert_eq!(r.host.max_running.load(Ordering::SeqCst), 2);
 }
@@ -371,10 +371,10 @@ steps:
     let d = r.driver.clone();
     let id2 = id.clone();
     r.driver
-        .run_virtual(move || d.snapshot(&id2).is_some_and(|i| i.status.is_final()))
+        .run_virtual(move || d.snapshot(&id2).is_some_and(|i| i.status().is_final()))
         .await
         .unwrap();
-    assert_eq!(r.driver.snapshot(&id).unwrap().output, Some(json!(40)));
+    assert_eq!(r.driver.snapshot(&id).unwrap().output(), Some(&json!(40)));
 }
 
 #[tokio::test]
@@ -398,9 +398,9 @@ steps:
     let bad = r.start("spin", json!({})).await;
     let good = r.start("fine", json!({})).await;
     let inst = r.settle(&bad).await;
-    assert_eq!(inst.status, Status::Failed);
-    assert!(inst.error.unwrap().message.contains("operations"));
-    assert_eq!(r.settle(&good).await.output, Some(json!("fine")));
+    assert_eq!(inst.status(), Status::Failed);
+    assert!(inst.error().unwrap().message.contains("operations"));
+    assert_eq!(r.settle(&good).await.output(), Some(&json!("fine")));
 }
 
 /// `sleep()` blocked a tokio worker (and with it every instance on that thread) and
@@ -442,8 +442,8 @@ steps:
     ] {
         let id = r.start(workflow, json!({})).await;
         let inst = r.settle(&id).await;
-        assert_eq!(inst.status, Status::Failed, "{workflow}");
-        let error = inst.error.unwrap();
+        assert_eq!(inst.status(), Status::Failed, "{workflow}");
+        let error = inst.error().unwrap();
         assert_eq!(
             (error.code.as_str(), error.step.as_deref()),
             ("rule_error", Some(step)),
@@ -473,8 +473,8 @@ steps:
 "#]);
     let id = r.start("w", json!({})).await;
     assert_eq!(
-        r.settle(&id).await.output,
-        Some(json!("2026-01-03T00:00:00.000Z"))
+        r.settle(&id).await.output(),
+        Some(&json!("2026-01-03T00:00:00.000Z"))
     );
 }
 
@@ -495,8 +495,8 @@ steps:
 "#]);
     let id = r.start("w", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.status, Status::Failed);
-    let error = inst.error.unwrap();
+    assert_eq!(inst.status(), Status::Failed);
+    let error = inst.error().unwrap();
     assert_eq!(error.code, "gave_up");
     assert_eq!(error.message, "told the team about broken");
     let journal = r.driver.inner().store.journal(&id).unwrap();
@@ -529,8 +529,8 @@ steps:
 "#]);
     let id = r.start("race", json!({})).await;
     let inst = r.settle(&id).await;
-    assert_eq!(inst.status, Status::Completed);
-    assert_eq!(inst.output, Some(json!("quick")));
+    assert_eq!(inst.status(), Status::Completed);
+    assert_eq!(inst.output(), Some(&json!("quick")));
     assert!(
         r.called().is_empty(),
         "the losing branch still paged: {:?}",

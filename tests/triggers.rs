@@ -83,10 +83,10 @@ async fn an_event_starts_only_workflows_whose_filter_matches() {
     d.wait_idle().await;
     let inst = d.snapshot(&urgent.started[0].id).unwrap();
     assert_eq!(
-        inst.input,
-        json!({"ticket_id": "T-2", "priority": "urgent"})
+        inst.input(),
+        &json!({"ticket_id": "T-2", "priority": "urgent"})
     );
-    assert_eq!(inst.output, Some(json!({"ticket": "T-2"})));
+    assert_eq!(inst.output(), Some(&json!({"ticket": "T-2"})));
 }
 
 #[tokio::test]
@@ -131,7 +131,10 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     assert_eq!(tuesday.started.len(), 1, "{tuesday:?}");
     d.wait_idle().await;
     let inst = d.snapshot(&tuesday.started[0].id).unwrap();
-    assert_eq!(inst.output, Some(json!({"at": "2026-03-03T09:00:00.000Z"})));
+    assert_eq!(
+        inst.output(),
+        Some(&json!({"at": "2026-03-03T09:00:00.000Z"}))
+    );
 
     // Checking again at the same time fires nothing.
     let (same, _) = fire_due_schedules(&d).await.unwrap();
@@ -149,7 +152,10 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     );
     d.wait_idle().await;
     let inst = d.snapshot(&after_downtime.started[0].id).unwrap();
-    assert_eq!(inst.output, Some(json!({"at": "2026-03-06T09:00:00.000Z"})));
+    assert_eq!(
+        inst.output(),
+        Some(&json!({"at": "2026-03-06T09:00:00.000Z"}))
+    );
     assert_eq!(next, Some(ms("2026-03-09T09:00:00Z")), "next is Monday");
 
     // A restart right away fires nothing more.
@@ -163,7 +169,10 @@ async fn schedules_fire_at_their_times_once_after_downtime_and_not_again_after_r
     let (summer, _) = fire_due_schedules(&d).await.unwrap();
     d.wait_idle().await;
     let inst = d.snapshot(&summer.started[0].id).unwrap();
-    assert_eq!(inst.output, Some(json!({"at": "2026-03-30T08:00:00.000Z"})));
+    assert_eq!(
+        inst.output(),
+        Some(&json!({"at": "2026-03-30T08:00:00.000Z"}))
+    );
     assert_eq!(clock.now_ms(), ms("2026-03-30T08:00:00Z"));
 }
 

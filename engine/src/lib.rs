@@ -5,6 +5,7 @@
 //! - [`validate`]: every semantic problem at once, with `file:line:col`;
 //! - [`compile`]: Rhai compiled once, steps resolved, a deterministic [`compile::CompiledWorkflow`];
 //! - [`runtime`]: the instance state machine, `apply(record)` and `advance(now)`, no I/O;
+//!   the records it reads and writes are the versioned [`journal`] format;
 //! - [`daemon`]: the driver that carries out effects, the HTTP API, the CLI's `serve`.
 //!
 //! The outside world has one door each: [`store::Store`] (sled), [`plugin_host::PluginHost`]
@@ -16,6 +17,7 @@ pub mod compile;
 pub mod daemon;
 pub mod definition;
 pub mod diagnostic;
+pub mod journal;
 #[cfg(test)]
 mod log_capture;
 pub mod plugin_host;

@@ -5,7 +5,7 @@ use crate::compile::rules::format_ms;
 use crate::daemon::registry::{load_files, workflow_files};
 use crate::daemon::Driver;
 use crate::plugin_host::{Canned, PluginError};
-use crate::runtime::{Event, FrameState, Record};
+use crate::runtime::{Event, Record};
 use crate::store::sled::SledStore;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -172,17 +172,13 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             let Some(inst) = driver.snapshot(&id) else {
                 return true;
             };
-            if inst.status.is_final() {
+            if inst.status().is_final() {
                 return true;
             }
             let next_type = event_types.last();
-            for f in inst.frames.values() {
-                if let FrameState::Waiting { events, key, .. } = &f.state {
-                    if next_type.is_some_and(|t| events.contains(t)) {
-                        *wf2.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
-                        return true;
-                    }
-                }
+            if let Some(key) = next_type.and_then(|t| inst.waiting_key(t)) {
+                *wf2.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.to_string());
+                return true;
             }
             false
         })
@@ -220,17 +216,17 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let inst = driver
         .snapshot(&started.id)
         .ok_or_else(|| anyhow!("instance vanished"))?;
-    let code = match inst.status {
+    let code = match inst.status() {
         crate::runtime::Status::Completed => {
             println!(
                 "result: completed\noutput: {}",
-                serde_json::to_string_pretty(&inst.output.unwrap_or(Value::Null))?
+                serde_json::to_string_pretty(inst.output().unwrap_or(&Value::Null))?
             );
             0
         }
         crate::runtime::Status::Failed | crate::runtime::Status::Cancelled => {
-            let e = inst.error.map(|e| e.to_string()).unwrap_or_default();
-            println!("result: {}\nerror: {e}", inst.status.as_str());
+            let e = inst.error().map(|e| e.to_string()).unwrap_or_default();
+            println!("result: {}\nerror: {e}", inst.status().as_str());
             1
         }
         _ => {

@@ -893,14 +893,14 @@ async fn committer(
 /// The index entry of an instance, with the status its last step decided.
 fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
     InstanceMeta {
-        id: inst.id.clone(),
-        workflow: inst.workflow.clone(),
-        version: inst.version,
-        hash: inst.hash.clone(),
+        id: inst.id().to_string(),
+        workflow: inst.workflow().to_string(),
+        version: inst.version(),
+        hash: inst.hash().to_string(),
         status: status.to_string(),
-        created_at: inst.started_at,
-        updated_at: inst.updated_at,
-        parent: inst.parent.as_ref().map(|p| p.instance.clone()),
+        created_at: inst.started_at(),
+        updated_at: inst.updated_at(),
+        parent: inst.parent().map(|p| p.instance.clone()),
     }
 }
 
@@ -922,7 +922,7 @@ async fn actor(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedReceiver<Ms
                 let parked = own
                     .state
                     .as_ref()
-                    .is_none_or(|(i, _)| i.is_parked() || i.status.is_final());
+                    .is_none_or(|(i, _)| i.is_parked() || i.status().is_final());
                 if parked {
                     // Give the instance up first, so whichever daemon wakes it next may
                     // claim it; mail that waits is handled before.
@@ -1254,7 +1254,7 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
     } = step;
     let batch = Batch {
         instance: id.to_string(),
-        first_seq: inst.records - records.len() as u64,
+        first_seq: inst.records() - records.len() as u64,
         meta: Some(meta_of(inst, index.status)),
         timers_add: index.timers_add,
         timers_remove: index.timers_remove,
@@ -1350,7 +1350,7 @@ async fn handle(inner: &Arc<Inner>, id: &str, own: &mut Owned, msg: Msg, mail_se
     for r in &batch.records {
         log_record(wf, r);
     }
-    if inst.status.is_final() {
+    if inst.status().is_final() {
         wf.rules.forget_instance(id);
     }
     carry_out(inner, id, inst, effects);
@@ -1481,13 +1481,13 @@ fn carry_out(inner: &Arc<Inner>, id: &str, inst: &Instance, effects: Vec<Effect>
                 });
             }
             Effect::Finished => {
-                if let Some(p) = &inst.parent {
-                    let result = match (&inst.status, &inst.output, &inst.error) {
+                if let Some(p) = inst.parent() {
+                    let result = match (inst.status(), inst.output(), inst.error()) {
                         (crate::runtime::Status::Completed, o, _) => {
-                            Ok(o.clone().unwrap_or(Value::Null))
+                            Ok(o.cloned().unwrap_or(Value::Null))
                         }
                         (_, _, e) => Err(e
-                            .clone()
+                            .cloned()
                             .unwrap_or_else(|| StepError::new("failed", "subworkflow failed"))),
                     };
                     inner.send(

@@ -117,7 +117,7 @@ pub fn build(
             let wf = registry.pinned(store, &meta.hash, rules)?;
             let journal = store.journal(&meta.id).map_err(|e| e.to_string())?;
             let inst = Instance::replay(&meta.id, &wf, &journal);
-            let Some(report) = inst.vars.get("report") else {
+            let Some(report) = inst.vars().get("report") else {
                 continue;
             };
             if let Some(t) = report.get("first_response_at").and_then(instant) {

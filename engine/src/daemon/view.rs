@@ -1,10 +1,16 @@
 //! What users see of an instance (`casework inspect`, `GET /v1/instances/{id}`), with
 //! sensitive values redacted.
+//!
+//! These are the API's own response types: built from the runtime's state and the
+//! journal by explicit conversions, never by serializing journal types, so the journal
+//! format can change (a `journal::v2`) while what clients read stays as `openapi.json`
+//! describes it.
 
 use crate::compile::CompiledWorkflow;
-use crate::runtime::{Instance, Record};
+use crate::journal::{Record, StepError};
+use crate::runtime::Instance;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 pub const REDACTED: &str = "[redacted]";
 
@@ -20,14 +26,332 @@ pub struct InstanceView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<crate::runtime::StepError>,
-    pub journal: Vec<Value>,
+    pub error: Option<StepErrorView>,
+    pub journal: Vec<JournalEntry>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CurrentStep {
     pub step: String,
     pub doing: &'static str,
+}
+
+/// A step's failure as the API shows it (the `StepError` schema in `openapi.json`).
+///
+/// Its own type rather than the journal's [`StepError`], so that a change in the journal
+/// format does not change what clients read.
+#[derive(Debug, Serialize)]
+pub struct StepErrorView {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+impl From<&StepError> for StepErrorView {
+    fn from(e: &StepError) -> Self {
+        StepErrorView {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+            step: e.step.clone(),
+        }
+    }
+}
+
+/// One journal record as the API shows it: an object whose `record` names the kind and
+/// whose `at` is when it happened, with the record's own fields beside them.
+///
+/// The journal format is a storage promise and may gain a new version (`journal::v2`);
+/// this is an API promise and stays as it is. So it is built field by field from a
+/// [`Record`] instead of serializing the record: a new journal version changes this
+/// mapping, not what clients read. Today every entry has exactly the JSON of the v1
+/// record it came from, which is what the API has always shown.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct JournalEntry(Map<String, Value>);
+
+impl JournalEntry {
+    /// The entry with every sensitive value replaced, in any field (see [`redact`]).
+    fn redacted(self, secrets: &[String]) -> JournalEntry {
+        JournalEntry(
+            self.0
+                .into_iter()
+                .map(|(k, v)| (k, redact(v, secrets)))
+                .collect(),
+        )
+    }
+}
+
+impl From<&Record> for JournalEntry {
+    fn from(r: &Record) -> Self {
+        let mut e = Entry(Map::new());
+        match r {
+            Record::Started {
+                workflow,
+                version,
+                hash,
+                input,
+                idempotency_key,
+                parent,
+                at,
+            } => {
+                e.put("record", "started");
+                e.put("workflow", workflow);
+                e.put("version", version);
+                e.put("hash", hash);
+                e.put("input", input);
+                e.put_some("idempotency_key", idempotency_key);
+                if let Some(p) = parent {
+                    e.put(
+                        "parent",
+                        json!({"instance": p.instance, "frame": p.frame, "step": p.step}),
+                    );
+                }
+                e.put("at", at);
+            }
+            Record::StepCompleted {
+                frame,
+                step,
+                vars,
+                output,
+                next,
+                reason,
+                at,
+            } => {
+                e.put("record", "step_completed");
+                e.frame_step(*frame, step);
+                e.put_some("vars", vars);
+                e.put_some("output", output);
+                e.put_some("next", next);
+                e.put_some("reason", reason);
+                e.put("at", at);
+            }
+            Record::CallStarted {
+                frame,
+                step,
+                attempt,
+                key,
+                input,
+                at,
+            } => {
+                e.put("record", "call_started");
+                e.frame_step(*frame, step);
+                e.put("attempt", attempt);
+                e.put("key", key);
+                e.put("input", input);
+                e.put("at", at);
+            }
+            Record::CallSucceeded {
+                frame,
+                step,
+                attempt,
+                output,
+                at,
+            } => {
+                e.put("record", "call_succeeded");
+                e.frame_step(*frame, step);
+                e.put("attempt", attempt);
+                e.put("output", output);
+                e.put("at", at);
+            }
+            Record::CallFailed {
+                frame,
+                step,
+                attempt,
+                error,
+                retry_at,
+                at,
+            } => {
+                e.put("record", "call_failed");
+                e.frame_step(*frame, step);
+                e.put("attempt", attempt);
+                e.error("error", error);
+                e.put_some("retry_at", retry_at);
+                e.put("at", at);
+            }
+            Record::WaitStarted {
+                frame,
+                step,
+                events,
+                key,
+                deadline,
+                at,
+            } => {
+                e.put("record", "wait_started");
+                e.frame_step(*frame, step);
+                e.put("events", events);
+                e.put("key", key);
+                e.put_some("deadline", deadline);
+                e.put("at", at);
+            }
+            Record::EventReceived {
+                frame,
+                step,
+                event,
+                at,
+            } => {
+                e.put("record", "event_received");
+                e.frame_step(*frame, step);
+                let mut ev = Entry(Map::new());
+                ev.put("type", &event.event_type);
+                ev.put("key", &event.key);
+                ev.put("data", &event.data);
+                ev.put_some("id", &event.id);
+                e.put("event", ev.0);
+                e.put("at", at);
+            }
+            Record::SleepStarted {
+                frame,
+                step,
+                until,
+                at,
+            } => {
+                e.put("record", "sleep_started");
+                e.frame_step(*frame, step);
+                e.put("until", until);
+                e.put("at", at);
+            }
+            Record::TimerFired {
+                frame,
+                step,
+                next,
+                at,
+            } => {
+                e.put("record", "timer_fired");
+                e.frame_step(*frame, step);
+                e.put_some("next", next);
+                e.put("at", at);
+            }
+            Record::ChildrenStarted {
+                frame,
+                step,
+                children,
+                items,
+                at,
+            } => {
+                e.put("record", "children_started");
+                e.frame_step(*frame, step);
+                let children: Vec<Value> = children
+                    .iter()
+                    .map(|c| {
+                        json!({"frame": c.frame, "slot": c.slot, "step": c.step, "locals": c.locals})
+                    })
+                    .collect();
+                e.put("children", children);
+                e.put_some("items", items);
+                e.put("at", at);
+            }
+            Record::SubStarted {
+                frame,
+                step,
+                child,
+                workflow,
+                input,
+                at,
+            } => {
+                e.put("record", "sub_started");
+                e.frame_step(*frame, step);
+                e.put("child", child);
+                e.put("workflow", workflow);
+                e.put("input", input);
+                e.put("at", at);
+            }
+            Record::SubFinished {
+                frame,
+                step,
+                child,
+                result,
+                at,
+            } => {
+                e.put("record", "sub_finished");
+                e.frame_step(*frame, step);
+                e.put("child", child);
+                // `{"Ok": output}` or `{"Err": error}`, as the API has always shown it.
+                let mut outcome = Entry(Map::new());
+                match result {
+                    Ok(v) => outcome.put("Ok", v),
+                    Err(err) => outcome.error("Err", err),
+                }
+                e.put("result", outcome.0);
+                e.put("at", at);
+            }
+            Record::StepFailed {
+                frame,
+                step,
+                error,
+                next,
+                at,
+            } => {
+                e.put("record", "step_failed");
+                e.frame_step(*frame, step);
+                e.error("error", error);
+                e.put_some("next", next);
+                e.put("at", at);
+            }
+            Record::CancelRequested { reason, at } => {
+                e.put("record", "cancel_requested");
+                e.put("reason", reason);
+                e.put("at", at);
+            }
+            Record::Cancelled { reason, at } => {
+                e.put("record", "cancelled");
+                e.put("reason", reason);
+                e.put("at", at);
+            }
+            Record::RetryRequested { step, at } => {
+                e.put("record", "retry_requested");
+                e.put("step", step);
+                e.put("at", at);
+            }
+            Record::CompensationStarted { steps, error, at } => {
+                e.put("record", "compensation_started");
+                e.put("steps", steps);
+                e.error("error", error);
+                e.put("at", at);
+            }
+            Record::Completed { output, at } => {
+                e.put("record", "completed");
+                e.put("output", output);
+                e.put("at", at);
+            }
+            Record::Failed { error, at } => {
+                e.put("record", "failed");
+                e.error("error", error);
+                e.put("at", at);
+            }
+        }
+        JournalEntry(e.0)
+    }
+}
+
+/// An object being filled in, field by field.
+struct Entry(Map<String, Value>);
+
+impl Entry {
+    fn put(&mut self, key: &str, value: impl Serialize) {
+        self.0.insert(
+            key.to_string(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+    }
+
+    /// A field left out when it has no value.
+    fn put_some<T: Serialize>(&mut self, key: &str, value: &Option<T>) {
+        if let Some(v) = value {
+            self.put(key, v);
+        }
+    }
+
+    fn frame_step(&mut self, frame: u32, step: &str) {
+        self.put("frame", frame);
+        self.put("step", step);
+    }
+
+    fn error(&mut self, key: &str, error: &StepError) {
+        self.put(key, StepErrorView::from(error));
+    }
 }
 
 /// Build the view of an instance from its journal.
@@ -38,25 +362,25 @@ pub fn instance_view(
     journal: &[Record],
 ) -> InstanceView {
     let inst = Instance::replay(id, wf, journal);
-    let secrets = sensitive_values(wf, &inst.input);
+    let secrets = sensitive_values(wf, inst.input());
     let redact = |v: Value| redact(v, &secrets);
     InstanceView {
         id: id.to_string(),
-        workflow: inst.workflow.clone(),
-        version: inst.version,
+        workflow: inst.workflow().to_string(),
+        version: inst.version(),
         status: status.to_string(),
         current: inst
             .current_steps(wf)
             .into_iter()
             .map(|(_, step, doing)| CurrentStep { step, doing })
             .collect(),
-        input: redact(inst.input.clone()),
-        vars: redact(Value::Object(inst.vars.clone())),
-        output: inst.output.clone().map(redact),
-        error: inst.error.clone(),
+        input: redact(inst.input().clone()),
+        vars: redact(Value::Object(inst.vars().clone())),
+        output: inst.output().cloned().map(redact),
+        error: inst.error().map(StepErrorView::from),
         journal: journal
             .iter()
-            .map(|r| redact(serde_json::to_value(r).unwrap_or(Value::Null)))
+            .map(|r| JournalEntry::from(r).redacted(&secrets))
             .collect(),
     }
 }
@@ -98,5 +422,269 @@ pub fn redact(v: Value, secrets: &[String]) -> Value {
                 .collect(),
         ),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ChildFrame, Event, ParentRef};
+
+    fn error(step: Option<&str>) -> StepError {
+        StepError {
+            code: "declined".into(),
+            message: "card declined".into(),
+            retryable: true,
+            step: step.map(str::to_string),
+        }
+    }
+
+    /// One record of every kind, each optional field both set and left out.
+    fn every_kind() -> Vec<Record> {
+        let vars: Map<String, Value> = json!({"n": 1}).as_object().unwrap().clone();
+        vec![
+            Record::Started {
+                workflow: "w".into(),
+                version: 2,
+                hash: "ab".into(),
+                input: json!({"x": 1}),
+                idempotency_key: Some("k".into()),
+                parent: Some(ParentRef {
+                    instance: "p".into(),
+                    frame: 3,
+                    step: "s".into(),
+                }),
+                at: 1,
+            },
+            Record::Started {
+                workflow: "w".into(),
+                version: 1,
+                hash: "ab".into(),
+                input: Value::Null,
+                idempotency_key: None,
+                parent: None,
+                at: 1,
+            },
+            Record::StepCompleted {
+                frame: 0,
+                step: "a".into(),
+                vars: Some(vars.clone()),
+                output: Some(json!([1])),
+                next: Some("b".into()),
+                reason: Some("case 1 matched".into()),
+                at: 2,
+            },
+            Record::StepCompleted {
+                frame: 0,
+                step: "a".into(),
+                vars: None,
+                output: None,
+                next: None,
+                reason: None,
+                at: 2,
+            },
+            Record::CallStarted {
+                frame: 1,
+                step: "c".into(),
+                attempt: 1,
+                key: "i:c:1".into(),
+                input: json!({"amount": 5}),
+                at: 3,
+            },
+            Record::CallSucceeded {
+                frame: 1,
+                step: "c".into(),
+                attempt: 1,
+                output: json!({"id": "ch"}),
+                at: 4,
+            },
+            Record::CallFailed {
+                frame: 1,
+                step: "c".into(),
+                attempt: 2,
+                error: error(Some("c")),
+                retry_at: Some(9),
+                at: 5,
+            },
+            Record::CallFailed {
+                frame: 1,
+                step: "c".into(),
+                attempt: 3,
+                error: error(None),
+                retry_at: None,
+                at: 5,
+            },
+            Record::WaitStarted {
+                frame: 0,
+                step: "w".into(),
+                events: vec!["approved".into()],
+                key: "T-1".into(),
+                deadline: Some(60),
+                at: 6,
+            },
+            Record::WaitStarted {
+                frame: 0,
+                step: "w".into(),
+                events: vec![],
+                key: "T-1".into(),
+                deadline: None,
+                at: 6,
+            },
+            Record::EventReceived {
+                frame: 0,
+                step: "w".into(),
+                event: Event {
+                    event_type: "approved".into(),
+                    key: "T-1".into(),
+                    data: json!({"by": "ann"}),
+                    id: Some("e1".into()),
+                },
+                at: 7,
+            },
+            Record::EventReceived {
+                frame: 0,
+                step: "w".into(),
+                event: Event {
+                    event_type: "approved".into(),
+                    key: "T-1".into(),
+                    data: Value::Null,
+                    id: None,
+                },
+                at: 7,
+            },
+            Record::SleepStarted {
+                frame: 0,
+                step: "z".into(),
+                until: 100,
+                at: 8,
+            },
+            Record::TimerFired {
+                frame: 0,
+                step: "z".into(),
+                next: Some("late".into()),
+                at: 100,
+            },
+            Record::TimerFired {
+                frame: 0,
+                step: "z".into(),
+                next: None,
+                at: 100,
+            },
+            Record::ChildrenStarted {
+                frame: 0,
+                step: "each".into(),
+                children: vec![ChildFrame {
+                    frame: 4,
+                    slot: 0,
+                    step: "body".into(),
+                    locals: vars.clone(),
+                }],
+                items: Some(vec![json!("a")]),
+                at: 9,
+            },
+            Record::ChildrenStarted {
+                frame: 0,
+                step: "par".into(),
+                children: vec![],
+                items: None,
+                at: 9,
+            },
+            Record::SubStarted {
+                frame: 0,
+                step: "sub".into(),
+                child: "i.sub.1".into(),
+                workflow: "child".into(),
+                input: json!({}),
+                at: 10,
+            },
+            Record::SubFinished {
+                frame: 0,
+                step: "sub".into(),
+                child: "i.sub.1".into(),
+                result: Ok(json!({"done": true})),
+                at: 11,
+            },
+            Record::SubFinished {
+                frame: 0,
+                step: "sub".into(),
+                child: "i.sub.1".into(),
+                result: Err(error(Some("inner"))),
+                at: 11,
+            },
+            Record::StepFailed {
+                frame: 0,
+                step: "c".into(),
+                error: error(None),
+                next: Some("notify".into()),
+                at: 12,
+            },
+            Record::StepFailed {
+                frame: 0,
+                step: "c".into(),
+                error: error(Some("c")),
+                next: None,
+                at: 12,
+            },
+            Record::CancelRequested {
+                reason: "customer".into(),
+                at: 13,
+            },
+            Record::RetryRequested {
+                step: "c".into(),
+                at: 14,
+            },
+            Record::CompensationStarted {
+                steps: vec!["release".into()],
+                error: error(None),
+                at: 15,
+            },
+            Record::Completed {
+                output: json!({"ok": true}),
+                at: 16,
+            },
+            Record::Failed {
+                error: error(Some("c")),
+                at: 17,
+            },
+            Record::Cancelled {
+                reason: "customer".into(),
+                at: 18,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_journal_entry_shows_what_the_v1_record_always_showed() {
+        // The view used to put each record through `serde_json::to_value` (keys sorted);
+        // its own type must not change a byte of that. A journal v2 will make this
+        // comparison moot: then the entries stay as they are here, not as the new records
+        // serialize.
+        for r in every_kind() {
+            let entry = serde_json::to_string(&JournalEntry::from(&r)).unwrap();
+            let record = serde_json::to_string(&serde_json::to_value(&r).unwrap()).unwrap();
+            assert_eq!(entry, record, "{}", r.kind());
+        }
+    }
+
+    #[test]
+    fn a_journal_entry_is_the_shape_clients_read() {
+        let entry = |r: &Record| serde_json::to_value(JournalEntry::from(r)).unwrap();
+        let all = every_kind();
+        assert_eq!(
+            entry(&all[6]),
+            json!({"record": "call_failed", "frame": 1, "step": "c", "attempt": 2,
+                   "error": {"code": "declined", "message": "card declined", "retryable": true, "step": "c"},
+                   "retry_at": 9, "at": 5})
+        );
+        assert_eq!(
+            entry(&all[19]),
+            json!({"record": "sub_finished", "frame": 0, "step": "sub", "child": "i.sub.1",
+                   "result": {"Err": {"code": "declined", "message": "card declined", "retryable": true, "step": "inner"}},
+                   "at": 11})
+        );
+        assert_eq!(
+            serde_json::to_value(StepErrorView::from(&error(None))).unwrap(),
+            json!({"code": "declined", "message": "card declined", "retryable": true})
+        );
     }
 }

@@ -8,11 +8,16 @@
 //! case matched, when a retry is due) is in a record.
 
 mod instance;
-pub mod record;
 mod step;
 
+// Old path, kept for store modules; use crate::journal.
+#[doc(hidden)]
+pub mod record {
+    pub use crate::journal::v1::*;
+}
+
+pub use crate::journal::{Event, Millis, ParentRef, Record, StepError};
 pub use instance::{
-    Effect, FrameState, Instance, RetryRefused, Status, StepTiming, MAX_FRAMES, MAX_TRANSITIONS,
+    Effect, Instance, RetryRefused, Status, StepTiming, MAX_FRAMES, MAX_TRANSITIONS,
 };
-pub use record::{Event, Millis, ParentRef, Record, StepError};
 pub use step::{IndexDelta, Input, Reply, Step, Timer, Wait};

@@ -8,8 +8,8 @@
 //! the results of children that ended while nobody was listening (read from the store).
 
 use super::instance::{Effect, FrameState, Instance, RetryRefused, Status, StepTiming};
-use super::record::{Event, Millis, Record, StepError};
 use crate::compile::CompiledWorkflow;
+use crate::journal::{Event, Millis, Record, StepError};
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -206,11 +206,11 @@ impl Instance {
                 index.timers_remove.push(t);
             }
         }
-        if self.status.is_final() {
+        if self.status().is_final() {
             index.waits_remove.extend(after.waits.iter().cloned());
             // Wake the parent durably: a timer due now survives a crash before the
             // message reaches it.
-            if let Some(p) = &self.parent {
+            if let Some(p) = self.parent() {
                 index.timers_add.push(Timer {
                     at: now,
                     instance: p.instance.clone(),
@@ -226,7 +226,7 @@ impl Instance {
             if let Record::SubStarted { frame, .. } = r {
                 index.timers_add.push(Timer {
                     at: now,
-                    instance: self.id.clone(),
+                    instance: self.id().to_string(),
                     frame: *frame,
                 });
             }
@@ -249,8 +249,8 @@ impl Instance {
 
     /// The status the index shows: `parked` when nothing can happen without outside help.
     pub fn index_status(&self) -> &'static str {
-        if self.status.is_final() || self.status == Status::Compensating && !self.is_parked() {
-            self.status.as_str()
+        if self.status().is_final() || self.status() == Status::Compensating && !self.is_parked() {
+            self.status().as_str()
         } else if self.is_parked() {
             "parked"
         } else {
@@ -278,7 +278,7 @@ impl Index {
                 } => {
                     index.timers.insert(Timer {
                         at: *at,
-                        instance: inst.id.clone(),
+                        instance: inst.id().to_string(),
                         frame,
                     });
                 }
@@ -289,7 +289,7 @@ impl Index {
                     index.waits.insert(Wait {
                         event_type: e.clone(),
                         key: key.clone(),
-                        instance: inst.id.clone(),
+                        instance: inst.id().to_string(),
                         frame,
                     });
                 }

@@ -15,7 +15,7 @@ use crate::compile::{CompiledWorkflow, Kind};
 use crate::daemon::driver::{Observer, StartError};
 use crate::daemon::registry::load_files;
 use crate::daemon::Driver;
-use crate::runtime::{Event, FrameState, Instance, Record, Status};
+use crate::runtime::{Event, Instance, Record, Status};
 use crate::store::sled::SledStore;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -238,16 +238,16 @@ async fn run_case(
     let wf = driver
         .inner()
         .registry
-        .pinned(driver.inner().store.as_ref(), &inst.hash, &rules)
+        .pinned(driver.inner().store.as_ref(), inst.hash(), &rules)
         .map_err(engine_error)?;
     let root_journal = driver
         .inner()
         .store
         .journal(&id)
         .map_err(|e| engine_error(e.to_string()))?;
-    let (status, current) = match inst.status {
+    let (status, current) = match inst.status() {
         Status::Completed | Status::Failed | Status::Cancelled => {
-            (inst.status.as_str().to_string(), Vec::new())
+            (inst.status().as_str().to_string(), Vec::new())
         }
         Status::Running | Status::Compensating => (
             "waiting".to_string(),
@@ -261,9 +261,9 @@ async fn run_case(
         root_id: id.clone(),
         status,
         current,
-        output: inst.output.clone(),
-        vars: Value::Object(inst.vars.clone()),
-        error: inst.error.clone(),
+        output: inst.output().cloned(),
+        vars: Value::Object(inst.vars().clone()),
+        error: inst.error().cloned(),
         path: path_of(&wf, &id, &root_journal),
         calls: calls_of(&wf, &root_journal),
         journal: std::mem::take(&mut *lock(&journal)),
@@ -348,21 +348,12 @@ pub fn path_of(wf: &CompiledWorkflow, id: &str, journal: &[Record]) -> Vec<Strin
                 result: Ok(_),
                 ..
             } => path.push(step.clone()),
-            Record::TimerFired { frame, step, .. } => {
-                let state = inst.frames.get(frame).map(|f| &f.state);
-                if matches!(
-                    state,
-                    Some(FrameState::Sleeping { .. } | FrameState::Waiting { .. })
-                ) {
-                    path.push(step.clone());
-                }
+            Record::TimerFired { frame, step, .. } if inst.timer_ends_step(*frame) => {
+                path.push(step.clone())
             }
             Record::Completed { .. } => {
                 let ending = inst
-                    .frames
-                    .values()
-                    .find(|f| f.parent.is_none() && !f.compensation)
-                    .and_then(|f| wf.steps.get(f.at))
+                    .main_step(wf)
                     .filter(|s| matches!(s.kind, Kind::Complete(_)));
                 if let Some(s) = ending {
                     path.push(s.id.clone());

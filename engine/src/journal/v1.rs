@@ -1,8 +1,8 @@
 //! Journal records, version 1: the facts an instance's state is rebuilt from.
 //!
 //! Records are persisted, so their JSON shape is a compatibility promise: add fields
-//! with `#[serde(default)]`, never rename; a breaking change gets a new version with a
-//! migration in `store`.
+//! with `#[serde(default)]`, never rename; a breaking change gets a new version beside
+//! this one (see [`crate::journal`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,0 +1,182 @@
+//! Unit tests of the state machine: retry of failed instances, replay of the resulting
+//! journal, and step timings.
+
+use super::*;
+use crate::compile::rules::Rules;
+use serde_json::json;
+
+fn compile(src: &str) -> CompiledWorkflow {
+    let (wf, diags) = crate::compile::load("t.yaml", src, &Default::default(), &Rules::shared());
+    wf.unwrap_or_else(|| panic!("{diags:#?}"))
+}
+
+const PAY: &str = r#"
+workflow: pay
+version: 1
+steps:
+  - id: prepare
+    set: { tries: 1 }
+    next: charge
+  - id: charge
+    call: payments.charge
+    next: done
+  - id: done
+    complete: { output: { paid: true } }
+"#;
+
+/// The call in flight: its frame, attempt and idempotency key.
+fn call_key(inst: &Instance) -> (u32, u32, String) {
+    inst.frames
+        .iter()
+        .find_map(|(&id, f)| match &f.state {
+            FrameState::Calling { attempt, key, .. } => Some((id, *attempt, key.clone())),
+            _ => None,
+        })
+        .expect("a call in flight")
+}
+
+#[test]
+fn a_failed_step_is_retried_from_where_it_failed_and_replays_the_same() {
+    let wf = compile(PAY);
+    let start = Instance::start_record(&wf, json!({}), None, None, 1_000);
+    let mut inst = Instance::start("i1", &wf, start.clone());
+    let mut journal = vec![start];
+    journal.extend(inst.advance(&wf, 1_000));
+    let (frame, attempt, key) = call_key(&inst);
+    assert_eq!((attempt, key.as_str()), (1, "i1:charge:1"));
+    journal.extend(inst.on_call_result(
+        &wf,
+        frame,
+        attempt,
+        Err(StepError::new("card_declined", "declined")),
+        2_000,
+    ));
+    journal.extend(inst.advance(&wf, 2_000));
+    assert_eq!(inst.status, Status::Failed);
+
+    let retried = inst.retry(&wf, 3_000).unwrap();
+    assert_eq!(
+        retried,
+        vec![Record::RetryRequested {
+            step: "charge".into(),
+            at: 3_000
+        }]
+    );
+    journal.extend(retried);
+    assert_eq!(inst.status, Status::Running);
+    assert_eq!(inst.error, None);
+    journal.extend(inst.advance(&wf, 3_000));
+    // A new visit of the step: a new idempotency key, so the provider does not
+    // answer with the cached failure.
+    let (frame, attempt, key) = call_key(&inst);
+    assert_eq!((attempt, key.as_str()), (1, "i1:charge:2"));
+    assert_eq!(inst.vars["tries"], json!(1), "variables are kept");
+    journal.extend(inst.on_call_result(&wf, frame, attempt, Ok(json!({"id": "ch_1"})), 4_000));
+    journal.extend(inst.advance(&wf, 4_000));
+    assert_eq!(inst.status, Status::Completed);
+    assert_eq!(inst.output, Some(json!({"paid": true})));
+
+    let replayed = Instance::replay("i1", &wf, &journal);
+    assert_eq!(replayed.status, Status::Completed);
+    assert_eq!(replayed.records, inst.records);
+    assert_eq!(replayed.records, journal.len() as u64);
+    let back: Vec<Record> = journal
+        .iter()
+        .map(|r| serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap())
+        .collect();
+    assert_eq!(back, journal, "the new record round-trips through JSON");
+}
+
+#[test]
+fn only_failed_instances_whose_step_failed_can_be_retried() {
+    let wf = compile(PAY);
+    let start = Instance::start_record(&wf, json!({}), None, None, 0);
+    let mut running = Instance::start("i2", &wf, start);
+    running.advance(&wf, 0);
+    assert_eq!(
+        running.retry(&wf, 1),
+        Err(RetryRefused::NotFailed("running"))
+    );
+
+    let compensated = compile(
+        r#"
+workflow: comp
+version: 1
+steps:
+  - id: reserve
+    call: stock.reserve
+    compensate: release
+    next: ship
+  - id: ship
+    call: shipping.send
+compensations:
+  - id: release
+    set: { released: true }
+"#,
+    );
+    let start = Instance::start_record(&compensated, json!({}), None, None, 0);
+    let mut inst = Instance::start("i3", &compensated, start);
+    inst.advance(&compensated, 0);
+    let (f, a, _) = call_key(&inst);
+    inst.on_call_result(&compensated, f, a, Ok(json!({})), 1);
+    inst.advance(&compensated, 1);
+    let (f, a, _) = call_key(&inst);
+    inst.on_call_result(&compensated, f, a, Err(StepError::new("down", "down")), 2);
+    inst.advance(&compensated, 2);
+    assert_eq!(inst.status, Status::Failed);
+    assert!(matches!(
+        inst.retry(&compensated, 3),
+        Err(RetryRefused::NotRetryable(m)) if m.contains("compensations")
+    ));
+}
+
+#[test]
+fn a_failure_handled_by_the_workflow_handler_retries_the_step_that_failed() {
+    let wf = compile(
+        r#"
+workflow: handled
+version: 1
+on_error: notify
+steps:
+  - id: charge
+    call: payments.charge
+    next: done
+  - id: done
+    complete: {}
+  - id: notify
+    fail: { code: gave_up, message: "charge failed" }
+"#,
+    );
+    let start = Instance::start_record(&wf, json!({}), None, None, 0);
+    let mut inst = Instance::start("i4", &wf, start);
+    inst.advance(&wf, 0);
+    let (f, a, _) = call_key(&inst);
+    inst.on_call_result(&wf, f, a, Err(StepError::new("declined", "no")), 1);
+    inst.advance(&wf, 1);
+    assert_eq!(inst.status, Status::Failed);
+    assert_eq!(inst.error.as_ref().unwrap().code, "gave_up");
+    let r = inst.retry(&wf, 2).unwrap();
+    assert!(matches!(&r[0], Record::RetryRequested { step, .. } if step == "charge"));
+}
+
+#[test]
+fn step_durations_are_collected_in_journal_time_only_on_request() {
+    let wf = compile(PAY);
+    let start = Instance::start_record(&wf, json!({}), None, None, 0);
+    let mut inst = Instance::start("i5", &wf, start);
+    inst.advance(&wf, 0);
+    assert_eq!(inst.timings, None);
+    inst.timings = Some(Vec::new());
+    let (f, a, _) = call_key(&inst);
+    inst.on_call_result(&wf, f, a, Ok(json!({})), 250);
+    inst.advance(&wf, 250);
+    let timings = inst.timings.take().unwrap();
+    assert_eq!(
+        timings[0],
+        StepTiming {
+            step: "charge".into(),
+            millis: 250,
+            ok: true
+        }
+    );
+}
