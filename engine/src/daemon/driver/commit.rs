@@ -1,0 +1,206 @@
+//! Writing steps: the group-commit task that flushes the store for every writer at
+//! once, and `finish`, which journals a step before anything it decided is carried out.
+
+use super::*;
+
+pub(super) async fn committer(
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let store = store.clone();
+        let began = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        metrics.flush(began.elapsed());
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "journal flush failed");
+        }
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// The index entry of an instance, with the status its last step decided.
+pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
+    InstanceMeta {
+        id: inst.id().to_string(),
+        workflow: inst.workflow().to_string(),
+        version: inst.version(),
+        hash: inst.hash().to_string(),
+        status: status.to_string(),
+        created_at: inst.started_at(),
+        updated_at: inst.updated_at(),
+        parent: inst.parent().map(|p| p.instance.clone()),
+    }
+}
+
+/// Where a start's answer goes.
+pub(super) type StartReply = oneshot::Sender<Result<Started, String>>;
+
+/// What the actor knew of the message a step answers, for writing and answering it.
+pub(super) struct Handled {
+    /// A start's key claim and reply: the write creates the instance.
+    pub start: Option<(Option<Claim>, StartReply)>,
+    pub reply: Option<Answer>,
+    /// The message as mail, posted again if the write turns out to be fenced.
+    pub letter: Option<Mail>,
+    /// The mail this step handles, removed in the same write.
+    pub mail_seq: Option<u64>,
+    /// Whether the instance was loaded from its journal for this message.
+    pub fresh: bool,
+}
+
+/// Write what a step decided (group commit), and only then carry out its effects and
+/// answer: the driver persists and carries out, it decides nothing here.
+pub(super) async fn finish(
+    inner: &Arc<Inner>,
+    id: &str,
+    own: &mut Owned,
+    step: Step,
+    handled: Handled,
+) {
+    let Handled {
+        start,
+        reply,
+        letter,
+        mail_seq,
+        fresh,
+    } = handled;
+    let (inst, wf) = own.state.as_mut().expect("loaded");
+    let Step {
+        records,
+        index,
+        effects,
+        reply: decided,
+        timings,
+    } = step;
+    let batch = Batch {
+        instance: id.to_string(),
+        first_seq: inst.records() - records.len() as u64,
+        meta: Some(meta_of(inst, index.status)),
+        timers_add: index.timers_add,
+        timers_remove: index.timers_remove,
+        waits_add: index.waits_add,
+        waits_remove: index.waits_remove,
+        records,
+        fence: own.fence.clone(),
+        mail_done: mail_seq.into_iter().collect(),
+    };
+    // A crash can keep a batch's records but lose the index entry written after them, so
+    // the index may say `running` for an instance whose journal has ended (or parked it).
+    // On a fresh load the journal is the truth: rewrite a stale entry.
+    let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
+    let touches_timers = !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
+    if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty() {
+        let written = match &start {
+            // The first write of a new instance: records and key claim together, or nothing.
+            Some((claim, _)) => inner
+                .store
+                .create(&batch, claim.as_ref(), &inner.daemon)
+                .map(Some),
+            None => inner.store.write(&batch).map(|()| None),
+        };
+        let committed = match written {
+            Ok(Some(Created::New(fence))) => {
+                own.fence = Some(fence);
+                inner.commit().await
+            }
+            Ok(None) => inner.commit().await,
+            Err(StoreError::Fenced { epoch, .. }) => {
+                // Another daemon claimed the instance while this one held it (paused or
+                // cut off past its lease): drop everything, hand the message over.
+                tracing::warn!(
+                    epoch,
+                    "another daemon took the instance over; leaving it to its new owner"
+                );
+                inner.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                own.state = None;
+                own.fence = None;
+                if let Some((_, r)) = start {
+                    let _ = r.send(Err("the instance was taken over by another daemon".into()));
+                }
+                forward(inner, id, letter, reply).await;
+                return;
+            }
+            Ok(Some(Created::Existing(holder))) => {
+                // Another start won the key (or the instance exists): this one leaves
+                // nothing behind and answers with the winner, once the winner is durable.
+                own.state = None;
+                let answer = inner.commit().await.map(|()| Started {
+                    id: holder,
+                    created: false,
+                });
+                if let Some((_, r)) = start {
+                    let _ = r.send(answer);
+                }
+                return;
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = committed {
+            // Nothing was acknowledged: drop the in-memory state and reload from the journal later.
+            tracing::error!(error = %e, "could not journal; the instance will be retried from its journal");
+            own.state = None;
+            if let Some((_, r)) = start {
+                let _ = r.send(Err(e));
+            }
+            return;
+        }
+        inner
+            .stats
+            .records
+            .fetch_add(batch.records.len() as i64, Ordering::Relaxed);
+        for t in &timings {
+            inner.metrics.step(&wf.name, &t.step, t.ok, t.millis);
+        }
+        for r in &batch.records {
+            if let Record::StepFailed { error, .. } = r {
+                if error.code == "rule_error" {
+                    inner.metrics.rule_error(&wf.name);
+                }
+            }
+        }
+        if !batch.timers_add.is_empty() {
+            inner.timer_wake.notify_one();
+        }
+    }
+    if let Some(obs) = &inner.observer {
+        for r in &batch.records {
+            obs(id, r);
+        }
+    }
+    for r in &batch.records {
+        log_record(wf, r);
+    }
+    if inst.status().is_final() {
+        wf.rules.forget_instance(id);
+    }
+    carry_out(inner, id, inst, effects);
+    if let Some((_, r)) = start {
+        let _ = r.send(Ok(Started {
+            id: id.to_string(),
+            created: true,
+        }));
+    }
+    match (reply, decided) {
+        (Some(Answer::Event(r)), Reply::Woken(v))
+        | (Some(Answer::Cancel(r)), Reply::Cancelled(v)) => {
+            let _ = r.send(v);
+        }
+        (Some(Answer::Retry(r)), Reply::Retried(v)) => {
+            let _ = r.send(v);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,637 @@
+//! The driver: runs instances as actors, journals their records with group commit, and
+//! carries out their effects (plugin calls, timers, waits, child instances).
+//!
+//! Each live instance is one tokio task owning its state; messages (call results, timers,
+//! events) reach it through its inbox. An instance with nothing to do leaves memory and is
+//! reloaded from its journal when a timer, event or child wakes it: parked instances cost
+//! disk, not RAM.
+//!
+//! Several drivers (daemons) may share one store. An actor writes only under its claim on
+//! the instance (a [`Fence`]): it claims the instance when it wakes it, gives it up when it
+//! parks, and stops at once when the store says another daemon has claimed it since (see
+//! the ownership rules at [`Store`]). A message for an instance another live daemon owns
+//! becomes mail in the store; [`Driver::tick_ownership`] renews this daemon's heartbeat,
+//! reads its mail and takes over orphans.
+
+mod actor;
+mod commit;
+mod effects;
+mod keyed_lock;
+mod ownership;
+
+use actor::{handle, Answer};
+use commit::{committer, Handled};
+use effects::{carry_out, child_result, log_record};
+use keyed_lock::KeyedLock;
+use ownership::{answer_of, forward, letter_of, read_mail};
+
+use super::metrics::Metrics;
+use super::registry::Registry;
+use crate::clock::Clock;
+use crate::compile::{rules::Rules, CompiledWorkflow};
+use crate::plugin_host::{CallContext, PluginHost};
+use crate::runtime::{
+    Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
+};
+use crate::store::{
+    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Store, Timer,
+};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Called with every record journaled, after it is durable (used by `casework run` to print steps).
+pub type Observer = Arc<dyn Fn(&str, &Record) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    /// This daemon's name in the store's ownership records: unique per process.
+    pub daemon: String,
+    /// How long a heartbeat keeps this daemon's claims (ms).
+    lease_ms: AtomicI64,
+    /// Whether the last heartbeat reached the store (`/readyz` says so when it did not).
+    store_reachable: std::sync::atomic::AtomicBool,
+    /// Instances found owned by another live daemon, until when to leave their timers to it.
+    held_elsewhere: Mutex<HashMap<String, Millis>>,
+    /// Instances whose workflow calls a plugin action this daemon does not have: left to
+    /// a daemon that has it, until when (then looked at again; plugins may be added).
+    cannot_run: Mutex<HashMap<String, (String, Millis)>>,
+    /// Plugin actions found missing (each is logged once).
+    missing_calls: Mutex<HashSet<String>>,
+    /// Set when the store hints that mail came for this daemon ([`Store::on_mail`]).
+    mail_hint: Arc<Notify>,
+    pub store: Arc<dyn Store>,
+    pub plugins: Arc<dyn PluginHost>,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Registry,
+    pub rules: Arc<Rules>,
+    actors: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    busy: AtomicI64,
+    /// Admission bound on `busy`: past it, starts, events and retries are refused
+    /// with [`Overloaded`] instead of queueing without end.
+    max_pending: AtomicI64,
+    idle: Notify,
+    commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    timer_wake: Notify,
+    firing: Mutex<HashSet<Timer>>,
+    events_in_flight: KeyedLock,
+    observer: Option<Observer>,
+    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub records: AtomicI64,
+    pub flushes: AtomicI64,
+    /// Writes refused because another daemon had claimed the instance since.
+    pub fenced: AtomicI64,
+}
+
+enum Msg {
+    Start {
+        record: Record,
+        wf: Arc<CompiledWorkflow>,
+        /// The idempotency key, claimed in the same write as the instance's first records.
+        claim: Option<Claim>,
+        reply: oneshot::Sender<Result<Started, String>>,
+    },
+    Resume,
+    CallResult {
+        frame: u32,
+        attempt: u32,
+        result: Result<Value, StepError>,
+    },
+    Timer(Timer),
+    Event {
+        event: Event,
+        reply: oneshot::Sender<bool>,
+    },
+    ChildFinished {
+        child: String,
+        result: Result<Value, StepError>,
+    },
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Retry {
+        reply: oneshot::Sender<Result<(), RetryRefused>>,
+    },
+    /// Read the instance's mail (messages left while another daemon owned it).
+    Mail,
+}
+
+/// What an actor holds: the instance as its journal says (once loaded) and the claim it
+/// may write under.
+#[derive(Default)]
+struct Owned {
+    state: Option<(Instance, Arc<CompiledWorkflow>)>,
+    fence: Option<Fence>,
+}
+
+/// Default lease: how long a daemon that stops renewing keeps its instances before other
+/// daemons take them over. Heartbeats run at a third of it.
+pub const DEFAULT_LEASE_MS: Millis = 10_000;
+/// Mail and orphans read per ownership tick.
+const OWNERSHIP_BATCH: usize = 1024;
+
+/// Default bound on work in hand (queued messages, plugin calls and child starts in
+/// flight, across all instances). Each unit costs a message and, for calls, a task: at this
+/// bound that is a few megabytes, far from exhausting memory, while a burst that exceeds it
+/// is told to come back (`503` with `Retry-After`) rather than queued without limit.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
+/// The engine has as much work in hand as it may queue; try again shortly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine has {pending} units of work in hand, its limit (max_pending); try again in {retry_after_s} s")]
+pub struct Overloaded {
+    pub pending: usize,
+    pub retry_after_s: u64,
+}
+
+/// Why an event could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a retry did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] RetryRefused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no workflow named `{0}` is loaded")]
+    UnknownWorkflow(String),
+    #[error("the input does not match the workflow's `input:` section")]
+    InvalidInput(Vec<crate::validate::input::InputProblem>),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result of a start: the instance, and whether this call created it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Started {
+    pub id: String,
+    pub created: bool,
+}
+
+impl Driver {
+    /// A driver over `store` with the default lease. Call [`Driver::resume_all`] after
+    /// loading workflows.
+    pub fn new(
+        store: Arc<dyn Store>,
+        plugins: Arc<dyn PluginHost>,
+        clock: Arc<dyn Clock>,
+        observer: Option<Observer>,
+    ) -> Driver {
+        Driver::with_lease(store, plugins, clock, observer, DEFAULT_LEASE_MS)
+    }
+
+    /// A driver whose claims outlive its last heartbeat by `lease_ms` (see
+    /// [`DEFAULT_LEASE_MS`]). Fixed for the driver's life: a heartbeat never shortens a
+    /// lease, so a lease set after the first heartbeat would hold the first one's length.
+    pub fn with_lease(
+        store: Arc<dyn Store>,
+        plugins: Arc<dyn PluginHost>,
+        clock: Arc<dyn Clock>,
+        observer: Option<Observer>,
+        lease_ms: Millis,
+    ) -> Driver {
+        let lease_ms = lease_ms.max(1);
+        let (commits, rx) = mpsc::unbounded_channel();
+        let daemon = format!("d-{}", new_id(clock.now_ms()));
+        // Alive from the first instant, so this daemon's first claims count.
+        if let Err(e) = store.heartbeat(&daemon, clock.now_ms() + lease_ms) {
+            tracing::error!(error = %e, "could not record this daemon's heartbeat");
+        }
+        let mail_hint = Arc::new(Notify::new());
+        store.on_mail(&daemon, {
+            let hint = mail_hint.clone();
+            Arc::new(move || hint.notify_one())
+        });
+        let inner = Arc::new(Inner {
+            daemon,
+            mail_hint,
+            lease_ms: AtomicI64::new(lease_ms),
+            held_elsewhere: Mutex::new(HashMap::new()),
+            cannot_run: Mutex::new(HashMap::new()),
+            missing_calls: Mutex::new(HashSet::new()),
+            store_reachable: std::sync::atomic::AtomicBool::new(true),
+            store,
+            plugins,
+            clock,
+            registry: Registry::default(),
+            rules: Rules::shared(),
+            actors: Mutex::new(HashMap::new()),
+            busy: AtomicI64::new(0),
+            max_pending: AtomicI64::new(DEFAULT_MAX_PENDING as i64),
+            idle: Notify::new(),
+            commits,
+            timer_wake: Notify::new(),
+            firing: Mutex::new(HashSet::new()),
+            events_in_flight: KeyedLock::default(),
+            observer,
+            stats: Arc::new(Stats::default()),
+            metrics: Arc::new(Metrics::default()),
+        });
+        tokio::spawn(committer(
+            inner.store.clone(),
+            inner.stats.clone(),
+            inner.metrics.clone(),
+            rx,
+        ));
+        Driver { inner }
+    }
+
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// The instance as its journal says it is now (None if unknown).
+    pub fn snapshot(&self, id: &str) -> Option<Instance> {
+        self.inner.load(id).ok().map(|(i, _)| i)
+    }
+
+    /// Install a compiled workflow as the newest version of its name.
+    pub fn install(&self, wf: CompiledWorkflow) -> Result<Arc<CompiledWorkflow>, String> {
+        let wf = self
+            .inner
+            .registry
+            .install(self.inner.store.as_ref(), wf)
+            .map_err(|e| e.to_string())?;
+        self.inner
+            .registry
+            .mark_loaded(&wf.hash, self.inner.clock.now_ms());
+        Ok(wf)
+    }
+
+    /// Start an instance of the newest version of `workflow`.
+    pub async fn start(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Started, StartError> {
+        self.inner.admit()?;
+        self.inner
+            .start(workflow, input, idempotency_key, None, None)
+            .await
+    }
+
+    /// Bound the work in hand (see [`DEFAULT_MAX_PENDING`]).
+    pub fn set_max_pending(&self, max: usize) {
+        self.inner
+            .max_pending
+            .store(max.min(i64::MAX as usize) as i64, Ordering::Relaxed);
+    }
+
+    /// Start an instance with a chosen id (used by benchmarks and tests to await it).
+    pub async fn start_as(
+        &self,
+        workflow: &str,
+        input: Value,
+        id: String,
+    ) -> Result<Started, StartError> {
+        self.inner
+            .start(workflow, input, None, None, Some(id))
+            .await
+    }
+
+    /// Deliver an event to every instance waiting for its type and key. Returns the ids woken.
+    pub async fn deliver(&self, event: Event) -> Result<Vec<String>, DeliverError> {
+        let inner = &self.inner;
+        inner.admit()?;
+        // Duplicates of one event id sent at once are delivered one after the other, so
+        // the second finds the first's answer instead of waking the instance again.
+        let _in_flight = match &event.id {
+            Some(id) => Some(inner.events_in_flight.hold(id).await),
+            None => None,
+        };
+        if let Some(id) = &event.id {
+            if let Some(answer) = inner
+                .store
+                .event_answer(id)
+                .map_err(|e| DeliverError::Internal(e.to_string()))?
+            {
+                return Ok(serde_json::from_value(answer).unwrap_or_default());
+            }
+        }
+        let waiters = inner
+            .store
+            .waiters(&event.event_type, &event.key)
+            .map_err(|e| DeliverError::Internal(e.to_string()))?;
+        let instances: BTreeSet<String> = waiters.into_iter().map(|w| w.instance).collect();
+        let mut woken = Vec::new();
+        for id in instances {
+            let (reply, rx) = oneshot::channel();
+            inner.send(
+                &id,
+                Msg::Event {
+                    event: event.clone(),
+                    reply,
+                },
+            );
+            if rx.await.unwrap_or(false) {
+                woken.push(id);
+            }
+        }
+        if let Some(id) = &event.id {
+            inner
+                .store
+                .put_event_answer(id, &serde_json::json!(woken))
+                .map_err(|e| DeliverError::Internal(e.to_string()))?;
+            inner.commit().await.map_err(DeliverError::Internal)?;
+        }
+        Ok(woken)
+    }
+
+    /// Ask an instance to stop; its compensations run first. Returns false if it had already ended.
+    pub async fn cancel(&self, id: &str, reason: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(
+            id,
+            Msg::Cancel {
+                reason: reason.into(),
+                reply,
+            },
+        );
+        rx.await.unwrap_or(false)
+    }
+
+    /// Run a failed instance's failed step again (see [`Instance::retry`]). Returns once
+    /// the retry is journaled.
+    pub async fn retry(&self, id: &str) -> Result<(), RetryError> {
+        self.inner.admit()?;
+        if self
+            .inner
+            .store
+            .instance(id)
+            .map_err(|e| RetryError::Internal(e.to_string()))?
+            .is_none()
+        {
+            return Err(RetryError::NotFound(id.to_string()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(id, Msg::Retry { reply });
+        match rx.await {
+            Ok(r) => r.map_err(RetryError::Refused),
+            Err(_) => Err(RetryError::Internal(
+                "the instance could not be loaded or journaled; see the log".into(),
+            )),
+        }
+    }
+
+    /// Fire the timers that are due now. Returns how many were sent.
+    pub fn fire_due_timers(&self) -> Result<usize, String> {
+        let inner = &self.inner;
+        let due = inner
+            .store
+            .due_timers(inner.clock.now_ms(), 1024)
+            .map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        let held = inner.left_to_others(inner.clock.now_ms());
+        for t in due {
+            // Another live daemon owns the instance (its own timer loop fires this), or
+            // the instance calls a plugin this daemon lacks.
+            if held.contains(&t.instance) {
+                continue;
+            }
+            if inner
+                .firing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t.clone())
+            {
+                inner.send(&t.instance.clone(), Msg::Timer(t));
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Run timers against the real clock until the process ends.
+    pub async fn run_timers(self) {
+        loop {
+            if let Err(e) = self.fire_due_timers() {
+                tracing::error!(error = %e, "could not read timers");
+            }
+            let now = self.inner.clock.now_ms();
+            let wait_ms = match self.inner.store.next_timer() {
+                Ok(Some(at)) => (at - now).clamp(5, 1_000),
+                _ => 1_000,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)) => {}
+                _ = self.inner.timer_wake.notified() => {}
+            }
+        }
+    }
+
+    /// Wait until no instance has work in hand (no message queued, no call in flight).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.busy.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// With a virtual clock: run until nothing can happen, jumping the clock to each next timer.
+    /// `stop` is checked whenever the engine is idle.
+    pub async fn run_virtual(&self, mut stop: impl FnMut() -> bool) -> Result<(), String> {
+        loop {
+            self.wait_idle().await;
+            if stop() {
+                return Ok(());
+            }
+            if self.fire_due_timers()? > 0 {
+                continue;
+            }
+            match self.inner.store.next_timer().map_err(|e| e.to_string())? {
+                Some(at) if at > self.inner.clock.now_ms() => self.inner.clock.advance_to(at),
+                Some(_) => tokio::task::yield_now().await,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn has_actor(&self, id: &str) -> bool {
+        self.actors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    /// Refuses new work from outside while the work in hand is at its bound. Work the
+    /// engine gives itself (call results, timers, child results) is never refused: it is
+    /// bounded by what was admitted, and dropping it would lose a state change.
+    fn admit(&self) -> Result<(), Overloaded> {
+        let pending = self.busy.load(Ordering::SeqCst);
+        if pending >= self.max_pending.load(Ordering::Relaxed) {
+            self.metrics.overloaded();
+            return Err(Overloaded {
+                pending: pending.max(0) as usize,
+                retry_after_s: 1,
+            });
+        }
+        Ok(())
+    }
+
+    fn send(self: &Arc<Self>, id: &str, msg: Msg) {
+        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let msg = match actors.get(id) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(m)) => m,
+            },
+            None => msg,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(msg).ok();
+        actors.insert(id.to_string(), tx);
+        let span = tracing::info_span!(
+            "instance",
+            id = %id,
+            workflow = tracing::field::Empty,
+            version = tracing::field::Empty
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            actor::run(self.clone(), id.to_string(), rx),
+            span,
+        ));
+    }
+
+    fn done_one(&self) {
+        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Wait until everything written so far is durable (shared flush).
+    async fn commit(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(tx)
+            .map_err(|_| "the commit task has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the commit task has stopped".to_string())?
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        workflow: &str,
+        input: Value,
+        key: Option<String>,
+        parent: Option<ParentRef>,
+        id: Option<String>,
+    ) -> Result<Started, StartError> {
+        let wf = self
+            .registry
+            .latest(workflow)
+            .ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?;
+        let input =
+            crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
+        let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
+        let claim = key.as_ref().map(|k| Claim {
+            workflow: workflow.to_string(),
+            key: k.clone(),
+        });
+        // A duplicate of a start that has committed answers without running anything. One
+        // racing a start still in flight is settled by the store: the key is claimed in the
+        // same atomic write as the instance (see `Store::create`), so only one can win.
+        if let Some(c) = &claim {
+            if let Some(existing) = self
+                .store
+                .key_holder(&c.workflow, &c.key)
+                .map_err(|e| StartError::Internal(e.to_string()))?
+            {
+                return Ok(Started {
+                    id: existing,
+                    created: false,
+                });
+            }
+        }
+        if parent.is_some()
+            && self
+                .store
+                .instance(&id)
+                .map_err(|e| StartError::Internal(e.to_string()))?
+                .is_some()
+        {
+            return Ok(Started { id, created: false });
+        }
+        let record = Instance::start_record(&wf, input, key, parent, self.clock.now_ms());
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            &id,
+            Msg::Start {
+                record,
+                wf,
+                claim,
+                reply,
+            },
+        );
+        rx.await
+            .map_err(|_| StartError::Internal("instance task stopped".into()))?
+            .map_err(StartError::Internal)
+    }
+
+    fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
+        self.load_from(id, None)
+    }
+
+    /// [`Inner::load`] with the instance's index entry if it was read already.
+    fn load_from(
+        &self,
+        id: &str,
+        meta: Option<InstanceMeta>,
+    ) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
+        let meta = match meta {
+            Some(m) => m,
+            None => self
+                .store
+                .instance(id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no instance `{id}`"))?,
+        };
+        let wf = self
+            .registry
+            .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
+        let journal = self.store.journal(id).map_err(|e| e.to_string())?;
+        Ok((Instance::replay(id, &wf, &journal), wf))
+    }
+}
+
+/// A new instance id: sortable by creation time, unique.
+pub fn new_id(now: Millis) -> String {
+    format!("{:011x}{:08x}", now.max(0), rand::random::<u32>())
+}
