@@ -732,19 +732,8 @@ impl PgStore {
             };
             let _ = tx.send(r);
         });
-        // On a worker of a multi-threaded tokio runtime (the driver's actors), waiting for
-        // the database would hold the worker and every task queued behind it for a round
-        // trip; `block_in_place` hands those tasks to another thread while this one waits.
-        // Elsewhere (plain threads, `spawn_blocking`, single-threaded runtimes, where
-        // `block_in_place` is not allowed) it simply waits.
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let answer = if on_worker {
-            tokio::task::block_in_place(|| rx.recv())
-        } else {
-            rx.recv()
-        };
-        answer.map_err(|_| Error::Io("the PostgreSQL store has stopped".into()))?
+        rx.recv()
+            .map_err(|_| Error::Io("the PostgreSQL store has stopped".into()))?
     }
 
     /// Run a transaction, again when PostgreSQL aborted it as a serialization failure or a
