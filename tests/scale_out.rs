@@ -41,6 +41,19 @@ struct Node {
     plugins: &'static str,
 }
 
+impl Node {
+    /// A daemon not started yet, on a free port, with its plugins from `plugins`.
+    fn new(name: &str, plugins: &'static str) -> Node {
+        Node {
+            name: name.to_string(),
+            port: daemon::free_port(),
+            daemon: None,
+            starts: 0,
+            plugins,
+        }
+    }
+}
+
 fn spawn(dir: &Path, node: &mut Node, url: &str, key: &str) {
     node.starts += 1;
     let log = dir.join(format!("{}-{}.log", node.name, node.starts));
@@ -118,13 +131,7 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
     let nodes: Vec<Arc<Mutex<Node>>> = ["a", "b", "c"]
         .iter()
         .map(|name| {
-            let mut node = Node {
-                name: name.to_string(),
-                port: daemon::free_port(),
-                daemon: None,
-                starts: 0,
-                plugins: "plugins",
-            };
+            let mut node = Node::new(name, "plugins");
             spawn(dir.path(), &mut node, db.url(), &key);
             Arc::new(Mutex::new(node))
         })
@@ -338,14 +345,7 @@ fn a_daemon_without_the_payments_plugin_leaves_refunds_to_one_that_has_it() {
         }
     }
     let key = JournalKey::random().unwrap().to_hex();
-    let node = |name: &str, plugins| Node {
-        name: name.to_string(),
-        port: daemon::free_port(),
-        daemon: None,
-        starts: 0,
-        plugins,
-    };
-    let (mut a, mut b) = (node("a", "plugins"), node("b", "plugins-b"));
+    let (mut a, mut b) = (Node::new("a", "plugins"), Node::new("b", "plugins-b"));
     spawn(dir.path(), &mut a, db.url(), &key);
     spawn(dir.path(), &mut b, db.url(), &key);
 

@@ -1436,6 +1436,8 @@ impl Store for PgStore {
 /// the value, so a run never meets the instances (or the journal key) of another.
 pub struct ScratchDatabase {
     server: tokio_postgres::Config,
+    /// The server's own database, where the scratch one is created and dropped.
+    target: Target,
     name: String,
     url: String,
 }
@@ -1452,6 +1454,7 @@ impl ScratchDatabase {
         u.set_path(&name);
         Ok(ScratchDatabase {
             server,
+            target,
             name,
             url: u.to_string(),
         })
@@ -1465,13 +1468,8 @@ impl ScratchDatabase {
 
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
-        let target = Target {
-            host: String::new(),
-            port: 0,
-            db: self.name.clone(),
-        };
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(e) = scratch_statement(&self.server, &target, &sql) {
+        if let Err(e) = scratch_statement(&self.server, &self.target, &sql) {
             tracing::warn!(database = %self.name, error = %e, "could not drop the scratch database");
         }
     }

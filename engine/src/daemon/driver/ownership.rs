@@ -59,12 +59,12 @@ impl Driver {
         let inner = &self.inner;
         inner.heartbeat();
         let now = inner.clock.now_ms();
-        let mut woken = self.wake_mailed()?;
+        let skipped = inner.lacking_plugins(now);
+        let mut woken = self.wake_mailed_except(now, &skipped)?;
         let orphans = inner
             .store
             .orphans(now, OWNERSHIP_BATCH)
             .map_err(|e| e.to_string())?;
-        let skipped = inner.left_to_others(now);
         for id in orphans {
             // One of this daemon's own actors running while its heartbeat lapsed (a
             // virtual clock that jumped) is not an orphan.
@@ -89,12 +89,17 @@ impl Driver {
     /// Wake the instances with mail that this daemon owns or that nobody alive owns.
     /// Returns how many it woke.
     pub fn wake_mailed(&self) -> Result<usize, String> {
+        let now = self.inner.clock.now_ms();
+        self.wake_mailed_except(now, &self.inner.lacking_plugins(now))
+    }
+
+    /// [`Driver::wake_mailed`], leaving out the instances in `skipped`.
+    fn wake_mailed_except(&self, now: Millis, skipped: &HashSet<String>) -> Result<usize, String> {
         let inner = &self.inner;
         let mailed = inner
             .store
-            .mailed(&inner.daemon, inner.clock.now_ms(), OWNERSHIP_BATCH)
+            .mailed(&inner.daemon, now, OWNERSHIP_BATCH)
             .map_err(|e| e.to_string())?;
-        let skipped = inner.left_to_others(inner.clock.now_ms());
         let mut woken = 0;
         for id in mailed.iter().filter(|id| !skipped.contains(*id)) {
             inner.send(id, Msg::Mail);
@@ -144,26 +149,32 @@ impl Inner {
         }
     }
 
-    /// Instances this daemon leaves to others for now: held by another live daemon, or
-    /// calling a plugin this daemon lacks.
+    /// Instances whose timers this daemon leaves to others for now: held by another live
+    /// daemon, or calling a plugin this daemon lacks.
     pub(super) fn left_to_others(&self, now: Millis) -> HashSet<String> {
-        let mut ids: HashSet<String> = self
-            .held_elsewhere
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut ids = self.lacking_plugins(now);
         ids.extend(
-            self.cannot_run
+            self.held_elsewhere
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .filter(|(_, (_, until))| *until > now)
+                .filter(|(_, until)| **until > now)
                 .map(|(id, _)| id.clone()),
         );
         ids
+    }
+
+    /// Instances this daemon does not take over for now, orphaned or with mail, because
+    /// they call a plugin it lacks. (Not those seen held elsewhere: an orphan's owner is
+    /// gone, whatever was seen of it earlier.)
+    fn lacking_plugins(&self, now: Millis) -> HashSet<String> {
+        self.cannot_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether this daemon may take `id` over: false (noted, and logged once) when its
