@@ -111,8 +111,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let app = api
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = driver.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Requests held open by `?wait=` answer now, so the stop does not wait for them.
+            stopping.stop_waiting();
+        })
         .await?;
     // In-flight steps are already journaled; waiting for idle lets their records flush.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver.wait_idle()).await;

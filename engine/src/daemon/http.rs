@@ -8,11 +8,12 @@
 //! and unknown JSON fields are rejected (400).
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
-use super::driver::{DeliverError, Driver, RetryError, StartError};
+use super::driver::{DeliverError, Driver, RetryError, StartError, WaitError, MAX_WAIT};
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
 use super::view;
 use crate::runtime::{Event, RetryRefused};
+use crate::store::InstanceMeta;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State};
@@ -485,39 +486,137 @@ async fn list_workflows(State(api): State<Api>) -> Json<Value> {
     Json(json!({"workflows": workflows, "failed": problems}))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartQuery {
+    wait: Option<String>,
+}
+
+/// `?wait=` as a length of time, at most [`MAX_WAIT`].
+fn wait_of(wait: Option<&str>) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(text) = wait else {
+        return Ok(None);
+    };
+    let refuse = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "wait: {why}; give a length of time up to {}s, such as `wait=10s` or `wait=500ms`",
+                MAX_WAIT.as_secs()
+            ),
+        )
+    };
+    let d = crate::definition::Duration::parse(text).map_err(refuse)?;
+    let d = std::time::Duration::from_millis(d.as_millis());
+    if d > MAX_WAIT {
+        return Err(refuse(format!("`{text}` is longer than the limit")));
+    }
+    Ok(Some(d))
+}
+
+fn too_many_waiting() -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_waiting",
+            WaitError::TooManyWaiting.to_string(),
+        )
+    }
+}
+
+fn wait_failed(e: WaitError) -> ApiError {
+    match e {
+        WaitError::TooManyWaiting => too_many_waiting(),
+        WaitError::Internal(e) => internal(e),
+    }
+}
+
+/// An instance is settled for a waiting start once it has ended or parked.
+fn settled(meta: &InstanceMeta) -> bool {
+    meta.is_final() || meta.status == "parked"
+}
+
 async fn start(
     State(api): State<Api>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    query: Result<Query<StartQuery>, QueryRejection>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let wait = wait_of(q.wait.as_deref())?;
+    // Refused before anything starts: a start must not happen and then fail to be waited on.
+    if wait.is_some() && !api.driver.can_wait() {
+        return Err(too_many_waiting());
+    }
     let input = body.unwrap_or(Value::Null);
     let key = idempotency_key(&headers)?;
-    match api.driver.start(&name, input, key).await {
-        Ok(s) => {
-            let status = if s.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, Json(json!({"id": s.id, "created": s.created}))).into_response())
+    let s = match api.driver.start(&name, input, key).await {
+        Ok(s) => s,
+        Err(StartError::UnknownWorkflow(w)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "workflow_not_found",
+                format!("no workflow named `{w}` is loaded"),
+            ))
         }
-        Err(StartError::UnknownWorkflow(w)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "workflow_not_found",
-            format!("no workflow named `{w}` is loaded"),
-        )),
-        Err(StartError::InvalidInput(problems)) => Err(ApiError {
-            details: Some(json!(problems)),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                format!("{} problem(s) with the input", problems.len()),
-            )
-        }),
-        Err(StartError::Overloaded(e)) => Err(overloaded(e)),
-        Err(StartError::Internal(e)) => Err(internal(e)),
+        Err(StartError::InvalidInput(problems)) => {
+            return Err(ApiError {
+                details: Some(json!(problems)),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    format!("{} problem(s) with the input", problems.len()),
+                )
+            })
+        }
+        Err(StartError::Overloaded(e)) => return Err(overloaded(e)),
+        Err(StartError::Internal(e)) => return Err(internal(e)),
+    };
+    let Some(wait) = wait else {
+        let status = if s.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, Json(json!({"id": s.id, "created": s.created}))).into_response());
+    };
+    // A duplicate start waits on the instance the first one created.
+    let waited = api
+        .driver
+        .wait_for(&s.id, wait, |inner| {
+            let meta = inner
+                .store
+                .instance(&s.id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("instance `{}` vanished", s.id))?;
+            let done = settled(&meta);
+            Ok((meta, done))
+        })
+        .await
+        .map_err(wait_failed)?;
+    if !waited.settled {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": s.id, "created": s.created, "status": waited.value.status})),
+        )
+            .into_response());
     }
+    let v = instance_view(&api.driver, &s.id)?;
+    let mut body = json!({"id": s.id, "created": s.created, "status": v.status});
+    if let Some(o) = v.output {
+        body["output"] = o;
+    }
+    if let Some(e) = v.error {
+        body["error"] = serde_json::to_value(e).map_err(internal)?;
+    }
+    if !v.waiting.is_empty() {
+        body["waiting"] = serde_json::to_value(&v.waiting).map_err(internal)?;
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// The client's `Idempotency-Key`, compared byte for byte. A key the daemon cannot use
@@ -560,10 +659,61 @@ fn check_key_length(key: &str) -> Result<(), String> {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceQuery {
+    wait: Option<String>,
+    /// Journal entries the client has seen (the length of `journal` it last read).
+    after: Option<usize>,
+}
+
 async fn get_instance(
     State(api): State<Api>,
     Path(id): Path<String>,
+    query: Result<Query<InstanceQuery>, QueryRejection>,
 ) -> Result<Json<view::InstanceView>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Some(wait) = wait_of(q.wait.as_deref())? else {
+        if q.after.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "`after` needs `wait` (for example `?wait=30s&after=12`)",
+            ));
+        }
+        return instance_view(&api.driver, &id).map(Json);
+    };
+    // 404 at once for an unknown id, rather than after the wait.
+    if api
+        .driver
+        .inner()
+        .store
+        .instance(&id)
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(instance_not_found(&id));
+    }
+    api.driver
+        .wait_for(&id, wait, |inner| {
+            let meta = inner
+                .store
+                .instance(&id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("instance `{id}` vanished"))?;
+            // With `after`: the next journal entry; without: the instance ends or parks.
+            let done = match q.after {
+                Some(after) => {
+                    meta.is_final()
+                        || inner.store.journal(&id).map_err(|e| e.to_string())?.len() > after
+                }
+                None => settled(&meta),
+            };
+            Ok(((), done))
+        })
+        .await
+        .map_err(wait_failed)?;
     instance_view(&api.driver, &id).map(Json)
 }
 

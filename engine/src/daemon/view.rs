@@ -21,6 +21,9 @@ pub struct InstanceView {
     pub version: u32,
     pub status: String,
     pub current: Vec<CurrentStep>,
+    /// What the instance waits for and until when (empty unless it waits).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingView>,
     pub input: Value,
     pub vars: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,6 +31,17 @@ pub struct InstanceView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<StepErrorView>,
     pub journal: Vec<JournalEntry>,
+}
+
+/// One step's wait: the event types it waits for, and when it gives up (RFC 3339), or
+/// when a sleep or a retry's backoff ends.
+#[derive(Debug, Serialize)]
+pub struct WaitingView {
+    pub step: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -373,6 +387,15 @@ pub fn instance_view(
             .current_steps(wf)
             .into_iter()
             .map(|(_, step, doing)| CurrentStep { step, doing })
+            .collect(),
+        waiting: inst
+            .waiting(wf)
+            .into_iter()
+            .map(|w| WaitingView {
+                step: w.step,
+                events: w.events,
+                until: w.until.map(crate::calendar::time::format_ms),
+            })
             .collect(),
         input: redact(inst.input().clone()),
         vars: redact(Value::Object(inst.vars().clone())),

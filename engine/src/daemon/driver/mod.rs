@@ -18,12 +18,14 @@ mod commit;
 mod effects;
 mod keyed_lock;
 mod ownership;
+mod watch;
 
 use actor::{handle, Answer};
 use commit::{committer, Handled};
 use effects::{carry_out, child_result, log_record};
 use keyed_lock::KeyedLock;
 use ownership::{answer_of, forward, letter_of, read_mail};
+pub use watch::{WaitError, Waited, MAX_WAIT, MAX_WATCHERS};
 
 use super::metrics::Metrics;
 use super::registry::Registry;
@@ -82,6 +84,8 @@ pub struct Inner {
     firing: Mutex<HashSet<Timer>>,
     events_in_flight: KeyedLock,
     observer: Option<Observer>,
+    /// Requests waiting for an instance to change (`?wait=`).
+    watchers: watch::Watchers,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
 }
@@ -255,6 +259,7 @@ impl Driver {
             firing: Mutex::new(HashSet::new()),
             events_in_flight: KeyedLock::default(),
             observer,
+            watchers: watch::Watchers::default(),
             stats: Arc::new(Stats::default()),
             metrics: Arc::new(Metrics::default()),
         });

@@ -92,6 +92,16 @@ pub(in crate::runtime) enum FrameState {
     Errored(StepError),
 }
 
+/// One step's wait, as [`Instance::waiting`] tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub step: String,
+    /// Event types it waits for (empty for a sleep or a retry's backoff).
+    pub events: Vec<String>,
+    /// When the wait gives up, the sleep ends or the retry runs.
+    pub until: Option<Millis>,
+}
+
 /// A parallel or foreach step waiting for its children.
 #[derive(Clone, Debug, PartialEq)]
 pub(in crate::runtime) struct Join_ {
@@ -370,6 +380,31 @@ impl Instance {
                     FrameState::Done(_) | FrameState::Errored(_) => return None,
                 };
                 Some((*id, wf.steps.get(f.at)?.id.clone(), what))
+            })
+            .collect()
+    }
+
+    /// What the instance waits for, per step that waits: the event types of a wait and
+    /// when it gives up, or when a sleep or a retry's backoff ends. Keys are left out:
+    /// they may be personal data.
+    pub fn waiting(&self, wf: &CompiledWorkflow) -> Vec<Waiting> {
+        self.frames
+            .values()
+            .filter_map(|f| {
+                let (events, until) = match &f.state {
+                    FrameState::Waiting {
+                        events, deadline, ..
+                    } => (events.clone(), *deadline),
+                    FrameState::Sleeping { until } | FrameState::Backoff { until, .. } => {
+                        (Vec::new(), Some(*until))
+                    }
+                    _ => return None,
+                };
+                Some(Waiting {
+                    step: wf.steps.get(f.at)?.id.clone(),
+                    events,
+                    until,
+                })
             })
             .collect()
     }

@@ -180,3 +180,43 @@ fn step_durations_are_collected_in_journal_time_only_on_request() {
         }
     );
 }
+
+#[test]
+fn waiting_tells_the_events_and_deadline_of_a_wait_and_the_end_of_a_sleep() {
+    let wf = compile(
+        r#"
+workflow: w
+version: 1
+steps:
+  - id: hold
+    wait: { event: [go, stop], key: '"K-1"', timeout: 1h, on_timeout: nap }
+    next: nap
+  - id: nap
+    sleep: 30m
+    next: done
+  - id: done
+    complete: {}
+"#,
+    );
+    let start = Instance::start_record(&wf, json!({}), None, None, 1_000);
+    let mut inst = Instance::start("i1", &wf, start);
+    inst.advance(&wf, 1_000);
+    assert_eq!(
+        inst.waiting(&wf),
+        vec![Waiting {
+            step: "hold".into(),
+            events: vec!["go".into(), "stop".into()],
+            until: Some(1_000 + 3_600_000),
+        }]
+    );
+    inst.on_timer(&wf, 0, 3_601_000);
+    inst.advance(&wf, 3_601_000);
+    assert_eq!(
+        inst.waiting(&wf),
+        vec![Waiting {
+            step: "nap".into(),
+            events: vec![],
+            until: Some(3_601_000 + 1_800_000),
+        }]
+    );
+}

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
+mod workloads;
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Concurrent instances for the throughput run.
@@ -72,6 +74,16 @@ pub struct BenchArgs {
     /// to measure how long another daemon takes to finish them (0 skips it).
     #[arg(long, default_value_t = 200)]
     pub failover_instances: usize,
+    /// W1 of the peer comparison against a `casework serve` process of its own: workflows
+    /// started and waited for over HTTP (0 skips W1 and W2).
+    #[arg(long, default_value_t = 2_000)]
+    pub w1_workflows: usize,
+    /// W2 of the peer comparison: instances parked on an event in a fresh daemon.
+    #[arg(long, default_value_t = 10_000)]
+    pub w2_parked: usize,
+    /// W2: concurrent senders of the events that release the parked instances.
+    #[arg(long, default_value_t = 64)]
+    pub w2_senders: usize,
 }
 
 fn parse_priority(s: &str) -> Result<crate::plugin_host::pool::Priority, String> {
@@ -294,6 +306,25 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     }
     if args.w1_starts > 0 {
         w1(&args).await?;
+    }
+    if args.w1_workflows > 0 {
+        let (w1_workflows, w2_parked, clients, senders, hostile) = (
+            args.w1_workflows,
+            args.w2_parked,
+            args.http_clients,
+            args.w2_senders,
+            args.hostile.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            workloads::run(&workloads::Workloads {
+                w1_workflows,
+                w2_parked,
+                clients,
+                senders,
+                hostile: &hostile,
+            })
+        })
+        .await??;
     }
     if let Some(url) = &args.postgres {
         if args.failover_instances > 0 {
