@@ -427,8 +427,45 @@ fn a_daemon_without_the_payments_plugin_leaves_refunds_to_one_that_has_it() {
         "paid while only B ran"
     );
 
+    // Long polls on B for what A is about to do: B learns it from the shared store.
+    let polls: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (id, port) = (id.clone(), b.port);
+            let mut seen = get_any(&[port], &format!("/v1/instances/{id}")).unwrap()["journal"]
+                .as_array()
+                .unwrap()
+                .len();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+                for _ in 0..10 {
+                    let url =
+                        format!("http://127.0.0.1:{port}/v1/instances/{id}?wait=30s&after={seen}");
+                    let view: Value = agent
+                        .get(&url)
+                        .call()
+                        .unwrap()
+                        .body_mut()
+                        .read_json()
+                        .unwrap();
+                    if view["status"] == "completed" {
+                        return view;
+                    }
+                    seen = view["journal"].as_array().unwrap().len();
+                }
+                panic!("{id} never completed");
+            })
+        })
+        .collect();
     // A comes back: it finds the approvals waiting as mail and pays each refund once.
     spawn(dir.path(), &mut a, db.url(), &key);
+    for p in polls {
+        let view = p.join().unwrap();
+        assert_eq!(view["status"], json!("completed"), "{view}");
+    }
     until("the refunds never completed once A was back", &|| {
         ids.iter().all(|id| status(b.port, id) == "completed")
     });
