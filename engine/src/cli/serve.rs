@@ -43,6 +43,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             cfg.workflows.display()
         ));
     }
+    // The port before the store: an address in use stops here, before the data directory
+    // (or a database schema) is created. Connections wait in the backlog until serving.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "; another process (another `casework serve`?) listens there: stop it or pass --listen HOST:PORT"
+            } else {
+                ""
+            };
+            anyhow!("casework: cannot listen on {}: {e}{hint}", cfg.listen)
+        })?;
     let key = KeySource::from_env(cfg.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let store: Arc<dyn Store> = match &cfg.store {
         Some(url) => {
@@ -103,11 +115,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(driver.clone().run_timers());
     tokio::spawn(driver.clone().run_ownership());
     tokio::spawn(crate::daemon::triggers::run_schedules(driver.clone()));
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, store = %stored_in, "casework is serving");
-    println!("casework: serving on http://{} ({stored_in})", cfg.listen);
+    // The bound address: with port 0 the system picked one.
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    tracing::info!(addr = %addr, store = %stored_in, "casework is serving");
+    println!("casework: serving on http://{addr} ({stored_in})");
     let app = api
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
