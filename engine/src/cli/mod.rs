@@ -140,7 +140,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate { paths, plugins } => validate(paths, &plugins),
         Command::Run(args) => Ok(run::run(args).await? as u8),
-        Command::Serve(args) => serve::serve(*args).await.map(|_| 0),
+        Command::Serve(mut args) => {
+            args.color = cli.color;
+            serve::serve(*args).await.map(|_| 0)
+        }
         Command::Test(args) => test::test(args).await,
         Command::Report(args) => report::report(args),
         Command::List(args) => remote::list(args),

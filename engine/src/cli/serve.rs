@@ -25,12 +25,15 @@ pub struct ServeArgs {
     /// Testing only: answer every plugin call with a fake that appends its idempotency key to FILE.
     #[arg(long, hide = true)]
     pub test_ledger: Option<PathBuf>,
+    /// The global `--color`, for the logs (set by `cli::execute`).
+    #[arg(skip)]
+    pub color: clap::ColorChoice,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     // Settings first: a bad one stops here, before anything is opened or created.
     let cfg = Config::load(&args.config).map_err(|e| anyhow!("casework: {e}"))?;
-    config::init_tracing(cfg.log_format, &cfg.log_level);
+    config::init_tracing(cfg.log_format, &cfg.log_level, args.color);
     if let Some(file) = &cfg.file {
         tracing::info!(file = %file.display(), "configuration read");
     }
