@@ -176,6 +176,17 @@ fn the_client_commands_drive_a_daemon_with_tokens() {
             "{r:?}"
         );
     }
+    // One page of one: the first only, and a note that there are more; --all pages on.
+    let r = casework(root, &["list", "--limit", "1"], viewer);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 2, "header and one row: {r:?}");
+    assert!(
+        r.stderr.contains("there may be more (--limit N or --all)"),
+        "{r:?}"
+    );
+    let r = casework(root, &["list", "--all"], viewer);
+    assert_eq!(r.stdout.lines().count(), 3, "header and both rows: {r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
     let r = casework(root, &["list", "--status", "completed", "--json"], viewer);
     assert_eq!(r.code, 0, "{r:?}");
     let listed: Value = serde_json::from_str(&r.stdout).unwrap();

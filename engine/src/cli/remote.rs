@@ -134,7 +134,7 @@ pub fn list(args: ListArgs) -> Result<u8> {
     out(&table(&instances));
     if cursor.is_some() {
         eprintln!(
-            "casework: showing the first {}; there are more (--limit N or --all)",
+            "casework: showing the first {}; there may be more (--limit N or --all)",
             instances.len()
         );
     }
