@@ -1,14 +1,13 @@
 //! The `casework` binary: parses the command line and hands off to `casework::cli`.
 
 use casework::cli::{self, Cli, Command};
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_color();
     // `serve` sets up its logs from its configuration.
     if !matches!(cli.command, Command::Serve(_)) {
-        init_tracing();
+        init_tracing(cli.color);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,7 +36,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(color: clap::ColorChoice) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -45,7 +44,12 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(match color {
+            clap::ColorChoice::Always => true,
+            clap::ColorChoice::Never => false,
+            clap::ColorChoice::Auto => std::io::stderr().is_terminal(),
+        });
     // `run` calls real plugins too: libraries stay at warn here as in `serve`.
     let cap = casework::daemon::config::library_log_cap();
     if std::io::stderr().is_terminal()

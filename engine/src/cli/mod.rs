@@ -1,14 +1,23 @@
 //! The `casework` command line.
+//!
+//! Exit codes shared by the commands: 0 success, 1 the command ran and found failures
+//! (invalid workflows, a failed test, an API error), 2 it could not run (a missing path,
+//! a filter that matches nothing). clap's own usage errors exit 2 as well.
 
 pub mod bench;
+pub mod client;
 pub mod graph;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod serve;
 pub mod test;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
+
+/// Exit code of a command that could not run: bad usage, a path that does not exist.
+pub const EXIT_CANNOT_RUN: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,15 +26,52 @@ use std::path::PathBuf;
     about = "A durable workflow engine for customer-support operations"
 )]
 pub struct Cli {
+    /// When to use colors in help, errors and logs.
+    #[arg(long, global = true, value_enum, default_value_t = clap::ColorChoice::Auto)]
+    pub color: clap::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// Parse the process arguments, with `--color` applied to clap's own help and errors
+    /// (which are printed while parsing, before the flag's parsed value exists).
+    pub fn parse_with_color() -> Cli {
+        use clap::FromArgMatches;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let matches = Cli::command()
+            .color(color_in(&args))
+            .get_matches_from(&args);
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// The `--color` value among raw arguments (before `--`); `auto` if absent or invalid
+/// (clap then reports an invalid one).
+fn color_in(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    use clap::ValueEnum;
+    let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        let value = match a.strip_prefix("--color") {
+            Some("") => it.next().map(|v| v.to_string()),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        };
+        if let Some(v) = value {
+            return clap::ColorChoice::from_str(&v, false).unwrap_or_default();
+        }
+    }
+    clap::ColorChoice::Auto
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Check workflow files and print every problem as file:line:col.
+    /// Check workflow files and print every problem as file:line:col (exit 1 if any, 2 if a path is missing).
     Validate {
-        /// Files or directories (default: workflows/).
+        /// Workflow files, test files or folders holding them (default: workflows/).
         paths: Vec<PathBuf>,
         /// Plugin folder whose manifests name the valid `call:` targets; checks are
         /// skipped when it does not exist.
@@ -37,15 +83,22 @@ pub enum Command {
     /// Run the daemon: load workflows, serve the HTTP API, resume instances after a restart.
     // Boxed: its flags make it far larger than the other commands.
     Serve(Box<serve::ServeArgs>),
+    /// List a running daemon's instances (GET /v1/instances), filtered by workflow and status.
+    List(remote::ListArgs),
+    /// Cancel an instance on a running daemon: its compensations run, then it ends cancelled.
+    Cancel(remote::CancelArgs),
+    /// Retry a failed instance on a running daemon: the step that failed runs again.
+    Retry(remote::RetryArgs),
+    /// Send an event to a running daemon: it wakes the instances waiting for TYPE and KEY and
+    /// starts the workflows whose triggers match.
+    SendEvent(remote::SendEventArgs),
     /// Show an instance: status, current steps, variables (sensitive values redacted), journal.
     Inspect {
+        /// The instance id (from `casework list` or the API's answer to a start).
         id: String,
         /// Data directory of the daemon.
         #[arg(long, default_value = "data")]
         data: PathBuf,
-        /// Where a running daemon listens (used when the data directory is in use).
-        #[arg(long, default_value = serve::DEFAULT_LISTEN)]
-        addr: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -56,17 +109,30 @@ pub enum Command {
         /// directory; needs the daemons' journal key.
         #[arg(long, env = "CASEWORK_STORE", value_name = "URL")]
         store: Option<String>,
+        // The daemon to ask when it holds the data directory.
+        #[command(flatten)]
+        daemon: client::DaemonArgs,
     },
-    /// Run workflow tests (`*.test.yaml`) on a virtual clock: ok/FAIL per test, exit 1 if one failed.
+    /// Run workflow tests (`*.test.yaml`) on a virtual clock: ok/FAIL per test, exit 1 if one failed, 2 if they could not run.
     Test(test::TestArgs),
     /// Support metrics per workflow: outcomes, first response and resolution times, SLA attainment, surveys.
     Report(report::ReportArgs),
     /// Print a Mermaid flowchart of a workflow.
-    Graph { file: PathBuf },
+    Graph {
+        /// The workflow file.
+        file: PathBuf,
+    },
     /// Print the JSON Schema of workflow files (for editor autocompletion).
     Schema,
     /// Measure throughput, latency, memory and restart time (see README).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (e.g. `casework completions bash > /etc/bash_completion.d/casework`).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page in roff (e.g. `casework man | man -l -`).
+    Man,
 }
 
 /// Run a parsed command; returns the process exit code.
@@ -74,23 +140,42 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate { paths, plugins } => validate(paths, &plugins),
         Command::Run(args) => Ok(run::run(args).await? as u8),
-        Command::Serve(args) => serve::serve(*args).await.map(|_| 0),
+        Command::Serve(mut args) => {
+            args.color = cli.color;
+            serve::serve(*args).await.map(|_| 0)
+        }
         Command::Test(args) => test::test(args).await,
         Command::Report(args) => report::report(args),
+        Command::List(args) => remote::list(args),
+        Command::Cancel(args) => remote::cancel(args),
+        Command::Retry(args) => remote::retry(args),
+        Command::SendEvent(args) => remote::send_event(args),
         Command::Inspect {
             id,
             data,
-            addr,
             json,
             journal_key_file,
             store,
+            daemon,
         } => {
             let source = StoreSource {
                 url: store.as_deref(),
                 data: &data,
                 key_file: journal_key_file.as_deref(),
             };
-            inspect(&id, &source, &addr, json).await
+            inspect(&id, &source, &daemon, json).await
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "casework", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&page);
+            Ok(0)
         }
         Command::Graph { file } => {
             let text = std::fs::read_to_string(&file)
@@ -128,19 +213,25 @@ fn validate(paths: Vec<PathBuf>, plugins: &std::path::Path) -> anyhow::Result<u8
     };
     let mut files = Vec::new();
     let mut tests = Vec::new();
+    // A path that cannot be read is a usage error (exit 2, as in `casework test`); problems
+    // found in files that were read are findings (exit 1).
     for p in &paths {
         if p.is_dir() {
-            files.extend(
-                crate::daemon::registry::workflow_files(p)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
-            );
+            match crate::daemon::registry::workflow_files(p) {
+                Ok(found) => files.extend(found),
+                Err(e) => {
+                    eprintln!("casework: cannot read {}: {e}", p.display());
+                    return Ok(EXIT_CANNOT_RUN);
+                }
+            }
             tests.extend(crate::testing::test_files(p).unwrap_or_default());
         } else if p.is_file() && crate::testing::is_test_file(p) {
             tests.push(p.clone());
         } else if p.is_file() {
             files.push(p.clone());
         } else {
-            anyhow::bail!("{} does not exist", p.display());
+            eprintln!("casework: {} does not exist", p.display());
+            return Ok(EXIT_CANNOT_RUN);
         }
     }
     let catalog = plugins.is_dir().then(|| {
@@ -211,10 +302,28 @@ impl StoreSource<'_> {
     }
 }
 
+/// The data directory is held by a daemon: ask it instead. A daemon that does not answer
+/// is reported with the reason it was asked.
+pub fn ask_daemon(
+    daemon: &client::DaemonArgs,
+    source: &StoreSource<'_>,
+    segments: &[&str],
+    query: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    let c = client::Client::new(daemon)?;
+    c.get(segments, query).map_err(|e| match e {
+        client::Error::Unreachable { .. } => anyhow::anyhow!(
+            "the data directory {} is in use (a daemon holds it), so casework asked the daemon: {e}",
+            source.describe()
+        ),
+        other => other.into(),
+    })
+}
+
 async fn inspect(
     id: &str,
     source: &StoreSource<'_>,
-    addr: &str,
+    daemon: &client::DaemonArgs,
     as_json: bool,
 ) -> anyhow::Result<u8> {
     let view = match source.open() {
@@ -239,13 +348,7 @@ async fn inspect(
             ))?
         }
         Err(crate::store::Error::Locked { .. }) => {
-            let url = format!("http://{addr}/v1/instances/{id}");
-            let mut resp = ureq::get(&url).call().map_err(|e| {
-                anyhow::anyhow!(
-                    "the data directory is in use and the daemon at {addr} did not answer: {e}"
-                )
-            })?;
-            resp.body_mut().read_json::<serde_json::Value>()?
+            ask_daemon(daemon, source, &["v1", "instances", id], &[])?
         }
         Err(e) => return Err(e.into()),
     };
@@ -287,4 +390,84 @@ async fn inspect(
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every positional argument of every command says what it is, in `--help`, the man
+    /// page and completions.
+    #[test]
+    fn every_positional_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_positionals() {
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} <{}>", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "casework", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn color_is_found_before_parsing_in_either_spelling() {
+        let args = |a: &[&str]| -> Vec<std::ffi::OsString> {
+            a.iter().map(std::ffi::OsString::from).collect()
+        };
+        use clap::ColorChoice::*;
+        assert_eq!(color_in(&args(&["casework", "list"])), Auto);
+        assert_eq!(
+            color_in(&args(&["casework", "--color", "never", "list"])),
+            Never
+        );
+        assert_eq!(
+            color_in(&args(&["casework", "list", "--color=always"])),
+            Always
+        );
+        assert_eq!(
+            color_in(&args(&["casework", "run", "--", "--color=always"])),
+            Auto
+        );
+        assert_eq!(color_in(&args(&["casework", "--color=pink"])), Auto);
+    }
+
+    #[test]
+    fn the_client_commands_share_url_and_token_and_addr_still_works() {
+        let cli = Cli::try_parse_from([
+            "casework",
+            "inspect",
+            "abc",
+            "--addr",
+            "127.0.0.1:9",
+            "--token",
+            "t0ken",
+        ])
+        .unwrap();
+        let Command::Inspect { daemon, .. } = cli.command else {
+            panic!("not inspect")
+        };
+        assert_eq!(daemon.url, "127.0.0.1:9");
+        assert_eq!(daemon.token.as_deref(), Some("t0ken"));
+        for sub in ["list", "cancel", "retry", "send-event", "inspect", "report"] {
+            let cmd = Cli::command();
+            let sub = cmd.find_subcommand(sub).unwrap();
+            let names: Vec<_> = sub.get_arguments().filter_map(|a| a.get_long()).collect();
+            assert!(
+                names.contains(&"url") && names.contains(&"token"),
+                "{}: {names:?}",
+                sub.get_name()
+            );
+        }
+    }
 }

@@ -14,9 +14,6 @@ pub struct ReportArgs {
     /// The daemon's data directory.
     #[arg(long, env = "CASEWORK_DATA", default_value = "data")]
     pub data: PathBuf,
-    /// Where to ask when the daemon holds the data directory.
-    #[arg(long, default_value = crate::cli::serve::DEFAULT_LISTEN)]
-    pub addr: String,
     /// File holding the journal key (default: CASEWORK_JOURNAL_KEY, else DATA/journal.key).
     #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
     pub journal_key_file: Option<PathBuf>,
@@ -27,6 +24,9 @@ pub struct ReportArgs {
     /// directory; needs the daemons' journal key.
     #[arg(long, env = "CASEWORK_STORE", value_name = "URL")]
     pub store: Option<String>,
+    // The daemon to ask when it holds the data directory.
+    #[command(flatten)]
+    pub daemon: crate::cli::client::DaemonArgs,
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<u8> {
@@ -52,24 +52,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<u8> {
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         Err(crate::store::Error::Locked { .. }) => {
-            let mut url = format!("http://{}/v1/reports", args.addr);
             let mut query = Vec::new();
             if let Some(w) = &args.workflow {
-                query.push(format!("workflow={w}"));
+                query.push(("workflow", w.as_str()));
             }
             if let Some(s) = &args.since {
-                query.push(format!("since={s}"));
+                query.push(("since", s.as_str()));
             }
-            if !query.is_empty() {
-                url = format!("{url}?{}", query.join("&"));
-            }
-            let mut resp = ureq::get(&url).call().map_err(|e| {
-                anyhow::anyhow!(
-                    "the data directory is in use and the daemon at {} did not answer: {e}",
-                    args.addr
-                )
-            })?;
-            let body: serde_json::Value = resp.body_mut().read_json()?;
+            let body = crate::cli::ask_daemon(&args.daemon, &source, &["v1", "reports"], &query)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&body["workflows"])?);
                 return Ok(0);

@@ -30,7 +30,7 @@ pub struct RunArgs {
     pub start: Option<String>,
 }
 
-fn json_arg(text: &str) -> Result<Value> {
+pub(crate) fn json_arg(text: &str) -> Result<Value> {
     let text = match text.strip_prefix('@') {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
@@ -113,9 +113,15 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // The file as the user named it, not as the folder listing spells it: `r.yaml` is listed
+    // as `./r.yaml`, and the two are different `Path`s, so the workflow would not be found.
     let mut files = workflow_files(dir).unwrap_or_default();
-    if !files.iter().any(|f| f.file_name() == args.file.file_name()) {
-        files.push(args.file.clone());
+    match files
+        .iter_mut()
+        .find(|f| f.file_name() == args.file.file_name())
+    {
+        Some(listed) => *listed = args.file.clone(),
+        None => files.push(args.file.clone()),
     }
     let rules = crate::compile::rules::Rules::shared();
     let (workflows, diags) = load_files(&files, None, &rules);

@@ -25,12 +25,15 @@ pub struct ServeArgs {
     /// Testing only: answer every plugin call with a fake that appends its idempotency key to FILE.
     #[arg(long, hide = true)]
     pub test_ledger: Option<PathBuf>,
+    /// The global `--color`, for the logs (set by `cli::execute`).
+    #[arg(skip)]
+    pub color: clap::ColorChoice,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     // Settings first: a bad one stops here, before anything is opened or created.
     let cfg = Config::load(&args.config).map_err(|e| anyhow!("casework: {e}"))?;
-    config::init_tracing(cfg.log_format, &cfg.log_level);
+    config::init_tracing(cfg.log_format, &cfg.log_level, args.color);
     if let Some(file) = &cfg.file {
         tracing::info!(file = %file.display(), "configuration read");
     }
@@ -43,6 +46,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             cfg.workflows.display()
         ));
     }
+    // The port before the store: an address in use stops here, before the data directory
+    // (or a database schema) is created. Connections wait in the backlog until serving.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "; another process (another `casework serve`?) listens there: stop it or pass --listen HOST:PORT"
+            } else {
+                ""
+            };
+            anyhow!("casework: cannot listen on {}: {e}{hint}", cfg.listen)
+        })?;
     let key = KeySource::from_env(cfg.journal_key_file.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let store: Arc<dyn Store> = match &cfg.store {
         Some(url) => {
@@ -103,11 +118,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(driver.clone().run_timers());
     tokio::spawn(driver.clone().run_ownership());
     tokio::spawn(crate::daemon::triggers::run_schedules(driver.clone()));
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, store = %stored_in, "casework is serving");
-    println!("casework: serving on http://{} ({stored_in})", cfg.listen);
+    // The bound address: with port 0 the system picked one.
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    tracing::info!(addr = %addr, store = %stored_in, "casework is serving");
+    println!("casework: serving on http://{addr} ({stored_in})");
     let app = api
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();

@@ -21,8 +21,9 @@ pub struct TestArgs {
     pub filter: Option<String>,
 }
 
-/// Run the tests; returns the exit code: 0 all passed, 1 a test failed, 2 a test file could
-/// not be read.
+/// Run the tests; returns the exit code: 0 all passed, 1 a test failed, 2 the tests could
+/// not run (a path that does not exist or names no test file, a test file that cannot be
+/// read, a filter that matches no test).
 pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
     Ok(tokio::task::spawn_blocking(move || run(args)).await?)
 }
@@ -65,12 +66,18 @@ fn run(args: TestArgs) -> u8 {
         run_file(file, filter.as_deref(), &mut summary);
     }
     summary.elapsed = began.elapsed();
-    out(&summary_line(&summary));
     if let Some(f) = &args.filter {
-        if summary.passed + summary.failed == 0 && summary.filtered_out > 0 {
-            eprintln!("casework: no test name contains `{f}`");
+        // Nothing ran: a typo in the filter must not look like a passing run.
+        if summary.passed + summary.failed == 0 && summary.broken_files == 0 {
+            summary.nothing_matched = true;
+            eprintln!(
+                "casework: no test name contains `{f}` ({} test(s) in {} file(s) filtered out)",
+                summary.filtered_out,
+                files.len()
+            );
         }
     }
+    out(&summary_line(&summary));
     summary.exit_code()
 }
 

@@ -833,7 +833,7 @@ impl Config {
 }
 
 /// Installs the log subscriber for the daemon (values were checked by [`Config::load`]).
-pub fn init_tracing(format: LogFormat, level: &str) {
+pub fn init_tracing(format: LogFormat, level: &str, color: clap::ColorChoice) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -841,7 +841,12 @@ pub fn init_tracing(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(match color {
+            clap::ColorChoice::Always => true,
+            clap::ColorChoice::Never => false,
+            clap::ColorChoice::Auto => std::io::stderr().is_terminal(),
+        });
     let pretty = match format {
         LogFormat::Pretty => true,
         LogFormat::Json => false,

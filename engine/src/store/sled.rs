@@ -38,6 +38,16 @@ fn io(e: ::sled::Error) -> Error {
     Error::Io(e.to_string())
 }
 
+/// Opening the data directory failed for another reason than a lock: the message names it
+/// (sled's own says only "Permission denied" or "Not a directory").
+fn unusable_dir(dir: &Path, e: ::sled::Error) -> Error {
+    Error::Io(format!(
+        "cannot open the data directory {}: {e}; it must be a directory this user can read \
+         and write (pass another with --data)",
+        dir.display()
+    ))
+}
+
 /// Tree and key of the sealed check value that tells a wrong key at open.
 const SEAL_TREE: &str = "seal";
 const CHECK_KEY: &[u8] = b"check";
@@ -77,13 +87,13 @@ impl SledStore {
                         path: dir.display().to_string(),
                     }
                 }
-                other => io(other),
+                other => unusable_dir(dir, other),
             })?;
         let sealed = db
             .open_tree(SEAL_TREE)
-            .map_err(io)?
+            .map_err(|e| unusable_dir(dir, e))?
             .contains_key(CHECK_KEY)
-            .map_err(io)?;
+            .map_err(|e| unusable_dir(dir, e))?;
         if !sealed {
             refuse_unsealed_data(&db, dir)?;
         }

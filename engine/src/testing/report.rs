@@ -13,8 +13,11 @@ pub struct Summary {
     pub passed: usize,
     pub failed: usize,
     pub filtered_out: usize,
-    /// Test files that could not be read (syntax or structure errors).
+    /// Test files that could not be read (syntax or structure errors), or paths that name
+    /// no test file.
     pub broken_files: usize,
+    /// `--filter` was given and no test name matched it: nothing ran.
+    pub nothing_matched: bool,
     pub elapsed: std::time::Duration,
 }
 
@@ -27,9 +30,10 @@ impl Summary {
         }
     }
 
-    /// 0 when every test passed, 1 when one failed, 2 when a test file could not be read.
+    /// 0 when every test passed, 1 when one failed, 2 when the tests could not run: a test
+    /// file could not be read, a path names none, or the filter matched no test.
     pub fn exit_code(&self) -> u8 {
-        if self.broken_files > 0 {
+        if self.broken_files > 0 || self.nothing_matched {
             2
         } else if self.failed > 0 {
             1
@@ -92,6 +96,9 @@ pub fn summary_line(s: &Summary) -> String {
             s.broken_files
         ));
     }
+    if s.nothing_matched {
+        line.push_str("; no test matched the filter");
+    }
     line.push_str(&format!("; finished in {:.2} s", s.elapsed.as_secs_f64()));
     line
 }
@@ -121,5 +128,20 @@ mod tests {
         s.add(&r);
         assert_eq!(s.exit_code(), 1);
         assert!(summary_line(&s).starts_with("test result: FAILED. 0 passed; 1 failed"));
+    }
+
+    #[test]
+    fn a_filter_that_matches_nothing_is_not_a_pass() {
+        let s = Summary {
+            filtered_out: 3,
+            nothing_matched: true,
+            ..Summary::default()
+        };
+        assert_eq!(s.exit_code(), 2);
+        let line = summary_line(&s);
+        assert!(
+            line.starts_with("test result: FAILED. 0 passed; 0 failed; 3 filtered out; no test matched the filter"),
+            "{line}"
+        );
     }
 }

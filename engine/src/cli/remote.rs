@@ -1,0 +1,294 @@
+//! Commands that act on a running daemon over its HTTP API: `list`, `cancel`, `retry`,
+//! `send-event`. Requests go through [`super::client`].
+
+use super::client::{Client, DaemonArgs};
+use crate::compile::rules::format_ms;
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::io::Write;
+
+/// The statuses `GET /v1/instances?status=` filters on.
+const STATUSES: [&str; 6] = [
+    "running",
+    "parked",
+    "compensating",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// Largest page the API answers.
+const MAX_PAGE: usize = 1000;
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only instances of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only instances with this status.
+    #[arg(long, value_parser = STATUSES)]
+    pub status: Option<String>,
+    /// Print at most this many instances.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Print every matching instance, however many (pages through the API).
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+    /// Print the API's JSON (`{"instances": [...], "next_cursor": ...}`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The instance to cancel (an id from `casework list`).
+    pub id: String,
+    /// Why, kept in the journal (`cancel requested: REASON`).
+    #[arg(long, default_value = "cancelled from the command line")]
+    pub reason: String,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RetryArgs {
+    /// The failed instance whose failed step runs again (an id from `casework list --status failed`).
+    pub id: String,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SendEventArgs {
+    /// The event type, as in a wait step's `event:` (e.g. refund.approved).
+    #[arg(value_name = "TYPE")]
+    pub event_type: String,
+    /// The correlation key, as in a wait step's `key:` (e.g. ORD-1).
+    pub key: String,
+    /// The event's data as JSON, or @file.json.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// A deduplication id: sending the same id again wakes and starts nothing (the daemon
+    /// answers as it did the first time).
+    #[arg(long, value_name = "EVENT_ID")]
+    pub id: Option<String>,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// A closed stdout (piped into `head`) must not turn into a panic.
+fn out(text: &str) {
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    out(&serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn list(args: ListArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let want = (!args.all).then_some(args.limit as usize);
+    let mut instances: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page_size = want
+            .map(|w| (w - instances.len()).min(MAX_PAGE))
+            .unwrap_or(MAX_PAGE)
+            .to_string();
+        let mut query: Vec<(&str, &str)> = vec![("limit", page_size.as_str())];
+        if let Some(w) = &args.workflow {
+            query.push(("workflow", w.as_str()));
+        }
+        if let Some(s) = &args.status {
+            query.push(("status", s.as_str()));
+        }
+        if let Some(c) = &cursor {
+            query.push(("cursor", c.as_str()));
+        }
+        let page = client.get(&["v1", "instances"], &query)?;
+        instances.extend(page["instances"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() || want.is_some_and(|w| instances.len() >= w) {
+            break;
+        }
+    }
+    if args.json {
+        return print_json(&json!({"instances": instances, "next_cursor": cursor})).map(|_| 0);
+    }
+    if instances.is_empty() {
+        eprintln!("casework: no instances match");
+        return Ok(0);
+    }
+    out(&table(&instances));
+    if cursor.is_some() {
+        eprintln!(
+            "casework: showing the first {}; there may be more (--limit N or --all)",
+            instances.len()
+        );
+    }
+    Ok(0)
+}
+
+/// Instances as an aligned table, one per line.
+fn table(instances: &[Value]) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let time = |v: &Value| v.as_i64().map(format_ms).unwrap_or_default();
+    let mut rows = vec![[
+        "ID".to_string(),
+        "WORKFLOW".to_string(),
+        "VERSION".to_string(),
+        "STATUS".to_string(),
+        "CREATED".to_string(),
+        "UPDATED".to_string(),
+    ]];
+    for i in instances {
+        rows.push([
+            text(&i["id"]),
+            text(&i["workflow"]),
+            text(&i["version"]),
+            text(&i["status"]),
+            time(&i["created_at"]),
+            time(&i["updated_at"]),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn cancel(args: CancelArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let answer = client.post(
+        &["v1", "instances", &args.id, "cancel"],
+        Some(&json!({"reason": args.reason})),
+    )?;
+    if args.json {
+        return print_json(&answer).map(|_| 0);
+    }
+    out(&format!("instance {} is being cancelled", args.id));
+    Ok(0)
+}
+
+pub fn retry(args: RetryArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let answer = client.post(&["v1", "instances", &args.id, "retry"], None)?;
+    if args.json {
+        return print_json(&answer).map(|_| 0);
+    }
+    out(&format!(
+        "instance {} is retrying: its failed step runs again",
+        args.id
+    ));
+    Ok(0)
+}
+
+pub fn send_event(args: SendEventArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let mut body = json!({"type": args.event_type, "key": args.key});
+    if let Some(d) = &args.data {
+        body["data"] = super::run::json_arg(d).context("--data")?;
+    }
+    if let Some(id) = &args.id {
+        body["id"] = json!(id);
+    }
+    let answer = client.post(&["v1", "events"], Some(&body))?;
+    if args.json {
+        return print_json(&answer).map(|_| 0);
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    let woken = ids(&answer["woken"]);
+    if woken.is_empty() {
+        out(&format!(
+            "no instance was waiting for {} with key {}",
+            args.event_type, args.key
+        ));
+    } else {
+        out(&format!("woke {}", woken.join(", ")));
+    }
+    for s in answer["started"].as_array().into_iter().flatten() {
+        let created = if s["created"] == json!(false) {
+            " (already started by this event)"
+        } else {
+            ""
+        };
+        out(&format!(
+            "started {} ({}){created}",
+            s["id"].as_str().unwrap_or(""),
+            s["workflow"].as_str().unwrap_or("")
+        ));
+    }
+    let errors = answer["trigger_errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in &errors {
+        eprintln!(
+            "casework: the trigger of {} did not start: {}",
+            e["workflow"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_columns_and_formats_times() {
+        let t = table(&[
+            json!({"id": "a1", "workflow": "refund", "version": 3, "status": "parked",
+                   "created_at": 0, "updated_at": 1000}),
+            json!({"id": "b22222", "workflow": "hold", "version": 1, "status": "failed",
+                   "created_at": 0, "updated_at": 0}),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("ID      WORKFLOW  VERSION  STATUS"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("a1      refund    3        parked  1970-01-01T00:00:00.000Z"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("1970-01-01T00:00:01.000Z"), "{t}");
+    }
+}
