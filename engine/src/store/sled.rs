@@ -10,7 +10,6 @@ use super::lease::Leases;
 use super::seal::{self, JournalKey, KeySource, OpenError, Sealer};
 use super::*;
 use crate::runtime::record::{Stored, VERSION};
-use ::sled::Transactional;
 use std::path::Path;
 
 pub struct SledStore {
@@ -187,19 +186,24 @@ impl SledStore {
         k
     }
 
-    /// A batch's records as journal keys and sealed values.
-    fn sealed_records(&self, b: &Batch) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::with_capacity(b.records.len());
-        for (i, r) in b.records.iter().enumerate() {
-            let stored = Stored {
+    /// A batch's records as one journal value under the key of its first record: one
+    /// insert is atomic by itself, while a sled batch or transaction seals and writes the
+    /// log buffer on sled's thread pool (waking all its threads) every time.
+    fn sealed_records(&self, b: &Batch) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if b.records.is_empty() {
+            return Ok(None);
+        }
+        let stored: Vec<Stored> = b
+            .records
+            .iter()
+            .map(|r| Stored {
                 v: VERSION,
                 record: r.clone(),
-            };
-            let key = journal_key(&b.instance, b.first_seq + i as u64);
-            let value = self.seal("journal", &key, &json(&stored)?)?;
-            out.push((key, value));
-        }
-        Ok(out)
+            })
+            .collect();
+        let key = journal_key(&b.instance, b.first_seq);
+        let value = self.seal("journal", &key, &json(&stored)?)?;
+        Ok(Some((key, value)))
     }
 
     fn loose(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
@@ -298,11 +302,9 @@ impl Store for SledStore {
         for w in &b.waits_add {
             self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
         }
-        let mut batch = ::sled::Batch::default();
-        for (key, value) in self.sealed_records(b)? {
-            batch.insert(key, value);
+        if let Some((key, value)) = self.sealed_records(b)? {
+            self.journal.insert(key, value).map_err(io)?;
         }
-        self.journal.apply_batch(batch).map_err(io)?;
         if let Some(m) = &b.meta {
             self.instances
                 .insert(m.id.as_bytes(), json(m)?)
@@ -342,25 +344,31 @@ impl Store for SledStore {
             instance: instance.into(),
             detail,
         };
-        self.journal
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv.map_err(io)?;
-                let plain = self
-                    .sealer
-                    .open("journal", &k, &v)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                let stored: Stored =
-                    serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
-                if stored.v != VERSION {
+        let mut out = Vec::new();
+        for kv in self.journal.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(io)?;
+            let plain = self
+                .sealer
+                .open("journal", &k, &v)
+                .map_err(|e| corrupt(e.to_string()))?;
+            // A batch's records (one value per step), or one record as stores before
+            // 0.2 wrote them.
+            let stored: Vec<Stored> = if plain.first() == Some(&b'[') {
+                serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?
+            } else {
+                vec![serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?]
+            };
+            for s in stored {
+                if s.v != VERSION {
                     return Err(corrupt(format!(
                         "journal version {} is newer than this casework understands",
-                        stored.v
+                        s.v
                     )));
                 }
-                Ok(stored.record)
-            })
-            .collect()
+                out.push(s.record);
+            }
+        }
+        Ok(out)
     }
 
     fn instance(&self, id: &str) -> Result<Option<InstanceMeta>> {
@@ -434,67 +442,51 @@ impl Store for SledStore {
     }
 
     fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
-        // Sealing draws random nonces, so it happens once, outside the transaction body
-        // (which sled may run again on a conflict).
-        let records = self.sealed_records(b)?;
-        let meta = b.meta.as_ref().map(json).transpose()?;
-        let claim_id = claim.map(|c| self.claim_id(&c.workflow, &c.key));
-        let timers_add: Vec<Vec<u8>> = b.timers_add.iter().map(timer_key).collect();
-        let timers_remove: Vec<Vec<u8>> = b.timers_remove.iter().map(timer_key).collect();
-        let waits_add: Vec<Vec<u8>> = b.waits_add.iter().map(|w| self.wait_key(w)).collect();
-        let waits_remove: Vec<Vec<u8>> = b.waits_remove.iter().map(|w| self.wait_key(w)).collect();
+        // Under the lease lock, like every write: creates and writes of this process (the
+        // only one with the data directory open) are one at a time, so checking the id
+        // and the key and then writing cannot race. No sled transaction: it would seal
+        // and write the log buffer on sled's thread pool for every start. A crash keeps a
+        // prefix of the writes below (sled recovers its log in order), and every prefix
+        // is harmless: a claim whose instance has no index entry is free, a timer of an
+        // instance never indexed is dropped, and records without the index entry written
+        // last belong to an instance nobody was told of and nothing lists.
+        let mut leases = self.leases();
         let id = b.instance.as_bytes();
-        let outcome = (
-            &self.keys,
-            &self.journal,
-            &self.instances,
-            &self.timers,
-            &self.waits,
-        )
-            .transaction(|(keys, journal, instances, timers, waits)| {
-                if instances.get(id)?.is_some() {
-                    return Ok(Err(b.instance.clone()));
+        if self.instances.get(id).map_err(io)?.is_some() {
+            return Ok(Created::Existing(b.instance.clone()));
+        }
+        if let Some(c) = claim {
+            let k = self.claim_id(&c.workflow, &c.key);
+            if let Some(holder) = self.keys.get(&k).map_err(io)? {
+                // A claim without its instance is left by a crash before the instance's
+                // index entry (or by a store from before claims): it is free.
+                if self.instances.get(&holder).map_err(io)?.is_some() {
+                    return Ok(Created::Existing(
+                        String::from_utf8_lossy(&holder).into_owned(),
+                    ));
                 }
-                if let Some(k) = &claim_id {
-                    if let Some(holder) = keys.get(k)? {
-                        // A claim without its instance is left by a store from before claims
-                        // and instances were written together: it is free.
-                        if instances.get(&holder)?.is_some() {
-                            return Ok(Err(String::from_utf8_lossy(&holder).into_owned()));
-                        }
-                    }
-                    keys.insert(k.as_slice(), id)?;
-                }
-                for k in &timers_add {
-                    timers.insert(k.as_slice(), &[] as &[u8])?;
-                }
-                for k in &waits_add {
-                    waits.insert(k.as_slice(), &[] as &[u8])?;
-                }
-                for (k, v) in &records {
-                    journal.insert(k.as_slice(), v.as_slice())?;
-                }
-                if let Some(m) = &meta {
-                    instances.insert(id, m.as_slice())?;
-                }
-                for k in &timers_remove {
-                    timers.remove(k.as_slice())?;
-                }
-                for k in &waits_remove {
-                    waits.remove(k.as_slice())?;
-                }
-                Ok(Ok(()))
-            });
-        let created = outcome.map_err(|e: ::sled::transaction::TransactionError<()>| match e {
-            ::sled::transaction::TransactionError::Storage(e) => io(e),
-            ::sled::transaction::TransactionError::Abort(()) => {
-                Error::Io("instance creation aborted".into())
             }
-        })?;
-        Ok(match created {
-            Ok(()) => Created::New(self.leases().create(&b.instance, daemon)),
-            Err(holder) => Created::Existing(holder),
-        })
+            self.keys.insert(k, id).map_err(io)?;
+        }
+        for t in &b.timers_add {
+            self.timers.insert(timer_key(t), &[]).map_err(io)?;
+        }
+        for w in &b.waits_add {
+            self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
+        }
+        if let Some((key, value)) = self.sealed_records(b)? {
+            self.journal.insert(key, value).map_err(io)?;
+        }
+        for t in &b.timers_remove {
+            self.timers.remove(timer_key(t)).map_err(io)?;
+        }
+        for w in &b.waits_remove {
+            self.waits.remove(self.wait_key(w)).map_err(io)?;
+        }
+        if let Some(m) = &b.meta {
+            self.instances.insert(id, json(m)?).map_err(io)?;
+        }
+        Ok(Created::New(leases.create(&b.instance, daemon)))
     }
 
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
@@ -851,6 +843,47 @@ mod tests {
         s.journal.insert(journal_key("b", 0), v).unwrap();
         let err = s.journal("b").unwrap_err().to_string();
         assert!(err.contains("failed authentication"), "{err}");
+    }
+
+    /// Stores written before one value per batch hold one record per key; both read as
+    /// one journal, in order.
+    #[test]
+    fn a_journal_of_single_records_and_batches_reads_in_order() {
+        let s = SledStore::temporary().unwrap();
+        let rec = |reason: &str| Record::Cancelled {
+            reason: reason.into(),
+            at: 1,
+        };
+        for (seq, r) in [(0, rec("old-0")), (1, rec("old-1"))] {
+            let key = journal_key("a", seq);
+            let plain = json(&Stored {
+                v: VERSION,
+                record: r,
+            })
+            .unwrap();
+            let value = s.seal("journal", &key, &plain).unwrap();
+            s.journal.insert(key, value).unwrap();
+        }
+        s.write(&Batch {
+            instance: "a".into(),
+            first_seq: 2,
+            records: vec![rec("new-2"), rec("new-3")],
+            meta: Some(meta("a")),
+            ..Batch::default()
+        })
+        .unwrap();
+        let reasons: Vec<String> = s
+            .journal("a")
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Record::Cancelled { reason, .. } => reason,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons, ["old-0", "old-1", "new-2", "new-3"]);
+        // One value for the batch: a step's records are written (and lost) together.
+        assert_eq!(s.journal.scan_prefix(b"a\0").count(), 3);
     }
 
     #[test]

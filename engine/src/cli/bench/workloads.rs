@@ -174,6 +174,24 @@ impl Daemon {
         (ticks(11) + ticks(12)) / tick
     }
 
+    /// Journal flushes so far and the seconds they took, from `/metrics`.
+    fn flushes(&self) -> (f64, f64) {
+        let text = ureq::get(&format!("{}/metrics", self.addr))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("casework_journal_flush_duration_seconds_count"),
+            value("casework_journal_flush_duration_seconds_sum"),
+        )
+    }
+
     fn data_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
             let Ok(rd) = std::fs::read_dir(p) else {
@@ -264,6 +282,7 @@ pub fn run(w: &Workloads<'_>) -> Result<()> {
         move |a, _, i| post(a, &url, &json!({"n": i}), 200).map(|_| ())
     })?;
     let cpu0 = d.cpu_secs();
+    let flushes0 = d.flushes();
     let waited = run_clients(clients, w.w1_workflows, {
         let url = format!("{}/v1/workflows/w1/instances?wait=10s", d.addr);
         move |a, _, i| {
@@ -276,6 +295,13 @@ pub fn run(w: &Workloads<'_>) -> Result<()> {
     })?;
     let cpu = d.cpu_secs() - cpu0;
     let n = waited.latencies.len();
+    let flushes = d.flushes();
+    let (flushes, flush_secs) = (flushes.0 - flushes0.0, flushes.1 - flushes0.1);
+    println!(
+        "w1: {flushes:.0} journal flushes for {n} workflows ({:.2} per workflow, {:.2} ms each on average)",
+        flushes / n.max(1) as f64,
+        flush_secs * 1000.0 / flushes.max(1.0)
+    );
     let started = run_clients(clients, w.w1_workflows, {
         let url = format!("{}/v1/workflows/w1/instances", d.addr);
         move |a, _, i| post(a, &url, &json!({"n": i}), 201).map(|_| ())

@@ -174,7 +174,7 @@ pub(super) async fn finish(
         if !batch.timers_add.is_empty() {
             inner.timer_wake.notify_one();
         }
-        inner.watchers.changed(id);
+        inner.watchers.changed(id, inst.status().is_final());
     }
     if let Some(obs) = &inner.observer {
         for r in &batch.records {

@@ -6,7 +6,9 @@
 //! own condition. Because an instance may run on another daemon (PostgreSQL), a watcher
 //! also looks at the store every [`RECHECK`] without being told. What a watcher read is
 //! made durable ([`Inner::commit`]) before it is answered: a local store shows writes
-//! before their flush, and a later step may have been written since the one it was told of.
+//! before their flush, and a later step may have been written since the one it was told
+//! of. Only when it was told that the instance's final step is durable is there nothing
+//! left to flush: a finished instance never changes.
 
 use super::*;
 use std::sync::atomic::AtomicUsize;
@@ -23,17 +25,26 @@ const RECHECK: Duration = Duration::from_millis(250);
 #[derive(Default)]
 pub(super) struct Watchers {
     count: AtomicUsize,
-    by_id: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    by_id: Mutex<HashMap<String, (Arc<Told>, usize)>>,
     /// Set when the daemon stops: every wait ends at once with what it has.
     closing: Notify,
     closed: std::sync::atomic::AtomicBool,
+}
+
+/// What watchers of one instance are told.
+#[derive(Default)]
+pub(super) struct Told {
+    notify: Notify,
+    /// The instance's final step is durable: it never changes again, so what a watcher
+    /// reads of it now needs no flush.
+    final_durable: std::sync::atomic::AtomicBool,
 }
 
 /// A registration; dropping it unregisters.
 pub(super) struct Watch<'a> {
     watchers: &'a Watchers,
     id: String,
-    pub notify: Arc<Notify>,
+    told: Arc<Told>,
 }
 
 impl Drop for Watch<'_> {
@@ -62,12 +73,12 @@ impl Watchers {
         let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         let entry = by_id
             .entry(id.to_string())
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            .or_insert_with(|| (Arc::new(Told::default()), 0));
         entry.1 += 1;
         Ok(Watch {
             watchers: self,
             id: id.to_string(),
-            notify: entry.0.clone(),
+            told: entry.0.clone(),
         })
     }
 
@@ -76,15 +87,18 @@ impl Watchers {
         self.count.load(Ordering::SeqCst) < MAX_WATCHERS
     }
 
-    /// A step of `id` is durable: wake its watchers.
-    pub(super) fn changed(&self, id: &str) {
+    /// A step of `id` is durable (its last, if `is_final`): wake its watchers.
+    pub(super) fn changed(&self, id: &str, is_final: bool) {
         // The common case, nobody waiting, costs one atomic load.
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
         let by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, _)) = by_id.get(id) {
-            n.notify_waiters();
+        if let Some((told, _)) = by_id.get(id) {
+            if is_final {
+                told.final_durable.store(true, Ordering::SeqCst);
+            }
+            told.notify.notify_waiters();
         }
     }
 
@@ -135,7 +149,7 @@ impl Driver {
         let watch = inner.watchers.watch(id)?;
         loop {
             // Registered before the read, so a change between the read and the wait wakes it.
-            let changed = watch.notify.notified();
+            let changed = watch.told.notify.notified();
             let closing = inner.watchers.closing.notified();
             tokio::pin!(changed, closing);
             changed.as_mut().enable();
@@ -144,7 +158,9 @@ impl Driver {
             let over = tokio::time::Instant::now() >= deadline
                 || inner.watchers.closed.load(Ordering::SeqCst);
             if done || over {
-                inner.commit().await.map_err(WaitError::Internal)?;
+                if !watch.told.final_durable.load(Ordering::SeqCst) {
+                    inner.commit().await.map_err(WaitError::Internal)?;
+                }
                 return Ok(Waited {
                     value,
                     settled: done,
