@@ -1225,44 +1225,80 @@ fn a_child_whose_index_entry_was_lost_still_wakes_its_parent() {
 fn start_then_tear(
     workflow: &str,
     input: Value,
+    key: Option<&str>,
     keep: usize,
-) -> (MemoryStore, Arc<ManualClock>, String) {
+) -> (MemoryStore, Arc<ManualClock>, String, usize) {
     let store = MemoryStore::new();
     let clock = Arc::new(ManualClock::new(T0));
     let rt = runtime();
-    let id = rt.block_on(async {
+    let (id, writes) = rt.block_on(async {
         let d = fixed_driver(&store, &clock);
         store.flush().unwrap();
         store.hold_flushes(true);
-        let id = d.start(workflow, input, None).await.unwrap().id;
+        let id = d
+            .start(workflow, input, key.map(String::from))
+            .await
+            .unwrap()
+            .id;
         d.wait_idle().await;
-        id
+        (id, store.pending_writes())
     });
     let store = store.crash(keep);
     rt.shutdown_background();
-    (store, clock, id)
+    (store, clock, id, writes)
 }
 
-/// The first batch of a new instance is one atomic write (records, index entries and the
-/// idempotency claim), so a crash keeps all of it or none: never a timer, wait or claim
-/// for an instance that does not exist.
+/// A new instance's first batch is written one piece at a time (the key's claim, timers
+/// and waits, records, and last the index entry that makes it exist), so a crash may keep
+/// any prefix. Whatever it keeps, the instance exists with its journal or nobody can see
+/// it; then the client's retry with the same key starts it afresh, and nothing it left
+/// behind (a timer, a wait) fires forever.
 #[test]
-fn a_new_instance_survives_a_crash_whole_or_not_at_all() {
-    let (store, _, id) = start_then_tear("race", json!({"n": 1}), 0);
-    assert!(store.instance(&id).unwrap().is_none());
-    assert_eq!(
-        store.next_timer().unwrap(),
-        None,
-        "no timer without its instance"
+fn a_new_instance_torn_at_any_write_exists_whole_or_not_at_all() {
+    let (_, _, _, writes) = start_then_tear("race", json!({"n": 1}), Some("req"), 0);
+    let mut seen_absent = false;
+    let mut seen_present = false;
+    for keep in 0..=writes {
+        let (store, clock, id, _) = start_then_tear("race", json!({"n": 1}), Some("req"), keep);
+        if store.instance(&id).unwrap().is_some() {
+            seen_present = true;
+            assert!(!store.journal(&id).unwrap().is_empty(), "keep {keep}");
+            continue;
+        }
+        seen_absent = true;
+        let rt = runtime();
+        rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            let mut rounds = 0;
+            d.run_virtual(|| {
+                rounds += 1;
+                rounds > 1_000
+            })
+            .await
+            .unwrap();
+            assert!(
+                rounds <= 1_000,
+                "keep {keep}: a torn start's leftovers kept firing"
+            );
+            let again = d
+                .start("race", json!({"n": 1}), Some("req".into()))
+                .await
+                .unwrap();
+            assert!(again.created, "keep {keep}: the key's claim is free again");
+            assert_ne!(again.id, id, "keep {keep}");
+            d.wait_idle().await;
+            assert!(store.instance(&again.id).unwrap().is_some());
+        });
+        rt.shutdown_background();
+    }
+    assert!(
+        seen_absent && seen_present,
+        "the crash points cover both outcomes"
     );
-    assert!(store.journal(&id).unwrap().is_empty());
-    let (store, _, id) = start_then_tear("race", json!({"n": 1}), 1);
-    assert!(store.instance(&id).unwrap().is_some());
-    assert!(!store.journal(&id).unwrap().is_empty());
 }
 
-/// Stores written before creation was atomic can hold a timer for an instance that never
-/// got journaled. Nothing would ever consume it: it must be dropped, not fire forever.
+/// A start torn before its index entry leaves a timer for an instance that does not exist.
+/// Nothing would ever consume it: it must be dropped, not fire forever.
 #[test]
 fn a_timer_of_an_instance_never_journaled_is_dropped() {
     let store = MemoryStore::new();
@@ -1298,13 +1334,19 @@ fn a_timer_of_an_instance_never_journaled_is_dropped() {
 /// for an instance whose journal has completed. The next start repairs the index.
 #[test]
 fn an_index_entry_behind_the_journal_is_repaired() {
-    // Writes: the start (one atomic write), then the end's records, then its index entry.
-    let (store, clock, id) = start_then_tear("poll", json!({"n": 1}), 2);
-    assert_eq!(store.instance(&id).unwrap().unwrap().status, "running");
-    assert_eq!(
-        store.journal(&id).unwrap().last().map(Record::kind),
-        Some("completed")
-    );
+    // The crash point that keeps the end's records but not its index entry.
+    let (_, _, _, writes) = start_then_tear("poll", json!({"n": 1}), None, 0);
+    let torn = (1..writes)
+        .map(|keep| start_then_tear("poll", json!({"n": 1}), None, keep))
+        .find(|(store, _, id, _)| {
+            store.journal(id).unwrap().last().map(Record::kind) == Some("completed")
+                && store
+                    .instance(id)
+                    .unwrap()
+                    .is_some_and(|m| m.status == "running")
+        });
+    let (store, clock, id, _) =
+        torn.expect("a crash point between the end's records and its index entry");
     let rt = runtime();
     let status = rt.block_on(async { settle(&fixed_driver(&store, &clock), &store, &id).await });
     assert_eq!(status, "completed");

@@ -82,8 +82,6 @@ enum Op {
     EventAnswer(String, Value),
     Post(String, u64, Mail),
     MailDone(String, Vec<u64>),
-    /// Several operations that survive a crash together or not at all (a sled transaction).
-    Atomic(Vec<Op>),
 }
 
 fn timer_tuple(t: &Timer) -> (Millis, String, u32) {
@@ -140,11 +138,6 @@ impl Data {
             Op::MailDone(instance, seqs) => {
                 for seq in seqs {
                     self.mail.remove(&(instance.clone(), *seq));
-                }
-            }
-            Op::Atomic(ops) => {
-                for op in ops {
-                    self.apply(op);
                 }
             }
         }
@@ -348,14 +341,16 @@ impl Store for MemoryStore {
         if let Some(c) = claim {
             let k = (c.workflow.clone(), c.key.clone());
             if let Some(holder) = g.live.keys.get(&k) {
-                // A claim without its instance is left by a store from before claims and
-                // instances were written together: it is free.
+                // A claim without its instance is left by a crash before the instance's
+                // index entry: it is free.
                 if g.live.instances.contains_key(holder) {
                     return Ok(Created::Existing(holder.clone()));
                 }
             }
         }
-        let mut ops = batch_ops(b);
+        // As the sled store writes a new instance: the claim first, the instance's index
+        // entry after its records, one write at a time, so a crash may keep any prefix.
+        let mut ops = Vec::new();
         if let Some(c) = claim {
             ops.push(Op::Key(
                 c.workflow.clone(),
@@ -363,9 +358,11 @@ impl Store for MemoryStore {
                 b.instance.clone(),
             ));
         }
-        let op = Op::Atomic(ops);
-        g.live.apply(&op);
-        g.pending.push(op);
+        ops.extend(batch_ops(b));
+        for op in ops {
+            g.live.apply(&op);
+            g.pending.push(op);
+        }
         Ok(Created::New(g.leases.create(&b.instance, daemon)))
     }
 

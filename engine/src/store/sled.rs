@@ -477,14 +477,15 @@ impl Store for SledStore {
         if let Some((key, value)) = self.sealed_records(b)? {
             self.journal.insert(key, value).map_err(io)?;
         }
+        // The entry that makes the instance exist; a new instance removes nothing.
+        if let Some(m) = &b.meta {
+            self.instances.insert(id, json(m)?).map_err(io)?;
+        }
         for t in &b.timers_remove {
             self.timers.remove(timer_key(t)).map_err(io)?;
         }
         for w in &b.waits_remove {
             self.waits.remove(self.wait_key(w)).map_err(io)?;
-        }
-        if let Some(m) = &b.meta {
-            self.instances.insert(id, json(m)?).map_err(io)?;
         }
         Ok(Created::New(leases.create(&b.instance, daemon)))
     }

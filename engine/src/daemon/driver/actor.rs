@@ -260,9 +260,9 @@ pub(super) enum Answer {
     Retry(oneshot::Sender<Result<(), RetryRefused>>),
 }
 
-/// A crash between writing a new instance's timer and its first records (possible only in
-/// stores written before instance creation was atomic) leaves a timer for an instance
-/// that never existed. Nothing would ever consume it: it would fire again at every tick
+/// A crash between writing a new instance's timer and its index entry (the sled store
+/// writes a new instance one piece at a time, the entry last) leaves a timer for an
+/// instance that never existed. Nothing would ever consume it: it would fire again at every tick
 /// and, once enough piled up, hide the real timers behind it.
 pub(super) fn drop_timer_of_unknown_instance(inner: &Arc<Inner>, id: &str, t: &Timer) {
     if matches!(inner.store.instance(id), Ok(None)) {
