@@ -533,6 +533,35 @@ fn wait_failed(e: WaitError) -> ApiError {
     }
 }
 
+fn start_failed(e: StartError) -> ApiError {
+    match e {
+        StartError::UnknownWorkflow(w) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "workflow_not_found",
+            format!("no workflow named `{w}` is loaded"),
+        ),
+        StartError::InvalidInput(problems) => ApiError {
+            details: Some(json!(problems)),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                format!("{} problem(s) with the input", problems.len()),
+            )
+        },
+        StartError::Overloaded(e) => overloaded(e),
+        StartError::Internal(e) => internal(e),
+    }
+}
+
+/// A waited-on instance's index entry as the store has it now.
+fn meta_now(inner: &super::driver::Inner, id: &str) -> Result<InstanceMeta, String> {
+    inner
+        .store
+        .instance(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("instance `{id}` vanished"))
+}
+
 /// An instance is settled for a waiting start once it has ended or parked.
 fn settled(meta: &InstanceMeta) -> bool {
     meta.is_final() || meta.status == "parked"
@@ -554,28 +583,11 @@ async fn start(
     }
     let input = body.unwrap_or(Value::Null);
     let key = idempotency_key(&headers)?;
-    let s = match api.driver.start(&name, input, key).await {
-        Ok(s) => s,
-        Err(StartError::UnknownWorkflow(w)) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "workflow_not_found",
-                format!("no workflow named `{w}` is loaded"),
-            ))
-        }
-        Err(StartError::InvalidInput(problems)) => {
-            return Err(ApiError {
-                details: Some(json!(problems)),
-                ..ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_input",
-                    format!("{} problem(s) with the input", problems.len()),
-                )
-            })
-        }
-        Err(StartError::Overloaded(e)) => return Err(overloaded(e)),
-        Err(StartError::Internal(e)) => return Err(internal(e)),
-    };
+    let s = api
+        .driver
+        .start(&name, input, key)
+        .await
+        .map_err(start_failed)?;
     let Some(wait) = wait else {
         let status = if s.created {
             StatusCode::CREATED
@@ -588,11 +600,7 @@ async fn start(
     let waited = api
         .driver
         .wait_for(&s.id, wait, |inner| {
-            let meta = inner
-                .store
-                .instance(&s.id)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("instance `{}` vanished", s.id))?;
+            let meta = meta_now(inner, &s.id)?;
             let done = settled(&meta);
             Ok((meta, done))
         })
@@ -697,11 +705,7 @@ async fn get_instance(
     }
     api.driver
         .wait_for(&id, wait, |inner| {
-            let meta = inner
-                .store
-                .instance(&id)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("instance `{id}` vanished"))?;
+            let meta = meta_now(inner, &id)?;
             // With `after`: the next journal entry; without: the instance ends or parks.
             let done = match q.after {
                 Some(after) => {

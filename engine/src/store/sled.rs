@@ -206,6 +206,39 @@ impl SledStore {
         Ok(Some((key, value)))
     }
 
+    /// A batch's writes, one at a time in this order (the caller holds the lease lock).
+    /// Index entries go first: after a crash an index entry without its record is
+    /// harmless (the instance ignores a stale timer or wait), the reverse would lose a
+    /// wakeup. The instance's index entry comes after its records.
+    fn put(&self, b: &Batch) -> Result<()> {
+        for t in &b.timers_add {
+            self.timers.insert(timer_key(t), &[]).map_err(io)?;
+        }
+        for w in &b.waits_add {
+            self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
+        }
+        if let Some((key, value)) = self.sealed_records(b)? {
+            self.journal.insert(key, value).map_err(io)?;
+        }
+        if let Some(m) = &b.meta {
+            self.instances
+                .insert(m.id.as_bytes(), json(m)?)
+                .map_err(io)?;
+        }
+        for t in &b.timers_remove {
+            self.timers.remove(timer_key(t)).map_err(io)?;
+        }
+        for w in &b.waits_remove {
+            self.waits.remove(self.wait_key(w)).map_err(io)?;
+        }
+        for seq in &b.mail_done {
+            self.mail
+                .remove(journal_key(&b.instance, *seq))
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     fn loose(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
         self.loose.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -294,33 +327,7 @@ impl Store for SledStore {
         if let Some(fence) = &b.fence {
             leases.check(&b.instance, fence)?;
         }
-        // Index entries go first: after a crash an index entry without its record is
-        // harmless (the instance ignores a stale timer or wait), the reverse would lose a wakeup.
-        for t in &b.timers_add {
-            self.timers.insert(timer_key(t), &[]).map_err(io)?;
-        }
-        for w in &b.waits_add {
-            self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
-        }
-        if let Some((key, value)) = self.sealed_records(b)? {
-            self.journal.insert(key, value).map_err(io)?;
-        }
-        if let Some(m) = &b.meta {
-            self.instances
-                .insert(m.id.as_bytes(), json(m)?)
-                .map_err(io)?;
-        }
-        for t in &b.timers_remove {
-            self.timers.remove(timer_key(t)).map_err(io)?;
-        }
-        for w in &b.waits_remove {
-            self.waits.remove(self.wait_key(w)).map_err(io)?;
-        }
-        for seq in &b.mail_done {
-            self.mail
-                .remove(journal_key(&b.instance, *seq))
-                .map_err(io)?;
-        }
+        self.put(b)?;
         if let Some(m) = &b.meta {
             let mut loose = self.loose();
             if is_runnable(m) && leases.owner(&b.instance).is_none() {
@@ -468,25 +475,8 @@ impl Store for SledStore {
             }
             self.keys.insert(k, id).map_err(io)?;
         }
-        for t in &b.timers_add {
-            self.timers.insert(timer_key(t), &[]).map_err(io)?;
-        }
-        for w in &b.waits_add {
-            self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
-        }
-        if let Some((key, value)) = self.sealed_records(b)? {
-            self.journal.insert(key, value).map_err(io)?;
-        }
-        // The entry that makes the instance exist; a new instance removes nothing.
-        if let Some(m) = &b.meta {
-            self.instances.insert(id, json(m)?).map_err(io)?;
-        }
-        for t in &b.timers_remove {
-            self.timers.remove(timer_key(t)).map_err(io)?;
-        }
-        for w in &b.waits_remove {
-            self.waits.remove(self.wait_key(w)).map_err(io)?;
-        }
+        // The index entry that makes the instance exist comes after its records.
+        self.put(b)?;
         Ok(Created::New(leases.create(&b.instance, daemon)))
     }
 

@@ -115,6 +115,7 @@ steps:
     complete: { output: { z: "${vars.z}" } }
 "#;
 
+/// Parks on an event keyed by its input (also W2 of `workloads`).
 const PARKED: &str = r#"
 workflow: bench-parked
 version: 1
@@ -157,7 +158,12 @@ fn driver_with(
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_mb_of("self")
+}
+
+/// Resident memory of process `pid` (or `self`), MiB.
+fn rss_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

@@ -13,7 +13,7 @@
 //!   before and after, the data directory's growth per instance, then the time for 64
 //!   senders to deliver every instance's event.
 
-use super::pct;
+use super::{pct, rss_mb_of, PARKED};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -38,18 +38,6 @@ steps:
     next: end
   - id: end
     complete: { output: { done: "${vars.done}" } }
-"#;
-
-const W2: &str = r#"workflow: w2
-version: 1
-input:
-  key: { type: string, required: true }
-steps:
-  - id: wait
-    wait: { event: go, key: input.key }
-    next: done
-  - id: done
-    complete: {}
 "#;
 
 /// What the workloads are run with.
@@ -90,7 +78,7 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("workflows"))?;
         std::fs::write(dir.join("workflows/w1.yaml"), W1)?;
-        std::fs::write(dir.join("workflows/w2.yaml"), W2)?;
+        std::fs::write(dir.join("workflows/w2.yaml"), PARKED)?;
         let plugin = dir.join("plugins/bench");
         std::fs::create_dir_all(&plugin)?;
         let wasm = hostile.join("hostile.wasm");
@@ -144,20 +132,9 @@ impl Daemon {
         }
     }
 
-    fn proc_status(&self, field: &str) -> Option<f64> {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with(field))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
     /// Resident memory, MiB.
     fn rss_mib(&self) -> f64 {
-        self.proc_status("VmRSS:").unwrap_or(0.0) / 1024.0
+        rss_mb_of(&self.child.id().to_string())
     }
 
     /// CPU time used so far (user + system), seconds.
@@ -336,7 +313,7 @@ pub fn run(w: &Workloads<'_>) -> Result<()> {
     let rss0 = d.rss_mib();
     let disk0 = d.data_bytes();
     let parked = run_clients(clients, w.w2_parked, {
-        let url = format!("{}/v1/workflows/w2/instances?wait=10s", d.addr);
+        let url = format!("{}/v1/workflows/bench-parked/instances?wait=10s", d.addr);
         move |a, c, i| {
             let v = post(a, &url, &json!({"key": format!("k{c}-{i}")}), 200)?;
             if v["status"] != "parked" {
