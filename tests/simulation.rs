@@ -25,7 +25,7 @@
 
 use casework::clock::{Clock, ManualClock};
 use casework::compile::{self, rules::Rules};
-use casework::daemon::driver::Observer;
+use casework::daemon::driver::{InboxSettings, Observer};
 use casework::daemon::Driver;
 use casework::plugin_host::{CallContext, CallFuture, PluginError, PluginHost};
 use casework::runtime::{Event, Instance, Millis, Record};
@@ -395,6 +395,10 @@ struct Sim {
     unacked_events: Vec<Event>,
     /// Every event ever sent, as (type, key, data).
     sent: Vec<(String, String, Value)>,
+    /// Ids of events sent again because a crash or kill left them unanswered.
+    resent: BTreeSet<String>,
+    /// Ids of every event sent with one.
+    sent_ids: BTreeSet<String>,
     /// Records seen by observers: durable when seen.
     /// By instance and daemon: daemons journal concurrently, so only each one's own
     /// observations are in journal order.
@@ -537,6 +541,11 @@ fn new_driver_on(sim: &Sim, store: MemoryStore, host: Arc<dyn PluginHost>) -> Dr
             .push(r.clone());
     });
     let driver = Driver::new(Arc::new(store), host, sim.clock.clone(), Some(observer));
+    // Kept past the end of every scenario: an event left in the inbox is still counted.
+    driver.set_inbox(InboxSettings {
+        keep_ms: 30 * 24 * 60 * MIN,
+        ..InboxSettings::default()
+    });
     for src in WORKFLOWS {
         let (wf, diags) = compile::load("sim.yaml", src, &Default::default(), &Rules::shared());
         driver
@@ -668,6 +677,7 @@ async fn life(sim: &mut Sim) -> End {
                 Action::Deliver(e) => {
                     sim.sent
                         .push((e.event_type.clone(), e.key.clone(), e.data.clone()));
+                    sim.sent_ids.extend(e.id.clone());
                     sim.unacked_events.push(e.clone());
                     let i = pick(sim, &daemons);
                     spawn_deliver(&daemons[i], e, &mut tasks);
@@ -829,6 +839,7 @@ fn resend_unacked(sim: &mut Sim, daemons: &[Daemon], tasks: &mut Pending) {
         spawn_start(&daemons[i], n, sim.kinds[&n], tasks);
     }
     for e in sim.unacked_events.clone() {
+        sim.resent.extend(e.id.clone());
         let i = pick(sim, daemons);
         spawn_deliver(&daemons[i], e, tasks);
     }
@@ -878,6 +889,8 @@ fn run_seed(seed: u64) -> (String, i64) {
         unacked_starts: BTreeSet::new(),
         unacked_events: Vec::new(),
         sent: Vec::new(),
+        resent: BTreeSet::new(),
+        sent_ids: BTreeSet::new(),
         observed: Arc::new(Mutex::new(BTreeMap::new())),
         crashes: 0,
         answer_rounds: 0,
@@ -982,6 +995,20 @@ fn check(sim: &mut Sim) {
         .map(|(t, k, d)| format!("{t}/{k}/{d}"))
         .collect();
     let mut journaled_keys = BTreeSet::new();
+    // Where each event with an id ended up: journals that received it, the inbox.
+    let mut places: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &metas {
+        assert!(
+            sim.store.mail(&m.id, 10).unwrap().is_empty(),
+            "{}: mail is left for an instance that has ended",
+            m.id
+        );
+    }
+    for b in sim.store.inbox(None, usize::MAX).unwrap() {
+        if let Some(id) = &b.event.id {
+            *places.entry(id.clone()).or_default() += 1;
+        }
+    }
     for m in &metas {
         let journal = sim.store.journal(&m.id).unwrap();
         let wf = driver
@@ -1054,9 +1081,29 @@ fn check(sim: &mut Sim) {
                         "{}: received an event never sent: {e}",
                         m.id
                     );
+                    if let Some(id) = &event.id {
+                        *places.entry(id.clone()).or_default() += 1;
+                    }
                 }
                 _ => {}
             }
+        }
+    }
+    // An event id is taken at most once, by one wait of one instance, or kept in the
+    // inbox; never both, never twice. One answered at its first sending is in exactly one
+    // of those places; one sent again after a crash interrupted its delivery may be in
+    // none (its wait may have ended meanwhile: at most once, as documented).
+    for id in &sim.sent_ids {
+        let n = places.get(id).copied().unwrap_or(0);
+        assert!(
+            n <= 1,
+            "seed {seed}: event {id} was taken or kept {n} times"
+        );
+        if !sim.resent.contains(id) {
+            assert_eq!(
+                n, 1,
+                "seed {seed}: event {id} was lost (in no journal, not in the inbox)"
+            );
         }
     }
     // Every effect applied was journaled first (call_started is durable before the call).

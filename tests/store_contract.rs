@@ -6,14 +6,15 @@
 //! Writes are followed by `flush`, as the driver does (for sled and memory a write is
 //! durable only after it; for PostgreSQL it is a no-op).
 
+use casework::runtime::Event;
 use casework::runtime::Record;
 use casework::store::memory::MemoryStore;
 use casework::store::postgres::PgStore;
 use casework::store::seal::{JournalKey, KeySource};
 use casework::store::sled::SledStore;
 use casework::store::{
-    Batch, Claim, Created, Error, Fence, InstanceMeta, Mail, Ownership, Store, StoredDefinition,
-    Timer, Wait,
+    Batch, Claim, Created, Error, Fence, InboxBounds, Inboxed, InstanceMeta, Mail, Ownership,
+    Stamp, Store, StoredDefinition, Timer, Wait,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier};
@@ -818,6 +819,225 @@ fn mailed_lists_own_and_orphaned_mail(s: &Fixture) {
     assert_eq!(s.mailed("d9", 2000, 10).unwrap(), ["r", "w", "x", "y", "z"]);
 }
 
+// ---- The inbox ----
+
+const ROOMY: InboxBounds = InboxBounds {
+    per_key: 100,
+    total: 1000,
+};
+
+fn event(event_type: &str, key: &str, n: i64) -> Event {
+    Event {
+        event_type: event_type.into(),
+        key: key.into(),
+        data: json!({"n": n}),
+        id: None,
+    }
+}
+
+fn kept(out: Inboxed) -> u64 {
+    match out {
+        Inboxed::Kept(seq) => seq,
+        full => panic!("expected the event kept, got {full:?}"),
+    }
+}
+
+fn numbers(events: &[casework::store::Buffered]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|b| b.event.data["n"].as_i64().unwrap())
+        .collect()
+}
+
+fn inbox_keeps_events_in_arrival_order_until_they_expire(s: &Fixture) {
+    let a = kept(
+        s.buffer(&event("approved", "ORD-1", 1), 100, 1_000, ROOMY)
+            .unwrap(),
+    );
+    let b = kept(
+        s.buffer(&event("approved", "ORD-2", 2), 110, 1_000, ROOMY)
+            .unwrap(),
+    );
+    let c = kept(
+        s.buffer(&event("approved", "ORD-1", 3), 120, 500, ROOMY)
+            .unwrap(),
+    );
+    s.flush().unwrap();
+    assert!(a < b && b < c, "numbers grow with arrival: {a} {b} {c}");
+    assert_eq!(
+        numbers(&s.buffered("approved", "ORD-1", 0, 10).unwrap()),
+        [1, 3]
+    );
+    assert_eq!(
+        numbers(&s.buffered("approved", "ORD-2", 0, 10).unwrap()),
+        [2]
+    );
+    assert!(s.buffered("rejected", "ORD-1", 0, 10).unwrap().is_empty());
+    assert_eq!(
+        numbers(&s.buffered("approved", "ORD-1", 0, 1).unwrap()),
+        [1]
+    );
+    // Past its time an event is no longer handed out, before and after it is dropped.
+    assert_eq!(
+        numbers(&s.buffered("approved", "ORD-1", 600, 10).unwrap()),
+        [1]
+    );
+    let all = s.inbox(None, 10).unwrap();
+    assert_eq!(numbers(&all), [1, 2, 3]);
+    assert_eq!(
+        all[0].stamp,
+        Stamp {
+            seq: a,
+            arrived: 100,
+            until: 1_000
+        }
+    );
+    assert_eq!(numbers(&s.inbox(Some(a), 10).unwrap()), [2, 3]);
+    assert_eq!(numbers(&s.inbox(None, 2).unwrap()), [1, 2]);
+    // Expiry goes in arrival order and stops at the first event still alive.
+    assert_eq!(s.expire(1_001, 10).unwrap(), 3);
+    s.flush().unwrap();
+    assert!(s.inbox(None, 10).unwrap().is_empty());
+    assert!(s.buffered("approved", "ORD-1", 0, 10).unwrap().is_empty());
+    let d = kept(
+        s.buffer(&event("approved", "ORD-1", 4), 2_000, 3_000, ROOMY)
+            .unwrap(),
+    );
+    assert_eq!(s.expire(2_500, 10).unwrap(), 0);
+    assert!(s.purge(d).unwrap());
+    assert!(!s.purge(d).unwrap(), "a second purge finds nothing");
+    assert!(s.inbox(None, 10).unwrap().is_empty());
+}
+
+fn inbox_bounds_refuse_and_keep_nothing(s: &Fixture) {
+    let tight = InboxBounds {
+        per_key: 2,
+        total: 3,
+    };
+    kept(s.buffer(&event("approved", "A", 1), 1, 100, tight).unwrap());
+    kept(s.buffer(&event("approved", "A", 2), 2, 100, tight).unwrap());
+    assert_eq!(
+        s.buffer(&event("approved", "A", 3), 3, 100, tight).unwrap(),
+        Inboxed::Full {
+            per_key: true,
+            limit: 2
+        }
+    );
+    kept(s.buffer(&event("approved", "B", 4), 4, 100, tight).unwrap());
+    assert_eq!(
+        s.buffer(&event("approved", "C", 5), 5, 100, tight).unwrap(),
+        Inboxed::Full {
+            per_key: false,
+            limit: 3
+        }
+    );
+    s.flush().unwrap();
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [1, 2, 4]);
+    // Taking one out makes room again.
+    let first = s.buffered("approved", "A", 0, 1).unwrap()[0].stamp.seq;
+    create(s, "i1", "parked", "d1");
+    assert!(s.hand_over(first, "i1").unwrap());
+    kept(s.buffer(&event("approved", "C", 6), 6, 100, tight).unwrap());
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [2, 4, 6]);
+}
+
+/// Eight instances race to take one buffered event: one gets it, as mail, and the inbox
+/// no longer has it; given back, it returns to its place in arrival order.
+fn one_of_many_racing_takers_gets_a_buffered_event(s: &Fixture) {
+    const N: usize = 8;
+    for i in 0..N {
+        create(s, &format!("t{i}"), "parked", "d1");
+    }
+    let early = kept(
+        s.buffer(&event("approved", "K", 1), 1, 1_000, ROOMY)
+            .unwrap(),
+    );
+    let later = kept(
+        s.buffer(&event("approved", "K", 2), 2, 1_000, ROOMY)
+            .unwrap(),
+    );
+    s.flush().unwrap();
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let store = s.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let id = format!("t{i}");
+                barrier.wait();
+                let got = store.hand_over(early, &id).unwrap();
+                store.flush().unwrap();
+                (id, got)
+            })
+        })
+        .collect();
+    let results: Vec<(String, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<&String> = results.iter().filter(|(_, g)| *g).map(|(i, _)| i).collect();
+    assert_eq!(winners.len(), 1, "exactly one taker: {results:?}");
+    let winner = winners[0].clone();
+    for (id, _) in &results {
+        let mail = s.mail(id, 10).unwrap();
+        if *id == winner {
+            assert_eq!(mail.len(), 1, "{id}");
+            match &mail[0].1 {
+                Mail::Event { event, buffered } => {
+                    assert_eq!(event.data, json!({"n": 1}));
+                    assert_eq!(buffered.map(|b| b.seq), Some(early));
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert!(mail.is_empty(), "{id} got nothing");
+        }
+    }
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [2]);
+    // The winner did not wait for it after all: back to its place, before the later one.
+    let (mail_seq, letter) = s.mail(&winner, 1).unwrap().remove(0);
+    let Mail::Event { event, buffered } = letter else {
+        unreachable!()
+    };
+    let back = s
+        .hand_back(&winner, mail_seq, &event, buffered.unwrap())
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(back, Some(early));
+    assert!(s.mail(&winner, 10).unwrap().is_empty());
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [1, 2]);
+    assert_eq!(
+        s.hand_back(&winner, mail_seq, &event, buffered.unwrap())
+            .unwrap(),
+        None,
+        "a second hand-back finds no mail and keeps nothing twice"
+    );
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [1, 2]);
+    // An event that never was in the inbox gets a fresh number, after the others.
+    s.post(
+        "t0",
+        &Mail::Event {
+            event: event.clone(),
+            buffered: None,
+        },
+    )
+    .unwrap();
+    let (m, _) = s.mail("t0", 1).unwrap().remove(0);
+    let fresh = s
+        .hand_back(
+            "t0",
+            m,
+            &event,
+            Stamp {
+                seq: 0,
+                arrived: 5,
+                until: 1_000,
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert!(fresh > later, "{fresh} after {later}");
+    assert_eq!(numbers(&s.inbox(None, 10).unwrap()), [1, 2, 1]);
+    assert!(!s.hand_over(u64::MAX / 2, "t0").unwrap(), "no such event");
+}
+
 macro_rules! contract {
     ($store:ident: $($test:ident),* $(,)?) => {
         mod $store {
@@ -852,6 +1072,9 @@ macro_rules! suite {
                 mail_comes_in_order_and_leaves_with_its_batch,
                 orphans_are_runnable_instances_nobody_alive_owns,
                 mailed_lists_own_and_orphaned_mail,
+                inbox_keeps_events_in_arrival_order_until_they_expire,
+                inbox_bounds_refuse_and_keep_nothing,
+                one_of_many_racing_takers_gets_a_buffered_event,
             );
         )*
     };

@@ -144,6 +144,16 @@ impl Client {
         self.answer(&url, req.call())
     }
 
+    /// `DELETE` a route; the JSON it answers.
+    pub fn delete(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, Error> {
+        let url = self.url(segments, query);
+        let mut req = self.agent.delete(url.as_str());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        self.answer(&url, req.call())
+    }
+
     /// `POST` a route with a JSON body (or none); the JSON it answers.
     pub fn post(&self, segments: &[&str], body: Option<&Value>) -> Result<Value, Error> {
         let url = self.url(segments, &[]);

@@ -92,6 +92,9 @@ pub enum Command {
     /// Send an event to a running daemon: it wakes the instances waiting for TYPE and KEY and
     /// starts the workflows whose triggers match.
     SendEvent(remote::SendEventArgs),
+    /// Events a running daemon keeps because nothing waited for them yet: list, purge.
+    #[command(subcommand)]
+    Inbox(remote::InboxCommand),
     /// Show an instance: status, current steps, variables (sensitive values redacted), journal.
     Inspect {
         /// The instance id (from `casework list` or the API's answer to a start).
@@ -150,6 +153,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel(args) => remote::cancel(args),
         Command::Retry(args) => remote::retry(args),
         Command::SendEvent(args) => remote::send_event(args),
+        Command::Inbox(command) => remote::inbox(command),
         Command::Inspect {
             id,
             data,

@@ -1,5 +1,5 @@
 //! Commands that act on a running daemon over its HTTP API: `list`, `cancel`, `retry`,
-//! `send-event`. Requests go through [`super::client`].
+//! `send-event`, `inbox`. Requests go through [`super::client`].
 
 use super::client::{Client, DaemonArgs};
 use crate::compile::rules::format_ms;
@@ -87,6 +87,47 @@ pub struct SendEventArgs {
     pub daemon: DaemonArgs,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum InboxCommand {
+    /// List buffered events, oldest first (keys and data are not shown; give --type and
+    /// --key to see the events one wait would take).
+    List {
+        /// Only events of this type (with --key).
+        #[arg(long = "type", value_name = "TYPE", requires = "key")]
+        event_type: Option<String>,
+        /// Only events with this correlation key (with --type).
+        #[arg(long, requires = "event_type")]
+        key: Option<String>,
+        /// Print at most this many events.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Remove buffered events: by number (SEQ from `casework inbox list`), or every one
+    /// of a type and key.
+    Purge {
+        /// Numbers of the events to remove.
+        #[arg(
+            value_name = "SEQ",
+            required_unless_present = "event_type",
+            conflicts_with = "event_type"
+        )]
+        seqs: Vec<u64>,
+        /// Remove every event of this type (with --key).
+        #[arg(long = "type", value_name = "TYPE", requires = "key")]
+        event_type: Option<String>,
+        /// ... and this correlation key.
+        #[arg(long, requires = "event_type")]
+        key: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
 /// A closed stdout (piped into `head`) must not turn into a panic.
 fn out(text: &str) {
     let _ = writeln!(std::io::stdout(), "{text}");
@@ -167,23 +208,7 @@ fn table(instances: &[Value]) -> String {
             time(&i["updated_at"]),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            cells.join("  ").trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    align(&rows)
 }
 
 pub fn cancel(args: CancelArgs) -> Result<u8> {
@@ -233,7 +258,12 @@ pub fn send_event(args: SendEventArgs) -> Result<u8> {
             .collect()
     };
     let woken = ids(&answer["woken"]);
-    if woken.is_empty() {
+    if answer["buffered"] == json!(true) {
+        out(&format!(
+            "no instance waits for {} with key {} yet: the event is kept in the inbox (number {}) for the first wait that begins later",
+            args.event_type, args.key, answer["inbox_seq"]
+        ));
+    } else if woken.is_empty() {
         out(&format!(
             "no instance was waiting for {} with key {}",
             args.event_type, args.key
@@ -265,6 +295,111 @@ pub fn send_event(args: SendEventArgs) -> Result<u8> {
         );
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+pub fn inbox(command: InboxCommand) -> Result<u8> {
+    match command {
+        InboxCommand::List {
+            event_type,
+            key,
+            limit,
+            json,
+            daemon,
+        } => {
+            let client = Client::new(&daemon)?;
+            let limit = limit.to_string();
+            let mut query: Vec<(&str, &str)> = vec![("limit", limit.as_str())];
+            if let (Some(t), Some(k)) = (&event_type, &key) {
+                query.push(("type", t.as_str()));
+                query.push(("key", k.as_str()));
+            }
+            let page = client.get(&["v1", "inbox"], &query)?;
+            if json {
+                return print_json(&page).map(|_| 0);
+            }
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if events.is_empty() {
+                eprintln!("casework: the inbox is empty");
+                return Ok(0);
+            }
+            let mut rows = vec![[
+                "SEQ".to_string(),
+                "TYPE".to_string(),
+                "ARRIVED".to_string(),
+                "UNTIL".to_string(),
+            ]];
+            let text = |v: &Value| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            };
+            for e in &events {
+                rows.push([
+                    text(&e["seq"]),
+                    text(&e["type"]),
+                    text(&e["arrived"]),
+                    text(&e["until"]),
+                ]);
+            }
+            out(&align(&rows));
+            if !page["next_after"].is_null() {
+                eprintln!(
+                    "casework: showing the oldest {}; there are more (--limit up to 1000)",
+                    events.len()
+                );
+            }
+            Ok(0)
+        }
+        InboxCommand::Purge {
+            seqs,
+            event_type,
+            key,
+            daemon,
+        } => {
+            let client = Client::new(&daemon)?;
+            let mut purged = 0;
+            if let (Some(t), Some(k)) = (&event_type, &key) {
+                loop {
+                    let answer = client.delete(
+                        &["v1", "inbox"],
+                        &[("type", t.as_str()), ("key", k.as_str())],
+                    )?;
+                    let n = answer["purged"].as_u64().unwrap_or(0);
+                    purged += n;
+                    if n < MAX_PAGE as u64 {
+                        break;
+                    }
+                }
+            }
+            for seq in &seqs {
+                let answer = client.delete(&["v1", "inbox", &seq.to_string()], &[])?;
+                purged += answer["purged"].as_u64().unwrap_or(0);
+            }
+            out(&format!("purged {purged} buffered event(s)"));
+            Ok(0)
+        }
+    }
+}
+
+/// Rows as aligned columns.
+fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -205,8 +205,13 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                     event.event_type,
                     event.key
                 );
-                let woken = driver.deliver(event).await.map_err(|e| anyhow!(e))?;
-                if woken.is_empty() {
+                let delivered = driver
+                    .deliver_with(event, async |_| false)
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+                if delivered.buffered.is_some() {
+                    println!("  (nothing waits for it yet: kept in the inbox for the first wait that begins later)");
+                } else if delivered.woken.is_empty() {
                     println!("  (no instance was waiting for that key)");
                 }
             }

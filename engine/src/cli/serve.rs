@@ -85,6 +85,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let driver = Driver::with_lease(store, plugins, clock, None, cfg.lease_ms);
     driver.set_max_pending(cfg.max_pending);
+    driver.set_inbox(cfg.inbox);
     let reloader = Reloader::new(
         driver.clone(),
         cfg.workflows.clone(),

@@ -21,6 +21,12 @@ const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 const MIN_LEASE_MS: u64 = 500;
 /// An hour: past it a dead daemon's emergencies would wait too long for anyone to page.
 const MAX_LEASE_MS: u64 = 3_600_000;
+/// Longest time the inbox may keep an event (`inbox_keep`).
+const MAX_INBOX_KEEP_MS: u64 = 30 * 24 * 3_600_000;
+/// Bounds past which the inbox would hold more than a store should scan per key or keep.
+const MAX_INBOX_PER_KEY: usize = 10_000;
+const MAX_INBOX_TOTAL: usize = 10_000_000;
+
 /// A bound past which `max_pending` no longer protects memory (a million tasks in hand).
 const MAX_MAX_PENDING: u64 = 1_000_000;
 /// Shortest token secret accepted.
@@ -115,6 +121,17 @@ pub struct Flags {
     /// [env: CASEWORK_MAX_PENDING]
     #[arg(long, value_name = "N")]
     pub max_pending: Option<u64>,
+    /// How long an event that no step waits for yet is kept for a wait that begins later,
+    /// like 24h or 90m [default: 24h] [env: CASEWORK_INBOX_KEEP]
+    #[arg(long, value_name = "DURATION")]
+    pub inbox_keep: Option<String>,
+    /// Events kept for one event type and key; past it such events get 429 inbox_full
+    /// [default: 100] [env: CASEWORK_INBOX_PER_KEY]
+    #[arg(long, value_name = "N")]
+    pub inbox_per_key: Option<usize>,
+    /// Events kept in all [default: 100000] [env: CASEWORK_INBOX_TOTAL]
+    #[arg(long, value_name = "N")]
+    pub inbox_total: Option<usize>,
     /// How long this daemon keeps its instances after its last heartbeat, in ms: when it
     /// stops (killed, paused, cut off), other daemons on the same store take its running
     /// instances over after this long [default: 10000] [env: CASEWORK_LEASE_MS]
@@ -258,6 +275,9 @@ pub struct Layer {
     pub rate_burst: Option<u32>,
     pub no_reload: Option<bool>,
     pub max_pending: Option<u64>,
+    pub inbox_keep: Option<String>,
+    pub inbox_per_key: Option<usize>,
+    pub inbox_total: Option<usize>,
     pub lease_ms: Option<u64>,
     pub plugin_threads: Option<usize>,
     pub plugin_concurrency: Option<usize>,
@@ -283,6 +303,9 @@ const KEYS: &[&str] = &[
     "rate_burst",
     "no_reload",
     "max_pending",
+    "inbox_keep",
+    "inbox_per_key",
+    "inbox_total",
     "lease_ms",
     "plugin_threads",
     "plugin_concurrency",
@@ -305,6 +328,8 @@ fn expects(key: &str) -> Option<&'static str> {
         "rate_limit" | "rate_burst" => "a whole number of requests",
         "no_reload" => "true or false",
         "max_pending" => "a whole number of units of work",
+        "inbox_keep" => "a duration, like \"24h\" or \"90m\"",
+        "inbox_per_key" | "inbox_total" => "a whole number of events",
         "lease_ms" => "a whole number of milliseconds",
         "plugin_threads" => "a whole number of threads",
         "plugin_concurrency" | "plugin_queue" => "a whole number of calls",
@@ -334,6 +359,9 @@ impl Layer {
             rate_burst: upper.rate_burst.or(self.rate_burst),
             no_reload: upper.no_reload.or(self.no_reload),
             max_pending: upper.max_pending.or(self.max_pending),
+            inbox_keep: upper.inbox_keep.or(self.inbox_keep),
+            inbox_per_key: upper.inbox_per_key.or(self.inbox_per_key),
+            inbox_total: upper.inbox_total.or(self.inbox_total),
             lease_ms: upper.lease_ms.or(self.lease_ms),
             plugin_threads: upper.plugin_threads.or(self.plugin_threads),
             plugin_concurrency: upper.plugin_concurrency.or(self.plugin_concurrency),
@@ -360,6 +388,9 @@ impl Layer {
             rate_burst: f.rate_burst,
             no_reload: f.no_reload.then_some(true),
             max_pending: f.max_pending,
+            inbox_keep: f.inbox_keep.clone(),
+            inbox_per_key: f.inbox_per_key,
+            inbox_total: f.inbox_total,
             lease_ms: f.lease_ms,
             plugin_threads: f.plugin_threads,
             plugin_concurrency: f.plugin_concurrency,
@@ -451,6 +482,17 @@ impl Layer {
             max_pending: num(
                 "CASEWORK_MAX_PENDING",
                 get("CASEWORK_MAX_PENDING"),
+                "a whole number",
+            )?,
+            inbox_keep: get("CASEWORK_INBOX_KEEP"),
+            inbox_per_key: num(
+                "CASEWORK_INBOX_PER_KEY",
+                get("CASEWORK_INBOX_PER_KEY"),
+                "a whole number",
+            )?,
+            inbox_total: num(
+                "CASEWORK_INBOX_TOTAL",
+                get("CASEWORK_INBOX_TOTAL"),
                 "a whole number",
             )?,
             lease_ms: num(
@@ -547,6 +589,37 @@ impl Layer {
                     "{}: {n} is out of range ({MIN_LEASE_MS} to {MAX_LEASE_MS} ms); shorter leases fail over sooner but need heartbeats that often",
                     name("lease_ms")
                 ));
+            }
+        }
+        if let Some(keep) = &self.inbox_keep {
+            match crate::definition::Duration::parse(keep) {
+                Ok(d) if d.as_millis() > 0 && d.as_millis() <= MAX_INBOX_KEEP_MS => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{}: `{keep}` is out of range (1ms to 30d)",
+                        name("inbox_keep")
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{}: {e}; give {}",
+                        name("inbox_keep"),
+                        expects("inbox_keep").unwrap_or("")
+                    ))
+                }
+            }
+        }
+        for (key, value, max) in [
+            ("inbox_per_key", self.inbox_per_key, MAX_INBOX_PER_KEY),
+            ("inbox_total", self.inbox_total, MAX_INBOX_TOTAL),
+        ] {
+            if let Some(n) = value {
+                if n == 0 || n > max {
+                    return Err(format!(
+                        "{}: {n} is out of range (1 to {max} events)",
+                        name(key)
+                    ));
+                }
             }
         }
         if self.rate_burst == Some(0) {
@@ -714,6 +787,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub no_reload: bool,
     pub max_pending: usize,
+    /// Events kept for waits that begin later.
+    pub inbox: crate::daemon::driver::InboxSettings,
     /// See [`crate::daemon::driver::DEFAULT_LEASE_MS`].
     pub lease_ms: i64,
     /// Sizes of the plugin pool.
@@ -815,6 +890,20 @@ impl Config {
             max_pending: l
                 .max_pending
                 .map_or(crate::daemon::driver::DEFAULT_MAX_PENDING, |n| n as usize),
+            inbox: {
+                use crate::daemon::driver as d;
+                d::InboxSettings {
+                    keep_ms: l
+                        .inbox_keep
+                        .as_deref()
+                        .and_then(|k| crate::definition::Duration::parse(k).ok())
+                        .map_or(d::DEFAULT_INBOX_KEEP_MS, |k| k.as_millis() as i64),
+                    bounds: crate::store::InboxBounds {
+                        per_key: l.inbox_per_key.unwrap_or(d::DEFAULT_INBOX_PER_KEY),
+                        total: l.inbox_total.unwrap_or(d::DEFAULT_INBOX_TOTAL),
+                    },
+                }
+            },
             lease_ms: l
                 .lease_ms
                 .map_or(crate::daemon::driver::DEFAULT_LEASE_MS, |n| n as i64),

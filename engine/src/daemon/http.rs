@@ -20,7 +20,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Req
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -71,6 +71,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/instances/{id}/cancel", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
+    route("GET", "/v1/inbox", Some(Scope::Read)),
+    route("DELETE", "/v1/inbox", Some(Scope::Admin)),
+    route("DELETE", "/v1/inbox/{seq}", Some(Scope::Admin)),
     route("GET", "/v1/reports", Some(Scope::Read)),
 ];
 
@@ -87,6 +90,9 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("POST", "/v1/instances/{id}/cancel") => post(cancel),
         ("POST", "/v1/instances/{id}/retry") => post(retry),
         ("POST", "/v1/events") => post(deliver),
+        ("GET", "/v1/inbox") => get(list_inbox),
+        ("DELETE", "/v1/inbox") => delete(purge_inbox),
+        ("DELETE", "/v1/inbox/{seq}") => delete(purge_buffered),
         ("GET", "/v1/reports") => get(reports),
         (m, p) => unreachable!("route {m} {p} has no handler"),
     }
@@ -934,16 +940,136 @@ async fn deliver(
         id: b.id,
     };
     let d = &api.driver;
-    let woken = d.deliver(event.clone()).await.map_err(|e| match e {
-        DeliverError::Overloaded(o) => overloaded(o),
-        DeliverError::Internal(e) => internal(e),
-    })?;
-    let triggered = super::triggers::start_for_event(d, &event).await;
+    let mut triggered = None;
+    let delivered = d
+        .deliver_with(event, async |e: &Event| {
+            let t = super::triggers::start_for_event(d, e).await;
+            let started = !t.started.is_empty();
+            triggered = Some(t);
+            started
+        })
+        .await
+        .map_err(|e| match e {
+            DeliverError::Overloaded(o) => overloaded(o),
+            DeliverError::InboxFull(f) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "inbox_full", f.to_string())
+            }
+            DeliverError::Internal(e) => internal(e),
+        })?;
+    let triggered = triggered.unwrap_or_default();
     Ok(Json(json!({
-        "woken": woken,
+        "woken": delivered.woken,
+        "buffered": delivered.buffered.is_some(),
+        "inbox_seq": delivered.buffered,
         "started": triggered.started,
         "trigger_errors": triggered.failed,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    key: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl InboxQuery {
+    /// The type and key to filter by: both or neither (a key alone matches nothing known).
+    fn filter(&self) -> Result<Option<(&str, &str)>, ApiError> {
+        match (&self.event_type, &self.key) {
+            (Some(t), Some(k)) => Ok(Some((t, k))),
+            (None, None) => Ok(None),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "give both `type` and `key` to pick the events of one wait, or neither",
+            )),
+        }
+    }
+}
+
+/// Most buffered events one list request answers, and one purge request removes.
+const INBOX_PAGE_MAX: usize = 1000;
+
+fn inbox_query(query: Result<Query<InboxQuery>, QueryRejection>) -> Result<InboxQuery, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    Ok(q)
+}
+
+/// Buffered events, oldest first. The key and data are not shown (they may be personal
+/// data); ask with `type` and `key` to see the events of one wait.
+async fn list_inbox(
+    State(api): State<Api>,
+    query: Result<Query<InboxQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = inbox_query(query)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, INBOX_PAGE_MAX);
+    let events = api
+        .driver
+        .inbox(q.filter()?, q.after, limit)
+        .map_err(internal)?;
+    let next = (events.len() == limit)
+        .then(|| events.last().map(|b| b.stamp.seq))
+        .flatten();
+    let format = crate::calendar::time::format_ms;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|b| {
+            json!({
+                "seq": b.stamp.seq,
+                "type": b.event.event_type,
+                "arrived": format(b.stamp.arrived),
+                "until": format(b.stamp.until),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"events": events, "next_after": next})))
+}
+
+/// Purge the buffered events of one type and key (up to [`INBOX_PAGE_MAX`] per request).
+async fn purge_inbox(
+    State(api): State<Api>,
+    query: Result<Query<InboxQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = inbox_query(query)?;
+    let Some(filter) = q.filter()? else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "name the events to purge with `type` and `key`, or purge one with DELETE /v1/inbox/{seq}",
+        ));
+    };
+    let d = &api.driver;
+    let seqs: Vec<u64> = d
+        .inbox(Some(filter), None, INBOX_PAGE_MAX)
+        .map_err(internal)?
+        .iter()
+        .map(|b| b.stamp.seq)
+        .collect();
+    let purged = d.purge(&seqs).await.map_err(internal)?;
+    Ok(Json(json!({"purged": purged})))
+}
+
+async fn purge_buffered(
+    State(api): State<Api>,
+    Path(seq): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "buffered_event_not_found",
+            format!("no buffered event `{seq}` (delivered, purged or expired already?); list them with GET /v1/inbox"),
+        )
+    };
+    let n: u64 = seq.parse().map_err(|_| not_found())?;
+    match api.driver.purge(&[n]).await.map_err(internal)? {
+        0 => Err(not_found()),
+        _ => Ok(Json(json!({"purged": 1}))),
+    }
 }
 
 #[cfg(test)]

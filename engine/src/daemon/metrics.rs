@@ -132,10 +132,14 @@ impl CounterFamily {
     }
 
     fn inc(&self, values: &[&str]) {
+        self.add(values, 1);
+    }
+
+    fn add(&self, values: &[&str], n: u64) {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         *series
             .entry(values.iter().map(|v| v.to_string()).collect())
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     fn render(&self, out: &mut String) {
@@ -186,6 +190,7 @@ pub struct Metrics {
     flushes: HistogramFamily,
     rule_errors: CounterFamily,
     http: CounterFamily,
+    inbox: CounterFamily,
     /// Starts, events and retries refused because the work in hand was at `max_pending`.
     overloaded: std::sync::atomic::AtomicU64,
 }
@@ -220,6 +225,11 @@ impl Default for Metrics {
                 "casework_http_requests_total",
                 "HTTP requests answered, by route and status.",
                 &["method", "route", "status"],
+            ),
+            inbox: CounterFamily::new(
+                "casework_inbox_events_total",
+                "Events that came before their wait, by what became of them: buffered, handed_over (to a wait that began later), returned (to the inbox by an instance that no longer waited), expired, purged, refused (inbox full).",
+                &["outcome"],
             ),
             overloaded: Default::default(),
         }
@@ -263,6 +273,11 @@ impl Metrics {
 
     pub fn rule_error(&self, workflow: &str) {
         self.rule_errors.inc(&[workflow]);
+    }
+
+    /// `outcome`: buffered, handed_over, returned, expired, purged or refused.
+    pub fn inbox(&self, outcome: &str, n: u64) {
+        self.inbox.add(&[outcome], n);
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16) {
@@ -355,6 +370,7 @@ impl Metrics {
         self.rule_errors.render(&mut out);
         self.flushes.render(&mut out);
         self.http.render(&mut out);
+        self.inbox.render(&mut out);
         out
     }
 }

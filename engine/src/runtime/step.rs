@@ -152,8 +152,15 @@ impl Instance {
                 fired = Some(t);
             }
             Input::Event(event) => {
-                records.extend(self.on_event(wf, &event, now));
-                reply = Reply::Woken(!records.is_empty());
+                // Received before: it counts as delivered here, and is not taken again.
+                let had = event
+                    .id
+                    .as_ref()
+                    .is_some_and(|id| self.received.contains(id));
+                if !had {
+                    records.extend(self.on_event(wf, &event, now));
+                }
+                reply = Reply::Woken(had || !records.is_empty());
             }
             Input::ChildFinished { child, result } => {
                 records.extend(self.on_child_finished(wf, &child, result, now))

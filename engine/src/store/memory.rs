@@ -66,6 +66,9 @@ struct Data {
     mail: BTreeMap<(String, u64), Mail>,
     /// Last mail number handed out.
     mail_seq: u64,
+    inbox: BTreeMap<u64, Buffered>,
+    /// Last inbox number handed out.
+    inbox_seq: u64,
 }
 
 #[derive(Clone)]
@@ -82,6 +85,13 @@ enum Op {
     EventAnswer(String, Value),
     Post(String, u64, Mail),
     MailDone(String, Vec<u64>),
+    Buffer(Buffered),
+    /// Inbox entry to an instance's mail (under this mail number), atomic like a sled
+    /// transaction.
+    HandOver(u64, String, u64),
+    /// An instance's mail back to the inbox, atomic.
+    HandBack(String, u64, Buffered),
+    Unbuffer(u64),
 }
 
 fn timer_tuple(t: &Timer) -> (Millis, String, u32) {
@@ -139,6 +149,34 @@ impl Data {
                 for seq in seqs {
                     self.mail.remove(&(instance.clone(), *seq));
                 }
+            }
+            Op::Buffer(b) => {
+                self.inbox_seq = self.inbox_seq.max(b.stamp.seq);
+                if let Some(id) = &b.event.id {
+                    self.events.insert(id.clone(), buffered_answer(b.stamp.seq));
+                }
+                self.inbox.insert(b.stamp.seq, b.clone());
+            }
+            Op::HandOver(seq, instance, mail_seq) => {
+                if let Some(b) = self.inbox.remove(seq) {
+                    self.mail_seq = self.mail_seq.max(*mail_seq);
+                    self.mail.insert(
+                        (instance.clone(), *mail_seq),
+                        Mail::Event {
+                            event: b.event,
+                            buffered: Some(b.stamp),
+                        },
+                    );
+                }
+            }
+            Op::HandBack(instance, mail_seq, b) => {
+                if self.mail.remove(&(instance.clone(), *mail_seq)).is_some() {
+                    self.inbox_seq = self.inbox_seq.max(b.stamp.seq);
+                    self.inbox.insert(b.stamp.seq, b.clone());
+                }
+            }
+            Op::Unbuffer(seq) => {
+                self.inbox.remove(seq);
             }
         }
     }
@@ -490,6 +528,148 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    fn buffer(
+        &self,
+        event: &Event,
+        arrived: Millis,
+        until: Millis,
+        bounds: InboxBounds,
+    ) -> Result<Inboxed> {
+        let mut g = self.lock()?;
+        let inbox = &g.live.inbox;
+        if inbox.len() >= bounds.total {
+            return Ok(Inboxed::Full {
+                per_key: false,
+                limit: bounds.total,
+            });
+        }
+        let same = inbox
+            .values()
+            .filter(|b| b.event.event_type == event.event_type && b.event.key == event.key)
+            .count();
+        if same >= bounds.per_key {
+            return Ok(Inboxed::Full {
+                per_key: true,
+                limit: bounds.per_key,
+            });
+        }
+        let seq = g.live.inbox_seq + 1;
+        let stamp = Stamp {
+            seq,
+            arrived,
+            until,
+        };
+        Self::push(
+            &mut g,
+            Op::Buffer(Buffered {
+                event: event.clone(),
+                stamp,
+            }),
+        );
+        Ok(Inboxed::Kept(seq))
+    }
+
+    fn buffered(
+        &self,
+        event_type: &str,
+        key: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Buffered>> {
+        let g = self.lock()?;
+        Ok(g.live
+            .inbox
+            .values()
+            .filter(|b| {
+                b.event.event_type == event_type && b.event.key == key && b.stamp.until >= now
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn inbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<Buffered>> {
+        let g = self.lock()?;
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        Ok(g.live
+            .inbox
+            .range(from..)
+            .take(limit)
+            .map(|(_, b)| b.clone())
+            .collect())
+    }
+
+    fn hand_over(&self, seq: u64, instance: &str) -> Result<bool> {
+        let mut g = self.lock()?;
+        if !g.live.inbox.contains_key(&seq) {
+            return Ok(false);
+        }
+        let mail_seq = g.live.mail_seq + 1;
+        Self::push(&mut g, Op::HandOver(seq, instance.to_string(), mail_seq));
+        Ok(true)
+    }
+
+    fn hand_back(
+        &self,
+        instance: &str,
+        mail_seq: u64,
+        event: &Event,
+        stamp: Stamp,
+    ) -> Result<Option<u64>> {
+        let mut g = self.lock()?;
+        if !g.live.mail.contains_key(&(instance.to_string(), mail_seq)) {
+            return Ok(None);
+        }
+        let mut stamp = stamp;
+        if stamp.seq == 0 {
+            stamp.seq = g.live.inbox_seq + 1;
+        }
+        Self::push(
+            &mut g,
+            Op::HandBack(
+                instance.to_string(),
+                mail_seq,
+                Buffered {
+                    event: event.clone(),
+                    stamp,
+                },
+            ),
+        );
+        Ok(Some(stamp.seq))
+    }
+
+    fn purge(&self, seq: u64) -> Result<bool> {
+        let mut g = self.lock()?;
+        if !g.live.inbox.contains_key(&seq) {
+            return Ok(false);
+        }
+        Self::push(&mut g, Op::Unbuffer(seq));
+        Ok(true)
+    }
+
+    fn expire(&self, now: Millis, limit: usize) -> Result<usize> {
+        let mut g = self.lock()?;
+        let old: Vec<u64> = g
+            .live
+            .inbox
+            .values()
+            .take_while(|b| b.stamp.until < now)
+            .take(limit)
+            .map(|b| b.stamp.seq)
+            .collect();
+        for seq in &old {
+            Self::push(&mut g, Op::Unbuffer(*seq));
+        }
+        Ok(old.len())
+    }
+}
+
+impl MemoryStore {
+    fn push(g: &mut Shared, op: Op) {
+        g.live.apply(&op);
+        g.pending.push(op);
     }
 }
 

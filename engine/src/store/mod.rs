@@ -101,6 +101,10 @@ pub enum Ownership {
 pub enum Mail {
     Event {
         event: Event,
+        /// Set when the event came out of the inbox: where it goes back to, in its place
+        /// in arrival order, if the instance turns out not to wait for it any more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        buffered: Option<Stamp>,
     },
     ChildFinished {
         child: String,
@@ -110,6 +114,48 @@ pub enum Mail {
         reason: String,
     },
     Retry,
+}
+
+/// An event kept because nothing waited for its type and key when it came, until a wait
+/// that starts later takes it ([`Store::hand_over`]) or it expires.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffered {
+    pub event: Event,
+    #[serde(flatten)]
+    pub stamp: Stamp,
+}
+
+/// Where a buffered event stands in the inbox: its number (arrival order) and lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Grows with arrival: lower numbers are delivered first.
+    pub seq: u64,
+    pub arrived: Millis,
+    /// Dropped after this instant (the inbox's time to live).
+    pub until: Millis,
+}
+
+/// How much the inbox holds before it refuses ([`Inboxed::Full`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxBounds {
+    /// Events kept for one type and key.
+    pub per_key: usize,
+    /// Events kept in all.
+    pub total: usize,
+}
+
+/// What [`Store::buffer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inboxed {
+    /// Kept under this number.
+    Kept(u64),
+    /// Nothing was written: a bound is reached. `per_key` says which one.
+    Full { per_key: bool, limit: usize },
+}
+
+/// The answer kept for an event id when the event went to the inbox as number `seq`.
+pub fn buffered_answer(seq: u64) -> serde_json::Value {
+    serde_json::json!({"woken": [], "buffered": seq})
 }
 
 /// An idempotency key, claimed by the first write of the instance it starts.
@@ -222,6 +268,55 @@ pub trait Store: Send + Sync + 'static {
     fn on_mail(&self, daemon: &str, wake: MailHint) {
         let _ = (daemon, wake);
     }
+
+    // The inbox: events that came before anything waited for them.
+    //
+    // An event nobody waits for is kept ([`Store::buffer`]); whoever delivers it later
+    // moves it into one instance's mail ([`Store::hand_over`], atomic: of two takers one
+    // gets it), and the instance's batch that handles it removes the mail as any other.
+    // An instance that turns out not to wait for it any more puts it back in its place
+    // ([`Store::hand_back`], atomic too). So an event is, at every moment and across any
+    // crash, in exactly one place: the inbox or one instance's mail or its journal.
+
+    /// Keep `event` in the inbox until `until`, unless a bound is reached. An event with an
+    /// id gets its answer (see [`Store::event_answer`]), [`buffered_answer`], in the same
+    /// atomic write: a crash cannot keep the event without it, so the client's resend
+    /// after that crash finds the answer instead of keeping the event twice.
+    fn buffer(
+        &self,
+        event: &Event,
+        arrived: Millis,
+        until: Millis,
+        bounds: InboxBounds,
+    ) -> Result<Inboxed>;
+    /// Buffered events of a type and key not expired at `now`, oldest first.
+    fn buffered(
+        &self,
+        event_type: &str,
+        key: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Buffered>>;
+    /// Every buffered event, oldest first, starting after number `after`.
+    fn inbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<Buffered>>;
+    /// Move buffered event `seq` into `instance`'s mail, in one atomic write. False when
+    /// it is gone (another instance took it, it was purged or expired).
+    fn hand_over(&self, seq: u64, instance: &str) -> Result<bool>;
+    /// Move mail `mail_seq` of `instance` (an event it did not wait for) into the inbox
+    /// under `stamp`, in one atomic write. A stamp with number 0 gets a fresh number. No
+    /// bound is checked: the event was admitted once already. The number it is kept
+    /// under, or None when the mail was gone (handled or handed back already).
+    fn hand_back(
+        &self,
+        instance: &str,
+        mail_seq: u64,
+        event: &Event,
+        stamp: Stamp,
+    ) -> Result<Option<u64>>;
+    /// Remove buffered event `seq`. False when it was not there.
+    fn purge(&self, seq: u64) -> Result<bool>;
+    /// Remove up to `limit` events whose time ran out before `now`; how many.
+    fn expire(&self, now: Millis, limit: usize) -> Result<usize>;
 }
 
 /// What [`Store::on_mail`] calls: cheap, never blocking (it runs on the store's threads).

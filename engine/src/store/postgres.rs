@@ -115,6 +115,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE SEQUENCE casework_epochs;
     "#,
+    // 2: the inbox of events that came before their wait. The size row is the lock that
+    // keeps the bounds across daemons (every change of the inbox updates it).
+    r#"
+    CREATE TABLE casework_inbox (
+        seq BIGSERIAL PRIMARY KEY,
+        event_type TEXT COLLATE "C" NOT NULL,
+        key_hash BYTEA NOT NULL,
+        until_at BIGINT NOT NULL,
+        value BYTEA NOT NULL
+    );
+    CREATE INDEX casework_inbox_key ON casework_inbox (event_type, key_hash, seq);
+    CREATE INDEX casework_inbox_until ON casework_inbox (until_at);
+    CREATE TABLE casework_inbox_size (
+        one BOOL PRIMARY KEY CHECK (one),
+        n BIGINT NOT NULL
+    );
+    INSERT INTO casework_inbox_size VALUES (TRUE, 0);
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -1430,6 +1448,310 @@ impl Store for PgStore {
             rows.iter().map(|r| r.try_get(0).map_err(col)).collect()
         })
     }
+
+    fn buffer(
+        &self,
+        event: &Event,
+        arrived: Millis,
+        until: Millis,
+        bounds: InboxBounds,
+    ) -> Result<Inboxed> {
+        let event = Arc::new(event.clone());
+        let key_hash = self.shared.sealer.index_id("wait", &event.key).to_vec();
+        self.transact(move |s| {
+            let (event, key_hash) = (event.clone(), key_hash.clone());
+            async move {
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                let n = resize_inbox(&t, 1).await?;
+                if n > limit(bounds.total) {
+                    t.rollback().await?;
+                    return Ok(Inboxed::Full {
+                        per_key: false,
+                        limit: bounds.total,
+                    });
+                }
+                let same: i64 = t
+                    .query_one(
+                        "SELECT count(*) FROM (SELECT 1 FROM casework_inbox \
+                         WHERE event_type = $1 AND key_hash = $2 LIMIT $3) k",
+                        &[&event.event_type, &key_hash, &limit(bounds.per_key)],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if same >= limit(bounds.per_key) {
+                    t.rollback().await?;
+                    return Ok(Inboxed::Full {
+                        per_key: true,
+                        limit: bounds.per_key,
+                    });
+                }
+                // The number first: the value is sealed bound to it.
+                let seq: i64 = t
+                    .query_one(
+                        "SELECT nextval(pg_get_serial_sequence('casework_inbox', 'seq'))",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let number = u64::try_from(seq)
+                    .map_err(|_| Error::Io(format!("negative inbox number {seq}")))?;
+                let entry = Buffered {
+                    event: (*event).clone(),
+                    stamp: Stamp {
+                        seq: number,
+                        arrived,
+                        until,
+                    },
+                };
+                let value = s.seal("inbox", &inbox_seal_key(number), &json(&entry)?)?;
+                t.execute(
+                    "INSERT INTO casework_inbox (seq, event_type, key_hash, until_at, value) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&seq, &event.event_type, &key_hash, &until, &value],
+                )
+                .await?;
+                if let Some(id) = &event.id {
+                    let id_hash = s.sealer.index_id("event", id).to_vec();
+                    let answer = s.seal("events", &id_hash, &json(&buffered_answer(number))?)?;
+                    t.execute(
+                        "INSERT INTO casework_events (id_hash, value) VALUES ($1, $2) \
+                         ON CONFLICT (id_hash) DO UPDATE SET value = EXCLUDED.value",
+                        &[&id_hash, &answer],
+                    )
+                    .await?;
+                }
+                t.commit().await?;
+                Ok(Inboxed::Kept(number))
+            }
+        })
+    }
+
+    fn buffered(
+        &self,
+        event_type: &str,
+        key: &str,
+        now: Millis,
+        limit_: usize,
+    ) -> Result<Vec<Buffered>> {
+        let event_type = event_type.to_string();
+        let key_hash = self.shared.sealer.index_id("wait", key).to_vec();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT seq, value FROM casework_inbox \
+                     WHERE event_type = $1 AND key_hash = $2 AND until_at >= $3 \
+                     ORDER BY seq LIMIT $4",
+                    &[&event_type, &key_hash, &now, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            buffered_rows(&s, &rows)
+        })
+    }
+
+    fn inbox(&self, after: Option<u64>, limit_: usize) -> Result<Vec<Buffered>> {
+        let after = big(after.unwrap_or(0))?;
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT seq, value FROM casework_inbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            buffered_rows(&s, &rows)
+        })
+    }
+
+    fn hand_over(&self, seq: u64, instance: &str) -> Result<bool> {
+        let instance = instance.to_string();
+        let seq = big(seq)?;
+        self.transact(move |s| {
+            let instance = instance.clone();
+            async move {
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                resize_inbox(&t, 0).await?;
+                let Some(row) = t
+                    .query_opt(
+                        "DELETE FROM casework_inbox WHERE seq = $1 RETURNING value",
+                        &[&seq],
+                    )
+                    .await?
+                else {
+                    t.rollback().await?;
+                    return Ok(false);
+                };
+                resize_inbox(&t, -1).await?;
+                let entry = open_buffered(&s, seq, &row.try_get::<_, Vec<u8>>(0)?)?;
+                let mail_seq: i64 = t
+                    .query_one(
+                        "SELECT nextval(pg_get_serial_sequence('casework_mail', 'seq'))",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let number = u64::try_from(mail_seq)
+                    .map_err(|_| Error::Io(format!("negative mail number {mail_seq}")))?;
+                let letter = Mail::Event {
+                    event: entry.event,
+                    buffered: Some(entry.stamp),
+                };
+                let value = s.seal("mail", &seq_key(&instance, number), &json(&letter)?)?;
+                // The owner is told as `post` tells it.
+                t.execute(
+                    "WITH m AS (INSERT INTO casework_mail (seq, instance, value) VALUES ($1, $2, $3)) \
+                     SELECT pg_notify('casework_mail', owner) FROM casework_instances \
+                     WHERE id = $2 AND owner IS NOT NULL",
+                    &[&mail_seq, &instance, &value],
+                )
+                .await?;
+                t.commit().await?;
+                Ok(true)
+            }
+        })
+    }
+
+    fn hand_back(
+        &self,
+        instance: &str,
+        mail_seq: u64,
+        event: &Event,
+        stamp: Stamp,
+    ) -> Result<Option<u64>> {
+        let instance = instance.to_string();
+        let event = Arc::new(event.clone());
+        let mail_seq = big(mail_seq)?;
+        let key_hash = self.shared.sealer.index_id("wait", &event.key).to_vec();
+        self.transact(move |s| {
+            let (instance, event, key_hash) = (instance.clone(), event.clone(), key_hash.clone());
+            async move {
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                resize_inbox(&t, 0).await?;
+                let gone = t
+                    .execute(
+                        "DELETE FROM casework_mail WHERE seq = $1 AND instance = $2",
+                        &[&mail_seq, &instance],
+                    )
+                    .await?;
+                if gone == 0 {
+                    t.rollback().await?;
+                    return Ok(None);
+                }
+                let mut stamp = stamp;
+                if stamp.seq == 0 {
+                    let seq: i64 = t
+                        .query_one(
+                            "SELECT nextval(pg_get_serial_sequence('casework_inbox', 'seq'))",
+                            &[],
+                        )
+                        .await?
+                        .try_get(0)?;
+                    stamp.seq = u64::try_from(seq)
+                        .map_err(|_| Error::Io(format!("negative inbox number {seq}")))?;
+                }
+                let entry = Buffered {
+                    event: (*event).clone(),
+                    stamp,
+                };
+                let value = s.seal("inbox", &inbox_seal_key(stamp.seq), &json(&entry)?)?;
+                t.execute(
+                    "INSERT INTO casework_inbox (seq, event_type, key_hash, until_at, value) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &big(stamp.seq)?,
+                        &event.event_type,
+                        &key_hash,
+                        &stamp.until,
+                        &value,
+                    ],
+                )
+                .await?;
+                resize_inbox(&t, 1).await?;
+                t.commit().await?;
+                Ok(Some(stamp.seq))
+            }
+        })
+    }
+
+    fn purge(&self, seq: u64) -> Result<bool> {
+        let seq = big(seq)?;
+        self.transact(move |s| async move {
+            let mut c = s.client().await?;
+            let t = c.transaction().await?;
+            resize_inbox(&t, 0).await?;
+            let gone = t
+                .execute("DELETE FROM casework_inbox WHERE seq = $1", &[&seq])
+                .await?;
+            resize_inbox(&t, -(gone as i64)).await?;
+            t.commit().await?;
+            Ok(gone > 0)
+        })
+    }
+
+    fn expire(&self, now: Millis, limit_: usize) -> Result<usize> {
+        self.transact(move |s| async move {
+            let mut c = s.client().await?;
+            let t = c.transaction().await?;
+            resize_inbox(&t, 0).await?;
+            let gone = t
+                .execute(
+                    "DELETE FROM casework_inbox WHERE seq IN \
+                     (SELECT seq FROM casework_inbox WHERE until_at < $1 ORDER BY until_at LIMIT $2)",
+                    &[&now, &limit(limit_)],
+                )
+                .await?;
+            resize_inbox(&t, -(gone as i64)).await?;
+            t.commit().await?;
+            Ok(gone as usize)
+        })
+    }
+}
+
+/// The inbox key a buffered event is sealed under: its number.
+fn inbox_seal_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn open_buffered(s: &Shared, seq: i64, value: &[u8]) -> Result<Buffered> {
+    let corrupt = |detail: String| Error::Corrupt {
+        instance: "(inbox)".into(),
+        detail,
+    };
+    let n = u64::try_from(seq).map_err(|_| corrupt(format!("negative inbox number {seq}")))?;
+    let plain = s
+        .sealer
+        .open("inbox", &inbox_seal_key(n), value)
+        .map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))
+}
+
+fn buffered_rows(s: &Shared, rows: &[tokio_postgres::Row]) -> Result<Vec<Buffered>> {
+    rows.iter()
+        .map(|r| {
+            let seq: i64 = r.try_get(0).map_err(col)?;
+            let value: Vec<u8> = r.try_get(1).map_err(col)?;
+            open_buffered(s, seq, &value)
+        })
+        .collect()
+}
+
+/// Change the inbox size by `delta` in transaction `t`, taking the row lock every inbox
+/// change holds until it commits.
+async fn resize_inbox(
+    t: &deadpool_postgres::Transaction<'_>,
+    delta: i64,
+) -> std::result::Result<i64, TxError> {
+    Ok(t.query_one(
+        "UPDATE casework_inbox_size SET n = GREATEST(n + $1, 0) WHERE one RETURNING n",
+        &[&delta],
+    )
+    .await?
+    .try_get(0)?)
 }
 
 /// A database of its own on a server, for `casework bench`: created empty, dropped with

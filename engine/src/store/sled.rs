@@ -23,6 +23,12 @@ pub struct SledStore {
     waits: ::sled::Tree,
     events: ::sled::Tree,
     mail: ::sled::Tree,
+    /// Buffered events by number (sealed), and by type and key hash then number (empty).
+    inbox: ::sled::Tree,
+    inbox_keys: ::sled::Tree,
+    /// How many events the inbox holds, counted at first use (sled's `len` walks the
+    /// tree); held while the inbox changes.
+    inbox_count: std::sync::Mutex<Option<usize>>,
     /// Whether `orphans` has scanned the whole index once.
     orphans_scanned: std::sync::atomic::AtomicBool,
     /// Since then: instances that became runnable with no owner (written without a claim,
@@ -52,7 +58,7 @@ const SEAL_TREE: &str = "seal";
 const CHECK_KEY: &[u8] = b"check";
 const CHECK_TEXT: &[u8] = b"casework journal key check v1";
 /// Trees whose content says the data directory is in use.
-const DATA_TREES: [&str; 8] = [
+const DATA_TREES: [&str; 10] = [
     "journal",
     "instances",
     "definitions",
@@ -61,6 +67,8 @@ const DATA_TREES: [&str; 8] = [
     "waits",
     "events",
     "mail",
+    "inbox",
+    "inbox_keys",
 ];
 
 impl SledStore {
@@ -158,6 +166,9 @@ impl SledStore {
             waits: t("waits")?,
             events: t("events")?,
             mail: t("mail")?,
+            inbox: t("inbox")?,
+            inbox_keys: t("inbox_keys")?,
+            inbox_count: Default::default(),
             orphans_scanned: Default::default(),
             loose: Default::default(),
             leases: Default::default(),
@@ -280,6 +291,65 @@ fn refuse_unsealed_data(db: &::sled::Db, dir: &Path) -> Result<()> {
 
 fn is_runnable(m: &InstanceMeta) -> bool {
     m.status == "running" || m.status == "compensating"
+}
+
+/// Why a transaction over the inbox stopped.
+enum Abort {
+    Gone,
+    Io(Error),
+}
+
+fn tx_error(e: ::sled::transaction::TransactionError<Abort>) -> Abort {
+    match e {
+        ::sled::transaction::TransactionError::Abort(a) => a,
+        ::sled::transaction::TransactionError::Storage(e) => Abort::Io(io(e)),
+    }
+}
+
+impl SledStore {
+    fn inbox_key(&self, event_type: &str, key: &str, seq: u64) -> Vec<u8> {
+        let mut k = self.wait_prefix(event_type, key);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    fn open_buffered(&self, k: &[u8], v: &[u8]) -> Result<Buffered> {
+        let corrupt = |detail: String| Error::Corrupt {
+            instance: "(inbox)".into(),
+            detail,
+        };
+        let plain = self
+            .sealer
+            .open("inbox", k, v)
+            .map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// The inbox count, counted now if it never was; the guard is held while it changes.
+    fn inbox_count(&self) -> Result<std::sync::MutexGuard<'_, Option<usize>>> {
+        let mut g = self.inbox_count.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(self.inbox.len());
+        }
+        Ok(g)
+    }
+
+    fn unbuffer(&self, seq: u64, count: &mut Option<usize>) -> Result<bool> {
+        let k = seq.to_be_bytes();
+        let Some(v) = self.inbox.get(k).map_err(io)? else {
+            return Ok(false);
+        };
+        // The value first: a key entry left without it is skipped and cleaned up.
+        let b = self.open_buffered(&k, &v)?;
+        self.inbox.remove(k).map_err(io)?;
+        self.inbox_keys
+            .remove(self.inbox_key(&b.event.event_type, &b.event.key, seq))
+            .map_err(io)?;
+        if let Some(c) = count {
+            *c = c.saturating_sub(1);
+        }
+        Ok(true)
+    }
 }
 
 fn instance_prefix(instance: &str) -> Vec<u8> {
@@ -669,6 +739,227 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn buffer(
+        &self,
+        event: &Event,
+        arrived: Millis,
+        until: Millis,
+        bounds: InboxBounds,
+    ) -> Result<Inboxed> {
+        let mut count = self.inbox_count()?;
+        if count.unwrap_or(0) >= bounds.total {
+            return Ok(Inboxed::Full {
+                per_key: false,
+                limit: bounds.total,
+            });
+        }
+        let prefix = self.wait_prefix(&event.event_type, &event.key);
+        if self
+            .inbox_keys
+            .scan_prefix(&prefix)
+            .take(bounds.per_key)
+            .count()
+            >= bounds.per_key
+        {
+            return Ok(Inboxed::Full {
+                per_key: true,
+                limit: bounds.per_key,
+            });
+        }
+        let seq = self.db.generate_id().map_err(io)? + 1;
+        let entry = Buffered {
+            event: event.clone(),
+            stamp: Stamp {
+                seq,
+                arrived,
+                until,
+            },
+        };
+        let k = seq.to_be_bytes();
+        let index = self.inbox_key(&event.event_type, &event.key, seq);
+        let value = self.seal("inbox", &k, &json(&entry)?)?;
+        let answer = match &event.id {
+            Some(id) => {
+                let ak = self.sealer.index_id("event", id);
+                let av = self.seal("events", &ak, &json(&buffered_answer(seq))?)?;
+                Some((ak, av))
+            }
+            None => None,
+        };
+        {
+            use ::sled::Transactional;
+            (&self.inbox, &self.inbox_keys, &self.events)
+                .transaction(|(inbox, keys, events)| {
+                    keys.insert(index.clone(), &[])?;
+                    inbox.insert(&k, value.clone())?;
+                    if let Some((ak, av)) = &answer {
+                        events.insert(&ak[..], av.clone())?;
+                    }
+                    Ok::<(), ::sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    ::sled::transaction::TransactionError::Storage(e) => io(e),
+                    ::sled::transaction::TransactionError::Abort(()) => {
+                        Error::Io("the inbox write was aborted".into())
+                    }
+                })?;
+        }
+        *count = Some(count.unwrap_or(0) + 1);
+        Ok(Inboxed::Kept(seq))
+    }
+
+    fn buffered(
+        &self,
+        event_type: &str,
+        key: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Buffered>> {
+        let prefix = self.wait_prefix(event_type, key);
+        let mut out = Vec::new();
+        for kv in self.inbox_keys.scan_prefix(&prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv.map_err(io)?;
+            let Some(seq) = k.get(prefix.len()..).and_then(|s| s.try_into().ok()) else {
+                continue;
+            };
+            let seq = u64::from_be_bytes(seq);
+            let Some(v) = self.inbox.get(seq.to_be_bytes()).map_err(io)? else {
+                continue;
+            };
+            let b = self.open_buffered(&seq.to_be_bytes(), &v)?;
+            if b.stamp.until >= now {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    fn inbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<Buffered>> {
+        let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+        self.inbox
+            .range(from..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                self.open_buffered(&k, &v)
+            })
+            .collect()
+    }
+
+    fn hand_over(&self, seq: u64, instance: &str) -> Result<bool> {
+        use ::sled::Transactional;
+        let mut count = self.inbox_count()?;
+        let mail_seq = self.db.generate_id().map_err(io)?;
+        let k = seq.to_be_bytes();
+        let mail_key = journal_key(instance, mail_seq);
+        let moved =
+            (&self.inbox, &self.inbox_keys, &self.mail).transaction(|(inbox, keys, mail)| {
+                let Some(v) = inbox.get(k)? else {
+                    return ::sled::transaction::abort(Abort::Gone);
+                };
+                let b = self.open_buffered(&k, &v).map_err(|e| {
+                    ::sled::transaction::ConflictableTransactionError::Abort(Abort::Io(e))
+                })?;
+                let letter = Mail::Event {
+                    event: b.event.clone(),
+                    buffered: Some(b.stamp),
+                };
+                let sealed = json(&letter)
+                    .and_then(|plain| self.seal("mail", &mail_key, &plain))
+                    .map_err(|e| {
+                        ::sled::transaction::ConflictableTransactionError::Abort(Abort::Io(e))
+                    })?;
+                inbox.remove(&k)?;
+                keys.remove(self.inbox_key(&b.event.event_type, &b.event.key, seq))?;
+                mail.insert(mail_key.clone(), sealed)?;
+                Ok(())
+            });
+        match moved.map_err(tx_error) {
+            Ok(()) => {
+                if let Some(c) = count.as_mut() {
+                    *c = c.saturating_sub(1);
+                }
+                Ok(true)
+            }
+            Err(Abort::Gone) => Ok(false),
+            Err(Abort::Io(e)) => Err(e),
+        }
+    }
+
+    fn hand_back(
+        &self,
+        instance: &str,
+        mail_seq: u64,
+        event: &Event,
+        stamp: Stamp,
+    ) -> Result<Option<u64>> {
+        use ::sled::Transactional;
+        let mut count = self.inbox_count()?;
+        let mut stamp = stamp;
+        if stamp.seq == 0 {
+            stamp.seq = self.db.generate_id().map_err(io)? + 1;
+        }
+        let entry = Buffered {
+            event: event.clone(),
+            stamp,
+        };
+        let k = stamp.seq.to_be_bytes();
+        let sealed = self.seal("inbox", &k, &json(&entry)?)?;
+        let index = self.inbox_key(&event.event_type, &event.key, stamp.seq);
+        let mail_key = journal_key(instance, mail_seq);
+        let moved =
+            (&self.inbox, &self.inbox_keys, &self.mail).transaction(|(inbox, keys, mail)| {
+                if mail.remove(mail_key.clone())?.is_none() {
+                    return ::sled::transaction::abort(Abort::Gone);
+                }
+                keys.insert(index.clone(), &[])?;
+                inbox.insert(&k, sealed.clone())?;
+                Ok(())
+            });
+        match moved.map_err(tx_error) {
+            Ok(()) => {
+                *count = Some(count.unwrap_or(0) + 1);
+                Ok(Some(stamp.seq))
+            }
+            Err(Abort::Gone) => Ok(None),
+            Err(Abort::Io(e)) => Err(e),
+        }
+    }
+
+    fn purge(&self, seq: u64) -> Result<bool> {
+        let mut count = self.inbox_count()?;
+        self.unbuffer(seq, &mut count)
+    }
+
+    fn expire(&self, now: Millis, limit: usize) -> Result<usize> {
+        let mut count = self.inbox_count()?;
+        // Arrival order is expiry order under one time to live; after a change the scan
+        // stops at the first event still alive, so one kept longer only delays the ones
+        // behind it (delivery checks the time itself).
+        let mut old = Vec::new();
+        for kv in self.inbox.iter() {
+            if old.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(io)?;
+            let b = self.open_buffered(&k, &v)?;
+            if b.stamp.until >= now {
+                break;
+            }
+            old.push(b.stamp.seq);
+        }
+        let mut n = 0;
+        for seq in old {
+            if self.unbuffer(seq, &mut count)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

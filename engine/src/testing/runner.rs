@@ -206,16 +206,24 @@ async fn run_case(
             "{when}  event {} (key {}) delivered",
             ev.event_type, ev.key
         ));
-        let woken = driver
-            .deliver(Event {
-                event_type: ev.event_type.clone(),
-                key: ev.key.clone(),
-                data: ev.data.clone(),
-                id: ev.id.clone(),
-            })
+        let delivered = driver
+            .deliver_with(
+                Event {
+                    event_type: ev.event_type.clone(),
+                    key: ev.key.clone(),
+                    data: ev.data.clone(),
+                    id: ev.id.clone(),
+                },
+                async |_| false,
+            )
             .await
             .map_err(|e| engine_error(e.to_string()))?;
-        if woken.is_empty() {
+        if delivered.buffered.is_some() {
+            lock(&trace).push(format!(
+                "{when}  (nothing was waiting for {} with key {} yet: kept in the inbox for the first wait that begins later)",
+                ev.event_type, ev.key
+            ));
+        } else if delivered.woken.is_empty() {
             lock(&trace).push(format!(
                 "{when}  (nothing was waiting for {} with key {})",
                 ev.event_type, ev.key

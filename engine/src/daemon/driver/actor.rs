@@ -69,7 +69,7 @@ pub(super) async fn handle(
     id: &str,
     own: &mut Owned,
     msg: Msg,
-    mail_seq: Option<u64>,
+    mail: Option<FromMail>,
 ) {
     // A start for an instance that exists already (a parent reloaded while its child's first
     // start was in flight re-issues it) must not begin it again: that would rewrite its
@@ -95,7 +95,7 @@ pub(super) async fn handle(
     };
     // Mail that came from the store stays there until handled; anything else is posted
     // again if this daemon turns out to have lost the instance.
-    let letter = if mail_seq.is_none() {
+    let letter = if mail.is_none() {
         letter_of(&msg)
     } else {
         None
@@ -233,7 +233,7 @@ pub(super) async fn handle(
             start,
             reply,
             letter,
-            mail_seq,
+            mail,
             fresh,
         },
     )

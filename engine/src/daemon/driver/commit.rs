@@ -48,6 +48,13 @@ pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
 /// Where a start's answer goes.
 pub(super) type StartReply = oneshot::Sender<Result<Started, String>>;
 
+/// A message that came as mail: its number, and the event it brought (with its place in
+/// the inbox, if it came from there).
+pub(super) struct FromMail {
+    pub seq: u64,
+    pub event: Option<(Event, Option<Stamp>)>,
+}
+
 /// What the actor knew of the message a step answers, for writing and answering it.
 pub(super) struct Handled {
     /// A start's key claim and reply: the write creates the instance.
@@ -56,7 +63,7 @@ pub(super) struct Handled {
     /// The message as mail, posted again if the write turns out to be fenced.
     pub letter: Option<Mail>,
     /// The mail this step handles, removed in the same write.
-    pub mail_seq: Option<u64>,
+    pub mail: Option<FromMail>,
     /// Whether the instance was loaded from its journal for this message.
     pub fresh: bool,
 }
@@ -74,7 +81,7 @@ pub(super) async fn finish(
         start,
         reply,
         letter,
-        mail_seq,
+        mail,
         fresh,
     } = handled;
     let (inst, wf) = own.state.as_mut().expect("loaded");
@@ -85,6 +92,29 @@ pub(super) async fn finish(
         reply: decided,
         timings,
     } = step;
+    // Mail that brought an event the instance does not wait for (any more) goes back to
+    // the inbox instead of being dropped; its wait index entries for that event are stale
+    // (left by a crash, or raced by the step that ended the wait) and go in this write.
+    let give_back = match (&mail, &decided) {
+        (
+            Some(FromMail {
+                seq,
+                event: Some((event, stamp)),
+            }),
+            Reply::Woken(false),
+        ) => Some((*seq, event.clone(), *stamp)),
+        _ => None,
+    };
+    let mut waits_remove = index.waits_remove;
+    if let Some((_, event, _)) = &give_back {
+        if let Ok(stale) = inner.store.waiters(&event.event_type, &event.key) {
+            waits_remove.extend(stale.into_iter().filter(|w| w.instance == id));
+        }
+    }
+    let mail_seq = match &give_back {
+        Some(_) => None,
+        None => mail.as_ref().map(|m| m.seq),
+    };
     let batch = Batch {
         instance: id.to_string(),
         first_seq: inst.records() - records.len() as u64,
@@ -92,7 +122,7 @@ pub(super) async fn finish(
         timers_add: index.timers_add,
         timers_remove: index.timers_remove,
         waits_add: index.waits_add,
-        waits_remove: index.waits_remove,
+        waits_remove,
         records,
         fence: own.fence.clone(),
         mail_done: mail_seq.into_iter().collect(),
@@ -102,7 +132,13 @@ pub(super) async fn finish(
     // On a fresh load the journal is the truth: rewrite a stale entry.
     let stale_meta = fresh && inner.store.instance(id).ok().flatten() != batch.meta;
     let touches_timers = !batch.timers_add.is_empty() || !batch.timers_remove.is_empty();
-    if !batch.records.is_empty() || touches_timers || stale_meta || !batch.mail_done.is_empty() {
+    // Giving mail back writes too: the write checks this daemon still holds the instance.
+    if !batch.records.is_empty()
+        || touches_timers
+        || stale_meta
+        || !batch.mail_done.is_empty()
+        || give_back.is_some()
+    {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
             Some((claim, _)) => inner
@@ -175,6 +211,23 @@ pub(super) async fn finish(
             inner.timer_wake.notify_one();
         }
         inner.watchers.changed(id, inst.status().is_final());
+        // Waits this step began (a wait that follows a wait on the same frame, type and
+        // key changes no index entry, so the records say it, not the index).
+        let begun: Vec<(&str, &str)> = batch
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::WaitStarted { events, key, .. } => Some((events, key)),
+                _ => None,
+            })
+            .flat_map(|(events, key)| events.iter().map(move |e| (e.as_str(), key.as_str())))
+            .collect();
+        if !begun.is_empty() {
+            inner.take_for(id, &begun);
+        }
+        if let Some((seq, event, stamp)) = &give_back {
+            inner.give_back(id, *seq, event, *stamp).await;
+        }
     }
     if let Some(obs) = &inner.observer {
         for r in &batch.records {

@@ -16,13 +16,18 @@
 mod actor;
 mod commit;
 mod effects;
+mod inbox;
 mod keyed_lock;
 mod ownership;
 mod watch;
 
 use actor::{handle, Answer};
-use commit::{committer, Handled};
+use commit::{committer, FromMail, Handled};
 use effects::{carry_out, child_result, log_record};
+pub use inbox::{
+    Delivered, InboxFull, InboxSettings, DEFAULT_INBOX_KEEP_MS, DEFAULT_INBOX_PER_KEY,
+    DEFAULT_INBOX_TOTAL,
+};
 use keyed_lock::KeyedLock;
 use ownership::{answer_of, forward, letter_of, read_mail};
 pub use watch::{WaitError, Waited, MAX_WAIT, MAX_WATCHERS};
@@ -36,7 +41,8 @@ use crate::runtime::{
     Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
 };
 use crate::store::{
-    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Store, Timer,
+    Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Stamp, Store,
+    Timer,
 };
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -86,6 +92,8 @@ pub struct Inner {
     observer: Option<Observer>,
     /// Requests waiting for an instance to change (`?wait=`).
     watchers: watch::Watchers,
+    /// How long the inbox keeps events nobody waited for yet, and how many.
+    inbox: Mutex<InboxSettings>,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
 }
@@ -166,6 +174,8 @@ pub struct Overloaded {
 pub enum DeliverError {
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
+    #[error(transparent)]
+    InboxFull(#[from] InboxFull),
     #[error("{0}")]
     Internal(String),
 }
@@ -260,6 +270,7 @@ impl Driver {
             events_in_flight: KeyedLock::default(),
             observer,
             watchers: watch::Watchers::default(),
+            inbox: Mutex::new(InboxSettings::default()),
             stats: Arc::new(Stats::default()),
             metrics: Arc::new(Metrics::default()),
         });
@@ -326,8 +337,21 @@ impl Driver {
             .await
     }
 
-    /// Deliver an event to every instance waiting for its type and key. Returns the ids woken.
+    /// Deliver an event to every instance waiting for its type and key, or keep it in the
+    /// inbox for a wait that begins later. Returns the ids woken.
     pub async fn deliver(&self, event: Event) -> Result<Vec<String>, DeliverError> {
+        Ok(self.deliver_with(event, async |_| false).await?.woken)
+    }
+
+    /// [`Driver::deliver`], where `consumed` (say, a trigger that started a workflow for
+    /// it) may take an event no instance waited for, so it is not kept. Durable when it
+    /// returns; an event id given before gets the first answer again, and `consumed`
+    /// runs again for it (it must be idempotent per event id).
+    pub async fn deliver_with(
+        &self,
+        event: Event,
+        consumed: impl AsyncFnOnce(&Event) -> bool,
+    ) -> Result<Delivered, DeliverError> {
         let inner = &self.inner;
         inner.admit()?;
         // Duplicates of one event id sent at once are delivered one after the other, so
@@ -336,19 +360,33 @@ impl Driver {
             Some(id) => Some(inner.events_in_flight.hold(id).await),
             None => None,
         };
+        let internal = |e: StoreError| DeliverError::Internal(e.to_string());
+        // An event sent again after a crash interrupted its delivery (the intent below was
+        // kept, the answer was not) may have reached an instance already: it goes to the
+        // waits there are now (an instance never takes one event twice), and is never
+        // kept, since the wait that took it may be gone. At most once, in that window.
+        let mut interrupted = false;
         if let Some(id) = &event.id {
-            if let Some(answer) = inner
-                .store
-                .event_answer(id)
-                .map_err(|e| DeliverError::Internal(e.to_string()))?
-            {
-                return Ok(serde_json::from_value(answer).unwrap_or_default());
+            match inner.store.event_answer(id).map_err(internal)? {
+                Some(answer) if Delivered::is_intent(&answer) => interrupted = true,
+                Some(answer) => {
+                    consumed(&event).await;
+                    return Ok(Delivered::from_answer(answer));
+                }
+                None => {
+                    // Written before any instance can journal the event, so a crash that
+                    // keeps the instance's record keeps this too (stores keep a prefix).
+                    inner
+                        .store
+                        .put_event_answer(id, &Delivered::intent())
+                        .map_err(internal)?;
+                }
             }
         }
         let waiters = inner
             .store
             .waiters(&event.event_type, &event.key)
-            .map_err(|e| DeliverError::Internal(e.to_string()))?;
+            .map_err(internal)?;
         let instances: BTreeSet<String> = waiters.into_iter().map(|w| w.instance).collect();
         let mut woken = Vec::new();
         for id in instances {
@@ -364,14 +402,26 @@ impl Driver {
                 woken.push(id);
             }
         }
+        let consumed = consumed(&event).await;
+        let kept = woken.is_empty() && !consumed && !interrupted;
+        let delivered = if kept {
+            inner.keep(&event).await?
+        } else {
+            Delivered {
+                woken,
+                buffered: None,
+            }
+        };
         if let Some(id) = &event.id {
             inner
                 .store
-                .put_event_answer(id, &serde_json::json!(woken))
-                .map_err(|e| DeliverError::Internal(e.to_string()))?;
+                .put_event_answer(id, &delivered.answer())
+                .map_err(internal)?;
+        }
+        if event.id.is_some() || kept {
             inner.commit().await.map_err(DeliverError::Internal)?;
         }
-        Ok(woken)
+        Ok(delivered)
     }
 
     /// Ask an instance to stop; its compensations run first. Returns false if it had already ended.

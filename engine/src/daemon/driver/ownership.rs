@@ -61,6 +61,9 @@ impl Driver {
         let now = inner.clock.now_ms();
         let skipped = inner.lacking_plugins(now);
         let mut woken = self.wake_mailed_except(now, &skipped)?;
+        if let Err(e) = self.expire_inbox() {
+            tracing::error!(error = %e, "could not drop expired events from the inbox");
+        }
         let orphans = inner
             .store
             .orphans(now, OWNERSHIP_BATCH)
@@ -247,11 +250,15 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
     };
     let mut handled = 0;
     for (seq, letter) in letters {
+        let mut from = FromMail { seq, event: None };
         let msg = match letter {
-            Mail::Event { event } => Msg::Event {
-                event,
-                reply: oneshot::channel().0,
-            },
+            Mail::Event { event, buffered } => {
+                from.event = Some((event.clone(), buffered));
+                Msg::Event {
+                    event,
+                    reply: oneshot::channel().0,
+                }
+            }
             Mail::ChildFinished { child, result } => Msg::ChildFinished { child, result },
             Mail::Cancel { reason } => Msg::Cancel {
                 reason,
@@ -261,7 +268,7 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
                 reply: oneshot::channel().0,
             },
         };
-        handle(inner, id, own, msg, Some(seq)).await;
+        handle(inner, id, own, msg, Some(from)).await;
         handled += 1;
         if own.fence.is_none() {
             break;
@@ -276,6 +283,7 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
     match msg {
         Msg::Event { event, .. } => Some(Mail::Event {
             event: event.clone(),
+            buffered: None,
         }),
         Msg::ChildFinished { child, result } => Some(Mail::ChildFinished {
             child: child.clone(),

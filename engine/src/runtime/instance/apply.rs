@@ -137,6 +137,9 @@ impl Instance {
                 at,
             } => {
                 let out = json!({"type": event.event_type, "key": event.key, "data": event.data, "id": event.id, "at": crate::compile::rules::format_ms(*at)});
+                if let Some(id) = &event.id {
+                    self.received.insert(id.clone());
+                }
                 self.complete_step(wf, *frame, step, Some(out), *at);
             }
             Record::SleepStarted { frame, until, .. } => {

@@ -203,6 +203,9 @@ pub struct Instance {
     final_error: Option<StepError>,
     cancel_reason: Option<String>,
     visits: BTreeMap<String, u32>,
+    /// Ids of the events this instance has received: the same event sent again (after a
+    /// crash lost the daemon's answer to it) is not taken twice, by this wait or a later one.
+    pub(in crate::runtime) received: std::collections::BTreeSet<String>,
     /// The top-level step whose failure took the instance off its path (a retry runs it again).
     failure_origin: Option<String>,
     /// Compensations ran: the completed work was undone, so a retry would be wrong.
@@ -267,6 +270,7 @@ impl Instance {
             final_error: None,
             cancel_reason: None,
             visits: BTreeMap::new(),
+            received: Default::default(),
             failure_origin: None,
             compensated: false,
             timings: None,
