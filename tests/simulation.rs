@@ -25,7 +25,7 @@
 
 use casework::clock::{Clock, ManualClock};
 use casework::compile::{self, rules::Rules};
-use casework::daemon::driver::{InboxSettings, Observer};
+use casework::daemon::driver::{InboxSettings, Observer, DEFAULT_LEASE_MS};
 use casework::daemon::Driver;
 use casework::plugin_host::{CallContext, CallFuture, PluginError, PluginHost};
 use casework::runtime::{Event, Instance, Millis, Record};
@@ -334,6 +334,11 @@ enum Action {
     Wake {
         which: usize,
     },
+    /// An operator holds request `n`'s instance (`pause: true`) or lets it go on.
+    Hold {
+        n: usize,
+        pause: bool,
+    },
 }
 
 /// A daemon's view of the outside world: the shared [`World`], unless the daemon is
@@ -395,6 +400,11 @@ struct Sim {
     unacked_events: Vec<Event>,
     /// Every event ever sent, as (type, key, data).
     sent: Vec<(String, String, Value)>,
+    /// Requests whose instance an operator paused (and must resume).
+    held: BTreeSet<usize>,
+    holds: u32,
+    /// Times the clock moved on only so that a dead daemon's lease would lapse.
+    lease_waits: u32,
     /// Ids of events sent again because a crash or kill left them unanswered.
     resent: BTreeSet<String>,
     /// Ids of every event sent with one.
@@ -438,6 +448,13 @@ fn plan(
         // A double click: the same start again at the same moment, racing the first.
         for _ in 0..rng.random_range(0..=2) {
             actions.push((start, Action::Start(n)));
+        }
+        // An operator holds some instances for a while, then lets them go on.
+        if rng.random_bool(0.3) {
+            let at = start + rng.random_range(0..120) * MIN + rng.random_range(0..MIN);
+            actions.push((at, Action::Hold { n, pause: true }));
+            let until = at + rng.random_range(1..180) * MIN;
+            actions.push((until, Action::Hold { n, pause: false }));
         }
         let event_type = match kind {
             "order" => "approve",
@@ -704,6 +721,35 @@ async fn life(sim: &mut Sim) -> End {
                 Action::Wake { which } => {
                     let _ = daemons[which].gate.paused.send_replace(false);
                 }
+                Action::Hold { n, pause } => {
+                    // A resume only follows a pause that was taken; a pause only of an
+                    // instance the client knows.
+                    let Some(id) = sim.acked.get(&n).cloned() else {
+                        continue;
+                    };
+                    if !pause && !sim.held.contains(&n) {
+                        continue;
+                    }
+                    let i = pick(sim, &daemons);
+                    let d = &daemons[i];
+                    match d.driver.hold(&id, pause, "sim", "operator").await {
+                        Ok(_) => {
+                            sim.holds += 1;
+                            if pause {
+                                sim.held.insert(n);
+                            } else {
+                                sim.held.remove(&n);
+                            }
+                        }
+                        Err(casework::daemon::driver::HoldError::Refused(_)) => {}
+                        // Its daemon died under it: asked again in a moment.
+                        Err(_) if d.store.is_killed() => {
+                            sim.queue.push_front((now, Action::Hold { n, pause }));
+                            break;
+                        }
+                        Err(e) => panic!("hold of request {n} failed: {e}"),
+                    }
+                }
             }
         }
         let mut fired = 0;
@@ -778,6 +824,12 @@ async fn life(sim: &mut Sim) -> End {
                 for d in &daemons {
                     d.gate.paused.send_replace(false);
                 }
+            }
+            // Nothing is due, but instances that should be running wait for a dead
+            // daemon's lease to lapse (it was killed holding them): time passes.
+            None if !sim.store.runnable().unwrap().is_empty() && sim.lease_waits < 100 => {
+                sim.lease_waits += 1;
+                sim.clock.advance_to(now + DEFAULT_LEASE_MS + 1);
             }
             None => {
                 // Nothing left to happen. The client answers every `ask` that is still
@@ -890,6 +942,9 @@ fn run_seed(seed: u64) -> (String, i64) {
         unacked_events: Vec::new(),
         sent: Vec::new(),
         resent: BTreeSet::new(),
+        held: BTreeSet::new(),
+        holds: 0,
+        lease_waits: 0,
         sent_ids: BTreeSet::new(),
         observed: Arc::new(Mutex::new(BTreeMap::new())),
         crashes: 0,
@@ -925,7 +980,7 @@ fn run_seed(seed: u64) -> (String, i64) {
     check(&mut sim);
     let applied = sim.world.state.lock().unwrap().applied.len();
     let summary = format!(
-        "seed {seed}: {} instances, {} daemons, {} crashes ({} lost unflushed writes), {} kills, {} pauses, {} fenced writes, {} effects, {} events sent, finished at +{} min",
+        "seed {seed}: {} instances, {} daemons, {} crashes ({} lost unflushed writes), {} kills, {} pauses, {} fenced writes, {} effects, {} events sent, {} holds, finished at +{} min",
         sim.acked.len(),
         sim.daemons,
         sim.crashes,
@@ -935,6 +990,7 @@ fn run_seed(seed: u64) -> (String, i64) {
         sim.fenced,
         applied,
         sim.sent.len(),
+        sim.holds,
         (sim.clock.now_ms() - T0) / MIN
     );
     (summary, sim.fenced)

@@ -92,6 +92,11 @@ pub enum Command {
     /// Send an event to a running daemon: it wakes the instances waiting for TYPE and KEY and
     /// starts the workflows whose triggers match.
     SendEvent(remote::SendEventArgs),
+    /// Pause an instance on a running daemon: no step begins, no timer fires and no event
+    /// is taken until it is resumed (journaled with the reason).
+    Pause(remote::HoldArgs),
+    /// Resume a paused instance on a running daemon.
+    Resume(remote::HoldArgs),
     /// Events a running daemon keeps because nothing waited for them yet: list, purge.
     #[command(subcommand)]
     Inbox(remote::InboxCommand),
@@ -154,6 +159,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Retry(args) => remote::retry(args),
         Command::SendEvent(args) => remote::send_event(args),
         Command::Inbox(command) => remote::inbox(command),
+        Command::Pause(args) => remote::hold(args, true),
+        Command::Resume(args) => remote::hold(args, false),
         Command::Inspect {
             id,
             data,

@@ -1,5 +1,5 @@
 //! Commands that act on a running daemon over its HTTP API: `list`, `cancel`, `retry`,
-//! `send-event`, `inbox`. Requests go through [`super::client`].
+//! `send-event`, `inbox`, `pause`, `resume`. Requests go through [`super::client`].
 
 use super::client::{Client, DaemonArgs};
 use crate::compile::rules::format_ms;
@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use std::io::Write;
 
 /// The statuses `GET /v1/instances?status=` filters on.
-const STATUSES: [&str; 6] = [
+const STATUSES: [&str; 7] = [
     "running",
     "parked",
+    "paused",
     "compensating",
     "completed",
     "failed",
@@ -59,6 +60,20 @@ pub struct CancelArgs {
 pub struct RetryArgs {
     /// The failed instance whose failed step runs again (an id from `casework list --status failed`).
     pub id: String,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HoldArgs {
+    /// The instance (an id from `casework list`).
+    pub id: String,
+    /// Why, kept in the journal with the token's name.
+    #[arg(long)]
+    pub reason: String,
     /// Print the API's JSON answer.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +249,29 @@ pub fn retry(args: RetryArgs) -> Result<u8> {
         "instance {} is retrying: its failed step runs again",
         args.id
     ));
+    Ok(0)
+}
+
+/// `pause` (hold) or `resume` an instance.
+pub fn hold(args: HoldArgs, pause: bool) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let verb = if pause { "pause" } else { "resume" };
+    let answer = client.post(
+        &["v1", "instances", &args.id, verb],
+        Some(&json!({"reason": args.reason})),
+    )?;
+    if args.json {
+        return print_json(&answer).map(|_| 0);
+    }
+    out(&match (pause, answer["changed"] == json!(true)) {
+        (true, true) => format!(
+            "instance {} is paused: no step begins until `casework resume {}`",
+            args.id, args.id
+        ),
+        (true, false) => format!("instance {} was paused already", args.id),
+        (false, true) => format!("instance {} goes on", args.id),
+        (false, false) => format!("instance {} was not paused", args.id),
+    });
     Ok(0)
 }
 

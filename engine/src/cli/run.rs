@@ -364,6 +364,8 @@ pub fn describe(id: &str, r: &Record) -> String {
         },
         Record::CancelRequested { reason, .. } => format!("cancel requested: {reason}"),
         Record::RetryRequested { step, .. } => format!("retry requested: step {step} runs again"),
+        Record::Paused { by, reason, .. } => format!("paused by {by}: {reason}"),
+        Record::Resumed { by, reason, .. } => format!("resumed by {by}: {reason}"),
         Record::CompensationStarted { steps, .. } => format!("compensating: {}", steps.join(", ")),
         Record::Completed { .. } => "completed".into(),
         Record::Failed { error, .. } => format!("failed: {error}"),

@@ -8,7 +8,7 @@
 //! and unknown JSON fields are rejected (400).
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
-use super::driver::{DeliverError, Driver, RetryError, StartError, WaitError, MAX_WAIT};
+use super::driver::{DeliverError, Driver, HoldError, RetryError, StartError, WaitError, MAX_WAIT};
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
 use super::view;
@@ -70,6 +70,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/instances/{id}", Some(Scope::Read)),
     route("POST", "/v1/instances/{id}/cancel", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
+    route("POST", "/v1/instances/{id}/pause", Some(Scope::Admin)),
+    route("POST", "/v1/instances/{id}/resume", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
     route("GET", "/v1/inbox", Some(Scope::Read)),
     route("DELETE", "/v1/inbox", Some(Scope::Admin)),
@@ -89,6 +91,8 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("GET", "/v1/instances/{id}") => get(get_instance),
         ("POST", "/v1/instances/{id}/cancel") => post(cancel),
         ("POST", "/v1/instances/{id}/retry") => post(retry),
+        ("POST", "/v1/instances/{id}/pause") => post(pause),
+        ("POST", "/v1/instances/{id}/resume") => post(resume),
         ("POST", "/v1/events") => post(deliver),
         ("GET", "/v1/inbox") => get(list_inbox),
         ("DELETE", "/v1/inbox") => delete(purge_inbox),
@@ -244,11 +248,17 @@ pub fn router(driver: Driver) -> Router {
 /// Auth, rate limit, then the handler; counts the answer.
 async fn guard(
     State((api, route)): State<(Api, &'static Route)>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let resp = match admit(&api, route, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(caller) => {
+            // Handlers that journal who asked (pause, resume) read it from here.
+            if let Some(c) = caller {
+                req.extensions_mut().insert(c);
+            }
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     };
     api.metrics()
@@ -256,9 +266,9 @@ async fn guard(
     resp
 }
 
-fn admit(api: &Api, route: &Route, req: &Request) -> Result<(), ApiError> {
+fn admit(api: &Api, route: &Route, req: &Request) -> Result<Option<Caller>, ApiError> {
     let Some(needed) = route.scope else {
-        return Ok(());
+        return Ok(None);
     };
     let authorization = req
         .headers()
@@ -286,7 +296,7 @@ fn admit(api: &Api, route: &Route, req: &Request) -> Result<(), ApiError> {
         }
     }
     match checked {
-        Ok(_) => Ok(()),
+        Ok(caller) => Ok(Some(caller)),
         Err(Denied::Unauthorized) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -896,6 +906,71 @@ async fn retry(
         Err(RetryError::Overloaded(e)) => Err(overloaded(e)),
         Err(RetryError::Internal(e)) => Err(internal(e)),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    reason: String,
+}
+
+/// Who asked, as the journal records it.
+fn asker(caller: Option<&Caller>) -> String {
+    match caller {
+        Some(Caller::Token { name, .. }) => format!("token:{name}"),
+        // No tokens: only loopback clients can reach the API.
+        Some(Caller::Open) | None => "loopback".to_string(),
+    }
+}
+
+async fn hold(
+    api: Api,
+    caller: Option<axum::Extension<Caller>>,
+    id: String,
+    body: Option<HoldBody>,
+    pause: bool,
+) -> Result<Json<Value>, ApiError> {
+    let verb = if pause { "pause" } else { "resume" };
+    let reason = body
+        .map(|b| b.reason.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("say why, for the journal: {{\"reason\": \"...\"}} (POST /v1/instances/{{id}}/{verb})"),
+            )
+        })?;
+    let by = asker(caller.as_ref().map(|c| &c.0));
+    match api.driver.hold(&id, pause, &by, &reason).await {
+        Ok(changed) => Ok(Json(json!({"id": id, "paused": pause, "changed": changed}))),
+        Err(HoldError::NotFound(_)) => Err(instance_not_found(&id)),
+        Err(HoldError::Refused(e)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "instance_finished",
+            format!("instance `{id}` cannot be {verb}d: {e}"),
+        )),
+        Err(HoldError::Overloaded(e)) => Err(overloaded(e)),
+        Err(HoldError::Internal(e)) => Err(internal(e)),
+    }
+}
+
+async fn pause(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<HoldBody>,
+) -> Result<Json<Value>, ApiError> {
+    hold(api, caller, id, body, true).await
+}
+
+async fn resume(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<HoldBody>,
+) -> Result<Json<Value>, ApiError> {
+    hold(api, caller, id, body, false).await
 }
 
 #[derive(Deserialize)]

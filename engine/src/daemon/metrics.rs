@@ -174,9 +174,10 @@ fn escape(v: &str) -> String {
 }
 
 /// Statuses always shown, so a dashboard sees zeros rather than gaps.
-const STATUSES: [&str; 6] = [
+const STATUSES: [&str; 7] = [
     "running",
     "parked",
+    "paused",
     "compensating",
     "completed",
     "failed",

@@ -24,6 +24,9 @@ pub struct InstanceView {
     /// What the instance waits for and until when (empty unless it waits).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<WaitingView>,
+    /// Set while an operator holds the instance: who, why, since when (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedView>,
     pub input: Value,
     pub vars: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,6 +45,13 @@ pub struct WaitingView {
     pub events: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PausedView {
+    pub by: String,
+    pub reason: String,
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -314,6 +324,18 @@ impl From<&Record> for JournalEntry {
                 e.put("reason", reason);
                 e.put("at", at);
             }
+            Record::Paused { by, reason, at } => {
+                e.put("record", "paused");
+                e.put("by", by);
+                e.put("reason", reason);
+                e.put("at", at);
+            }
+            Record::Resumed { by, reason, at } => {
+                e.put("record", "resumed");
+                e.put("by", by);
+                e.put("reason", reason);
+                e.put("at", at);
+            }
             Record::RetryRequested { step, at } => {
                 e.put("record", "retry_requested");
                 e.put("step", step);
@@ -397,6 +419,11 @@ pub fn instance_view(
                 until: w.until.map(crate::calendar::time::format_ms),
             })
             .collect(),
+        paused: inst.hold().map(|h| PausedView {
+            by: h.by.clone(),
+            reason: h.reason.clone(),
+            since: crate::calendar::time::format_ms(h.at),
+        }),
         input: redact(inst.input().clone()),
         vars: redact(Value::Object(inst.vars().clone())),
         output: inst.output().cloned().map(redact),
@@ -672,6 +699,16 @@ mod tests {
             Record::Cancelled {
                 reason: "customer".into(),
                 at: 18,
+            },
+            Record::Paused {
+                by: "token:ops".into(),
+                reason: "customer asked to wait".into(),
+                at: 19,
+            },
+            Record::Resumed {
+                by: "token:ops".into(),
+                reason: "go ahead".into(),
+                at: 20,
             },
         ]
     }

@@ -208,6 +208,19 @@ pub enum Record {
         step: String,
         at: Millis,
     },
+    /// An operator held the instance (`POST /v1/instances/{id}/pause`): no step begins, no
+    /// timer fires and no event is taken until it is resumed.
+    Paused {
+        by: String,
+        reason: String,
+        at: Millis,
+    },
+    /// An operator let a held instance go on: timers that fell due meanwhile fire now.
+    Resumed {
+        by: String,
+        reason: String,
+        at: Millis,
+    },
     /// Completed steps are undone, in this order (newest first), before the instance ends.
     CompensationStarted {
         steps: Vec<String>,
@@ -246,6 +259,8 @@ impl Record {
             | Record::StepFailed { at, .. }
             | Record::CancelRequested { at, .. }
             | Record::RetryRequested { at, .. }
+            | Record::Paused { at, .. }
+            | Record::Resumed { at, .. }
             | Record::CompensationStarted { at, .. }
             | Record::Completed { at, .. }
             | Record::Failed { at, .. }
@@ -271,6 +286,8 @@ impl Record {
             Record::StepFailed { .. } => "step_failed",
             Record::CancelRequested { .. } => "cancel_requested",
             Record::RetryRequested { .. } => "retry_requested",
+            Record::Paused { .. } => "paused",
+            Record::Resumed { .. } => "resumed",
             Record::CompensationStarted { .. } => "compensation_started",
             Record::Completed { .. } => "completed",
             Record::Failed { .. } => "failed",

@@ -18,6 +18,7 @@ pub mod record {
 
 pub use crate::journal::{Event, Millis, ParentRef, Record, StepError};
 pub use instance::{
-    Effect, Instance, RetryRefused, Status, StepTiming, Waiting, MAX_FRAMES, MAX_TRANSITIONS,
+    Effect, Hold, HoldRefused, Instance, RetryRefused, Status, StepTiming, Waiting, MAX_FRAMES,
+    MAX_TRANSITIONS,
 };
 pub use step::{IndexDelta, Input, Reply, Step, Timer, Wait};

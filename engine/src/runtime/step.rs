@@ -7,7 +7,9 @@
 //! The one thing the runtime cannot know is the outside world, so the driver passes it in:
 //! the results of children that ended while nobody was listening (read from the store).
 
-use super::instance::{Effect, FrameState, Instance, RetryRefused, Status, StepTiming};
+use super::instance::{
+    Effect, FrameState, HoldRefused, Instance, RetryRefused, Status, StepTiming,
+};
 use crate::compile::CompiledWorkflow;
 use crate::journal::{Event, Millis, Record, StepError};
 use serde_json::Value;
@@ -50,6 +52,16 @@ pub enum Input {
         reason: String,
     },
     Retry,
+    /// An operator holds the instance (`by`: who, for the journal).
+    Pause {
+        by: String,
+        reason: String,
+    },
+    /// An operator lets a held instance go on.
+    Unpause {
+        by: String,
+        reason: String,
+    },
 }
 
 /// What the caller of an input is told.
@@ -61,6 +73,8 @@ pub enum Reply {
     /// The cancel was accepted (false: the instance had already ended).
     Cancelled(bool),
     Retried(Result<(), RetryRefused>),
+    /// A pause or resume: whether it changed anything, or why it was refused.
+    Held(Result<bool, HoldRefused>),
 }
 
 /// Index changes of one step: entries to add and remove, and the status to index.
@@ -169,6 +183,16 @@ impl Instance {
                 records.extend(self.cancel(wf, &reason, now));
                 reply = Reply::Cancelled(!records.is_empty());
             }
+            Input::Pause { by, reason } => {
+                let r = self.pause(wf, &by, &reason, now);
+                reply = Reply::Held(r.as_ref().map(|r| !r.is_empty()).map_err(Clone::clone));
+                records.extend(r.unwrap_or_default());
+            }
+            Input::Unpause { by, reason } => {
+                let r = self.unhold(wf, &by, &reason, now);
+                reply = Reply::Held(r.as_ref().map(|r| !r.is_empty()).map_err(Clone::clone));
+                records.extend(r.unwrap_or_default());
+            }
             Input::Retry => match self.retry(wf, now) {
                 Ok(r) => {
                     records.extend(r);
@@ -256,7 +280,11 @@ impl Instance {
 
     /// The status the index shows: `parked` when nothing can happen without outside help.
     pub fn index_status(&self) -> &'static str {
-        if self.status().is_final() || self.status() == Status::Compensating && !self.is_parked() {
+        if self.hold().is_some() && !self.status().is_final() {
+            "paused"
+        } else if self.status().is_final()
+            || self.status() == Status::Compensating && !self.is_parked()
+        {
             self.status().as_str()
         } else if self.is_parked() {
             "parked"
@@ -276,6 +304,11 @@ struct Index {
 impl Index {
     fn of(inst: &Instance) -> Index {
         let mut index = Index::default();
+        // Held: nothing may wake it. Its timers come back on resume (due ones fire then)
+        // and events for its waits are kept in the inbox meanwhile.
+        if inst.hold().is_some() {
+            return index;
+        }
         for (&frame, f) in &inst.frames {
             match &f.state {
                 FrameState::Backoff { until: at, .. }

@@ -114,6 +114,14 @@ pub enum Mail {
         reason: String,
     },
     Retry,
+    Pause {
+        by: String,
+        reason: String,
+    },
+    Unpause {
+        by: String,
+        reason: String,
+    },
 }
 
 /// An event kept because nothing waited for its type and key when it came, until a wait

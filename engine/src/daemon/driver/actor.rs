@@ -214,6 +214,19 @@ pub(super) async fn handle(
                     reply = Some(Answer::Retry(r));
                     Input::Retry
                 }
+                Msg::Hold {
+                    hold,
+                    by,
+                    reason,
+                    reply: r,
+                } => {
+                    reply = Some(Answer::Hold(r));
+                    if hold {
+                        Input::Pause { by, reason }
+                    } else {
+                        Input::Unpause { by, reason }
+                    }
+                }
             };
             waited.sort();
             waited.dedup();
@@ -258,6 +271,7 @@ pub(super) enum Answer {
     Event(oneshot::Sender<bool>),
     Cancel(oneshot::Sender<bool>),
     Retry(oneshot::Sender<Result<(), RetryRefused>>),
+    Hold(oneshot::Sender<Result<bool, HoldRefused>>),
 }
 
 /// A crash between writing a new instance's timer and its index entry (the sled store

@@ -222,6 +222,14 @@ pub(super) async fn finish(
             })
             .flat_map(|(events, key)| events.iter().map(move |e| (e.as_str(), key.as_str())))
             .collect();
+        // And waits back in the index (a held instance resumed).
+        let mut begun = begun;
+        begun.extend(
+            batch
+                .waits_add
+                .iter()
+                .map(|w| (w.event_type.as_str(), w.key.as_str())),
+        );
         if !begun.is_empty() {
             inner.take_for(id, &begun);
         }
@@ -253,6 +261,9 @@ pub(super) async fn finish(
             let _ = r.send(v);
         }
         (Some(Answer::Retry(r)), Reply::Retried(v)) => {
+            let _ = r.send(v);
+        }
+        (Some(Answer::Hold(r)), Reply::Held(v)) => {
             let _ = r.send(v);
         }
         _ => {}

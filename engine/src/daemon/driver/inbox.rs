@@ -219,16 +219,17 @@ impl Inner {
             .map(|w| w.instance)
             .filter(|i| Some(i.as_str()) != except)
             .collect();
-        for id in instances {
-            if !self.store.hand_over(seq, &id).map_err(|e| e.to_string())? {
-                // Taken meanwhile (by the wait itself, or purged): nothing left to give.
-                return Ok(None);
-            }
-            self.metrics.inbox("handed_over", 1);
-            self.send(&id, Msg::Mail);
-            return Ok(Some(id));
+        // The first waiter gets it; if it is gone, it was taken meanwhile (by the wait
+        // itself, or purged): nothing left to give.
+        let Some(id) = instances.into_iter().next() else {
+            return Ok(None);
+        };
+        if !self.store.hand_over(seq, &id).map_err(|e| e.to_string())? {
+            return Ok(None);
         }
-        Ok(None)
+        self.metrics.inbox("handed_over", 1);
+        self.send(&id, Msg::Mail);
+        Ok(Some(id))
     }
 
     /// A step of `id` began waits for these (event type, key): move the oldest buffered

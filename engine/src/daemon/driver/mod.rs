@@ -38,7 +38,8 @@ use crate::clock::Clock;
 use crate::compile::{rules::Rules, CompiledWorkflow};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
-    Effect, Event, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused, Step, StepError,
+    Effect, Event, HoldRefused, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused,
+    Step, StepError,
 };
 use crate::store::{
     Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Stamp, Store,
@@ -137,6 +138,13 @@ enum Msg {
     Retry {
         reply: oneshot::Sender<Result<(), RetryRefused>>,
     },
+    /// Hold (`hold: true`) or let go an instance, for an operator `by`.
+    Hold {
+        hold: bool,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<bool, HoldRefused>>,
+    },
     /// Read the instance's mail (messages left while another daemon owned it).
     Mail,
 }
@@ -187,6 +195,19 @@ pub enum RetryError {
     NotFound(String),
     #[error(transparent)]
     Refused(#[from] RetryRefused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a pause or resume did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] HoldRefused),
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
     #[error("{0}")]
@@ -455,6 +476,43 @@ impl Driver {
         match rx.await {
             Ok(r) => r.map_err(RetryError::Refused),
             Err(_) => Err(RetryError::Internal(
+                "the instance could not be loaded or journaled; see the log".into(),
+            )),
+        }
+    }
+
+    /// Hold an instance (`hold`) or let it go on, for operator `by` with `reason`; both
+    /// journaled. Returns whether it changed (false: it was held, or going on, already).
+    pub async fn hold(
+        &self,
+        id: &str,
+        hold: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<bool, HoldError> {
+        self.inner.admit()?;
+        if self
+            .inner
+            .store
+            .instance(id)
+            .map_err(|e| HoldError::Internal(e.to_string()))?
+            .is_none()
+        {
+            return Err(HoldError::NotFound(id.to_string()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(
+            id,
+            Msg::Hold {
+                hold,
+                by: by.to_string(),
+                reason: reason.to_string(),
+                reply,
+            },
+        );
+        match rx.await {
+            Ok(r) => r.map_err(HoldError::Refused),
+            Err(_) => Err(HoldError::Internal(
                 "the instance could not be loaded or journaled; see the log".into(),
             )),
         }

@@ -267,6 +267,18 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
             Mail::Retry => Msg::Retry {
                 reply: oneshot::channel().0,
             },
+            Mail::Pause { by, reason } => Msg::Hold {
+                hold: true,
+                by,
+                reason,
+                reply: oneshot::channel().0,
+            },
+            Mail::Unpause { by, reason } => Msg::Hold {
+                hold: false,
+                by,
+                reason,
+                reply: oneshot::channel().0,
+            },
         };
         handle(inner, id, own, msg, Some(from)).await;
         handled += 1;
@@ -293,6 +305,19 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
             reason: reason.clone(),
         }),
         Msg::Retry { .. } => Some(Mail::Retry),
+        Msg::Hold {
+            hold, by, reason, ..
+        } => Some(if *hold {
+            Mail::Pause {
+                by: by.clone(),
+                reason: reason.clone(),
+            }
+        } else {
+            Mail::Unpause {
+                by: by.clone(),
+                reason: reason.clone(),
+            }
+        }),
         Msg::Start { .. } | Msg::Resume | Msg::CallResult { .. } | Msg::Timer(_) | Msg::Mail => {
             None
         }
@@ -332,6 +357,11 @@ pub(super) async fn forward(
                 ))
             });
         }
+        Some(Answer::Hold(r)) if ok => {
+            let _ = r.send(Ok(true));
+        }
+        // Dropped when the mail could not be left: the caller reports the failure.
+        Some(Answer::Hold(_)) => {}
         None => {}
     }
 }
@@ -342,6 +372,7 @@ pub(super) fn answer_of(msg: Msg) -> Option<Answer> {
         Msg::Event { reply, .. } => Some(Answer::Event(reply)),
         Msg::Cancel { reply, .. } => Some(Answer::Cancel(reply)),
         Msg::Retry { reply } => Some(Answer::Retry(reply)),
+        Msg::Hold { reply, .. } => Some(Answer::Hold(reply)),
         Msg::Start { reply, .. } => {
             let _ = reply.send(Err("the instance exists already".into()));
             None

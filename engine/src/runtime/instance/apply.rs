@@ -2,7 +2,7 @@
 //! Replay and live execution both go through here, so a replayed journal rebuilds the
 //! same state.
 
-use super::{Frame, FrameState, Instance, Join_, Status, StepTiming};
+use super::{Frame, FrameState, Hold, Instance, Join_, Status, StepTiming};
 use crate::compile::{CompiledWorkflow, Kind};
 use crate::definition::Join;
 use crate::journal::{Millis, Record, StepError};
@@ -338,6 +338,16 @@ impl Instance {
                 self.frames.clear();
                 let at = wf.index.get(step).copied().unwrap_or(usize::MAX);
                 self.new_frame(None, at, Map::new(), false);
+            }
+            Record::Paused { by, reason, at } => {
+                self.hold = Some(Hold {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: *at,
+                });
+            }
+            Record::Resumed { .. } => {
+                self.hold = None;
             }
             Record::CompensationStarted { steps, error, .. } => {
                 self.compensated = true;

@@ -30,7 +30,8 @@ impl Instance {
     /// Run every frame that can make progress now. Returns the records produced (already applied).
     pub fn advance(&mut self, wf: &CompiledWorkflow, now: Millis) -> Vec<Record> {
         let mut out = Vec::new();
-        while !self.status.is_final() {
+        // A held instance runs nothing until it is resumed (a cancel lifts the hold).
+        while !self.status.is_final() && self.hold().is_none() {
             let Some(rec) = self.next_record(wf, now) else {
                 break;
             };

@@ -2,7 +2,7 @@
 //! event, a child instance's end, and an operator's retry or cancel. Each turns into
 //! records (applied before they are returned); a stale input turns into none.
 
-use super::{FrameState, Instance, RetryRefused, Status};
+use super::{FrameState, HoldRefused, Instance, RetryRefused, Status};
 use crate::compile::{CompiledWorkflow, Kind};
 use crate::journal::{Event, Millis, Record, StepError};
 use serde_json::Value;
@@ -225,6 +225,59 @@ impl Instance {
     }
 
     /// Cancel the instance: compensations run, then it ends as cancelled.
+    /// Hold the instance: no step begins, no timer fires, no event is taken, until
+    /// [`Instance::unhold`]. Ok(false) when it was held already.
+    pub fn pause(
+        &mut self,
+        wf: &CompiledWorkflow,
+        by: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Vec<Record>, HoldRefused> {
+        self.may_hold()?;
+        if self.hold.is_some() {
+            return Ok(Vec::new());
+        }
+        let rec = Record::Paused {
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: now,
+        };
+        self.apply(wf, &rec);
+        Ok(vec![rec])
+    }
+
+    /// Let a held instance go on. Ok with no records when it was not held.
+    pub fn unhold(
+        &mut self,
+        wf: &CompiledWorkflow,
+        by: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Vec<Record>, HoldRefused> {
+        self.may_hold()?;
+        if self.hold.is_none() {
+            return Ok(Vec::new());
+        }
+        let rec = Record::Resumed {
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: now,
+        };
+        self.apply(wf, &rec);
+        Ok(vec![rec])
+    }
+
+    fn may_hold(&self) -> Result<(), HoldRefused> {
+        if self.status.is_final() {
+            return Err(HoldRefused::Ended(self.status.as_str()));
+        }
+        if self.cancel_reason.is_some() {
+            return Err(HoldRefused::Cancelling);
+        }
+        Ok(())
+    }
+
     pub fn cancel(&mut self, wf: &CompiledWorkflow, reason: &str, now: Millis) -> Vec<Record> {
         if self.status.is_final() || self.cancel_reason.is_some() {
             return Vec::new();

@@ -149,6 +149,25 @@ pub enum RetryRefused {
     NotRetryable(String),
 }
 
+/// Who held an instance, why and since when ([`Instance::hold`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub by: String,
+    pub reason: String,
+    pub at: Millis,
+}
+
+/// Why a pause or resume was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HoldRefused {
+    #[error(
+        "the instance has ended ({0}); only running or waiting instances can be paused or resumed"
+    )]
+    Ended(&'static str),
+    #[error("the instance is being cancelled; it ends once its compensations have run")]
+    Cancelling,
+}
+
 /// Something the driver must do outside the state machine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
@@ -206,6 +225,9 @@ pub struct Instance {
     /// Ids of the events this instance has received: the same event sent again (after a
     /// crash lost the daemon's answer to it) is not taken twice, by this wait or a later one.
     pub(in crate::runtime) received: std::collections::BTreeSet<String>,
+    /// Set while an operator holds the instance: nothing advances, its timers and waits
+    /// are out of the index (events for it wait in the inbox) until it is resumed.
+    pub(in crate::runtime) hold: Option<Hold>,
     /// The top-level step whose failure took the instance off its path (a retry runs it again).
     failure_origin: Option<String>,
     /// Compensations ran: the completed work was undone, so a retry would be wrong.
@@ -271,6 +293,7 @@ impl Instance {
             cancel_reason: None,
             visits: BTreeMap::new(),
             received: Default::default(),
+            hold: None,
             failure_origin: None,
             compensated: false,
             timings: None,
@@ -353,7 +376,19 @@ impl Instance {
     }
 
     /// Nothing can happen until something from outside arrives (event, timer, call result).
+    /// Held by an operator (and not being cancelled: a cancel ends a held instance).
+    pub fn hold(&self) -> Option<&Hold> {
+        self.hold.as_ref().filter(|_| self.cancel_reason.is_none())
+    }
+
     pub fn is_parked(&self) -> bool {
+        if self.hold().is_some() && !self.status.is_final() {
+            // Only a call in flight can still happen: its result is journaled, then held.
+            return !self
+                .frames
+                .values()
+                .any(|f| matches!(f.state, FrameState::Calling { .. }));
+        }
         !self.status.is_final()
             && self.frames.values().all(|f| {
                 matches!(

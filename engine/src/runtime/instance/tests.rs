@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::compile::rules::Rules;
+use crate::runtime::{Event, Input, Reply, Step};
 use serde_json::json;
 
 fn compile(src: &str) -> CompiledWorkflow {
@@ -219,4 +220,164 @@ steps:
             until: Some(3_601_000 + 1_800_000),
         }]
     );
+}
+
+const NAP_THEN_WAIT: &str = r#"
+workflow: hold
+version: 1
+steps:
+  - id: nap
+    sleep: 10m
+    next: ask
+  - id: ask
+    wait: { event: go, key: input.key, timeout: 1h, on_timeout: late }
+    save_as: got
+    next: done
+  - id: done
+    complete: { output: "${vars.got.data.by}" }
+  - id: late
+    complete: { output: late }
+"#;
+
+fn step(inst: &mut Instance, wf: &CompiledWorkflow, input: Input, now: Millis) -> Step {
+    inst.step(wf, input, &[], now)
+}
+
+#[test]
+fn a_paused_instance_runs_nothing_and_its_due_timer_fires_once_on_resume() {
+    let wf = compile(NAP_THEN_WAIT);
+    let start = Instance::start_record(&wf, json!({"key": "k"}), None, None, 0);
+    let (mut inst, first) = Instance::create("i1", &wf, start.clone(), 0);
+    let mut journal = vec![start];
+    journal.extend(first.records);
+    let nap = first.index.timers_add.clone();
+    assert_eq!(nap.len(), 1, "the nap's timer");
+    let held = step(
+        &mut inst,
+        &wf,
+        Input::Pause {
+            by: "token:ops".into(),
+            reason: "customer asked".into(),
+        },
+        1_000,
+    );
+    assert_eq!(held.reply, Reply::Held(Ok(true)));
+    assert_eq!(
+        held.index.timers_remove, nap,
+        "no timer wakes a held instance"
+    );
+    assert_eq!(held.index.status, "paused");
+    assert!(inst.is_parked());
+    journal.extend(held.records);
+    // Paused twice: nothing new.
+    let again = step(
+        &mut inst,
+        &wf,
+        Input::Pause {
+            by: "token:ops".into(),
+            reason: "again".into(),
+        },
+        2_000,
+    );
+    assert_eq!(
+        (again.reply, again.records.len()),
+        (Reply::Held(Ok(false)), 0)
+    );
+    // The nap ends long before the resume: its timer comes back due and fires then, once.
+    let resumed = step(
+        &mut inst,
+        &wf,
+        Input::Unpause {
+            by: "token:ops".into(),
+            reason: "go ahead".into(),
+        },
+        3_600_000,
+    );
+    assert_eq!(resumed.reply, Reply::Held(Ok(true)));
+    assert_eq!(resumed.index.timers_add, nap);
+    assert_eq!(resumed.index.status, "parked");
+    journal.extend(resumed.records);
+    let fired = step(&mut inst, &wf, Input::Timer(nap[0].clone()), 3_600_001);
+    journal.extend(fired.records.clone());
+    assert!(fired
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::WaitStarted { .. })));
+    // While held the wait is out of the index, and comes back on resume.
+    let held = step(
+        &mut inst,
+        &wf,
+        Input::Pause {
+            by: "token:ops".into(),
+            reason: "hold the wait".into(),
+        },
+        3_600_002,
+    );
+    assert_eq!(held.index.waits_remove.len(), 1);
+    journal.extend(held.records);
+    let resumed = step(
+        &mut inst,
+        &wf,
+        Input::Unpause {
+            by: "token:ops".into(),
+            reason: "go".into(),
+        },
+        3_600_003,
+    );
+    assert_eq!(resumed.index.waits_add.len(), 1);
+    journal.extend(resumed.records);
+    let event = Event {
+        event_type: "go".into(),
+        key: "k".into(),
+        data: json!({"by": "ann"}),
+        id: None,
+    };
+    let woke = step(&mut inst, &wf, Input::Event(event), 3_600_004);
+    journal.extend(woke.records);
+    assert_eq!(inst.status, Status::Completed);
+    assert_eq!(inst.output, Some(json!("ann")));
+    // The journal says all of it: a replay ends the same.
+    let replayed = Instance::replay("i1", &wf, &journal);
+    assert_eq!(replayed.status, Status::Completed);
+    assert_eq!(replayed.hold(), None);
+    // Ended: neither pause nor resume is taken.
+    let late = step(
+        &mut inst,
+        &wf,
+        Input::Pause {
+            by: "token:ops".into(),
+            reason: "too late".into(),
+        },
+        3_600_005,
+    );
+    assert_eq!(
+        late.reply,
+        Reply::Held(Err(HoldRefused::Ended("completed")))
+    );
+}
+
+#[test]
+fn a_cancel_ends_a_paused_instance() {
+    let wf = compile(NAP_THEN_WAIT);
+    let start = Instance::start_record(&wf, json!({}), None, None, 0);
+    let (mut inst, _) = Instance::create("i1", &wf, start, 0);
+    step(
+        &mut inst,
+        &wf,
+        Input::Pause {
+            by: "token:ops".into(),
+            reason: "check".into(),
+        },
+        1,
+    );
+    let cancelled = step(
+        &mut inst,
+        &wf,
+        Input::Cancel {
+            reason: "duplicate ticket".into(),
+        },
+        2,
+    );
+    assert_eq!(cancelled.reply, Reply::Cancelled(true));
+    assert_eq!(inst.status, Status::Cancelled);
 }
