@@ -137,7 +137,9 @@ fn python_and_javascript_plugins_answer_are_denied_ungranted_egress_and_read_the
         .arg(dir.path().join("secrets.toml"))
         .env("CASEWORK_LOG", "warn")
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
+    let started = Instant::now();
     let d = daemon::start(command, port);
+    eprintln!("daemon up in {:.1} s", started.elapsed().as_secs_f64());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(120)))
@@ -146,14 +148,21 @@ fn python_and_javascript_plugins_answer_are_denied_ungranted_egress_and_read_the
 
     for plugin in PLUGINS {
         let mut resp = agent
-            .post(&format!("{}/v1/workflows/{plugin}/instances?wait=60s", d.addr))
+            .post(&format!(
+                "{}/v1/workflows/{plugin}/instances?wait=60s",
+                d.addr
+            ))
             .send_json(json!({}))
             .unwrap();
         let status = resp.status().as_u16();
+        eprintln!("{plugin} done at {:.1} s", started.elapsed().as_secs_f64());
         let view: Value = resp.body_mut().read_json().unwrap();
         let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
         assert_eq!(status, 200, "{plugin}: {view}\ndaemon log:\n{log}");
-        assert_eq!(view["status"], "completed", "{plugin}: {view}\ndaemon log:\n{log}");
+        assert_eq!(
+            view["status"], "completed",
+            "{plugin}: {view}\ndaemon log:\n{log}"
+        );
         let out = &view["output"];
 
         assert_eq!(
@@ -180,14 +189,17 @@ fn python_and_javascript_plugins_answer_are_denied_ungranted_egress_and_read_the
         let error = &out["error"];
         assert_eq!(error["code"], "http_denied", "{plugin}: {view}");
         assert_eq!(error["step"], "status", "{plugin}: {view}");
-        assert_eq!(
-            error["message"],
-            "request denied by the host: https://status.example.com:443",
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("request denied by the host: https://status.example.com:443 "),
             "{plugin}: {view}"
         );
     }
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
-    assert!(!log.contains(SIGNING_KEY), "the secret is in the daemon log");
+    assert!(
+        !log.contains(SIGNING_KEY),
+        "the secret is in the daemon log"
+    );
 }
 
 /// Per-call cost of each language through the WebAssembly host, measured as
@@ -206,7 +218,10 @@ async fn per_call_cost() {
     let host = WasmHost::new(secrets, Arc::new(SystemClock), None).unwrap();
     let t = Instant::now();
     host.load_dir(&dir.path().join("plugins")).await;
-    eprintln!("load (compile both components): {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "load (compile both components): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(host.problems().is_empty(), "{:?}", host.problems());
     let calls: usize = std::env::var("POLYGLOT_CALLS")
         .ok()

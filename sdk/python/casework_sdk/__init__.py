@@ -167,25 +167,20 @@ class Plugin:
 
         class Actions:
             def describe(self):  # type: ignore[no-untyped-def]
-                from wit_world.exports import actions as wit
-
                 return [
-                    wit.ActionInfo(d["name"], d["doc"], d["input_schema"], d["output_schema"])
+                    _host.action_info(d["name"], d["doc"], d["input_schema"], d["output_schema"])
                     for d in plugin.describe()
                 ]
 
             def invoke(self, action, input, ctx):  # type: ignore[no-untyped-def]
-                from componentize_py_types import Err
-                from wit_world.exports import actions as wit
-
                 context = Context(ctx.instance_id, ctx.step_id, ctx.attempt, ctx.idempotency_key)
                 try:
                     return plugin.call(action, input, context)
                 except PluginError as e:
-                    raise Err(wit.PluginError(e.code, e.message, e.retryable))
-                except Exception as e:  # an uncaught bug: permanent, named by type only
-                    raise Err(
-                        wit.PluginError("plugin_failed", f"{type(e).__name__}: {e}"[:500], False)
+                    raise _host.plugin_error(e.code, e.message, e.retryable)
+                except Exception as e:  # an uncaught bug: permanent
+                    raise _host.plugin_error(
+                        "plugin_failed", f"{type(e).__name__}: {e}"[:500], False
                     )
 
         return Actions

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional, Tuple
+
+# Inside a component only modules imported while componentize-py snapshots the app
+# exist at run time (there is no filesystem to import from later), so the generated
+# bindings are imported here, at import time, not when first used.
+IN_COMPONENT = sys.platform == "wasi"
+if IN_COMPONENT:
+    from componentize_py_types import Err as _Err
+    from wit_world.exports import actions as _wit_actions
+    from wit_world.imports import clock as _clock
+    from wit_world.imports import config as _config
+    from wit_world.imports import http as _http
+    from wit_world.imports import log as _log
+    from wit_world.imports import random as _random
+    from wit_world.imports import secrets as _secrets
 
 _override: Optional[Any] = None
 _wasm: Optional[Any] = None
@@ -19,13 +34,12 @@ def backend() -> Any:
     if _override is not None:
         return _override
     if _wasm is None:
-        try:
-            _wasm = _WasmHost()
-        except ImportError:
+        if not IN_COMPONENT:
             raise RuntimeError(
                 "no Casework host here: outside a component, install "
                 "casework_sdk.testing.FakeHost() first"
-            ) from None
+            )
+        _wasm = _WasmHost()
     return _wasm
 
 
@@ -33,23 +47,18 @@ class _WasmHost:
     """The `casework:plugin@0.1.0` imports, as the generated bindings expose them."""
 
     def __init__(self) -> None:
-        import componentize_py_runtime  # noqa: F401  only inside a component
-        from wit_world.imports import clock, config, http, log, random, secrets
-
-        self._clock, self._config, self._http = clock, config, http
-        self._log, self._random, self._secrets = log, random, secrets
+        self._clock, self._config, self._http = _clock, _config, _http
+        self._log, self._random, self._secrets = _log, _random, _secrets
 
     def config_get(self, key: str) -> Optional[str]:
         return self._config.get(key)
 
     def secret_get(self, name: str) -> str:
-        from componentize_py_types import Err
-
         from . import PluginError
 
         try:
             return self._secrets.get(name)
-        except Err as e:
+        except _Err as e:
             kind = e.value.name
         if kind == "NOT_GRANTED":
             raise PluginError("secret_not_granted", f"secret `{name}` is not granted to this plugin")
@@ -69,15 +78,13 @@ class _WasmHost:
     def http_send(
         self, method: str, url: str, headers: List[Tuple[str, str]], body: bytes
     ) -> Tuple[int, List[Tuple[str, str]], bytes]:
-        from componentize_py_types import Err
-
         from .http import HttpError
 
         w = self._http
         request = w.Request(getattr(w.Method, method.upper()), url, list(headers), bytes(body))
         try:
             r = w.send(request)
-        except Err as e:
+        except _Err as e:
             v = e.value
             if isinstance(v, w.HttpError_Denied):
                 raise HttpError("denied", v.value) from None
@@ -89,3 +96,12 @@ class _WasmHost:
                 raise HttpError("connection", v.value) from None
             raise HttpError("response_too_large") from None
         return r.status, list(r.headers), bytes(r.body)
+
+
+def plugin_error(code: str, message: str, retryable: bool) -> Any:
+    """The WIT `plugin-error` raised as the `err` of `invoke`'s result."""
+    return _Err(_wit_actions.PluginError(code, message, retryable))
+
+
+def action_info(name: str, doc: str, input_schema: str, output_schema: str) -> Any:
+    return _wit_actions.ActionInfo(name, doc, input_schema, output_schema)

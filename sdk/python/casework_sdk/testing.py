@@ -165,7 +165,30 @@ def assert_manifest_matches(plugin: Plugin, manifest_path: str) -> None:
 
 
 def _read_toml(path: str) -> Dict[str, Any]:
-    import tomllib  # Python >= 3.11
-
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:
+        return _read_flat_toml(path)
     with open(path, "rb") as f:
         return tomllib.load(f)
+
+
+def _read_flat_toml(path: str) -> Dict[str, Any]:
+    """Just enough TOML for plugin.toml on Python < 3.11: ``[table]`` headers and
+    ``key = value`` lines whose values are JSON-compatible (strings, arrays, numbers)."""
+    import re
+
+    out: Dict[str, Any] = {}
+    table = out
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            header = re.fullmatch(r"\[([a-z_]+)\]", line)
+            if header:
+                table = out.setdefault(header.group(1), {})
+                continue
+            key, _, value = line.partition("=")
+            table[key.strip()] = json.loads(value.strip())
+    return out
