@@ -1486,16 +1486,7 @@ impl Store for PgStore {
                         limit: bounds.per_key,
                     });
                 }
-                // The number first: the value is sealed bound to it.
-                let seq: i64 = t
-                    .query_one(
-                        "SELECT nextval(pg_get_serial_sequence('casework_inbox', 'seq'))",
-                        &[],
-                    )
-                    .await?
-                    .try_get(0)?;
-                let number = u64::try_from(seq)
-                    .map_err(|_| Error::Io(format!("negative inbox number {seq}")))?;
+                let (seq, number) = next_number(&t, "casework_inbox").await?;
                 let entry = Buffered {
                     event: (*event).clone(),
                     stamp: Stamp {
@@ -1587,15 +1578,7 @@ impl Store for PgStore {
                 };
                 resize_inbox(&t, -1).await?;
                 let entry = open_buffered(&s, seq, &row.try_get::<_, Vec<u8>>(0)?)?;
-                let mail_seq: i64 = t
-                    .query_one(
-                        "SELECT nextval(pg_get_serial_sequence('casework_mail', 'seq'))",
-                        &[],
-                    )
-                    .await?
-                    .try_get(0)?;
-                let number = u64::try_from(mail_seq)
-                    .map_err(|_| Error::Io(format!("negative mail number {mail_seq}")))?;
+                let (mail_seq, number) = next_number(&t, "casework_mail").await?;
                 let letter = Mail::Event {
                     event: entry.event,
                     buffered: Some(entry.stamp),
@@ -1644,15 +1627,7 @@ impl Store for PgStore {
                 }
                 let mut stamp = stamp;
                 if stamp.seq == 0 {
-                    let seq: i64 = t
-                        .query_one(
-                            "SELECT nextval(pg_get_serial_sequence('casework_inbox', 'seq'))",
-                            &[],
-                        )
-                        .await?
-                        .try_get(0)?;
-                    stamp.seq = u64::try_from(seq)
-                        .map_err(|_| Error::Io(format!("negative inbox number {seq}")))?;
+                    stamp.seq = next_number(&t, "casework_inbox").await?.1;
                 }
                 let entry = Buffered {
                     event: (*event).clone(),
@@ -1752,6 +1727,24 @@ async fn resize_inbox(
     )
     .await?
     .try_get(0)?)
+}
+
+/// The next number of `table`'s serial `seq` (mail, inbox), taken first in `t` because a
+/// value is sealed bound to its number: as the column's type, and as stored.
+async fn next_number(
+    t: &deadpool_postgres::Transaction<'_>,
+    table: &str,
+) -> std::result::Result<(i64, u64), TxError> {
+    let seq: i64 = t
+        .query_one(
+            "SELECT nextval(pg_get_serial_sequence($1, 'seq'))",
+            &[&table],
+        )
+        .await?
+        .try_get(0)?;
+    let number =
+        u64::try_from(seq).map_err(|_| Error::Io(format!("negative number {seq} in {table}")))?;
+    Ok((seq, number))
 }
 
 /// A database of its own on a server, for `casework bench`: created empty, dropped with

@@ -226,7 +226,7 @@ impl Instance {
 
     /// Cancel the instance: compensations run, then it ends as cancelled.
     /// Hold the instance: no step begins, no timer fires, no event is taken, until
-    /// [`Instance::unhold`]. Ok(false) when it was held already.
+    /// [`Instance::unhold`]. No records when it was held already.
     pub fn pause(
         &mut self,
         wf: &CompiledWorkflow,
@@ -234,20 +234,10 @@ impl Instance {
         reason: &str,
         now: Millis,
     ) -> Result<Vec<Record>, HoldRefused> {
-        self.may_hold()?;
-        if self.hold.is_some() {
-            return Ok(Vec::new());
-        }
-        let rec = Record::Paused {
-            by: by.to_string(),
-            reason: reason.to_string(),
-            at: now,
-        };
-        self.apply(wf, &rec);
-        Ok(vec![rec])
+        self.set_hold(wf, true, by, reason, now)
     }
 
-    /// Let a held instance go on. Ok with no records when it was not held.
+    /// Let a held instance go on. No records when it was not held.
     pub fn unhold(
         &mut self,
         wf: &CompiledWorkflow,
@@ -255,14 +245,34 @@ impl Instance {
         reason: &str,
         now: Millis,
     ) -> Result<Vec<Record>, HoldRefused> {
+        self.set_hold(wf, false, by, reason, now)
+    }
+
+    fn set_hold(
+        &mut self,
+        wf: &CompiledWorkflow,
+        hold: bool,
+        by: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Vec<Record>, HoldRefused> {
         self.may_hold()?;
-        if self.hold.is_none() {
+        if self.hold.is_some() == hold {
             return Ok(Vec::new());
         }
-        let rec = Record::Resumed {
-            by: by.to_string(),
-            reason: reason.to_string(),
-            at: now,
+        let (by, reason) = (by.to_string(), reason.to_string());
+        let rec = if hold {
+            Record::Paused {
+                by,
+                reason,
+                at: now,
+            }
+        } else {
+            Record::Resumed {
+                by,
+                reason,
+                at: now,
+            }
         };
         self.apply(wf, &rec);
         Ok(vec![rec])
