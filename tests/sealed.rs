@@ -76,6 +76,21 @@ fn driver(store: SledStore) -> Driver {
 }
 
 /// Run `f` on its own runtime, so every task (and with them the store) is gone afterwards.
+/// Opens the store again after the previous life's driver was dropped. sled gives up its
+/// directory lock when its last handle is gone, which its own background flush thread may
+/// still hold for a moment after the runtime that ran the driver has stopped.
+fn reopen(data: &Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(data) {
+            Err(casework::store::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn with_runtime<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,7 +152,7 @@ fn secrets_never_reach_the_data_directory_in_clear() {
 
     // Second life: the event resumes the parked instance from its sealed journal.
     with_runtime(async {
-        let d = driver(SledStore::open(&data).unwrap());
+        let d = driver(reopen(&data));
         d.resume_all().unwrap();
         let woken = d
             .deliver(Event {
@@ -181,7 +196,7 @@ fn secrets_never_reach_the_data_directory_in_clear() {
     assert!(hits.is_empty(), "plaintext on disk: {hits:?}");
 
     // The journal still reads back in full with the key.
-    let store = SledStore::open(&data).unwrap();
+    let store = reopen(&data);
     let journal = serde_json::to_string(&store.journal(&id).unwrap()).unwrap();
     for secret in [CARD, EMAIL, OTP, TOKEN] {
         assert!(
