@@ -398,6 +398,24 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
     assert_eq!(rest["instances"], json!([]));
     let (s, e) = call(&d, "GET", "/v1/instances?colour=red", None, &[]);
     assert_eq!((s, code(&e)), (400, "invalid_query"));
+    // A status no instance can have is refused, not answered with an empty page.
+    let (s, e) = call(&d, "GET", "/v1/instances?status=AAA", None, &[]);
+    assert_eq!((s, code(&e)), (400, "invalid_query"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("parked"),
+        "{e}"
+    );
+    let (s, _) = call(&d, "GET", "/v1/instances?status=paused", None, &[]);
+    assert_eq!(s, 200);
+    // An event id may be left out but not sent as null.
+    let (s, e) = call(
+        &d,
+        "POST",
+        "/v1/events",
+        Some(json!({"type": "go", "key": "zzz", "id": null})),
+        &[],
+    );
+    assert_eq!((s, code(&e)), (400, "invalid_body"), "{e}");
 
     // Events wake only the matching instance.
     let (s, woke) = call(

@@ -12,7 +12,7 @@ use super::driver::{DeliverError, Driver, HoldError, RetryError, StartError, Wai
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
 use super::view;
-use crate::runtime::{Event, RetryRefused};
+use crate::runtime::{Event, RetryRefused, INDEX_STATUSES};
 use crate::store::InstanceMeta;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -807,6 +807,16 @@ async fn list_instances(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if let Some(s) = q.status.as_deref().filter(|s| !INDEX_STATUSES.contains(s)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "status `{s}` is not one an instance can have; use one of: {}",
+                INDEX_STATUSES.join(", ")
+            ),
+        ));
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut out = Vec::new();
     let mut cursor = q.cursor.clone();
@@ -981,8 +991,16 @@ struct EventBody {
     key: String,
     #[serde(default)]
     data: Value,
-    #[serde(default)]
+    /// May be left out, but not `null`: the document says string, and a `null` that
+    /// silently meant "no id" would turn off deduplication the sender asked for.
+    #[serde(default, deserialize_with = "present")]
     id: Option<String>,
+}
+
+/// Reads a field that may be absent (`#[serde(default)]` gives `None`) but, when
+/// present, must be a string.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 async fn deliver(
@@ -1156,6 +1174,11 @@ mod tests {
     fn documented() -> BTreeSet<(String, String)> {
         let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
         assert_eq!(doc["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+        assert_eq!(
+            doc["components"]["schemas"]["InstanceStatus"]["enum"],
+            json!(INDEX_STATUSES),
+            "the documented statuses are the ones the list accepts"
+        );
         doc["paths"]
             .as_object()
             .expect("paths")

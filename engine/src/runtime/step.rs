@@ -77,6 +77,18 @@ pub enum Reply {
     Held(Result<bool, HoldRefused>),
 }
 
+/// Every status an instance's index entry can show, so callers can refuse a filter that
+/// could never match.
+pub const INDEX_STATUSES: [&str; 7] = [
+    "running",
+    "parked",
+    "paused",
+    "compensating",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
 /// Index changes of one step: entries to add and remove, and the status to index.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IndexDelta {
@@ -279,6 +291,7 @@ impl Instance {
     }
 
     /// The status the index shows: `parked` when nothing can happen without outside help.
+    /// Always one of [`INDEX_STATUSES`].
     pub fn index_status(&self) -> &'static str {
         if self.hold().is_some() && !self.status().is_final() {
             "paused"
