@@ -11,10 +11,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use support::daemon::{self, Daemon};
+use support::http::{call, ended, metric, received};
 use support::postgres::TestDb;
 
 mod support {
     pub mod daemon;
+    pub mod http;
     pub mod postgres;
 }
 
@@ -109,28 +111,6 @@ fn spawn(dir: &Path, extra: &[&str]) -> Daemon {
     daemon::start(c, port)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(90)))
-        .build()
-        .into()
-}
-
-fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
-    let a = agent();
-    let resp = match (method, body) {
-        ("POST", Some(b)) => a.post(url).send_json(b),
-        ("DELETE", _) => a.delete(url).call(),
-        _ => a.get(url).call(),
-    };
-    let mut resp = resp.unwrap();
-    (
-        resp.status().as_u16(),
-        resp.body_mut().read_json().unwrap_or(Value::Null),
-    )
-}
-
 fn send(addr: &str, key: &str, by: &str, id: Option<&str>) -> (u16, Value) {
     let mut body = json!({"type": "go", "key": key, "data": {"by": by}});
     if let Some(id) = id {
@@ -149,51 +129,10 @@ fn start(addr: &str, workflow: &str, key: &str) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-/// The instance once it has ended (long-polling its view).
-fn ended(addr: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut after = 0;
-    loop {
-        let (s, v) = call(
-            "GET",
-            &format!("{addr}/v1/instances/{id}?wait=10s&after={after}"),
-            None,
-        );
-        assert_eq!(s, 200, "{v}");
-        if ["completed", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")) {
-            return v;
-        }
-        after = v["journal"].as_array().map_or(0, Vec::len);
-        assert!(Instant::now() < deadline, "{id} never ended: {v}");
-    }
-}
-
-fn received(view: &Value) -> usize {
-    view["journal"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["record"] == "event_received")
-        .count()
-}
-
 fn inbox(addr: &str, query: &str) -> Vec<Value> {
     let (s, v) = call("GET", &format!("{addr}/v1/inbox{query}"), None);
     assert_eq!(s, 200, "{v}");
     v["events"].as_array().unwrap().clone()
-}
-
-fn metric(addr: &str, series: &str) -> u64 {
-    let text = agent()
-        .get(&format!("{addr}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// 160 instances, each sent its event (twice at once, under one id) right after its start
@@ -464,21 +403,6 @@ fn buffered_events_survive_a_sigkill() {
     assert!(inbox(&d.addr, "").is_empty());
 }
 
-fn serve_pg(dir: &Path, name: &str, url: &str, key: &str) -> Daemon {
-    let port = daemon::free_port();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_casework"));
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join(name))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .args(["--store", url, "--no-reload"])
-        .env("CASEWORK_JOURNAL_KEY", key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    daemon::start(c, port)
-}
-
 /// Two daemons on one database: events sent to either before their waits, instances
 /// started on the other, all at once. Each instance takes its own event once.
 #[test]
@@ -487,8 +411,8 @@ fn postgres_daemons_share_one_inbox() {
     let dir = tempfile::tempdir().unwrap();
     workflows(dir.path());
     let key = JournalKey::random().unwrap().to_hex();
-    let a = serve_pg(dir.path(), "data-a", db.url(), &key);
-    let b = serve_pg(dir.path(), "data-b", db.url(), &key);
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
     let addrs = [a.addr.clone(), b.addr.clone()];
     const N: usize = 40;
     let handles: Vec<_> = (0..N)

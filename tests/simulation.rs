@@ -25,7 +25,7 @@
 
 use casework::clock::{Clock, ManualClock};
 use casework::compile::{self, rules::Rules};
-use casework::daemon::driver::{InboxSettings, Observer, DEFAULT_LEASE_MS};
+use casework::daemon::driver::{InboxSettings, Observer, StartError, DEFAULT_LEASE_MS};
 use casework::daemon::Driver;
 use casework::plugin_host::{CallContext, CallFuture, PluginError, PluginHost};
 use casework::runtime::{Event, Instance, Millis, Record};
@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 const T0: Millis = 1_767_225_600_000;
 const MIN: Millis = 60_000;
 
-const WORKFLOWS: [&str; 6] = [
+const WORKFLOWS: [&str; 7] = [
     r#"
 workflow: order
 version: 1
@@ -180,6 +180,19 @@ steps:
     next: done
   - id: done
     complete: { output: "${vars.a.data.by}" }
+"#,
+    // One open instance per ticket; only the deterministic tests start it.
+    r#"
+workflow: single
+version: 1
+input: { ticket: string }
+key: input.ticket
+steps:
+  - id: hold
+    wait: { event: close, key: input.ticket }
+    next: done
+  - id: done
+    complete: { output: closed }
 "#,
 ];
 
@@ -1397,6 +1410,50 @@ fn a_new_instance_torn_at_any_write_exists_whole_or_not_at_all() {
             assert_ne!(again.id, id, "keep {keep}");
             d.wait_idle().await;
             assert!(store.instance(&again.id).unwrap().is_some());
+        });
+        rt.shutdown_background();
+    }
+    assert!(
+        seen_absent && seen_present,
+        "the crash points cover both outcomes"
+    );
+}
+
+/// A start of a workflow with `key:` claims the key in the same atomic write as the new
+/// instance. Torn at any write, either the instance exists and holds the key (a second
+/// start is refused with its id until it ends, then a start creates one) or neither does
+/// (a second start creates at once): a crash never leaves a key held by nobody.
+#[test]
+fn a_torn_start_holds_its_concurrency_key_exactly_when_the_instance_exists() {
+    let input = json!({"ticket": "T-1"});
+    let (_, _, _, writes) = start_then_tear("single", input.clone(), None, 0);
+    let (mut seen_absent, mut seen_present) = (false, false);
+    for keep in 0..=writes {
+        let (store, clock, id, _) = start_then_tear("single", input.clone(), None, keep);
+        let present = store.instance(&id).unwrap().is_some();
+        let rt = runtime();
+        rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            d.resume_all().unwrap();
+            assert!(
+                comes_to_rest(&d).await,
+                "keep {keep}: leftovers kept firing"
+            );
+            if present {
+                seen_present = true;
+                match d.start("single", input.clone(), None).await {
+                    Err(StartError::Open { open, .. }) => assert_eq!(open, id, "keep {keep}"),
+                    other => panic!("keep {keep}: the open instance holds the key: {other:?}"),
+                }
+                assert!(d.cancel(&id, "test").await, "keep {keep}");
+                d.wait_idle().await;
+            } else {
+                seen_absent = true;
+            }
+            let again = d.start("single", input.clone(), None).await.unwrap();
+            assert!(again.created && again.id != id, "keep {keep}: {again:?}");
+            d.wait_idle().await;
+            assert_eq!(store.instance(&again.id).unwrap().unwrap().status, "parked");
         });
         rt.shutdown_background();
     }

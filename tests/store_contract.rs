@@ -103,10 +103,7 @@ fn wait(key: &str, instance: &str, frame: u32) -> Wait {
 }
 
 fn claim(key: &str) -> Claim {
-    Claim {
-        workflow: "refund".into(),
-        key: key.into(),
-    }
+    Claim::idempotency("refund", key)
 }
 
 fn first(id: &str, status: &str) -> Batch {
@@ -120,7 +117,7 @@ fn first(id: &str, status: &str) -> Batch {
 
 /// Create `id` owned by `daemon`, returning its fence.
 fn create(s: &Fixture, id: &str, status: &str, daemon: &str) -> Fence {
-    match s.create(&first(id, status), None, daemon).unwrap() {
+    match s.create(&first(id, status), &[], daemon).unwrap() {
         Created::New(f) => {
             s.flush().unwrap();
             assert_eq!(f.daemon, daemon);
@@ -375,7 +372,7 @@ fn create_new_existing_and_key_held(s: &Fixture) {
         waits_add: vec![wait("k", "c1", 0)],
         ..first("c1", "parked")
     };
-    let Created::New(f) = s.create(&b, Some(&claim("key-1")), "d1").unwrap() else {
+    let Created::New(f) = s.create(&b, &[claim("key-1")], "d1").unwrap() else {
         panic!("a new instance")
     };
     s.flush().unwrap();
@@ -396,7 +393,7 @@ fn create_new_existing_and_key_held(s: &Fixture) {
         ..first("c1", "running")
     };
     assert_eq!(
-        s.create(&again, None, "d2").unwrap(),
+        s.create(&again, &[], "d2").unwrap(),
         Created::Existing("c1".into())
     );
     assert_eq!(s.journal("c1").unwrap(), vec![rec("first", 1)]);
@@ -407,7 +404,7 @@ fn create_new_existing_and_key_held(s: &Fixture) {
         ..first("c2", "running")
     };
     assert_eq!(
-        s.create(&loser, Some(&claim("key-1")), "d2").unwrap(),
+        s.create(&loser, &[claim("key-1")], "d2").unwrap(),
         Created::Existing("c1".into())
     );
     s.flush().unwrap();
@@ -416,13 +413,9 @@ fn create_new_existing_and_key_held(s: &Fixture) {
     assert_eq!(s.next_timer().unwrap(), Some(50));
     assert_eq!(s.due_timers(100, 10).unwrap().len(), 1);
     // The key of another workflow is another key.
-    let other = Claim {
-        workflow: "other".into(),
-        key: "key-1".into(),
-    };
+    let other = Claim::idempotency("other", "key-1");
     assert!(matches!(
-        s.create(&first("c3", "running"), Some(&other), "d2")
-            .unwrap(),
+        s.create(&first("c3", "running"), &[other], "d2").unwrap(),
         Created::New(_)
     ));
     // Both creators own their instance, under different epochs.
@@ -447,11 +440,7 @@ fn concurrent_duplicate_creates_make_one_instance(s: &Fixture) {
                 let id = format!("r{i:02}");
                 barrier.wait();
                 let out = store
-                    .create(
-                        &first(&id, "running"),
-                        Some(&claim("dup")),
-                        &format!("d{i}"),
-                    )
+                    .create(&first(&id, "running"), &[claim("dup")], &format!("d{i}"))
                     .unwrap();
                 store.flush().unwrap();
                 (id, out)
@@ -475,6 +464,184 @@ fn concurrent_duplicate_creates_make_one_instance(s: &Fixture) {
     }
     assert_eq!(s.key_holder("refund", "dup").unwrap(), Some(winner.clone()));
     assert_eq!(ids(s.instances(None, 100).unwrap()), [winner]);
+}
+
+/// Finish `id` as `status` (its index entry is what the stores look at).
+fn finish(s: &Fixture, id: &str, fence: &Fence, status: &str) {
+    write(
+        s,
+        Batch {
+            instance: id.into(),
+            first_seq: 1,
+            records: vec![rec(status, 2)],
+            meta: Some(meta(id, status)),
+            fence: Some(fence.clone()),
+            ..Batch::default()
+        },
+    );
+}
+
+fn an_open_claim_is_held_until_its_holder_finishes(s: &Fixture) {
+    let open = |k: &str| Claim::open("refund", k);
+    let Created::New(f1) = s
+        .create(&first("o1", "running"), &[open("T-1")], "d1")
+        .unwrap()
+    else {
+        panic!("o1 is new")
+    };
+    s.flush().unwrap();
+    // While o1 is open (running, then parked or paused) the key is its.
+    for status in ["running", "parked", "paused"] {
+        if status != "running" {
+            write(
+                s,
+                Batch {
+                    instance: "o1".into(),
+                    meta: Some(meta("o1", status)),
+                    fence: Some(f1.clone()),
+                    ..Batch::default()
+                },
+            );
+        }
+        assert_eq!(
+            s.create(&first("o2", "running"), &[open("T-1")], "d2")
+                .unwrap(),
+            Created::Open("o1".into()),
+            "while o1 is {status}"
+        );
+        assert_eq!(
+            s.instance("o2").unwrap(),
+            None,
+            "the refused start wrote nothing"
+        );
+    }
+    // The open scope and the idempotency scope are separate name spaces.
+    assert_eq!(s.key_holder("refund", "T-1").unwrap(), None);
+    assert!(matches!(
+        s.create(&first("i1", "running"), &[claim("T-1")], "d2")
+            .unwrap(),
+        Created::New(_)
+    ));
+    // Another key, or the same key of another workflow, is free.
+    assert!(matches!(
+        s.create(&first("o3", "running"), &[open("T-2")], "d2")
+            .unwrap(),
+        Created::New(_)
+    ));
+    assert!(matches!(
+        s.create(
+            &first("o4", "running"),
+            &[Claim::open("other", "T-1")],
+            "d2"
+        )
+        .unwrap(),
+        Created::New(_)
+    ));
+    // An idempotency key held is named first; a refused start takes neither claim.
+    assert_eq!(
+        s.create(&first("o5", "running"), &[claim("T-1"), open("T-9")], "d2")
+            .unwrap(),
+        Created::Existing("i1".into())
+    );
+    assert_eq!(
+        s.create(&first("o5", "running"), &[claim("K-5"), open("T-1")], "d2")
+            .unwrap(),
+        Created::Open("o1".into())
+    );
+    assert_eq!(
+        s.key_holder("refund", "K-5").unwrap(),
+        None,
+        "K-5 was not taken"
+    );
+    // Once o1 has finished, the next start takes the key over, and holds it.
+    finish(s, "o1", &f1, "completed");
+    let Created::New(_) = s
+        .create(&first("o6", "running"), &[claim("K-6"), open("T-1")], "d2")
+        .unwrap()
+    else {
+        panic!("T-1 is free once o1 completed")
+    };
+    s.flush().unwrap();
+    assert_eq!(s.key_holder("refund", "K-6").unwrap(), Some("o6".into()));
+    assert_eq!(
+        s.create(&first("o7", "running"), &[open("T-1")], "d1")
+            .unwrap(),
+        Created::Open("o6".into())
+    );
+    // Failed and cancelled are finished too.
+    for (i, status) in ["failed", "cancelled"].into_iter().enumerate() {
+        let holder = if i == 0 { "o6" } else { "o8" };
+        let f = s.claim(holder, "d2", 0).unwrap();
+        let Ownership::Mine(f) = f else {
+            panic!("{holder} is d2's: {f:?}")
+        };
+        finish(s, holder, &f, status);
+        let next = if i == 0 { "o8" } else { "o9" };
+        assert!(
+            matches!(
+                s.create(&first(next, "running"), &[open("T-1")], "d2")
+                    .unwrap(),
+                Created::New(_)
+            ),
+            "T-1 is free once {holder} is {status}"
+        );
+        s.flush().unwrap();
+    }
+}
+
+fn concurrent_starts_for_one_open_key_make_one_instance(s: &Fixture) {
+    const N: usize = 16;
+    // Twice: first with the key never used, then after its holder has finished.
+    let mut previous: Option<(String, Fence)> = None;
+    for round in 0..2 {
+        if let Some((id, fence)) = &previous {
+            finish(s, id, fence, "completed");
+        }
+        let barrier = Arc::new(Barrier::new(N));
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let store = s.store.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let id = format!("q{round}-{i:02}");
+                    barrier.wait();
+                    // Each start has its own idempotency key, as distinct requests do.
+                    let claims = [
+                        Claim::idempotency("refund", &id),
+                        Claim::open("refund", "ticket-7"),
+                    ];
+                    let out = store
+                        .create(&first(&id, "running"), &claims, &format!("d{i}"))
+                        .unwrap();
+                    store.flush().unwrap();
+                    (id, out)
+                })
+            })
+            .collect();
+        let results: Vec<(String, Created)> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<(&String, &Fence)> = results
+            .iter()
+            .filter_map(|(id, c)| match c {
+                Created::New(f) => Some((id, f)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: one New: {results:?}");
+        let (winner, fence) = (winners[0].0.clone(), winners[0].1.clone());
+        for (id, c) in &results {
+            if *id != winner {
+                assert_eq!(*c, Created::Open(winner.clone()), "{id}");
+                assert_eq!(s.instance(id).unwrap(), None, "{id} wrote nothing");
+                assert_eq!(
+                    s.key_holder("refund", id).unwrap(),
+                    None,
+                    "{id} took no key"
+                );
+            }
+        }
+        previous = Some((winner, fence));
+    }
 }
 
 fn a_stale_fence_is_refused_whole(s: &Fixture) {
@@ -1065,6 +1232,8 @@ macro_rules! suite {
                 event_answers_are_kept,
                 create_new_existing_and_key_held,
                 concurrent_duplicate_creates_make_one_instance,
+                an_open_claim_is_held_until_its_holder_finishes,
+                concurrent_starts_for_one_open_key_make_one_instance,
                 a_stale_fence_is_refused_whole,
                 claims_follow_heartbeats_and_epochs_grow,
                 concurrent_claims_of_a_lapsed_instance_have_one_winner,
@@ -1097,7 +1266,7 @@ fn postgres_values_and_client_strings_are_not_stored_in_clear() {
                 waits_add: vec![wait(MARKER, "i1", 0)],
                 ..first("i1", "parked")
             },
-            Some(&claim(MARKER)),
+            &[claim(MARKER)],
             "d1",
         )
         .unwrap()
@@ -1199,7 +1368,7 @@ fn postgres_daemons_on_separate_connections_share_ownership() {
     let b = PgStore::open(db.url(), KeySource::Explicit(k)).unwrap();
     a.heartbeat("da", 100).unwrap();
     b.heartbeat("db", 1000).unwrap();
-    let Created::New(fa) = a.create(&first("x", "running"), None, "da").unwrap() else {
+    let Created::New(fa) = a.create(&first("x", "running"), &[], "da").unwrap() else {
         panic!()
     };
     assert_eq!(

@@ -53,3 +53,20 @@ pub fn start(mut command: Command, port: u16) -> Daemon {
     }
     Daemon { child, addr }
 }
+
+/// `casework serve` on the PostgreSQL database at `url`, with its own data directory
+/// DIR/NAME and the shared DIR/workflows, sealing with `key`.
+pub fn serve_postgres(dir: &Path, name: &str, url: &str, key: &str) -> Daemon {
+    let port = free_port();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_casework"));
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(dir.join(name))
+        .arg("--workflows")
+        .arg(dir.join("workflows"))
+        .args(["--store", url, "--no-reload"])
+        .env("CASEWORK_JOURNAL_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    start(c, port)
+}

@@ -37,6 +37,26 @@ pub struct CompiledWorkflow {
     pub on_error: Option<usize>,
     pub rules: Arc<Rules>,
     pub triggers: Vec<Trigger>,
+    /// At most one open instance per key (`key:` and `concurrency:`).
+    pub concurrency: Option<Concurrency>,
+}
+
+/// One open instance per business key.
+#[derive(Debug)]
+pub struct Concurrency {
+    /// Expression over `input` giving the key.
+    pub key: AST,
+    pub on_conflict: OnConflict,
+}
+
+/// What a start does while an instance with its key is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnConflict {
+    Reject,
+    /// Deliver the start's input to the open instance as an event of this type.
+    Attach {
+        event: String,
+    },
 }
 
 impl CompiledWorkflow {
@@ -193,6 +213,15 @@ pub fn compile(
         c.steps.push(step);
     }
     let triggers = def.triggers.iter().filter_map(|t| c.trigger(t)).collect();
+    let concurrency = def.concurrency.as_ref().map(|k| Concurrency {
+        key: c.script(&k.key, true),
+        on_conflict: match &k.on_conflict {
+            definition::OnConflict::Reject => OnConflict::Reject,
+            definition::OnConflict::Attach { event } => OnConflict::Attach {
+                event: event.value.clone(),
+            },
+        },
+    });
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
     let Compiler {
         diags,
@@ -219,6 +248,7 @@ pub fn compile(
             on_error,
             rules: rules.clone(),
             triggers,
+            concurrency,
         },
         diags,
     )

@@ -8,7 +8,9 @@
 //! and unknown JSON fields are rejected (400).
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
-use super::driver::{DeliverError, Driver, HoldError, RetryError, StartError, WaitError, MAX_WAIT};
+use super::driver::{
+    DeliverError, Driver, HoldError, RetryError, StartError, Started, WaitError, MAX_WAIT,
+};
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
 use super::view;
@@ -564,9 +566,34 @@ fn start_failed(e: StartError) -> ApiError {
                 format!("{} problem(s) with the input", problems.len()),
             )
         },
+        StartError::Key(why) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!("the workflow's `key` could not be worked out from the input: {why}"),
+        ),
+        StartError::Open { workflow, open } => ApiError {
+            details: Some(json!({"id": open})),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "instance_open",
+                format!(
+                    "instance {open} of `{workflow}` is open for this key and the workflow \
+                     allows one at a time; send to it as an event, or start again once it has finished"
+                ),
+            )
+        },
         StartError::Overloaded(e) => overloaded(e),
         StartError::Internal(e) => internal(e),
     }
+}
+
+/// The first fields of a start's answer.
+fn started_body(s: &Started) -> Value {
+    let mut body = json!({"id": s.id, "created": s.created});
+    if s.attached {
+        body["attached"] = json!(true);
+    }
+    body
 }
 
 /// A waited-on instance's index entry as the store has it now.
@@ -610,7 +637,7 @@ async fn start(
         } else {
             StatusCode::OK
         };
-        return Ok((status, Json(json!({"id": s.id, "created": s.created}))).into_response());
+        return Ok((status, Json(started_body(&s))).into_response());
     };
     // A duplicate start waits on the instance the first one created.
     let waited = api
@@ -623,14 +650,13 @@ async fn start(
         .await
         .map_err(wait_failed)?;
     if !waited.settled {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"id": s.id, "created": s.created, "status": waited.value.status})),
-        )
-            .into_response());
+        let mut body = started_body(&s);
+        body["status"] = json!(waited.value.status);
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let v = instance_view(&api.driver, &s.id)?;
-    let mut body = json!({"id": s.id, "created": s.created, "status": v.status});
+    let mut body = started_body(&s);
+    body["status"] = json!(v.status);
     if let Some(o) = v.output {
         body["output"] = o;
     }

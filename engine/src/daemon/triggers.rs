@@ -24,6 +24,9 @@ pub struct TriggerStart {
     pub workflow: String,
     pub id: String,
     pub created: bool,
+    /// Given to the open instance with the workflow's key instead (`on_conflict: attach`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
 }
 
 /// A trigger that matched but could not start its workflow; the message says why.
@@ -132,6 +135,7 @@ async fn start(
             workflow: wf.name.clone(),
             id: s.id,
             created: s.created,
+            attached: s.attached,
         }),
         Err(e) => outcome.failed.push(TriggerFailure {
             workflow: wf.name.clone(),

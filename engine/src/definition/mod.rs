@@ -49,6 +49,26 @@ pub struct WorkflowDef {
     pub compensations: Vec<StepDef>,
     /// What starts the workflow besides the API: events and schedules.
     pub triggers: Vec<TriggerDef>,
+    /// `key:` and `concurrency:`: at most one open instance per key.
+    pub concurrency: Option<ConcurrencyDef>,
+}
+
+/// One open instance per business key (`key:` with `concurrency:`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConcurrencyDef {
+    /// Expression over `input` giving the key, e.g. `input.ticket_id`.
+    pub key: Script,
+    pub on_conflict: OnConflict,
+}
+
+/// What a start does while an instance with its key is open.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OnConflict {
+    /// Answer `409` naming the open instance.
+    Reject,
+    /// Answer with the open instance and deliver the start's input to it as an event of
+    /// this type, keyed by the concurrency key (signal-with-start).
+    Attach { event: Spanned<String> },
 }
 
 /// One `triggers:` entry.

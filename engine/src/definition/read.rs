@@ -27,7 +27,10 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "steps",
     "compensations",
     "triggers",
+    "key",
+    "concurrency",
 ];
+pub(crate) const CONCURRENCY_FIELDS: &[&str] = &["limit", "on_conflict", "event"];
 pub(crate) const TRIGGER_FIELDS: &[&str] = &["event", "when", "schedule", "timezone", "input"];
 pub(crate) const STEP_COMMON: &[&str] = &[
     "id",
@@ -252,6 +255,7 @@ impl Reader<'_> {
             .get("triggers")
             .map(|n| self.triggers(n))
             .unwrap_or_default();
+        let concurrency = self.concurrency(&f);
         Some(WorkflowDef {
             file: self.file.to_string(),
             name: name?,
@@ -262,6 +266,85 @@ impl Reader<'_> {
             steps,
             compensations,
             triggers,
+            concurrency,
+        })
+    }
+
+    /// `key:` and `concurrency:` of the workflow. `key:` alone means one open instance
+    /// per key, refusing the others.
+    fn concurrency(&mut self, f: &Fields<'_>) -> Option<ConcurrencyDef> {
+        let key = f.get("key");
+        let conc = f.get("concurrency");
+        let Some(key) = key else {
+            if let Some(c) = conc {
+                self.hint(
+                    c.span,
+                    "`concurrency` without a `key`",
+                    "add `key: <expression>` at the top level naming what must have one open instance at a time, e.g. `key: input.ticket_id`",
+                );
+            }
+            return None;
+        };
+        let key = self.script(key, "`key`");
+        let mut on_conflict = Some(OnConflict::Reject);
+        if let Some(c) = conc {
+            let cf = self.fields(c, "`concurrency`", CONCURRENCY_FIELDS)?;
+            if let Some(l) = cf.get("limit") {
+                if let Some(limit) = self.uint(l, "`limit`", 1, u32::MAX as i64) {
+                    if limit != 1 {
+                        self.hint(
+                            l.span,
+                            format!("`limit: {limit}`: only one open instance per key is supported"),
+                            "use `limit: 1` (or leave it out); for several at once per key, start them without a `key`",
+                        );
+                    }
+                }
+            }
+            let event = cf.get("event").and_then(|n| self.string(n, "`event`"));
+            on_conflict = match cf.get("on_conflict") {
+                None => Some(OnConflict::Reject),
+                Some(n) => match n.as_str() {
+                    Some("reject") => Some(OnConflict::Reject),
+                    Some("attach") => match event.clone() {
+                        Some(event) => Some(OnConflict::Attach { event }),
+                        None => {
+                            self.hint(
+                                n.span,
+                                "`on_conflict: attach` needs an `event`",
+                                "name the event the open instance receives, e.g. `event: ticket.updated`; a `wait` for it with the same key as the workflow's `key` takes it",
+                            );
+                            None
+                        }
+                    },
+                    Some("queue") => {
+                        self.hint(
+                            n.span,
+                            "`on_conflict: queue` is not supported yet",
+                            "use `attach` (the open instance receives the start as an event) or `reject` (the start is refused with the open instance's id)",
+                        );
+                        None
+                    }
+                    _ => {
+                        self.hint(
+                            n.span,
+                            "`on_conflict` must be `attach` or `reject`",
+                            "`attach` gives the start to the open instance as an event; `reject` refuses it with 409",
+                        );
+                        None
+                    }
+                },
+            };
+            if event.is_some() && !matches!(on_conflict, Some(OnConflict::Attach { .. })) {
+                self.hint(
+                    cf.key_span("event"),
+                    "`event` is used only with `on_conflict: attach`",
+                    "remove `event`, or set `on_conflict: attach`",
+                );
+            }
+        }
+        Some(ConcurrencyDef {
+            key: key?,
+            on_conflict: on_conflict?,
         })
     }
 

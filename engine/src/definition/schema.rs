@@ -110,6 +110,11 @@ pub fn workflow_schema() -> Value {
                     "schedule": {"type": "string", "description": "Cron pattern, e.g. \"0 9 * * MON-FRI\""},
                     "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/London"},
                     "input": {"description": "The new instance's input; `${schedule.at}` is the occurrence"}}}]}}),
+            "key" => expr("expression over `input` naming what has one open instance at a time, e.g. input.ticket_id"),
+            "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
+                "limit": {"const": 1, "description": "open instances per key (only 1 is supported)"},
+                "on_conflict": {"enum": ["attach", "reject"], "description": "attach: the open instance receives the start as `event`; reject: 409 with the open instance's id"},
+                "event": {"type": "string", "description": "with attach: the event type the open instance receives, keyed by `key`"}}}),
             _ => json!({"$ref": "#/$defs/steps"}),
         };
         top.insert((*f).into(), v);

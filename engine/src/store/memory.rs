@@ -300,6 +300,14 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
     ops
 }
 
+/// Where a claim is kept: the scope's domain keeps the two name spaces apart.
+fn key_of(c: &Claim) -> (String, String) {
+    (
+        c.workflow.clone(),
+        format!("{}\0{}", c.scope.domain(), c.key),
+    )
+}
+
 impl Store for MemoryStore {
     fn write(&self, b: &Batch) -> Result<()> {
         let mut g = self.lock()?;
@@ -371,31 +379,34 @@ impl Store for MemoryStore {
         Ok(self.lock()?.live.definitions.get(hash).cloned())
     }
 
-    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
+    fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
         let mut g = self.lock()?;
         if g.live.instances.contains_key(&b.instance) {
             return Ok(Created::Existing(b.instance.clone()));
         }
-        if let Some(c) = claim {
-            let k = (c.workflow.clone(), c.key.clone());
-            if let Some(holder) = g.live.keys.get(&k) {
+        for c in claims {
+            if let Some(holder) = g.live.keys.get(&key_of(c)) {
                 // A claim without its instance is left by a crash before the instance's
-                // index entry: it is free.
-                if g.live.instances.contains_key(holder) {
-                    return Ok(Created::Existing(holder.clone()));
+                // index entry: it is free. So is a while-open claim whose holder finished.
+                match (g.live.instances.get(holder), c.scope) {
+                    (None, _) => {}
+                    (Some(_), ClaimScope::Forever) => return Ok(Created::Existing(holder.clone())),
+                    (Some(m), ClaimScope::WhileOpen) if !m.is_final() => {
+                        return Ok(Created::Open(holder.clone()))
+                    }
+                    (Some(_), ClaimScope::WhileOpen) => {}
                 }
             }
         }
-        // As the sled store writes a new instance: the claim first, the instance's index
+        // As the sled store writes a new instance: the claims first, the instance's index
         // entry after its records, one write at a time, so a crash may keep any prefix.
-        let mut ops = Vec::new();
-        if let Some(c) = claim {
-            ops.push(Op::Key(
-                c.workflow.clone(),
-                c.key.clone(),
-                b.instance.clone(),
-            ));
-        }
+        let mut ops: Vec<Op> = claims
+            .iter()
+            .map(|c| {
+                let (workflow, key) = key_of(c);
+                Op::Key(workflow, key, b.instance.clone())
+            })
+            .collect();
         ops.extend(batch_ops(b));
         for op in ops {
             g.live.apply(&op);
@@ -408,7 +419,7 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         Ok(g.live
             .keys
-            .get(&(workflow.to_string(), key.to_string()))
+            .get(&key_of(&Claim::idempotency(workflow, key)))
             .filter(|holder| g.live.instances.contains_key(*holder))
             .cloned())
     }
@@ -788,21 +799,20 @@ mod tests {
         assert_eq!(ids(s.instances(None, 10).unwrap()), vec!["a", "b"]);
         assert_eq!(ids(s.instances(Some("a"), 10).unwrap()), vec!["b"]);
         assert_eq!(ids(s.runnable().unwrap()), vec!["a"]);
-        let claim = Claim {
-            workflow: "w".into(),
-            key: "k".into(),
-        };
+        let claim = Claim::idempotency("w", "k");
         let first = |id: &str| Batch {
             instance: id.into(),
             meta: Some(meta(id, "running")),
             ..Batch::default()
         };
         assert!(matches!(
-            s.create(&first("c"), Some(&claim), "d1").unwrap(),
+            s.create(&first("c"), std::slice::from_ref(&claim), "d1")
+                .unwrap(),
             Created::New(_)
         ));
         assert_eq!(
-            s.create(&first("d"), Some(&claim), "d1").unwrap(),
+            s.create(&first("d"), std::slice::from_ref(&claim), "d1")
+                .unwrap(),
             Created::Existing("c".into())
         );
         assert_eq!(s.instance("d").unwrap(), None, "the loser wrote nothing");

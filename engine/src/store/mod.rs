@@ -166,11 +166,55 @@ pub fn buffered_answer(seq: u64) -> serde_json::Value {
     serde_json::json!({"woken": [], "buffered": seq})
 }
 
-/// An idempotency key, claimed by the first write of the instance it starts.
+/// A key claimed by the first write of the instance it starts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Claim {
     pub workflow: String,
     pub key: String,
+    pub scope: ClaimScope,
+}
+
+impl Claim {
+    /// An idempotency key: the instance keeps it for good.
+    pub fn idempotency(workflow: &str, key: &str) -> Claim {
+        Claim {
+            workflow: workflow.to_string(),
+            key: key.to_string(),
+            scope: ClaimScope::Forever,
+        }
+    }
+
+    /// A workflow's concurrency key: held while the instance is open.
+    pub fn open(workflow: &str, key: &str) -> Claim {
+        Claim {
+            workflow: workflow.to_string(),
+            key: key.to_string(),
+            scope: ClaimScope::WhileOpen,
+        }
+    }
+}
+
+/// How long a [`Claim`] is held. The two scopes are separate name spaces: an idempotency
+/// key and a concurrency key with the same text never collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClaimScope {
+    /// For as long as the instance exists (idempotency: a duplicate start finds it).
+    Forever,
+    /// Until the instance is completed, failed or cancelled (one open instance per key).
+    /// The claim is not removed when the holder finishes: the next create that finds a
+    /// finished holder takes the claim over in its own atomic write, so no crash between
+    /// "finished" and "released" can leave a key held by nobody alive.
+    WhileOpen,
+}
+
+impl ClaimScope {
+    /// The domain a key is hashed under in the stores' indexes.
+    pub fn domain(self) -> &'static str {
+        match self {
+            ClaimScope::Forever => "idempotency",
+            ClaimScope::WhileOpen => "open",
+        }
+    }
 }
 
 /// What [`Store::create`] did.
@@ -179,8 +223,10 @@ pub enum Created {
     /// The batch was written, the key (if any) now belongs to the new instance, and the
     /// instance is owned by the creating daemon under this fence.
     New(Fence),
-    /// Nothing was written: this instance already exists, or holds the key.
+    /// Nothing was written: this instance already exists, or holds the idempotency key.
     Existing(String),
+    /// Nothing was written: this open instance holds a [`ClaimScope::WhileOpen`] key.
+    Open(String),
 }
 
 /// A stored workflow version, so instances can run the exact definition they started with.
@@ -229,14 +275,16 @@ pub trait Store: Send + Sync + 'static {
     fn runnable(&self) -> Result<Vec<InstanceMeta>>;
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()>;
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>>;
-    /// Write the first batch of a new instance and claim its idempotency key in one atomic
-    /// write: either the records, index entries and claim are all stored, or — when the
-    /// instance exists already or another instance holds the key — nothing is, and the
-    /// existing instance is named. Like [`Store::write`], durable only after a flush. This
-    /// is what makes concurrent duplicate starts create one instance.
+    /// Write the first batch of a new instance and take its claims in one atomic write:
+    /// either the records, index entries and claims are all stored, or — when the
+    /// instance exists already or another instance holds one of the keys — nothing is,
+    /// and the holder is named. Claims are looked at in order; a [`ClaimScope::WhileOpen`]
+    /// claim whose holder has finished is free. Like [`Store::write`], durable only after
+    /// a flush. This is what makes concurrent duplicate starts create one instance, and
+    /// concurrent starts for one concurrency key create one open instance.
     /// The new instance is owned by `daemon` ([`Created::New`] gives the fence); the
     /// batch's own `fence` is not looked at.
-    fn create(&self, batch: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created>;
+    fn create(&self, batch: &Batch, claims: &[Claim], daemon: &str) -> Result<Created>;
     /// The instance that holds an idempotency key, if any (a read: claims happen in
     /// [`Store::create`]).
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;

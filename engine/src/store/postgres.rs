@@ -514,7 +514,7 @@ async fn create_tx(
     c: &mut deadpool_postgres::Client,
     b: &Batch,
     sealed: &Sealed,
-    claim: Option<&(String, Vec<u8>)>,
+    claims: &[(String, Vec<u8>, ClaimScope)],
     daemon: &str,
 ) -> std::result::Result<Created, TxError> {
     let Some(m) = &b.meta else {
@@ -549,9 +549,11 @@ async fn create_tx(
         return Ok(Created::Existing(b.instance.clone()));
     };
     let epoch: i64 = row.try_get(0)?;
-    if let Some((workflow, key_hash)) = claim {
+    for (workflow, key_hash, scope) in claims {
         // Under the unique constraint: of concurrent claims one inserts, the others wait
-        // for its commit and then find its row.
+        // for its commit and then find its row. Claims are taken in the caller's order
+        // (idempotency first), the same in every transaction, so two creates wait on each
+        // other at most one way.
         let won = t
             .query_opt(
                 "INSERT INTO casework_idempotency (workflow, key_hash, instance) VALUES ($1, $2, $3) \
@@ -559,50 +561,57 @@ async fn create_tx(
                 &[workflow, key_hash, &b.instance],
             )
             .await?;
-        if won.is_none() {
-            // Whether the holder exists is asked after the lock, in a statement of its own
-            // (as in `claim`): a join in the locking statement would be re-checked against
-            // the instances as they were before waiting for the lock, and miss a holder
-            // created by the transaction waited for.
-            let holder: Option<String> = t
-                .query_opt(
-                    "SELECT instance FROM casework_idempotency \
-                     WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
-                    &[workflow, key_hash],
+        if won.is_some() {
+            continue;
+        }
+        // Whether the holder exists is asked after the lock, in a statement of its own
+        // (as in `claim`): a join in the locking statement would be re-checked against
+        // the instances as they were before waiting for the lock, and miss a holder
+        // created by the transaction waited for.
+        let holder: Option<String> = t
+            .query_opt(
+                "SELECT instance FROM casework_idempotency \
+                 WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
+                &[workflow, key_hash],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(holder) = holder else {
+            // Deleted meanwhile: not possible today (claims are never deleted); try again.
+            t.rollback().await?;
+            return Err(TxError::Store(Error::Io(
+                "an idempotency claim changed while it was being read".into(),
+            )));
+        };
+        let status: Option<String> = t
+            .query_opt(
+                "SELECT status FROM casework_instances WHERE id = $1",
+                &[&holder],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let finished = status
+            .as_deref()
+            .is_some_and(|s| matches!(s, "completed" | "failed" | "cancelled"));
+        match (status, scope) {
+            (Some(_), ClaimScope::Forever) => {
+                t.rollback().await?;
+                return Ok(Created::Existing(holder));
+            }
+            (Some(_), ClaimScope::WhileOpen) if !finished => {
+                t.rollback().await?;
+                return Ok(Created::Open(holder));
+            }
+            // A claim without its instance is free (as in the other stores), and so is a
+            // while-open claim whose holder has finished.
+            _ => {
+                t.execute(
+                    "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
+                    &[workflow, key_hash, &b.instance],
                 )
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-            let exists = match &holder {
-                Some(h) => t
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM casework_instances WHERE id = $1)",
-                        &[h],
-                    )
-                    .await?
-                    .try_get::<_, bool>(0)?,
-                None => false,
-            };
-            match holder {
-                Some(holder) if exists => {
-                    t.rollback().await?;
-                    return Ok(Created::Existing(holder));
-                }
-                // A claim without its instance is free (as in the other stores).
-                Some(_) => {
-                    t.execute(
-                        "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
-                        &[workflow, key_hash, &b.instance],
-                    )
-                    .await?;
-                }
-                // Deleted meanwhile: not possible today (claims are never deleted); try again.
-                None => {
-                    t.rollback().await?;
-                    return Err(TxError::Store(Error::Io(
-                        "an idempotency claim changed while it was being read".into(),
-                    )));
-                }
+                .await?;
             }
         }
     }
@@ -1066,22 +1075,31 @@ impl Store for PgStore {
         })
     }
 
-    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
+    fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
         let sealed = Arc::new(self.shared.sealed(b)?);
-        let claim = claim.map(|c| {
-            (
-                c.workflow.clone(),
-                self.shared.sealer.index_id("idempotency", &c.key).to_vec(),
-            )
-        });
+        let claims: Arc<Vec<_>> = Arc::new(
+            claims
+                .iter()
+                .map(|c| {
+                    (
+                        c.workflow.clone(),
+                        self.shared
+                            .sealer
+                            .index_id(c.scope.domain(), &c.key)
+                            .to_vec(),
+                        c.scope,
+                    )
+                })
+                .collect(),
+        );
         let b = Arc::new(b.clone());
         let daemon = daemon.to_string();
         self.transact(move |s| {
-            let (b, sealed, claim, daemon) =
-                (b.clone(), sealed.clone(), claim.clone(), daemon.clone());
+            let (b, sealed, claims, daemon) =
+                (b.clone(), sealed.clone(), claims.clone(), daemon.clone());
             async move {
                 let mut c = s.client().await?;
-                create_tx(&mut c, &b, &sealed, claim.as_ref(), &daemon).await
+                create_tx(&mut c, &b, &sealed, &claims, &daemon).await
             }
         })
     }

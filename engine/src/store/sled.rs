@@ -268,10 +268,10 @@ impl SledStore {
             .is_some())
     }
 
-    fn claim_id(&self, workflow: &str, key: &str) -> Vec<u8> {
+    fn claim_id(&self, workflow: &str, key: &str, scope: ClaimScope) -> Vec<u8> {
         let mut k = workflow.as_bytes().to_vec();
         k.push(0);
-        k.extend_from_slice(&self.sealer.index_id("idempotency", key));
+        k.extend_from_slice(&self.sealer.index_id(scope.domain(), key));
         k
     }
 }
@@ -518,7 +518,7 @@ impl Store for SledStore {
         }
     }
 
-    fn create(&self, b: &Batch, claim: Option<&Claim>, daemon: &str) -> Result<Created> {
+    fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
         // Under the lease lock, like every write: creates and writes of this process (the
         // only one with the data directory open) are one at a time, so checking the id
         // and the key and then writing cannot race. No sled transaction: it would seal
@@ -532,17 +532,26 @@ impl Store for SledStore {
         if self.instances.get(id).map_err(io)?.is_some() {
             return Ok(Created::Existing(b.instance.clone()));
         }
-        if let Some(c) = claim {
-            let k = self.claim_id(&c.workflow, &c.key);
+        let mut taken = Vec::with_capacity(claims.len());
+        for c in claims {
+            let k = self.claim_id(&c.workflow, &c.key, c.scope);
             if let Some(holder) = self.keys.get(&k).map_err(io)? {
+                let holder = String::from_utf8_lossy(&holder).into_owned();
                 // A claim without its instance is left by a crash before the instance's
-                // index entry (or by a store from before claims): it is free.
-                if self.instances.get(&holder).map_err(io)?.is_some() {
-                    return Ok(Created::Existing(
-                        String::from_utf8_lossy(&holder).into_owned(),
-                    ));
+                // index entry (or by a store from before claims): it is free. So is a
+                // while-open claim whose holder has finished.
+                match (self.instance(&holder)?, c.scope) {
+                    (None, _) => {}
+                    (Some(_), ClaimScope::Forever) => return Ok(Created::Existing(holder)),
+                    (Some(m), ClaimScope::WhileOpen) if !m.is_final() => {
+                        return Ok(Created::Open(holder))
+                    }
+                    (Some(_), ClaimScope::WhileOpen) => {}
                 }
             }
+            taken.push(k);
+        }
+        for k in taken {
             self.keys.insert(k, id).map_err(io)?;
         }
         // The index entry that makes the instance exist comes after its records.
@@ -551,7 +560,11 @@ impl Store for SledStore {
     }
 
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
-        let Some(holder) = self.keys.get(self.claim_id(workflow, key)).map_err(io)? else {
+        let Some(holder) = self
+            .keys
+            .get(self.claim_id(workflow, key, ClaimScope::Forever))
+            .map_err(io)?
+        else {
             return Ok(None);
         };
         let holder = String::from_utf8_lossy(&holder).into_owned();
@@ -1022,20 +1035,20 @@ mod tests {
         // whose instance never got journaled.
         let s = SledStore::temporary().unwrap();
         s.keys
-            .insert(s.claim_id("refund", "k1"), b"ghost".as_slice())
+            .insert(
+                s.claim_id("refund", "k1", ClaimScope::Forever),
+                b"ghost".as_slice(),
+            )
             .unwrap();
         assert_eq!(s.key_holder("refund", "k1").unwrap(), None);
-        let claim = Claim {
-            workflow: "refund".into(),
-            key: "k1".into(),
-        };
+        let claim = Claim::idempotency("refund", "k1");
         let first = Batch {
             instance: "i2".into(),
             meta: Some(meta("i2")),
             ..Batch::default()
         };
         assert!(matches!(
-            s.create(&first, Some(&claim), "d1").unwrap(),
+            s.create(&first, std::slice::from_ref(&claim), "d1").unwrap(),
             Created::New(Fence { daemon, .. }) if daemon == "d1"
         ));
         assert_eq!(s.key_holder("refund", "k1").unwrap(), Some("i2".into()));

@@ -79,10 +79,11 @@ pub(super) async fn handle(
         Msg::Start { reply, .. }
             if own.state.is_some() || matches!(inner.store.instance(id), Ok(Some(_))) =>
         {
-            let _ = reply.send(Ok(Started {
+            let _ = reply.send(Ok(Begun::Started(Started {
                 id: id.to_string(),
                 created: false,
-            }));
+                attached: false,
+            })));
             return;
         }
         m => m,
@@ -165,7 +166,7 @@ pub(super) async fn handle(
         Msg::Start {
             record,
             wf,
-            claim,
+            claims,
             reply,
         } => {
             let span = tracing::Span::current();
@@ -173,7 +174,7 @@ pub(super) async fn handle(
             span.record("version", wf.version);
             let (inst, step) = Instance::create(id, &wf, record, now);
             own.state = Some((inst, wf));
-            start = Some((claim, reply));
+            start = Some((claims, reply));
             step
         }
         msg => {

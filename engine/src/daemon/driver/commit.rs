@@ -46,7 +46,7 @@ pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
 }
 
 /// Where a start's answer goes.
-pub(super) type StartReply = oneshot::Sender<Result<Started, String>>;
+pub(super) type StartReply = oneshot::Sender<Result<Begun, String>>;
 
 /// A message that came as mail: its number, and the event it brought (with its place in
 /// the inbox, if it came from there).
@@ -58,7 +58,7 @@ pub(super) struct FromMail {
 /// What the actor knew of the message a step answers, for writing and answering it.
 pub(super) struct Handled {
     /// A start's key claim and reply: the write creates the instance.
-    pub start: Option<(Option<Claim>, StartReply)>,
+    pub start: Option<(Vec<Claim>, StartReply)>,
     pub reply: Option<Answer>,
     /// The message as mail, posted again if the write turns out to be fenced.
     pub letter: Option<Mail>,
@@ -141,10 +141,7 @@ pub(super) async fn finish(
     {
         let written = match &start {
             // The first write of a new instance: records and key claim together, or nothing.
-            Some((claim, _)) => inner
-                .store
-                .create(&batch, claim.as_ref(), &inner.daemon)
-                .map(Some),
+            Some((claim, _)) => inner.store.create(&batch, claim, &inner.daemon).map(Some),
             None => inner.store.write(&batch).map(|()| None),
         };
         let committed = match written {
@@ -169,14 +166,20 @@ pub(super) async fn finish(
                 forward(inner, id, letter, reply).await;
                 return;
             }
-            Ok(Some(Created::Existing(holder))) => {
-                // Another start won the key (or the instance exists): this one leaves
+            Ok(Some(found @ (Created::Existing(_) | Created::Open(_)))) => {
+                // Another start won a key (or the instance exists): this one leaves
                 // nothing behind and answers with the winner, once the winner is durable.
                 own.state = None;
-                let answer = inner.commit().await.map(|()| Started {
-                    id: holder,
-                    created: false,
-                });
+                let begun = match found {
+                    Created::Open(holder) => Begun::Open(holder),
+                    Created::Existing(holder) => Begun::Started(Started {
+                        id: holder,
+                        created: false,
+                        attached: false,
+                    }),
+                    Created::New(_) => unreachable!("matched above"),
+                };
+                let answer = inner.commit().await.map(|()| begun);
                 if let Some((_, r)) = start {
                     let _ = r.send(answer);
                 }
@@ -250,10 +253,11 @@ pub(super) async fn finish(
     }
     carry_out(inner, id, inst, effects);
     if let Some((_, r)) = start {
-        let _ = r.send(Ok(Started {
+        let _ = r.send(Ok(Begun::Started(Started {
             id: id.to_string(),
             created: true,
-        }));
+            attached: false,
+        })));
     }
     match (reply, decided) {
         (Some(Answer::Event(r)), Reply::Woken(v))

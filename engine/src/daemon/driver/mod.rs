@@ -35,7 +35,7 @@ pub use watch::{WaitError, Waited, MAX_WAIT, MAX_WATCHERS};
 use super::metrics::Metrics;
 use super::registry::Registry;
 use crate::clock::Clock;
-use crate::compile::{rules::Rules, CompiledWorkflow};
+use crate::compile::{rules::Rules, CompiledWorkflow, Concurrency, OnConflict};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
     Effect, Event, HoldRefused, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused,
@@ -112,9 +112,10 @@ enum Msg {
     Start {
         record: Record,
         wf: Arc<CompiledWorkflow>,
-        /// The idempotency key, claimed in the same write as the instance's first records.
-        claim: Option<Claim>,
-        reply: oneshot::Sender<Result<Started, String>>,
+        /// The idempotency and concurrency keys, claimed in the same write as the
+        /// instance's first records.
+        claims: Vec<Claim>,
+        reply: oneshot::Sender<Result<Begun, String>>,
     },
     Resume,
     CallResult {
@@ -223,8 +224,22 @@ pub enum StartError {
     InvalidInput(Vec<crate::validate::input::InputProblem>),
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
+    /// The workflow's `key:` expression could not be evaluated on this input.
+    #[error("the workflow's `key` could not be worked out from the input: {0}")]
+    Key(String),
+    /// The workflow allows one open instance per key and refuses the rest
+    /// (`on_conflict: reject`); this one is open.
+    #[error("instance {open} of `{workflow}` is still open for this key")]
+    Open { workflow: String, open: String },
     #[error("{0}")]
     Internal(String),
+}
+
+/// What an instance task answers to a start.
+enum Begun {
+    Started(Started),
+    /// Nothing was started: this open instance holds the workflow's concurrency key.
+    Open(String),
 }
 
 /// Result of a start: the instance, and whether this call created it.
@@ -232,6 +247,10 @@ pub enum StartError {
 pub struct Started {
     pub id: String,
     pub created: bool,
+    /// The start was given to the open instance with its key as an event
+    /// (`on_conflict: attach`); `id` is that instance.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
 }
 
 impl Driver {
@@ -674,25 +693,34 @@ impl Inner {
         let input =
             crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
         let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
-        let claim = key.as_ref().map(|k| Claim {
-            workflow: workflow.to_string(),
-            key: k.clone(),
-        });
+        let mut claims = Vec::new();
         // A duplicate of a start that has committed answers without running anything. One
         // racing a start still in flight is settled by the store: the key is claimed in the
         // same atomic write as the instance (see `Store::create`), so only one can win.
-        if let Some(c) = &claim {
+        if let Some(k) = &key {
             if let Some(existing) = self
                 .store
-                .key_holder(&c.workflow, &c.key)
+                .key_holder(workflow, k)
                 .map_err(|e| StartError::Internal(e.to_string()))?
             {
                 return Ok(Started {
                     id: existing,
                     created: false,
+                    attached: false,
                 });
             }
+            claims.push(Claim::idempotency(workflow, k));
         }
+        // A child belongs to its parent's run (the parent's own key says which case it
+        // is), so a child is not held to its workflow's concurrency key.
+        let open_key = match (&wf.concurrency, &parent) {
+            (Some(c), None) => {
+                let k = concurrency_key(&wf, c, &input, self.clock.now_ms())?;
+                claims.push(Claim::open(workflow, &k));
+                Some(k)
+            }
+            _ => None,
+        };
         if parent.is_some()
             && self
                 .store
@@ -700,22 +728,62 @@ impl Inner {
                 .map_err(|e| StartError::Internal(e.to_string()))?
                 .is_some()
         {
-            return Ok(Started { id, created: false });
+            return Ok(Started {
+                id,
+                created: false,
+                attached: false,
+            });
         }
-        let record = Instance::start_record(&wf, input, key, parent, self.clock.now_ms());
+        let attach_data = open_key.as_ref().map(|_| input.clone());
+        let record = Instance::start_record(&wf, input, key.clone(), parent, self.clock.now_ms());
         let (reply, rx) = oneshot::channel();
         self.send(
             &id,
             Msg::Start {
                 record,
-                wf,
-                claim,
+                wf: wf.clone(),
+                claims,
                 reply,
             },
         );
-        rx.await
+        let begun = rx
+            .await
             .map_err(|_| StartError::Internal("instance task stopped".into()))?
-            .map_err(StartError::Internal)
+            .map_err(StartError::Internal)?;
+        let open = match begun {
+            Begun::Started(s) => return Ok(s),
+            Begun::Open(open) => open,
+        };
+        let Some(OnConflict::Attach { event }) = wf.concurrency.as_ref().map(|c| &c.on_conflict)
+        else {
+            return Err(StartError::Open {
+                workflow: workflow.to_string(),
+                open,
+            });
+        };
+        let event = Event {
+            event_type: event.clone(),
+            key: open_key.unwrap_or_default(),
+            data: attach_data.unwrap_or(Value::Null),
+            // A resent start (same idempotency key) is the same event: the open instance
+            // receives it once.
+            id: key.map(|k| format!("attach:{workflow}:{k}")),
+        };
+        let driver = Driver {
+            inner: self.clone(),
+        };
+        driver
+            .deliver_with(event, async |_| false)
+            .await
+            .map_err(|e| match e {
+                DeliverError::Overloaded(o) => StartError::Overloaded(o),
+                e => StartError::Internal(e.to_string()),
+            })?;
+        Ok(Started {
+            id: open,
+            created: false,
+            attached: true,
+        })
     }
 
     fn load(&self, id: &str) -> Result<(Instance, Arc<CompiledWorkflow>), String> {
@@ -741,6 +809,30 @@ impl Inner {
             .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
         let journal = self.store.journal(id).map_err(|e| e.to_string())?;
         Ok((Instance::replay(id, &wf, &journal), wf))
+    }
+}
+
+/// The workflow's concurrency key for this input, by the same rules as a wait's key.
+fn concurrency_key(
+    wf: &CompiledWorkflow,
+    c: &Concurrency,
+    input: &Value,
+    now_ms: Millis,
+) -> Result<String, StartError> {
+    let b = crate::compile::rules::Bindings {
+        input,
+        vars: &serde_json::Map::new(),
+        locals: &serde_json::Map::new(),
+        now_ms,
+        instance: None,
+    };
+    match wf.rules.eval(&c.key, &b) {
+        Ok((Value::String(s), _)) if !s.is_empty() => Ok(s),
+        Ok((Value::Null | Value::String(_), _)) => Err(StartError::Key(
+            "it gave nothing; check that the input has the field it reads".into(),
+        )),
+        Ok((other, _)) => Ok(other.to_string()),
+        Err(e) => Err(StartError::Key(e.message)),
     }
 }
 

@@ -1,0 +1,302 @@
+//! One open instance per business key (`key:` with `concurrency:`), against the real
+//! daemon: starts for one ticket sent at once make one instance; the others are given to
+//! it as events (`attach`) or refused with its id (`reject`); triggers racing each other
+//! do the same; the key is free again once the instance finishes; a SIGKILL keeps it
+//! held; two daemons on one PostgreSQL database share it.
+
+use casework::store::seal::JournalKey;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use support::daemon::{self, Daemon};
+use support::http::{call, ended, received, request};
+use support::postgres::TestDb;
+
+mod support {
+    pub mod daemon;
+    pub mod http;
+    pub mod postgres;
+}
+
+/// Collects `case.more` events for its ticket until `case.close`; a start for an open
+/// ticket becomes a `case.more` for it. `ticket.updated` starts it too.
+const CASE: &str = r#"workflow: case
+version: 1
+input:
+  ticket: { type: string, required: true }
+  note: { type: string }
+key: input.ticket
+concurrency: { limit: 1, on_conflict: attach, event: case.more }
+triggers:
+  - event: ticket.updated
+    input: { ticket: "${event.key}", note: "${event.data.note}" }
+steps:
+  - id: begin
+    rule: vars.notes = 0;
+    next: listen
+  - id: listen
+    wait: { event: [case.more, case.close], key: input.ticket, timeout: 1h, on_timeout: done }
+    save_as: got
+    next: route
+  - id: route
+    switch:
+      - when: vars.got.type == "case.close"
+        goto: done
+    default: count
+  - id: count
+    rule: vars.notes += 1;
+    next: listen
+  - id: done
+    complete: { output: { notes: "${vars.notes}" } }
+"#;
+
+/// One open instance per ticket; other starts are refused.
+const SOLO: &str = r#"workflow: solo
+version: 1
+input:
+  ticket: { type: string }
+key: input.ticket
+steps:
+  - id: hold
+    wait: { event: solo.close, key: input.ticket, timeout: 1h, on_timeout: done }
+    next: done
+  - id: done
+    complete: {}
+"#;
+
+fn workflows(dir: &Path) {
+    let wf = dir.join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::write(wf.join("case.yaml"), CASE).unwrap();
+    std::fs::write(wf.join("solo.yaml"), SOLO).unwrap();
+}
+
+fn spawn(dir: &Path) -> Daemon {
+    let port = daemon::free_port();
+    let mut c = daemon::command(dir, port);
+    c.arg("--no-reload");
+    daemon::start(c, port)
+}
+
+/// Start `workflow` for `ticket`, with an Idempotency-Key when given.
+fn start(addr: &str, workflow: &str, ticket: &str, key: Option<&str>) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    request(
+        "POST",
+        &format!("{addr}/v1/workflows/{workflow}/instances"),
+        Some(&json!({"ticket": ticket})),
+        &headers,
+    )
+}
+
+/// Runs `f(i)` on `n` threads released at the same instant, in index order.
+fn at_once<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(n));
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, f) = (barrier.clone(), f.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Waits (at most a minute) until the instance has received `n` events.
+fn has_received(addr: &str, id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = call("GET", &format!("{addr}/v1/instances/{id}"), None);
+        if received(&v) >= n {
+            assert_eq!(received(&v), n, "more events than starts: {v}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} received {} of {n}",
+            received(&v)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn close(addr: &str, event: &str, ticket: &str) {
+    let (s, v) = call(
+        "POST",
+        &format!("{addr}/v1/events"),
+        Some(&json!({"type": event, "key": ticket})),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+/// The one created id among the answers, checking every other answer names it.
+fn the_one_created(answers: &[(u16, Value)], others: impl Fn(&(u16, Value), &str)) -> String {
+    let created: Vec<&str> = answers
+        .iter()
+        .filter(|(s, b)| *s == 201 && b["created"] == true)
+        .map(|(_, b)| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(created.len(), 1, "one instance is created: {answers:?}");
+    let id = created[0].to_string();
+    for a in answers {
+        if a.0 != 201 {
+            others(a, &id);
+        }
+    }
+    id
+}
+
+/// 16 starts for one ticket at once, 15 distinct idempotency keys (two requests share
+/// one): one instance is created; every other start is attached to it, except the twin
+/// of the created one if it shares its key, which answers as a duplicate. The instance receives each distinct attached start once, whether it came
+/// before its wait (the inbox) or during it. Once it has finished, the ticket starts a
+/// new instance.
+#[test]
+fn starts_for_one_open_ticket_sent_at_once_attach_to_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let d = spawn(dir.path());
+    let addr = d.addr.clone();
+    let answers = at_once(16, move |i| {
+        let key = if i < 2 {
+            "dup".to_string()
+        } else {
+            format!("req-{i}")
+        };
+        start(&addr, "case", "T-1", Some(&key))
+    });
+    let id = the_one_created(&answers, |(s, b), id| {
+        assert_eq!(*s, 200, "{b}");
+        assert_eq!(b["id"], id, "{b}");
+        assert_eq!(b["created"], false, "{b}");
+    });
+    let attached = answers
+        .iter()
+        .filter(|(_, b)| b["attached"] == true)
+        .count();
+    let winner_shared_its_key = answers[..2].iter().any(|(s, _)| *s == 201);
+    let expected = if winner_shared_its_key { 14 } else { 15 };
+    assert_eq!(attached, expected, "{answers:?}");
+    // A resent attached start is the same event: it is not received twice.
+    // (req-5 was created or attached; either way, sent again it adds nothing.)
+    let (s, b) = start(&d.addr, "case", "T-1", Some("req-5"));
+    assert_eq!((s, &b["id"]), (200, &json!(id)), "{b}");
+    has_received(&d.addr, &id, 14);
+    // Another ticket is another case.
+    let (s, other) = start(&d.addr, "case", "T-2", None);
+    assert_eq!((s, &other["created"]), (201, &json!(true)), "{other}");
+    close(&d.addr, "case.close", "T-1");
+    let view = ended(&d.addr, &id);
+    assert_eq!(view["output"], json!({"notes": 14}), "{view}");
+    // The ticket is free again: a new start makes a new instance.
+    let (s, again) = start(&d.addr, "case", "T-1", None);
+    assert_eq!(s, 201, "{again}");
+    assert_ne!(again["id"], id.as_str());
+}
+
+/// Events that start the workflow, sent at once with distinct ids: one instance, the
+/// rest attached to it; each event id resent at once counts once.
+#[test]
+fn trigger_events_racing_for_one_ticket_start_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let d = spawn(dir.path());
+    let addr = d.addr.clone();
+    let answers = at_once(12, move |i| {
+        // Six event ids, each sent twice at once.
+        let body = json!({"type": "ticket.updated", "key": "T-7", "id": format!("e-{}", i / 2), "data": {"note": "n"}});
+        call("POST", &format!("{addr}/v1/events"), Some(&body))
+    });
+    let mut created = Vec::new();
+    let mut attached = Vec::new();
+    for (s, b) in &answers {
+        assert_eq!(*s, 200, "{b}");
+        let started = b["started"].as_array().unwrap();
+        assert_eq!(started.len(), 1, "{b}");
+        let st = &started[0];
+        if st["created"] == true {
+            created.push(st["id"].as_str().unwrap().to_string());
+        } else {
+            attached.push(st["id"].as_str().unwrap().to_string());
+        }
+    }
+    created.dedup();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let id = created[0].clone();
+    assert!(attached.iter().all(|a| *a == id), "{answers:?}");
+    // Five other event ids were attached, whatever order the twelve arrived in.
+    has_received(&d.addr, &id, 5);
+    close(&d.addr, "case.close", "T-7");
+    assert_eq!(ended(&d.addr, &id)["output"], json!({"notes": 5}));
+}
+
+/// `reject`: of eight starts at once one is created and seven are refused with 409
+/// naming it; the refusal survives a SIGKILL of the daemon; the ticket is free once the
+/// instance completes; a key the input cannot give is a clear 422.
+#[test]
+fn a_start_for_an_open_ticket_is_refused_with_the_open_instance_even_after_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let mut d = spawn(dir.path());
+    let addr = d.addr.clone();
+    let answers = at_once(8, move |_| start(&addr, "solo", "T-9", None));
+    let id = the_one_created(&answers, |(s, b), id| {
+        assert_eq!(*s, 409, "{b}");
+        assert_eq!(b["error"]["code"], "instance_open", "{b}");
+        assert_eq!(b["error"]["details"]["id"], id, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(id), "{b}");
+    });
+    // SIGKILL, then a fresh daemon on the same data: the key is still held.
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let d = spawn(dir.path());
+    let (s, b) = start(&d.addr, "solo", "T-9", None);
+    assert_eq!((s, &b["error"]["details"]["id"]), (409, &json!(id)), "{b}");
+    close(&d.addr, "solo.close", "T-9");
+    ended(&d.addr, &id);
+    let (s, b) = start(&d.addr, "solo", "T-9", None);
+    assert_eq!(s, 201, "{b}");
+    // No ticket, no key: refused before anything starts.
+    let (s, b) = request(
+        "POST",
+        &format!("{}/v1/workflows/solo/instances", d.addr),
+        Some(&json!({})),
+        &[],
+    );
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (422, &json!("invalid_input")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("`key`"),
+        "{b}"
+    );
+}
+
+/// Two daemons on one database, starts for one ticket sent to both at once: one
+/// instance between them; the rest are attached to it, wherever it runs.
+#[test]
+fn postgres_daemons_share_the_open_key() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let key = JournalKey::random().unwrap().to_hex();
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    let answers = at_once(16, move |i| {
+        start(&addrs[i % 2], "case", "P-1", Some(&format!("r-{i}")))
+    });
+    let id = the_one_created(&answers, |(s, b), id| {
+        assert_eq!((*s, &b["attached"]), (200, &json!(true)), "{b}");
+        assert_eq!(b["id"], id, "{b}");
+    });
+    has_received(&a.addr, &id, 15);
+    close(&b.addr, "case.close", "P-1");
+    assert_eq!(ended(&a.addr, &id)["output"], json!({"notes": 15}));
+}
