@@ -172,7 +172,7 @@ fn the_client_commands_drive_a_daemon_with_tokens() {
     for id in [&a, &b] {
         let row = lines.iter().find(|l| l.starts_with(id.as_str()));
         assert!(
-            row.is_some_and(|l| l.contains("hold") && l.contains("parked")),
+            row.is_some_and(|l| l.contains("hold") && l.contains("parked") && l.ends_with('Z')),
             "{r:?}"
         );
     }

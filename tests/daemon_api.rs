@@ -388,6 +388,14 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
     let (_, list) = call(&d, "GET", "/v1/instances?workflow=hold&limit=1", None, &[]);
     assert_eq!(list["instances"][0]["id"], a.as_str());
     assert_eq!(list["next_cursor"], a.as_str());
+    // Times in RFC 3339, as everywhere else in the API.
+    for field in ["created_at", "updated_at"] {
+        let t = list["instances"][0][field].as_str().unwrap_or_default();
+        assert!(
+            t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+            "{field}: {list}"
+        );
+    }
     let (_, rest) = call(
         &d,
         "GET",

@@ -204,7 +204,11 @@ fn table(instances: &[Value]) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     };
-    let time = |v: &Value| v.as_i64().map(format_ms).unwrap_or_default();
+    // RFC 3339 from the daemon; epoch milliseconds from an older one.
+    let time = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.as_i64().map(format_ms).unwrap_or_default(),
+    };
     let mut rows = vec![[
         "ID".to_string(),
         "WORKFLOW".to_string(),
@@ -450,7 +454,7 @@ mod tests {
             json!({"id": "a1", "workflow": "refund", "version": 3, "status": "parked",
                    "created_at": 0, "updated_at": 1000}),
             json!({"id": "b22222", "workflow": "hold", "version": 1, "status": "failed",
-                   "created_at": 0, "updated_at": 0}),
+                   "created_at": "1970-01-01T00:00:00.000Z", "updated_at": 0}),
         ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -870,16 +870,21 @@ async fn list_instances(
             out.push(m);
             if out.len() == limit {
                 let next = out.last().map(|m| m.id.clone());
-                return Ok(Json(json!({"instances": out, "next_cursor": next})));
+                return Ok(instance_page(&out, next));
             }
         }
         if exhausted {
-            return Ok(Json(json!({"instances": out, "next_cursor": null})));
+            return Ok(instance_page(&out, None));
         }
         if scanned >= MAX_LIST_SCAN {
-            return Ok(Json(json!({"instances": out, "next_cursor": cursor})));
+            return Ok(instance_page(&out, cursor));
         }
     }
+}
+
+fn instance_page(found: &[InstanceMeta], next_cursor: Option<String>) -> Json<Value> {
+    let instances: Vec<view::InstanceSummary> = found.iter().map(Into::into).collect();
+    Json(json!({"instances": instances, "next_cursor": next_cursor}))
 }
 
 /// Index entries read per store call when listing instances.

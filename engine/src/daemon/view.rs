@@ -14,6 +14,37 @@ use serde_json::{json, Map, Value};
 
 pub const REDACTED: &str = "[redacted]";
 
+/// One instance in `GET /v1/instances`: its index entry, with times in RFC 3339 like
+/// every other time the API gives (the store keeps epoch milliseconds).
+#[derive(Debug, Serialize)]
+pub struct InstanceSummary<'a> {
+    pub id: &'a str,
+    pub workflow: &'a str,
+    pub version: u32,
+    pub hash: &'a str,
+    pub status: &'a str,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::store::InstanceMeta> for InstanceSummary<'a> {
+    fn from(m: &'a crate::store::InstanceMeta) -> Self {
+        use crate::calendar::time::format_ms;
+        InstanceSummary {
+            id: &m.id,
+            workflow: &m.workflow,
+            version: m.version,
+            hash: &m.hash,
+            status: &m.status,
+            created_at: format_ms(m.created_at),
+            updated_at: format_ms(m.updated_at),
+            parent: m.parent.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct InstanceView {
     pub id: String,
