@@ -540,6 +540,33 @@ fn serve_on_an_occupied_port_stops_before_creating_the_data_directory() {
         "{r:?}"
     );
     assert!(!data.exists(), "the data directory was created: {r:?}");
+
+    // With JSON logs the fatal error is a JSON line too, and nothing else is printed.
+    let r = casework(
+        dir.path(),
+        &["serve", "--listen", &addr, "--data", "data"],
+        &[("CASEWORK_LOG_FORMAT", "json")],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let lines: Vec<serde_json::Value> = r
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let fatal = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .expect("an error line");
+    assert!(
+        fatal["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("cannot listen on {addr}"))),
+        "{fatal}"
+    );
+    assert!(
+        fatal["message"].is_string(),
+        "the message at the top level: {fatal}"
+    );
 }
 
 #[test]

@@ -248,6 +248,26 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
         ],
     );
 
+    // Every answer carries a request id, the client's own or a new one.
+    let id_of = |r: &ureq::http::Response<ureq::Body>| {
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let url = format!("{}/healthz", d.addr);
+    let mine = ureq::get(&url)
+        .header("x-request-id", "req-7")
+        .call()
+        .unwrap();
+    assert_eq!(id_of(&mine).as_deref(), Some("req-7"));
+    let (a, b) = (
+        ureq::get(&url).call().unwrap(),
+        ureq::get(&url).call().unwrap(),
+    );
+    let (a, b) = (id_of(&a).unwrap_or_default(), id_of(&b).unwrap_or_default());
+    assert!(a.len() == 36 && b.len() == 36 && a != b, "{a} {b}");
+
     // Probes and the API description.
     assert_eq!(
         call(&d, "GET", "/healthz", None, &[]),
@@ -540,6 +560,8 @@ fn every_endpoint_and_its_errors_on_an_open_loopback_daemon() {
         "casework_rule_output_dropped_bytes_total 904\n",
         "casework_rule_output_dropped_lines_total 0\n",
         "casework_journal_flush_duration_seconds_count ",
+        "casework_http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthz\",le=\"+Inf\"} 4\n",
+        "casework_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/workflows/{name}/instances\"} ",
         "casework_journal_records_total ",
         "casework_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/instances\",status=\"201\"} ",
         "casework_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/instances\",status=\"422\"} 1",

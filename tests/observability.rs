@@ -177,6 +177,13 @@ steps:
             .env("CASEWORK_LOG_FORMAT", "json")
             .stderr(std::fs::File::create(&log_file).unwrap());
         let daemon = support::daemon::start(command, port);
+        // The access log never has a query string: it can hold event keys.
+        ureq::get(&format!(
+            "{}/v1/inbox?type=refund.approved&key=KEY-NOT-LOGGED",
+            daemon.addr
+        ))
+        .call()
+        .unwrap();
         let started: Value = ureq::post(&format!("{}/v1/workflows/pay/instances", daemon.addr))
             .send_json(json!({}))
             .unwrap()
@@ -219,6 +226,30 @@ steps:
     );
 
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("KEY-NOT-LOGGED"),
+        "a query string was logged"
+    );
+    // One access line per request, with the message at the top level (flatten_event) and
+    // the request id of the span it ran in.
+    let access: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["target"] == "casework::access")
+        .collect();
+    let start = access
+        .iter()
+        .find(|e| e["span"]["path"] == "/v1/workflows/pay/instances")
+        .unwrap_or_else(|| panic!("no access line for the start: {access:#?}"));
+    assert_eq!(start["message"], "answered", "{start}");
+    assert_eq!(start["status"], 201, "{start}");
+    assert_eq!(start["span"]["method"], "POST", "{start}");
+    assert!(
+        start["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "a request id was made: {start}"
+    );
     for piece in STRIPE_KEY.as_bytes().windows(8) {
         let piece = std::str::from_utf8(piece).unwrap();
         assert!(

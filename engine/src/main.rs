@@ -21,6 +21,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::execute(cli)) {
         Ok(code) => ExitCode::from(code),
+        // Already in the daemon's JSON log.
+        Err(e) if e.is::<cli::serve::Logged>() => ExitCode::from(1),
         Err(e) => {
             let msg = e.to_string();
             if msg.starts_with("casework:") {
@@ -57,6 +59,6 @@ fn init_tracing(color: clap::ColorChoice) {
     {
         builder.finish().with(cap).init();
     } else {
-        builder.json().finish().with(cap).init();
+        builder.json().flatten_event(true).finish().with(cap).init();
     }
 }

@@ -30,10 +30,32 @@ pub struct ServeArgs {
     pub color: clap::ColorChoice,
 }
 
+/// A fatal error the daemon has already written to its JSON log: `main` exits 1 without
+/// printing it again, so a log collector reading stderr sees JSON lines only.
+#[derive(Debug, thiserror::Error)]
+#[error("casework: the daemon stopped; the reason is in the log")]
+pub struct Logged;
+
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    // Settings first: a bad one stops here, before anything is opened or created.
+    // Settings first: a bad one stops here, before anything is opened or created (and
+    // before the log exists, so it is printed as text).
     let cfg = Config::load(&args.config).map_err(|e| anyhow!("casework: {e}"))?;
-    config::init_tracing(cfg.log_format, &cfg.log_level, args.color);
+    let json = config::init_tracing(cfg.log_format, &cfg.log_level, args.color);
+    match run(cfg, args).await {
+        Err(e) if json => {
+            let reason = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            tracing::error!(error = %reason.trim_start_matches("casework: "), "casework could not go on and stopped");
+            Err(Logged.into())
+        }
+        other => other,
+    }
+}
+
+async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     if let Some(file) = &cfg.file {
         tracing::info!(file = %file.display(), "configuration read");
     }

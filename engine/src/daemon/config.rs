@@ -921,8 +921,9 @@ impl Config {
     }
 }
 
-/// Installs the log subscriber for the daemon (values were checked by [`Config::load`]).
-pub fn init_tracing(format: LogFormat, level: &str, color: clap::ColorChoice) {
+/// Installs the log subscriber for the daemon (values were checked by [`Config::load`]);
+/// true if it writes JSON.
+pub fn init_tracing(format: LogFormat, level: &str, color: clap::ColorChoice) -> bool {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -945,8 +946,14 @@ pub fn init_tracing(format: LogFormat, level: &str, color: clap::ColorChoice) {
     let _ = if pretty {
         builder.finish().with(library_log_cap()).try_init()
     } else {
-        builder.json().finish().with(library_log_cap()).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(library_log_cap())
+            .try_init()
     };
+    !pretty
 }
 
 /// Lets only Casework's own targets log below `warn`, whatever the operator's filter says.

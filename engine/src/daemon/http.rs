@@ -32,6 +32,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// Largest request body accepted unless configured (`max_body_bytes`).
 pub const MAX_BODY_BYTES: usize = super::config::DEFAULT_MAX_BODY_BYTES as usize;
@@ -236,8 +238,40 @@ impl Api {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(self.shared.max_body_bytes))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(access_span)
+                    .on_request(())
+                    .on_response(access_line)
+                    .on_body_chunk(())
+                    .on_eos(())
+                    .on_failure(()),
+            )
+            // Outermost: a client's own `x-request-id` is kept, otherwise one is made.
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .with_state(self.clone())
     }
+}
+
+/// The span of one request for the access log: method, path and the request id (also
+/// sent back as `x-request-id`); other lines logged while it runs carry them too. Never
+/// the query string, headers or body: those can hold event keys, tokens and customer data.
+fn access_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        // A client's id is printable ASCII (to_str); keep a line's length bounded.
+        .map(|id| &id[..id.len().min(128)])
+        .unwrap_or("");
+    tracing::info_span!(target: "casework::access", "http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
+
+/// One `casework::access` line per answered request. Silence it with
+/// `log_level = "info,casework::access=off"`.
+fn access_line(resp: &Response, took: std::time::Duration, _: &tracing::Span) {
+    tracing::info!(target: "casework::access", status = resp.status().as_u16(), ms = took.as_secs_f64() * 1e3, "answered");
 }
 
 /// The API with default options, ready at once (tests and embedding).
@@ -253,6 +287,7 @@ async fn guard(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let arrived = Instant::now();
     let resp = match admit(&api, route, &req) {
         Ok(caller) => {
             // Handlers that journal who asked (pause, resume) read it from here.
@@ -265,6 +300,8 @@ async fn guard(
     };
     api.metrics()
         .http_request(route.method, route.path, resp.status().as_u16());
+    api.metrics()
+        .http_latency(route.method, route.path, arrived.elapsed());
     resp
 }
 

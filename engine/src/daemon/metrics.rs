@@ -18,6 +18,10 @@ const STEP_BUCKETS: &[f64] = &[
 const CALL_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// API requests: a cached read to a long poll's 60 s.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 60.0,
+];
 /// Journal flushes (one fsync shared by a group of writers).
 const FLUSH_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -191,6 +195,7 @@ pub struct Metrics {
     flushes: HistogramFamily,
     rule_errors: CounterFamily,
     http: CounterFamily,
+    http_latency: HistogramFamily,
     inbox: CounterFamily,
     /// Starts, events and retries refused because the work in hand was at `max_pending`.
     overloaded: std::sync::atomic::AtomicU64,
@@ -226,6 +231,12 @@ impl Default for Metrics {
                 "casework_http_requests_total",
                 "HTTP requests answered, by route and status.",
                 &["method", "route", "status"],
+            ),
+            http_latency: HistogramFamily::new(
+                "casework_http_request_duration_seconds",
+                "Time from a request's arrival to its answer, by route (a waited start or long poll includes its wait).",
+                &["method", "route"],
+                HTTP_BUCKETS,
             ),
             inbox: CounterFamily::new(
                 "casework_inbox_events_total",
@@ -283,6 +294,11 @@ impl Metrics {
 
     pub fn http_request(&self, method: &str, route: &str, status: u16) {
         self.http.inc(&[method, route, &status.to_string()]);
+    }
+
+    pub fn http_latency(&self, method: &str, route: &str, took: Duration) {
+        self.http_latency
+            .observe(&[method, route], took.as_secs_f64());
     }
 
     /// The whole page.
@@ -371,6 +387,7 @@ impl Metrics {
         self.rule_errors.render(&mut out);
         self.flushes.render(&mut out);
         self.http.render(&mut out);
+        self.http_latency.render(&mut out);
         self.inbox.render(&mut out);
         out
     }
