@@ -382,6 +382,44 @@ impl Metrics {
             "Rule print/debug lines dropped whole by the output budgets.",
             s.rule_output_dropped.1.to_string(),
         );
+        if let Some(u) = super::process::usage("self") {
+            counter(
+                &mut out,
+                "process_cpu_seconds_total",
+                "User and system CPU time of the daemon.",
+                u.cpu_seconds.to_string(),
+            );
+            gauge(
+                &mut out,
+                "process_resident_memory_bytes",
+                "Resident memory of the daemon.",
+                u.resident_bytes.to_string(),
+            );
+            gauge(
+                &mut out,
+                "process_threads",
+                "Threads of the daemon.",
+                u.threads.to_string(),
+            );
+            if let Some(fds) = u.open_fds {
+                gauge(
+                    &mut out,
+                    "process_open_fds",
+                    "Open file descriptors of the daemon.",
+                    fds.to_string(),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP casework_build_info The running build: always 1, with its version."
+        );
+        let _ = writeln!(out, "# TYPE casework_build_info gauge");
+        let _ = writeln!(
+            out,
+            "casework_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         self.steps.render(&mut out);
         self.calls.render(&mut out);
         self.rule_errors.render(&mut out);

@@ -5,6 +5,7 @@ pub mod config;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod reload;
 pub mod report;

@@ -163,14 +163,7 @@ fn rss_mb() -> f64 {
 
 /// Resident memory of process `pid` (or `self`), MiB.
 fn rss_mb_of(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::daemon::process::usage(pid).map_or(0.0, |u| u.resident_bytes as f64 / 1048576.0)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {

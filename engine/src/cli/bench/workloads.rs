@@ -139,16 +139,7 @@ impl Daemon {
 
     /// CPU time used so far (user + system), seconds.
     fn cpu_secs(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return 0.0;
-        };
-        // Fields after the command name (which may hold spaces, inside parentheses).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let tick = 100.0; // USER_HZ on Linux
-        (ticks(11) + ticks(12)) / tick
+        crate::daemon::process::usage(&self.child.id().to_string()).map_or(0.0, |u| u.cpu_seconds)
     }
 
     /// Journal flushes so far and the seconds they took, from `/metrics`.
