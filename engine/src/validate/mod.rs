@@ -43,7 +43,49 @@ pub fn check(def: &WorkflowDef, ctx: &Context) -> Vec<Diagnostic> {
     for step in def.all_steps() {
         v.step_fields(step, ctx);
     }
+    v.concurrency_key();
     v.diags
+}
+
+/// The names a script reads after `root.` (`input.ticket` gives `ticket`), outside
+/// string literals. A scan rather than a walk of Rhai's AST, which Rhai exposes only with
+/// its unstable `internals` feature.
+fn fields_read<'t>(text: &'t str, root: &str) -> Vec<&'t str> {
+    // Bytes, not chars: every byte compared is ASCII, so the slices taken fall on char
+    // boundaries even when comments or strings hold other text.
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let (bytes, root) = (text.as_bytes(), root.as_bytes());
+    let mut found = Vec::new();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'"' || c == b'`' || c == b'\'' => quote = Some(c),
+            None if bytes[i..].starts_with(b"//") => {
+                i += bytes[i..].iter().take_while(|b| **b != b'\n').count();
+                continue;
+            }
+            None if bytes[i..].starts_with(root)
+                && bytes.get(i + root.len()) == Some(&b'.')
+                && (i == 0 || !ident(bytes[i - 1])) =>
+            {
+                let start = i + root.len() + 1;
+                let len = bytes[start..].iter().take_while(|b| ident(**b)).count();
+                if len > 0 {
+                    found.push(&text[start..start + len]);
+                }
+                i = start + len;
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    found
 }
 
 struct Validator<'a> {
@@ -56,6 +98,42 @@ impl Validator<'_> {
         self.diags
             .push(Diagnostic::error(&self.def.file, span, msg));
         self.diags.last_mut().expect("just pushed")
+    }
+
+    /// A workflow's `key:` is worked out from the start's input alone, before the
+    /// instance exists: it may read only inputs the workflow declares.
+    fn concurrency_key(&mut self) {
+        let Some(c) = &self.def.concurrency else {
+            return;
+        };
+        let span = c.key.span;
+        if !fields_read(&c.key.text, "vars").is_empty() {
+            self.err(span, "`key:` reads `vars`, which is empty when the key is worked out")
+                .hint = Some("the key is computed from the start's input before any step runs: use `input.<field>`".into());
+        }
+        if self.def.input.is_empty() {
+            return;
+        }
+        let known: Vec<&str> = self
+            .def
+            .input
+            .iter()
+            .map(|f| f.name.value.as_str())
+            .collect();
+        for name in fields_read(&c.key.text, "input") {
+            if known.contains(&name) {
+                continue;
+            }
+            let hint = match crate::diagnostic::did_you_mean(name, known.iter().copied()) {
+                Some(s) => format!("did you mean `input.{s}`?"),
+                None => format!("the inputs are: {}", known.join(", ")),
+            };
+            self.err(
+                span,
+                format!("`key:` reads `input.{name}`, which is not an input of this workflow"),
+            )
+            .hint = Some(hint);
+        }
     }
 
     fn unique_ids(&mut self) {
@@ -364,5 +442,25 @@ impl Validator<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::fields_read;
+
+    #[test]
+    fn fields_read_outside_strings_and_names_only() {
+        assert_eq!(fields_read("input.ticket", "input"), ["ticket"]);
+        assert_eq!(
+            fields_read("input.a + \"input.b\" + my_input.c + input.d_2", "input"),
+            ["a", "d_2"]
+        );
+        assert_eq!(
+            fields_read("input.w // für input.z\n+ `ü ${input.y}`", "input"),
+            ["w"]
+        );
+        assert!(fields_read("inputs.a", "input").is_empty());
+        assert!(fields_read("\"ü\" + input", "input").is_empty());
     }
 }
