@@ -1601,6 +1601,65 @@ fn every_torn_write_prefix_recovers() {
     }
 }
 
+/// An event kept in the inbox is taken by a wait that begins later, in a write after the
+/// wait's own. Torn between the two (a crash, or a backup taken then), the instance
+/// waits and its event is kept; the next process must still bring them together.
+#[test]
+fn an_event_kept_for_a_wait_torn_before_it_was_taken_still_arrives() {
+    let answer = || Event {
+        event_type: "answer".into(),
+        key: "1".into(),
+        data: json!({"by": "lead"}),
+        id: Some("answer-1".into()),
+    };
+    let mut keep = 0;
+    loop {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let id = rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            assert!(d.deliver(answer()).await.unwrap().is_empty(), "kept");
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            let id = d
+                .start("ask", json!({"n": 1}), Some("k".into()))
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            id
+        });
+        let total = store.pending_writes();
+        let store = store.crash(keep);
+        rt.shutdown_background();
+        let rt = runtime();
+        rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            d.resume_all().unwrap();
+            d.tick_ownership().unwrap();
+            assert!(comes_to_rest(&d).await, "keep {keep}");
+            let id = match store.instance(&id).unwrap() {
+                Some(_) => id,
+                // The start itself was torn away: the client's retry starts it afresh.
+                None => {
+                    let again = d.start("ask", json!({"n": 1}), Some("k".into())).await;
+                    d.wait_idle().await;
+                    assert!(comes_to_rest(&d).await, "keep {keep}");
+                    again.unwrap().id
+                }
+            };
+            let m = store.instance(&id).unwrap().unwrap();
+            assert_eq!(m.status, "completed", "keeping {keep} of {total} writes");
+        });
+        rt.shutdown_background();
+        keep += 1;
+        if keep > total {
+            break;
+        }
+    }
+}
+
 /// A start for an id that already exists (a parent re-issuing its child's start after a
 /// reload, while the first start is still in flight) must not restart the instance.
 #[test]

@@ -144,6 +144,36 @@ impl Client {
         self.answer(&url, req.call())
     }
 
+    /// `GET` a route that answers a file, copied to `to` as it arrives (no time limit:
+    /// a backup can be large); the bytes copied. An error answer is the API's error.
+    pub fn download(&self, segments: &[&str], to: &mut dyn std::io::Write) -> Result<u64, Error> {
+        let url = self.url(segments, &[]);
+        let mut req = self
+            .agent
+            .get(url.as_str())
+            .config()
+            .timeout_global(None)
+            .build();
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = match req.call() {
+            Ok(r) if r.status() == 200 => r,
+            other => {
+                self.answer(&url, other)?;
+                return Err(Error::Unexpected {
+                    url: self.base().to_string(),
+                    detail: format!("{} answered JSON, not a file", url.path()),
+                });
+            }
+        };
+        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, to).map_err(|e| Error::Unexpected {
+            url: self.base().to_string(),
+            detail: format!("reading {}: {e}", url.path()),
+        })
+    }
+
     /// `DELETE` a route; the JSON it answers.
     pub fn delete(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, Error> {
         let url = self.url(segments, query);

@@ -4,6 +4,7 @@
 //! (invalid workflows, a failed test, an API error), 2 it could not run (a missing path,
 //! a filter that matches nothing). clap's own usage errors exit 2 as well.
 
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod graph;
@@ -100,6 +101,10 @@ pub enum Command {
     /// Events a running daemon keeps because nothing waited for them yet: list, purge.
     #[command(subcommand)]
     Inbox(remote::InboxCommand),
+    /// Write a consistent snapshot of a running daemon's store to a file (sled; admin token).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory (the daemon stopped).
+    Restore(backup::RestoreArgs),
     /// Show an instance: status, current steps, variables (sensitive values redacted), journal.
     Inspect {
         /// The instance id (from `casework list` or the API's answer to a start).
@@ -159,6 +164,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Retry(args) => remote::retry(args),
         Command::SendEvent(args) => remote::send_event(args),
         Command::Inbox(command) => remote::inbox(command),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Pause(args) => remote::hold(args, true),
         Command::Resume(args) => remote::hold(args, false),
         Command::Inspect {

@@ -81,6 +81,7 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/v1/inbox", Some(Scope::Admin)),
     route("DELETE", "/v1/inbox/{seq}", Some(Scope::Admin)),
     route("GET", "/v1/reports", Some(Scope::Read)),
+    route("GET", "/v1/backup", Some(Scope::Admin)),
 ];
 
 fn handler(r: &Route) -> MethodRouter<Api> {
@@ -102,6 +103,7 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("DELETE", "/v1/inbox") => delete(purge_inbox),
         ("DELETE", "/v1/inbox/{seq}") => delete(purge_buffered),
         ("GET", "/v1/reports") => get(reports),
+        ("GET", "/v1/backup") => get(backup),
         (m, p) => unreachable!("route {m} {p} has no handler"),
     }
 }
@@ -462,6 +464,51 @@ async fn readyz(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// `GET /v1/backup`: a consistent snapshot of the store (`store::backup`). It is copied
+/// into an unlinked temporary file first, so the store's writes wait for the copy only,
+/// never for a slow client.
+async fn backup(State(api): State<Api>) -> Result<Response, ApiError> {
+    let inner = api.driver.inner().clone();
+    let (file, entries) = tokio::task::spawn_blocking(move || {
+        let failed = |e: std::io::Error| internal(format!("the backup failed: {e}"));
+        let mut file = tempfile::tempfile().map_err(failed)?;
+        let entries = {
+            let mut out = std::io::BufWriter::new(&mut file);
+            let n = inner.store.backup(&mut out).map_err(|e| match e {
+                crate::store::Error::Unsupported(why) => {
+                    ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", why)
+                }
+                e => internal(format!("the backup failed: {e}")),
+            })?;
+            std::io::Write::flush(&mut out).map_err(failed)?;
+            n
+        };
+        std::io::Seek::rewind(&mut file).map_err(failed)?;
+        Ok::<_, ApiError>((file, entries))
+    })
+    .await
+    .map_err(internal)??;
+    tracing::info!(entries, "backup taken");
+    let name = format!(
+        "casework-{}.backup",
+        crate::calendar::time::format_ms(api.driver.inner().clock.now_ms()).replace(':', "")
+    );
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {

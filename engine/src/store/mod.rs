@@ -1,6 +1,7 @@
 //! The only door to durable state: [`Store`]. Only `store::sled` imports sled; only
 //! `store::postgres` imports tokio-postgres.
 
+pub mod backup;
 pub mod lease;
 pub mod memory;
 pub mod postgres;
@@ -25,6 +26,9 @@ pub enum Error {
     WrongDatabaseKey { target: String },
     #[error("casework: {0}")]
     Key(String),
+    /// The store cannot do what was asked; the message says what to use instead.
+    #[error("casework: {0}")]
+    Unsupported(String),
     /// The write came from a claim that is no longer the instance's newest: another daemon
     /// took it over (this one was paused or cut off past its lease). Nothing was written.
     #[error("casework: instance {instance} is owned by another daemon now (this daemon's claim, epoch {epoch}, lapsed); it left the instance to its new owner")]
@@ -373,6 +377,15 @@ pub trait Store: Send + Sync + 'static {
     fn purge(&self, seq: u64) -> Result<bool>;
     /// Remove up to `limit` events whose time ran out before `now`; how many.
     fn expire(&self, now: Millis, limit: usize) -> Result<usize>;
+
+    /// Write a consistent snapshot of everything stored to `out` (see [`backup`]); the
+    /// number of entries. Stores that are backed up by their own tools refuse.
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        let _ = out;
+        Err(Error::Unsupported(
+            "this store is not backed up by Casework: back PostgreSQL up with pg_dump (see README, Backup and restore)".into(),
+        ))
+    }
 }
 
 /// What [`Store::on_mail`] calls: cheap, never blocking (it runs on the store's threads).

@@ -130,8 +130,14 @@ pub fn key_file(dir: &Path) -> PathBuf {
 
 /// Create `<dir>/journal.key` with a new random key, readable by its owner only.
 pub fn create_key_file(dir: &Path) -> Result<JournalKey> {
-    use std::io::Write;
     let key = JournalKey::random()?;
+    write_key_file(dir, &key)?;
+    Ok(key)
+}
+
+/// Create `<dir>/journal.key` holding `key`, readable by its owner only.
+pub fn write_key_file(dir: &Path, key: &JournalKey) -> Result<()> {
+    use std::io::Write;
     let path = key_file(dir);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -153,8 +159,7 @@ pub fn create_key_file(dir: &Path) -> Result<JournalKey> {
                 "cannot write the journal key file {}: {e}",
                 path.display()
             ))
-        })?;
-    Ok(key)
+        })
 }
 
 /// Warn when a key file can be read by other users.

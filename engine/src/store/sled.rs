@@ -37,6 +37,12 @@ pub struct SledStore {
     /// Ownership lives in memory: the directory lock admits one process, so one daemon,
     /// and a restarted process owns nothing of its predecessor's (see `store::lease`).
     leases: std::sync::Mutex<Leases>,
+    /// Every method that changes what is stored holds this for reading; a backup holds
+    /// it for writing, so it sees no write half done.
+    gate: std::sync::RwLock<()>,
+    /// Added to sled's id counter (mail and inbox numbers): a store restored from a
+    /// backup starts sled's counter afresh, below the numbers it already holds.
+    id_offset: u64,
 }
 
 fn io(e: ::sled::Error) -> Error {
@@ -70,6 +76,10 @@ const DATA_TREES: [&str; 10] = [
     "inbox",
     "inbox_keys",
 ];
+
+/// Where a backup records the next id (see `SledStore::id_offset`).
+const IDS_TREE: &str = "ids";
+const NEXT_ID: &[u8] = b"next";
 
 impl SledStore {
     /// Open (or create) the store in `dir`, with the key file of the data directory
@@ -157,7 +167,15 @@ impl SledStore {
                 db.flush().map_err(io)?;
             }
         }
+        let floor = t(IDS_TREE)?
+            .get(NEXT_ID)
+            .map_err(io)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let id_offset = floor.saturating_sub(db.generate_id().map_err(io)?);
         Ok(SledStore {
+            gate: Default::default(),
+            id_offset,
             journal: t("journal")?,
             instances: t("instances")?,
             definitions: t("definitions")?,
@@ -175,6 +193,113 @@ impl SledStore {
             sealer,
             db,
         })
+    }
+
+    fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id().map_err(io)? + self.id_offset)
+    }
+
+    /// Held by every method that changes what is stored (see `gate`).
+    fn changing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes every tree to `out` as one consistent snapshot (see [`super::backup`]):
+    /// writes wait while it runs. Values stay sealed; the journal key is not included.
+    fn write_backup(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        let _all = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let failed = |e: std::io::Error| Error::Io(format!("writing the backup: {e}"));
+        let mut w = super::backup::Writer::new(out).map_err(failed)?;
+        for name in std::iter::once(SEAL_TREE).chain(DATA_TREES) {
+            w.tree(name).map_err(failed)?;
+            for kv in self.db.open_tree(name).map_err(io)?.iter() {
+                let (k, v) = kv.map_err(io)?;
+                w.entry(&k, &v).map_err(failed)?;
+            }
+        }
+        // Every number given out so far is below this; the restored store continues above.
+        w.tree(IDS_TREE).map_err(failed)?;
+        w.entry(NEXT_ID, &(self.next_id()? + 1).to_be_bytes())
+            .map_err(failed)?;
+        w.finish().map(|(n, _)| n).map_err(failed)
+    }
+
+    /// Restores the backup `file` into the data directory `dir`, which must not exist or
+    /// be empty; `key` must be the journal key of the store it was taken from. The file
+    /// is checked whole first and written into a directory beside `dir` that is renamed
+    /// into place only once complete, so a failure leaves `dir` as it was.
+    pub fn restore(file: &Path, dir: &Path, key: &JournalKey) -> Result<u64> {
+        use super::backup::{read, Item};
+        let named = |e: super::backup::ReadError| {
+            Error::Io(format!("cannot restore {}: {e}", file.display()))
+        };
+        let open = || {
+            std::fs::File::open(file)
+                .map(std::io::BufReader::new)
+                .map_err(|e| Error::Io(format!("cannot read {}: {e}", file.display())))
+        };
+        read(open()?, |_| Ok(())).map_err(named)?;
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|e| Error::Io(format!("cannot read {}: {e}", dir.display())))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::Io(format!(
+                "the data directory {} is not empty; restore into a new directory (nothing was changed)",
+                dir.display()
+            )));
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = dir.with_file_name(format!(".{name}.restoring"));
+        let _ = std::fs::remove_dir_all(&staging);
+        let restored = (|| {
+            let db = ::sled::Config::new()
+                .path(&staging)
+                .open()
+                .map_err(|e| unusable_dir(&staging, e))?;
+            let mut tree: Option<::sled::Tree> = None;
+            let mut put = |item: Item| -> std::io::Result<()> {
+                let other = |e: ::sled::Error| std::io::Error::other(e.to_string());
+                match item {
+                    Item::Tree(n) => tree = Some(db.open_tree(n).map_err(other)?),
+                    Item::Entry(k, v) => {
+                        if let Some(t) = &tree {
+                            t.insert(k, v).map_err(other)?;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let n = read(open()?, &mut put).map_err(named)?;
+            db.flush().map_err(io)?;
+            // Refuses a key that is not the one the backup was sealed with.
+            let store = Self::from_db(db, key, &file.display().to_string())?;
+            store.flush()?;
+            Ok(n)
+        })();
+        match restored {
+            Ok(n) => {
+                if dir.exists() {
+                    std::fs::remove_dir(dir)
+                        .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+                }
+                std::fs::rename(&staging, dir).map_err(|e| {
+                    Error::Io(format!(
+                        "moving the restored store to {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        }
     }
 
     fn seal(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
@@ -391,7 +516,12 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 }
 
 impl Store for SledStore {
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        self.write_backup(out)
+    }
+
     fn write(&self, b: &Batch) -> Result<()> {
+        let _changing = self.changing();
         // Held for the whole write, so no claim slips between the check and the write.
         let leases = self.leases();
         if let Some(fence) = &b.fence {
@@ -496,6 +626,7 @@ impl Store for SledStore {
     }
 
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()> {
+        let _changing = self.changing();
         let value = self.seal("definitions", hash.as_bytes(), &json(def)?)?;
         self.definitions
             .insert(hash.as_bytes(), value)
@@ -519,6 +650,7 @@ impl Store for SledStore {
     }
 
     fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
+        let _changing = self.changing();
         // Under the lease lock, like every write: creates and writes of this process (the
         // only one with the data directory open) are one at a time, so checking the id
         // and the key and then writing cannot race. No sled transaction: it would seal
@@ -626,6 +758,7 @@ impl Store for SledStore {
     }
 
     fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()> {
+        let _changing = self.changing();
         let k = self.sealer.index_id("event", event_id);
         let value = self.seal("events", &k, &json(answer)?)?;
         self.events.insert(k, value).map_err(io)?;
@@ -699,7 +832,8 @@ impl Store for SledStore {
     }
 
     fn post(&self, instance: &str, mail: &Mail) -> Result<()> {
-        let seq = self.db.generate_id().map_err(io)?;
+        let _changing = self.changing();
+        let seq = self.next_id()?;
         let key = journal_key(instance, seq);
         let value = self.seal("mail", &key, &json(mail)?)?;
         self.mail.insert(key, value).map_err(io)?;
@@ -761,6 +895,7 @@ impl Store for SledStore {
         until: Millis,
         bounds: InboxBounds,
     ) -> Result<Inboxed> {
+        let _changing = self.changing();
         let mut count = self.inbox_count()?;
         if count.unwrap_or(0) >= bounds.total {
             return Ok(Inboxed::Full {
@@ -781,7 +916,7 @@ impl Store for SledStore {
                 limit: bounds.per_key,
             });
         }
-        let seq = self.db.generate_id().map_err(io)? + 1;
+        let seq = self.next_id()? + 1;
         let entry = Buffered {
             event: event.clone(),
             stamp: Stamp {
@@ -865,9 +1000,10 @@ impl Store for SledStore {
     }
 
     fn hand_over(&self, seq: u64, instance: &str) -> Result<bool> {
+        let _changing = self.changing();
         use ::sled::Transactional;
         let mut count = self.inbox_count()?;
-        let mail_seq = self.db.generate_id().map_err(io)?;
+        let mail_seq = self.next_id()?;
         let k = seq.to_be_bytes();
         let mail_key = journal_key(instance, mail_seq);
         let moved =
@@ -911,11 +1047,12 @@ impl Store for SledStore {
         event: &Event,
         stamp: Stamp,
     ) -> Result<Option<u64>> {
+        let _changing = self.changing();
         use ::sled::Transactional;
         let mut count = self.inbox_count()?;
         let mut stamp = stamp;
         if stamp.seq == 0 {
-            stamp.seq = self.db.generate_id().map_err(io)? + 1;
+            stamp.seq = self.next_id()? + 1;
         }
         let entry = Buffered {
             event: event.clone(),
@@ -945,11 +1082,13 @@ impl Store for SledStore {
     }
 
     fn purge(&self, seq: u64) -> Result<bool> {
+        let _changing = self.changing();
         let mut count = self.inbox_count()?;
         self.unbuffer(seq, &mut count)
     }
 
     fn expire(&self, now: Millis, limit: usize) -> Result<usize> {
+        let _changing = self.changing();
         let mut count = self.inbox_count()?;
         // Arrival order is expiry order under one time to live; after a change the scan
         // stops at the first event still alive, so one kept longer only delays the ones
@@ -979,6 +1118,54 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restored store starts sled's id counter afresh: its new inbox numbers must still
+    /// come after the ones it holds, or a new event would replace a kept one.
+    #[test]
+    fn a_restored_store_numbers_new_events_after_the_ones_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = JournalKey::random().unwrap();
+        let bounds = InboxBounds {
+            per_key: 10,
+            total: 10,
+        };
+        let ev = |n: u64| Event {
+            event_type: "go".into(),
+            key: "k".into(),
+            data: serde_json::json!(n),
+            id: None,
+        };
+        let file = dir.path().join("b");
+        let old = {
+            let s = SledStore::open_with(&dir.path().join("a"), KeySource::Explicit(key.clone()))
+                .unwrap();
+            // Push sled's counter past where a fresh one starts (about a million ahead
+            // after two opens).
+            for _ in 0..3_000_000 {
+                s.next_id().unwrap();
+            }
+            let Inboxed::Kept(seq) = s.buffer(&ev(1), 0, i64::MAX, bounds).unwrap() else {
+                panic!("kept")
+            };
+            s.backup(&mut std::fs::File::create(&file).unwrap())
+                .unwrap();
+            seq
+        };
+        let to = dir.path().join("restored");
+        SledStore::restore(&file, &to, &key).unwrap();
+        let s = SledStore::open_with(&to, KeySource::Explicit(key)).unwrap();
+        let Inboxed::Kept(new) = s.buffer(&ev(2), 0, i64::MAX, bounds).unwrap() else {
+            panic!("kept")
+        };
+        assert!(new > old, "{new} after {old}");
+        let kept: Vec<_> = s
+            .inbox(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.event.data)
+            .collect();
+        assert_eq!(kept, [serde_json::json!(1), serde_json::json!(2)]);
+    }
 
     #[test]
     fn timers_come_out_in_time_order() {

@@ -18,6 +18,8 @@ pub const DEFAULT_INBOX_PER_KEY: usize = 100;
 pub const DEFAULT_INBOX_TOTAL: usize = 100_000;
 /// Expired events removed per ownership tick.
 const EXPIRE_BATCH: usize = 1024;
+/// Buffered events one ownership round looks at for waits that missed them.
+const SWEEP_BATCH: usize = 256;
 /// Buffered events a new wait looks at (skipping ones taken meanwhile by another wait).
 const TAKE_TRIES: usize = 8;
 
@@ -143,6 +145,41 @@ impl Driver {
         Ok(n)
     }
 
+    /// Give buffered events to the waits there are for them now, looking at up to
+    /// `SWEEP_BATCH` of them per call and going round the whole inbox over calls.
+    ///
+    /// A step that begins a wait takes what the inbox holds for it once its records are
+    /// durable (`take_for`). A crash between the two, or a backup taken then, leaves the
+    /// instance waiting and its event kept: nothing would ever join them again. Returns
+    /// how many events it handed over.
+    pub fn offer_inbox(&self) -> Result<usize, String> {
+        let inner = &self.inner;
+        let mut cursor = inner.inbox_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let page = inner
+            .store
+            .inbox(*cursor, SWEEP_BATCH)
+            .map_err(|e| e.to_string())?;
+        *cursor = if page.len() < SWEEP_BATCH {
+            None
+        } else {
+            page.last().map(|b| b.stamp.seq)
+        };
+        drop(cursor);
+        let mut handed = 0;
+        for b in page {
+            if inner.offer(b.stamp.seq, &b.event, None)?.is_some() {
+                handed += 1;
+            }
+        }
+        if handed > 0 {
+            tracing::info!(
+                events = handed,
+                "gave kept events to waits that began before a restart"
+            );
+        }
+        Ok(handed)
+    }
+
     /// Drop the events whose time in the inbox ran out. Returns how many.
     pub fn expire_inbox(&self) -> Result<usize, String> {
         let inner = &self.inner;
@@ -219,9 +256,19 @@ impl Inner {
             .map(|w| w.instance)
             .filter(|i| Some(i.as_str()) != except)
             .collect();
-        // The first waiter gets it; if it is gone, it was taken meanwhile (by the wait
+        // The first waiter that exists gets it: a wait entry of an instance never
+        // indexed (a start torn by a crash) is left behind stale, and its mail would be
+        // read by nobody. If the event is gone, it was taken meanwhile (by the wait
         // itself, or purged): nothing left to give.
-        let Some(id) = instances.into_iter().next() else {
+        let mut live = None;
+        for i in instances {
+            let meta = self.store.instance(&i).map_err(|e| e.to_string())?;
+            if meta.is_some_and(|m| !m.is_final()) {
+                live = Some(i);
+                break;
+            }
+        }
+        let Some(id) = live else {
             return Ok(None);
         };
         if !self.store.hand_over(seq, &id).map_err(|e| e.to_string())? {

@@ -68,6 +68,9 @@ pub struct Inner {
     store_reachable: std::sync::atomic::AtomicBool,
     /// Instances found owned by another live daemon, until when to leave their timers to it.
     held_elsewhere: Mutex<HashMap<String, Millis>>,
+    /// Where the next look through the inbox for events someone waits for starts
+    /// (see `Driver::offer_inbox`).
+    inbox_sweep: Mutex<Option<u64>>,
     /// Instances whose workflow calls a plugin action this daemon does not have: left to
     /// a daemon that has it, until when (then looked at again; plugins may be added).
     cannot_run: Mutex<HashMap<String, (String, Millis)>>,
@@ -292,6 +295,7 @@ impl Driver {
             mail_hint,
             lease_ms: AtomicI64::new(lease_ms),
             held_elsewhere: Mutex::new(HashMap::new()),
+            inbox_sweep: Mutex::new(None),
             cannot_run: Mutex::new(HashMap::new()),
             missing_calls: Mutex::new(HashSet::new()),
             store_reachable: std::sync::atomic::AtomicBool::new(true),

@@ -64,6 +64,9 @@ impl Driver {
         if let Err(e) = self.expire_inbox() {
             tracing::error!(error = %e, "could not drop expired events from the inbox");
         }
+        if let Err(e) = self.offer_inbox() {
+            tracing::error!(error = %e, "could not give kept events to their waits");
+        }
         let orphans = inner
             .store
             .orphans(now, OWNERSHIP_BATCH)
