@@ -32,18 +32,7 @@ steps:
 
 /// `casework serve` on a free port with its own data folder `name`, on the store `url`.
 fn serve(dir: &Path, name: &str, url: &str, key: &str) -> (Command, u16) {
-    let port = daemon::free_port();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_casework"));
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.join(name))
-        .arg("--workflows")
-        .arg(dir.join("workflows"))
-        .args(["--store", url, "--no-reload"])
-        .env("CASEWORK_JOURNAL_KEY", key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    (c, port)
+    daemon::postgres_command(dir, name, url, key)
 }
 
 fn start(dir: &Path, name: &str, url: &str, key: &str) -> Daemon {

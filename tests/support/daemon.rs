@@ -57,6 +57,12 @@ pub fn start(mut command: Command, port: u16) -> Daemon {
 /// `casework serve` on the PostgreSQL database at `url`, with its own data directory
 /// DIR/NAME and the shared DIR/workflows, sealing with `key`.
 pub fn serve_postgres(dir: &Path, name: &str, url: &str, key: &str) -> Daemon {
+    let (c, port) = postgres_command(dir, name, url, key);
+    start(c, port)
+}
+
+/// The command [`serve_postgres`] runs, on a free port, not started yet.
+pub fn postgres_command(dir: &Path, name: &str, url: &str, key: &str) -> (Command, u16) {
     let port = free_port();
     let mut c = Command::new(env!("CARGO_BIN_EXE_casework"));
     c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -68,5 +74,5 @@ pub fn serve_postgres(dir: &Path, name: &str, url: &str, key: &str) -> Daemon {
         .env("CASEWORK_JOURNAL_KEY", key)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    start(c, port)
+    (c, port)
 }

@@ -7,16 +7,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::io::Write;
 
-/// The statuses `GET /v1/instances?status=` filters on.
-const STATUSES: [&str; 7] = [
-    "running",
-    "parked",
-    "paused",
-    "compensating",
-    "completed",
-    "failed",
-    "cancelled",
-];
+// The statuses `GET /v1/instances?status=` filters on.
+use crate::runtime::INDEX_STATUSES as STATUSES;
 
 /// Largest page the API answers.
 const MAX_PAGE: usize = 1000;

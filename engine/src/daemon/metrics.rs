@@ -177,16 +177,8 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Statuses always shown, so a dashboard sees zeros rather than gaps.
-const STATUSES: [&str; 7] = [
-    "running",
-    "parked",
-    "paused",
-    "compensating",
-    "completed",
-    "failed",
-    "cancelled",
-];
+// Statuses always shown, so a dashboard sees zeros rather than gaps.
+use crate::runtime::INDEX_STATUSES as STATUSES;
 
 /// Everything the daemon measures as it runs.
 pub struct Metrics {
