@@ -711,6 +711,11 @@ token = "{ADMIN}"
         &as_start,
     );
     assert_eq!((s, code(&e)), (403, "forbidden"));
+    // A backup holds every instance's data: admin only.
+    let (s, e) = call(&d, "GET", "/v1/backup", None, &as_start);
+    assert_eq!((s, code(&e)), (403, "forbidden"));
+    assert_eq!(call(&d, "GET", "/v1/backup", None, &as_read).0, 403);
+    assert_eq!(call(&d, "GET", "/v1/backup", None, &[]).0, 401);
     let (s, _) = call(
         &d,
         "POST",
@@ -721,6 +726,17 @@ token = "{ADMIN}"
     assert_eq!(s, 200);
 
     // admin: everything.
+    let mut r = ureq::get(&format!("{}/v1/backup", d.addr))
+        .header("authorization", admin.as_str())
+        .call()
+        .unwrap();
+    let file = r
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    assert!(file.starts_with(b"CASEWORK-BACKUP 1\n"));
     let (s, _) = call(&d, "POST", &cancel, None, &as_admin);
     assert_eq!(s, 200);
     eventually("cancelled", || status_of(&d, &id, &as_admin) == "cancelled");
