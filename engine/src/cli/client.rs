@@ -117,6 +117,14 @@ impl Client {
         })
     }
 
+    /// `req` with the token, if there is one, as `Authorization: Bearer`.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("authorization", &format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     /// The daemon's base URL, for messages.
     pub fn base(&self) -> &str {
         self.base.as_str().trim_end_matches('/')
@@ -137,10 +145,7 @@ impl Client {
     /// `GET` a route; the JSON it answers.
     pub fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, Error> {
         let url = self.url(segments, query);
-        let mut req = self.agent.get(url.as_str());
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.get(url.as_str()));
         self.answer(&url, req.call())
     }
 
@@ -148,15 +153,13 @@ impl Client {
     /// a backup can be large); the bytes copied. An error answer is the API's error.
     pub fn download(&self, segments: &[&str], to: &mut dyn std::io::Write) -> Result<u64, Error> {
         let url = self.url(segments, &[]);
-        let mut req = self
-            .agent
-            .get(url.as_str())
-            .config()
-            .timeout_global(None)
-            .build();
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
+        let req = self.authorized(
+            self.agent
+                .get(url.as_str())
+                .config()
+                .timeout_global(None)
+                .build(),
+        );
         let mut resp = match req.call() {
             Ok(r) if r.status() == 200 => r,
             other => {
@@ -177,20 +180,14 @@ impl Client {
     /// `DELETE` a route; the JSON it answers.
     pub fn delete(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, Error> {
         let url = self.url(segments, query);
-        let mut req = self.agent.delete(url.as_str());
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.delete(url.as_str()));
         self.answer(&url, req.call())
     }
 
     /// `POST` a route with a JSON body (or none); the JSON it answers.
     pub fn post(&self, segments: &[&str], body: Option<&Value>) -> Result<Value, Error> {
         let url = self.url(segments, &[]);
-        let mut req = self.agent.post(url.as_str());
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.post(url.as_str()));
         let sent = match body {
             Some(b) => req.send_json(b),
             None => req.send_empty(),

@@ -650,11 +650,9 @@ fn start_failed(e: StartError) -> ApiError {
                 format!("{} problem(s) with the input", problems.len()),
             )
         },
-        StartError::Key(why) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            format!("the workflow's `key` could not be worked out from the input: {why}"),
-        ),
+        e @ StartError::Key(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.to_string())
+        }
         StartError::Open { workflow, open } => ApiError {
             details: Some(json!({"id": open})),
             ..ApiError::new(

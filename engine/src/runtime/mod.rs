@@ -21,4 +21,4 @@ pub use instance::{
     Effect, Hold, HoldRefused, Instance, RetryRefused, Status, StepTiming, Waiting, MAX_FRAMES,
     MAX_TRANSITIONS,
 };
-pub use step::{IndexDelta, Input, Reply, Step, Timer, Wait, INDEX_STATUSES};
+pub use step::{key_text, IndexDelta, Input, Reply, Step, Timer, Wait, INDEX_STATUSES};

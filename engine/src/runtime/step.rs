@@ -77,6 +77,17 @@ pub enum Reply {
     Held(Result<bool, HoldRefused>),
 }
 
+/// A correlation key as a rule computed it: text as it is, numbers and the rest as JSON
+/// (`42`), nothing when the rule gave null. Waits and a workflow's `key:` both use it, so
+/// an event keyed `42` finds either.
+pub fn key_text(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 /// Every status an instance's index entry can show, so callers can refuse a filter that
 /// could never match.
 pub const INDEX_STATUSES: [&str; 7] = [

@@ -386,15 +386,9 @@ impl Store for MemoryStore {
         }
         for c in claims {
             if let Some(holder) = g.live.keys.get(&key_of(c)) {
-                // A claim without its instance is left by a crash before the instance's
-                // index entry: it is free. So is a while-open claim whose holder finished.
-                match (g.live.instances.get(holder), c.scope) {
-                    (None, _) => {}
-                    (Some(_), ClaimScope::Forever) => return Ok(Created::Existing(holder.clone())),
-                    (Some(m), ClaimScope::WhileOpen) if !m.is_final() => {
-                        return Ok(Created::Open(holder.clone()))
-                    }
-                    (Some(_), ClaimScope::WhileOpen) => {}
+                let status = g.live.instances.get(holder).map(|m| m.status.as_str());
+                if let Some(refused) = c.scope.refusal(holder, status) {
+                    return Ok(refused);
                 }
             }
         }

@@ -54,8 +54,13 @@ pub struct InstanceMeta {
 
 impl InstanceMeta {
     pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+        is_final_status(&self.status)
     }
+}
+
+/// Whether an index status is an end: completed, failed or cancelled.
+pub fn is_final_status(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled")
 }
 
 /// Everything one step of one instance changes, written together (indexes first).
@@ -212,6 +217,22 @@ pub enum ClaimScope {
 }
 
 impl ClaimScope {
+    /// What [`Store::create`] answers when a claim of this scope names `holder`, whose
+    /// index status is `status` (`None`: no index entry); `None` when the claim is free
+    /// to take over. A claim without its instance is left by a crash before the
+    /// instance's index entry (or by a store from before claims), so it is free; so is a
+    /// while-open claim whose holder has finished. Every store decides with this.
+    pub fn refusal(self, holder: &str, status: Option<&str>) -> Option<Created> {
+        match (status, self) {
+            (None, _) => None,
+            (Some(_), ClaimScope::Forever) => Some(Created::Existing(holder.to_string())),
+            (Some(s), ClaimScope::WhileOpen) if !is_final_status(s) => {
+                Some(Created::Open(holder.to_string()))
+            }
+            (Some(_), ClaimScope::WhileOpen) => None,
+        }
+    }
+
     /// The domain a key is hashed under in the stores' indexes.
     pub fn domain(self) -> &'static str {
         match self {
@@ -383,7 +404,7 @@ pub trait Store: Send + Sync + 'static {
     fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64> {
         let _ = out;
         Err(Error::Unsupported(
-            "this store is not backed up by Casework: back PostgreSQL up with pg_dump (see README, Backup and restore)".into(),
+            "this store cannot be backed up by Casework".into(),
         ))
     }
 }

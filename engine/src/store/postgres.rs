@@ -592,28 +592,15 @@ async fn create_tx(
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        let finished = status
-            .as_deref()
-            .is_some_and(|s| matches!(s, "completed" | "failed" | "cancelled"));
-        match (status, scope) {
-            (Some(_), ClaimScope::Forever) => {
-                t.rollback().await?;
-                return Ok(Created::Existing(holder));
-            }
-            (Some(_), ClaimScope::WhileOpen) if !finished => {
-                t.rollback().await?;
-                return Ok(Created::Open(holder));
-            }
-            // A claim without its instance is free (as in the other stores), and so is a
-            // while-open claim whose holder has finished.
-            _ => {
-                t.execute(
-                    "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
-                    &[workflow, key_hash, &b.instance],
-                )
-                .await?;
-            }
+        if let Some(refused) = scope.refusal(&holder, status.as_deref()) {
+            t.rollback().await?;
+            return Ok(refused);
         }
+        t.execute(
+            "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
+            &[workflow, key_hash, &b.instance],
+        )
+        .await?;
     }
     // The instance row is written: the meta part of the batch is an update of it.
     apply_batch(&t, b, sealed).await?;
@@ -1073,6 +1060,12 @@ impl Store for PgStore {
                 .map(Some)
                 .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))
         })
+    }
+
+    fn backup(&self, _: &mut dyn std::io::Write) -> Result<u64> {
+        Err(Error::Unsupported(
+            "a PostgreSQL store is not backed up by Casework: back the database up with pg_dump, and keep the journal key (see README, Backup and restore)".into(),
+        ))
     }
 
     fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {

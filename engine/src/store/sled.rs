@@ -669,16 +669,9 @@ impl Store for SledStore {
             let k = self.claim_id(&c.workflow, &c.key, c.scope);
             if let Some(holder) = self.keys.get(&k).map_err(io)? {
                 let holder = String::from_utf8_lossy(&holder).into_owned();
-                // A claim without its instance is left by a crash before the instance's
-                // index entry (or by a store from before claims): it is free. So is a
-                // while-open claim whose holder has finished.
-                match (self.instance(&holder)?, c.scope) {
-                    (None, _) => {}
-                    (Some(_), ClaimScope::Forever) => return Ok(Created::Existing(holder)),
-                    (Some(m), ClaimScope::WhileOpen) if !m.is_final() => {
-                        return Ok(Created::Open(holder))
-                    }
-                    (Some(_), ClaimScope::WhileOpen) => {}
+                let status = self.instance(&holder)?.map(|m| m.status);
+                if let Some(refused) = c.scope.refusal(&holder, status.as_deref()) {
+                    return Ok(refused);
                 }
             }
             taken.push(k);

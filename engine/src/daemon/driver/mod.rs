@@ -816,7 +816,7 @@ impl Inner {
     }
 }
 
-/// The workflow's concurrency key for this input, by the same rules as a wait's key.
+/// The workflow's concurrency key for this input, as a wait's key (`key_text`), but never empty.
 fn concurrency_key(
     wf: &CompiledWorkflow,
     c: &Concurrency,
@@ -830,14 +830,15 @@ fn concurrency_key(
         now_ms,
         instance: None,
     };
-    match wf.rules.eval(&c.key, &b) {
-        Ok((Value::String(s), _)) if !s.is_empty() => Ok(s),
-        Ok((Value::Null | Value::String(_), _)) => Err(StartError::Key(
-            "it gave nothing; check that the input has the field it reads".into(),
-        )),
-        Ok((other, _)) => Ok(other.to_string()),
-        Err(e) => Err(StartError::Key(e.message)),
-    }
+    let (value, _) = wf
+        .rules
+        .eval(&c.key, &b)
+        .map_err(|e| StartError::Key(e.message))?;
+    crate::runtime::key_text(value)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            StartError::Key("it gave nothing; check that the input has the field it reads".into())
+        })
 }
 
 /// A new instance id: sortable by creation time, unique.

@@ -276,15 +276,12 @@ impl Instance {
                 until,
                 ..
             } => {
-                let key = match rules.eval(key, &b).map_err(rule_err)?.0 {
-                    Value::String(s) => s,
-                    Value::Null => {
-                        return Err(StepError::new(
-                            "rule_error",
-                            "wait `key` gave nothing; check that the variable it reads is set",
-                        ))
-                    }
-                    other => other.to_string(),
+                let Some(key) = crate::runtime::key_text(rules.eval(key, &b).map_err(rule_err)?.0)
+                else {
+                    return Err(StepError::new(
+                        "rule_error",
+                        "wait `key` gave nothing; check that the variable it reads is set",
+                    ));
                 };
                 Record::WaitStarted {
                     frame: id,
