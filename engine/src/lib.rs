@@ -23,6 +23,7 @@ mod log_capture;
 pub mod plugin_host;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod validate;
 

@@ -27,6 +27,8 @@ pub struct FakeStripe {
     pub created: Mutex<BTreeMap<String, Created>>,
     /// The Idempotency-Key of every request, in arrival order.
     pub requests: Mutex<Vec<String>>,
+    /// The `traceparent` header of every request that had one, in arrival order.
+    pub traceparents: Mutex<Vec<String>>,
     pub bad_auth: Mutex<u32>,
 }
 
@@ -59,6 +61,13 @@ async fn refunds(
     }
     let key = header("idempotency-key");
     stripe.requests.lock().unwrap().push(key.clone());
+    if headers.contains_key("traceparent") {
+        stripe
+            .traceparents
+            .lock()
+            .unwrap()
+            .push(header("traceparent"));
+    }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -98,6 +107,7 @@ pub async fn start(secret: &str, delay_ms: std::ops::Range<u64>) -> (Arc<FakeStr
         delay_ms,
         created: Default::default(),
         requests: Default::default(),
+        traceparents: Default::default(),
         bad_auth: Default::default(),
     });
     let app = axum::Router::new()

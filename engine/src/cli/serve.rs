@@ -40,8 +40,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Settings first: a bad one stops here, before anything is opened or created (and
     // before the log exists, so it is printed as text).
     let cfg = Config::load(&args.config).map_err(|e| anyhow!("casework: {e}"))?;
-    let json = config::init_tracing(cfg.log_format, &cfg.log_level, args.color);
-    match run(cfg, args).await {
+    let logging = config::init_tracing(
+        cfg.log_format,
+        &cfg.log_level,
+        args.color,
+        cfg.otlp_endpoint.as_deref(),
+    )
+    .map_err(|e| anyhow!("casework: {e}"))?;
+    let json = logging.json;
+    let outcome = run(cfg, args).await;
+    if let Some(export) = logging.export {
+        // Blocks while the last spans are sent (at most the export timeout).
+        tokio::task::spawn_blocking(move || export.shutdown())
+            .await
+            .ok();
+    }
+    match outcome {
         Err(e) if json => {
             let reason = e
                 .chain()

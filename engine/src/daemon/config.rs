@@ -157,6 +157,11 @@ pub struct Flags {
     /// [env: CASEWORK_PLUGIN_PRIORITY]
     #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_flag)]
     pub plugin_priority: Option<Priority>,
+    /// Export traces over OTLP/HTTP to this receiver, like http://127.0.0.1:4318 (an
+    /// OpenTelemetry Collector, Jaeger or Tempo; spans go to /v1/traces under it)
+    /// [default: off] [env: CASEWORK_OTLP_ENDPOINT]
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A store URL as given. Checked in [`Layer::check`], not here: clap's message for a bad
@@ -284,6 +289,7 @@ pub struct Layer {
     pub plugin_queue: Option<usize>,
     pub plugin_memory_mib: Option<u32>,
     pub plugin_priority: Option<Priority>,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Keys of the config file, for messages.
@@ -312,6 +318,7 @@ const KEYS: &[&str] = &[
     "plugin_queue",
     "plugin_memory_mib",
     "plugin_priority",
+    "otlp_endpoint",
 ];
 
 /// What a key expects, added to a message about a bad value.
@@ -335,6 +342,7 @@ fn expects(key: &str) -> Option<&'static str> {
         "plugin_concurrency" | "plugin_queue" => "a whole number of calls",
         "plugin_memory_mib" => "a whole number of MiB",
         "plugin_priority" => "\"normal\", \"low\" or \"idle\"",
+        "otlp_endpoint" => "an http:// URL of an OTLP receiver, like \"http://127.0.0.1:4318\"",
         "scope" => "\"read\", \"start\" or \"admin\"",
         _ => return None,
     })
@@ -368,6 +376,7 @@ impl Layer {
             plugin_queue: upper.plugin_queue.or(self.plugin_queue),
             plugin_memory_mib: upper.plugin_memory_mib.or(self.plugin_memory_mib),
             plugin_priority: upper.plugin_priority.or(self.plugin_priority),
+            otlp_endpoint: upper.otlp_endpoint.or(self.otlp_endpoint),
         }
     }
 
@@ -397,6 +406,7 @@ impl Layer {
             plugin_queue: f.plugin_queue,
             plugin_memory_mib: f.plugin_memory_mib,
             plugin_priority: f.plugin_priority,
+            otlp_endpoint: f.otlp_endpoint.clone(),
         }
     }
 
@@ -527,6 +537,7 @@ impl Layer {
                     })
                 })
                 .transpose()?,
+            otlp_endpoint: get("CASEWORK_OTLP_ENDPOINT"),
         })
     }
 
@@ -662,6 +673,15 @@ impl Layer {
                 }
             }
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if let Err(why) = crate::telemetry::traces_url(endpoint) {
+                return Err(format!(
+                    "{}: `{endpoint}` {why}; it must be {}",
+                    name("otlp_endpoint"),
+                    expects("otlp_endpoint").unwrap_or("")
+                ));
+            }
+        }
         if let Some(level) = &self.log_level {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
                 return Err(format!(
@@ -793,6 +813,8 @@ pub struct Config {
     pub lease_ms: i64,
     /// Sizes of the plugin pool.
     pub plugin_pool: PoolConfig,
+    /// Where traces go over OTLP/HTTP; `None`: not exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -917,43 +939,65 @@ impl Config {
                     priority: l.plugin_priority.unwrap_or(default.priority),
                 }
             },
+            otlp_endpoint: l.otlp_endpoint,
         })
     }
 }
 
-/// Installs the log subscriber for the daemon (values were checked by [`Config::load`]);
-/// true if it writes JSON.
-pub fn init_tracing(format: LogFormat, level: &str, color: clap::ColorChoice) -> bool {
+/// What [`init_tracing`] installed.
+pub struct Tracing {
+    /// Whether the log is JSON (a fatal error is then logged as a JSON line too).
+    pub json: bool,
+    /// The trace export, when `otlp_endpoint` is set: shut it down at a graceful stop to
+    /// send the spans still batched.
+    pub export: Option<crate::telemetry::Export>,
+}
+
+/// Installs the log subscriber for the daemon (values were checked by [`Config::load`]),
+/// and the trace export if `otlp_endpoint` is set. The operator's log filter applies to the
+/// log only: spans are exported at `info` whatever the log shows.
+pub fn init_tracing(
+    format: LogFormat,
+    level: &str,
+    color: clap::ColorChoice,
+    otlp_endpoint: Option<&str>,
+) -> Result<Tracing, String> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let pretty = match format {
+        LogFormat::Pretty => true,
+        LogFormat::Json => false,
+        LogFormat::Auto => std::io::stderr().is_terminal(),
+    };
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(match color {
             clap::ColorChoice::Always => true,
             clap::ColorChoice::Never => false,
             clap::ColorChoice::Auto => std::io::stderr().is_terminal(),
         });
-    let pretty = match format {
-        LogFormat::Pretty => true,
-        LogFormat::Json => false,
-        LogFormat::Auto => std::io::stderr().is_terminal(),
-    };
-    // A subscriber may already be set (tests running serve in-process): keep it.
-    let _ = if pretty {
-        builder.finish().with(library_log_cap()).try_init()
+    let log = if pretty {
+        log.with_filter(filter).boxed()
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(library_log_cap())
-            .try_init()
+        log.json().flatten_event(true).with_filter(filter).boxed()
     };
-    !pretty
+    let export = otlp_endpoint
+        .map(crate::telemetry::Export::start)
+        .transpose()?;
+    // A subscriber may already be set (tests running serve in-process): keep it.
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(export.as_ref().map(|e| e.layer()))
+        .with(library_log_cap())
+        .try_init();
+    Ok(Tracing {
+        json: !pretty,
+        export,
+    })
 }
 
 /// Lets only Casework's own targets log below `warn`, whatever the operator's filter says.
@@ -1278,6 +1322,45 @@ mod tests {
         };
         let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
         assert!(e.starts_with("--max-body-bytes: 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_off_by_default_and_checked_from_every_source() {
+        let c = Config::load_with(&Flags::default(), &env_of(&[])).unwrap();
+        assert_eq!(
+            c.otlp_endpoint, None,
+            "traces are not exported unless asked"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "otlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let c = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        let file = write(
+            dir.path(),
+            "otlp_endpoint = \"https://otel.example:4318\"\n",
+        );
+        let e = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap_err();
+        assert!(
+            e.contains(
+                "key `otlp_endpoint`: `https://otel.example:4318` scheme `https` is not supported"
+            ),
+            "{e}"
+        );
+        let e = Config::load_with(
+            &Flags::default(),
+            &env_of(&[("CASEWORK_OTLP_ENDPOINT", "collector:4318")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("CASEWORK_OTLP_ENDPOINT: `collector:4318`"),
+            "{e}"
+        );
+        let flags = Flags {
+            otlp_endpoint: Some("http://u:secretpw@c:4318".into()),
+            ..Flags::default()
+        };
+        let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
+        assert!(e.starts_with("--otlp-endpoint:"), "{e}");
     }
 
     #[test]

@@ -267,7 +267,11 @@ fn access_span(req: &Request) -> tracing::Span {
         // A client's id is printable ASCII (to_str); keep a line's length bounded.
         .map(|id| &id[..id.len().min(128)])
         .unwrap_or("");
-    tracing::info_span!(target: "casework::access", "http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+    let span = tracing::info_span!(target: "casework::access", "http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    // A caller's trace (W3C `traceparent`) is joined: the instance a start or an event
+    // wakes runs in a child span of this one, and its plugins' requests carry it on.
+    crate::telemetry::adopt_parent(&span, req.headers());
+    span
 }
 
 /// One `casework::access` line per answered request. Silence it with

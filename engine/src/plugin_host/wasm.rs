@@ -1053,10 +1053,21 @@ impl http::Host for CallState {
             http::Method::Delete => "DELETE",
             http::Method::Options => "OPTIONS",
         };
+        let mut headers = request.headers;
+        // The call's span goes on with the request (when traces are exported), unless the
+        // plugin names a trace of its own.
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+        {
+            if let Some(parent) = crate::telemetry::current_traceparent() {
+                headers.push(("traceparent".to_string(), parent));
+            }
+        }
         let checked = match egress::check(
             method,
             &request.url,
-            request.headers,
+            headers,
             request.body,
             &self.grants.http,
         ) {
