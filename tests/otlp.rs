@@ -136,12 +136,8 @@ fn a_refund_is_one_trace_from_the_request_to_the_provider_and_an_approval_contin
     let dir = tempfile::tempdir().unwrap();
     refunds::install(dir.path(), stripe_port, SECRET_KEY);
     let port = support::daemon::free_port();
-    let mut c = support::daemon::command(dir.path(), port);
-    c.arg("--plugins")
-        .arg(dir.path().join("plugins"))
-        .arg("--secrets")
-        .arg(dir.path().join("secrets.toml"))
-        .args(["--otlp-endpoint", &format!("http://127.0.0.1:{otlp_port}")])
+    let mut c = refunds::command(dir.path(), port);
+    c.args(["--otlp-endpoint", &format!("http://127.0.0.1:{otlp_port}")])
         // Batches leave every 200 ms instead of every 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "200");
     let daemon = support::daemon::start(c, port);
@@ -324,12 +320,7 @@ fn without_an_endpoint_nothing_is_exported_and_no_traceparent_leaves() {
     let dir = tempfile::tempdir().unwrap();
     refunds::install(dir.path(), stripe_port, SECRET_KEY);
     let port = support::daemon::free_port();
-    let mut c = support::daemon::command(dir.path(), port);
-    c.arg("--plugins")
-        .arg(dir.path().join("plugins"))
-        .arg("--secrets")
-        .arg(dir.path().join("secrets.toml"));
-    let daemon = support::daemon::start(c, port);
+    let daemon = support::daemon::start(refunds::command(dir.path(), port), port);
     let (status, started) = request(
         "POST",
         &format!("{}/v1/workflows/refund/instances?wait=30s", daemon.addr),

@@ -19,12 +19,8 @@ const SECRET_KEY: &str = "sk_test_e2e_9f8e7d6c5b4a";
 
 fn spawn(dir: &Path, port: u16, run: u32) -> Daemon {
     let log = dir.join(format!("daemon-{run}.log"));
-    let mut c = daemon::command(dir, port);
-    c.arg("--plugins")
-        .arg(dir.join("plugins"))
-        .arg("--secrets")
-        .arg(dir.join("secrets.toml"))
-        .env("CASEWORK_LOG", "info")
+    let mut c = refunds::command(dir, port);
+    c.env("CASEWORK_LOG", "info")
         .stderr(std::fs::File::create(&log).unwrap());
     daemon::start(c, port)
 }

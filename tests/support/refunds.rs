@@ -167,6 +167,17 @@ pub fn install(dir: &Path, port: u16, secret: &str) {
     }
 }
 
+/// `casework serve` on `port` for what [`install`] put in `dir`: its workflows, plugins
+/// and secrets ([`super::daemon::command`] plus `--plugins` and `--secrets`).
+pub fn command(dir: &Path, port: u16) -> std::process::Command {
+    let mut c = super::daemon::command(dir, port);
+    c.arg("--plugins")
+        .arg(dir.join("plugins"))
+        .arg("--secrets")
+        .arg(dir.join("secrets.toml"));
+    c
+}
+
 /// A refund request for `order`; amounts above the agent limit wait for an approval.
 pub fn refund_input(order: &str, amount: u64) -> Value {
     json!({
