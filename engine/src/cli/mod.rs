@@ -401,10 +401,9 @@ async fn inspect(
     }
     println!("journal:");
     for r in view["journal"].as_array().into_iter().flatten() {
-        let rec: Result<crate::runtime::Record, _> = serde_json::from_value(r.clone());
-        match rec {
-            Ok(rec) => println!("  {}", run::describe(id, &rec)),
-            Err(_) => println!("  {r}"),
+        match crate::daemon::view::record_of_entry(r) {
+            Some(rec) => println!("  {}", run::describe(id, &rec)),
+            None => println!("  {r}"),
         }
     }
     Ok(0)

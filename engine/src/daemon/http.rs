@@ -547,23 +547,19 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
             )
         })
         .unwrap_or_default();
-    let page = api.metrics().render(&Snapshot {
-        instances_by_status,
-        workflows_loaded: inner.registry.all_latest().len(),
-        journal_records: inner.stats.records.load(Ordering::Relaxed),
-        reloads,
-        reload_failures,
-        ready: api.shared.ready.load(Ordering::SeqCst),
-        rule_output_dropped: inner.rules.output_dropped(),
-    });
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        page,
-    )
-        .into_response())
+    let page = api
+        .metrics()
+        .render(&Snapshot {
+            instances_by_status,
+            workflows_loaded: inner.registry.all_latest().len(),
+            journal_records: inner.stats.records.load(Ordering::Relaxed),
+            reloads,
+            reload_failures,
+            ready: api.shared.ready.load(Ordering::SeqCst),
+            rule_output_dropped: inner.rules.output_dropped(),
+        })
+        .map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], page).into_response())
 }
 
 async fn list_workflows(State(api): State<Api>) -> Json<Value> {

@@ -1,14 +1,24 @@
-//! Counters and histograms for `GET /metrics`, written in the Prometheus text format
-//! (version 0.0.4) by hand: a few families, no registry needed.
+//! Counters and histograms for `GET /metrics`, in the Prometheus text format (version
+//! 0.0.4), written by `prometheus-client`.
 //!
 //! The driver records step durations (journal time), plugin call durations, rule errors
-//! and journal flush latency; the HTTP layer records requests. Instance counts by status
-//! and reload counters are read when the page is rendered.
+//! and journal flush latency; the HTTP layer records requests. Values that live
+//! elsewhere (instance counts by status, reload counters, process usage) are read when
+//! the page is rendered and registered beside the live families for that one page.
 
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
+
+/// The `Content-Type` of the page.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Step durations span milliseconds (rules) to days (waits on people).
 const STEP_BUCKETS: &[f64] = &[
@@ -27,215 +37,83 @@ const FLUSH_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-#[derive(Clone, Debug)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is +Inf.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    workflow: String,
+    step: String,
+    outcome: &'static str,
 }
 
-impl Histogram {
-    fn new(bounds: &[f64]) -> Histogram {
-        Histogram {
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    plugin: String,
+    action: String,
+    outcome: String,
 }
 
-/// A histogram per combination of label values.
-struct HistogramFamily {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    bounds: &'static [f64],
-    series: Mutex<BTreeMap<Vec<String>, Histogram>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkflowLabel {
+    workflow: String,
 }
 
-impl HistogramFamily {
-    const fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        bounds: &'static [f64],
-    ) -> Self {
-        HistogramFamily {
-            name,
-            help,
-            labels,
-            bounds,
-            series: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn observe(&self, values: &[&str], seconds: f64) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series
-            .entry(values.iter().map(|v| v.to_string()).collect())
-            .or_insert_with(|| Histogram::new(self.bounds))
-            .observe(self.bounds, seconds);
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} histogram", self.name);
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        for (values, h) in series.iter() {
-            let labels = label_text(self.labels, values);
-            let sep = if labels.is_empty() { "" } else { "," };
-            let mut cumulative = 0;
-            for (i, bound) in self.bounds.iter().enumerate() {
-                cumulative += h.counts[i];
-                let _ = writeln!(
-                    out,
-                    "{}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}",
-                    self.name
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-                self.name, h.count
-            );
-            let braces = if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{labels}}}")
-            };
-            let _ = writeln!(out, "{}_sum{braces} {}", self.name, h.sum);
-            let _ = writeln!(out, "{}_count{braces} {}", self.name, h.count);
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
 }
 
-/// A counter per combination of label values.
-struct CounterFamily {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    series: Mutex<BTreeMap<Vec<String>, u64>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
 }
 
-impl CounterFamily {
-    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        CounterFamily {
-            name,
-            help,
-            labels,
-            series: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn inc(&self, values: &[&str]) {
-        self.add(values, 1);
-    }
-
-    fn add(&self, values: &[&str], n: u64) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        *series
-            .entry(values.iter().map(|v| v.to_string()).collect())
-            .or_default() += n;
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} counter", self.name);
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        for (values, n) in series.iter() {
-            let _ = writeln!(
-                out,
-                "{}{{{}}} {n}",
-                self.name,
-                label_text(self.labels, values)
-            );
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
-fn label_text(names: &[&str], values: &[String]) -> String {
-    names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect::<Vec<_>>()
-        .join(",")
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
 }
 
-/// Label values escape backslash, double quote and newline.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A histogram family; its constructor gives each new series the family's bounds.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(new: fn() -> Histogram) -> Histograms<L> {
+    Family::new_with_constructor(new)
 }
 
 // Statuses always shown, so a dashboard sees zeros rather than gaps.
 use crate::runtime::INDEX_STATUSES as STATUSES;
 
-/// Everything the daemon measures as it runs.
+/// Everything the daemon measures as it runs. Every family is shared with the page's
+/// registry (the handles are reference-counted), so recording never waits for a render.
 pub struct Metrics {
-    steps: HistogramFamily,
-    calls: HistogramFamily,
-    flushes: HistogramFamily,
-    rule_errors: CounterFamily,
-    http: CounterFamily,
-    http_latency: HistogramFamily,
-    inbox: CounterFamily,
+    steps: Histograms<StepLabels>,
+    calls: Histograms<CallLabels>,
+    flushes: Histogram,
+    rule_errors: Family<WorkflowLabel, Counter>,
+    http: Family<RequestLabels, Counter>,
+    http_latency: Histograms<RouteLabels>,
+    inbox: Family<OutcomeLabel, Counter>,
     /// Starts, events and retries refused because the work in hand was at `max_pending`.
-    overloaded: std::sync::atomic::AtomicU64,
+    overloaded: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            steps: HistogramFamily::new(
-                "casework_step_duration_seconds",
-                "Time from entering a step to its end, in journal time (waits and retries included).",
-                &["workflow", "step", "outcome"],
-                STEP_BUCKETS,
-            ),
-            calls: HistogramFamily::new(
-                "casework_plugin_call_duration_seconds",
-                "Wall time of one plugin call attempt.",
-                &["plugin", "action", "outcome"],
-                CALL_BUCKETS,
-            ),
-            flushes: HistogramFamily::new(
-                "casework_journal_flush_duration_seconds",
-                "Time to make a group of journal writes durable (one shared fsync).",
-                &[],
-                FLUSH_BUCKETS,
-            ),
-            rule_errors: CounterFamily::new(
-                "casework_rule_errors_total",
-                "Steps that failed because a rule or template failed to evaluate.",
-                &["workflow"],
-            ),
-            http: CounterFamily::new(
-                "casework_http_requests_total",
-                "HTTP requests answered, by route and status.",
-                &["method", "route", "status"],
-            ),
-            http_latency: HistogramFamily::new(
-                "casework_http_request_duration_seconds",
-                "Time from a request's arrival to its answer, by route (a waited start or long poll includes its wait).",
-                &["method", "route"],
-                HTTP_BUCKETS,
-            ),
-            inbox: CounterFamily::new(
-                "casework_inbox_events_total",
-                "Events that came before their wait, by what became of them: buffered, handed_over (to a wait that began later), returned (to the inbox by an instance that no longer waited), expired, purged, refused (inbox full).",
-                &["outcome"],
-            ),
-            overloaded: Default::default(),
+            steps: histograms(|| Histogram::new(STEP_BUCKETS.iter().copied())),
+            calls: histograms(|| Histogram::new(CALL_BUCKETS.iter().copied())),
+            flushes: Histogram::new(FLUSH_BUCKETS.iter().copied()),
+            rule_errors: Family::default(),
+            http: Family::default(),
+            http_latency: histograms(|| Histogram::new(HTTP_BUCKETS.iter().copied())),
+            inbox: Family::default(),
+            overloaded: Counter::default(),
         }
     }
 }
@@ -256,170 +134,202 @@ pub struct Snapshot {
 impl Metrics {
     pub fn step(&self, workflow: &str, step: &str, ok: bool, millis: i64) {
         let outcome = if ok { "completed" } else { "failed" };
+        let labels = StepLabels {
+            workflow: workflow.to_string(),
+            step: step.to_string(),
+            outcome,
+        };
         self.steps
-            .observe(&[workflow, step, outcome], millis.max(0) as f64 / 1000.0);
+            .get_or_create(&labels)
+            .observe(millis.max(0) as f64 / 1000.0);
     }
 
     /// `outcome`: `ok`, `error` or `timeout`.
     pub fn plugin_call(&self, plugin: &str, action: &str, outcome: &str, took: Duration) {
+        let labels = CallLabels {
+            plugin: plugin.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+        };
         self.calls
-            .observe(&[plugin, action, outcome], took.as_secs_f64());
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     pub fn flush(&self, took: Duration) {
-        self.flushes.observe(&[], took.as_secs_f64());
+        self.flushes.observe(took.as_secs_f64());
     }
 
     pub fn overloaded(&self) {
-        self.overloaded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.overloaded.inc();
     }
 
     pub fn rule_error(&self, workflow: &str) {
-        self.rule_errors.inc(&[workflow]);
+        let labels = WorkflowLabel {
+            workflow: workflow.to_string(),
+        };
+        self.rule_errors.get_or_create(&labels).inc();
     }
 
     /// `outcome`: buffered, handed_over, returned, expired, purged or refused.
     pub fn inbox(&self, outcome: &str, n: u64) {
-        self.inbox.add(&[outcome], n);
+        let labels = OutcomeLabel {
+            outcome: outcome.to_string(),
+        };
+        self.inbox.get_or_create(&labels).inc_by(n);
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16) {
-        self.http.inc(&[method, route, &status.to_string()]);
+        let labels = RequestLabels {
+            method: method.to_string(),
+            route: route.to_string(),
+            status,
+        };
+        self.http.get_or_create(&labels).inc();
     }
 
     pub fn http_latency(&self, method: &str, route: &str, took: Duration) {
+        let labels = RouteLabels {
+            method: method.to_string(),
+            route: route.to_string(),
+        };
         self.http_latency
-            .observe(&[method, route], took.as_secs_f64());
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
-    /// The whole page.
-    pub fn render(&self, s: &Snapshot) -> String {
-        let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {v}");
-        };
-        let _ = writeln!(
-            out,
-            "# HELP casework_instances Instances in the store, by status."
-        );
-        let _ = writeln!(out, "# TYPE casework_instances gauge");
+    /// The whole page. Help texts carry no final period: the encoder adds one.
+    pub fn render(&self, s: &Snapshot) -> Result<String, std::fmt::Error> {
+        let mut r = Registry::default();
+        let by_status = Family::<StatusLabel, Gauge<i64>>::default();
         for status in STATUSES {
-            let n = s.instances_by_status.get(status).copied().unwrap_or(0);
-            let _ = writeln!(out, "casework_instances{{status=\"{status}\"}} {n}");
+            // A zero for every status, so a dashboard sees zeros rather than gaps.
+            by_status
+                .get_or_create(&StatusLabel {
+                    status: (*status).to_string(),
+                })
+                .set(0);
         }
         for (status, n) in &s.instances_by_status {
-            if !STATUSES.contains(&status.as_str()) {
-                let _ = writeln!(
-                    out,
-                    "casework_instances{{status=\"{}\"}} {n}",
-                    escape(status)
-                );
-            }
+            let labels = StatusLabel {
+                status: status.clone(),
+            };
+            by_status
+                .get_or_create(&labels)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        gauge(
-            &mut out,
+        r.register(
+            "casework_instances",
+            "Instances in the store, by status",
+            by_status,
+        );
+        r.register(
             "casework_ready",
-            "1 once workflows are loaded and instances resumed.",
-            u8::from(s.ready).to_string(),
+            "1 once workflows are loaded and instances resumed",
+            ConstGauge::new(i64::from(s.ready)),
         );
-        gauge(
-            &mut out,
+        r.register(
             "casework_workflows_loaded",
-            "Workflows that accept new instances.",
-            s.workflows_loaded.to_string(),
+            "Workflows that accept new instances",
+            ConstGauge::new(s.workflows_loaded as i64),
         );
-        counter(
-            &mut out,
-            "casework_journal_records_total",
-            "Journal records written.",
-            s.journal_records.to_string(),
+        r.register(
+            "casework_journal_records",
+            "Journal records written",
+            ConstCounter::new(u64::try_from(s.journal_records).unwrap_or(0)),
         );
-        counter(
-            &mut out,
-            "casework_reloads_total",
-            "Reloads of the workflow folder (at start and on change).",
-            s.reloads.to_string(),
+        r.register(
+            "casework_reloads",
+            "Reloads of the workflow folder (at start and on change)",
+            ConstCounter::new(s.reloads),
         );
-        counter(
-            &mut out,
-            "casework_reload_failures_total",
-            "Reloads that rejected at least one file.",
-            s.reload_failures.to_string(),
+        r.register(
+            "casework_reload_failures",
+            "Reloads that rejected at least one file",
+            ConstCounter::new(s.reload_failures),
         );
-        counter(
-            &mut out,
-            "casework_overloaded_total",
-            "Starts, events and retries refused with 503 because the work in hand was at max_pending.",
-            self.overloaded
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .to_string(),
+        r.register(
+            "casework_overloaded",
+            "Starts, events and retries refused with 503 because the work in hand was at max_pending",
+            self.overloaded.clone(),
         );
-        counter(
-            &mut out,
-            "casework_rule_output_dropped_bytes_total",
-            "Bytes that rules printed beyond their output budgets and were not logged.",
-            s.rule_output_dropped.0.to_string(),
+        r.register(
+            "casework_rule_output_dropped_bytes",
+            "Bytes that rules printed beyond their output budgets and were not logged",
+            ConstCounter::new(s.rule_output_dropped.0),
         );
-        counter(
-            &mut out,
-            "casework_rule_output_dropped_lines_total",
-            "Rule print/debug lines dropped whole by the output budgets.",
-            s.rule_output_dropped.1.to_string(),
+        r.register(
+            "casework_rule_output_dropped_lines",
+            "Rule print/debug lines dropped whole by the output budgets",
+            ConstCounter::new(s.rule_output_dropped.1),
         );
         if let Some(u) = super::process::usage("self") {
-            counter(
-                &mut out,
-                "process_cpu_seconds_total",
-                "User and system CPU time of the daemon.",
-                u.cpu_seconds.to_string(),
+            r.register(
+                "process_cpu_seconds",
+                "User and system CPU time of the daemon",
+                ConstCounter::new(u.cpu_seconds),
             );
-            gauge(
-                &mut out,
+            r.register(
                 "process_resident_memory_bytes",
-                "Resident memory of the daemon.",
-                u.resident_bytes.to_string(),
+                "Resident memory of the daemon",
+                ConstGauge::new(u.resident_bytes as i64),
             );
-            gauge(
-                &mut out,
+            r.register(
                 "process_threads",
-                "Threads of the daemon.",
-                u.threads.to_string(),
+                "Threads of the daemon",
+                ConstGauge::new(u.threads as i64),
             );
             if let Some(fds) = u.open_fds {
-                gauge(
-                    &mut out,
+                r.register(
                     "process_open_fds",
-                    "Open file descriptors of the daemon.",
-                    fds.to_string(),
+                    "Open file descriptors of the daemon",
+                    ConstGauge::new(fds as i64),
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP casework_build_info The running build: always 1, with its version."
+        r.register(
+            "casework_build",
+            "The running build: always 1, with its version",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let _ = writeln!(out, "# TYPE casework_build_info gauge");
-        let _ = writeln!(
-            out,
-            "casework_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+        r.register(
+            "casework_step_duration_seconds",
+            "Time from entering a step to its end, in journal time (waits and retries included)",
+            self.steps.clone(),
         );
-        self.steps.render(&mut out);
-        self.calls.render(&mut out);
-        self.rule_errors.render(&mut out);
-        self.flushes.render(&mut out);
-        self.http.render(&mut out);
-        self.http_latency.render(&mut out);
-        self.inbox.render(&mut out);
-        out
+        r.register(
+            "casework_plugin_call_duration_seconds",
+            "Wall time of one plugin call attempt",
+            self.calls.clone(),
+        );
+        r.register(
+            "casework_rule_errors",
+            "Steps that failed because a rule or template failed to evaluate",
+            self.rule_errors.clone(),
+        );
+        r.register(
+            "casework_journal_flush_duration_seconds",
+            "Time to make a group of journal writes durable (one shared fsync)",
+            self.flushes.clone(),
+        );
+        r.register(
+            "casework_http_requests",
+            "HTTP requests answered, by route and status",
+            self.http.clone(),
+        );
+        r.register(
+            "casework_http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route (a waited start or long poll includes its wait)",
+            self.http_latency.clone(),
+        );
+        r.register(
+            "casework_inbox_events",
+            "Events that came before their wait, by what became of them: buffered, handed_over (to a wait that began later), returned (to the inbox by an instance that no longer waited), expired, purged, refused (inbox full)",
+            self.inbox.clone(),
+        );
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &r)?;
+        Ok(out)
     }
 }
 
@@ -433,7 +343,7 @@ mod tests {
         m.flush(Duration::from_micros(300));
         m.flush(Duration::from_millis(2));
         m.flush(Duration::from_secs(5));
-        let page = m.render(&Snapshot::default());
+        let page = m.render(&Snapshot::default()).unwrap();
         assert!(page.contains("casework_journal_flush_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(page.contains("casework_journal_flush_duration_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(page.contains("casework_journal_flush_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
@@ -450,7 +360,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.instances_by_status.insert("failed".into(), 2);
         snap.rule_output_dropped = (5908, 1);
-        let page = m.render(&snap);
+        let page = m.render(&snap).unwrap();
         assert!(page.contains("casework_rule_output_dropped_bytes_total 5908\n"));
         assert!(page.contains("casework_rule_output_dropped_lines_total 1\n"));
         assert!(page.contains(

@@ -139,6 +139,25 @@ impl JournalEntry {
     }
 }
 
+/// The fields of a journal entry that hold an instant.
+const TIME_FIELDS: &[&str] = &["at", "retry_at", "deadline", "until"];
+
+/// The record a journal entry shows, for clients of this crate that describe entries
+/// (`casework inspect`): the entry with its RFC 3339 times back in epoch milliseconds.
+/// `None` when it is no record this build knows (a newer daemon's, say).
+pub fn record_of_entry(entry: &Value) -> Option<Record> {
+    let mut fields = entry.as_object()?.clone();
+    for key in TIME_FIELDS {
+        if let Some(Value::String(t)) = fields.get(*key) {
+            let ms = chrono::DateTime::parse_from_rfc3339(t)
+                .ok()?
+                .timestamp_millis();
+            fields.insert((*key).to_string(), ms.into());
+        }
+    }
+    serde_json::from_value(Value::Object(fields)).ok()
+}
+
 impl From<&Record> for JournalEntry {
     fn from(r: &Record) -> Self {
         let mut e = Entry(Map::new());
@@ -164,7 +183,7 @@ impl From<&Record> for JournalEntry {
                         json!({"instance": p.instance, "frame": p.frame, "step": p.step}),
                     );
                 }
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::StepCompleted {
                 frame,
@@ -181,7 +200,7 @@ impl From<&Record> for JournalEntry {
                 e.put_some("output", output);
                 e.put_some("next", next);
                 e.put_some("reason", reason);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::CallStarted {
                 frame,
@@ -196,7 +215,7 @@ impl From<&Record> for JournalEntry {
                 e.put("attempt", attempt);
                 e.put("key", key);
                 e.put("input", input);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::CallSucceeded {
                 frame,
@@ -209,7 +228,7 @@ impl From<&Record> for JournalEntry {
                 e.frame_step(*frame, step);
                 e.put("attempt", attempt);
                 e.put("output", output);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::CallFailed {
                 frame,
@@ -223,8 +242,8 @@ impl From<&Record> for JournalEntry {
                 e.frame_step(*frame, step);
                 e.put("attempt", attempt);
                 e.error("error", error);
-                e.put_some("retry_at", retry_at);
-                e.put("at", at);
+                e.time_some("retry_at", *retry_at);
+                e.time("at", *at);
             }
             Record::WaitStarted {
                 frame,
@@ -238,8 +257,8 @@ impl From<&Record> for JournalEntry {
                 e.frame_step(*frame, step);
                 e.put("events", events);
                 e.put("key", key);
-                e.put_some("deadline", deadline);
-                e.put("at", at);
+                e.time_some("deadline", *deadline);
+                e.time("at", *at);
             }
             Record::EventReceived {
                 frame,
@@ -255,7 +274,7 @@ impl From<&Record> for JournalEntry {
                 ev.put("data", &event.data);
                 ev.put_some("id", &event.id);
                 e.put("event", ev.0);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::SleepStarted {
                 frame,
@@ -265,8 +284,8 @@ impl From<&Record> for JournalEntry {
             } => {
                 e.put("record", "sleep_started");
                 e.frame_step(*frame, step);
-                e.put("until", until);
-                e.put("at", at);
+                e.time("until", *until);
+                e.time("at", *at);
             }
             Record::TimerFired {
                 frame,
@@ -277,7 +296,7 @@ impl From<&Record> for JournalEntry {
                 e.put("record", "timer_fired");
                 e.frame_step(*frame, step);
                 e.put_some("next", next);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::ChildrenStarted {
                 frame,
@@ -296,7 +315,7 @@ impl From<&Record> for JournalEntry {
                     .collect();
                 e.put("children", children);
                 e.put_some("items", items);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::SubStarted {
                 frame,
@@ -311,7 +330,7 @@ impl From<&Record> for JournalEntry {
                 e.put("child", child);
                 e.put("workflow", workflow);
                 e.put("input", input);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::SubFinished {
                 frame,
@@ -330,7 +349,7 @@ impl From<&Record> for JournalEntry {
                     Err(err) => outcome.error("Err", err),
                 }
                 e.put("result", outcome.0);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::StepFailed {
                 frame,
@@ -343,50 +362,50 @@ impl From<&Record> for JournalEntry {
                 e.frame_step(*frame, step);
                 e.error("error", error);
                 e.put_some("next", next);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::CancelRequested { reason, at } => {
                 e.put("record", "cancel_requested");
                 e.put("reason", reason);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::Cancelled { reason, at } => {
                 e.put("record", "cancelled");
                 e.put("reason", reason);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::Paused { by, reason, at } => {
                 e.put("record", "paused");
                 e.put("by", by);
                 e.put("reason", reason);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::Resumed { by, reason, at } => {
                 e.put("record", "resumed");
                 e.put("by", by);
                 e.put("reason", reason);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::RetryRequested { step, at } => {
                 e.put("record", "retry_requested");
                 e.put("step", step);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::CompensationStarted { steps, error, at } => {
                 e.put("record", "compensation_started");
                 e.put("steps", steps);
                 e.error("error", error);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::Completed { output, at } => {
                 e.put("record", "completed");
                 e.put("output", output);
-                e.put("at", at);
+                e.time("at", *at);
             }
             Record::Failed { error, at } => {
                 e.put("record", "failed");
                 e.error("error", error);
-                e.put("at", at);
+                e.time("at", *at);
             }
         }
         JournalEntry(e.0)
@@ -402,6 +421,18 @@ impl Entry {
             key.to_string(),
             serde_json::to_value(value).unwrap_or(Value::Null),
         );
+    }
+
+    /// An instant, in RFC 3339 like every other time the API gives (the journal keeps
+    /// epoch milliseconds).
+    fn time(&mut self, key: &str, ms: crate::journal::Millis) {
+        self.put(key, crate::calendar::time::format_ms(ms));
+    }
+
+    fn time_some(&mut self, key: &str, ms: Option<crate::journal::Millis>) {
+        if let Some(ms) = ms {
+            self.time(key, ms);
+        }
     }
 
     /// A field left out when it has no value.
@@ -745,16 +776,34 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_entry_shows_what_the_v1_record_always_showed() {
+    fn a_journal_entry_shows_the_v1_record_with_its_times_in_rfc_3339() {
         // The view used to put each record through `serde_json::to_value` (keys sorted);
-        // its own type must not change a byte of that. A journal v2 will make this
-        // comparison moot: then the entries stay as they are here, not as the new records
-        // serialize.
+        // its own type must not change anything of that but the times, which the API
+        // gives in RFC 3339 everywhere. A journal v2 will make this comparison moot: then
+        // the entries stay as they are here, not as the new records serialize.
         for r in every_kind() {
-            let entry = serde_json::to_string(&JournalEntry::from(&r)).unwrap();
-            let record = serde_json::to_string(&serde_json::to_value(&r).unwrap()).unwrap();
+            let entry = serde_json::to_value(JournalEntry::from(&r)).unwrap();
+            let mut record = serde_json::to_value(&r).unwrap();
+            for key in TIME_FIELDS {
+                if let Some(ms) = record.get(*key).and_then(Value::as_i64) {
+                    record[*key] = crate::calendar::time::format_ms(ms).into();
+                }
+            }
             assert_eq!(entry, record, "{}", r.kind());
+            assert!(entry["at"].as_str().unwrap().ends_with('Z'), "{entry}");
         }
+    }
+
+    #[test]
+    fn inspect_reads_every_entry_back_as_the_record_it_shows() {
+        for r in every_kind() {
+            let entry = serde_json::to_value(JournalEntry::from(&r)).unwrap();
+            assert_eq!(record_of_entry(&entry).as_ref(), Some(&r), "{entry}");
+        }
+        let unknown = json!({"record": "from_the_future", "at": "2026-01-01T00:00:00Z"});
+        assert_eq!(record_of_entry(&unknown), None);
+        let bad_time = json!({"record": "cancelled", "reason": "x", "at": "yesterday"});
+        assert_eq!(record_of_entry(&bad_time), None);
     }
 
     #[test]
@@ -765,13 +814,13 @@ mod tests {
             entry(&all[6]),
             json!({"record": "call_failed", "frame": 1, "step": "c", "attempt": 2,
                    "error": {"code": "declined", "message": "card declined", "retryable": true, "step": "c"},
-                   "retry_at": 9, "at": 5})
+                   "retry_at": "1970-01-01T00:00:00.009Z", "at": "1970-01-01T00:00:00.005Z"})
         );
         assert_eq!(
             entry(&all[19]),
             json!({"record": "sub_finished", "frame": 0, "step": "sub", "child": "i.sub.1",
                    "result": {"Err": {"code": "declined", "message": "card declined", "retryable": true, "step": "inner"}},
-                   "at": 11})
+                   "at": "1970-01-01T00:00:00.011Z"})
         );
         assert_eq!(
             serde_json::to_value(StepErrorView::from(&error(None))).unwrap(),
