@@ -2,7 +2,8 @@
 //! daemon: starts for one ticket sent at once make one instance; the others are given to
 //! it as events (`attach`) or refused with its id (`reject`); triggers racing each other
 //! do the same; the key is free again once the instance finishes; a SIGKILL keeps it
-//! held; two daemons on one PostgreSQL database share it.
+//! held; a retried instance takes it back, even racing starts; two daemons on one
+//! PostgreSQL database share it.
 
 use casework::store::seal::JournalKey;
 use serde_json::{json, Value};
@@ -65,11 +66,184 @@ steps:
     complete: {}
 "#;
 
+/// One open instance per ticket, refusing others; fails until `input.ready` (an RFC 3339
+/// time), so a retry after it goes on and holds the ticket until `late.close`.
+const LATE: &str = r#"workflow: late
+version: 1
+input:
+  ticket: { type: string, required: true }
+  ready: { type: string, required: true }
+key: input.ticket
+concurrency: { limit: 1, on_conflict: reject }
+steps:
+  - id: check
+    rule: |
+      if now < input.ready { throw "not ready until " + input.ready; }
+    next: hold
+  - id: hold
+    wait: { event: late.close, key: input.ticket, timeout: 1h, on_timeout: done }
+    next: done
+  - id: done
+    complete: {}
+"#;
+
 fn workflows(dir: &Path) {
     let wf = dir.join("workflows");
     std::fs::create_dir_all(&wf).unwrap();
     std::fs::write(wf.join("case.yaml"), CASE).unwrap();
     std::fs::write(wf.join("solo.yaml"), SOLO).unwrap();
+    std::fs::write(wf.join("late.yaml"), LATE).unwrap();
+}
+
+/// Starts `late` for `ticket`, ready `after` from now.
+fn start_late(addr: &str, ticket: &str, after: Duration) -> (u16, Value) {
+    let ready = (chrono::Utc::now() + after).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    call(
+        "POST",
+        &format!("{addr}/v1/workflows/late/instances"),
+        Some(&json!({"ticket": ticket, "ready": ready})),
+    )
+}
+
+/// Waits (at most a minute) until the instance has this status.
+fn has_status(addr: &str, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = call("GET", &format!("{addr}/v1/instances/{id}"), None);
+        if v["status"] == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} is not {status}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn retry(addr: &str, id: &str) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{addr}/v1/instances/{id}/retry"),
+        Some(&json!({})),
+    )
+}
+
+/// A failed instance lets its key go; retrying it takes the key back, or is refused
+/// while another instance holds it open.
+fn a_retry_takes_the_key_back(addrs: [String; 2]) {
+    let (s, b) = start_late(&addrs[0], "L-1", Duration::from_millis(800));
+    assert_eq!(s, 201, "{b}");
+    let first = b["id"].as_str().unwrap().to_string();
+    has_status(&addrs[0], &first, "failed");
+    // The failed instance holds nothing: a new start takes the ticket.
+    let (s, b) = start_late(&addrs[1], "L-1", Duration::ZERO);
+    assert_eq!(s, 201, "{b}");
+    let second = b["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(800));
+    let (s, b) = retry(&addrs[0], &first);
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (409, &json!("instance_open")),
+        "{b}"
+    );
+    assert_eq!(b["error"]["details"]["id"], second, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains(&second),
+        "{b}"
+    );
+    has_status(&addrs[0], &first, "failed");
+    // Once the second has finished, the retry goes on and holds the ticket again.
+    close(&addrs[1], "late.close", "L-1");
+    ended(&addrs[1], &second);
+    let (s, b) = retry(&addrs[0], &first);
+    assert_eq!(s, 200, "{b}");
+    has_status(&addrs[0], &first, "parked");
+    let (s, b) = start_late(&addrs[1], "L-1", Duration::ZERO);
+    assert_eq!(
+        (s, &b["error"]["details"]["id"]),
+        (409, &json!(first)),
+        "{b}"
+    );
+}
+
+/// Rounds of a retry of a failed instance sent at once with seven starts for its ticket:
+/// whichever wins, one instance is open for the ticket, and every loser names it.
+fn a_retry_racing_starts_leaves_one_open_instance(addrs: [String; 2]) {
+    const ROUNDS: usize = 10;
+    let failed: Vec<String> = (0..ROUNDS)
+        .map(|r| {
+            let (s, b) = start_late(&addrs[0], &format!("R-{r}"), Duration::from_millis(600));
+            assert_eq!(s, 201, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &failed {
+        has_status(&addrs[0], id, "failed");
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let mut retries_won = 0;
+    for (r, id) in failed.iter().enumerate() {
+        let (to, id2) = (addrs.clone(), id.clone());
+        let answers = at_once(8, move |i| {
+            if i == 0 {
+                retry(&to[0], &id2)
+            } else {
+                // Later rounds give the retry a head start, so that both the retry and
+                // a start win some rounds (a retry loads the failed instance first).
+                std::thread::sleep(Duration::from_millis(2 * r as u64));
+                start_late(&to[i % 2], &format!("R-{r}"), Duration::ZERO)
+            }
+        });
+        let (retried, starts) = answers.split_first().unwrap();
+        let created: Vec<&str> = starts
+            .iter()
+            .filter(|(s, _)| *s == 201)
+            .map(|(_, b)| b["id"].as_str().unwrap())
+            .collect();
+        let open = if retried.0 == 200 {
+            retries_won += 1;
+            assert!(created.is_empty(), "retried and started: {answers:?}");
+            id.as_str()
+        } else {
+            assert_eq!(created.len(), 1, "{answers:?}");
+            assert_eq!(
+                retried.1["error"]["details"]["id"], created[0],
+                "{answers:?}"
+            );
+            created[0]
+        };
+        for (s, b) in starts.iter().filter(|(s, _)| *s != 201) {
+            assert_eq!(
+                (*s, &b["error"]["details"]["id"]),
+                (409, &json!(open)),
+                "{b}"
+            );
+        }
+        has_status(&addrs[0], open, "parked");
+        if open != id {
+            has_status(&addrs[0], id, "failed");
+        }
+    }
+    eprintln!("the retry won {retries_won} of {ROUNDS} rounds");
+}
+
+#[test]
+fn a_retried_instance_takes_its_key_back_or_names_the_open_one() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let d = spawn(dir.path());
+    a_retry_takes_the_key_back([d.addr.clone(), d.addr.clone()]);
+    a_retry_racing_starts_leaves_one_open_instance([d.addr.clone(), d.addr.clone()]);
+}
+
+#[test]
+fn postgres_daemons_keep_one_open_instance_when_a_retry_races_starts() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let key = JournalKey::random().unwrap().to_hex();
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
+    a_retry_takes_the_key_back([a.addr.clone(), b.addr.clone()]);
+    a_retry_racing_starts_leaves_one_open_instance([a.addr.clone(), b.addr.clone()]);
 }
 
 fn spawn(dir: &Path) -> Daemon {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 const T0: Millis = 1_767_225_600_000;
 const MIN: Millis = 60_000;
 
-const WORKFLOWS: [&str; 7] = [
+const WORKFLOWS: [&str; 8] = [
     r#"
 workflow: order
 version: 1
@@ -180,6 +180,23 @@ steps:
     next: done
   - id: done
     complete: { output: "${vars.a.data.by}" }
+"#,
+    // One open instance per ticket, failing until `input.ready`: retried after it, it
+    // goes on; only the deterministic tests start it.
+    r#"
+workflow: single_late
+version: 1
+input: { ticket: string, ready: string }
+key: input.ticket
+steps:
+  - id: check
+    rule: if now < input.ready { throw "not ready"; }
+    next: hold
+  - id: hold
+    wait: { event: close, key: input.ticket }
+    next: done
+  - id: done
+    complete: { output: closed }
 "#,
     // One open instance per ticket; only the deterministic tests start it.
     r#"
@@ -1461,6 +1478,137 @@ fn a_torn_start_holds_its_concurrency_key_exactly_when_the_instance_exists() {
         seen_absent && seen_present,
         "the crash points cover both outcomes"
     );
+}
+
+/// An operator's retry of a failed instance whose workflow has `key:` takes the key back
+/// in its write, which a crash may tear at any point. Whatever it keeps, the instance is
+/// either failed and holds nothing (a start for its ticket creates one, and the retry is
+/// then refused naming it) or open again and holding the key (a start is refused naming
+/// it): never open without its key, never failed in the index while its journal runs on.
+#[test]
+fn a_torn_retry_holds_its_key_exactly_when_the_instance_is_open_again() {
+    let input = json!({"ticket": "T-1", "ready": "2026-01-01T00:00:01.000Z"});
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            let id = d
+                .start("single_late", input.clone(), None)
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            assert_eq!(store.instance(&id).unwrap().unwrap().status, "failed");
+            store.flush().unwrap();
+            clock.advance_to(T0 + 2_000);
+            store.hold_flushes(true);
+            d.retry(&id).await.unwrap();
+            d.wait_idle().await;
+            (id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    let (mut seen_failed, mut seen_open) = (false, false);
+    for keep in 0..=writes {
+        let (store, clock, id, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            d.resume_all().unwrap();
+            assert!(
+                comes_to_rest(&d).await,
+                "keep {keep}: leftovers kept firing"
+            );
+            let journal_open = !store
+                .journal(&id)
+                .unwrap()
+                .last()
+                .is_some_and(|r| matches!(r, Record::Failed { .. }));
+            let status = store.instance(&id).unwrap().unwrap().status;
+            assert_eq!(
+                status != "failed",
+                journal_open,
+                "keep {keep}: the index ({status}) says what the journal says"
+            );
+            let started = d.start("single_late", input.clone(), None).await;
+            if journal_open {
+                seen_open = true;
+                match started {
+                    Err(StartError::Open { open, .. }) => assert_eq!(open, id, "keep {keep}"),
+                    other => panic!("keep {keep}: the retried instance holds the key: {other:?}"),
+                }
+            } else {
+                seen_failed = true;
+                let other = started.unwrap();
+                assert!(other.created && other.id != id, "keep {keep}: {other:?}");
+                d.wait_idle().await;
+                match d.retry(&id).await {
+                    Err(casework::daemon::driver::RetryError::Refused(
+                        casework::runtime::RetryRefused::KeyOpen(open),
+                    )) => assert_eq!(open, other.id, "keep {keep}"),
+                    other => panic!("keep {keep}: the retry is refused: {other:?}"),
+                }
+            }
+        });
+        rt.shutdown_background();
+    }
+    assert!(
+        seen_failed && seen_open,
+        "the crash points cover both outcomes"
+    );
+}
+
+/// A parked instance woken by its timer into a call (the `nap` of `order`, then
+/// `notify`): the write that wakes it is torn at every point. Whatever it keeps, the next
+/// start finds the instance and it completes: an index entry left at `parked` while the
+/// journal has begun the call would leave it stuck, as nothing resumes a parked instance.
+#[test]
+fn a_wakeup_torn_at_any_write_still_completes() {
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            let id = d.start("order", json!({"n": 7}), None).await.unwrap().id;
+            d.wait_idle().await;
+            let approve = Event {
+                event_type: "approve".into(),
+                key: "7".into(),
+                data: json!({"by": "ops"}),
+                id: None,
+            };
+            assert_eq!(d.deliver(approve).await.unwrap(), vec![id.clone()]);
+            d.wait_idle().await;
+            assert_eq!(store.instance(&id).unwrap().unwrap().status, "parked");
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            clock.advance_to(T0 + 11 * MIN);
+            d.fire_due_timers().unwrap();
+            d.wait_idle().await;
+            (id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(writes > 2, "the wakeup and the call are several writes");
+    for keep in 0..=writes {
+        let (store, clock, id, _) = tear(Some(keep));
+        let rt = runtime();
+        let status = rt.block_on(async {
+            let d = fixed_driver(&store, &clock);
+            settle(&d, &store, &id).await
+        });
+        rt.shutdown_background();
+        assert_eq!(status, "completed", "keep {keep} of {writes}");
+    }
 }
 
 /// A start torn before its index entry leaves a timer for an instance that does not exist.

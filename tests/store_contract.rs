@@ -644,6 +644,160 @@ fn concurrent_starts_for_one_open_key_make_one_instance(s: &Fixture) {
     }
 }
 
+/// A failed instance's retry, as the driver writes it: running again, its key taken back.
+fn reopened(id: &str, fence: &Fence) -> Batch {
+    Batch {
+        instance: id.into(),
+        first_seq: 2,
+        records: vec![rec("retry", 3)],
+        meta: Some(meta(id, "running")),
+        fence: Some(fence.clone()),
+        ..Batch::default()
+    }
+}
+
+fn a_reopen_takes_its_key_back_unless_another_holds_it_open(s: &Fixture) {
+    let open = |k: &str| Claim::open("refund", k);
+    let Created::New(f1) = s
+        .create(&first("r1", "running"), &[open("T-1")], "d1")
+        .unwrap()
+    else {
+        panic!("r1 is new")
+    };
+    s.flush().unwrap();
+    // Still its own key (nobody took it after it failed): taken back, written.
+    finish(s, "r1", &f1, "failed");
+    assert_eq!(
+        s.reopen(&reopened("r1", &f1), &[open("T-1")]).unwrap(),
+        None
+    );
+    s.flush().unwrap();
+    assert_eq!(s.instance("r1").unwrap().unwrap().status, "running");
+    assert_eq!(s.journal("r1").unwrap().len(), 3);
+    assert_eq!(
+        s.create(&first("r2", "running"), &[open("T-1")], "d2")
+            .unwrap(),
+        Created::Open("r1".into()),
+        "the reopened instance holds its key"
+    );
+    // Failed again, and another start took the key: a reopen writes nothing, names it.
+    let f1 = {
+        let b = Batch {
+            instance: "r1".into(),
+            first_seq: 3,
+            records: vec![rec("failed", 4)],
+            meta: Some(meta("r1", "failed")),
+            fence: Some(f1.clone()),
+            ..Batch::default()
+        };
+        write(s, b);
+        f1
+    };
+    let Created::New(f2) = s
+        .create(&first("r2", "running"), &[open("T-1")], "d2")
+        .unwrap()
+    else {
+        panic!("T-1 is free once r1 failed")
+    };
+    s.flush().unwrap();
+    let mut again = reopened("r1", &f1);
+    again.first_seq = 4;
+    assert_eq!(s.reopen(&again, &[open("T-1")]).unwrap(), Some("r2".into()));
+    assert_eq!(s.instance("r1").unwrap().unwrap().status, "failed");
+    assert_eq!(s.journal("r1").unwrap().len(), 4, "nothing was written");
+    // Once that one has finished, the reopen takes the key over.
+    finish(s, "r2", &f2, "completed");
+    assert_eq!(s.reopen(&again, &[open("T-1")]).unwrap(), None);
+    s.flush().unwrap();
+    assert_eq!(
+        s.create(&first("r3", "running"), &[open("T-1")], "d2")
+            .unwrap(),
+        Created::Open("r1".into())
+    );
+    // A reopen is a fenced write: a stale fence writes nothing, takes no key.
+    let stale = Fence {
+        daemon: "d1".into(),
+        epoch: f1.epoch + 100,
+    };
+    let mut fenced = reopened("r1", &stale);
+    fenced.first_seq = 5;
+    assert!(matches!(
+        s.reopen(&fenced, &[open("T-5")]),
+        Err(casework::store::Error::Fenced { .. })
+    ));
+    assert!(matches!(
+        s.create(&first("r4", "running"), &[open("T-5")], "d2")
+            .unwrap(),
+        Created::New(_)
+    ));
+}
+
+fn a_reopen_racing_creates_for_its_key_leaves_one_open(s: &Fixture) {
+    const N: usize = 8;
+    for round in 0..6 {
+        let failed = format!("f{round}");
+        let key = format!("race-{round}");
+        let Created::New(fence) = s
+            .create(
+                &first(&failed, "running"),
+                &[Claim::open("refund", &key)],
+                "d0",
+            )
+            .unwrap()
+        else {
+            panic!("{failed} is new")
+        };
+        s.flush().unwrap();
+        finish(s, &failed, &fence, "failed");
+        let barrier = Arc::new(Barrier::new(N));
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (store, barrier) = (s.store.clone(), barrier.clone());
+                let (failed, key, fence) = (failed.clone(), key.clone(), fence.clone());
+                std::thread::spawn(move || {
+                    let claims = [Claim::open("refund", &key)];
+                    barrier.wait();
+                    let out = if i == 0 {
+                        match store.reopen(&reopened(&failed, &fence), &claims).unwrap() {
+                            None => Created::New(fence),
+                            Some(holder) => Created::Open(holder),
+                        }
+                    } else {
+                        let id = format!("s{round}-{i}");
+                        store.create(&first(&id, "running"), &claims, "d1").unwrap()
+                    };
+                    store.flush().unwrap();
+                    out
+                })
+            })
+            .collect();
+        let results: Vec<Created> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ids: Vec<String> = (0..N)
+            .map(|i| {
+                if i == 0 {
+                    failed.clone()
+                } else {
+                    format!("s{round}-{i}")
+                }
+            })
+            .collect();
+        let open: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                s.instance(id)
+                    .unwrap()
+                    .is_some_and(|m| m.status == "running")
+            })
+            .collect();
+        assert_eq!(open.len(), 1, "round {round}: one open: {results:?}");
+        for (id, out) in ids.iter().zip(&results) {
+            if id != open[0] {
+                assert_eq!(*out, Created::Open(open[0].clone()), "{id}: {results:?}");
+            }
+        }
+    }
+}
+
 fn a_stale_fence_is_refused_whole(s: &Fixture) {
     let f1 = create(s, "x", "running", "d1");
     s.heartbeat("d1", 100).unwrap();
@@ -1234,6 +1388,8 @@ macro_rules! suite {
                 concurrent_duplicate_creates_make_one_instance,
                 an_open_claim_is_held_until_its_holder_finishes,
                 concurrent_starts_for_one_open_key_make_one_instance,
+                a_reopen_takes_its_key_back_unless_another_holds_it_open,
+                a_reopen_racing_creates_for_its_key_leaves_one_open,
                 a_stale_fence_is_refused_whole,
                 claims_follow_heartbeats_and_epochs_grow,
                 concurrent_claims_of_a_lapsed_instance_have_one_winner,

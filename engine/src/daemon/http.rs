@@ -1026,6 +1026,17 @@ async fn retry(
             "not_retryable",
             format!("instance `{id}` cannot be retried: {e}"),
         )),
+        Err(RetryError::Refused(RetryRefused::KeyOpen(open))) => Err(ApiError {
+            details: Some(json!({ "id": open })),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "instance_open",
+                format!(
+                    "instance `{id}` cannot be retried: {}",
+                    RetryRefused::KeyOpen(open.clone())
+                ),
+            )
+        }),
         Err(RetryError::Overloaded(e)) => Err(overloaded(e)),
         Err(RetryError::Internal(e)) => Err(internal(e)),
     }

@@ -188,6 +188,27 @@ impl Default for MemoryStore {
     }
 }
 
+impl Shared {
+    /// Claims taken for `b`'s instance, then `b`, one write at a time as the sled store
+    /// writes them (the index entry after the records), so a crash may keep any prefix.
+    /// A reopen's `provisional` index entry comes between the claims and the batch.
+    fn take(&mut self, claims: &[Claim], provisional: Option<InstanceMeta>, b: &Batch) {
+        let mut ops: Vec<Op> = claims
+            .iter()
+            .map(|c| {
+                let (workflow, key) = key_of(c);
+                Op::Key(workflow, key, b.instance.clone())
+            })
+            .collect();
+        ops.extend(provisional.map(Op::Meta));
+        ops.extend(batch_ops(b));
+        for op in ops {
+            self.live.apply(&op);
+            self.pending.push(op);
+        }
+    }
+}
+
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore {
@@ -392,21 +413,25 @@ impl Store for MemoryStore {
                 }
             }
         }
-        // As the sled store writes a new instance: the claims first, the instance's index
-        // entry after its records, one write at a time, so a crash may keep any prefix.
-        let mut ops: Vec<Op> = claims
-            .iter()
-            .map(|c| {
-                let (workflow, key) = key_of(c);
-                Op::Key(workflow, key, b.instance.clone())
-            })
-            .collect();
-        ops.extend(batch_ops(b));
-        for op in ops {
-            g.live.apply(&op);
-            g.pending.push(op);
-        }
+        g.take(claims, None, b);
         Ok(Created::New(g.leases.create(&b.instance, daemon)))
+    }
+
+    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+        let mut g = self.lock()?;
+        if let Some(fence) = &b.fence {
+            g.leases.check(&b.instance, fence)?;
+        }
+        for c in claims {
+            if let Some(holder) = g.live.keys.get(&key_of(c)) {
+                let status = g.live.instances.get(holder).map(|m| m.status.as_str());
+                if c.scope.kept_from(&b.instance, holder, status) {
+                    return Ok(Some(holder.clone()));
+                }
+            }
+        }
+        g.take(claims, provisional_meta(b), b);
+        Ok(None)
     }
 
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {

@@ -233,6 +233,12 @@ impl ClaimScope {
         }
     }
 
+    /// Whether [`Store::reopen`] of `instance` must leave a claim of this scope to
+    /// `holder` (index status `status`): another instance that is still open.
+    pub fn kept_from(self, instance: &str, holder: &str, status: Option<&str>) -> bool {
+        holder != instance && matches!(self.refusal(holder, status), Some(Created::Open(_)))
+    }
+
     /// The domain a key is hashed under in the stores' indexes.
     pub fn domain(self) -> &'static str {
         match self {
@@ -240,6 +246,21 @@ impl ClaimScope {
             ClaimScope::WhileOpen => "open",
         }
     }
+}
+
+/// The index entry a store that writes a batch one piece at a time puts first when it
+/// reopens an instance ([`Store::reopen`]) into a state it is not resumed from (parked
+/// on its next wait, say): `running`, so a crash before the records leaves an entry that
+/// the next start resumes and, finding the journal still failed, repairs; never a failed
+/// entry with a journal that runs on, which nothing would look at again.
+pub fn provisional_meta(b: &Batch) -> Option<InstanceMeta> {
+    b.meta
+        .as_ref()
+        .filter(|m| m.status != "running" && m.status != "compensating")
+        .map(|m| InstanceMeta {
+            status: "running".into(),
+            ..m.clone()
+        })
 }
 
 /// What [`Store::create`] did.
@@ -310,6 +331,13 @@ pub trait Store: Send + Sync + 'static {
     /// The new instance is owned by `daemon` ([`Created::New`] gives the fence); the
     /// batch's own `fence` is not looked at.
     fn create(&self, batch: &Batch, claims: &[Claim], daemon: &str) -> Result<Created>;
+    /// A fenced write (as [`Store::write`]) that makes a finished instance open again
+    /// (an operator's retry), taking its [`ClaimScope::WhileOpen`] `claims` back in the
+    /// same atomic write. A claim this instance holds, or one whose holder has finished,
+    /// is taken; when another open instance holds one, nothing is written and that
+    /// instance is named. This is what keeps one open instance per key when a retry
+    /// races a start for the key the failed instance let go.
+    fn reopen(&self, batch: &Batch, claims: &[Claim]) -> Result<Option<String>>;
     /// The instance that holds an idempotency key, if any (a read: claims happen in
     /// [`Store::create`]).
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;

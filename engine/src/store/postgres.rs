@@ -484,6 +484,71 @@ async fn write_tx(
     sealed: &Sealed,
 ) -> std::result::Result<(), TxError> {
     let t = c.transaction().await?;
+    check_fence(&t, b).await?;
+    apply_batch(&t, b, sealed).await?;
+    t.commit().await?;
+    Ok(())
+}
+
+/// `Store::reopen`: the fence checked as in `write_tx`, then each claim taken under its
+/// row lock as in `create_tx`, so a start that claims the key concurrently either waits
+/// for this commit and finds the instance open again, or commits first and is named.
+async fn reopen_tx(
+    c: &mut deadpool_postgres::Client,
+    b: &Batch,
+    sealed: &Sealed,
+    claims: &[(String, Vec<u8>, ClaimScope)],
+) -> std::result::Result<Option<String>, TxError> {
+    let t = c.transaction().await?;
+    check_fence(&t, b).await?;
+    for (workflow, key_hash, scope) in claims {
+        let won = t
+            .query_opt(
+                "INSERT INTO casework_idempotency (workflow, key_hash, instance) VALUES ($1, $2, $3) \
+                 ON CONFLICT (workflow, key_hash) DO NOTHING RETURNING instance",
+                &[workflow, key_hash, &b.instance],
+            )
+            .await?;
+        if won.is_some() {
+            continue;
+        }
+        let holder: String = t
+            .query_one(
+                "SELECT instance FROM casework_idempotency \
+                 WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
+                &[workflow, key_hash],
+            )
+            .await?
+            .try_get(0)?;
+        let status: Option<String> = t
+            .query_opt(
+                "SELECT status FROM casework_instances WHERE id = $1",
+                &[&holder],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if scope.kept_from(&b.instance, &holder, status.as_deref()) {
+            t.rollback().await?;
+            return Ok(Some(holder));
+        }
+        t.execute(
+            "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
+            &[workflow, key_hash, &b.instance],
+        )
+        .await?;
+    }
+    apply_batch(&t, b, sealed).await?;
+    t.commit().await?;
+    Ok(None)
+}
+
+/// A fenced write goes on only while `b.fence` is the instance's newest claim; the row
+/// stays locked until the transaction ends, so no claim slips in before the commit.
+async fn check_fence(
+    t: &deadpool_postgres::Transaction<'_>,
+    b: &Batch,
+) -> std::result::Result<(), TxError> {
     if let Some(fence) = &b.fence {
         let row = t
             .query_opt(
@@ -498,15 +563,12 @@ async fn write_tx(
         let ok = matches!(&current, Some((Some(owner), epoch))
             if *owner == fence.daemon && u64::try_from(*epoch).ok() == Some(fence.epoch));
         if !ok {
-            t.rollback().await?;
             return Err(TxError::Store(Error::Fenced {
                 instance: b.instance.clone(),
                 epoch: fence.epoch,
             }));
         }
     }
-    apply_batch(&t, b, sealed).await?;
-    t.commit().await?;
     Ok(())
 }
 
@@ -912,6 +974,25 @@ async fn check_key(s: &Shared, c: &deadpool_postgres::Client) -> Result<()> {
     }
 }
 
+impl PgStore {
+    /// Claims as their rows are keyed: workflow, the key's keyed hash, scope.
+    fn claim_rows(&self, claims: &[Claim]) -> Vec<(String, Vec<u8>, ClaimScope)> {
+        claims
+            .iter()
+            .map(|c| {
+                (
+                    c.workflow.clone(),
+                    self.shared
+                        .sealer
+                        .index_id(c.scope.domain(), &c.key)
+                        .to_vec(),
+                    c.scope,
+                )
+            })
+            .collect()
+    }
+}
+
 impl Store for PgStore {
     fn write(&self, b: &Batch) -> Result<()> {
         let sealed = Arc::new(self.shared.sealed(b)?);
@@ -1070,21 +1151,7 @@ impl Store for PgStore {
 
     fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
         let sealed = Arc::new(self.shared.sealed(b)?);
-        let claims: Arc<Vec<_>> = Arc::new(
-            claims
-                .iter()
-                .map(|c| {
-                    (
-                        c.workflow.clone(),
-                        self.shared
-                            .sealer
-                            .index_id(c.scope.domain(), &c.key)
-                            .to_vec(),
-                        c.scope,
-                    )
-                })
-                .collect(),
-        );
+        let claims = Arc::new(self.claim_rows(claims));
         let b = Arc::new(b.clone());
         let daemon = daemon.to_string();
         self.transact(move |s| {
@@ -1093,6 +1160,19 @@ impl Store for PgStore {
             async move {
                 let mut c = s.client().await?;
                 create_tx(&mut c, &b, &sealed, &claims, &daemon).await
+            }
+        })
+    }
+
+    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+        let sealed = Arc::new(self.shared.sealed(b)?);
+        let claims = Arc::new(self.claim_rows(claims));
+        let b = Arc::new(b.clone());
+        self.transact(move |s| {
+            let (b, sealed, claims) = (b.clone(), sealed.clone(), claims.clone());
+            async move {
+                let mut c = s.client().await?;
+                reopen_tx(&mut c, &b, &sealed, &claims).await
             }
         })
     }

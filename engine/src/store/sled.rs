@@ -345,7 +345,8 @@ impl SledStore {
     /// A batch's writes, one at a time in this order (the caller holds the lease lock).
     /// Index entries go first: after a crash an index entry without its record is
     /// harmless (the instance ignores a stale timer or wait), the reverse would lose a
-    /// wakeup. The instance's index entry comes after its records.
+    /// wakeup. The instance's index entry comes after its records (a reopen writes a
+    /// provisional one first: see [`provisional_meta`]).
     fn put(&self, b: &Batch) -> Result<()> {
         for t in &b.timers_add {
             self.timers.insert(timer_key(t), &[]).map_err(io)?;
@@ -356,11 +357,7 @@ impl SledStore {
         if let Some((key, value)) = self.sealed_records(b)? {
             self.journal.insert(key, value).map_err(io)?;
         }
-        if let Some(m) = &b.meta {
-            self.instances
-                .insert(m.id.as_bytes(), json(m)?)
-                .map_err(io)?;
-        }
+        self.put_meta(b)?;
         for t in &b.timers_remove {
             self.timers.remove(timer_key(t)).map_err(io)?;
         }
@@ -375,8 +372,32 @@ impl SledStore {
         Ok(())
     }
 
+    fn put_meta(&self, b: &Batch) -> Result<()> {
+        if let Some(m) = &b.meta {
+            self.instances
+                .insert(m.id.as_bytes(), json(m)?)
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     fn loose(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
         self.loose.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fenced write's records and index, the fence checked by the caller under
+    /// `leases`, which it holds until this returns.
+    fn put_fenced(&self, b: &Batch, leases: &Leases) -> Result<()> {
+        self.put(b)?;
+        if let Some(m) = &b.meta {
+            let mut loose = self.loose();
+            if is_runnable(m) && leases.owner(&b.instance).is_none() {
+                loose.insert(b.instance.clone());
+            } else {
+                loose.remove(&b.instance);
+            }
+        }
+        Ok(())
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -527,15 +548,7 @@ impl Store for SledStore {
         if let Some(fence) = &b.fence {
             leases.check(&b.instance, fence)?;
         }
-        self.put(b)?;
-        if let Some(m) = &b.meta {
-            let mut loose = self.loose();
-            if is_runnable(m) && leases.owner(&b.instance).is_none() {
-                loose.insert(b.instance.clone());
-            } else {
-                loose.remove(&b.instance);
-            }
-        }
+        self.put_fenced(b, &leases)?;
         drop(leases);
         Ok(())
     }
@@ -682,6 +695,41 @@ impl Store for SledStore {
         // The index entry that makes the instance exist comes after its records.
         self.put(b)?;
         Ok(Created::New(leases.create(&b.instance, daemon)))
+    }
+
+    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+        let _changing = self.changing();
+        // Under the lease lock, like `create`: a start's check of the key and this write
+        // cannot interleave. A crash keeps a prefix: claims naming this instance while
+        // its index entry still says failed are free to the next start, as before.
+        let leases = self.leases();
+        if let Some(fence) = &b.fence {
+            leases.check(&b.instance, fence)?;
+        }
+        let mut taken = Vec::with_capacity(claims.len());
+        for c in claims {
+            let k = self.claim_id(&c.workflow, &c.key, c.scope);
+            if let Some(holder) = self.keys.get(&k).map_err(io)? {
+                let holder = String::from_utf8_lossy(&holder).into_owned();
+                let status = self.instance(&holder)?.map(|m| m.status);
+                if c.scope.kept_from(&b.instance, &holder, status.as_deref()) {
+                    return Ok(Some(holder));
+                }
+            }
+            taken.push(k);
+        }
+        for k in taken {
+            self.keys.insert(k, b.instance.as_bytes()).map_err(io)?;
+        }
+        if let Some(m) = provisional_meta(b) {
+            self.put_meta(&Batch {
+                meta: Some(m),
+                ..Batch::default()
+            })?;
+        }
+        self.put_fenced(b, &leases)?;
+        drop(leases);
+        Ok(None)
     }
 
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {

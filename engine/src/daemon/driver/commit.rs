@@ -45,6 +45,23 @@ pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
     }
 }
 
+/// The concurrency key a step that retries a failed instance must take back
+/// ([`Store::reopen`]): its workflow's `key:`, as it was when the instance started.
+fn reopening(wf: &CompiledWorkflow, inst: &Instance, decided: &Reply) -> Option<Vec<Claim>> {
+    let (Reply::Retried(Ok(())), Some(c), None) = (decided, &wf.concurrency, inst.parent()) else {
+        return None;
+    };
+    match concurrency_key(wf, c, inst.input(), inst.started_at()) {
+        Ok(k) => Some(vec![Claim::open(&wf.name, &k)]),
+        Err(e) => {
+            // It gave a key at the start with the same definition and input, so this
+            // cannot happen; if it does, the retry goes on without the key.
+            tracing::warn!(error = %e, "a retried instance's key could not be worked out");
+            None
+        }
+    }
+}
+
 /// Where a start's answer goes.
 pub(super) type StartReply = oneshot::Sender<Result<Begun, String>>;
 
@@ -139,10 +156,24 @@ pub(super) async fn finish(
         || !batch.mail_done.is_empty()
         || give_back.is_some()
     {
-        let written = match &start {
+        let written = match (&start, reopening(wf, inst, &decided)) {
             // The first write of a new instance: records and key claim together, or nothing.
-            Some((claim, _)) => inner.store.create(&batch, claim, &inner.daemon).map(Some),
-            None => inner.store.write(&batch).map(|()| None),
+            (Some((claim, _)), _) => inner.store.create(&batch, claim, &inner.daemon).map(Some),
+            // A retry takes the instance's key back in the same write, or writes nothing.
+            (None, Some(claims)) => match inner.store.reopen(&batch, &claims) {
+                Ok(None) => Ok(None),
+                Ok(Some(holder)) => {
+                    own.state = None;
+                    // Answered once what it saw of the holder is durable; a failed
+                    // flush drops the reply, which the caller reports as internal.
+                    if let (Ok(()), Some(Answer::Retry(r))) = (inner.commit().await, reply) {
+                        let _ = r.send(Err(RetryRefused::KeyOpen(holder)));
+                    }
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            (None, None) => inner.store.write(&batch).map(|()| None),
         };
         let committed = match written {
             Ok(Some(Created::New(fence))) => {

@@ -147,6 +147,13 @@ pub enum RetryRefused {
     NotFailed(&'static str),
     #[error("{0}")]
     NotRetryable(String),
+    /// The workflow allows one open instance per key, and another took this one's key
+    /// after it failed.
+    #[error(
+        "instance {0} is open for this instance's key and the workflow allows one at a time; \
+         retry once it has finished, or cancel it first"
+    )]
+    KeyOpen(String),
 }
 
 /// Who held an instance, why and since when ([`Instance::hold`]).
