@@ -87,12 +87,28 @@ steps:
     complete: {}
 "#;
 
+/// Two open instances per ticket at most (a second agent may work it); more are refused.
+const PAIR: &str = r#"workflow: pair
+version: 1
+input:
+  ticket: { type: string }
+key: input.ticket
+concurrency: { limit: 2, on_conflict: reject }
+steps:
+  - id: hold
+    wait: { event: pair.close, key: input.ticket, timeout: 1h, on_timeout: done }
+    next: done
+  - id: done
+    complete: {}
+"#;
+
 fn workflows(dir: &Path) {
     let wf = dir.join("workflows");
     std::fs::create_dir_all(&wf).unwrap();
     std::fs::write(wf.join("case.yaml"), CASE).unwrap();
     std::fs::write(wf.join("solo.yaml"), SOLO).unwrap();
     std::fs::write(wf.join("late.yaml"), LATE).unwrap();
+    std::fs::write(wf.join("pair.yaml"), PAIR).unwrap();
 }
 
 /// Starts `late` for `ticket`, ready `after` from now.
@@ -223,6 +239,48 @@ fn a_retry_racing_starts_leaves_one_open_instance(addrs: [String; 2]) {
         }
     }
     eprintln!("the retry won {retries_won} of {ROUNDS} rounds");
+}
+
+/// `limit: 2`: 10 starts for one ticket at once (to one daemon or two) open exactly two
+/// instances; the others are refused naming one of them. Once both are closed the
+/// ticket opens two again.
+fn a_key_with_a_limit_of_two_opens_two(addrs: [String; 2]) {
+    for round in 0..2 {
+        let to = addrs.clone();
+        let answers = at_once(10, move |i| start(&to[i % 2], "pair", "P-2", None));
+        let created: Vec<String> = answers
+            .iter()
+            .filter(|(s, _)| *s == 201)
+            .map(|(_, b)| b["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(created.len(), 2, "round {round}: two open: {answers:?}");
+        for (s, b) in answers.iter().filter(|(s, _)| *s != 201) {
+            assert_eq!(
+                (*s, &b["error"]["code"]),
+                (409, &json!("instance_open")),
+                "{b}"
+            );
+            let named = b["error"]["details"]["id"].as_str().unwrap();
+            assert!(created.iter().any(|c| c == named), "{b}");
+        }
+        close(&addrs[0], "pair.close", "P-2");
+        for id in &created {
+            ended(&addrs[0], id);
+        }
+    }
+}
+
+#[test]
+fn a_key_with_a_limit_of_two_opens_two_instances_on_sled_and_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let d = spawn(dir.path());
+    a_key_with_a_limit_of_two_opens_two([d.addr.clone(), d.addr.clone()]);
+    let db = TestDb::new();
+    let key = JournalKey::random().unwrap().to_hex();
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
+    a_key_with_a_limit_of_two_opens_two([a.addr.clone(), b.addr.clone()]);
 }
 
 #[test]

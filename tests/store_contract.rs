@@ -798,6 +798,57 @@ fn a_reopen_racing_creates_for_its_key_leaves_one_open(s: &Fixture) {
     }
 }
 
+fn a_key_with_places_holds_an_open_instance_at_each(s: &Fixture) {
+    let at = |place: u32| Claim::open_at("refund", "T-4", place);
+    let new =
+        |id: &str, place: u32| match s.create(&first(id, "running"), &[at(place)], "d1").unwrap() {
+            Created::New(f) => {
+                s.flush().unwrap();
+                f
+            }
+            other => panic!("{id} at place {place}: {other:?}"),
+        };
+    let fa = new("pa", 0);
+    let fb = new("pb", 1);
+    // Each place is claimed on its own: place 0's holder does not hold place 1.
+    assert_eq!(
+        s.create(&first("px", "running"), &[at(0)], "d1").unwrap(),
+        Created::Open("pa".into())
+    );
+    assert_eq!(
+        s.create(&first("px", "running"), &[at(1)], "d1").unwrap(),
+        Created::Open("pb".into())
+    );
+    finish(s, "pa", &fa, "failed");
+    finish(s, "pb", &fb, "failed");
+    new("pc", 0);
+    let places = [at(0), at(1)];
+    // pb takes back the place it still holds, not the first one.
+    assert_eq!(s.reopen(&reopened("pb", &fb), &places).unwrap(), None);
+    s.flush().unwrap();
+    assert_eq!(
+        s.create(&first("px", "running"), &[at(1)], "d1").unwrap(),
+        Created::Open("pb".into())
+    );
+    // Every place held open: the first place's holder is named, nothing written.
+    assert_eq!(
+        s.reopen(&reopened("pa", &fa), &places).unwrap(),
+        Some("pc".into())
+    );
+    assert_eq!(s.instance("pa").unwrap().unwrap().status, "failed");
+    // A place whose holder finished is taken.
+    let Ownership::Mine(fc) = s.claim("pc", "d1", 0).unwrap() else {
+        panic!("pc is d1's")
+    };
+    finish(s, "pc", &fc, "completed");
+    assert_eq!(s.reopen(&reopened("pa", &fa), &places).unwrap(), None);
+    s.flush().unwrap();
+    assert_eq!(
+        s.create(&first("px", "running"), &[at(0)], "d1").unwrap(),
+        Created::Open("pa".into())
+    );
+}
+
 fn a_stale_fence_is_refused_whole(s: &Fixture) {
     let f1 = create(s, "x", "running", "d1");
     s.heartbeat("d1", 100).unwrap();
@@ -1390,6 +1441,7 @@ macro_rules! suite {
                 concurrent_starts_for_one_open_key_make_one_instance,
                 a_reopen_takes_its_key_back_unless_another_holds_it_open,
                 a_reopen_racing_creates_for_its_key_leaves_one_open,
+                a_key_with_places_holds_an_open_instance_at_each,
                 a_stale_fence_is_refused_whole,
                 claims_follow_heartbeats_and_epochs_grow,
                 concurrent_claims_of_a_lapsed_instance_have_one_winner,

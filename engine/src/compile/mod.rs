@@ -47,6 +47,8 @@ pub struct Concurrency {
     /// Expression over `input` giving the key.
     pub key: AST,
     pub on_conflict: OnConflict,
+    /// Open instances allowed per key value.
+    pub limit: u32,
 }
 
 /// What a start does while an instance with its key is open.
@@ -221,6 +223,7 @@ pub fn compile(
                 event: event.value.clone(),
             },
         },
+        limit: k.limit,
     });
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
     let Compiler {

@@ -59,6 +59,8 @@ pub struct ConcurrencyDef {
     /// Expression over `input` giving the key, e.g. `input.ticket_id`.
     pub key: Script,
     pub on_conflict: OnConflict,
+    /// Open instances allowed per key value (1 unless `on_conflict: reject`).
+    pub limit: u32,
 }
 
 /// What a start does while an instance with its key is open.

@@ -31,6 +31,9 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "concurrency",
 ];
 pub(crate) const CONCURRENCY_FIELDS: &[&str] = &["limit", "on_conflict", "event"];
+/// The most open instances `concurrency.limit` allows per key: a start tries the key's
+/// places one by one, so this bounds the writes a refused start costs.
+pub const MAX_OPEN_PER_KEY: u32 = 50;
 pub(crate) const TRIGGER_FIELDS: &[&str] = &["event", "when", "schedule", "timezone", "input"];
 pub(crate) const STEP_COMMON: &[&str] = &[
     "id",
@@ -287,18 +290,11 @@ impl Reader<'_> {
         };
         let key = self.script(key, "`key`");
         let mut on_conflict = Some(OnConflict::Reject);
+        let mut limit = Some(1);
         if let Some(c) = conc {
             let cf = self.fields(c, "`concurrency`", CONCURRENCY_FIELDS)?;
             if let Some(l) = cf.get("limit") {
-                if let Some(limit) = self.uint(l, "`limit`", 1, u32::MAX as i64) {
-                    if limit != 1 {
-                        self.hint(
-                            l.span,
-                            format!("`limit: {limit}`: only one open instance per key is supported"),
-                            "use `limit: 1` (or leave it out); for several at once per key, start them without a `key`",
-                        );
-                    }
-                }
+                limit = self.uint(l, "`limit`", 1, i64::from(MAX_OPEN_PER_KEY));
             }
             let event = cf.get("event").and_then(|n| self.string(n, "`event`"));
             on_conflict = match cf.get("on_conflict") {
@@ -334,6 +330,14 @@ impl Reader<'_> {
                     }
                 },
             };
+            if let (Some(OnConflict::Attach { .. }), Some(l @ 2..)) = (&on_conflict, limit) {
+                self.hint(
+                    cf.key_span("limit"),
+                    format!("`limit: {l}` with `on_conflict: attach`: with several open instances there is no one instance to give the start to"),
+                    "use `on_conflict: reject` to allow several open instances per key, or `limit: 1` to attach",
+                );
+                limit = None;
+            }
             if event.is_some() && !matches!(on_conflict, Some(OnConflict::Attach { .. })) {
                 self.hint(
                     cf.key_span("event"),
@@ -345,6 +349,7 @@ impl Reader<'_> {
         Some(ConcurrencyDef {
             key: key?,
             on_conflict: on_conflict?,
+            limit: limit?,
         })
     }
 

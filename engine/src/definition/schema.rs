@@ -112,7 +112,7 @@ pub fn workflow_schema() -> Value {
                     "input": {"description": "The new instance's input; `${schedule.at}` is the occurrence"}}}]}}),
             "key" => expr("expression over `input` naming what has one open instance at a time, e.g. input.ticket_id"),
             "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
-                "limit": {"const": 1, "description": "open instances per key (only 1 is supported)"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 only with on_conflict: reject)"},
                 "on_conflict": {"enum": ["attach", "reject"], "description": "attach: the open instance receives the start as `event`; reject: 409 with the open instance's id"},
                 "event": {"type": "string", "description": "with attach: the event type the open instance receives, keyed by `key`"}}}),
             _ => json!({"$ref": "#/$defs/steps"}),

@@ -323,10 +323,7 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
 
 /// Where a claim is kept: the scope's domain keeps the two name spaces apart.
 fn key_of(c: &Claim) -> (String, String) {
-    (
-        c.workflow.clone(),
-        format!("{}\0{}", c.scope.domain(), c.key),
-    )
+    (c.workflow.clone(), format!("{}\0{}", c.domain(), c.key))
 }
 
 impl Store for MemoryStore {
@@ -417,20 +414,25 @@ impl Store for MemoryStore {
         Ok(Created::New(g.leases.create(&b.instance, daemon)))
     }
 
-    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+    fn reopen(&self, b: &Batch, places: &[Claim]) -> Result<Option<String>> {
         let mut g = self.lock()?;
         if let Some(fence) = &b.fence {
             g.leases.check(&b.instance, fence)?;
         }
-        for c in claims {
-            if let Some(holder) = g.live.keys.get(&key_of(c)) {
-                let status = g.live.instances.get(holder).map(|m| m.status.as_str());
-                if c.scope.kept_from(&b.instance, holder, status) {
-                    return Ok(Some(holder.clone()));
-                }
-            }
-        }
-        g.take(claims, provisional_meta(b), b);
+        let holders: Vec<_> = places
+            .iter()
+            .map(|c| {
+                g.live.keys.get(&key_of(c)).map(|holder| {
+                    let status = g.live.instances.get(holder).map(|m| m.status.clone());
+                    (holder.clone(), status)
+                })
+            })
+            .collect();
+        let taken = match reopen_place(&b.instance, &holders) {
+            Ok(i) => &places[i..=i],
+            Err(open) => return Ok(Some(open)),
+        };
+        g.take(taken, provisional_meta(b), b);
         Ok(None)
     }
 

@@ -181,6 +181,9 @@ pub struct Claim {
     pub workflow: String,
     pub key: String,
     pub scope: ClaimScope,
+    /// Which of the key's places a [`ClaimScope::WhileOpen`] claim takes, for a workflow
+    /// that allows several open instances per key (always 0 for idempotency keys).
+    pub place: u32,
 }
 
 impl Claim {
@@ -190,15 +193,32 @@ impl Claim {
             workflow: workflow.to_string(),
             key: key.to_string(),
             scope: ClaimScope::Forever,
+            place: 0,
         }
     }
 
     /// A workflow's concurrency key: held while the instance is open.
     pub fn open(workflow: &str, key: &str) -> Claim {
+        Claim::open_at(workflow, key, 0)
+    }
+
+    /// Place `place` of a workflow's concurrency key (`concurrency.limit` places).
+    pub fn open_at(workflow: &str, key: &str, place: u32) -> Claim {
         Claim {
             workflow: workflow.to_string(),
             key: key.to_string(),
             scope: ClaimScope::WhileOpen,
+            place,
+        }
+    }
+
+    /// The name space the key is kept under: the scope's, and for a key's places after
+    /// the first, the place too (`open.2`), so places are claimed independently and
+    /// place 0 is the claim a workflow with one open instance per key always had.
+    pub fn domain(&self) -> std::borrow::Cow<'static, str> {
+        match self.place {
+            0 => self.scope.domain().into(),
+            p => format!("{}.{p}", self.scope.domain()).into(),
         }
     }
 }
@@ -233,12 +253,6 @@ impl ClaimScope {
         }
     }
 
-    /// Whether [`Store::reopen`] of `instance` must leave a claim of this scope to
-    /// `holder` (index status `status`): another instance that is still open.
-    pub fn kept_from(self, instance: &str, holder: &str, status: Option<&str>) -> bool {
-        holder != instance && matches!(self.refusal(holder, status), Some(Created::Open(_)))
-    }
-
     /// The domain a key is hashed under in the stores' indexes.
     pub fn domain(self) -> &'static str {
         match self {
@@ -246,6 +260,37 @@ impl ClaimScope {
             ClaimScope::WhileOpen => "open",
         }
     }
+}
+
+/// Which place [`Store::reopen`] of `instance` takes, given each place's holder and
+/// the holder's index status (`None`: nobody holds it): `Ok(index)`, or `Err(holder)`
+/// when every place is held by another open instance (the first place's holder). Every
+/// store decides with this.
+pub fn reopen_place(
+    instance: &str,
+    holders: &[Option<(String, Option<String>)>],
+) -> std::result::Result<usize, String> {
+    if let Some(i) = holders
+        .iter()
+        .position(|h| matches!(h, Some((holder, _)) if holder == instance))
+    {
+        return Ok(i);
+    }
+    let mut open = None;
+    for (i, h) in holders.iter().enumerate() {
+        match h {
+            None => return Ok(i),
+            Some((holder, status)) => {
+                match ClaimScope::WhileOpen.refusal(holder, status.as_deref()) {
+                    Some(_) => {
+                        open.get_or_insert_with(|| holder.clone());
+                    }
+                    None => return Ok(i),
+                }
+            }
+        }
+    }
+    Err(open.unwrap_or_default())
 }
 
 /// The index entry a store that writes a batch one piece at a time puts first when it
@@ -332,12 +377,13 @@ pub trait Store: Send + Sync + 'static {
     /// batch's own `fence` is not looked at.
     fn create(&self, batch: &Batch, claims: &[Claim], daemon: &str) -> Result<Created>;
     /// A fenced write (as [`Store::write`]) that makes a finished instance open again
-    /// (an operator's retry), taking its [`ClaimScope::WhileOpen`] `claims` back in the
-    /// same atomic write. A claim this instance holds, or one whose holder has finished,
-    /// is taken; when another open instance holds one, nothing is written and that
-    /// instance is named. This is what keeps one open instance per key when a retry
-    /// races a start for the key the failed instance let go.
-    fn reopen(&self, batch: &Batch, claims: &[Claim]) -> Result<Option<String>>;
+    /// (an operator's retry), taking one of `places` (the [`ClaimScope::WhileOpen`]
+    /// places of its key) back in the same atomic write: the place this instance still
+    /// holds, else the first whose holder has finished (or that nobody holds). When
+    /// another open instance holds every place, nothing is written and the first place's
+    /// holder is named. This is what keeps a key's open instances within its limit when
+    /// a retry races starts for the place the failed instance let go.
+    fn reopen(&self, batch: &Batch, places: &[Claim]) -> Result<Option<String>>;
     /// The instance that holds an idempotency key, if any (a read: claims happen in
     /// [`Store::create`]).
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;

@@ -497,46 +497,65 @@ async fn reopen_tx(
     c: &mut deadpool_postgres::Client,
     b: &Batch,
     sealed: &Sealed,
-    claims: &[(String, Vec<u8>, ClaimScope)],
+    places: &[(String, Vec<u8>, ClaimScope)],
 ) -> std::result::Result<Option<String>, TxError> {
     let t = c.transaction().await?;
     check_fence(&t, b).await?;
-    for (workflow, key_hash, scope) in claims {
-        let won = t
+    // Every place's row locked in order (the order `create_tx` takes them in), so the
+    // choice below sees no start commit in between.
+    let mut holders = Vec::with_capacity(places.len());
+    for (workflow, key_hash, _) in places {
+        let holder: Option<String> = t
             .query_opt(
-                "INSERT INTO casework_idempotency (workflow, key_hash, instance) VALUES ($1, $2, $3) \
-                 ON CONFLICT (workflow, key_hash) DO NOTHING RETURNING instance",
-                &[workflow, key_hash, &b.instance],
-            )
-            .await?;
-        if won.is_some() {
-            continue;
-        }
-        let holder: String = t
-            .query_one(
                 "SELECT instance FROM casework_idempotency \
                  WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
                 &[workflow, key_hash],
             )
             .await?
-            .try_get(0)?;
-        let status: Option<String> = t
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let holder = match holder {
+            Some(h) => {
+                let status: Option<String> = t
+                    .query_opt("SELECT status FROM casework_instances WHERE id = $1", &[&h])
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                Some((h, status))
+            }
+            None => None,
+        };
+        holders.push(holder);
+    }
+    let i = match reopen_place(&b.instance, &holders) {
+        Ok(i) => i,
+        Err(open) => {
+            t.rollback().await?;
+            return Ok(Some(open));
+        }
+    };
+    let (workflow, key_hash, _) = &places[i];
+    // A place nobody held has no row to lock: a start may insert it first, and then
+    // holds it open.
+    let taken = t
+        .query_opt(
+            "INSERT INTO casework_idempotency (workflow, key_hash, instance) VALUES ($1, $2, $3) \
+             ON CONFLICT (workflow, key_hash) DO UPDATE SET instance = EXCLUDED.instance \
+             WHERE casework_idempotency.instance = $3 OR $4 RETURNING instance",
+            &[workflow, key_hash, &b.instance, &holders[i].is_some()],
+        )
+        .await?;
+    if taken.is_none() {
+        t.rollback().await?;
+        let holder: Option<String> = c
             .query_opt(
-                "SELECT status FROM casework_instances WHERE id = $1",
-                &[&holder],
+                "SELECT instance FROM casework_idempotency WHERE workflow = $1 AND key_hash = $2",
+                &[workflow, key_hash],
             )
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        if scope.kept_from(&b.instance, &holder, status.as_deref()) {
-            t.rollback().await?;
-            return Ok(Some(holder));
-        }
-        t.execute(
-            "UPDATE casework_idempotency SET instance = $3 WHERE workflow = $1 AND key_hash = $2",
-            &[workflow, key_hash, &b.instance],
-        )
-        .await?;
+        return Ok(Some(holder.unwrap_or_default()));
     }
     apply_batch(&t, b, sealed).await?;
     t.commit().await?;
@@ -982,10 +1001,7 @@ impl PgStore {
             .map(|c| {
                 (
                     c.workflow.clone(),
-                    self.shared
-                        .sealer
-                        .index_id(c.scope.domain(), &c.key)
-                        .to_vec(),
+                    self.shared.sealer.index_id(&c.domain(), &c.key).to_vec(),
                     c.scope,
                 )
             })
@@ -1164,9 +1180,9 @@ impl Store for PgStore {
         })
     }
 
-    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+    fn reopen(&self, b: &Batch, places: &[Claim]) -> Result<Option<String>> {
         let sealed = Arc::new(self.shared.sealed(b)?);
-        let claims = Arc::new(self.claim_rows(claims));
+        let claims = Arc::new(self.claim_rows(places));
         let b = Arc::new(b.clone());
         self.transact(move |s| {
             let (b, sealed, claims) = (b.clone(), sealed.clone(), claims.clone());

@@ -414,10 +414,10 @@ impl SledStore {
             .is_some())
     }
 
-    fn claim_id(&self, workflow: &str, key: &str, scope: ClaimScope) -> Vec<u8> {
-        let mut k = workflow.as_bytes().to_vec();
+    fn claim_id(&self, c: &Claim) -> Vec<u8> {
+        let mut k = c.workflow.as_bytes().to_vec();
         k.push(0);
-        k.extend_from_slice(&self.sealer.index_id(scope.domain(), key));
+        k.extend_from_slice(&self.sealer.index_id(&c.domain(), &c.key));
         k
     }
 }
@@ -679,7 +679,7 @@ impl Store for SledStore {
         }
         let mut taken = Vec::with_capacity(claims.len());
         for c in claims {
-            let k = self.claim_id(&c.workflow, &c.key, c.scope);
+            let k = self.claim_id(c);
             if let Some(holder) = self.keys.get(&k).map_err(io)? {
                 let holder = String::from_utf8_lossy(&holder).into_owned();
                 let status = self.instance(&holder)?.map(|m| m.status);
@@ -697,7 +697,7 @@ impl Store for SledStore {
         Ok(Created::New(leases.create(&b.instance, daemon)))
     }
 
-    fn reopen(&self, b: &Batch, claims: &[Claim]) -> Result<Option<String>> {
+    fn reopen(&self, b: &Batch, places: &[Claim]) -> Result<Option<String>> {
         let _changing = self.changing();
         // Under the lease lock, like `create`: a start's check of the key and this write
         // cannot interleave. A crash keeps a prefix: claims naming this instance while
@@ -706,20 +706,25 @@ impl Store for SledStore {
         if let Some(fence) = &b.fence {
             leases.check(&b.instance, fence)?;
         }
-        let mut taken = Vec::with_capacity(claims.len());
-        for c in claims {
-            let k = self.claim_id(&c.workflow, &c.key, c.scope);
-            if let Some(holder) = self.keys.get(&k).map_err(io)? {
-                let holder = String::from_utf8_lossy(&holder).into_owned();
-                let status = self.instance(&holder)?.map(|m| m.status);
-                if c.scope.kept_from(&b.instance, &holder, status.as_deref()) {
-                    return Ok(Some(holder));
+        let mut holders = Vec::with_capacity(places.len());
+        for c in places {
+            let holder = match self.keys.get(self.claim_id(c)).map_err(io)? {
+                Some(holder) => {
+                    let holder = String::from_utf8_lossy(&holder).into_owned();
+                    let status = self.instance(&holder)?.map(|m| m.status);
+                    Some((holder, status))
                 }
-            }
-            taken.push(k);
+                None => None,
+            };
+            holders.push(holder);
         }
-        for k in taken {
-            self.keys.insert(k, b.instance.as_bytes()).map_err(io)?;
+        match reopen_place(&b.instance, &holders) {
+            Ok(i) => {
+                self.keys
+                    .insert(self.claim_id(&places[i]), b.instance.as_bytes())
+                    .map_err(io)?;
+            }
+            Err(open) => return Ok(Some(open)),
         }
         if let Some(m) = provisional_meta(b) {
             self.put_meta(&Batch {
@@ -735,7 +740,7 @@ impl Store for SledStore {
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>> {
         let Some(holder) = self
             .keys
-            .get(self.claim_id(workflow, key, ClaimScope::Forever))
+            .get(self.claim_id(&Claim::idempotency(workflow, key)))
             .map_err(io)?
         else {
             return Ok(None);
@@ -1264,7 +1269,7 @@ mod tests {
         let s = SledStore::temporary().unwrap();
         s.keys
             .insert(
-                s.claim_id("refund", "k1", ClaimScope::Forever),
+                s.claim_id(&Claim::idempotency("refund", "k1")),
                 b"ghost".as_slice(),
             )
             .unwrap();

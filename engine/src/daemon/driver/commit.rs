@@ -45,14 +45,19 @@ pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
     }
 }
 
-/// The concurrency key a step that retries a failed instance must take back
-/// ([`Store::reopen`]): its workflow's `key:`, as it was when the instance started.
+/// The places of the concurrency key a step that retries a failed instance must take
+/// one of back ([`Store::reopen`]): its workflow's `key:`, as it was when the instance
+/// started, at each of `concurrency.limit` places.
 fn reopening(wf: &CompiledWorkflow, inst: &Instance, decided: &Reply) -> Option<Vec<Claim>> {
     let (Reply::Retried(Ok(())), Some(c), None) = (decided, &wf.concurrency, inst.parent()) else {
         return None;
     };
     match concurrency_key(wf, c, inst.input(), inst.started_at()) {
-        Ok(k) => Some(vec![Claim::open(&wf.name, &k)]),
+        Ok(k) => Some(
+            (0..c.limit.max(1))
+                .map(|place| Claim::open_at(&wf.name, &k, place))
+                .collect(),
+        ),
         Err(e) => {
             // It gave a key at the start with the same definition and input, so this
             // cannot happen; if it does, the retry goes on without the key.
@@ -160,7 +165,7 @@ pub(super) async fn finish(
             // The first write of a new instance: records and key claim together, or nothing.
             (Some((claim, _)), _) => inner.store.create(&batch, claim, &inner.daemon).map(Some),
             // A retry takes the instance's key back in the same write, or writes nothing.
-            (None, Some(claims)) => match inner.store.reopen(&batch, &claims) {
+            (None, Some(places)) => match inner.store.reopen(&batch, &places) {
                 Ok(None) => Ok(None),
                 Ok(Some(holder)) => {
                     own.state = None;

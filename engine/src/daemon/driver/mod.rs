@@ -740,24 +740,42 @@ impl Inner {
         }
         let attach_data = open_key.as_ref().map(|_| input.clone());
         let record = Instance::start_record(&wf, input, key.clone(), parent, self.clock.now_ms());
-        let (reply, rx) = oneshot::channel();
-        self.send(
-            &id,
-            Msg::Start {
-                record,
-                wf: wf.clone(),
-                claims,
-                reply,
-            },
-        );
-        let begun = rx
-            .await
-            .map_err(|_| StartError::Internal("instance task stopped".into()))?
-            .map_err(StartError::Internal)?;
-        let open = match begun {
-            Begun::Started(s) => return Ok(s),
-            Begun::Open(open) => open,
-        };
+        // A key with several places (`concurrency.limit`) is tried place by place: each
+        // place is claimed atomically, so starts racing for the last free place make one
+        // instance; the start is refused only once every place is held open.
+        let places = open_key
+            .as_ref()
+            .and(wf.concurrency.as_ref())
+            .map_or(1, |c| c.limit.max(1));
+        let mut open = None;
+        for place in 0..places {
+            let mut claims = claims.clone();
+            if let (Some(k), Some(last)) = (&open_key, claims.last_mut()) {
+                *last = Claim::open_at(workflow, k, place);
+            }
+            let (reply, rx) = oneshot::channel();
+            self.send(
+                &id,
+                Msg::Start {
+                    record: record.clone(),
+                    wf: wf.clone(),
+                    claims,
+                    reply,
+                },
+            );
+            let begun = rx
+                .await
+                .map_err(|_| StartError::Internal("instance task stopped".into()))?
+                .map_err(StartError::Internal)?;
+            match begun {
+                Begun::Started(s) => return Ok(s),
+                // The oldest place's holder is the one a refusal names.
+                Begun::Open(holder) => {
+                    open.get_or_insert(holder);
+                }
+            }
+        }
+        let open = open.unwrap_or_default();
         let Some(OnConflict::Attach { event }) = wf.concurrency.as_ref().map(|c| &c.on_conflict)
         else {
             return Err(StartError::Open {
