@@ -490,9 +490,10 @@ async fn write_tx(
     Ok(())
 }
 
-/// `Store::reopen`: the fence checked as in `write_tx`, then each claim taken under its
-/// row lock as in `create_tx`, so a start that claims the key concurrently either waits
-/// for this commit and finds the instance open again, or commits first and is named.
+/// `Store::reopen`: the fence checked as in `write_tx`, then every place's row locked as in
+/// `create_tx` and the one place [`reopen_place`] picks taken, so a start that claims the
+/// key concurrently either waits for this commit and finds the instance open again, or
+/// commits first and is named.
 async fn reopen_tx(
     c: &mut deadpool_postgres::Client,
     b: &Batch,
@@ -505,27 +506,7 @@ async fn reopen_tx(
     // choice below sees no start commit in between.
     let mut holders = Vec::with_capacity(places.len());
     for (workflow, key_hash, _) in places {
-        let holder: Option<String> = t
-            .query_opt(
-                "SELECT instance FROM casework_idempotency \
-                 WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
-                &[workflow, key_hash],
-            )
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let holder = match holder {
-            Some(h) => {
-                let status: Option<String> = t
-                    .query_opt("SELECT status FROM casework_instances WHERE id = $1", &[&h])
-                    .await?
-                    .map(|r| r.try_get(0))
-                    .transpose()?;
-                Some((h, status))
-            }
-            None => None,
-        };
-        holders.push(holder);
+        holders.push(claim_holder(&t, workflow, key_hash).await?);
     }
     let i = match reopen_place(&b.instance, &holders) {
         Ok(i) => i,
@@ -560,6 +541,40 @@ async fn reopen_tx(
     apply_batch(&t, b, sealed).await?;
     t.commit().await?;
     Ok(None)
+}
+
+/// Who holds a claim row, and the holder's status, with the row locked until the
+/// transaction ends; None when nobody has claimed it.
+///
+/// The status is asked after the lock, in a statement of its own (as in `claim`): a join
+/// in the locking statement would be re-checked against the instances as they were before
+/// waiting for the lock, and miss a holder created by the transaction waited for.
+async fn claim_holder(
+    t: &deadpool_postgres::Transaction<'_>,
+    workflow: &str,
+    key_hash: &[u8],
+) -> std::result::Result<Option<(String, Option<String>)>, TxError> {
+    let holder: Option<String> = t
+        .query_opt(
+            "SELECT instance FROM casework_idempotency \
+             WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
+            &[&workflow, &key_hash],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    let Some(holder) = holder else {
+        return Ok(None);
+    };
+    let status: Option<String> = t
+        .query_opt(
+            "SELECT status FROM casework_instances WHERE id = $1",
+            &[&holder],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Ok(Some((holder, status)))
 }
 
 /// A fenced write goes on only while `b.fence` is the instance's newest claim; the row
@@ -645,34 +660,13 @@ async fn create_tx(
         if won.is_some() {
             continue;
         }
-        // Whether the holder exists is asked after the lock, in a statement of its own
-        // (as in `claim`): a join in the locking statement would be re-checked against
-        // the instances as they were before waiting for the lock, and miss a holder
-        // created by the transaction waited for.
-        let holder: Option<String> = t
-            .query_opt(
-                "SELECT instance FROM casework_idempotency \
-                 WHERE workflow = $1 AND key_hash = $2 FOR UPDATE",
-                &[workflow, key_hash],
-            )
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let Some(holder) = holder else {
+        let Some((holder, status)) = claim_holder(&t, workflow, key_hash).await? else {
             // Deleted meanwhile: not possible today (claims are never deleted); try again.
             t.rollback().await?;
             return Err(TxError::Store(Error::Io(
                 "an idempotency claim changed while it was being read".into(),
             )));
         };
-        let status: Option<String> = t
-            .query_opt(
-                "SELECT status FROM casework_instances WHERE id = $1",
-                &[&holder],
-            )
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
         if let Some(refused) = scope.refusal(&holder, status.as_deref()) {
             t.rollback().await?;
             return Ok(refused);
