@@ -213,3 +213,120 @@ fn one_edit_is_one_reload_and_reading_files_is_none() {
         "an identical save is not a change"
     );
 }
+
+const CLOCKED: &str = r#"workflow: clocked
+version: 1
+description: Starts a 40-hour SLA clock on the desk calendar, waits for a go, then says how much it used.
+input:
+  key: { type: string, required: true }
+steps:
+  - id: start
+    rule: vars.sla = sla_start("desk", now, "40h")
+    next: hold
+  - id: hold
+    wait: { event: go, key: input.key }
+    next: done
+  - id: done
+    complete: { output: { used_ms: "${sla_used(vars.sla, now)}" } }
+"#;
+
+fn used_ms(d: &Daemon, key: &str, id: &str) -> i64 {
+    call(
+        "POST",
+        &format!("{}/v1/events", d.addr),
+        Some(json!({"type": "go", "key": key})),
+    );
+    let mut view = Value::Null;
+    eventually(&format!("{id} completes"), || {
+        view = call("GET", &format!("{}/v1/instances/{id}", d.addr), None).1;
+        view["status"] == "completed"
+    });
+    let used = &view["output"]["used_ms"];
+    used.as_i64()
+        .or_else(|| used.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("used_ms in {view}"))
+}
+
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// Issue 12: adding a holiday for today while an SLA clock runs used to recount the clock's
+/// running stretch on the edited calendar, so the time it had used dropped to nothing. The
+/// edit now counts from when it is loaded, and that survives a SIGKILL and a restart (the
+/// versions are in the store, the file holds only the new one).
+#[test]
+fn a_holiday_added_for_today_keeps_the_sla_time_already_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(wf_dir.join("calendars")).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(wf_dir.join("clocked.yaml"), CLOCKED).unwrap();
+    let calendar = wf_dir.join("calendars/desk.yaml");
+    std::fs::write(&calendar, "calendar: desk\ntimezone: UTC\nhours: always\n").unwrap();
+    let d = spawn(dir.path());
+    let first = workflows(&d)["calendars"].clone();
+    assert_eq!(first[0]["name"], "desk", "{first}");
+    assert_eq!(
+        first[0]["since"],
+        Value::Null,
+        "the first version counts for all time"
+    );
+    assert_eq!(first[0]["earlier_versions"], json!([]));
+
+    let started = Instant::now();
+    let (status, a) = call(
+        "POST",
+        &format!("{}/v1/workflows/clocked/instances", d.addr),
+        Some(json!({"key": "a"})),
+    );
+    assert_eq!(status, 201, "{a}");
+    let a = a["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    let day = today();
+    std::fs::write(
+        &calendar,
+        format!("calendar: desk\ntimezone: UTC\nhours: always\nholidays: [{day}]\n"),
+    )
+    .unwrap();
+    let edited_by = started.elapsed();
+    eventually("the edited calendar is live", || {
+        workflows(&d)["calendars"][0]["version"] != first[0]["version"]
+    });
+    let listed = workflows(&d)["calendars"][0].clone();
+    assert_eq!(
+        listed["earlier_versions"][0]["version"], first[0]["version"],
+        "{listed}"
+    );
+    assert!(listed["since"].is_string(), "{listed}");
+
+    // Killed and started again: the history comes back from the store.
+    drop(d);
+    let d = spawn(dir.path());
+    assert_eq!(workflows(&d)["calendars"][0], listed);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A clock started after the edit counts nothing today.
+    let (_, b) = call(
+        "POST",
+        &format!("{}/v1/workflows/clocked/instances", d.addr),
+        Some(json!({"key": "b"})),
+    );
+    let b = b["id"].as_str().unwrap().to_string();
+    let used_a = used_ms(&d, "a", &a);
+    let used_b = used_ms(&d, "b", &b);
+    assert!(
+        used_a >= 1_500 && used_a <= edited_by.as_millis() as i64 + 1_000,
+        "the clock keeps the {used_a} ms it used before the edit (edited {edited_by:?} after it started)"
+    );
+    if today() == day {
+        assert_eq!(
+            used_b, 0,
+            "today is a holiday for clocks started after the edit"
+        );
+    } else {
+        // The run crossed midnight UTC: tomorrow is a working day again.
+        assert!(used_b < used_a + 10_000, "{used_b}");
+    }
+}

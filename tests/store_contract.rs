@@ -13,8 +13,8 @@ use casework::store::postgres::PgStore;
 use casework::store::seal::{JournalKey, KeySource};
 use casework::store::sled::SledStore;
 use casework::store::{
-    Batch, Claim, Created, Error, Fence, InboxBounds, Inboxed, InstanceMeta, Mail, Ownership,
-    Stamp, Store, StoredDefinition, Timer, Wait,
+    Batch, CalendarVersion, Claim, Created, Error, Fence, InboxBounds, Inboxed, InstanceMeta, Mail,
+    Ownership, Stamp, Store, StoredDefinition, Timer, Wait,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier};
@@ -255,6 +255,84 @@ fn definitions_round_trip(s: &Fixture) {
     s.put_definition("h", &newer).unwrap();
     s.flush().unwrap();
     assert_eq!(s.definition("h").unwrap(), Some(newer));
+}
+
+fn calendar(version: &str, from: i64) -> CalendarVersion {
+    CalendarVersion {
+        name: "support-hours".into(),
+        version: version.into(),
+        from,
+        source: format!("calendar: support-hours # {version}\n"),
+    }
+}
+
+fn calendar_versions_are_kept_in_order(s: &Fixture) {
+    let first = s.add_calendar_version(&calendar("a", 100)).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].from,
+        i64::MIN,
+        "the first version counts for all time"
+    );
+    assert_eq!(
+        s.add_calendar_version(&calendar("a", 200)).unwrap(),
+        first,
+        "loading the newest version again adds nothing"
+    );
+    let two = s.add_calendar_version(&calendar("b", 300)).unwrap();
+    assert_eq!(
+        two.iter()
+            .map(|v| (v.version.as_str(), v.from))
+            .collect::<Vec<_>>(),
+        [("a", i64::MIN), ("b", 300)]
+    );
+    assert_eq!(two[1].source, "calendar: support-hours # b\n");
+    // Back to the first version is an edit too, and never in effect before the last one.
+    let three = s.add_calendar_version(&calendar("a", 250)).unwrap();
+    assert_eq!(three.len(), 3);
+    assert_eq!(three[2].from, 300);
+    // Another calendar has its own history.
+    let other = CalendarVersion {
+        name: "emea".into(),
+        ..calendar("x", 1)
+    };
+    assert_eq!(s.add_calendar_version(&other).unwrap().len(), 1);
+    assert_eq!(s.add_calendar_version(&calendar("a", 400)).unwrap(), three);
+}
+
+/// Daemons loading at once: each version is recorded once, in one order all of them see.
+fn racing_calendar_loads_record_each_version_once(s: &Fixture) {
+    let store = s.store.clone();
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // Two daemons per version: four versions, each loaded twice at once.
+                let v = calendar(&format!("v{}", i % 4), 1_000 + i);
+                store.add_calendar_version(&v).unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<CalendarVersion>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let last = store.add_calendar_version(&calendar("end", 5_000)).unwrap();
+    let history = &last[..last.len() - 1];
+    assert!(
+        (4..=8).contains(&history.len()),
+        "{history:?}: each racer adds its version unless it is the newest already"
+    );
+    for w in history.windows(2) {
+        assert_ne!(w[0].version, w[1].version, "{history:?}");
+        assert!(w[0].from <= w[1].from, "{history:?}");
+    }
+    for answer in &answers {
+        assert!(
+            history.starts_with(answer),
+            "every racer's answer is a prefix of the one history: {answer:?} of {history:?}"
+        );
+    }
 }
 
 fn timers_come_due_in_order(s: &Fixture) {
@@ -1432,6 +1510,8 @@ macro_rules! suite {
                 instances_page_in_id_order,
                 runnable_lists_running_and_compensating,
                 definitions_round_trip,
+                calendar_versions_are_kept_in_order,
+                racing_calendar_loads_record_each_version_once,
                 timers_come_due_in_order,
                 waits_are_found_by_type_and_key,
                 event_answers_are_kept,

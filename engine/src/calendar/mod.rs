@@ -11,6 +11,7 @@
 //! arithmetic to rules through a [`SharedCalendars`] handle that the loader fills.
 
 pub mod functions;
+pub mod history;
 pub mod read;
 pub mod sla;
 pub mod time;
@@ -62,6 +63,14 @@ pub struct Calendar {
     pub holidays: Vec<Holiday>,
     dates_off: BTreeSet<NaiveDate>,
     yearly_off: BTreeSet<(u32, u32)>,
+    /// What the file said, and its [`history::version_of`], so a daemon can keep the
+    /// version after the file changes; empty for a calendar built in code.
+    pub source: String,
+    pub version: String,
+    /// When this version came into effect; before then [`Calendar::before`] counts (if
+    /// there is none, this version counts for all earlier time too).
+    pub effective_from: i64,
+    pub before: Option<Arc<Calendar>>,
 }
 
 impl Calendar {
@@ -93,7 +102,16 @@ impl Calendar {
             holidays,
             dates_off,
             yearly_off,
+            source: String::new(),
+            version: String::new(),
+            effective_from: i64::MIN,
+            before: None,
         }
+    }
+
+    /// Versions this one replaced, newest first.
+    pub fn earlier_versions(&self) -> impl Iterator<Item = &Calendar> {
+        std::iter::successors(self.before.as_deref(), |c| c.before.as_deref())
     }
 
     /// Every day, all day (holidays still apply).
@@ -168,6 +186,23 @@ impl Calendars {
                 .map(|c| (c.name.clone(), Arc::new(c)))
                 .collect(),
             failed_files: Vec::new(),
+        }
+    }
+
+    /// Every calendar, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Calendar>> {
+        self.by_name.values()
+    }
+
+    /// The same calendars with each one replaced by `f`'s answer (which keeps its name).
+    pub fn map(self, mut f: impl FnMut(Arc<Calendar>) -> Arc<Calendar>) -> Self {
+        Calendars {
+            by_name: self
+                .by_name
+                .into_iter()
+                .map(|(name, cal)| (name, f(cal)))
+                .collect(),
+            failed_files: self.failed_files,
         }
     }
 
@@ -253,10 +288,12 @@ pub fn load_files(files: &[PathBuf]) -> (Calendars, Vec<Diagnostic>) {
         };
         let (cal, d) = read(&file, &text);
         diags.extend(d);
-        let Some(cal) = cal else {
+        let Some(mut cal) = cal else {
             set.failed_files.push(file);
             continue;
         };
+        cal.version = history::version_of(&text);
+        cal.source = text;
         if let Some(other) = set.by_name.get(&cal.name) {
             diags.push(
                 Diagnostic::error(

@@ -118,11 +118,42 @@ impl Calendar {
         }
     }
 
-    /// Shifts as UTC `[start, end)` that end after `t`, in order, for about eleven years.
+    /// Shifts as UTC `[start, end)` that end after `t`, in order: each version's shifts
+    /// while that version was in effect, so time before an edit counts as it did then.
     fn walk(&self, t: i64) -> Walk<'_> {
+        let mut parts = Vec::new();
+        let (mut cal, mut until) = (self, i64::MAX);
+        loop {
+            match &cal.before {
+                Some(before) if t < cal.effective_from => {
+                    parts.push((cal, cal.effective_from, until));
+                    until = cal.effective_from;
+                    cal = before;
+                }
+                // The oldest version kept counts for all time before it as well.
+                Some(_) => {
+                    parts.push((cal, cal.effective_from, until));
+                    break;
+                }
+                None => {
+                    parts.push((cal, i64::MIN, until));
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        Walk {
+            parts,
+            after: t,
+            current: None,
+        }
+    }
+
+    /// This version's shifts that end after `t`, in order, for about eleven years.
+    fn days(&self, t: i64) -> Days<'_> {
         // From the day before, whose overnight shift may still be running at `t`.
         let first = self.local_date(t) - Duration::days(1);
-        Walk {
+        Days {
             cal: self,
             after: t,
             next_day: first,
@@ -183,7 +214,39 @@ impl Calendar {
     }
 }
 
+/// Shifts across versions: `parts` are (version, from, until), oldest first.
 struct Walk<'a> {
+    parts: Vec<(&'a Calendar, i64, i64)>,
+    after: i64,
+    current: Option<Days<'a>>,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = (i64, i64);
+
+    fn next(&mut self) -> Option<(i64, i64)> {
+        loop {
+            let (cal, from, until) = *self.parts.first()?;
+            let after = self.after.max(from);
+            let days = self.current.get_or_insert_with(|| cal.days(after));
+            match days.next() {
+                Some((s, e)) if s < until => {
+                    let (s, e) = (s.max(from), e.min(until));
+                    if e > s {
+                        return Some((s, e));
+                    }
+                }
+                _ => {
+                    self.parts.remove(0);
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+/// One version's shifts, day by day.
+struct Days<'a> {
     cal: &'a Calendar,
     after: i64,
     next_day: NaiveDate,
@@ -191,7 +254,7 @@ struct Walk<'a> {
     pending: VecDeque<(i64, i64)>,
 }
 
-impl Iterator for Walk<'_> {
+impl Iterator for Days<'_> {
     type Item = (i64, i64);
 
     fn next(&mut self) -> Option<(i64, i64)> {
@@ -457,23 +520,51 @@ mod tests {
             d in 0i64..(200 * H),
             e in 0i64..(50 * H),
         ) {
-            let end = c.add(a, d).unwrap();
-            prop_assert!(end >= a);
-            prop_assert_eq!(c.between(a, end).unwrap(), d);
-            // More work never finishes earlier, and never sooner than plain time allows.
-            let later = c.add(a, d + e).unwrap();
-            prop_assert!(later >= end);
-            prop_assert!(later - a >= d + e);
-            // Work done in two parts ends where it ends done at once.
-            prop_assert_eq!(c.add(end, e).unwrap(), later);
-            // A deadline that consumed time lies within hours or at a shift's end.
-            if d > 0 {
-                prop_assert!(c.is_open(end - 1).unwrap());
-            }
-            let open = c.next_open(a).unwrap();
-            prop_assert!(open >= a && c.is_open(open).unwrap());
-            prop_assert_eq!(c.is_open(a).unwrap(), open == a);
-            prop_assert_eq!(c.between(a, open).unwrap(), 0);
+            agree(&c, a, d, e)?;
         }
+
+        /// The same holds across an edit, and the time before it counts as it did then.
+        #[test]
+        fn an_edited_calendar_agrees_with_its_versions(
+            old in any_calendar(),
+            new in any_calendar(),
+            edit in any_instant(),
+            a in any_instant(),
+            d in 0i64..(200 * H),
+            e in 0i64..(50 * H),
+        ) {
+            let mut c = new.clone();
+            c.effective_from = edit;
+            c.before = Some(std::sync::Arc::new(old.clone()));
+            agree(&c, a, d, e)?;
+            let b = a.max(edit) + d;
+            let split = if a < edit {
+                old.between(a, edit).unwrap() + new.between(edit, b).unwrap()
+            } else {
+                new.between(a, b).unwrap()
+            };
+            prop_assert_eq!(c.between(a, b).unwrap(), split);
+        }
+    }
+
+    fn agree(c: &Calendar, a: i64, d: i64, e: i64) -> Result<(), TestCaseError> {
+        let end = c.add(a, d).unwrap();
+        prop_assert!(end >= a);
+        prop_assert_eq!(c.between(a, end).unwrap(), d);
+        // More work never finishes earlier, and never sooner than plain time allows.
+        let later = c.add(a, d + e).unwrap();
+        prop_assert!(later >= end);
+        prop_assert!(later - a >= d + e);
+        // Work done in two parts ends where it ends done at once.
+        prop_assert_eq!(c.add(end, e).unwrap(), later);
+        // A deadline that consumed time lies within hours or at a shift's end.
+        if d > 0 {
+            prop_assert!(c.is_open(end - 1).unwrap());
+        }
+        let open = c.next_open(a).unwrap();
+        prop_assert!(open >= a && c.is_open(open).unwrap());
+        prop_assert_eq!(c.is_open(a).unwrap(), open == a);
+        prop_assert_eq!(c.between(a, open).unwrap(), 0);
+        Ok(())
     }
 }

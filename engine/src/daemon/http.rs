@@ -585,7 +585,31 @@ async fn list_workflows(State(api): State<Api>) -> Json<Value> {
         .iter()
         .map(|(file, diags)| json!({"file": file, "errors": diags.iter().map(|d| d.to_string()).collect::<Vec<_>>()}))
         .collect();
-    Json(json!({"workflows": workflows, "failed": problems}))
+    let calendars: Vec<Value> = api
+        .driver
+        .inner()
+        .rules
+        .calendars()
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "version": c.version,
+                "file": c.file,
+                "since": (c.effective_from != i64::MIN)
+                    .then(|| crate::compile::rules::format_ms(c.effective_from)),
+                "earlier_versions": c
+                    .earlier_versions()
+                    .map(|e| json!({
+                        "version": e.version,
+                        "since": (e.effective_from != i64::MIN)
+                            .then(|| crate::compile::rules::format_ms(e.effective_from)),
+                    }))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"workflows": workflows, "calendars": calendars, "failed": problems}))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
 //! Loaded workflows: the newest version of each name for new instances, and every
 //! version by source hash so running instances keep the definition they started with.
 
+use crate::calendar::Calendars;
 use crate::compile::{self, rules::Rules, CompiledWorkflow};
 use crate::diagnostic::Diagnostic;
 use crate::store::{Store, StoredDefinition};
@@ -38,18 +39,31 @@ pub fn workflow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Read, validate and compile a set of files together (so subworkflow references resolve).
 ///
-/// Files in a `calendars/` folder are business calendars; they are installed into `rules`.
+/// Files in a `calendars/` folder are business calendars; they are installed into `rules`
+/// as they are, counting on the loaded version for all time (see [`load_files_in_time`]).
 pub fn load_files(
     files: &[PathBuf],
     catalog: Option<validate::Catalog>,
     rules: &Arc<Rules>,
+) -> (Vec<CompiledWorkflow>, Vec<Diagnostic>) {
+    load_files_in_time(files, catalog, rules, |c| c)
+}
+
+/// [`load_files`], with the calendars passed through `in_time` before rules see them: the
+/// daemon puts each calendar's earlier versions behind it there
+/// ([`crate::calendar::history`]).
+pub fn load_files_in_time(
+    files: &[PathBuf],
+    catalog: Option<validate::Catalog>,
+    rules: &Arc<Rules>,
+    in_time: impl FnOnce(Calendars) -> Calendars,
 ) -> (Vec<CompiledWorkflow>, Vec<Diagnostic>) {
     let (calendar_files, files): (Vec<PathBuf>, Vec<PathBuf>) = files
         .iter()
         .cloned()
         .partition(|f| crate::calendar::is_calendar_file(f));
     let (calendars, mut diags) = crate::calendar::load_files(&calendar_files);
-    rules.install_calendars(calendars);
+    rules.install_calendars(in_time(calendars));
     let mut sources = Vec::new();
     for f in files {
         let name = f.display().to_string();

@@ -9,8 +9,10 @@
 //! workflow while running ones finish. Plugins follow the same rule: a plugin that no
 //! longer loads keeps its previous version running.
 
-use super::registry::{load_files, workflow_files};
+use super::registry::{load_files_in_time, workflow_files};
 use super::Driver;
+use crate::calendar::history::{self, CalendarVersion};
+use crate::calendar::Calendars;
 use crate::diagnostic::Diagnostic;
 use crate::plugin_host::wasm::WasmHost;
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -34,6 +36,8 @@ pub struct ReloadReport {
     pub retired: Vec<String>,
     /// Files rejected, with their first problem.
     pub rejected: Vec<String>,
+    /// `name version` of calendars that got a new version (in effect from this reload).
+    pub calendars: Vec<String>,
 }
 
 /// Counters for `/metrics`.
@@ -83,7 +87,9 @@ impl Reloader {
             }
         };
         let catalog = inner.plugins.catalog();
-        let (workflows, diags) = load_files(&files, catalog, &inner.rules);
+        let (workflows, diags) = load_files_in_time(&files, catalog, &inner.rules, |c| {
+            self.calendars_in_time(c, &mut report)
+        });
 
         let mut problems: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
         for d in diags.into_iter().filter(Diagnostic::is_error) {
@@ -139,6 +145,53 @@ impl Reloader {
             .unwrap_or_else(|e| e.into_inner()) = problems;
         self.count(&report);
         report
+    }
+
+    /// Each loaded calendar recorded in the store as in effect from now (unless it is the
+    /// newest version already), with its earlier versions put behind it, so an edit counts
+    /// from this reload on and time counted before it stays as it was.
+    fn calendars_in_time(&self, loaded: Calendars, report: &mut ReloadReport) -> Calendars {
+        let inner = self.driver.inner();
+        let now = inner.clock.now_ms();
+        let before = inner.rules.calendars();
+        let mut histories = BTreeMap::new();
+        for cal in loaded.iter() {
+            let version = CalendarVersion {
+                name: cal.name.clone(),
+                version: cal.version.clone(),
+                from: now,
+                source: cal.source.clone(),
+            };
+            let history = match inner.store.add_calendar_version(&version) {
+                Ok(history) => history,
+                Err(e) => {
+                    tracing::error!(calendar = %cal.name, version = %cal.version, "cannot record the calendar's version: {e}; until it is recorded, time before this load counts on this version too");
+                    continue;
+                }
+            };
+            let since = history
+                .last()
+                .map(|v| v.from)
+                .filter(|from| *from != i64::MIN);
+            let known = before.get(&cal.name).ok().map(|c| c.version.clone());
+            if known.as_deref() != Some(cal.version.as_str()) {
+                let since = since.map_or("always".to_string(), crate::calendar::time::format_ms);
+                if known.is_some() {
+                    tracing::info!(calendar = %cal.name, version = %cal.version, %since, "calendar version in effect; time counted before it keeps the version it was counted on");
+                } else {
+                    tracing::info!(calendar = %cal.name, version = %cal.version, %since, earlier_versions = history.len() - 1, "calendar loaded");
+                }
+                report
+                    .calendars
+                    .push(format!("{} {}", cal.name, cal.version));
+            }
+            histories.insert(cal.name.clone(), history);
+        }
+        let (set, problems) = history::chain(loaded, &histories);
+        for p in problems {
+            tracing::warn!(target: "casework::load", "{p}");
+        }
+        set
     }
 
     fn count(&self, report: &ReloadReport) {
@@ -218,6 +271,7 @@ impl Reloader {
             };
             tracing::info!(
                 installed = ?report.installed,
+                calendars = ?report.calendars,
                 retired = ?report.retired,
                 rejected = report.rejected.len(),
                 "reloaded"

@@ -59,6 +59,7 @@ struct Data {
     journal: BTreeMap<(String, u64), Record>,
     instances: BTreeMap<String, InstanceMeta>,
     definitions: HashMap<String, StoredDefinition>,
+    calendars: HashMap<String, Vec<CalendarVersion>>,
     keys: HashMap<(String, String), String>,
     timers: BTreeSet<(Millis, String, u32)>,
     waits: BTreeSet<(String, String, String, u32)>,
@@ -81,6 +82,8 @@ enum Op {
     Journal(String, u64, Vec<Record>),
     Meta(InstanceMeta),
     Definition(String, StoredDefinition),
+    /// A calendar's whole history, replaced.
+    Calendar(String, Vec<CalendarVersion>),
     Key(String, String, String),
     EventAnswer(String, Value),
     Post(String, u64, Mail),
@@ -133,6 +136,9 @@ impl Data {
             }
             Op::Definition(hash, def) => {
                 self.definitions.insert(hash.clone(), def.clone());
+            }
+            Op::Calendar(name, history) => {
+                self.calendars.insert(name.clone(), history.clone());
             }
             Op::Key(workflow, key, id) => {
                 self.keys
@@ -395,6 +401,20 @@ impl Store for MemoryStore {
 
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
         Ok(self.lock()?.live.definitions.get(hash).cloned())
+    }
+
+    fn add_calendar_version(&self, v: &CalendarVersion) -> Result<Vec<CalendarVersion>> {
+        let history = {
+            let mut g = self.lock()?;
+            let old = g.live.calendars.get(&v.name).cloned().unwrap_or_default();
+            let history = crate::calendar::history::append(old, v.clone());
+            let op = Op::Calendar(v.name.clone(), history.clone());
+            g.live.apply(&op);
+            g.pending.push(op);
+            history
+        };
+        self.flush()?;
+        Ok(history)
     }
 
     fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod seal;
 pub mod sled;
 
+pub use crate::calendar::history::CalendarVersion;
 use crate::runtime::{Event, Millis, Record, StepError};
 pub use crate::runtime::{Timer, Wait};
 use serde::{Deserialize, Serialize};
@@ -366,6 +367,11 @@ pub trait Store: Send + Sync + 'static {
     fn runnable(&self) -> Result<Vec<InstanceMeta>>;
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()>;
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>>;
+    /// Record that a calendar version was loaded, as
+    /// [`crate::calendar::history::append`] decides (a version already newest adds
+    /// nothing), atomically across daemons; durable before it returns. Answers that
+    /// calendar's versions, oldest first.
+    fn add_calendar_version(&self, version: &CalendarVersion) -> Result<Vec<CalendarVersion>>;
     /// Write the first batch of a new instance and take its claims in one atomic write:
     /// either the records, index entries and claims are all stored, or — when the
     /// instance exists already or another instance holds one of the keys — nothing is,

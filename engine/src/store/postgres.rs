@@ -133,6 +133,13 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO casework_inbox_size VALUES (TRUE, 0);
     "#,
+    // 3: each calendar's versions (sealed), so deadlines keep the time counted before an edit.
+    r#"
+    CREATE TABLE casework_calendars (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -1125,6 +1132,54 @@ impl Store for PgStore {
             .await
             .map_err(|e| s.db(e))?;
             Ok(())
+        })
+    }
+
+    fn add_calendar_version(&self, v: &CalendarVersion) -> Result<Vec<CalendarVersion>> {
+        let v = Arc::new(v.clone());
+        self.transact(move |s| {
+            let v = v.clone();
+            async move {
+                let mut c = s.client().await?;
+                let t = c.transaction().await?;
+                // The row is the lock: daemons loading calendars at once take turns.
+                t.execute(
+                    "INSERT INTO casework_calendars (name, value) VALUES ($1, '') \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&v.name],
+                )
+                .await?;
+                let row = t
+                    .query_one(
+                        "SELECT value FROM casework_calendars WHERE name = $1 FOR UPDATE",
+                        &[&v.name],
+                    )
+                    .await?;
+                let sealed: Vec<u8> = row.try_get(0)?;
+                let corrupt = |e: String| Error::Io(format!("stored calendar {}: {e}", v.name));
+                let old: Vec<CalendarVersion> = if sealed.is_empty() {
+                    Vec::new()
+                } else {
+                    let plain = s
+                        .sealer
+                        .open("calendars", v.name.as_bytes(), &sealed)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?
+                };
+                let history = crate::calendar::history::append(old.clone(), (*v).clone());
+                if history != old {
+                    let value = s
+                        .sealer
+                        .seal("calendars", v.name.as_bytes(), &json(&history)?)?;
+                    t.execute(
+                        "UPDATE casework_calendars SET value = $2 WHERE name = $1",
+                        &[&v.name, &value],
+                    )
+                    .await?;
+                }
+                t.commit().await?;
+                Ok(history)
+            }
         })
     }
 

@@ -18,6 +18,8 @@ pub struct SledStore {
     journal: ::sled::Tree,
     instances: ::sled::Tree,
     definitions: ::sled::Tree,
+    /// Each calendar's versions (sealed), by name.
+    calendars: ::sled::Tree,
     keys: ::sled::Tree,
     timers: ::sled::Tree,
     waits: ::sled::Tree,
@@ -64,10 +66,11 @@ const SEAL_TREE: &str = "seal";
 const CHECK_KEY: &[u8] = b"check";
 const CHECK_TEXT: &[u8] = b"casework journal key check v1";
 /// Trees whose content says the data directory is in use.
-const DATA_TREES: [&str; 10] = [
+const DATA_TREES: [&str; 11] = [
     "journal",
     "instances",
     "definitions",
+    "calendars",
     "idempotency",
     "timers",
     "waits",
@@ -179,6 +182,7 @@ impl SledStore {
             journal: t("journal")?,
             instances: t("instances")?,
             definitions: t("definitions")?,
+            calendars: t("calendars")?,
             keys: t("idempotency")?,
             timers: t("timers")?,
             waits: t("waits")?,
@@ -645,6 +649,31 @@ impl Store for SledStore {
             .insert(hash.as_bytes(), value)
             .map_err(io)?;
         Ok(())
+    }
+
+    fn add_calendar_version(&self, v: &CalendarVersion) -> Result<Vec<CalendarVersion>> {
+        // Every other write waits: this happens once per calendar edit, and makes the
+        // read, decide and write one step.
+        let _only = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let key = v.name.as_bytes();
+        let old: Vec<CalendarVersion> = match self.calendars.get(key).map_err(io)? {
+            Some(sealed) => {
+                let plain = self
+                    .sealer
+                    .open("calendars", key, &sealed)
+                    .map_err(|e| Error::Io(format!("stored calendar {}: {e}", v.name)))?;
+                serde_json::from_slice(&plain)
+                    .map_err(|e| Error::Io(format!("stored calendar {}: {e}", v.name)))?
+            }
+            None => Vec::new(),
+        };
+        let history = crate::calendar::history::append(old.clone(), v.clone());
+        if history != old {
+            let value = self.seal("calendars", key, &json(&history)?)?;
+            self.calendars.insert(key, value).map_err(io)?;
+            self.db.flush().map_err(io)?;
+        }
+        Ok(history)
     }
 
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
