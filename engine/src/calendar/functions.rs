@@ -1,5 +1,6 @@
-//! Business-time functions for rules: `business_add`, `business_between`, `within_hours`,
-//! `next_open`.
+//! Business-time functions for rules: `business_add`, `business_sub`, `business_between`,
+//! `within_hours`, `next_open`, and by whole days `business_days_add`, `is_business_day`,
+//! `next_business_day`, `days_to_next_business_day`.
 //!
 //! Instants may be RFC 3339 text (like `now`) or epoch milliseconds; a function answers in
 //! the form it was given. Calendars are looked up by name on every call, because calendar
@@ -45,35 +46,93 @@ fn with<T, E: ToString>(
     f(cal).or_else(fail)
 }
 
+/// `name(calendar, instant, duration)` for every form of instant and duration.
+fn register_shift(
+    engine: &mut Engine,
+    calendars: &SharedCalendars,
+    name: &str,
+    f: fn(&Calendar, i64, i64) -> Result<i64, super::TimeError>,
+) {
+    let c = calendars.clone();
+    engine.register_fn(name, move |cal: &str, t: &str, d: &str| -> Res<String> {
+        let (t, d) = (instant(t)?, duration(d)?);
+        with(&c, cal, |k| f(k, t, d)).map(format_ms)
+    });
+    let c = calendars.clone();
+    engine.register_fn(name, move |cal: &str, t: &str, d: INT| -> Res<String> {
+        let t = instant(t)?;
+        with(&c, cal, |k| f(k, t, d)).map(format_ms)
+    });
+    let c = calendars.clone();
+    engine.register_fn(name, move |cal: &str, t: INT, d: &str| -> Res<INT> {
+        let d = duration(d)?;
+        with(&c, cal, |k| f(k, t, d))
+    });
+    let c = calendars.clone();
+    engine.register_fn(name, move |cal: &str, t: INT, d: INT| -> Res<INT> {
+        with(&c, cal, |k| f(k, t, d))
+    });
+}
+
+/// An instant as RFC 3339 text or epoch ms, or a date `YYYY-MM-DD`, as a local date.
+fn date_of(cal: &Calendar, t: &str) -> Res<chrono::NaiveDate> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(d);
+    }
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(i) => cal.date_of(i.timestamp_millis()).or_else(fail),
+        Err(_) => fail(format!(
+            "`{t}` is not a time or a date; write it like 2026-03-06T16:00:00Z or 2026-03-06"
+        )),
+    }
+}
+
 pub fn register(engine: &mut Engine, calendars: SharedCalendars) {
+    register_shift(engine, &calendars, "business_add", Calendar::add);
+    register_shift(engine, &calendars, "business_sub", Calendar::sub);
     let c = calendars.clone();
     engine.register_fn(
-        "business_add",
-        move |cal: &str, t: &str, d: &str| -> Res<String> {
-            let (t, d) = (instant(t)?, duration(d)?);
-            with(&c, cal, |k| k.add(t, d)).map(format_ms)
-        },
-    );
-    let c = calendars.clone();
-    engine.register_fn(
-        "business_add",
-        move |cal: &str, t: &str, d: INT| -> Res<String> {
+        "business_days_add",
+        move |cal: &str, t: &str, n: INT| -> Res<String> {
             let t = instant(t)?;
-            with(&c, cal, |k| k.add(t, d)).map(format_ms)
+            with(&c, cal, |k| k.add_business_days(t, n)).map(format_ms)
         },
     );
     let c = calendars.clone();
     engine.register_fn(
-        "business_add",
-        move |cal: &str, t: INT, d: &str| -> Res<INT> {
-            let d = duration(d)?;
-            with(&c, cal, |k| k.add(t, d))
+        "business_days_add",
+        move |cal: &str, t: INT, n: INT| -> Res<INT> {
+            with(&c, cal, |k| k.add_business_days(t, n))
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn("is_business_day", move |cal: &str, t: &str| -> Res<bool> {
+        with(&c, cal, |k| date_of(k, t).map(|d| k.is_business_day(d)))
+    });
+    let c = calendars.clone();
+    engine.register_fn("is_business_day", move |cal: &str, t: INT| -> Res<bool> {
+        with(&c, cal, |k| k.date_of(t).map(|d| k.is_business_day(d)))
+    });
+    let c = calendars.clone();
+    engine.register_fn(
+        "next_business_day",
+        move |cal: &str, t: &str| -> Res<String> {
+            with(&c, cal, |k| {
+                let next = k.next_business_day(date_of(k, t)?).or_else(fail)?;
+                Ok::<_, Box<EvalAltResult>>(next.to_string())
+            })
         },
     );
     let c = calendars.clone();
     engine.register_fn(
-        "business_add",
-        move |cal: &str, t: INT, d: INT| -> Res<INT> { with(&c, cal, |k| k.add(t, d)) },
+        "days_to_next_business_day",
+        move |cal: &str, t: &str| -> Res<INT> {
+            with(&c, cal, |k| {
+                let from = date_of(k, t)?;
+                let next = k.next_business_day(from).or_else(fail)?;
+                Ok::<_, Box<EvalAltResult>>((next - from).num_days())
+            })
+        },
     );
     let c = calendars.clone();
     engine.register_fn(
@@ -250,6 +309,51 @@ mod tests {
             .eval(r#"next_open("support-hours", "2026-03-28T10:00:00Z")"#)
             .unwrap();
         assert_eq!(open, "2026-03-30T07:00:00.000Z");
+    }
+
+    #[test]
+    fn rules_count_back_and_by_whole_days() {
+        let (e, shared) = engine();
+        shared.replace(support());
+        let eval = |src: &str| e.eval::<rhai::Dynamic>(src).unwrap().to_string();
+        // When must work have started to be done by Monday 09:00 BST with 4h of it?
+        assert_eq!(
+            eval(r#"business_sub("support-hours", "2026-03-30T08:00:00Z", "4h")"#),
+            "2026-03-27T15:00:00.000Z"
+        );
+        assert_eq!(
+            eval(r#"business_sub("support-hours", 1774857600000, "4h")"#),
+            "1774623600000"
+        );
+        // Friday 15:00 GMT plus 3 business days: Wednesday 15:00 BST.
+        assert_eq!(
+            eval(r#"business_days_add("support-hours", "2026-03-27T15:00:00Z", 3)"#),
+            "2026-04-01T14:00:00.000Z"
+        );
+        assert_eq!(
+            eval(r#"business_days_add("support-hours", "2026-04-01T14:00:00Z", -3)"#),
+            "2026-03-27T15:00:00.000Z"
+        );
+        assert_eq!(
+            eval(r#"is_business_day("support-hours", "2026-03-28")"#),
+            "false"
+        );
+        assert_eq!(
+            eval(r#"is_business_day("support-hours", "2026-03-27T23:30:00Z")"#),
+            "true"
+        );
+        assert_eq!(
+            eval(r#"next_business_day("support-hours", "2026-03-27T12:00:00Z")"#),
+            "2026-03-30"
+        );
+        assert_eq!(
+            eval(r#"days_to_next_business_day("support-hours", "2026-03-27")"#),
+            "3"
+        );
+        let err = e
+            .eval::<rhai::Dynamic>(r#"is_business_day("support-hours", "Friday")"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`Friday` is not a time"), "{err}");
     }
 
     #[test]

@@ -26,11 +26,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// Minutes in a day; shift times are minutes after the local midnight of the day they start.
-pub const DAY_MINUTES: u32 = 1_440;
+/// Seconds in a day; shift times are seconds after the local midnight of the day they start.
+pub const DAY_SECONDS: u32 = 86_400;
 
 /// One working interval in local time. `end` is after `start` and at most a day later;
-/// past [`DAY_MINUTES`] the shift runs into the next day (it still belongs to the day it starts).
+/// past [`DAY_SECONDS`] the shift runs into the next day (it still belongs to the day it starts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Shift {
     pub start: u32,
@@ -61,6 +61,9 @@ pub struct Calendar {
     /// Shifts by weekday, Monday first, sorted by start.
     pub week: [Vec<Shift>; 7],
     pub holidays: Vec<Holiday>,
+    /// Dates whose hours differ from the week (e.g. 24 December 08:00–12:00), sorted by
+    /// start; a date given both as one day and every year takes the one day.
+    pub dates: BTreeMap<HolidayDate, Vec<Shift>>,
     dates_off: BTreeSet<NaiveDate>,
     yearly_off: BTreeSet<(u32, u32)>,
     /// What the file said, and its [`history::version_of`], so a daemon can keep the
@@ -100,6 +103,7 @@ impl Calendar {
             zone,
             week,
             holidays,
+            dates: BTreeMap::new(),
             dates_off,
             yearly_off,
             source: String::new(),
@@ -119,7 +123,7 @@ impl Calendar {
         let all = || {
             vec![Shift {
                 start: 0,
-                end: DAY_MINUTES,
+                end: DAY_SECONDS,
             }]
         };
         Calendar::new(
@@ -130,9 +134,39 @@ impl Calendar {
         )
     }
 
+    /// The same calendar with its own hours on some dates (each date's shifts must not
+    /// overlap or run past midnight; the reader checks that).
+    pub fn with_dates(mut self, dates: BTreeMap<HolidayDate, Vec<Shift>>) -> Self {
+        self.dates = dates;
+        for shifts in self.dates.values_mut() {
+            shifts.sort();
+        }
+        self
+    }
+
     pub fn is_holiday(&self, date: NaiveDate) -> bool {
         use chrono::Datelike;
         self.dates_off.contains(&date) || self.yearly_off.contains(&(date.month(), date.day()))
+    }
+
+    /// The shifts that start on `date`: none on a holiday, the date's own hours if it has
+    /// them, else its weekday's.
+    pub fn shifts_on(&self, date: NaiveDate) -> &[Shift] {
+        use chrono::Datelike;
+        if self.is_holiday(date) {
+            return &[];
+        }
+        let yearly = HolidayDate::Yearly {
+            month: date.month(),
+            day: date.day(),
+        };
+        self.dates
+            .get(&HolidayDate::On(date))
+            .or_else(|| self.dates.get(&yearly))
+            .map_or_else(
+                || self.week[date.weekday().num_days_from_monday() as usize].as_slice(),
+                Vec::as_slice,
+            )
     }
 }
 

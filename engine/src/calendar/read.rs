@@ -11,14 +11,21 @@
 //!   - { date: 01-01, name: New Year's Day }
 //! ```
 
-use super::{Calendar, Holiday, HolidayDate, Shift, DAY_MINUTES};
+use super::{Calendar, Holiday, HolidayDate, Shift, DAY_SECONDS};
 use crate::definition::yaml::{self, Key, Node, Value};
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use std::collections::BTreeMap;
 
-pub(crate) const CALENDAR_FIELDS: &[&str] =
-    &["calendar", "description", "timezone", "hours", "holidays"];
+pub(crate) const CALENDAR_FIELDS: &[&str] = &[
+    "calendar",
+    "description",
+    "timezone",
+    "hours",
+    "dates",
+    "holidays",
+];
 pub(crate) const HOLIDAY_FIELDS: &[&str] = &["date", "name"];
 /// Keys under `hours:`; a single day overrides `weekdays`/`weekend`, which override `daily`.
 pub(crate) const DAY_KEYS: &[&str] = &[
@@ -34,7 +41,7 @@ const DAY_NAMES: [&str; 7] = [
     "Sunday",
 ];
 const RANGE_HINT: &str =
-    "write `HH:MM-HH:MM`, e.g. `09:00-17:30`; for a shift that runs past midnight add `+1`, e.g. `22:00-06:00+1`";
+    "write `HH:MM-HH:MM` (or `HH:MM:SS`), e.g. `09:00-17:30`; for a shift that runs past midnight add `+1`, e.g. `22:00-06:00+1`";
 const DATE_HINT: &str =
     "write a date as YYYY-MM-DD (e.g. 2026-12-25), or MM-DD (e.g. 12-25) for every year";
 
@@ -121,8 +128,11 @@ impl Reader<'_> {
         let holidays = get("holidays")
             .map(|n| self.holidays(n))
             .unwrap_or_default();
+        let dates = get("dates")
+            .map(|n| self.dates(n, &holidays))
+            .unwrap_or_default();
         let description = get("description").and_then(|n| n.as_str().map(str::to_string));
-        let mut cal = Calendar::new(&name?, zone?, week?, holidays);
+        let mut cal = Calendar::new(&name?, zone?, week?, holidays).with_dates(dates);
         cal.file = self.file.to_string();
         cal.description = description;
         Some(cal)
@@ -180,7 +190,7 @@ impl Reader<'_> {
             return Some(std::array::from_fn(|_| {
                 vec![Shift {
                     start: 0,
-                    end: DAY_MINUTES,
+                    end: DAY_SECONDS,
                 }]
             }));
         }
@@ -332,9 +342,9 @@ impl Reader<'_> {
     }
 
     fn no_overlaps(&mut self, placed: &[Placed]) -> bool {
-        const WEEK: u32 = 7 * DAY_MINUTES;
+        const WEEK: u32 = 7 * DAY_SECONDS;
         let at = |p: &Placed| {
-            let base = p.day as u32 * DAY_MINUTES;
+            let base = p.day as u32 * DAY_SECONDS;
             (base + p.shift.start, base + p.shift.end)
         };
         let mut seen: Vec<(Span, Span)> = Vec::new();
@@ -377,6 +387,71 @@ impl Reader<'_> {
             }
         }
         ok
+    }
+
+    /// `dates:`: hours of their own on some dates, e.g. `12-24: 08:00-12:00`.
+    fn dates(&mut self, node: &Node, holidays: &[Holiday]) -> BTreeMap<HolidayDate, Vec<Shift>> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = node.as_map() else {
+            self.err(
+                node.span,
+                format!("`dates` must map dates to working times, found {}", node.kind_name()),
+                "for example:\n    dates:\n      12-24: 08:00-12:00\n      2026-12-31: [08:00-12:00, 13:00-15:00]",
+            );
+            return out;
+        };
+        for (key, value) in entries {
+            let Some(date) = parse_holiday(key.name.trim()) else {
+                self.err(key.span, format!("`{}` is not a date", key.name), DATE_HINT);
+                continue;
+            };
+            if holidays.iter().any(|h| h.date == date) {
+                self.err(
+                    key.span,
+                    format!("`{}` is a holiday and also has hours of its own", key.name),
+                    "keep it in one place: remove it from `holidays` to open with these hours, or from `dates` to close",
+                );
+                continue;
+            }
+            let Some(ranges) = self.ranges(value, &key.name) else {
+                continue;
+            };
+            let mut shifts: Vec<(Shift, String, Span)> = ranges;
+            shifts.sort_by_key(|(s, _, _)| *s);
+            let mut ok = true;
+            for (shift, text, span) in &shifts {
+                if shift.end > DAY_SECONDS {
+                    self.err(
+                        *span,
+                        format!("`{text}` runs past midnight"),
+                        "hours on one date end by 24:00; give the next date hours of its own for the rest",
+                    );
+                    ok = false;
+                }
+            }
+            for pair in shifts.windows(2) {
+                if pair[1].0.start < pair[0].0.end {
+                    self.err(
+                        pair[1].2,
+                        format!("`{}` overlaps `{}` on {}", pair[1].1, pair[0].1, key.name),
+                        "working times must not overlap; merge them into one range or shorten one",
+                    );
+                    ok = false;
+                }
+            }
+            if ok
+                && out
+                    .insert(date, shifts.into_iter().map(|(s, _, _)| s).collect())
+                    .is_some()
+            {
+                self.diags.push(Diagnostic::warning(
+                    self.file,
+                    key.span,
+                    "this date is listed twice; the last one counts",
+                ));
+            }
+        }
+        out
     }
 
     fn holidays(&mut self, node: &Node) -> Vec<Holiday> {
@@ -444,7 +519,7 @@ enum RangeError {
     LongerThanDay,
 }
 
-/// `HH:MM-HH:MM`, optionally `+1` after the end for a shift that runs past midnight.
+/// `HH:MM-HH:MM` (seconds optional), optionally `+1` after the end for a shift that runs past midnight.
 fn parse_range(text: &str) -> Result<Shift, RangeError> {
     let text = text.trim();
     let (body, next_day) = match text.strip_suffix("+1") {
@@ -454,11 +529,11 @@ fn parse_range(text: &str) -> Result<Shift, RangeError> {
     let (a, b) = body.split_once('-').ok_or(RangeError::Syntax)?;
     let start = parse_clock(a.trim()).ok_or(RangeError::Syntax)?;
     let end = parse_clock(b.trim()).ok_or(RangeError::Syntax)?;
-    if start >= DAY_MINUTES {
+    if start >= DAY_SECONDS {
         return Err(RangeError::Syntax);
     }
     if next_day {
-        if end >= DAY_MINUTES {
+        if end >= DAY_SECONDS {
             return Err(RangeError::Syntax);
         }
         if end > start {
@@ -466,7 +541,7 @@ fn parse_range(text: &str) -> Result<Shift, RangeError> {
         }
         return Ok(Shift {
             start,
-            end: end + DAY_MINUTES,
+            end: end + DAY_SECONDS,
         });
     }
     match end.cmp(&start) {
@@ -476,16 +551,23 @@ fn parse_range(text: &str) -> Result<Shift, RangeError> {
     }
 }
 
-/// `HH:MM` as minutes after midnight; `24:00` is allowed (the end of the day).
+/// `HH:MM` or `HH:MM:SS` as seconds after midnight; `24:00` is allowed (the end of the day).
 fn parse_clock(s: &str) -> Option<u32> {
-    let (h, m) = s.split_once(':')?;
-    let digits = |x: &str| (1..=2).contains(&x.len()) && x.chars().all(|c| c.is_ascii_digit());
-    if !digits(h) || m.len() != 2 || !digits(m) {
+    let mut parts = s.split(':');
+    let (h, m, sec) = (parts.next()?, parts.next()?, parts.next());
+    if parts.next().is_some() {
+        return None;
+    }
+    let digits = |x: &str, lens: std::ops::RangeInclusive<usize>| {
+        lens.contains(&x.len()) && x.chars().all(|c| c.is_ascii_digit())
+    };
+    if !digits(h, 1..=2) || !digits(m, 2..=2) || sec.is_some_and(|x| !digits(x, 2..=2)) {
         return None;
     }
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    let minutes = h * 60 + m;
-    (m < 60 && minutes <= DAY_MINUTES).then_some(minutes)
+    let sec: u32 = sec.map_or(Some(0), |x| x.parse().ok())?;
+    let seconds = h * 3_600 + m * 60 + sec;
+    (m < 60 && sec < 60 && seconds <= DAY_SECONDS).then_some(seconds)
 }
 
 /// `YYYY-MM-DD` (one day) or `MM-DD` (that day every year).
@@ -534,12 +616,12 @@ mod tests {
             cal.week[0],
             vec![
                 Shift {
-                    start: 540,
-                    end: 720
+                    start: 32400,
+                    end: 43200
                 },
                 Shift {
-                    start: 780,
-                    end: 1050
+                    start: 46800,
+                    end: 63000
                 }
             ]
         );
@@ -547,8 +629,8 @@ mod tests {
         assert_eq!(
             cal.week[4],
             vec![Shift {
-                start: 540,
-                end: 960
+                start: 32400,
+                end: 57600
             }]
         );
         assert!(cal.week[5].is_empty() && cal.week[6].is_empty());
@@ -567,8 +649,8 @@ mod tests {
         assert_eq!(
             cal.unwrap().week[3],
             vec![Shift {
-                start: 1320,
-                end: 1800
+                start: 79200,
+                end: 108000
             }]
         );
         let (cal, _) = read("a.yaml", "calendar: always\ntimezone: UTC\nhours: always\n");
@@ -576,9 +658,31 @@ mod tests {
             cal.unwrap().week[6],
             vec![Shift {
                 start: 0,
-                end: 1440
+                end: 86400
             }]
         );
+    }
+
+    #[test]
+    fn dates_and_seconds_are_checked_where_written() {
+        let e = errors(
+            "calendar: c\ntimezone: UTC\nhours: { weekdays: 08:30:30-17:00:60 }\ndates:\n  12-32: 08:00-12:00\n  12-25: 08:00-12:00\n  12-24: 22:00-02:00+1\n  12-31: [08:00-12:00, 11:00-13:00]\nholidays: [12-25]\n",
+        );
+        let expect = [
+            "c.yaml:3:20: error: `08:30:30-17:00:60` is not a time range",
+            "c.yaml:5:3: error: `12-32` is not a date",
+            "c.yaml:6:3: error: `12-25` is a holiday and also has hours of its own",
+            "c.yaml:7:10: error: `22:00-02:00+1` runs past midnight",
+            "c.yaml:8:24: error: `11:00-13:00` overlaps `08:00-12:00` on 12-31",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expect) {
+            assert!(got.starts_with(want), "{got}\n  wanted {want}");
+        }
+        assert_eq!(parse_clock("08:30:30"), Some(8 * 3_600 + 30 * 60 + 30));
+        assert_eq!(parse_clock("24:00"), Some(DAY_SECONDS));
+        assert_eq!(parse_clock("24:00:01"), None);
+        assert_eq!(parse_clock("8:3"), None);
     }
 
     #[test]

@@ -10,8 +10,7 @@
 use super::Calendar;
 use crate::definition::duration::MAX_MS;
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
-    TimeZone,
+    DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone,
 };
 use std::collections::VecDeque;
 
@@ -26,6 +25,12 @@ const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
 pub enum TimeError {
     #[error("calendar `{calendar}` has no working time in the eleven years after {from}")]
     NoWorkingTime { calendar: String, from: String },
+    #[error("calendar `{calendar}` has no {days} business days within eleven years of {from}")]
+    NoBusinessDay {
+        calendar: String,
+        days: i64,
+        from: NaiveDate,
+    },
     #[error("{0} ms is not a time between the years 1 and 9999")]
     OutOfRange(i64),
     #[error("business time can be measured over at most ten years")]
@@ -74,6 +79,119 @@ impl Calendar {
             left -= e - s;
         }
         Err(self.closed(start))
+    }
+
+    /// `end` minus `duration_ms` of working time: the instant the first millisecond is
+    /// worked, so a start that uses a shift from its opening is the opening, not the close
+    /// before it. Subtracting nothing returns `end` unchanged, even out of hours.
+    pub fn sub(&self, end: i64, duration_ms: i64) -> Result<i64, TimeError> {
+        check(end)?;
+        if duration_ms < 0 {
+            return Err(TimeError::Negative(duration_ms));
+        }
+        if duration_ms > MAX_MS as i64 {
+            return Err(TimeError::TooLong);
+        }
+        if duration_ms == 0 {
+            return Ok(end);
+        }
+        // The shifts walk forwards only: look back over a growing stretch until it holds
+        // enough working time.
+        let longest = (HORIZON_DAYS - 2) * DAY_MS;
+        let mut span = (2 * duration_ms).max(7 * DAY_MS).min(longest);
+        loop {
+            let from = end.saturating_sub(span).max(MIN_MS);
+            let shifts: Vec<(i64, i64)> = self
+                .walk(from)
+                .take_while(|(s, _)| *s < end)
+                .map(|(s, e)| (s.max(from), e.min(end)))
+                .collect();
+            let mut left = duration_ms;
+            for (s, e) in shifts.iter().rev() {
+                if left <= e - s {
+                    return Ok(e - left);
+                }
+                left -= e - s;
+            }
+            if span >= longest || from == MIN_MS {
+                return Err(TimeError::NoWorkingTime {
+                    calendar: self.name.clone(),
+                    from: format!("before {}", format_ms(end)),
+                });
+            }
+            span = (span * 4).min(longest);
+        }
+    }
+
+    /// The version of this calendar in effect at `t`.
+    fn version_at(&self, t: i64) -> &Calendar {
+        let mut cal = self;
+        while let Some(before) = cal.before.as_deref().filter(|_| t < cal.effective_from) {
+            cal = before;
+        }
+        cal
+    }
+
+    /// Whether `date` (a local date) has working hours: not a holiday, and some shift
+    /// starts that day, as the calendar was at that day's start.
+    pub fn is_business_day(&self, date: NaiveDate) -> bool {
+        let start = self.instant(date.and_time(NaiveTime::MIN));
+        self.version_at(start)
+            .shifts_on(date)
+            .iter()
+            .next()
+            .is_some()
+    }
+
+    /// The local date of `t`.
+    pub fn date_of(&self, t: i64) -> Result<NaiveDate, TimeError> {
+        check(t)?;
+        Ok(self.version_at(t).local_date(t))
+    }
+
+    /// The first business day after `date`.
+    pub fn next_business_day(&self, date: NaiveDate) -> Result<NaiveDate, TimeError> {
+        self.business_day_from(date, 1)
+    }
+
+    /// `t` moved by `days` business days (back when negative), keeping its local
+    /// wall-clock time: Friday 15:00 plus one business day is Monday 15:00, and Saturday
+    /// 10:00 plus one is Monday 10:00 (days are counted after `t`'s own date, which need
+    /// not be a business day). A time the clocks skip that day becomes the instant they
+    /// jump past it. Moving by 0 returns `t` unchanged.
+    pub fn add_business_days(&self, t: i64, days: i64) -> Result<i64, TimeError> {
+        check(t)?;
+        if days == 0 {
+            return Ok(t);
+        }
+        let cal = self.version_at(t);
+        let utc = DateTime::from_timestamp_millis(t)
+            .expect("checked range")
+            .naive_utc();
+        let local = cal.zone.from_utc_datetime(&utc).naive_local();
+        let date = self.business_day_from(local.date(), days)?;
+        Ok(self.version_at(t).instant(date.and_time(local.time())))
+    }
+
+    /// The `n`th business day after `from` (before it when `n` is negative).
+    fn business_day_from(&self, from: NaiveDate, n: i64) -> Result<NaiveDate, TimeError> {
+        let step = Duration::days(n.signum());
+        let mut left = n.unsigned_abs();
+        let mut date = from;
+        for _ in 0..HORIZON_DAYS {
+            date += step;
+            if self.is_business_day(date) {
+                left -= 1;
+                if left == 0 {
+                    return Ok(date);
+                }
+            }
+        }
+        Err(TimeError::NoBusinessDay {
+            calendar: self.name.clone(),
+            days: n,
+            from,
+        })
     }
 
     /// Working time from `a` to `b`, in milliseconds; negative if `b` is before `a`.
@@ -156,6 +274,7 @@ impl Calendar {
         Days {
             cal: self,
             after: t,
+            last_end: i64::MIN,
             next_day: first,
             last_day: first + Duration::days(HORIZON_DAYS),
             pending: VecDeque::new(),
@@ -249,6 +368,8 @@ impl Iterator for Walk<'_> {
 struct Days<'a> {
     cal: &'a Calendar,
     after: i64,
+    /// The end of the last shift queued.
+    last_end: i64,
     next_day: NaiveDate,
     last_day: NaiveDate,
     pending: VecDeque<(i64, i64)>,
@@ -269,21 +390,21 @@ impl Iterator for Days<'_> {
             }
             let day = self.next_day;
             self.next_day = day + Duration::days(1);
-            if self.cal.is_holiday(day) {
-                continue;
-            }
             let midnight = day.and_time(NaiveTime::MIN);
-            let weekday = day.weekday().num_days_from_monday() as usize;
-            for shift in &self.cal.week[weekday] {
+            for shift in self.cal.shifts_on(day) {
                 let s = self
                     .cal
-                    .instant(midnight + Duration::minutes(i64::from(shift.start)));
+                    .instant(midnight + Duration::seconds(i64::from(shift.start)));
                 let e = self
                     .cal
-                    .instant(midnight + Duration::minutes(i64::from(shift.end)));
+                    .instant(midnight + Duration::seconds(i64::from(shift.end)));
+                // A date with its own hours may start inside the night shift of the day
+                // before: time is counted once.
+                let s = s.max(self.last_end);
                 // A shift entirely inside a skipped hour does not happen that day.
                 if e > s {
                     self.pending.push_back((s, e));
+                    self.last_end = e;
                 }
             }
         }
@@ -457,14 +578,134 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_opening_inside_a_dst_gap_starts_when_the_clocks_jump() {
+        // New York, 8 March 2026: 02:00 EST becomes 03:00 EDT, so there is no 02:30.
+        let c = cal("calendar: ny\ntimezone: America/New_York\nhours: { daily: 02:30-06:00 }\n");
+        let midnight = ms("2026-03-08T05:00:00Z");
+        assert_eq!(c.next_open(midnight).unwrap(), ms("2026-03-08T07:00:00Z"));
+        assert_eq!(c.between(midnight, midnight + DAY_MS).unwrap(), 3 * H);
+        // The day before, 02:30 EST exists: 3.5 hours.
+        assert_eq!(
+            c.between(midnight - DAY_MS, midnight).unwrap(),
+            3 * H + H / 2
+        );
+    }
+
+    #[test]
+    fn subtracting_finds_when_the_work_must_start() {
+        let c = london();
+        // Monday 09:00 BST minus 4h: Monday's first hour, then Friday 15:00-18:00 GMT.
+        assert_eq!(
+            c.sub(ms("2026-03-30T08:00:00Z"), 4 * H).unwrap(),
+            ms("2026-03-27T15:00:00Z")
+        );
+        // A start that uses a day from its opening is the opening, not the close before.
+        assert_eq!(
+            c.sub(ms("2026-03-27T18:00:00Z"), 10 * H).unwrap(),
+            ms("2026-03-27T08:00:00Z")
+        );
+        // Out of hours, counting back starts at the last close.
+        let sunday = ms("2026-03-29T12:00:00Z");
+        assert_eq!(c.sub(sunday, H).unwrap(), ms("2026-03-27T17:00:00Z"));
+        assert_eq!(c.sub(sunday, 0).unwrap(), sunday, "nothing: unchanged");
+        // Back over Easter Monday and Good Friday to Thursday 17:00 BST.
+        assert_eq!(
+            c.sub(ms("2026-04-07T08:00:00Z"), 2 * H).unwrap(),
+            ms("2026-04-02T16:00:00Z")
+        );
+        // Far back: the look-back widens until it holds enough working time.
+        let end = ms("2026-06-01T12:00:00Z");
+        let start = c.sub(end, 900 * H).unwrap();
+        assert_eq!(c.between(start, end).unwrap(), 900 * H);
+        assert_eq!(c.sub(end, -1), Err(TimeError::Negative(-1)));
+        let closed = Calendar::new("closed", chrono_tz::UTC, Default::default(), Vec::new());
+        assert!(matches!(
+            closed.sub(end, H),
+            Err(TimeError::NoWorkingTime { .. })
+        ));
+    }
+
+    #[test]
+    fn business_days_keep_the_wall_clock_time() {
+        let c = london();
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        // Friday 15:00 GMT plus one business day is Monday 15:00 BST, across the change.
+        assert_eq!(
+            c.add_business_days(ms("2026-03-27T15:00:00Z"), 1).unwrap(),
+            ms("2026-03-30T14:00:00Z")
+        );
+        // Counting starts after the start's own date, business day or not.
+        assert_eq!(
+            c.add_business_days(ms("2026-03-28T10:00:00Z"), 1).unwrap(),
+            ms("2026-03-30T09:00:00Z")
+        );
+        // Over Easter, and back.
+        let thursday = ms("2026-04-02T11:00:00Z");
+        let tuesday = ms("2026-04-07T11:00:00Z");
+        assert_eq!(c.add_business_days(thursday, 1).unwrap(), tuesday);
+        assert_eq!(c.add_business_days(tuesday, -1).unwrap(), thursday);
+        assert_eq!(c.add_business_days(tuesday, 0).unwrap(), tuesday);
+        assert!(c.is_business_day(day(2026, 4, 2)));
+        assert!(!c.is_business_day(day(2026, 4, 3)), "Good Friday");
+        assert!(!c.is_business_day(day(2026, 4, 4)), "a Saturday");
+        assert_eq!(
+            c.next_business_day(day(2026, 4, 2)).unwrap(),
+            day(2026, 4, 7)
+        );
+        // A wall-clock time the clocks skip becomes the jump.
+        let daily = cal("calendar: d\ntimezone: Europe/London\nhours: { daily: 00:00-24:00 }\n");
+        assert_eq!(
+            daily
+                .add_business_days(ms("2026-03-28T01:30:00Z"), 1)
+                .unwrap(),
+            ms("2026-03-29T01:00:00Z")
+        );
+        let closed = Calendar::new("closed", chrono_tz::UTC, Default::default(), Vec::new());
+        assert_eq!(
+            closed.add_business_days(0, 2).unwrap_err().to_string(),
+            "calendar `closed` has no 2 business days within eleven years of 1970-01-01"
+        );
+        assert!(c.add_business_days(0, i64::MIN).is_err(), "never a panic");
+    }
+
+    #[test]
+    fn dates_with_their_own_hours_and_times_with_seconds() {
+        let c = cal("calendar: s\ntimezone: Europe/London\nhours: { weekdays: 08:30:30-17:00 }\ndates:\n  12-24: 08:00-12:00\n  2026-12-31: [08:00-10:00, 11:00-12:00]\nholidays: [12-25]\n");
+        let day = |d: &str| {
+            let a = ms(&format!("{d}T00:00:00Z"));
+            c.between(a, a + DAY_MS).unwrap()
+        };
+        assert_eq!(day("2026-12-23"), 8 * H + 29 * 60_000 + 30_000);
+        assert_eq!(day("2026-12-24"), 4 * H, "Christmas Eve closes at noon");
+        assert_eq!(day("2026-12-25"), 0);
+        assert_eq!(day("2026-12-31"), 3 * H, "with a break");
+        assert!(!c.is_open(ms("2026-12-31T10:30:00Z")).unwrap());
+        assert_eq!(
+            c.next_open(ms("2026-12-23T08:30:00Z")).unwrap(),
+            ms("2026-12-23T08:30:30Z")
+        );
+        // 24 December 2022 was a Saturday: its own hours make it a business day.
+        assert!(c.is_business_day(NaiveDate::from_ymd_opt(2022, 12, 24).unwrap()));
+        assert_eq!(day("2022-12-24"), 4 * H);
+        // A date's hours that begin inside the night shift before count once.
+        let nights = cal("calendar: n\ntimezone: UTC\nhours: { daily: 20:00-08:00+1 }\ndates:\n  2026-06-02: 06:00-10:00\n");
+        assert_eq!(
+            nights
+                .between(ms("2026-06-01T20:00:00Z"), ms("2026-06-02T10:00:00Z"))
+                .unwrap(),
+            14 * H
+        );
+    }
+
     fn any_calendar() -> impl Strategy<Value = Calendar> {
-        let shift = (0u32..48, 1u32..48).prop_map(|(s, len)| (s * 30, len * 30));
+        let shift = (0u32..48, 1u32..48).prop_map(|(s, len)| (s * 1_800, len * 1_800));
         let day = proptest::collection::vec(shift, 0..3).prop_map(|shifts| {
             // Keep a day's shifts apart and inside the day so they never overlap.
             let mut out: Vec<Shift> = Vec::new();
             for (s, len) in shifts {
                 let start = out.last().map_or(s, |l| l.end.max(s));
-                let end = (start + len).min(super::super::DAY_MINUTES);
+                let end = (start + len).min(super::super::DAY_SECONDS);
                 if end > start {
                     out.push(Shift { start, end });
                 }
@@ -481,8 +722,8 @@ mod tests {
         (proptest::array::uniform7(day), zones).prop_map(|(mut week, zone)| {
             if week.iter().all(Vec::is_empty) {
                 week[2].push(Shift {
-                    start: 600,
-                    end: 720,
+                    start: 36_000,
+                    end: 43_200,
                 });
             }
             Calendar::new("p", zone, week, Vec::new())
@@ -565,6 +806,11 @@ mod tests {
         prop_assert!(open >= a && c.is_open(open).unwrap());
         prop_assert_eq!(c.is_open(a).unwrap(), open == a);
         prop_assert_eq!(c.between(a, open).unwrap(), 0);
+        // Counting back from the deadline finds when the work began.
+        let begun = c.sub(end, d).unwrap();
+        prop_assert!(begun >= a && begun <= end);
+        prop_assert_eq!(c.between(begun, end).unwrap(), d);
+        prop_assert_eq!(c.between(a, begun).unwrap(), 0);
         Ok(())
     }
 }
