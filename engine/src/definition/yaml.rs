@@ -288,13 +288,150 @@ pub fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Option
     match parse(text) {
         Ok(root) => Some(root),
         Err(e) => {
-            diags.push(
-                Diagnostic::error(file, e.span, format!("invalid YAML: {}", e.message))
-                    .with_hint("check indentation and that every `key:` is followed by a space"),
-            );
+            let (span, message, hint) = explain(text, e);
+            diags.push(Diagnostic::error(file, span, message).with_hint(hint));
             None
         }
     }
+}
+
+/// The parser's error in the words of someone who writes YAML by hand: where a common
+/// mistake is recognisable (a tab, a quote left open), say that, at the place to fix it.
+fn explain(text: &str, e: SyntaxError) -> (Span, String, String) {
+    let line = |n: u32| text.lines().nth(n.saturating_sub(1) as usize).unwrap_or("");
+    // A tab in the indentation of the line the parser stopped at, or next to it (the
+    // parser may stop at the `key:` before the tab, or on the line after it).
+    if e.message.contains("tab") {
+        for n in [e.span.line, e.span.line + 1, e.span.line.saturating_sub(1)] {
+            let indent: String = line(n).chars().take_while(|c| c.is_whitespace()).collect();
+            if let Some(i) = indent.find('\t') {
+                return (
+                    Span::new(n, i as u32 + 1),
+                    "a tab in the indentation: YAML indents with spaces only".into(),
+                    "use spaces instead of the tab (two per level, like the lines around it)"
+                        .into(),
+                );
+            }
+        }
+        return (
+            e.span,
+            "a tab where YAML needs spaces".into(),
+            "use spaces instead of the tab".into(),
+        );
+    }
+    if e.message.contains("quoted scalar") {
+        match open_quote(text, e.span) {
+            Some(Quote::Unclosed(at, q)) => {
+                return (
+                    at,
+                    "missing closing quote".into(),
+                    format!(
+                        "the text that starts with {q} here is not closed; add {q} at its end, or write the text without quotes"
+                    ),
+                );
+            }
+            Some(Quote::Unindented(at)) => {
+                return (
+                    at,
+                    "a quoted text goes on at the start of a line".into(),
+                    "indent the lines it goes on over more than the key it belongs to, or keep it on one line".into(),
+                );
+            }
+            None => {}
+        }
+    }
+    (
+        e.span,
+        format!("invalid YAML: {}", e.message),
+        "check indentation and that every `key:` is followed by a space".into(),
+    )
+}
+
+enum Quote {
+    /// The opening quote, which nothing closes.
+    Unclosed(Span, char),
+    /// The line, indented no more than the key, on which the text goes on and closes.
+    Unindented(Span),
+}
+
+/// The opening quote at or before `at`, and whether its text closes before the next line
+/// indented no more than the line it opens on (where a key or item begins again).
+fn open_quote(text: &str, at: Span) -> Option<Quote> {
+    let lines: Vec<&str> = text.lines().collect();
+    let n = at.line.checked_sub(1)? as usize;
+    // The parser points at the opening quote, or at the place it gave up further on: look
+    // for the last quote that opens a value on the lines up to there.
+    for (i, l) in lines.iter().enumerate().take(n + 1).rev() {
+        let Some((col, q)) = opening_quote(l) else {
+            continue;
+        };
+        let indent = l.len() - l.trim_start().len();
+        let rest = &l[col + 1..];
+        if closes(rest, q) {
+            return None;
+        }
+        for (j, next) in lines.iter().enumerate().skip(i + 1) {
+            let next_indent = next.len() - next.trim_start().len();
+            if !next.trim().is_empty() && next_indent <= indent {
+                // A line like `line"` goes on with the text; `key: "x"` is a new key.
+                let goes_on = closing(next, q).is_some_and(|at| !next[..at].contains(": "));
+                return Some(if goes_on {
+                    Quote::Unindented(Span::new(j as u32 + 1, 1))
+                } else {
+                    Quote::Unclosed(Span::new(i as u32 + 1, col as u32 + 1), q)
+                });
+            }
+            if closes(next, q) {
+                return None;
+            }
+        }
+        return Some(Quote::Unclosed(Span::new(i as u32 + 1, col as u32 + 1), q));
+    }
+    None
+}
+
+/// Where a quoted value begins on a line: after `key: `, `- `, `[`, `{` or `,`, or at the
+/// start of the line.
+fn opening_quote(line: &str) -> Option<(usize, char)> {
+    let bytes = line.as_bytes();
+    for (i, c) in line.char_indices() {
+        if c != '"' && c != '\'' {
+            continue;
+        }
+        let before = line[..i].trim_end();
+        let opens = before.is_empty()
+            || before.ends_with(':') && bytes.get(i.wrapping_sub(1)) == Some(&b' ')
+            || before.ends_with('-')
+            || before.ends_with('[')
+            || before.ends_with('{')
+            || before.ends_with(',');
+        if opens {
+            return Some((i, c));
+        }
+    }
+    None
+}
+
+/// Whether `s` holds the closing `q` of a quoted text.
+fn closes(s: &str, q: char) -> bool {
+    closing(s, q).is_some()
+}
+
+/// Where in `s` the closing `q` of a quoted text is (`\"` and `''` do not close).
+fn closing(s: &str, q: char) -> Option<usize> {
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if q == '"' && c == '\\' {
+            chars.next();
+        } else if c == q {
+            if q == '\'' && chars.peek().is_some_and(|(_, c)| *c == '\'') {
+                chars.next();
+                continue;
+            }
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// A mapping whose keys were checked against the allowed ones.
@@ -365,6 +502,54 @@ pub fn fields<'n>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn syntax_error(text: &str) -> String {
+        let mut diags = Vec::new();
+        assert!(parse_file("f.yaml", text, &mut diags).is_none(), "{text}");
+        diags[0].to_string()
+    }
+
+    #[test]
+    fn common_mistakes_are_named_where_they_are() {
+        let cases = [
+            (
+                "a: 1\nb: \"open\nc: 2\n",
+                "f.yaml:2:4: error: missing closing quote",
+            ),
+            (
+                "a: 1\nb: 'it''s open\nc: 2\n",
+                "f.yaml:2:4: error: missing closing quote",
+            ),
+            (
+                "a: { b: \"x }\n",
+                "f.yaml:1:9: error: missing closing quote",
+            ),
+            (
+                "a: \"open\nb: \"closed\"\n",
+                "f.yaml:1:4: error: missing closing quote",
+            ),
+            (
+                "a: \"two\nlines\"\nb: 1\n",
+                "f.yaml:2:1: error: a quoted text goes on at the start of a line",
+            ),
+            (
+                "steps:\n\t- id: a\n",
+                "f.yaml:2:1: error: a tab in the indentation: YAML indents with spaces only",
+            ),
+            (
+                "a:\n  b: 1\n  \tc: 2\n",
+                "f.yaml:3:3: error: a tab in the indentation: YAML indents with spaces only",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = syntax_error(text);
+            assert!(got.starts_with(want), "{text:?}\n got: {got}\nwant: {want}");
+        }
+        // Quoted text over several properly indented lines is fine.
+        assert!(parse("a: \"two\n  lines\"\nb: 1\n").is_ok());
+        // Anything else keeps the parser's words.
+        assert!(syntax_error("a: [1, 2\n").contains("invalid YAML"));
+    }
 
     #[test]
     fn positions_are_one_based() {
