@@ -330,3 +330,35 @@ fn a_holiday_added_for_today_keeps_the_sla_time_already_used() {
         assert!(used_b < used_a + 10_000, "{used_b}");
     }
 }
+
+/// Issue 12: a saved change that keeps `version:` is installed (running instances keep
+/// their source either way) but warned about, at the version line, until it is raised.
+#[test]
+fn a_change_without_a_new_version_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf_dir = dir.path().join("workflows");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let file = wf_dir.join("greeter.yaml");
+    std::fs::write(&file, workflow(1)).unwrap();
+    let d = spawn(dir.path());
+    let first = workflows(&d)["workflows"][0].clone();
+    assert_eq!(first["warning"], Value::Null, "{first}");
+
+    std::fs::write(&file, workflow(1).replace("Waits for a go", "Waits for go")).unwrap();
+    eventually("the changed source is live", || {
+        workflows(&d)["workflows"][0]["hash"] != first["hash"]
+    });
+    let changed = workflows(&d)["workflows"][0].clone();
+    let warning = changed["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.ends_with("greeter.yaml:2:10: warning: workflow `greeter` changed but its version is still 1\n  hint: raise `version:` with every change, so instances, reports and logs can tell the two apart (instances already running keep the source they started with)"),
+        "{changed}"
+    );
+
+    std::fs::write(&file, workflow(2)).unwrap();
+    eventually("version 2 is live", || {
+        workflows(&d)["workflows"][0]["version"] == 2
+    });
+    assert_eq!(workflows(&d)["workflows"][0]["warning"], Value::Null);
+}

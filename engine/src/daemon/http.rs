@@ -575,6 +575,7 @@ async fn list_workflows(State(api): State<Api>) -> Json<Value> {
                 "file": w.file,
                 "description": w.description,
                 "loaded_at": reg.loaded_at(&w.hash).map(crate::compile::rules::format_ms),
+                "warning": reg.warning(&w.hash),
             })
         })
         .collect();

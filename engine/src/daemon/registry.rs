@@ -18,6 +18,8 @@ pub struct Registry {
     pub problems: RwLock<BTreeMap<String, Vec<Diagnostic>>>,
     /// When each version (by hash) was installed in this process.
     loaded_at: RwLock<HashMap<String, crate::runtime::Millis>>,
+    /// Warnings about a version (by hash), e.g. its source changed but `version:` did not.
+    warnings: RwLock<HashMap<String, String>>,
 }
 
 /// Workflow files in a directory (`*.yaml`/`*.yml`, not test files), sorted for determinism,
@@ -141,6 +143,22 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hash.to_string(), at);
+    }
+
+    /// Remembers a warning about the version with `hash`, for `GET /v1/workflows`.
+    pub fn warn(&self, hash: &str, warning: String) {
+        self.warnings
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_string(), warning);
+    }
+
+    pub fn warning(&self, hash: &str) -> Option<String> {
+        self.warnings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
     }
 
     /// When the version with `hash` was installed in this process, if it was.

@@ -38,6 +38,27 @@ pub struct ReloadReport {
     pub rejected: Vec<String>,
     /// `name version` of calendars that got a new version (in effect from this reload).
     pub calendars: Vec<String>,
+    /// Installed, with something to fix (e.g. a changed source under the same version).
+    pub warnings: Vec<String>,
+}
+
+/// The warning for a workflow whose source changed while its `version:` stayed.
+fn same_version(wf: &crate::compile::CompiledWorkflow) -> Diagnostic {
+    let span = crate::definition::read(&wf.file, &wf.source)
+        .0
+        .map(|d| d.version.span)
+        .unwrap_or_default();
+    Diagnostic::warning(
+        &wf.file,
+        span,
+        format!(
+            "workflow `{}` changed but its version is still {}",
+            wf.name, wf.version
+        ),
+    )
+    .with_hint(
+        "raise `version:` with every change, so instances, reports and logs can tell the two apart (instances already running keep the source they started with)",
+    )
 }
 
 /// Counters for `/metrics`.
@@ -108,12 +129,15 @@ impl Reloader {
         let mut defined = BTreeSet::new();
         for wf in workflows {
             defined.insert(wf.name.clone());
-            let unchanged = inner
-                .registry
-                .latest(&wf.name)
-                .is_some_and(|current| current.hash == wf.hash);
-            if unchanged {
+            let current = inner.registry.latest(&wf.name);
+            if current.as_ref().is_some_and(|c| c.hash == wf.hash) {
                 continue;
+            }
+            if current.is_some_and(|c| c.version == wf.version) {
+                let d = same_version(&wf);
+                tracing::warn!(target: "casework::load", "{d}");
+                inner.registry.warn(&wf.hash, d.to_string());
+                report.warnings.push(d.to_string());
             }
             let label = format!("{} v{}", wf.name, wf.version);
             match self.driver.install(wf) {
