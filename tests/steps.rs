@@ -537,3 +537,68 @@ steps:
         r.called()
     );
 }
+
+#[tokio::test]
+async fn decide_picks_a_row_and_the_journal_says_which() {
+    let r = setup(&[r#"
+workflow: w
+version: 1
+input: { amount: number, plan: string }
+steps:
+  - id: tier
+    decide:
+      inputs:
+        amount: { type: integer, value: input.amount }
+        plan: { type: string, value: input.plan }
+      outputs: [tier, approvers]
+      hit: unique
+      rows:
+        - { amount: "< 5000", tier: agent, approvers: 0 }
+        - { amount: "5000..50000", tier: lead, approvers: 1 }
+        - { amount: ">= 50000", plan: enterprise, tier: finance, approvers: 2 }
+        - { amount: ">= 50000", plan: "not enterprise", tier: director, approvers: 2 }
+    next: done
+  - id: done
+    complete: { output: { tier: "${vars.tier}", approvers: "${vars.approvers}" } }
+"#]);
+    let reason_of = |id: &str| {
+        r.driver
+            .inner()
+            .store
+            .journal(id)
+            .unwrap()
+            .into_iter()
+            .find_map(|rec| match rec {
+                casework::runtime::Record::StepCompleted { step, reason, .. } if step == "tier" => {
+                    reason
+                }
+                _ => None,
+            })
+    };
+    let id = r.start("w", json!({"amount": 7_500, "plan": "free"})).await;
+    let inst = r.settle(&id).await;
+    assert_eq!(
+        inst.output(),
+        Some(&json!({"tier": "lead", "approvers": 1}))
+    );
+    assert_eq!(reason_of(&id).as_deref(), Some("row 2 matched"));
+    let id = r
+        .start("w", json!({"amount": 90_000, "plan": "team"}))
+        .await;
+    let inst = r.settle(&id).await;
+    assert_eq!(
+        inst.output(),
+        Some(&json!({"tier": "director", "approvers": 2}))
+    );
+    assert_eq!(reason_of(&id).as_deref(), Some("row 4 matched"));
+    // A decimal amount is a clear failure of the step, not a wrong tier.
+    let id = r.start("w", json!({"amount": 49.99, "plan": "free"})).await;
+    let inst = r.settle(&id).await;
+    assert_eq!(inst.status(), Status::Failed);
+    let failed = serde_json::to_string(&r.driver.inner().store.journal(&id).unwrap()).unwrap();
+    assert!(
+        failed.contains("table_input")
+            && failed.contains("column `amount` takes whole numbers, but its value is 49.99"),
+        "{failed}"
+    );
+}

@@ -35,6 +35,20 @@ fn label(s: &StepDef) -> String {
                 .join(" / ")
         ),
         StepKind::Subworkflow { workflow, .. } => format!("subworkflow {}", workflow.value),
+        StepKind::Decide(t) => {
+            let names = |v: Vec<&str>| v.join(", ");
+            format!(
+                "decide {} by {}<br/>{} rows, {}",
+                names(t.outputs.iter().map(|o| o.value.as_str()).collect()),
+                names(t.inputs.iter().map(|c| c.name.value.as_str()).collect()),
+                t.rows.len(),
+                match t.hit {
+                    crate::definition::HitPolicy::First => "first match",
+                    crate::definition::HitPolicy::Unique => "one match",
+                    crate::definition::HitPolicy::Collect => "every match",
+                }
+            )
+        }
         k => k.keyword().to_string(),
     };
     format!("{}<br/><small>{}</small>", s.id.value, what)

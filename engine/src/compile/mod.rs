@@ -6,6 +6,7 @@
 pub mod helpers;
 pub mod rule_output;
 pub mod rules;
+pub mod table;
 pub mod template;
 
 use crate::definition::{
@@ -105,6 +106,11 @@ pub struct Step {
 #[derive(Debug)]
 pub enum Kind {
     Rule(AST),
+    /// A decision table: each input column's expression, then the checked rows.
+    Decide {
+        columns: Vec<AST>,
+        rows: table::Rows,
+    },
     Switch {
         cases: Vec<(AST, usize)>,
         default: Option<usize>,
@@ -406,6 +412,21 @@ impl Compiler<'_> {
                 workflow: workflow.value.clone(),
                 with: with.as_ref().map(|t| self.template(&t.node)),
             },
+            StepKind::Decide(def) => {
+                let columns = def
+                    .inputs
+                    .iter()
+                    .map(|c| self.script(&c.value, true))
+                    .collect();
+                match table::read(def, &self.def.file, &mut self.diags) {
+                    Some(rows) => Kind::Decide { columns, rows },
+                    // Reported; the workflow is not installed.
+                    None => Kind::Fail {
+                        code: "invalid_table".into(),
+                        message: Template::Literal(serde_json::Value::Null),
+                    },
+                }
+            }
             StepKind::Complete { output } => {
                 Kind::Complete(output.as_ref().map(|t| self.template(&t.node)))
             }

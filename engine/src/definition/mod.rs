@@ -216,6 +216,8 @@ pub enum StepKind {
         workflow: Spanned<String>,
         with: Option<Template>,
     },
+    /// A decision table: support ops change a policy by editing rows, not Rhai.
+    Decide(TableDef),
     Complete {
         output: Option<Template>,
     },
@@ -238,14 +240,16 @@ impl StepKind {
             StepKind::Foreach { .. } => "foreach",
             StepKind::Set { .. } => "set",
             StepKind::Subworkflow { .. } => "subworkflow",
+            StepKind::Decide(_) => "decide",
             StepKind::Complete { .. } => "complete",
             StepKind::Fail { .. } => "fail",
         }
     }
 
-    pub const KEYWORDS: [&'static str; 11] = [
+    pub const KEYWORDS: [&'static str; 12] = [
         "rule",
         "switch",
+        "decide",
         "call",
         "wait",
         "sleep",
@@ -332,4 +336,75 @@ impl WorkflowDef {
         walk(&self.compensations, &mut out);
         out
     }
+}
+
+/// A `decide:` table as written: each input column's type and expression, the output
+/// columns, how matching rows are used, and the rows with their cells left as YAML (the
+/// compiler reads each cell against its column's type, so a mistake is reported there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableDef {
+    pub span: Span,
+    pub inputs: Vec<ColumnDef>,
+    pub outputs: Vec<Spanned<String>>,
+    pub hit: HitPolicy,
+    pub rows: Vec<RowDef>,
+    /// Where `rows:` is, for problems of the table as a whole (a gap in a `unique` table).
+    pub rows_span: Span,
+    /// The outputs when no row matches (not with `hit: collect`).
+    pub default: Option<RowDef>,
+}
+
+/// An input column: `amount: { type: integer, value: input.amount_minor }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnDef {
+    pub name: Spanned<String>,
+    pub ty: ColumnType,
+    pub value: Script,
+}
+
+/// What an input column holds. Money is `integer` minor units, never a decimal number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Integer,
+    String,
+    Boolean,
+}
+
+impl ColumnType {
+    pub const NAMES: [&'static str; 3] = ["integer", "string", "boolean"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "integer" => ColumnType::Integer,
+            "string" => ColumnType::String,
+            "boolean" => ColumnType::Boolean,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// Which matching rows count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HitPolicy {
+    /// The first row that matches, top to bottom.
+    First,
+    /// Exactly one row matches any input; checked when the file loads.
+    Unique,
+    /// Every row that matches: each output becomes a list.
+    Collect,
+}
+
+impl HitPolicy {
+    pub const NAMES: [&'static str; 3] = ["first", "unique", "collect"];
+}
+
+/// One row: cells by column name, as written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowDef {
+    pub span: Span,
+    pub cells: Vec<(Spanned<String>, yaml::Node)>,
 }

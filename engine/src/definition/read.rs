@@ -686,12 +686,152 @@ impl Reader<'_> {
         })
     }
 
+    /// A `decide:` table; its cells are read by the compiler, against their column types.
+    fn table(&mut self, body: &Node, label: &str) -> Option<TableDef> {
+        let tf = self.fields(
+            body,
+            &format!("`decide` of {label}"),
+            &["inputs", "outputs", "hit", "rows", "default"],
+        )?;
+        let mut inputs = Vec::new();
+        match tf.get("inputs") {
+            Some(n) => {
+                let Some(entries) = n.as_map() else {
+                    self.hint(
+                        n.span,
+                        "`inputs` must map column names to `{ type, value }`",
+                        "for example `inputs: { amount: { type: integer, value: input.amount_minor } }`",
+                    );
+                    return None;
+                };
+                for (key, col) in entries {
+                    let name = self.name(&Node { span: key.span, value: Value::Str(key.name.clone(), BlockStart::Inline) }, "a column name")?;
+                    let cf = self.fields(col, &format!("column `{}`", key.name), &["type", "value"])?;
+                    let ty = match cf.get("type") {
+                        Some(t) => match t.as_str().and_then(ColumnType::parse) {
+                            Some(ty) => ty,
+                            None => {
+                                self.hint(
+                                    t.span,
+                                    format!("column `{}` has an unknown type", key.name),
+                                    format!("use one of: {} (money is integer minor units, e.g. 4999 for 49.99)", ColumnType::NAMES.join(", ")),
+                                );
+                                continue;
+                            }
+                        },
+                        None => {
+                            self.hint(col.span, format!("column `{}` has no `type`", key.name), format!("add `type:` with one of: {}", ColumnType::NAMES.join(", ")));
+                            continue;
+                        }
+                    };
+                    let value = match cf.get("value") {
+                        Some(v) => self.script(v, "`value`"),
+                        None => {
+                            self.hint(col.span, format!("column `{}` has no `value`", key.name), "add `value: <expression>`, e.g. `value: input.amount_minor`");
+                            None
+                        }
+                    };
+                    if let Some(value) = value {
+                        inputs.push(ColumnDef { name, ty, value });
+                    }
+                }
+            }
+            None => self.hint(body.span, "`decide` has no `inputs`", "name the columns the rows test, e.g. `inputs: { amount: { type: integer, value: input.amount_minor } }`"),
+        }
+        let outputs: Vec<Spanned<String>> = match tf.get("outputs") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => items
+                .iter()
+                .filter_map(|n| self.name(n, "an output column"))
+                .collect(),
+            Some(n) => self.name(n, "an output column").into_iter().collect(),
+            None => {
+                self.hint(
+                    body.span,
+                    "`decide` has no `outputs`",
+                    "list the variables the table sets, e.g. `outputs: [tier, reason]`",
+                );
+                Vec::new()
+            }
+        };
+        let hit = match tf.get("hit") {
+            None => HitPolicy::First,
+            Some(h) => match h.as_str() {
+                Some("first") => HitPolicy::First,
+                Some("unique") => HitPolicy::Unique,
+                Some("collect") => HitPolicy::Collect,
+                _ => {
+                    self.hint(h.span, "unknown `hit` policy", "use `first` (the first row that matches, the default), `unique` (exactly one row matches any input, checked at load) or `collect` (every row that matches)");
+                    return None;
+                }
+            },
+        };
+        let row = |r: &mut Self, n: &Node, what: &str| -> Option<RowDef> {
+            let Some(entries) = n.as_map() else {
+                r.hint(
+                    n.span,
+                    format!("{what} must be a mapping of column: value"),
+                    "for example `- { amount: \"< 5000\", tier: agent }`",
+                );
+                return None;
+            };
+            Some(RowDef {
+                span: n.span,
+                cells: entries
+                    .iter()
+                    .map(|(k, v)| (Spanned::new(k.name.clone(), k.span), v.clone()))
+                    .collect(),
+            })
+        };
+        let (rows, rows_span) = match tf.get("rows") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => (
+                items.iter().filter_map(|n| row(self, n, "a row")).collect(),
+                tf.key_span("rows"),
+            ),
+            Some(n) => {
+                self.hint(
+                    n.span,
+                    "`rows` must be a list",
+                    "write one `- { column: condition, ..., output: value }` per row",
+                );
+                return None;
+            }
+            None => {
+                self.hint(
+                    body.span,
+                    "`decide` has no `rows`",
+                    "add `rows:` with one `- { column: condition, ..., output: value }` per row",
+                );
+                return None;
+            }
+        };
+        let default = tf.get("default").and_then(|n| row(self, n, "`default`"));
+        if inputs.is_empty() || outputs.is_empty() {
+            return None;
+        }
+        Some(TableDef {
+            span: body.span,
+            inputs,
+            outputs,
+            hit,
+            rows,
+            rows_span,
+            default,
+        })
+    }
+
     fn step_kind(&mut self, f: &Fields<'_>, kind: &str, label: &str) -> Option<StepKind> {
         let body = f.get(kind).expect("kind key present");
         match kind {
             "rule" => Some(StepKind::Rule {
                 script: self.script(body, "`rule`")?,
             }),
+            "decide" => self.table(body, label).map(StepKind::Decide),
             "switch" => {
                 let Value::Seq(items) = &body.value else {
                     self.hint(

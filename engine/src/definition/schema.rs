@@ -41,6 +41,15 @@ fn kind_schema(kind: &str) -> Value {
             "steps": {"$ref": "#/$defs/steps"}}}),
         "set" => json!({"type": "object", "description": "variable: value (strings may contain ${ expression })"}),
         "subworkflow" => name(),
+        "decide" => json!({"type": "object", "additionalProperties": false, "required": ["inputs", "outputs", "rows"], "properties": {
+            "inputs": {"type": "object", "description": "input columns: name: { type, value }", "additionalProperties": {
+                "type": "object", "additionalProperties": false, "required": ["type", "value"], "properties": {
+                    "type": {"enum": crate::definition::ColumnType::NAMES, "description": "money is integer minor units"},
+                    "value": expr("expression giving the column's value, e.g. input.amount_minor")}}},
+            "outputs": {"oneOf": [name(), {"type": "array", "items": name()}], "description": "the variables the table sets"},
+            "hit": {"enum": crate::definition::HitPolicy::NAMES, "description": "first (default): the first row that matches; unique: exactly one row matches any input, checked at load; collect: every row that matches, each output a list"},
+            "rows": {"type": "array", "items": {"type": "object", "description": "column: condition (\"*\", 5000, \"< 5000\", \"5000..50000\", [a, b], \"not a\") and output: value"}},
+            "default": {"type": "object", "description": "the outputs when no row matches"}}}),
         "complete" => json!({"type": ["object", "null"], "additionalProperties": false, "properties": {"output": {}}}),
         "fail" => json!({"type": "object", "additionalProperties": false, "required": ["message"], "properties": {"code": name(), "message": {}}}),
         _ => json!({}),

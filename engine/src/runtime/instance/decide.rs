@@ -241,6 +241,34 @@ impl Instance {
                     }
                 }
             }
+            Kind::Decide { columns, rows } => {
+                let mut values = Vec::with_capacity(columns.len());
+                for ast in columns {
+                    values.push(rules.eval(ast, &b).map_err(rule_err)?.0);
+                }
+                let decision = rows
+                    .decide(&values)
+                    .map_err(|(code, m)| StepError::new(code, m))?;
+                let mut vars = self.vars.clone();
+                for (name, value) in decision.outputs {
+                    vars.insert(name, value);
+                }
+                let reason = match decision.rows.as_slice() {
+                    [] if rows.hit == crate::definition::HitPolicy::Collect => {
+                        "no row matched".to_string()
+                    }
+                    [] => "no row matched: default".to_string(),
+                    [r] => format!("row {r} matched"),
+                    many => format!(
+                        "rows {} matched",
+                        many.iter()
+                            .map(usize::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                done(Some(vars), None, next_id(step.next.first()), Some(reason))
+            }
             Kind::Set(entries) => {
                 let mut vars = self.vars.clone();
                 for (k, t) in entries {
