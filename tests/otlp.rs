@@ -217,10 +217,11 @@ fn a_refund_is_one_trace_from_the_request_to_the_provider_and_an_approval_contin
     let (status, answer) = request(
         "POST",
         &format!("{base}/v1/events"),
-        Some(&json!({
-            "type": "refund.approved", "key": "ord-otlp-2",
-            "data": {"by": "lead-1"}, "id": "approval-otlp-2"
-        })),
+        Some(&{
+            let mut approval = refunds::approval("ord-otlp-2", 45_000);
+            approval["id"] = json!("approval-otlp-2");
+            approval
+        }),
         &[(
             "traceparent",
             &format!("00-{approval_trace}-{}-01", random_hex(8)),

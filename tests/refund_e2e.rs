@@ -107,7 +107,7 @@ fn refunds_are_paid_exactly_once_across_sigkill_and_approvals_wake_only_their_re
     let woke = post(
         &daemon.addr,
         "/v1/events",
-        json!({"type": "refund.approved", "key": "ord-big", "data": {"by": "lead-1"}}),
+        refunds::approval("ord-big", 45000),
     );
     assert_eq!(woke["woken"], json!([big_id]), "{woke}");
     ids.push(big_id);

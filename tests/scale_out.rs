@@ -260,10 +260,8 @@ fn three_daemons_on_postgres_pay_every_refund_once_through_twenty_sigkills() {
             if status(&id_of(n)) != "parked" {
                 continue;
             }
-            let event = json!({
-                "type": "refund.approved", "key": format!("ord-{n}"),
-                "data": {"by": "lead-1"}, "id": format!("approval-{n}")
-            });
+            let mut event = refunds::approval(&format!("ord-{n}"), 45_000);
+            event["id"] = json!(format!("approval-{n}"));
             let answer = post_any(&ports, n, "/v1/events", &event, None);
             sent.insert(n);
             if answer["woken"] == json!([id_of(n)]) {
@@ -415,7 +413,11 @@ fn a_daemon_without_the_payments_plugin_leaves_refunds_to_one_that_has_it() {
             &[b.port],
             0,
             "/v1/events",
-            &json!({"type": "refund.approved", "key": o, "data": {"by": "lead-1"}, "id": format!("approval-{o}")}),
+            &{
+                let mut event = refunds::approval(o, 45_000);
+                event["id"] = json!(format!("approval-{o}"));
+                event
+            },
             None,
         );
         assert_eq!(

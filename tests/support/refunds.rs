@@ -178,6 +178,15 @@ pub fn command(dir: &Path, port: u16) -> std::process::Command {
     c
 }
 
+/// A lead's approval of the refund `refund_input(order, amount)` asks for, naming what it
+/// approves as the shipped workflow requires (the amount, currency and policy version).
+pub fn approval(order: &str, amount: u64) -> Value {
+    json!({
+        "type": "refund.approved", "key": order,
+        "data": {"by": "lead-1", "amount_minor": amount, "currency": "USD", "policy_version": "refund-policy-v3"}
+    })
+}
+
 /// A refund request for `order`; amounts above the agent limit wait for an approval.
 pub fn refund_input(order: &str, amount: u64) -> Value {
     json!({
