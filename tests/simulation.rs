@@ -1839,3 +1839,104 @@ fn a_second_start_of_the_same_instance_changes_nothing() {
         assert_eq!(store.journal("x").unwrap(), before);
     });
 }
+
+const CLOCKED: &str = r#"workflow: clocked
+version: 1
+input:
+  key: { type: string, required: true }
+steps:
+  - id: start
+    rule: vars.sla = sla_start("desk", now, "40h")
+    next: hold
+  - id: hold
+    wait: { event: go, key: input.key }
+    next: done
+  - id: done
+    complete: { output: { used_ms: "${sla_used(vars.sla, now)}" } }
+"#;
+
+/// A calendar edit (today made a holiday, three hours into an SLA clock) whose recording
+/// in the store is torn at every write: whether the new version survived or is recorded
+/// again by the next start, the clock keeps the three hours it used before the edit and
+/// counts nothing after it. Counting the whole day on the edited calendar, as before
+/// calendar versions, would give 0.
+#[test]
+fn a_calendar_edit_torn_at_any_write_keeps_the_time_already_used() {
+    use casework::daemon::reload::Reloader;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("calendars")).unwrap();
+    std::fs::write(dir.path().join("clocked.yaml"), CLOCKED).unwrap();
+    let calendar = dir.path().join("calendars/desk.yaml");
+    let always = "calendar: desk\ntimezone: UTC\nhours: always\n";
+    // T0 is 2026-01-01T00:00Z: the edit closes that day.
+    let holiday = format!("{always}holidays: [2026-01-01]\n");
+    const H: i64 = 3_600_000;
+    let loaded = |d: &Driver| {
+        let report = Reloader::new(d.clone(), dir.path().to_path_buf(), None).reload_workflows();
+        assert!(report.rejected.is_empty(), "{report:?}");
+    };
+    let tear = |keep: Option<usize>| {
+        std::fs::write(&calendar, always).unwrap();
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            loaded(&d);
+            let id = d
+                .start("clocked", json!({"key": "k"}), None)
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            store.flush().unwrap();
+            clock.advance_to(T0 + 3 * H);
+            store.hold_flushes(true);
+            std::fs::write(&calendar, &holiday).unwrap();
+            loaded(&d);
+            (id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(writes > 0, "the edit is recorded in the store");
+    for keep in 0..=writes {
+        let (store, clock, id, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            loaded(&d);
+            d.resume_all().unwrap();
+            clock.advance_to(T0 + 5 * H);
+            d.deliver(Event {
+                event_type: "go".into(),
+                key: "k".into(),
+                data: json!({}),
+                id: None,
+            })
+            .await
+            .unwrap();
+            d.wait_idle().await;
+            let out = d.snapshot(&id).and_then(|i| i.output().cloned());
+            let used = out.as_ref().map(|o| o["used_ms"].to_string());
+            assert_eq!(
+                used.as_deref().map(|u| u.trim_matches('"').to_string()),
+                Some((3 * H).to_string()),
+                "keep {keep} of {writes}: {out:?}"
+            );
+        });
+        rt.shutdown_background();
+    }
+}
