@@ -307,6 +307,37 @@ fn a_holiday_added_for_today_keeps_the_sla_time_already_used() {
     assert_eq!(workflows(&d)["calendars"][0], listed);
     std::thread::sleep(Duration::from_millis(500));
 
+    // A broken save is rejected with its position and the version before it stays.
+    let good = std::fs::read_to_string(&calendar).unwrap();
+    std::fs::write(
+        &calendar,
+        "calendar: desk\ntimezone: Europe/Londn\nhours: always\n",
+    )
+    .unwrap();
+    eventually("the broken calendar is reported", || {
+        workflows(&d)["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    });
+    let after = workflows(&d);
+    assert!(
+        after["failed"][0]["errors"]
+            .to_string()
+            .contains("desk.yaml:2:11: error: unknown time zone `Europe/Londn`"),
+        "{after}"
+    );
+    assert_eq!(
+        after["calendars"][0], listed,
+        "the previous version stays in effect"
+    );
+    std::fs::write(&calendar, good).unwrap();
+    eventually("the calendar loads again", || {
+        workflows(&d)["failed"]
+            .as_array()
+            .is_some_and(|f| f.is_empty())
+    });
+    assert_eq!(workflows(&d)["calendars"][0], listed);
+
     // A clock started after the edit counts nothing today.
     let (_, b) = call(
         "POST",

@@ -1940,3 +1940,52 @@ fn a_calendar_edit_torn_at_any_write_keeps_the_time_already_used() {
         rt.shutdown_background();
     }
 }
+
+/// A calendar edit the store cannot record is not used: the version before it stays in
+/// effect (counting on an unrecorded version would recount running clocks' past after a
+/// restart), and the reload reports the file.
+#[test]
+fn a_calendar_version_the_store_cannot_record_is_not_used() {
+    use casework::daemon::reload::Reloader;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("calendars")).unwrap();
+    std::fs::write(dir.path().join("clocked.yaml"), CLOCKED).unwrap();
+    let calendar = dir.path().join("calendars/desk.yaml");
+    std::fs::write(&calendar, "calendar: desk\ntimezone: UTC\nhours: always\n").unwrap();
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let d = Driver::new(Arc::new(store.clone()), Arc::new(AlwaysOk), clock, None);
+    let reloader = Reloader::new(d.clone(), dir.path().to_path_buf(), None);
+    assert!(reloader.reload_workflows().rejected.is_empty());
+    let first = d
+        .inner()
+        .rules
+        .calendars()
+        .get("desk")
+        .unwrap()
+        .version
+        .clone();
+    // The store stops working (as after a crash), then the calendar is edited.
+    let _survivor = store.crash(0);
+    std::fs::write(
+        &calendar,
+        "calendar: desk\ntimezone: UTC\nhours: always\nholidays: [2026-01-01]\n",
+    )
+    .unwrap();
+    let report = reloader.reload_workflows();
+    assert!(
+        report.rejected.iter().any(|r| r.contains("desk.yaml")),
+        "{report:?}"
+    );
+    let now = d
+        .inner()
+        .rules
+        .calendars()
+        .get("desk")
+        .unwrap()
+        .version
+        .clone();
+    assert_eq!(now, first, "the unrecorded version is not in effect");
+}

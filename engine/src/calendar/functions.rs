@@ -77,7 +77,7 @@ fn register_shift(
 /// An instant as RFC 3339 text or epoch ms, or a date `YYYY-MM-DD`, as a local date.
 fn date_of(cal: &Calendar, t: &str) -> Res<chrono::NaiveDate> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return Ok(d);
+        return super::time::check_date(d).or_else(fail);
     }
     match chrono::DateTime::parse_from_rfc3339(t) {
         Ok(i) => cal.date_of(i.timestamp_millis()).or_else(fail),
@@ -120,6 +120,26 @@ pub fn register(engine: &mut Engine, calendars: SharedCalendars) {
             with(&c, cal, |k| {
                 let next = k.next_business_day(date_of(k, t)?).or_else(fail)?;
                 Ok::<_, Box<EvalAltResult>>(next.to_string())
+            })
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "next_business_day",
+        move |cal: &str, t: INT| -> Res<String> {
+            with(&c, cal, |k| {
+                let next = k.next_business_day(k.date_of(t)?)?;
+                Ok::<_, super::TimeError>(next.to_string())
+            })
+        },
+    );
+    let c = calendars.clone();
+    engine.register_fn(
+        "days_to_next_business_day",
+        move |cal: &str, t: INT| -> Res<INT> {
+            with(&c, cal, |k| {
+                let from = k.date_of(t)?;
+                Ok::<_, super::TimeError>((k.next_business_day(from)? - from).num_days())
             })
         },
     );
@@ -354,6 +374,20 @@ mod tests {
             .eval::<rhai::Dynamic>(r#"is_business_day("support-hours", "Friday")"#)
             .unwrap_err();
         assert!(err.to_string().contains("`Friday` is not a time"), "{err}");
+        // Dates chrono can write but the calendar cannot count: an error, never a panic.
+        for far in ["+262142-12-31", "-262143-01-01", "+10000-01-01"] {
+            let err = e
+                .eval::<rhai::Dynamic>(&format!(r#"next_business_day("support-hours", "{far}")"#))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("between the years 1 and 9999"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            eval(r#"next_business_day("support-hours", 1774627200000)"#),
+            "2026-03-30"
+        );
     }
 
     #[test]

@@ -228,6 +228,17 @@ impl Calendars {
         self.by_name.values()
     }
 
+    /// Calendar files that did not load.
+    pub fn failed_files(&self) -> &[String] {
+        &self.failed_files
+    }
+
+    /// Adds `cal` unless a calendar of its name is loaded (e.g. the previous version of a
+    /// file that no longer loads).
+    pub fn keep(&mut self, cal: Arc<Calendar>) {
+        self.by_name.entry(cal.name.clone()).or_insert(cal);
+    }
+
     /// The same calendars with each one replaced by `f`'s answer (which keeps its name).
     pub fn map(self, mut f: impl FnMut(Arc<Calendar>) -> Arc<Calendar>) -> Self {
         Calendars {

@@ -405,7 +405,16 @@ impl Reader<'_> {
                 self.err(key.span, format!("`{}` is not a date", key.name), DATE_HINT);
                 continue;
             };
-            if holidays.iter().any(|h| h.date == date) {
+            // Closed by a holiday every time it comes round: its hours could never apply.
+            let closed = holidays.iter().any(|h| match (h.date, date) {
+                (a, b) if a == b => true,
+                (HolidayDate::Yearly { month, day }, HolidayDate::On(d)) => {
+                    use chrono::Datelike;
+                    d.month() == month && d.day() == day
+                }
+                _ => false,
+            });
+            if closed {
                 self.err(
                     key.span,
                     format!("`{}` is a holiday and also has hours of its own", key.name),
@@ -679,6 +688,25 @@ mod tests {
         for (got, want) in e.iter().zip(expect) {
             assert!(got.starts_with(want), "{got}\n  wanted {want}");
         }
+        let e = errors("calendar: c\ntimezone: UTC\nhours: { weekdays: 08:00-17:00 }\ndates:\n  2027-12-25: 08:00-12:00\nholidays: [12-25]\n");
+        assert!(
+            e[0].starts_with(
+                "c.yaml:5:3: error: `2027-12-25` is a holiday and also has hours of its own"
+            ),
+            "{e:?}"
+        );
+        // A holiday on one date wins over a yearly entry that year.
+        let (cal, diags) = read("c.yaml", "calendar: c\ntimezone: UTC\nhours: { weekdays: 08:00-17:00 }\ndates:\n  12-24: 08:00-12:00\nholidays: [2026-12-24]\n");
+        assert!(diags.is_empty(), "{diags:?}");
+        let cal = cal.unwrap();
+        assert!(cal
+            .shifts_on(NaiveDate::from_ymd_opt(2026, 12, 24).unwrap())
+            .is_empty());
+        assert_eq!(
+            cal.shifts_on(NaiveDate::from_ymd_opt(2027, 12, 24).unwrap())
+                .len(),
+            1
+        );
         assert_eq!(parse_clock("08:30:30"), Some(8 * 3_600 + 30 * 60 + 30));
         assert_eq!(parse_clock("24:00"), Some(DAY_SECONDS));
         assert_eq!(parse_clock("24:00:01"), None);

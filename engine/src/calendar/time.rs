@@ -10,7 +10,8 @@
 use super::Calendar;
 use crate::definition::duration::MAX_MS;
 use chrono::{
-    DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone,
 };
 use std::collections::VecDeque;
 
@@ -25,12 +26,17 @@ const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
 pub enum TimeError {
     #[error("calendar `{calendar}` has no working time in the eleven years after {from}")]
     NoWorkingTime { calendar: String, from: String },
-    #[error("calendar `{calendar}` has no {days} business days within eleven years of {from}")]
+    #[error("calendar `{calendar}` does not have {days} business days {direction} {from} within eleven years")]
     NoBusinessDay {
         calendar: String,
-        days: i64,
+        days: u64,
+        direction: &'static str,
         from: NaiveDate,
     },
+    #[error("calendar `{calendar}` does not have that much working time in the eleven years before {before}")]
+    NotEnoughTime { calendar: String, before: String },
+    #[error("{0} is not a date between the years 1 and 9999")]
+    DateOutOfRange(NaiveDate),
     #[error("{0} ms is not a time between the years 1 and 9999")]
     OutOfRange(i64),
     #[error("business time can be measured over at most ten years")]
@@ -44,6 +50,15 @@ fn check(t: i64) -> Result<i64, TimeError> {
         Ok(t)
     } else {
         Err(TimeError::OutOfRange(t))
+    }
+}
+
+/// A date in the years 1 to 9999, like the instants [`check`] accepts.
+pub fn check_date(d: NaiveDate) -> Result<NaiveDate, TimeError> {
+    if (1..=9999).contains(&d.year()) {
+        Ok(d)
+    } else {
+        Err(TimeError::DateOutOfRange(d))
     }
 }
 
@@ -114,9 +129,9 @@ impl Calendar {
                 left -= e - s;
             }
             if span >= longest || from == MIN_MS {
-                return Err(TimeError::NoWorkingTime {
+                return Err(TimeError::NotEnoughTime {
                     calendar: self.name.clone(),
-                    from: format!("before {}", format_ms(end)),
+                    before: format_ms(end),
                 });
             }
             span = (span * 4).min(longest);
@@ -135,6 +150,9 @@ impl Calendar {
     /// Whether `date` (a local date) has working hours: not a holiday, and some shift
     /// starts that day, as the calendar was at that day's start.
     pub fn is_business_day(&self, date: NaiveDate) -> bool {
+        if check_date(date).is_err() {
+            return false;
+        }
         let start = self.instant(date.and_time(NaiveTime::MIN));
         self.version_at(start)
             .shifts_on(date)
@@ -175,11 +193,14 @@ impl Calendar {
 
     /// The `n`th business day after `from` (before it when `n` is negative).
     fn business_day_from(&self, from: NaiveDate, n: i64) -> Result<NaiveDate, TimeError> {
+        check_date(from)?;
         let step = Duration::days(n.signum());
         let mut left = n.unsigned_abs();
         let mut date = from;
         for _ in 0..HORIZON_DAYS {
-            date += step;
+            date = date
+                .checked_add_signed(step)
+                .ok_or(TimeError::DateOutOfRange(date))?;
             if self.is_business_day(date) {
                 left -= 1;
                 if left == 0 {
@@ -189,7 +210,8 @@ impl Calendar {
         }
         Err(TimeError::NoBusinessDay {
             calendar: self.name.clone(),
-            days: n,
+            days: n.unsigned_abs(),
+            direction: if n < 0 { "before" } else { "after" },
             from,
         })
     }
@@ -620,10 +642,16 @@ mod tests {
         assert_eq!(c.between(start, end).unwrap(), 900 * H);
         assert_eq!(c.sub(end, -1), Err(TimeError::Negative(-1)));
         let closed = Calendar::new("closed", chrono_tz::UTC, Default::default(), Vec::new());
-        assert!(matches!(
-            closed.sub(end, H),
-            Err(TimeError::NoWorkingTime { .. })
-        ));
+        assert_eq!(
+            closed.sub(end, H).unwrap_err().to_string(),
+            "calendar `closed` does not have that much working time in the eleven years before 2026-06-01T12:00:00.000Z"
+        );
+        // The far ends of the calendar are errors, never a panic.
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        assert!(c.next_business_day(last).is_err());
+        let beyond = NaiveDate::from_ymd_opt(262_142, 12, 31).unwrap();
+        assert!(c.next_business_day(beyond).is_err());
+        assert!(!c.is_business_day(beyond));
     }
 
     #[test]
@@ -663,8 +691,8 @@ mod tests {
         );
         let closed = Calendar::new("closed", chrono_tz::UTC, Default::default(), Vec::new());
         assert_eq!(
-            closed.add_business_days(0, 2).unwrap_err().to_string(),
-            "calendar `closed` has no 2 business days within eleven years of 1970-01-01"
+            closed.add_business_days(0, -2).unwrap_err().to_string(),
+            "calendar `closed` does not have 2 business days before 1970-01-01 within eleven years"
         );
         assert!(c.add_business_days(0, i64::MIN).is_err(), "never a panic");
     }

@@ -151,7 +151,14 @@ pub fn read(def: &TableDef, file: &str, diags: &mut Vec<Diagnostic>) -> Option<R
     let names: Vec<String> = def.inputs.iter().map(|c| c.name.value.clone()).collect();
     let types: Vec<ColumnType> = def.inputs.iter().map(|c| c.ty).collect();
     let outputs: Vec<String> = def.outputs.iter().map(|o| o.value.clone()).collect();
-    for o in &def.outputs {
+    for (i, o) in def.outputs.iter().enumerate() {
+        if def.outputs[..i].iter().any(|e| e.value == o.value) {
+            r.err(
+                o.span,
+                format!("output `{}` is listed twice", o.value),
+                "list each output once",
+            );
+        }
         if names.contains(&o.value) {
             r.err(
                 o.span,
@@ -315,6 +322,11 @@ fn condition(
             return Some(Condition::Any);
         }
         if let Some(rest) = text.strip_prefix("not ") {
+            // What follows `not` is read as its column reads a cell written alone.
+            let item = |x: &str| yaml::Node {
+                span: cell.span,
+                value: scalar(ty, x.trim()),
+            };
             let inner = yaml::Node {
                 span: cell.span,
                 value: match rest
@@ -322,15 +334,8 @@ fn condition(
                     .strip_prefix('[')
                     .and_then(|x| x.strip_suffix(']'))
                 {
-                    Some(list) => Y::Seq(
-                        list.split(',')
-                            .map(|x| yaml::Node {
-                                span: cell.span,
-                                value: scalar(x.trim()),
-                            })
-                            .collect(),
-                    ),
-                    None => scalar(rest.trim()),
+                    Some(list) => Y::Seq(list.split(',').map(item).collect()),
+                    None => item(rest).value,
                 },
             };
             return condition(r, ty, col, &inner).map(|c| Condition::Not(Box::new(c)));
@@ -376,10 +381,15 @@ fn condition(
     }
 }
 
-fn scalar(text: &str) -> yaml::Value {
-    match text.parse::<i64>() {
-        Ok(n) => yaml::Value::Int(n),
-        Err(_) => yaml::Value::Str(text.to_string(), crate::diagnostic::BlockStart::Inline),
+fn scalar(ty: ColumnType, text: &str) -> yaml::Value {
+    let as_text = || yaml::Value::Str(text.to_string(), crate::diagnostic::BlockStart::Inline);
+    match (ty, text) {
+        (ColumnType::Integer, _) => text
+            .parse::<i64>()
+            .map_or_else(|_| as_text(), yaml::Value::Int),
+        (ColumnType::Boolean, "true") => yaml::Value::Bool(true),
+        (ColumnType::Boolean, "false") => yaml::Value::Bool(false),
+        _ => as_text(),
     }
 }
 
@@ -419,9 +429,21 @@ fn int_condition(r: &mut Reader<'_>, col: &str, cell: &yaml::Node) -> Option<Con
         }
         Y::Str(s, _) => {
             let t = s.trim();
-            let number = |x: &str| -> Result<i64, bool> {
+            // Err(Some(true)): a decimal number; Err(Some(false)): a whole number too
+            // large; Err(None): not a number.
+            let number = |x: &str| -> Result<i64, Option<bool>> {
                 let x = x.trim().replace('_', "");
-                x.parse::<i64>().map_err(|_| x.parse::<f64>().is_ok())
+                x.parse::<i64>().map_err(|_| {
+                    let digits = !x.is_empty()
+                        && x.trim_start_matches('-')
+                            .chars()
+                            .all(|c| c.is_ascii_digit());
+                    if digits {
+                        Some(false)
+                    } else {
+                        x.parse::<f64>().is_ok().then_some(true)
+                    }
+                })
             };
             let parsed = if let Some((a, b)) = t.split_once("..") {
                 match (number(a), number(b)) {
@@ -447,8 +469,16 @@ fn int_condition(r: &mut Reader<'_>, col: &str, cell: &yaml::Node) -> Option<Con
             };
             match parsed {
                 Ok(c) => Some(c),
-                Err(true) => decimal(r, t),
-                Err(false) => {
+                Err(Some(true)) => decimal(r, t),
+                Err(Some(false)) => {
+                    r.err(
+                        cell.span,
+                        format!("`{t}` is too large: whole numbers go up to {}", i64::MAX),
+                        INT_HINT,
+                    );
+                    None
+                }
+                Err(None) => {
                     r.err(
                         cell.span,
                         format!("`{t}` is not a condition on whole numbers"),
@@ -654,6 +684,12 @@ impl Rows {
                 (ColumnType::Integer, Value::Number(n)) if n.is_i64() => Probe::Int(n.as_i64().unwrap_or_default()),
                 (ColumnType::String, Value::String(s)) => Probe::Str(Some(s.clone())),
                 (ColumnType::Boolean, Value::Bool(b)) => Probe::Bool(*b),
+                (ColumnType::Integer, Value::Number(n)) if n.is_u64() => {
+                    return Err(format!(
+                        "column `{name}` takes whole numbers up to {}, but its value is {n}",
+                        i64::MAX
+                    ))
+                }
                 (ColumnType::Integer, Value::Number(n)) => {
                     return Err(format!("column `{name}` takes whole numbers, but its value is {n} (money is in minor units: 4999 for 49.99)"))
                 }
@@ -917,6 +953,55 @@ mod tests {
         assert_eq!(
             rows.decide(&[json!(false), json!(1)]).unwrap().outputs[0].1,
             json!([])
+        );
+    }
+
+    #[test]
+    fn not_reads_what_follows_as_its_column_does() {
+        let (rows, diags) = table(
+            "      inputs:
+        zip: { type: string, value: input.zip }
+        vip: { type: boolean, value: input.vip }
+      outputs: [tier]
+      rows:
+        - { zip: \"not [10001, 10002]\", vip: \"not true\", tier: a }
+        - { zip: [not applicable], tier: b }
+        - { tier: c }
+",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let rows = rows.unwrap();
+        let pick = |zip: &str, vip: bool| rows.decide(&[json!(zip), json!(vip)]).unwrap().rows;
+        assert_eq!(pick("10003", false), [1]);
+        assert_eq!(pick("10001", false), [3]);
+        assert_eq!(pick("10003", true), [3]);
+        assert_eq!(
+            pick("not applicable", true),
+            [2],
+            "a list item is literal text"
+        );
+    }
+
+    #[test]
+    fn outputs_twice_and_numbers_too_large_are_named() {
+        let (rows, diags) = table(
+            "      inputs:
+        amount: { type: integer, value: input.amount }
+      outputs: [tier, tier]
+      rows:
+        - { amount: \"> 99999999999999999999\", tier: a }
+",
+        );
+        assert!(rows.is_none());
+        assert!(
+            diags[0].starts_with("t.yaml:8:23: error: output `tier` is listed twice"),
+            "{diags:?}"
+        );
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.contains("is too large: whole numbers go up to 9223372036854775807")),
+            "{diags:?}"
         );
     }
 

@@ -179,6 +179,7 @@ impl Reloader {
         let now = inner.clock.now_ms();
         let before = inner.rules.calendars();
         let mut histories = BTreeMap::new();
+        let mut unrecorded = BTreeMap::new();
         for cal in loaded.iter() {
             let version = CalendarVersion {
                 name: cal.name.clone(),
@@ -189,7 +190,14 @@ impl Reloader {
             let history = match inner.store.add_calendar_version(&version) {
                 Ok(history) => history,
                 Err(e) => {
-                    tracing::error!(calendar = %cal.name, version = %cal.version, "cannot record the calendar's version: {e}; until it is recorded, time before this load counts on this version too");
+                    // Not recorded, so not used: counting on it now would recount the past
+                    // of running clocks on it after a restart.
+                    let kept = before.get(&cal.name).ok().cloned();
+                    tracing::error!(calendar = %cal.name, version = %cal.version, "cannot record the calendar's version: {e}; {} until it is recorded (save the file again, or restart)", if kept.is_some() { "the previous version stays in effect" } else { "it counts for all earlier time too" });
+                    report.rejected.push(format!("{}: {e}", cal.file));
+                    if let Some(kept) = kept {
+                        unrecorded.insert(cal.name.clone(), kept);
+                    }
                     continue;
                 }
             };
@@ -214,6 +222,14 @@ impl Reloader {
         let (set, problems) = history::chain(loaded, &histories);
         for p in problems {
             tracing::warn!(target: "casework::load", "{p}");
+        }
+        let mut set = set.map(|cal| unrecorded.remove(&cal.name).unwrap_or(cal));
+        // A calendar file with errors keeps its previous version, like a workflow file.
+        for old in before.iter() {
+            if set.failed_files().contains(&old.file) {
+                tracing::warn!(calendar = %old.name, file = %old.file, "calendar file has errors: its previous version stays in effect");
+                set.keep(old.clone());
+            }
         }
         set
     }

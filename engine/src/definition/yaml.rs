@@ -304,7 +304,7 @@ fn explain(text: &str, e: SyntaxError) -> (Span, String, String) {
     if e.message.contains("tab") {
         for n in [e.span.line, e.span.line + 1, e.span.line.saturating_sub(1)] {
             let indent: String = line(n).chars().take_while(|c| c.is_whitespace()).collect();
-            if let Some(i) = indent.find('\t') {
+            if let Some(i) = indent.chars().position(|c| c == '\t') {
                 return (
                     Span::new(n, i as u32 + 1),
                     "a tab in the indentation: YAML indents with spaces only".into(),
@@ -367,6 +367,8 @@ fn open_quote(text: &str, at: Span) -> Option<Quote> {
         };
         let indent = l.len() - l.trim_start().len();
         let rest = &l[col + 1..];
+        // Columns count characters, as the parser's positions do.
+        let opened = Span::new(i as u32 + 1, l[..col].chars().count() as u32 + 1);
         if closes(rest, q) {
             return None;
         }
@@ -378,14 +380,14 @@ fn open_quote(text: &str, at: Span) -> Option<Quote> {
                 return Some(if goes_on {
                     Quote::Unindented(Span::new(j as u32 + 1, 1))
                 } else {
-                    Quote::Unclosed(Span::new(i as u32 + 1, col as u32 + 1), q)
+                    Quote::Unclosed(opened, q)
                 });
             }
             if closes(next, q) {
                 return None;
             }
         }
-        return Some(Quote::Unclosed(Span::new(i as u32 + 1, col as u32 + 1), q));
+        return Some(Quote::Unclosed(opened, q));
     }
     None
 }
@@ -523,6 +525,10 @@ mod tests {
             (
                 "a: { b: \"x }\n",
                 "f.yaml:1:9: error: missing closing quote",
+            ),
+            (
+                "a: { café: 1, b: \"x }\n",
+                "f.yaml:1:18: error: missing closing quote",
             ),
             (
                 "a: \"open\nb: \"closed\"\n",
