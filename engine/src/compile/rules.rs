@@ -192,9 +192,20 @@ impl Rules {
             scope.push_constant(k.as_str(), to_dynamic(v)?);
         }
         let budget = self.output.begin(b.instance);
-        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        // A function the engine gives rules that panics (a bug of ours, on some input)
+        // fails this step, not the instance's task and everything queued behind it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        }));
         drop(budget);
-        let result = result.map_err(|e| runtime_error(&e, &self.limits))?;
+        let result = match result {
+            Ok(r) => r.map_err(|e| runtime_error(&e, &self.limits))?,
+            Err(_) => {
+                return Err(RuleError {
+                    message: "a function this rule called failed inside Casework (a bug: please report it with the workflow); the step fails instead".into(),
+                })
+            }
+        };
         let vars_dyn = scope
             .get_value::<Dynamic>("vars")
             .unwrap_or_else(|| Dynamic::from(Map::new()));
@@ -328,6 +339,42 @@ pub fn format_ms(ms: i64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_function_that_panics_fails_the_rule_not_the_caller() {
+        let mut rules = Rules::new(Limits::default());
+        rules
+            .engine
+            .register_fn("boom", || -> rhai::INT { panic!("a bug in a helper") });
+        let ast = rules.compile_expression("1 + boom()").unwrap();
+        let err = rules
+            .eval(
+                &ast,
+                &Bindings {
+                    input: &json!({}),
+                    vars: &serde_json::Map::new(),
+                    locals: &serde_json::Map::new(),
+                    now_ms: 0,
+                    instance: None,
+                },
+            )
+            .unwrap_err();
+        assert!(err.message.contains("failed inside Casework"), "{err:?}");
+        // The engine still works afterwards.
+        let ast = rules.compile_expression("1 + 1").unwrap();
+        assert!(rules
+            .eval(
+                &ast,
+                &Bindings {
+                    input: &json!({}),
+                    vars: &serde_json::Map::new(),
+                    locals: &serde_json::Map::new(),
+                    now_ms: 0,
+                    instance: None,
+                },
+            )
+            .is_ok());
+    }
 
     fn run(src: &str) -> Result<serde_json::Value, RuleError> {
         run_with_vars(src).map(|(v, _)| v)
