@@ -70,47 +70,78 @@ pub fn matches(expected: &Value, actual: &Value) -> bool {
 
 /// Where `actual` first differs from `expected`, in words; `None` if it matches.
 pub fn mismatch(expected: &Value, actual: &Value, at: &str) -> Option<String> {
+    let mut all = Vec::new();
+    differences(expected, actual, at, &mut all, 1);
+    all.into_iter().next()
+}
+
+/// Every place `actual` differs from `expected` (at most [`MAX_DIFFERENCES`]), so a test
+/// shows all its mismatches at once.
+pub fn mismatches(expected: &Value, actual: &Value) -> Vec<String> {
+    let mut all = Vec::new();
+    differences(expected, actual, "", &mut all, MAX_DIFFERENCES);
+    all
+}
+
+/// Differences reported per expectation; more are counted, not listed.
+pub const MAX_DIFFERENCES: usize = 20;
+
+fn differences(expected: &Value, actual: &Value, at: &str, out: &mut Vec<String>, max: usize) {
+    if out.len() >= max {
+        return;
+    }
     let here = if at.is_empty() {
         String::new()
     } else {
         format!("at `{at}`: ")
     };
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => e.iter().find_map(|(k, ev)| {
-            let path = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            match a.get(k) {
-                Some(av) => mismatch(ev, av, &path),
-                None if ev.is_null() => None,
-                None => Some(format!("`{path}` is missing (expected {})", short(ev))),
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, ev) in e {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match a.get(k) {
+                    Some(av) => differences(ev, av, &path, out, max),
+                    None if ev.is_null() => {}
+                    None if out.len() < max => {
+                        out.push(format!("`{path}` is missing (expected {})", short(ev)))
+                    }
+                    None => {}
+                }
             }
-        }),
+        }
         (Value::Array(e), Value::Array(a)) => {
             if e.len() != a.len() {
-                return Some(format!(
+                out.push(format!(
                     "{here}expected a list of {} item(s), got {}: {}",
                     e.len(),
                     a.len(),
                     short(actual)
                 ));
+                return;
             }
-            e.iter()
-                .zip(a)
-                .enumerate()
-                .find_map(|(i, (ev, av))| mismatch(ev, av, &format!("{at}[{i}]")))
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                differences(ev, av, &format!("{at}[{i}]"), out, max);
+            }
         }
         (Value::Number(e), Value::Number(a)) => {
             let same = match (e.as_i64(), a.as_i64()) {
                 (Some(x), Some(y)) => x == y,
                 _ => e.as_f64() == a.as_f64(),
             };
-            (!same).then(|| format!("{here}expected {}, got {}", short(expected), short(actual)))
+            if !same {
+                out.push(format!(
+                    "{here}expected {}, got {}",
+                    short(expected),
+                    short(actual)
+                ));
+            }
         }
-        (e, a) if e == a => None,
-        _ => Some(format!(
+        (e, a) if e == a => {}
+        _ => out.push(format!(
             "{here}expected {}, got {}",
             short(expected),
             short(actual)
@@ -162,18 +193,25 @@ pub fn check(e: &Expect, o: &Observed) -> Vec<Failure> {
                 o.status
             ))),
             Some(got) => {
-                if let Some(why) = mismatch(want, got, "") {
-                    out.push(
-                        Failure::new(format!("output: {why}"))
-                            .line(format!("actual output: {}", short(got))),
-                    );
+                let all = mismatches(want, got);
+                if let Some((first, rest)) = all.split_first() {
+                    let mut f = Failure::new(format!("output: {first}"));
+                    for why in rest {
+                        f = f.line(format!("output: {why}"));
+                    }
+                    out.push(f.line(format!("actual output: {}", short(got))));
                 }
             }
         }
     }
     if let Some(want) = &e.vars {
-        if let Some(why) = mismatch(want, &o.vars, "") {
-            out.push(Failure::new(format!("vars: {why}")));
+        let all = mismatches(want, &o.vars);
+        if let Some((first, rest)) = all.split_first() {
+            let mut f = Failure::new(format!("vars: {first}"));
+            for why in rest {
+                f = f.line(format!("vars: {why}"));
+            }
+            out.push(f);
         }
     }
     if let Some(code) = &e.error {
@@ -472,6 +510,30 @@ pub fn path_diff(want: &[&str], got: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_difference_is_listed() {
+        let actual = json!({"a": 1, "b": {"c": "x", "d": [1, 2]}, "e": true});
+        assert_eq!(
+            mismatches(
+                &json!({"a": 2, "b": {"c": "y", "d": [1, 3]}, "e": true, "f": 1}),
+                &actual
+            ),
+            [
+                "at `a`: expected 2, got 1",
+                "at `b.c`: expected \"y\", got \"x\"",
+                "at `b.d[1]`: expected 3, got 2",
+                "`f` is missing (expected 1)",
+            ]
+        );
+        assert!(mismatches(&json!({"a": 1}), &actual).is_empty());
+        let many: serde_json::Map<String, Value> =
+            (0..50).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert_eq!(
+            mismatches(&Value::Object(many), &json!({})).len(),
+            MAX_DIFFERENCES
+        );
+    }
 
     #[test]
     fn partial_match_at_every_depth() {
