@@ -1,6 +1,6 @@
 //! Comparing what a test expected with what the instance did.
 
-use super::model::{Expect, ExpectedCall};
+use super::model::{Expect, ExpectedCall, ExpectedCount};
 use crate::runtime::Record;
 use serde_json::Value;
 
@@ -227,6 +227,9 @@ pub fn check(e: &Expect, o: &Observed) -> Vec<Failure> {
             ))),
         }
     }
+    for want in &e.called {
+        out.extend(check_count(want, &o.calls));
+    }
     if let Some(calls) = &e.calls {
         out.extend(check_calls(calls, &o.calls));
     }
@@ -309,6 +312,48 @@ fn check_sla(want: &super::model::ExpectedSla, o: &Observed) -> Option<Failure> 
         }
         f
     })
+}
+
+/// A `called:` entry: how many attempts match, against its bounds.
+fn check_count(want: &ExpectedCount, got: &[ActualCall]) -> Option<Failure> {
+    let n = got
+        .iter()
+        .filter(|g| {
+            g.target == want.target
+                && want.step.as_ref().is_none_or(|s| *s == g.step)
+                && want.with.as_ref().is_none_or(|w| matches(w, &g.input))
+        })
+        .count() as u32;
+    let low = want.at_least.is_some_and(|lo| n < lo);
+    let high = want.at_most.is_some_and(|hi| n > hi);
+    if !low && !high {
+        return None;
+    }
+    let bound = match (want.at_least, want.at_most) {
+        (Some(lo), Some(hi)) if lo == hi => format!("exactly {lo}"),
+        (Some(lo), Some(hi)) => format!("{lo} to {hi}"),
+        (Some(lo), None) => format!("at least {lo}"),
+        (None, Some(hi)) => format!("at most {hi}"),
+        (None, None) => "any number".into(),
+    };
+    let mut what = format!("`{}`", want.target);
+    if let Some(s) = &want.step {
+        what.push_str(&format!(" from step `{s}`"));
+    }
+    if let Some(w) = &want.with {
+        what.push_str(&format!(" with {}", short(w)));
+    }
+    let mut f = Failure::new(format!(
+        "called: expected {bound} call attempt(s) of {what}, the instance made {n}"
+    ));
+    f.lines.push("calls made:".into());
+    if got.is_empty() {
+        f.lines.push("  (none)".into());
+    }
+    for (i, c) in got.iter().enumerate() {
+        f.lines.push(format!("  {}. {}", i + 1, describe_call(c)));
+    }
+    Some(f)
 }
 
 fn check_calls(want: &[ExpectedCall], got: &[ActualCall]) -> Vec<Failure> {
@@ -510,6 +555,47 @@ pub fn path_diff(want: &[&str], got: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn call_counts_hold_in_any_order() {
+        let call = |target: &str, template: &str| ActualCall {
+            frame: 0,
+            target: target.into(),
+            step: "s".into(),
+            attempt: 1,
+            key: "k".into(),
+            input: json!({"data": {"template": template}}),
+        };
+        let got = [
+            call("paging.send_webhook", "refund_paid"),
+            call("payments.refund", ""),
+            call("paging.send_webhook", "refund_paid"),
+        ];
+        let count = |target: &str, with: Option<Value>, lo: Option<u32>, hi: Option<u32>| {
+            check_count(
+                &ExpectedCount {
+                    span: Default::default(),
+                    target: target.into(),
+                    step: None,
+                    with,
+                    at_least: lo,
+                    at_most: hi,
+                },
+                &got,
+            )
+            .map(|f| f.title)
+        };
+        assert_eq!(count("payments.refund", None, Some(1), Some(1)), None);
+        assert_eq!(
+            count("paging.send_webhook", Some(json!({"data": {"template": "refund_paid"}})), None, Some(1)),
+            Some("called: expected at most 1 call attempt(s) of `paging.send_webhook` with {\"data\":{\"template\":\"refund_paid\"}}, the instance made 2".into())
+        );
+        assert_eq!(
+            count("crm.get_customer", None, Some(1), None),
+            Some("called: expected at least 1 call attempt(s) of `crm.get_customer`, the instance made 0".into())
+        );
+        assert_eq!(count("crm.get_customer", None, Some(0), Some(0)), None);
+    }
 
     #[test]
     fn every_difference_is_listed() {

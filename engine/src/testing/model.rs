@@ -94,6 +94,8 @@ pub struct Expect {
     pub error: Option<String>,
     /// Every plugin call attempt of the instance, in order.
     pub calls: Option<Vec<ExpectedCall>>,
+    /// How many call attempts match each entry, in any order (`called:`).
+    pub called: Vec<ExpectedCount>,
     /// Every attempt of one call step (one visit) used the same idempotency key, and at
     /// least one call was retried.
     pub retries_reuse_idempotency_key: bool,
@@ -150,6 +152,19 @@ impl ExpectedStatus {
             ExpectedStatus::Waiting => "waiting",
         }
     }
+}
+
+/// `called:` entry: the call attempts matching `target` (and `step`, and `with` as a
+/// partial match), counted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedCount {
+    pub span: Span,
+    pub target: String,
+    pub step: Option<String>,
+    pub with: Option<Value>,
+    /// At least, at most (both set for an exact `count`).
+    pub at_least: Option<u32>,
+    pub at_most: Option<u32>,
 }
 
 /// One expected plugin call attempt.

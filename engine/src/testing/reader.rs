@@ -35,11 +35,13 @@ pub const EXPECT_FIELDS: &[&str] = &[
     "vars",
     "error",
     "calls",
+    "called",
     "retries_reuse_idempotency_key",
     "not_in_journal",
     "sla",
 ];
 pub const CALL_FIELDS: &[&str] = &["call", "step", "attempt", "with", "idempotency_key_same_as"];
+pub const CALLED_FIELDS: &[&str] = &["call", "step", "with", "count", "at_least", "at_most"];
 
 /// Expectation fields that are part of the format but not checked yet: (field, hint).
 /// Empty today; a new field starts here so a test never passes by ignoring it.
@@ -602,6 +604,15 @@ impl Reader<'_> {
             }
             e.calls = Some(calls);
         }
+        if let Some(n) = f.get("called") {
+            let example = "  called:\n    - { call: payments.refund, count: 1 }";
+            for item in self.list(n, "`called`", example) {
+                match self.called(item) {
+                    Some(c) => e.called.push(c),
+                    None => ok = false,
+                }
+            }
+        }
         if let Some(n) = f.get("retries_reuse_idempotency_key") {
             match self.boolean(n, "`retries_reuse_idempotency_key`") {
                 Some(b) => e.retries_reuse_idempotency_key = b,
@@ -691,6 +702,79 @@ impl Reader<'_> {
             });
         }
         ok.then_some(out)
+    }
+
+    /// One `called:` entry: a call, what it must match, and how many times.
+    fn called(&mut self, node: &Node) -> Option<ExpectedCount> {
+        let f = self.fields(node, "an expected call count", CALLED_FIELDS)?;
+        let target = self
+            .required(
+                &f,
+                "call",
+                "an expected call count",
+                "e.g. `call: payments.refund`",
+            )
+            .and_then(|n| self.target(n, "`call`"));
+        let step = self.optional(f.get("step"), |r, n| r.string(n, "`step`"));
+        let with = self.optional(f.get("with"), |r, n| {
+            r.mapping(n, "`with`", "`with: { amount_minor: 2500 }`")
+                .map(Json::Object)
+        });
+        // 0 is a count like any other here: "never called".
+        let number = |r: &mut Self, n: &Node, what: &str| match n.value {
+            Value::Int(i) if (0..=100_000).contains(&i) => Some(i as u32),
+            _ => {
+                r.err(
+                    n.span,
+                    format!("{what} must be a whole number from 0 to 100000"),
+                );
+                None
+            }
+        };
+        let count = self.optional(f.get("count"), |r, n| number(r, n, "`count`"));
+        let at_least = self.optional(f.get("at_least"), |r, n| number(r, n, "`at_least`"));
+        let at_most = self.optional(f.get("at_most"), |r, n| number(r, n, "`at_most`"));
+        let (count, at_least, at_most) = (count.ok()?, at_least.ok()?, at_most.ok()?);
+        let (at_least, at_most) = match (count, at_least, at_most) {
+            (Some(c), None, None) => (Some(c), Some(c)),
+            (None, None, None) => {
+                self.hint(
+                    f.node.span,
+                    "an expected call count says how many",
+                    "add `count: 1` (exactly), `at_least: 1` or `at_most: 1`",
+                );
+                return None;
+            }
+            (Some(_), _, _) => {
+                self.hint(
+                    f.node.span,
+                    "`count` is exact: it goes without `at_least` and `at_most`",
+                    "keep `count`, or give a range with `at_least` and `at_most`",
+                );
+                return None;
+            }
+            (None, lo, hi) => {
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    if lo > hi {
+                        self.hint(
+                            f.node.span,
+                            format!("`at_least: {lo}` is more than `at_most: {hi}`"),
+                            "swap them",
+                        );
+                        return None;
+                    }
+                }
+                (lo, hi)
+            }
+        };
+        Some(ExpectedCount {
+            span: f.node.span,
+            target: target?,
+            step: step.ok()?,
+            with: with.ok()?,
+            at_least,
+            at_most,
+        })
     }
 
     fn call(&mut self, node: &Node, position: usize, total: usize) -> Option<ExpectedCall> {
