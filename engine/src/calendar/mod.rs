@@ -13,6 +13,7 @@
 pub mod functions;
 pub mod history;
 pub mod read;
+pub mod schema;
 pub mod sla;
 pub mod time;
 

@@ -68,6 +68,14 @@ fn color_in(args: &[std::ffi::OsString]) -> clap::ColorChoice {
     clap::ColorChoice::Auto
 }
 
+/// The files `casework schema` describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaOf {
+    Workflow,
+    Test,
+    Calendar,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check workflow files and print every problem as file:line:col (exit 1 if any, 2 if a path is missing).
@@ -135,8 +143,12 @@ pub enum Command {
         /// The workflow file.
         file: PathBuf,
     },
-    /// Print the JSON Schema of workflow files (for editor autocompletion).
-    Schema,
+    /// Print the JSON Schema of workflow, test or calendar files (for editor autocompletion).
+    Schema {
+        /// Which files: workflow (the default), test (`*.test.yaml`) or calendar.
+        #[arg(value_enum, default_value_t = SchemaOf::Workflow)]
+        of: SchemaOf,
+    },
     /// Measure throughput, latency, memory and restart time (see README).
     Bench(bench::BenchArgs),
     /// Print a shell completion script (e.g. `casework completions bash > /etc/bash_completion.d/casework`).
@@ -212,11 +224,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", graph::mermaid(&def));
             Ok(0)
         }
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::definition::schema::workflow_schema())?
-            );
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Workflow => crate::definition::schema::workflow_schema(),
+                SchemaOf::Test => crate::testing::schema::test_schema(),
+                SchemaOf::Calendar => crate::calendar::schema::calendar_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(0)
         }
         Command::Bench(args) => bench::bench(args).await.map(|_| 0),

@@ -18,6 +18,7 @@ pub mod model;
 pub mod reader;
 pub mod report;
 pub mod runner;
+pub mod schema;
 
 pub use reader::read;
 
