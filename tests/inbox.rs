@@ -436,3 +436,44 @@ fn postgres_daemons_share_one_inbox() {
     assert!(inbox(&a.addr, "").is_empty());
     assert!(inbox(&b.addr, "").is_empty());
 }
+
+/// A workflow's own `inbox_keep:` decides how long the events it waits for are kept (the
+/// longest, when several wait for one type); other events keep the daemon's setting. An
+/// expired event is not handed to a later wait.
+#[test]
+fn a_workflow_says_how_long_its_early_events_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let wf = dir.path().join("workflows");
+    for (name, keep) in [("short", "300ms"), ("shorter", "200ms")] {
+        std::fs::write(
+            wf.join(format!("{name}.yaml")),
+            format!(
+                "workflow: {name}\nversion: 1\ninbox_keep: {keep}\ninput:\n  key: {{ type: string, required: true }}\nsteps:\n  - id: hold\n    wait: {{ event: approval, key: input.key, timeout: 1s, on_timeout: late }}\n    next: done\n  - id: done\n    complete: {{ output: {{ got: true }} }}\n  - id: late\n    complete: {{ output: {{ got: false }} }}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let d = spawn(dir.path(), &["--lease-ms", "1000"]);
+    let (s, a) = call(
+        "POST",
+        &format!("{}/v1/events", d.addr),
+        Some(&json!({"type": "approval", "key": "A"})),
+    );
+    assert_eq!((s, &a["buffered"]), (200, &json!(true)), "{a}");
+    assert_eq!(send(&d.addr, "G", "x", None).1["buffered"], json!(true));
+    let kept_for = |t: &str, k: &str| {
+        let e = inbox(&d.addr, &format!("?type={t}&key={k}"));
+        let at = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(e[0][k].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        at("until") - at("arrived")
+    };
+    assert_eq!(kept_for("approval", "A"), 300, "the longer of the two workflows' inbox_keep");
+    assert_eq!(kept_for("go", "G"), 24 * 3_600_000, "the daemon's default");
+    std::thread::sleep(Duration::from_millis(600));
+    let id = start(&d.addr, "short", "A");
+    assert_eq!(ended(&d.addr, &id)["output"], json!({"got": false}));
+}

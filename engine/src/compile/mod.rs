@@ -40,6 +40,17 @@ pub struct CompiledWorkflow {
     pub triggers: Vec<Trigger>,
     /// At most one open instance per key (`key:` and `concurrency:`).
     pub concurrency: Option<Concurrency>,
+    /// How long an event it waits for is kept in the inbox (`inbox_keep:`).
+    pub inbox_keep_ms: Option<u64>,
+}
+
+impl CompiledWorkflow {
+    /// Whether a wait step of this workflow waits for events of `event_type`.
+    pub fn waits_for(&self, event_type: &str) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(&s.kind, Kind::Wait { events, .. } if events.iter().any(|e| e == event_type)))
+    }
 }
 
 /// One open instance per business key.
@@ -258,6 +269,7 @@ pub fn compile(
             rules: rules.clone(),
             triggers,
             concurrency,
+            inbox_keep_ms: def.inbox_keep.as_ref().map(|d| d.value.as_millis()),
         },
         diags,
     )

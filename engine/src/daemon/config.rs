@@ -21,8 +21,9 @@ const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 const MIN_LEASE_MS: u64 = 500;
 /// An hour: past it a dead daemon's emergencies would wait too long for anyone to page.
 const MAX_LEASE_MS: u64 = 3_600_000;
-/// Longest time the inbox may keep an event (`inbox_keep`).
-const MAX_INBOX_KEEP_MS: u64 = 30 * 24 * 3_600_000;
+/// Longest time the inbox may keep an event (`inbox_keep`), the same bound a workflow's
+/// own `inbox_keep` has.
+const MAX_INBOX_KEEP_MS: u64 = crate::definition::read::MAX_INBOX_KEEP_MS;
 /// Bounds past which the inbox would hold more than a store should scan per key or keep.
 const MAX_INBOX_PER_KEY: usize = 10_000;
 const MAX_INBOX_TOTAL: usize = 10_000_000;

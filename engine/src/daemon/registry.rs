@@ -145,6 +145,19 @@ impl Registry {
             .insert(hash.to_string(), at);
     }
 
+    /// How long an event of `event_type` is kept in the inbox, when a loaded workflow that
+    /// waits for it says (`inbox_keep:`): the longest of theirs, so none loses an event it
+    /// could still take.
+    pub fn inbox_keep(&self, event_type: &str) -> Option<u64> {
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|wf| wf.waits_for(event_type))
+            .filter_map(|wf| wf.inbox_keep_ms)
+            .max()
+    }
+
     /// Remembers a warning about the version with `hash`, for `GET /v1/workflows`.
     pub fn warn(&self, hash: &str, warning: String) {
         self.warnings

@@ -51,6 +51,9 @@ pub struct WorkflowDef {
     pub triggers: Vec<TriggerDef>,
     /// `key:` and `concurrency:`: at most one open instance per key.
     pub concurrency: Option<ConcurrencyDef>,
+    /// `inbox_keep:` how long an event this workflow waits for is kept in the inbox when
+    /// it comes before its wait (the daemon's `inbox_keep` otherwise).
+    pub inbox_keep: Option<Spanned<Duration>>,
 }
 
 /// One open instance per business key (`key:` with `concurrency:`).

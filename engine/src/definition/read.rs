@@ -29,7 +29,10 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "triggers",
     "key",
     "concurrency",
+    "inbox_keep",
 ];
+/// The longest `inbox_keep` a workflow may ask for (the daemon's own bound).
+pub const MAX_INBOX_KEEP_MS: u64 = 30 * 24 * 3_600_000;
 pub(crate) const CONCURRENCY_FIELDS: &[&str] = &["limit", "on_conflict", "event"];
 /// The most open instances `concurrency.limit` allows per key: a start tries the key's
 /// places one by one, so this bounds the writes a refused start costs.
@@ -259,6 +262,19 @@ impl Reader<'_> {
             .map(|n| self.triggers(n))
             .unwrap_or_default();
         let concurrency = self.concurrency(&f);
+        let inbox_keep = f.get("inbox_keep").and_then(|n| {
+            let d = self.duration(n, "`inbox_keep`")?;
+            let ms = d.value.as_millis();
+            if ms == 0 || ms > MAX_INBOX_KEEP_MS {
+                self.hint(
+                    n.span,
+                    "`inbox_keep` must be more than 0 and at most 30d",
+                    "how long an event this workflow waits for is kept when it comes before the wait, e.g. `inbox_keep: 2h`",
+                );
+                return None;
+            }
+            Some(d)
+        });
         Some(WorkflowDef {
             file: self.file.to_string(),
             name: name?,
@@ -270,6 +286,7 @@ impl Reader<'_> {
             compensations,
             triggers,
             concurrency,
+            inbox_keep,
         })
     }
 

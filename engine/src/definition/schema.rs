@@ -120,6 +120,7 @@ pub fn workflow_schema() -> Value {
                     "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/London"},
                     "input": {"description": "The new instance's input; `${schedule.at}` is the occurrence"}}}]}}),
             "key" => expr("expression over `input` naming what has one open instance at a time, e.g. input.ticket_id"),
+            "inbox_keep" => json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w))+$", "description": "how long an event this workflow waits for is kept when it comes before the wait (at most 30d; the daemon's inbox_keep otherwise)"}),
             "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 only with on_conflict: reject)"},
                 "on_conflict": {"enum": ["attach", "reject"], "description": "attach: the open instance receives the start as `event`; reject: 409 with the open instance's id"},

@@ -203,6 +203,15 @@ impl Inner {
         *self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How long an event of this type is kept: as the workflows waiting for it say, else
+    /// the daemon's setting.
+    fn keep_ms(&self, event_type: &str) -> Millis {
+        self.registry
+            .inbox_keep(event_type)
+            .and_then(|ms| Millis::try_from(ms).ok())
+            .unwrap_or_else(|| self.inbox_settings().keep_ms)
+    }
+
     /// Keep an event nobody waited for, then give it to a wait that began meanwhile.
     pub(super) async fn keep(self: &Arc<Self>, event: &Event) -> Result<Delivered, DeliverError> {
         let settings = self.inbox_settings();
@@ -212,7 +221,7 @@ impl Inner {
             .buffer(
                 event,
                 now,
-                now.saturating_add(settings.keep_ms),
+                now.saturating_add(self.keep_ms(&event.event_type)),
                 settings.bounds,
             )
             .map_err(|e| DeliverError::Internal(e.to_string()))?;
@@ -328,7 +337,7 @@ impl Inner {
         let stamp = stamp.unwrap_or(Stamp {
             seq: 0,
             arrived: now,
-            until: now.saturating_add(self.inbox_settings().keep_ms),
+            until: now.saturating_add(self.keep_ms(&event.event_type)),
         });
         let seq = match self.store.hand_back(id, mail_seq, event, stamp) {
             Ok(Some(seq)) => seq,
