@@ -471,7 +471,11 @@ fn a_workflow_says_how_long_its_early_events_are_kept() {
         };
         at("until") - at("arrived")
     };
-    assert_eq!(kept_for("approval", "A"), 300, "the longer of the two workflows' inbox_keep");
+    assert_eq!(
+        kept_for("approval", "A"),
+        300,
+        "the longer of the two workflows' inbox_keep"
+    );
     assert_eq!(kept_for("go", "G"), 24 * 3_600_000, "the daemon's default");
     std::thread::sleep(Duration::from_millis(600));
     let id = start(&d.addr, "short", "A");

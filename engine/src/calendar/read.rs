@@ -139,22 +139,7 @@ impl Reader<'_> {
     }
 
     fn name(&mut self, node: &Node) -> Option<String> {
-        let valid = |s: &str| {
-            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
-        match node.as_str() {
-            Some(s) if valid(s) => Some(s.to_string()),
-            _ => {
-                self.err(
-                    node.span,
-                    "`calendar` must be a name",
-                    "use letters, digits, `_` and `-`, starting with a letter, e.g. `support-hours`",
-                );
-                None
-            }
-        }
+        crate::definition::value::name(self.file, node, "`calendar`", &mut self.diags)
     }
 
     fn zone(&mut self, node: &Node) -> Option<Tz> {

@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod read;
 pub mod schema;
+pub mod value;
 pub mod yaml;
 
 pub use duration::Duration;

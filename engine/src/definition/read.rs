@@ -79,41 +79,13 @@ impl Reader<'_> {
     }
 
     fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
-        match &node.value {
-            Value::Str(s, _) if !s.trim().is_empty() => Some(Spanned::new(s.clone(), node.span)),
-            Value::Int(i) => Some(Spanned::new(i.to_string(), node.span)),
-            _ => {
-                self.err(
-                    node.span,
-                    format!(
-                        "{what} must be a non-empty string, found {}",
-                        node.kind_name()
-                    ),
-                );
-                None
-            }
-        }
+        super::value::string(self.file, node, what, &mut self.diags)
+            .map(|s| Spanned::new(s, node.span))
     }
 
     fn name(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
-        let s = self.string(node, what)?;
-        let valid = s
-            .value
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-            && s.value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid {
-            self.hint(
-                node.span,
-                format!("{what} `{}` is not a valid name", s.value),
-                "use letters, digits, `_` and `-`, starting with a letter",
-            );
-            return None;
-        }
-        Some(s)
+        super::value::name(self.file, node, what, &mut self.diags)
+            .map(|s| Spanned::new(s, node.span))
     }
 
     fn script(&mut self, node: &Node, what: &str) -> Option<Script> {
@@ -143,72 +115,16 @@ impl Reader<'_> {
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<Spanned<Duration>> {
-        let text = match &node.value {
-            Value::Str(s, _) => s.clone(),
-            Value::Int(_) => {
-                self.hint(
-                    node.span,
-                    format!("{what} needs a unit"),
-                    "write e.g. `30s`, `5m`, `4h` or `2d`",
-                );
-                return None;
-            }
-            _ => {
-                self.err(
-                    node.span,
-                    format!(
-                        "{what} must be a duration like `30s`, found {}",
-                        node.kind_name()
-                    ),
-                );
-                return None;
-            }
-        };
-        match Duration::parse(&text) {
-            Ok(d) => Some(Spanned::new(d, node.span)),
-            Err(e) => {
-                self.hint(
-                    node.span,
-                    format!("invalid {what}: {e}"),
-                    "write e.g. `30s`, `5m`, `4h`, `2d` or `1h30m`",
-                );
-                None
-            }
-        }
+        super::value::duration(self.file, node, what, &mut self.diags)
+            .map(|d| Spanned::new(d, node.span))
     }
 
     fn uint(&mut self, node: &Node, what: &str, min: i64, max: i64) -> Option<u32> {
-        match node.value {
-            Value::Int(i) if (min..=max).contains(&i) => Some(i as u32),
-            Value::Int(i) => {
-                self.err(
-                    node.span,
-                    format!("{what} must be between {min} and {max}, found {i}"),
-                );
-                None
-            }
-            _ => {
-                self.err(
-                    node.span,
-                    format!("{what} must be a whole number, found {}", node.kind_name()),
-                );
-                None
-            }
-        }
+        super::value::whole(self.file, node, what, min, max, &mut self.diags)
     }
 
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
-        match node.value {
-            Value::Bool(b) => Some(b),
-            _ => {
-                self.hint(
-                    node.span,
-                    format!("{what} must be true or false, found {}", node.kind_name()),
-                    "write `true` or `false`",
-                );
-                None
-            }
-        }
+        super::value::boolean(self.file, node, what, &mut self.diags)
     }
 
     fn workflow(&mut self, root: &Node) -> Option<WorkflowDef> {

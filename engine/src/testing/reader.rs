@@ -110,20 +110,7 @@ impl Reader<'_> {
     }
 
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
-        match &node.value {
-            Value::Str(s, _) if !s.trim().is_empty() => Some(s.clone()),
-            Value::Int(i) => Some(i.to_string()),
-            _ => {
-                self.err(
-                    node.span,
-                    format!(
-                        "{what} must be a non-empty string, found {}",
-                        node.kind_name()
-                    ),
-                );
-                None
-            }
-        }
+        crate::definition::value::string(self.file, node, what, &mut self.diags)
     }
 
     fn target(&mut self, node: &Node, what: &str) -> Option<String> {
@@ -142,66 +129,16 @@ impl Reader<'_> {
     }
 
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
-        match node.value {
-            Value::Bool(b) => Some(b),
-            _ => {
-                self.hint(
-                    node.span,
-                    format!("{what} must be true or false, found {}", node.kind_name()),
-                    "write `true` or `false`",
-                );
-                None
-            }
-        }
+        crate::definition::value::boolean(self.file, node, what, &mut self.diags)
     }
 
     fn count(&mut self, node: &Node, what: &str, max: i64) -> Option<u32> {
-        match node.value {
-            Value::Int(i) if (1..=max).contains(&i) => Some(i as u32),
-            Value::Int(i) => {
-                self.err(
-                    node.span,
-                    format!("{what} must be between 1 and {max}, found {i}"),
-                );
-                None
-            }
-            _ => {
-                self.err(
-                    node.span,
-                    format!("{what} must be a whole number, found {}", node.kind_name()),
-                );
-                None
-            }
-        }
+        crate::definition::value::whole(self.file, node, what, 1, max, &mut self.diags)
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<u64> {
-        let text = match &node.value {
-            Value::Str(s, _) => s.clone(),
-            Value::Int(0) => return Some(0),
-            _ => {
-                self.hint(
-                    node.span,
-                    format!(
-                        "{what} must be a duration like `2h`, found {}",
-                        node.kind_name()
-                    ),
-                    "write e.g. `30s`, `5m`, `25h`, `3d` or `1d2h`",
-                );
-                return None;
-            }
-        };
-        match Duration::parse(&text) {
-            Ok(d) => Some(d.as_millis()),
-            Err(e) => {
-                self.hint(
-                    node.span,
-                    format!("invalid {what}: {e}"),
-                    "write e.g. `30s`, `5m`, `25h`, `3d` or `1d2h`",
-                );
-                None
-            }
-        }
+        crate::definition::value::duration(self.file, node, what, &mut self.diags)
+            .map(|d| d.as_millis())
     }
 
     fn time(&mut self, node: &Node, what: &str) -> Option<i64> {
@@ -922,7 +859,7 @@ tests:
             "{e:?}"
         );
         assert!(
-            e.iter().any(|d| d.contains("`after` must be a duration")),
+            e.iter().any(|d| d.contains("`after` needs a unit")),
             "{e:?}"
         );
         assert!(
