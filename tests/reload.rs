@@ -231,20 +231,11 @@ steps:
 "#;
 
 fn used_ms(d: &Daemon, key: &str, id: &str) -> i64 {
-    call(
-        "POST",
-        &format!("{}/v1/events", d.addr),
-        Some(json!({"type": "go", "key": key})),
-    );
-    let mut view = Value::Null;
-    eventually(&format!("{id} completes"), || {
-        view = call("GET", &format!("{}/v1/instances/{id}", d.addr), None).1;
-        view["status"] == "completed"
-    });
-    let used = &view["output"]["used_ms"];
+    let output = finish(d, key, id);
+    let used = &output["used_ms"];
     used.as_i64()
         .or_else(|| used.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or_else(|| panic!("used_ms in {view}"))
+        .unwrap_or_else(|| panic!("used_ms in {output}"))
 }
 
 fn today() -> String {

@@ -346,34 +346,22 @@ mod tests {
         rules
             .engine
             .register_fn("boom", || -> rhai::INT { panic!("a bug in a helper") });
-        let ast = rules.compile_expression("1 + boom()").unwrap();
-        let err = rules
-            .eval(
-                &ast,
-                &Bindings {
-                    input: &json!({}),
-                    vars: &serde_json::Map::new(),
-                    locals: &serde_json::Map::new(),
-                    now_ms: 0,
-                    instance: None,
-                },
-            )
-            .unwrap_err();
+        let (input, none) = (json!({}), serde_json::Map::new());
+        let run = |src: &str| {
+            let ast = rules.compile_expression(src).unwrap();
+            let b = Bindings {
+                input: &input,
+                vars: &none,
+                locals: &none,
+                now_ms: 0,
+                instance: None,
+            };
+            rules.eval(&ast, &b)
+        };
+        let err = run("1 + boom()").unwrap_err();
         assert!(err.message.contains("failed inside Casework"), "{err:?}");
         // The engine still works afterwards.
-        let ast = rules.compile_expression("1 + 1").unwrap();
-        assert!(rules
-            .eval(
-                &ast,
-                &Bindings {
-                    input: &json!({}),
-                    vars: &serde_json::Map::new(),
-                    locals: &serde_json::Map::new(),
-                    now_ms: 0,
-                    instance: None,
-                },
-            )
-            .is_ok());
+        assert!(run("1 + 1").is_ok());
     }
 
     fn run(src: &str) -> Result<serde_json::Value, RuleError> {
