@@ -1989,3 +1989,57 @@ fn a_calendar_version_the_store_cannot_record_is_not_used() {
         .clone();
     assert_eq!(now, first, "the unrecorded version is not in effect");
 }
+
+/// Two daemons in one process (as here and in `casework bench`) each count on the
+/// calendars they loaded: one's reload does not change the other's time.
+#[test]
+fn daemons_in_one_process_keep_their_own_calendars() {
+    use casework::daemon::reload::Reloader;
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut versions = Vec::new();
+    let mut drivers = Vec::new();
+    let mut dirs = Vec::new();
+    for holidays in ["[]", "[2026-01-01]"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("calendars")).unwrap();
+        std::fs::write(dir.path().join("clocked.yaml"), CLOCKED).unwrap();
+        std::fs::write(
+            dir.path().join("calendars/desk.yaml"),
+            format!("calendar: desk\ntimezone: UTC\nhours: always\nholidays: {holidays}\n"),
+        )
+        .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = Driver::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(AlwaysOk),
+            clock,
+            None,
+        );
+        let reloader = Reloader::new(d.clone(), dir.path().to_path_buf(), None);
+        assert!(reloader.reload_workflows().rejected.is_empty());
+        versions.push(
+            d.inner()
+                .rules
+                .calendars()
+                .get("desk")
+                .unwrap()
+                .version
+                .clone(),
+        );
+        drivers.push(d);
+        dirs.push(dir);
+    }
+    assert_ne!(versions[0], versions[1], "the two files differ");
+    for (d, version) in drivers.iter().zip(&versions) {
+        let now = d
+            .inner()
+            .rules
+            .calendars()
+            .get("desk")
+            .unwrap()
+            .version
+            .clone();
+        assert_eq!(&now, version, "each daemon keeps the calendar it loaded");
+    }
+}

@@ -10,7 +10,7 @@ use super::host::ScriptedHost;
 use super::model::{TestCase, DEFAULT_HORIZON_MS};
 use crate::cli::run::describe;
 use crate::clock::{Clock, ManualClock};
-use crate::compile::rules::{format_ms, Rules};
+use crate::compile::rules::{format_ms, Limits, Rules};
 use crate::compile::{CompiledWorkflow, Kind};
 use crate::daemon::driver::{Observer, StartError};
 use crate::daemon::registry::load_files;
@@ -130,7 +130,9 @@ async fn run_case(
     case: &TestCase,
     trace: Arc<Mutex<Vec<String>>>,
 ) -> Result<(Observed, i64), Failure> {
-    let rules = Rules::shared();
+    // A rule engine of its own, so the calendars this test loads are not those of a test
+    // running beside it.
+    let rules = Arc::new(Rules::new(Limits::default()));
     let (workflows, diags) = load_files(&suite.files, None, &rules);
     if !workflows.iter().any(|w| w.name == suite.workflow) {
         let mut f = Failure::new(format!("the workflow `{}` did not load", suite.workflow));

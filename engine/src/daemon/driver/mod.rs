@@ -35,7 +35,8 @@ pub use watch::{WaitError, Waited, MAX_WAIT, MAX_WATCHERS};
 use super::metrics::Metrics;
 use super::registry::Registry;
 use crate::clock::Clock;
-use crate::compile::{rules::Rules, CompiledWorkflow, Concurrency, OnConflict};
+use crate::compile::rules::{Limits, Rules};
+use crate::compile::{CompiledWorkflow, Concurrency, OnConflict};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
     Effect, Event, HoldRefused, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused,
@@ -303,7 +304,9 @@ impl Driver {
             plugins,
             clock,
             registry: Registry::default(),
-            rules: Rules::shared(),
+            // Its own rule engine, so the calendars one daemon loads are not another's
+            // (two drivers in one process, as in the simulation and `casework bench`).
+            rules: Arc::new(Rules::new(Limits::default())),
             actors: Mutex::new(HashMap::new()),
             busy: AtomicI64::new(0),
             max_pending: AtomicI64::new(DEFAULT_MAX_PENDING as i64),
