@@ -1013,3 +1013,98 @@ fn a_utf8_idempotency_key_is_honoured_and_an_unusable_one_is_refused_not_ignored
     let (s, delivered) = call(&d, "POST", "/v1/events", Some(event("évt-ü-1")), &[]);
     assert_eq!(s, 200, "{delivered}");
 }
+
+/// A windowed trigger over HTTP: tickets about one component sent at once (each twice, as
+/// a retrying webhook does) start one outage; the next ticket is given to it; a count
+/// begun afterwards survives SIGKILL and finishes in the restarted daemon.
+#[test]
+fn a_burst_of_events_sent_at_once_starts_one_instance_and_its_count_survives_sigkill() {
+    const OUTAGE: &str = r#"
+workflow: outage
+version: 1
+input:
+  component: { type: string, required: true }
+  tickets: { type: integer, required: true }
+triggers:
+  - event: ticket.created
+    key: event.data.component
+    count: { at_least: 5, within: 15m }
+    input: { component: "${window.key}", tickets: "${window.count}" }
+steps:
+  - id: next_ticket
+    wait: { event: ticket.created, key: input.component, timeout: 1h }
+    save_as: ticket
+    next: resolved
+  - id: resolved
+    wait: { event: outage.resolved, key: input.component, timeout: 1h }
+    next: done
+  - id: done
+    complete: { output: { heard: "${vars.ticket.data.n}" } }
+"#;
+    let dir = folder(&[("outage.yaml", OUTAGE)]);
+    let mut d = spawn(dir.path(), &[]);
+    let ticket = |n: usize| json!({"type": "ticket.created", "key": format!("T-{n}"), "id": format!("e-{n}"), "data": {"component": "db", "n": n}});
+    const TICKETS: usize = 12;
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let d = &d;
+        let handles: Vec<_> = (0..TICKETS * 2)
+            .map(|i| {
+                s.spawn(move || {
+                    let (status, v) = call(d, "POST", "/v1/events", Some(ticket(i % TICKETS)), &[]);
+                    assert_eq!(status, 200, "{v}");
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created: Vec<&Value> = answers
+        .iter()
+        .flat_map(|a| a["started"].as_array().unwrap())
+        .filter(|s| s["created"] == json!(true))
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:#?}");
+    let id = created[0]["id"].as_str().unwrap().to_string();
+    let named: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .flat_map(|a| a["started"].as_array().unwrap())
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named.len(),
+        1,
+        "every ticket after the count names the one outage"
+    );
+    eventually("the outage hears a later ticket", || {
+        let (_, v) = call(&d, "GET", &format!("/v1/instances/{id}"), None, &[]);
+        v.to_string().contains("outage.resolved")
+    });
+    let resolved = json!({"type": "outage.resolved", "key": "db"});
+    let (_, woke) = call(&d, "POST", "/v1/events", Some(resolved), &[]);
+    assert_eq!(woke["woken"], json!([id]), "{woke}");
+    eventually("the outage completes", || {
+        status_of(&d, &id, &[]) == "completed"
+    });
+    let (_, view) = call(&d, "GET", &format!("/v1/instances/{id}"), None, &[]);
+    assert_eq!(view["input"]["tickets"], json!(5), "{view}");
+    assert!(
+        view["output"]["heard"].is_u64(),
+        "a ticket after the count: {view}"
+    );
+
+    // A new count: two tickets, SIGKILL, a restart, three more start the next outage.
+    for n in 100..102 {
+        let (_, a) = call(&d, "POST", "/v1/events", Some(ticket(n)), &[]);
+        assert_eq!(a["counted"][0]["count"], json!(n - 99), "{a}");
+    }
+    drop(d);
+    d = spawn(dir.path(), &[]);
+    for n in 102..104 {
+        let (_, a) = call(&d, "POST", "/v1/events", Some(ticket(n)), &[]);
+        assert_eq!(a["counted"][0]["count"], json!(n - 99), "{a}");
+        assert_eq!(a["started"], json!([]), "{a}");
+    }
+    let (_, a) = call(&d, "POST", "/v1/events", Some(ticket(104)), &[]);
+    assert_eq!(a["started"][0]["created"], json!(true), "{a}");
+    assert_ne!(a["started"][0]["id"], json!(id));
+}

@@ -2043,3 +2043,96 @@ fn daemons_in_one_process_keep_their_own_calendars() {
         assert_eq!(&now, version, "each daemon keeps the calendar it loaded");
     }
 }
+
+/// A burst: three tickets about one component start one outage (a windowed trigger).
+const BURST: &str = r#"
+workflow: outage
+version: 1
+input:
+  component: { type: string, required: true }
+  tickets: { type: integer, required: true }
+triggers:
+  - event: ticket.created
+    key: event.data.component
+    count: { at_least: 3, within: 1h }
+    input: { component: "${window.key}", tickets: "${window.count}" }
+steps:
+  - id: resolved
+    wait: { event: outage.resolved, key: input.component, timeout: 1d }
+    next: done
+  - id: done
+    complete: {}
+"#;
+
+/// A burst whose writes are torn at any point (a crash keeps a prefix of them): the
+/// webhook resends its tickets after the restart, and exactly one outage exists, started
+/// by the count of three, never two and never none.
+#[test]
+fn a_burst_torn_at_any_write_starts_its_instance_once() {
+    use casework::daemon::triggers::start_for_event;
+    let ticket = |n: usize| Event {
+        event_type: "ticket.created".into(),
+        key: format!("T-{n}"),
+        data: json!({"component": "db"}),
+        id: Some(format!("e-{n}")),
+    };
+    let install = |d: &Driver| {
+        let (wf, diags) = compile::load("burst.yaml", BURST, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let writes = rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d);
+            store.hold_flushes(true);
+            for n in 1..=3 {
+                let o = start_for_event(&d, &ticket(n)).await;
+                assert!(o.failed.is_empty(), "{o:?}");
+            }
+            d.wait_idle().await;
+            store.pending_writes()
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, writes)
+    };
+    let (_, _, writes) = tear(None);
+    assert!(
+        writes >= 4,
+        "three counts and the instance: {writes} writes"
+    );
+    for keep in 0..=writes {
+        let (store, clock, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d);
+            d.resume_all().unwrap();
+            // The webhook did not hear back: it sends every ticket again, then one more.
+            for n in 1..=4 {
+                let o = start_for_event(&d, &ticket(n)).await;
+                assert!(o.failed.is_empty(), "keep {keep}: {o:?}");
+            }
+            d.wait_idle().await;
+            let all = store.instances(None, 100).unwrap();
+            assert_eq!(all.len(), 1, "keep {keep} of {writes}: {all:?}");
+            let inst = d.snapshot(&all[0].id).unwrap();
+            assert_eq!(inst.input()["tickets"], json!(3), "keep {keep}");
+        });
+        rt.shutdown_background();
+    }
+}

@@ -444,6 +444,53 @@ fn event_answers_are_kept(s: &Fixture) {
     assert_eq!(s.event_answer("evt-1").unwrap(), Some(json!(null)));
 }
 
+/// What a windowed trigger counts with: racing read-modify-writes of one slot each take
+/// effect once, none lost, and what each saw is what it wrote over.
+fn racing_updates_of_an_event_answer_each_count_once(s: &Fixture) {
+    const THREADS: usize = 8;
+    const EACH: usize = 25;
+    let first = s
+        .update_event_answer("slot", &mut |old| {
+            assert_eq!(old, None, "an unwritten slot is empty");
+            json!(0)
+        })
+        .unwrap();
+    assert_eq!(first, json!(0));
+    let barrier = Barrier::new(THREADS);
+    let seen: Vec<i64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    (0..EACH)
+                        .map(|_| {
+                            let next = s
+                                .update_event_answer("slot", &mut |old| {
+                                    json!(old.and_then(|v| v.as_i64()).unwrap_or(-1000) + 1)
+                                })
+                                .unwrap();
+                            next.as_i64().unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    let expected: Vec<i64> = (1..=(THREADS * EACH) as i64).collect();
+    assert_eq!(sorted, expected, "every update took effect once");
+    assert_eq!(
+        s.event_answer("slot").unwrap(),
+        Some(json!((THREADS * EACH) as i64))
+    );
+    assert_eq!(s.event_answer("other").unwrap(), None);
+}
+
 fn create_new_existing_and_key_held(s: &Fixture) {
     let b = Batch {
         timers_add: vec![timer(50, "c1", 0)],
@@ -1515,6 +1562,7 @@ macro_rules! suite {
                 timers_come_due_in_order,
                 waits_are_found_by_type_and_key,
                 event_answers_are_kept,
+                racing_updates_of_an_event_answer_each_count_once,
                 create_new_existing_and_key_held,
                 concurrent_duplicate_creates_make_one_instance,
                 an_open_claim_is_held_until_its_holder_finishes,

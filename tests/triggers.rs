@@ -13,6 +13,10 @@ use casework::store::Store;
 use serde_json::json;
 use std::sync::Arc;
 
+mod support {
+    pub mod postgres;
+}
+
 const EMERGENCY: &str = r#"
 workflow: emergency
 version: 1
@@ -227,4 +231,270 @@ async fn a_schedule_occurrence_fired_by_racing_schedulers_starts_one_instance() 
             .collect::<std::collections::BTreeSet<_>>(),
         instances
     );
+}
+
+/// An outage: three tickets about one component within 15 minutes. The instance hears of
+/// one more ticket, then waits for the outage to be resolved.
+const OUTAGE: &str = r#"
+workflow: outage
+version: 1
+input:
+  component: { type: string, required: true }
+  tickets: { type: integer, required: true }
+triggers:
+  - event: ticket.created
+    when: event.data.priority != "low"
+    key: event.data.component
+    count: { at_least: 3, within: 15m }
+    input: { component: "${window.key}", tickets: "${window.count}" }
+steps:
+  - id: another_ticket
+    wait: { event: ticket.created, key: input.component, timeout: 1d }
+    next: resolved
+  - id: resolved
+    wait: { event: outage.resolved, key: input.component, timeout: 1d }
+    next: done
+  - id: done
+    complete: { output: { component: "${input.component}" } }
+"#;
+
+fn outage_driver(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Driver {
+    let d = Driver::new(store, Arc::new(NoPlugins), clock, None);
+    let (wf, diags) = compile::load("outage.yaml", OUTAGE, &Default::default(), &Rules::shared());
+    d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+        .unwrap();
+    d
+}
+
+fn about(component: &str, ticket: &str, priority: &str) -> Event {
+    Event {
+        event_type: "ticket.created".into(),
+        key: ticket.into(),
+        data: json!({"component": component, "priority": priority}),
+        id: Some(format!("evt-{ticket}")),
+    }
+}
+
+#[tokio::test]
+async fn a_burst_for_one_key_starts_one_instance_that_hears_the_rest_then_counting_starts_afresh() {
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let d = outage_driver(Arc::new(SledStore::temporary().unwrap()), clock.clone());
+    let counts = |o: &casework::daemon::triggers::TriggerOutcome| {
+        o.counted
+            .iter()
+            .map(|c| (c.key.clone(), c.count))
+            .collect::<Vec<_>>()
+    };
+    let o = start_for_event(&d, &about("db", "T-1", "high")).await;
+    assert_eq!(counts(&o), [("db".to_string(), 1)], "{o:?}");
+    // Filtered out, another key, a resend: none of them brings `db` closer.
+    let o = start_for_event(&d, &about("db", "T-2", "low")).await;
+    assert!(o.counted.is_empty() && o.started.is_empty(), "{o:?}");
+    let o = start_for_event(&d, &about("web", "T-3", "high")).await;
+    assert_eq!(counts(&o), [("web".to_string(), 1)]);
+    let o = start_for_event(&d, &about("db", "T-1", "high")).await;
+    assert_eq!(
+        counts(&o),
+        [("db".to_string(), 1)],
+        "a resent event counts once"
+    );
+    clock.advance_to(clock.now_ms() + 60_000);
+    let o = start_for_event(&d, &about("db", "T-4", "high")).await;
+    assert_eq!(counts(&o), [("db".to_string(), 2)]);
+    let o = start_for_event(&d, &about("db", "T-5", "urgent")).await;
+    assert_eq!(o.started.len(), 1, "{o:?}");
+    assert!(o.started[0].created && o.consumed);
+    let id = o.started[0].id.clone();
+    d.wait_idle().await;
+    let inst = d.snapshot(&id).unwrap();
+    assert_eq!(inst.input(), &json!({"component": "db", "tickets": 3}));
+
+    // The next ticket about `db` goes to the open instance; no second outage starts.
+    let o = start_for_event(&d, &about("db", "T-6", "high")).await;
+    assert_eq!(o.started.len(), 1, "{o:?}");
+    assert!(!o.started[0].created && o.started[0].attached, "{o:?}");
+    assert_eq!(o.started[0].id, id);
+    assert!(!o.consumed, "the event itself may still be kept for a wait");
+    // The event that fired the window, resent, is not given to the instance again.
+    let o = start_for_event(&d, &about("db", "T-5", "urgent")).await;
+    assert_eq!(o.started[0].id, id, "{o:?}");
+    d.wait_idle().await;
+    let woken = d
+        .deliver(Event {
+            event_type: "outage.resolved".into(),
+            key: "db".into(),
+            data: json!({}),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        woken,
+        vec![id.clone()],
+        "T-6 moved it on to wait for the resolution"
+    );
+    d.wait_idle().await;
+    assert_eq!(
+        d.snapshot(&id).unwrap().output(),
+        Some(&json!({"component": "db"}))
+    );
+
+    // Finished: the next ticket about `db` is the first of a new count.
+    let o = start_for_event(&d, &about("db", "T-7", "high")).await;
+    assert_eq!(counts(&o), [("db".to_string(), 1)], "{o:?}");
+    // `web` kept its count: 15 minutes after T-3 it has left the window.
+    clock.advance_to(clock.now_ms() + 15 * 60_000);
+    let o = start_for_event(&d, &about("web", "T-8", "high")).await;
+    assert_eq!(counts(&o), [("web".to_string(), 1)], "{o:?}");
+    assert_eq!(d.inner().store.instances(None, 100).unwrap().len(), 1);
+}
+
+/// Tickets about one component sent at once to two daemons sharing a store: the count is
+/// reached once, one instance starts, and every later ticket is given to it.
+async fn racing_tickets_start_one_outage(store: Arc<dyn Store>) {
+    const TICKETS: usize = 24;
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let drivers = [
+        outage_driver(store.clone(), clock.clone()),
+        outage_driver(store.clone(), clock.clone()),
+    ];
+    let barrier = Arc::new(tokio::sync::Barrier::new(TICKETS));
+    let racers: Vec<_> = (0..TICKETS)
+        .map(|i| {
+            let (d, barrier) = (drivers[i % 2].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                start_for_event(&d, &about("db", &format!("T-{i}"), "high")).await
+            })
+        })
+        .collect();
+    let (mut created, mut attached, mut counted) = (0, 0, Vec::new());
+    let mut ids = std::collections::BTreeSet::new();
+    for r in racers {
+        let o = r.await.unwrap();
+        assert!(o.failed.is_empty(), "{o:?}");
+        counted.extend(o.counted.iter().map(|c| c.count));
+        for s in o.started {
+            created += usize::from(s.created);
+            attached += usize::from(s.attached);
+            ids.insert(s.id);
+        }
+    }
+    counted.sort_unstable();
+    assert_eq!(counted, [1, 2], "each count was seen once");
+    assert_eq!((created, ids.len()), (1, 1), "{ids:?}");
+    assert_eq!(attached, TICKETS - 3);
+    for d in &drivers {
+        d.wait_idle().await;
+    }
+    assert_eq!(store.instances(None, 100).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_tickets_start_one_outage_on_sled() {
+    racing_tickets_start_one_outage(Arc::new(SledStore::temporary().unwrap())).await;
+}
+
+#[test]
+fn racing_tickets_start_one_outage_on_postgres() {
+    let db = support::postgres::TestDb::new();
+    let key = casework::store::seal::JournalKey::random().unwrap();
+    let store = casework::store::postgres::PgStore::open(
+        db.url(),
+        casework::store::seal::KeySource::Explicit(key),
+    )
+    .expect("open the PostgreSQL store");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(racing_tickets_start_one_outage(Arc::new(store)));
+}
+
+/// The count kept survives a restart, and a crash after the count was reached but before
+/// the instance was created starts it with the next event (once).
+#[tokio::test]
+async fn a_window_survives_a_restart_and_a_start_lost_to_a_crash_happens_with_the_next_event() {
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let before = outage_driver(store.clone(), clock.clone());
+    for t in ["T-1", "T-2"] {
+        start_for_event(&before, &about("db", t, "high")).await;
+    }
+    drop(before);
+    // A new daemon on the same store (what a restart keeps is what the store keeps).
+    let d = outage_driver(store.clone(), clock.clone());
+    let o = start_for_event(&d, &about("db", "T-3", "high")).await;
+    assert!(o.started.first().is_some_and(|s| s.created), "{o:?}");
+
+    // As if the daemon died right after keeping `api`'s count reached: round 0 is open
+    // but has no instance.
+    let slot = casework::daemon::window::slot("outage", 0, "api");
+    let mut w = casework::daemon::window::Window::default();
+    let threshold = casework::daemon::window::Threshold {
+        at_least: 3,
+        within_ms: 900_000,
+    };
+    for t in ["A-1", "A-2", "A-3"] {
+        w = w.add(Some(t), clock.now_ms(), threshold).0;
+    }
+    store
+        .update_event_answer(&slot, &mut |_| w.to_value())
+        .unwrap();
+    let o = start_for_event(&d, &about("api", "A-4", "high")).await;
+    assert!(o.started.first().is_some_and(|s| s.created), "{o:?}");
+    let again = start_for_event(&d, &about("api", "A-5", "high")).await;
+    assert_eq!(again.started[0].id, o.started[0].id, "{again:?}");
+    assert!(!again.started[0].created);
+    d.wait_idle().await;
+    assert_eq!(store.instances(None, 100).unwrap().len(), 2);
+}
+
+/// The shipped emergency workflow counts bursts itself: ten tickets (not low priority)
+/// about one component within 15 minutes start one emergency, classified as a burst.
+#[tokio::test]
+async fn the_shipped_emergency_starts_on_ten_tickets_about_one_component_in_15_minutes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let files = casework::daemon::registry::workflow_files(&dir).unwrap();
+    let rules = Arc::new(Rules::new(Default::default()));
+    let (workflows, diags) = casework::daemon::registry::load_files(&files, None, &rules);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let d = Driver::new(
+        Arc::new(SledStore::temporary().unwrap()),
+        Arc::new(NoPlugins),
+        clock.clone(),
+        None,
+    );
+    for wf in workflows {
+        d.install(wf).unwrap();
+    }
+    let ticket = |n: usize, component: &str, priority: &str| Event {
+        event_type: "ticket.created".into(),
+        key: format!("T-{n}"),
+        data: json!({"component": component, "priority": priority}),
+        id: Some(format!("zendesk-{n}")),
+    };
+    // Low-priority tickets and another component do not count towards `payments`.
+    for n in 0..20 {
+        let o = start_for_event(&d, &ticket(n, "payments", "low")).await;
+        assert!(o.counted.is_empty() && o.started.is_empty(), "{o:?}");
+    }
+    start_for_event(&d, &ticket(20, "login", "normal")).await;
+    for n in 21..30 {
+        let o = start_for_event(&d, &ticket(n, "payments", "normal")).await;
+        assert!(o.started.is_empty(), "ticket {n}: {o:?}");
+        assert_eq!(o.counted[0].count as usize, n - 20);
+        clock.advance_to(clock.now_ms() + 60_000);
+    }
+    let o = start_for_event(&d, &ticket(30, "payments", "high")).await;
+    let started: Vec<_> = o.started.iter().filter(|s| s.created).collect();
+    assert_eq!(started.len(), 1, "{o:?}");
+    assert_eq!(started[0].workflow, "emergency");
+    let inst = d.snapshot(&started[0].id).unwrap();
+    assert_eq!(inst.input()["source"], json!("ticket_burst"));
+    assert_eq!(inst.input()["component"], json!("payments"));
+    assert_eq!(inst.input()["ticket_count"], json!(10));
+    assert_eq!(inst.input()["window_minutes"], json!(15));
 }

@@ -306,6 +306,14 @@ pub fn send_event(args: SendEventArgs) -> Result<u8> {
         out(&format!("woke {}", woken.join(", ")));
     }
     for s in answer["started"].as_array().into_iter().flatten() {
+        if s["attached"] == json!(true) && s["created"] != json!(true) {
+            out(&format!(
+                "gave it to {} ({}), open for the same key",
+                s["id"].as_str().unwrap_or(""),
+                s["workflow"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
         let created = if s["created"] == json!(false) {
             " (already started by this event)"
         } else {
@@ -315,6 +323,15 @@ pub fn send_event(args: SendEventArgs) -> Result<u8> {
             "started {} ({}){created}",
             s["id"].as_str().unwrap_or(""),
             s["workflow"].as_str().unwrap_or("")
+        ));
+    }
+    for c in answer["counted"].as_array().into_iter().flatten() {
+        out(&format!(
+            "counted for {} `{}`: {} of {}",
+            c["workflow"].as_str().unwrap_or(""),
+            c["key"].as_str().unwrap_or(""),
+            c["count"],
+            c["at_least"]
         ));
     }
     let errors = answer["trigger_errors"]

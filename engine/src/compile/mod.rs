@@ -96,12 +96,22 @@ pub enum TriggerKind {
     Event {
         event_type: String,
         when: Option<AST>,
+        /// `count:`: start once per burst (see [`crate::daemon::window`]).
+        window: Option<TriggerWindow>,
     },
     Schedule {
         cron: Box<croner::Cron>,
         pattern: String,
         timezone: chrono_tz::Tz,
     },
+}
+
+/// `count:` and `key:` of an event trigger.
+#[derive(Debug)]
+pub struct TriggerWindow {
+    /// Over `event`; none counts every matching event in one window.
+    pub key: Option<AST>,
+    pub threshold: crate::daemon::window::Threshold,
 }
 
 #[derive(Debug)]
@@ -329,9 +339,20 @@ impl Compiler<'_> {
 
     fn trigger(&mut self, t: &definition::TriggerDef) -> Option<Trigger> {
         let kind = match &t.source {
-            definition::TriggerSource::Event { event, when } => TriggerKind::Event {
+            definition::TriggerSource::Event {
+                event,
+                when,
+                window,
+            } => TriggerKind::Event {
                 event_type: event.value.clone(),
                 when: when.as_ref().map(|w| self.script(w, true)),
+                window: window.as_ref().map(|w| TriggerWindow {
+                    key: w.key.as_ref().map(|k| self.script(k, true)),
+                    threshold: crate::daemon::window::Threshold {
+                        at_least: w.at_least,
+                        within_ms: w.within.value.as_millis() as crate::runtime::Millis,
+                    },
+                }),
             },
             definition::TriggerSource::Schedule { cron, timezone } => TriggerKind::Schedule {
                 // The reader checked both parse.

@@ -1186,9 +1186,9 @@ async fn deliver(
     let delivered = d
         .deliver_with(event, async |e: &Event| {
             let t = super::triggers::start_for_event(d, e).await;
-            let started = !t.started.is_empty();
+            let consumed = t.consumed;
             triggered = Some(t);
-            started
+            consumed
         })
         .await
         .map_err(|e| match e {
@@ -1205,6 +1205,7 @@ async fn deliver(
         "inbox_seq": delivered.buffered,
         "started": triggered.started,
         "trigger_errors": triggered.failed,
+        "counted": triggered.counted,
     })))
 }
 

@@ -11,5 +11,6 @@ pub mod reload;
 pub mod report;
 pub mod triggers;
 pub mod view;
+pub mod window;
 
 pub use driver::Driver;

@@ -9,9 +9,10 @@
 //! occurrence — not once per missed occurrence. A schedule seen for the first time
 //! does not fire for occurrences before it was loaded.
 
+use super::window::{self, Decision, Window};
 use super::Driver;
 use crate::compile::rules::{format_ms, Bindings};
-use crate::compile::{CompiledWorkflow, Trigger, TriggerKind};
+use crate::compile::{CompiledWorkflow, Trigger, TriggerKind, TriggerWindow};
 use crate::runtime::{Event, Millis};
 use chrono::TimeZone;
 use serde::Serialize;
@@ -36,10 +37,24 @@ pub struct TriggerFailure {
     pub message: String,
 }
 
+/// An event a windowed trigger counted without reaching its count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WindowCount {
+    pub workflow: String,
+    pub key: String,
+    pub count: u32,
+    pub at_least: u32,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TriggerOutcome {
     pub started: Vec<TriggerStart>,
     pub failed: Vec<TriggerFailure>,
+    pub counted: Vec<WindowCount>,
+    /// A trigger took the event as a start's input, so it need not be kept for a wait.
+    /// Events a window only counted, or gave to its open instance, are not taken.
+    #[serde(skip)]
+    pub consumed: bool,
 }
 
 /// Starts every workflow with an event trigger matching `event`.
@@ -53,7 +68,12 @@ pub async fn start_for_event(driver: &Driver, event: &Event) -> TriggerOutcome {
     );
     for wf in driver.inner().registry.all_latest() {
         for (i, trigger) in wf.triggers.iter().enumerate() {
-            let TriggerKind::Event { event_type, when } = &trigger.kind else {
+            let TriggerKind::Event {
+                event_type,
+                when,
+                window,
+            } = &trigger.kind
+            else {
                 continue;
             };
             if event_type != &event.event_type {
@@ -88,6 +108,21 @@ pub async fn start_for_event(driver: &Driver, event: &Event) -> TriggerOutcome {
                         continue;
                     }
                 }
+            }
+            if let Some(window) = window {
+                windowed(
+                    driver,
+                    &wf,
+                    i,
+                    trigger,
+                    window,
+                    event,
+                    &locals,
+                    now,
+                    &mut outcome,
+                )
+                .await;
+                continue;
             }
             let key = event.id.as_ref().map(|id| format!("event:{id}:{i}"));
             start(
@@ -131,16 +166,180 @@ async fn start(
         None => default_input,
     };
     match driver.start(&wf.name, input, key).await {
-        Ok(s) => outcome.started.push(TriggerStart {
-            workflow: wf.name.clone(),
-            id: s.id,
-            created: s.created,
-            attached: s.attached,
-        }),
+        Ok(s) => {
+            outcome.consumed = true;
+            outcome.started.push(TriggerStart {
+                workflow: wf.name.clone(),
+                id: s.id,
+                created: s.created,
+                attached: s.attached,
+            })
+        }
         Err(e) => outcome.failed.push(TriggerFailure {
             workflow: wf.name.clone(),
             message: e.to_string(),
         }),
+    }
+}
+
+/// An event for a trigger with `count:`: counted in its key's window; the count reached
+/// starts the workflow (once per round, see [`window`]); while that instance is open, the
+/// event is given to it with the window's key instead.
+#[allow(clippy::too_many_arguments)]
+async fn windowed(
+    driver: &Driver,
+    wf: &CompiledWorkflow,
+    index: usize,
+    trigger: &Trigger,
+    w: &TriggerWindow,
+    event: &Event,
+    locals: &Map<String, Value>,
+    now: Millis,
+    outcome: &mut TriggerOutcome,
+) {
+    let fail = |outcome: &mut TriggerOutcome, message: String| {
+        outcome.failed.push(TriggerFailure {
+            workflow: wf.name.clone(),
+            message,
+        })
+    };
+    let b = Bindings {
+        input: &Value::Null,
+        vars: &Map::new(),
+        locals,
+        now_ms: now,
+        instance: None,
+    };
+    let key = match &w.key {
+        None => String::new(),
+        Some(ast) => match wf.rules.eval(ast, &b) {
+            Ok((v, _)) => match crate::runtime::key_text(v).filter(|k| !k.is_empty()) {
+                Some(k) => k,
+                None => {
+                    let why = format!("trigger {} `key:` gave nothing; check that the event has the field it reads", index + 1);
+                    return fail(outcome, why);
+                }
+            },
+            Err(e) => {
+                let why = format!("trigger {} `key:` failed: {}", index + 1, e.message);
+                return fail(outcome, why);
+            }
+        },
+    };
+    let store = &driver.inner().store;
+    let slot = window::slot(&wf.name, index, &key);
+    // Twice at most: the second time after finding the open round's instance finished.
+    for _ in 0..2 {
+        let mut decision = None;
+        let counted = store.update_event_answer(&slot, &mut |stored| {
+            let (next, d) = Window::read(stored).add(event.id.as_deref(), now, w.threshold);
+            decision = Some(d);
+            next.to_value()
+        });
+        let (Ok(_), Some(decision)) = (counted, decision) else {
+            return fail(
+                outcome,
+                "cannot count the event: the store did not answer".into(),
+            );
+        };
+        let (open, fired) = match decision {
+            Decision::Counted { count } => {
+                outcome.counted.push(WindowCount {
+                    workflow: wf.name.clone(),
+                    key,
+                    count,
+                    at_least: w.threshold.at_least,
+                });
+                return;
+            }
+            Decision::Fire(open) => (open, true),
+            Decision::Open(open) => (open, false),
+        };
+        let mut locals = locals.clone();
+        locals.insert(
+            "window".into(),
+            json!({
+                "key": key,
+                "count": open.count,
+                "first_at": format_ms(open.first_at),
+                "round": open.round,
+            }),
+        );
+        let b = Bindings {
+            locals: &locals,
+            ..b
+        };
+        let input = match &trigger.input {
+            Some(template) => match template.render(&wf.rules, &b) {
+                Ok(v) => v,
+                Err(e) => return fail(outcome, format!("trigger `input:` failed: {}", e.message)),
+            },
+            None => event.data.clone(),
+        };
+        // The round's key: a start lost to a crash after the count was kept happens now,
+        // once; a round started already answers with its instance.
+        let start_key = window::start_key(index, &key, open.round);
+        let started = match driver.start(&wf.name, input, Some(start_key)).await {
+            Ok(s) => s,
+            Err(e) => return fail(outcome, e.to_string()),
+        };
+        if fired {
+            tracing::info!(workflow = %wf.name, key = %key, count = open.count, "windowed trigger reached its count");
+            outcome.consumed = true;
+            outcome.started.push(TriggerStart {
+                workflow: wf.name.clone(),
+                id: started.id,
+                created: started.created,
+                attached: false,
+            });
+            return;
+        }
+        // Created here (the start was lost to a crash, or this event overtook the one that
+        // completed the count): it is open, and this event comes after the count.
+        let finished = !started.created
+            && match store.instance(&started.id) {
+                Ok(meta) => meta.is_none_or(|m| m.is_final()),
+                Err(e) => {
+                    return fail(outcome, format!("cannot read instance {}: {e}", started.id))
+                }
+            };
+        if finished {
+            let round = open.round;
+            let closed = store.update_event_answer(&slot, &mut |stored| {
+                Window::read(stored).finished(round).to_value()
+            });
+            if let Err(e) = closed {
+                return fail(outcome, format!("cannot count the event: {e}"));
+            }
+            continue;
+        }
+        // The event that completed the count is the instance's input already; an event
+        // with the window's key reached the instance's waits as it was sent.
+        let fired_by_this = open.fired_by.is_some() && open.fired_by == event.id;
+        if !fired_by_this && event.key != key {
+            let given = Event {
+                event_type: event.event_type.clone(),
+                key: key.clone(),
+                data: event.data.clone(),
+                id: event
+                    .id
+                    .as_ref()
+                    .map(|id| format!("window:{}:{index}:{id}", wf.name)),
+            };
+            if let Err(e) = driver.deliver(given).await {
+                return fail(
+                    outcome,
+                    format!("cannot give the event to {}: {e}", started.id),
+                );
+            }
+        }
+        outcome.started.push(TriggerStart {
+            workflow: wf.name.clone(),
+            id: started.id,
+            created: started.created,
+            attached: true,
+        });
+        return;
     }
 }
 

@@ -92,12 +92,24 @@ pub enum TriggerSource {
     Event {
         event: Spanned<String>,
         when: Option<Script>,
+        /// `count:` (with `key:`): start once when enough events come close together.
+        window: Option<WindowDef>,
     },
     /// A cron schedule in a time zone.
     Schedule {
         cron: Spanned<String>,
         timezone: Spanned<String>,
     },
+}
+
+/// `count: { at_least, within }` of an event trigger, and its `key:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowDef {
+    /// Expression over `event` naming what is counted together (one window per value);
+    /// without it every matching event counts in one window.
+    pub key: Option<Script>,
+    pub at_least: u32,
+    pub within: Spanned<Duration>,
 }
 
 /// The type of an input field.

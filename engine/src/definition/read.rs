@@ -37,7 +37,12 @@ pub(crate) const CONCURRENCY_FIELDS: &[&str] = &["limit", "on_conflict", "event"
 /// The most open instances `concurrency.limit` allows per key: a start tries the key's
 /// places one by one, so this bounds the writes a refused start costs.
 pub const MAX_OPEN_PER_KEY: u32 = 50;
-pub(crate) const TRIGGER_FIELDS: &[&str] = &["event", "when", "schedule", "timezone", "input"];
+pub(crate) const TRIGGER_FIELDS: &[&str] = &[
+    "event", "when", "schedule", "timezone", "input", "key", "count",
+];
+pub(crate) const COUNT_FIELDS: &[&str] = &["at_least", "within"];
+/// The longest `count.within` a windowed trigger may ask for (30 days).
+const MAX_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
 pub(crate) const STEP_COMMON: &[&str] = &[
     "id",
     "description",
@@ -310,12 +315,34 @@ impl Reader<'_> {
                         "remove it, or make this a schedule trigger",
                     );
                 }
+                let window = match (f.get("count"), f.get("key")) {
+                    (Some(count), key) => Some(self.window(count, key)?),
+                    (None, Some(_)) => {
+                        self.hint(
+                            f.key_span("key"),
+                            "`key` on a trigger is used with `count:`",
+                            "add e.g. `count: { at_least: 10, within: 15m }` to start once when ten events with one key come within 15 minutes, or remove `key`",
+                        );
+                        return None;
+                    }
+                    (None, None) => None,
+                };
                 TriggerSource::Event {
                     event: self.string(event, "`event`")?,
                     when: f.get("when").and_then(|n| self.script(n, "`when`")),
+                    window,
                 }
             }
             (None, Some(schedule)) => {
+                for field in ["count", "key"] {
+                    if f.get(field).is_some() {
+                        self.hint(
+                            f.key_span(field),
+                            format!("`{field}` belongs to an `event:` trigger"),
+                            "a schedule fires at its times; remove it",
+                        );
+                    }
+                }
                 if f.get("when").is_some() {
                     self.hint(
                         f.key_span("when"),
@@ -374,6 +401,53 @@ impl Reader<'_> {
             span: node.span,
             source,
             input,
+        })
+    }
+
+    /// `count: { at_least, within }` and the `key:` beside it.
+    fn window(&mut self, count: &Node, key: Option<&Node>) -> Option<WindowDef> {
+        let cf = self.fields(count, "`count`", COUNT_FIELDS)?;
+        let max = i64::from(crate::daemon::window::MAX_AT_LEAST);
+        let at_least = match cf.get("at_least") {
+            Some(n) => self.uint(n, "`at_least`", 1, max),
+            None => {
+                self.hint(
+                    count.span,
+                    "`count` needs `at_least`",
+                    "e.g. `count: { at_least: 10, within: 15m }`",
+                );
+                None
+            }
+        };
+        let within = match cf.get("within") {
+            Some(n) => self.duration(n, "`within`").and_then(|d| {
+                if d.value.as_millis() == 0 || d.value.as_millis() > MAX_WINDOW_MS {
+                    self.hint(
+                        n.span,
+                        "`within` must be more than 0 and at most 30d",
+                        "how close together the events must come, e.g. `within: 15m`",
+                    );
+                    return None;
+                }
+                Some(d)
+            }),
+            None => {
+                self.hint(
+                    count.span,
+                    "`count` needs `within`",
+                    "e.g. `count: { at_least: 10, within: 15m }`",
+                );
+                None
+            }
+        };
+        let key = match key {
+            Some(k) => Some(self.script(k, "`key`")?),
+            None => None,
+        };
+        Some(WindowDef {
+            key,
+            at_least: at_least?,
+            within: within?,
         })
     }
 

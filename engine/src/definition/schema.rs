@@ -114,7 +114,12 @@ pub fn workflow_schema() -> Value {
                 {"type": "object", "additionalProperties": false, "required": ["event"], "properties": {
                     "event": {"type": "string", "description": "Event type, e.g. ticket.created"},
                     "when": expr("Rhai filter over `event` (type, key, data, id)"),
-                    "input": {"description": "The new instance's input; `${event.data...}` templates"}}},
+                    "key": expr("with count: expression over `event` naming what is counted together, e.g. event.data.component"),
+                    "count": {"type": "object", "additionalProperties": false, "required": ["at_least", "within"], "properties": {
+                        "at_least": {"type": "integer", "minimum": 1, "maximum": crate::daemon::window::MAX_AT_LEAST, "description": "events with one key that start the workflow once"},
+                        "within": duration()},
+                        "description": "start once when at_least matching events with one key come within `within`; later ones go to the open instance"},
+                    "input": {"description": "The new instance's input; `${event.data...}` templates, and `${window.key}`, `${window.count}`, `${window.first_at}` with count"}}},
                 {"type": "object", "additionalProperties": false, "required": ["schedule", "timezone"], "properties": {
                     "schedule": {"type": "string", "description": "Cron pattern, e.g. \"0 9 * * MON-FRI\""},
                     "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/London"},

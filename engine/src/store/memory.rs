@@ -509,6 +509,23 @@ impl Store for MemoryStore {
         self.log(vec![Op::EventAnswer(event_id.to_string(), answer.clone())])
     }
 
+    fn update_event_answer(
+        &self,
+        slot: &str,
+        change: &mut dyn FnMut(Option<Value>) -> Value,
+    ) -> Result<Value> {
+        let answer = {
+            let mut g = self.lock()?;
+            let answer = change(g.live.events.get(slot).cloned());
+            let op = Op::EventAnswer(slot.to_string(), answer.clone());
+            g.live.apply(&op);
+            g.pending.push(op);
+            answer
+        };
+        self.flush()?;
+        Ok(answer)
+    }
+
     fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
         self.lock()?.leases.heartbeat(daemon, until);
         Ok(())

@@ -400,6 +400,15 @@ pub trait Store: Send + Sync + 'static {
     /// The answer given for an event id before, if any (event deduplication).
     fn event_answer(&self, event_id: &str) -> Result<Option<serde_json::Value>>;
     fn put_event_answer(&self, event_id: &str, answer: &serde_json::Value) -> Result<()>;
+    /// Replace the answer kept under `slot` by `change`'s answer to the one kept now, as
+    /// one atomic step across daemons, durable before it returns; answers what is kept.
+    /// `change` may be called more than once (when another daemon changed the slot in
+    /// between), so it must only compute. What a windowed trigger counts lives here.
+    fn update_event_answer(
+        &self,
+        slot: &str,
+        change: &mut dyn FnMut(Option<serde_json::Value>) -> serde_json::Value,
+    ) -> Result<serde_json::Value>;
     /// Renew `daemon`'s liveness until `until` (never shortens it).
     fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()>;
     /// Claim `instance` for `daemon`: its own already ([`Ownership::Mine`] with the same

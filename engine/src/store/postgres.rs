@@ -1366,6 +1366,75 @@ impl Store for PgStore {
         })
     }
 
+    fn update_event_answer(
+        &self,
+        slot: &str,
+        change: &mut dyn FnMut(Option<serde_json::Value>) -> serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let id_hash = self.shared.sealer.index_id("event", slot).to_vec();
+        // Compare and swap: `change` runs here, between a read and a write that takes
+        // effect only if the row still holds what was read, so daemons counting at once
+        // take turns without holding a transaction open across `change`.
+        loop {
+            let old: Option<Vec<u8>> = {
+                let id_hash = id_hash.clone();
+                self.run(move |s| async move {
+                    let c = s.client().await?;
+                    let row = c
+                        .query_opt(
+                            "SELECT value FROM casework_events WHERE id_hash = $1",
+                            &[&id_hash],
+                        )
+                        .await
+                        .map_err(|e| s.db(e))?;
+                    row.map(|r| r.try_get(0).map_err(col)).transpose()
+                })?
+            };
+            let current = match &old {
+                Some(v) => {
+                    let plain = self
+                        .shared
+                        .sealer
+                        .open("events", &id_hash, v)
+                        .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
+                    Some(
+                        serde_json::from_slice(&plain)
+                            .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            let answer = change(current);
+            let value = self.shared.seal("events", &id_hash, &json(&answer)?)?;
+            let id_hash = id_hash.clone();
+            let swapped = self.run(move |s| async move {
+                let c = s.client().await?;
+                let n = match old {
+                    None => c
+                        .execute(
+                            "INSERT INTO casework_events (id_hash, value) VALUES ($1, $2) \
+                             ON CONFLICT (id_hash) DO NOTHING",
+                            &[&id_hash, &value],
+                        )
+                        .await
+                        .map_err(|e| s.db(e))?,
+                    Some(old) => c
+                        .execute(
+                            "UPDATE casework_events SET value = $2 \
+                             WHERE id_hash = $1 AND value = $3",
+                            &[&id_hash, &value, &old],
+                        )
+                        .await
+                        .map_err(|e| s.db(e))?,
+                };
+                Ok(n == 1)
+            })?;
+            if swapped {
+                return Ok(answer);
+            }
+        }
+    }
+
     fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
         let daemon = daemon.to_string();
         self.run(move |s| async move {

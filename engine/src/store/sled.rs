@@ -840,6 +840,43 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn update_event_answer(
+        &self,
+        slot: &str,
+        change: &mut dyn FnMut(Option<serde_json::Value>) -> serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let _changing = self.changing();
+        let k = self.sealer.index_id("event", slot);
+        loop {
+            let old = self.events.get(k).map_err(io)?;
+            let current = match &old {
+                Some(v) => {
+                    let plain = self
+                        .sealer
+                        .open("events", &k, v)
+                        .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
+                    Some(
+                        serde_json::from_slice(&plain)
+                            .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            let answer = change(current);
+            let value = self.seal("events", &k, &json(&answer)?)?;
+            // Written only if the slot still holds what `change` saw (else read again).
+            if self
+                .events
+                .compare_and_swap(k, old, Some(value))
+                .map_err(io)?
+                .is_ok()
+            {
+                self.db.flush().map_err(io)?;
+                return Ok(answer);
+            }
+        }
+    }
+
     fn heartbeat(&self, daemon: &str, until: Millis) -> Result<()> {
         self.leases().heartbeat(daemon, until);
         Ok(())

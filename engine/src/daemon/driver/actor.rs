@@ -22,11 +22,16 @@ pub(super) async fn run(inner: Arc<Inner>, id: String, mut rx: mpsc::UnboundedRe
                         match inner.store.release(&id, &fence) {
                             Ok(false) => {
                                 own.fence = Some(fence);
-                                if read_mail(&inner, &id, &mut own).await == 0 {
-                                    // Unreadable mail: keep the claim and leave; the next
-                                    // ownership tick tries again.
+                                let read = read_mail(&inner, &id, &mut own).await;
+                                // Mail that could not be read, or whose handling could not
+                                // be journaled (the state was dropped): keep the claim and
+                                // leave; the next ownership tick tries again. Trying again
+                                // at once would spin for as long as the store fails.
+                                if read == 0 || own.state.is_none() {
                                     own.fence = None;
                                 } else {
+                                    // Let others run (and a runtime shutting down stop us).
+                                    tokio::task::yield_now().await;
                                     continue;
                                 }
                             }
