@@ -232,6 +232,49 @@ async fn a_plugin_runs_no_more_calls_at_once_than_its_concurrency_limit() {
     until(&host, "abandoned calls give back their slots", idle).await;
 }
 
+/// `limits.concurrency` and `limits.rate` in a plugin's own `plugin.toml`, for a
+/// provider's published limits: its calls wait, in the bounded queue, instead of failing.
+#[tokio::test]
+async fn a_plugin_toml_s_own_concurrency_and_rate_hold_its_calls() {
+    fn one_at_a_time(m: String) -> String {
+        forever(m.replace("timeout_ms = 2000", "timeout_ms = 2000\nconcurrency = 1"))
+    }
+    fn two_per_second(m: String) -> String {
+        m.replace("timeout_ms = 2000", "timeout_ms = 300\nrate = \"2/s\"")
+    }
+    let (host, _dir) = host_with(
+        pool(2, 8, 8, 1024),
+        &[("single", one_at_a_time), ("slow", two_per_second)],
+    )
+    .await;
+    let first = spawn_call(&host, "single", "spin");
+    until(&host, "one running", |s| s.running == 1).await;
+    let second = spawn_call(&host, "single", "spin");
+    until(&host, "the second waits though the pool has room", |s| {
+        s.running == 1 && s.queued == 1
+    })
+    .await;
+    first.abort();
+    until(&host, "the second runs once the first is gone", |s| {
+        s.running == 1 && s.queued == 0
+    })
+    .await;
+    second.abort();
+    until(&host, "idle", idle).await;
+
+    // 2/s: the first call starts now, the next in 500 ms, past its 300 ms limit.
+    call(&host, "slow", "count").await.unwrap();
+    let waited = busy(call(&host, "slow", "count").await);
+    assert!(
+        waited
+            .message
+            .contains("its turn under the plugin's rate of 2/s (its limits.rate)"),
+        "{}",
+        waited.message
+    );
+    until(&host, "idle", idle).await;
+}
+
 #[tokio::test]
 async fn a_full_queue_refuses_a_call_at_once_with_plugin_busy() {
     let (host, _dir) = host_with(

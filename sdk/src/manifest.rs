@@ -85,6 +85,63 @@ pub struct Limits {
     pub timeout_ms: u32,
     /// Optional wasmtime fuel budget for one `invoke` (CPU work, not time).
     pub fuel: Option<u64>,
+    /// Most calls of this plugin running at once in one daemon (1 to 1000), e.g. a
+    /// provider that allows 4 connections; below the operator's `plugin_concurrency`.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Most calls of this plugin started per second, minute or hour in one daemon, e.g.
+    /// `"25/s"` for a provider's published rate. Calls are spaced evenly; a call over
+    /// the rate waits its turn (in the bounded queue) instead of failing.
+    #[serde(default)]
+    pub rate: Option<String>,
+}
+
+/// `limits.rate`: `count` calls per `per_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per_ms: u64,
+}
+
+impl Rate {
+    /// Reads `25/s`, `600/m` or `1000/h`.
+    ///
+    /// ```
+    /// use casework_sdk::manifest::Rate;
+    /// assert_eq!(Rate::parse("25/s"), Ok(Rate { count: 25, per_ms: 1000 }));
+    /// assert!(Rate::parse("fast").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || {
+            format!("limits.rate = \"{text}\" must be a count per s, m or h, e.g. \"25/s\" or \"600/m\"")
+        };
+        let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per_ms = match per.trim() {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        if !(1..=100_000).contains(&count) {
+            return Err(format!(
+                "limits.rate = \"{text}\": the count must be between 1 and 100000"
+            ));
+        }
+        Ok(Rate { count, per_ms })
+    }
+
+    /// The time between two calls' starts.
+    pub fn interval(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.per_ms * 1000 / u64::from(self.count))
+    }
+}
+
+impl Limits {
+    /// `rate`, read (checked by [`Manifest::parse`]).
+    pub fn rate(&self) -> Option<Rate> {
+        self.rate.as_deref().and_then(|r| Rate::parse(r).ok())
+    }
 }
 
 /// Every problem found in a manifest, reported together.
@@ -192,6 +249,16 @@ impl Manifest {
         }
         if self.limits.fuel == Some(0) {
             problems.push("limits.fuel must be positive when set".to_string());
+        }
+        if let Some(c) = self.limits.concurrency {
+            if !(1..=1000).contains(&c) {
+                problems.push(format!(
+                    "limits.concurrency = {c} must be between 1 and 1000"
+                ));
+            }
+        }
+        if let Some(Err(e)) = self.limits.rate.as_deref().map(Rate::parse) {
+            problems.push(e);
         }
         problems
     }
@@ -322,6 +389,8 @@ mod tests {
         memory_mb = 32
         timeout_ms = 5000
         fuel = 1000000
+        concurrency = 4
+        rate = "25/s"
     "#;
 
     #[test]
@@ -333,7 +402,9 @@ mod tests {
             Limits {
                 memory_mb: 32,
                 timeout_ms: 5000,
-                fuel: Some(1_000_000)
+                fuel: Some(1_000_000),
+                concurrency: Some(4),
+                rate: Some("25/s".into()),
             }
         );
         assert_eq!(m.config["base_url"], "http://127.0.0.1:8080");
@@ -348,6 +419,8 @@ mod tests {
                 r#""https://crm.example.com/api", "ftp://x:21","#,
             )
             .replace("memory_mb = 32", "memory_mb = 0")
+            .replace("concurrency = 4", "concurrency = 0")
+            .replace(r#"rate = "25/s""#, r#"rate = "25 per second""#)
             .replace(r#"["get_customer"]"#, r#"["get_customer", "get_customer"]"#);
         let err = Manifest::parse(&text).unwrap_err();
         assert_eq!(
@@ -358,6 +431,8 @@ mod tests {
                 "grants.http `https://crm.example.com/api`: must be an origin only: no path, query or credentials",
                 "grants.http `ftp://x:21`: scheme must be `http` or `https`",
                 "limits.memory_mb = 0 must be between 1 and 4096",
+                "limits.concurrency = 0 must be between 1 and 1000",
+                "limits.rate = \"25 per second\" must be a count per s, m or h, e.g. \"25/s\" or \"600/m\"",
             ]
         );
         assert!(err

@@ -132,6 +132,8 @@ pub enum Stage {
     Slot,
     /// Nothing: it has started.
     Running,
+    /// Its turn under its plugin's `limits.rate`.
+    Rate,
 }
 
 impl Stage {
@@ -140,15 +142,40 @@ impl Stage {
             0 => Stage::Plugin,
             1 => Stage::Memory,
             2 => Stage::Slot,
+            4 => Stage::Rate,
             _ => Stage::Running,
         }
     }
+}
+
+/// What a plugin's `plugin.toml` limits besides memory and time (`limits.concurrency`,
+/// `limits.rate`): for a provider's published limits, within the pool's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub concurrency: Option<usize>,
+    pub rate: Option<casework_sdk::manifest::Rate>,
 }
 
 /// Calls of one plugin: its permits and how many of its calls wait.
 struct Lane {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
+    limits: PluginLimits,
+    /// When the next call may start under `limits.rate` (each call reserves its turn when
+    /// it arrives, so turns go in arrival order and starts are spaced evenly).
+    next_turn: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Lane {
+    /// Reserves the next turn under the rate: when this call may start (None: now).
+    fn reserve_turn(&self) -> Option<tokio::time::Instant> {
+        let rate = self.limits.rate?;
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_turn.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = next.map_or(now, |n| n.max(now));
+        *next = Some(turn + rate.interval());
+        (turn > now).then_some(turn)
+    }
 }
 
 #[derive(Default)]
@@ -222,28 +249,56 @@ impl Pool {
             .handle()
     }
 
-    fn lane(&self, plugin: &str) -> Arc<Lane> {
+    /// The plugin's lane; a new one when its limits changed (a reloaded `plugin.toml`:
+    /// calls already admitted finish under the old one).
+    fn lane(&self, plugin: &str, limits: PluginLimits) -> Arc<Lane> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        lanes
-            .entry(plugin.to_string())
-            .or_insert_with(|| {
-                Arc::new(Lane {
-                    permits: Arc::new(Semaphore::new(self.config.concurrency.max(1))),
-                    waiting: AtomicUsize::new(0),
-                })
-            })
-            .clone()
+        if let Some(lane) = lanes.get(plugin).filter(|l| l.limits == limits) {
+            return lane.clone();
+        }
+        let lane = Arc::new(Lane {
+            permits: Arc::new(Semaphore::new(self.concurrency_of(limits).max(1))),
+            waiting: AtomicUsize::new(0),
+            limits,
+            next_turn: Mutex::new(None),
+        });
+        lanes.insert(plugin.to_string(), lane.clone());
+        lane
+    }
+
+    /// Calls of `plugin` that may run at once under `limits` and the pool's own limit.
+    pub fn concurrency_of(&self, limits: PluginLimits) -> usize {
+        limits
+            .concurrency
+            .map_or(self.config.concurrency, |c| c.min(self.config.concurrency))
     }
 
     /// Admits a call of `plugin` that needs `memory_mib` of guest memory: takes what is
     /// free now and, if something is not, counts the call as waiting, or refuses it
     /// when `plugin_queue` calls of this plugin already wait. Never blocks.
     pub fn enqueue(&self, plugin: &str, memory_mib: u32) -> Result<Ticket, PluginError> {
+        self.enqueue_limited(plugin, memory_mib, PluginLimits::default(), false)
+    }
+
+    /// [`Pool::enqueue`] for a plugin with its own limits: at most `limits.concurrency`
+    /// of its calls run at once, and a `paced` call (one that may reach the provider, not
+    /// the host asking the plugin what it offers) that arrives before its turn under
+    /// `limits.rate` waits for it in the queue (and counts towards `plugin_queue`).
+    pub fn enqueue_limited(
+        &self,
+        plugin: &str,
+        memory_mib: u32,
+        limits: PluginLimits,
+        paced: bool,
+    ) -> Result<Ticket, PluginError> {
         if memory_mib > self.config.memory_mib {
             // It would wait for ever: no amount of waiting frees more than the budget.
             return Err(over_budget(plugin, memory_mib, self.config.memory_mib));
         }
-        let lane = self.lane(plugin);
+        let lane = self.lane(plugin, limits);
+        // A turn reserved by a call then refused is not given back: the rate is only
+        // ever undershot.
+        let turn = if paced { lane.reserve_turn() } else { None };
         let mut ticket = Ticket {
             plugin: plugin.to_string(),
             config: self.config,
@@ -257,8 +312,11 @@ impl Pool {
             counts: self.counts.clone(),
             stage: Arc::new(AtomicU8::new(Stage::Plugin as u8)),
             waiting: false,
+            turn,
         };
-        if ticket.try_take_all() {
+        if turn.is_some() {
+            ticket.set(Stage::Rate);
+        } else if ticket.try_take_all() {
             return Ok(ticket);
         }
         let queue = self.config.queue;
@@ -347,6 +405,8 @@ pub struct Ticket {
     stage: Arc<AtomicU8>,
     /// Counted in its lane's and the pool's queue.
     waiting: bool,
+    /// Its turn under the plugin's rate, if it must wait for it.
+    turn: Option<tokio::time::Instant>,
 }
 
 /// Where a ticket is, readable after the ticket moved onto the pool.
@@ -430,6 +490,11 @@ impl Ticket {
         };
         // The stage the call last had to wait for: the one that held it up most recently.
         let mut waited_on = Stage::Running;
+        if let Some(turn) = self.turn.take() {
+            self.set(Stage::Rate);
+            waited_on = Stage::Rate;
+            tokio::time::sleep_until(turn).await;
+        }
         if self.lane_permit.is_none() {
             self.set(Stage::Plugin);
             waited_on = Stage::Plugin;
@@ -628,6 +693,84 @@ mod tests {
         );
         drop(waiting);
         assert_eq!(pool.stats().queued, 0, "a dropped ticket leaves the queue");
+    }
+
+    #[tokio::test]
+    async fn a_plugin_s_own_concurrency_limit_holds_its_calls_below_the_pool_s() {
+        let pool = Pool::new(config(8, 8, 100), 8).unwrap();
+        let two = PluginLimits {
+            concurrency: Some(2),
+            rate: None,
+        };
+        let a = pool.enqueue_limited("p", 1, two, true).unwrap();
+        let b = pool.enqueue_limited("p", 1, two, true).unwrap();
+        let third = pool.enqueue_limited("p", 1, two, true).unwrap();
+        assert_eq!(
+            (a.stage().get(), b.stage().get()),
+            (Stage::Slot, Stage::Slot),
+            "two run at once"
+        );
+        assert_eq!(third.stage().get(), Stage::Plugin, "the third waits");
+        assert_eq!(
+            pool.enqueue("q", 1).unwrap().stage().get(),
+            Stage::Slot,
+            "another plugin is not held"
+        );
+        let _a = a.admitted().await.unwrap();
+        drop(b);
+        let running = tokio::time::timeout(std::time::Duration::from_secs(10), third.admitted())
+            .await
+            .expect("admitted once one of the two is gone");
+        assert!(running.is_ok());
+        // A higher limit than the pool's is held to the pool's.
+        let many = PluginLimits {
+            concurrency: Some(100),
+            rate: None,
+        };
+        assert_eq!(pool.concurrency_of(many), 8);
+    }
+
+    #[tokio::test]
+    async fn calls_over_a_plugin_s_rate_wait_their_turn_in_arrival_order_spaced_evenly() {
+        let pool = Pool::new(config(1, 64, 100), 64).unwrap();
+        let limits = PluginLimits {
+            concurrency: None,
+            rate: Some(casework_sdk::manifest::Rate::parse("20/s").unwrap()),
+        };
+        let t0 = tokio::time::Instant::now();
+        let tickets: Vec<Ticket> = (0..5)
+            .map(|_| pool.enqueue_limited("p", 1, limits, true).unwrap())
+            .collect();
+        assert_eq!(
+            tickets[0].stage().get(),
+            Stage::Slot,
+            "the first starts now"
+        );
+        assert!(tickets[1..].iter().all(|t| t.stage().get() == Stage::Rate));
+        assert_eq!(pool.stats().queued, 4, "the others wait in the queue");
+        let mut starts = Vec::new();
+        for t in tickets {
+            let running = t.admitted().await.unwrap();
+            starts.push((tokio::time::Instant::now() - t0).as_millis());
+            drop(running);
+        }
+        // Turns are 50 ms apart from the first arrival: no call starts before its turn
+        // (a lower bound only: a busy machine may start any of them later).
+        for (n, at) in starts.iter().enumerate() {
+            assert!(
+                *at >= 50 * n as u128,
+                "call {n} started at {at} ms: {starts:?}"
+            );
+        }
+        // A queue bound holds for calls waiting on the rate too.
+        let small = Pool::new(config(1, 64, 100), 64).unwrap();
+        let _first = small.enqueue_limited("p", 1, limits, true).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(small.enqueue_limited("p", 1, limits, true).unwrap());
+        }
+        let refused = small.enqueue_limited("p", 1, limits, true).err().unwrap();
+        assert_eq!(refused.code, "plugin_busy");
     }
 
     #[tokio::test]

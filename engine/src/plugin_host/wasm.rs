@@ -23,7 +23,7 @@
 
 use super::directory::{PluginDirectory, PluginFiles};
 use super::egress::{self, EgressError};
-use super::pool::{Pool, PoolConfig, PoolStats, Stage, StageWatch, Ticket};
+use super::pool::{PluginLimits, Pool, PoolConfig, PoolStats, Stage, StageWatch, Ticket};
 use super::secrets::Secrets;
 use super::{CallContext, CallFuture, PluginError, PluginHost};
 use crate::clock::Clock;
@@ -424,7 +424,7 @@ impl WasmHost {
             plugin.manifest.clone(),
         );
         let list = self
-            .on_pool(&plugin.manifest, arrived, move |ticket| {
+            .on_pool(&plugin.manifest, arrived, false, move |ticket| {
                 run_describe(sandbox, pre, manifest, ticket, deadline)
             })
             .await
@@ -456,6 +456,7 @@ impl WasmHost {
         &self,
         manifest: &Manifest,
         arrived: Instant,
+        paced: bool,
         start: impl FnOnce(Ticket) -> F,
     ) -> Result<T, PluginError>
     where
@@ -464,7 +465,10 @@ impl WasmHost {
     {
         use tracing::instrument::{Instrument, WithSubscriber};
         let plugin = manifest.name.as_str();
-        let ticket = self.pool.enqueue(plugin, manifest.limits.memory_mb)?;
+        let limits = limits_of(manifest);
+        let ticket = self
+            .pool
+            .enqueue_limited(plugin, manifest.limits.memory_mb, limits, paced)?;
         let stage = ticket.stage();
         // The job's log lines (the guest's included) keep the caller's span and
         // subscriber: instance, step and attempt, and a test's capture.
@@ -547,8 +551,10 @@ impl WasmHost {
             ctx,
             deadline,
         };
-        self.on_pool(&plugin.manifest, arrived, move |ticket| call.run(ticket))
-            .await
+        self.on_pool(&plugin.manifest, arrived, true, move |ticket| {
+            call.run(ticket)
+        })
+        .await
     }
 }
 
@@ -754,6 +760,14 @@ fn gave_up(plugin: &str, manifest: &Manifest, stage: &StageWatch, pool: PoolConf
     }
 }
 
+/// What the pool holds the plugin's calls to, from its `plugin.toml`.
+fn limits_of(manifest: &Manifest) -> PluginLimits {
+    PluginLimits {
+        concurrency: manifest.limits.concurrency.map(|c| c as usize),
+        rate: manifest.limits.rate(),
+    }
+}
+
 /// A call that never started: its whole time limit went waiting on the pool.
 fn waited_too_long(
     plugin: &str,
@@ -762,9 +776,18 @@ fn waited_too_long(
     pool: PoolConfig,
 ) -> PluginError {
     let waited_for = match stage {
-        Stage::Plugin => format!(
-            "one of the {} calls of this plugin that may run at once (plugin_concurrency)",
-            pool.concurrency
+        Stage::Plugin => match manifest.limits.concurrency {
+            Some(c) if (c as usize) < pool.concurrency => format!(
+                "one of the {c} calls of this plugin that may run at once (its limits.concurrency)"
+            ),
+            _ => format!(
+                "one of the {} calls of this plugin that may run at once (plugin_concurrency)",
+                pool.concurrency
+            ),
+        },
+        Stage::Rate => format!(
+            "its turn under the plugin's rate of {} (its limits.rate): more calls came at once than that rate starts within the time limit",
+            manifest.limits.rate.as_deref().unwrap_or("")
         ),
         Stage::Memory => format!(
             "{} MiB (its limits.memory_mb) of the {} MiB all plugin calls may use together (plugin_memory_mib)",
