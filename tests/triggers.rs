@@ -497,4 +497,46 @@ async fn the_shipped_emergency_starts_on_ten_tickets_about_one_component_in_15_m
     assert_eq!(inst.input()["component"], json!("payments"));
     assert_eq!(inst.input()["ticket_count"], json!(10));
     assert_eq!(inst.input()["window_minutes"], json!(15));
+    // Later tickets about `payments` go to it; the emergency never waits for tickets,
+    // so they are not kept for it in the inbox (which would fill up during an outage).
+    for n in 31..40 {
+        let o = start_for_event(&d, &ticket(n, "payments", "high")).await;
+        // (The shipped escalation wants more of a ticket than this test sends.)
+        assert!(o.failed.iter().all(|f| f.workflow != "emergency"), "{o:?}");
+        assert!(
+            o.started
+                .iter()
+                .any(|s| s.attached && s.id == started[0].id),
+            "{o:?}"
+        );
+    }
+    assert!(d.inner().store.inbox(None, 100).unwrap().is_empty());
+}
+
+/// A start that can never succeed (here the input does not fit) is reported and starts
+/// the count afresh instead of failing every later event the same way.
+#[tokio::test]
+async fn a_windowed_start_that_cannot_succeed_says_why_and_counts_afresh() {
+    let bad = OUTAGE.replace(r#"tickets: "${window.count}""#, r#"tickets: "many""#);
+    let d = Driver::new(
+        Arc::new(SledStore::temporary().unwrap()),
+        Arc::new(NoPlugins),
+        Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z"))),
+        None,
+    );
+    let (wf, diags) = compile::load("outage.yaml", &bad, &Default::default(), &Rules::shared());
+    d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+        .unwrap();
+    for t in ["T-1", "T-2"] {
+        start_for_event(&d, &about("db", t, "high")).await;
+    }
+    let o = start_for_event(&d, &about("db", "T-3", "high")).await;
+    assert!(o.started.is_empty(), "{o:?}");
+    assert!(
+        o.failed[0].message.contains("does not match")
+            && o.failed[0].message.contains("the count starts afresh"),
+        "{o:?}"
+    );
+    let o = start_for_event(&d, &about("db", "T-4", "high")).await;
+    assert_eq!(o.counted[0].count, 1, "{o:?}");
 }

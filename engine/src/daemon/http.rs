@@ -1164,16 +1164,25 @@ async fn deliver(
         )
     })?;
     if let Some(id) = &b.id {
-        check_key_length(id).map_err(|why| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_event_id",
-                format!(
-                    "the event `id` {why}; an `id` is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes \
+        // NUL starts the engine's own slots (schedules, windowed counts) in the same space.
+        check_key_length(id)
+            .and_then(|()| {
+                if id.contains('\u{0}') {
+                    Err("holds a NUL character".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|why| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_event_id",
+                    format!(
+                        "the event `id` {why}; an `id` is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes \
                      of text, or leave it out"
-                ),
-            )
-        })?;
+                    ),
+                )
+            })?;
     }
     let event = Event {
         event_type: b.event_type,

@@ -9,6 +9,7 @@
 //! occurrence — not once per missed occurrence. A schedule seen for the first time
 //! does not fire for occurrences before it was loaded.
 
+use super::driver::StartError;
 use super::window::{self, Decision, Window};
 use super::Driver;
 use crate::compile::rules::{format_ms, Bindings};
@@ -191,7 +192,7 @@ async fn windowed(
     wf: &CompiledWorkflow,
     index: usize,
     trigger: &Trigger,
-    w: &TriggerWindow,
+    w_def: &TriggerWindow,
     event: &Event,
     locals: &Map<String, Value>,
     now: Millis,
@@ -210,7 +211,7 @@ async fn windowed(
         now_ms: now,
         instance: None,
     };
-    let key = match &w.key {
+    let key = match &w_def.key {
         None => String::new(),
         Some(ast) => match wf.rules.eval(ast, &b) {
             Ok((v, _)) => match crate::runtime::key_text(v).filter(|k| !k.is_empty()) {
@@ -230,17 +231,27 @@ async fn windowed(
     let slot = window::slot(&wf.name, index, &key);
     // Twice at most: the second time after finding the open round's instance finished.
     for _ in 0..2 {
-        let mut decision = None;
+        let mut decision = Err(String::new());
         let counted = store.update_event_answer(&slot, &mut |stored| {
-            let (next, d) = Window::read(stored).add(event.id.as_deref(), now, w.threshold);
-            decision = Some(d);
-            next.to_value()
+            match Window::read(stored.clone()) {
+                Ok(w) => {
+                    let (next, d) = w.add(event.id.as_deref(), now, w_def.threshold);
+                    decision = Ok(d);
+                    next.to_value()
+                }
+                // Left as it is, for an operator to look at; counting on is refused.
+                Err(e) => {
+                    decision = Err(e);
+                    stored.unwrap_or_default()
+                }
+            }
         });
-        let (Ok(_), Some(decision)) = (counted, decision) else {
-            return fail(
-                outcome,
-                "cannot count the event: the store did not answer".into(),
-            );
+        let decision = match (counted, decision) {
+            (Ok(_), Ok(d)) => d,
+            (Err(e), _) => return fail(outcome, format!("cannot count the event: {e}")),
+            (Ok(_), Err(e)) => {
+                return fail(outcome, format!("cannot count the event for `{key}`: {e}"))
+            }
         };
         let (open, fired) = match decision {
             Decision::Counted { count } => {
@@ -248,12 +259,18 @@ async fn windowed(
                     workflow: wf.name.clone(),
                     key,
                     count,
-                    at_least: w.threshold.at_least,
+                    at_least: w_def.threshold.at_least,
                 });
                 return;
             }
             Decision::Fire(open) => (open, true),
             Decision::Open(open) => (open, false),
+        };
+        let close = |round: u64| {
+            store.update_event_answer(&slot, &mut |stored| match Window::read(stored.clone()) {
+                Ok(w) => w.finished(round).to_value(),
+                Err(_) => stored.unwrap_or_default(),
+            })
         };
         let mut locals = locals.clone();
         locals.insert(
@@ -271,17 +288,47 @@ async fn windowed(
         };
         let input = match &trigger.input {
             Some(template) => match template.render(&wf.rules, &b) {
-                Ok(v) => v,
-                Err(e) => return fail(outcome, format!("trigger `input:` failed: {}", e.message)),
+                Ok(v) => Ok(v),
+                Err(e) => Err(format!("trigger `input:` failed: {}", e.message)),
             },
-            None => event.data.clone(),
+            None => Ok(event.data.clone()),
         };
         // The round's key: a start lost to a crash after the count was kept happens now,
         // once; a round started already answers with its instance.
-        let start_key = window::start_key(index, &key, open.round);
-        let started = match driver.start(&wf.name, input, Some(start_key)).await {
+        let start_key = window::start_key(index, &key, &open);
+        // A start that can never succeed (the input does not fit, the workflow is gone)
+        // closes the round, so counting starts afresh rather than every later event
+        // failing the same way; one that may succeed later (an overloaded daemon, a store
+        // error) leaves it open for the next event.
+        let started = match input {
+            Ok(input) => driver
+                .start(&wf.name, input, Some(start_key))
+                .await
+                .map_err(|e| {
+                    let transient =
+                        matches!(e, StartError::Overloaded(_) | StartError::Internal(_));
+                    let why = match &e {
+                        StartError::InvalidInput(problems) => {
+                            let list: Vec<String> =
+                                problems.iter().map(ToString::to_string).collect();
+                            format!("{e}: {}", list.join("; "))
+                        }
+                        _ => e.to_string(),
+                    };
+                    (why, transient)
+                }),
+            Err(why) => Err((why, false)),
+        };
+        let started = match started {
             Ok(s) => s,
-            Err(e) => return fail(outcome, e.to_string()),
+            Err((why, true)) => return fail(outcome, why),
+            Err((why, false)) => {
+                let why = match close(open.round) {
+                    Ok(_) => format!("{why}; the count starts afresh"),
+                    Err(e) => format!("{why} (and the count could not start afresh: {e})"),
+                };
+                return fail(outcome, why);
+            }
         };
         if fired {
             tracing::info!(workflow = %wf.name, key = %key, count = open.count, "windowed trigger reached its count");
@@ -290,7 +337,7 @@ async fn windowed(
                 workflow: wf.name.clone(),
                 id: started.id,
                 created: started.created,
-                attached: false,
+                attached: started.attached,
             });
             return;
         }
@@ -304,19 +351,17 @@ async fn windowed(
                 }
             };
         if finished {
-            let round = open.round;
-            let closed = store.update_event_answer(&slot, &mut |stored| {
-                Window::read(stored).finished(round).to_value()
-            });
-            if let Err(e) = closed {
+            if let Err(e) = close(open.round) {
                 return fail(outcome, format!("cannot count the event: {e}"));
             }
             continue;
         }
         // The event that completed the count is the instance's input already; an event
-        // with the window's key reached the instance's waits as it was sent.
+        // with the window's key reached the instance's waits as it was sent; a workflow
+        // that never waits for this type has no use for it (and keeping it for a wait
+        // that never comes would only fill the inbox).
         let fired_by_this = open.fired_by.is_some() && open.fired_by == event.id;
-        if !fired_by_this && event.key != key {
+        if !fired_by_this && event.key != key && wf.waits_for(&event.event_type) {
             let given = Event {
                 event_type: event.event_type.clone(),
                 key: key.clone(),
@@ -341,6 +386,10 @@ async fn windowed(
         });
         return;
     }
+    fail(
+        outcome,
+        format!("the count for `{key}` kept changing while the event was counted; send it again"),
+    );
 }
 
 /// Where the last handled occurrence of a schedule is kept. The pattern is part of

@@ -41,6 +41,10 @@ pub struct Window {
     /// Rounds fired so far (the next round's number).
     #[serde(default)]
     pub rounds: u64,
+    /// Ids counted in the round that fired last, so their resends (the webhook did not
+    /// hear back) are not counted again in the next round. At most `at_least`.
+    #[serde(default)]
+    pub fired_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +68,15 @@ pub enum Decision {
 }
 
 impl Window {
-    /// Reads a stored window; anything else (never written, or written by an older
-    /// version in another shape) is an empty window.
-    pub fn read(stored: Option<serde_json::Value>) -> Window {
-        stored
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+    /// Reads a stored window (none stored: an empty one). A value in another shape is an
+    /// error, not an empty window: starting again from round 0 could reuse an old
+    /// round's instance key.
+    pub fn read(stored: Option<serde_json::Value>) -> Result<Window, String> {
+        match stored {
+            None => Ok(Window::default()),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| format!("the stored count does not read: {e}")),
+        }
     }
 
     pub fn to_value(&self) -> serde_json::Value {
@@ -85,7 +92,10 @@ impl Window {
         // Only events inside the window count: it slides with each arrival.
         let since = now.saturating_sub(t.within_ms);
         self.counted.retain(|(_, at)| *at > since);
-        let seen = id.is_some_and(|id| self.counted.iter().any(|(c, _)| c.as_deref() == Some(id)));
+        let seen = id.is_some_and(|id| {
+            self.counted.iter().any(|(c, _)| c.as_deref() == Some(id))
+                || self.fired_ids.iter().any(|f| f == id)
+        });
         if !seen {
             self.counted.push((id.map(str::to_string), now));
         }
@@ -100,7 +110,7 @@ impl Window {
             first_at: self.counted.first().map_or(now, |(_, at)| *at),
         };
         self.rounds += 1;
-        self.counted.clear();
+        self.fired_ids = self.counted.drain(..).filter_map(|(id, _)| id).collect();
         self.open = Some(open.clone());
         (self, Decision::Fire(open))
     }
@@ -115,9 +125,10 @@ impl Window {
     }
 }
 
-/// The idempotency key of a round's instance: trigger, window key and round.
-pub fn start_key(trigger: usize, key: &str, round: u64) -> String {
-    format!("window:{trigger}:{round}:{key}")
+/// The idempotency key of a round's instance: trigger, round, when its first event came,
+/// and the window key (the time keeps keys apart should a window ever start over).
+pub fn start_key(trigger: usize, key: &str, open: &Open) -> String {
+    format!("window:{trigger}:{}:{}:{key}", open.round, open.first_at)
 }
 
 /// Where a window is kept (in the event-answer slots, whose names are hashed).
@@ -201,6 +212,18 @@ mod tests {
     }
 
     #[test]
+    fn a_resend_of_an_event_that_fired_a_round_does_not_count_in_the_next() {
+        let (w, _) = feed(
+            Window::default(),
+            &[(Some("a"), 0), (Some("b"), 1), (Some("c"), 2)],
+        );
+        let w = w.finished(0);
+        let (w, d) = feed(w, &[(Some("c"), 3), (Some("a"), 4), (Some("d"), 5)]);
+        assert_eq!(d[0], Decision::Counted { count: 0 }, "{w:?}");
+        assert_eq!(d[2], Decision::Counted { count: 1 });
+    }
+
+    #[test]
     fn counting_starts_afresh_after_the_round_finishes() {
         let (w, _) = feed(Window::default(), &[(None, 0), (None, 1), (None, 2)]);
         // An older round finishing does not close a newer one.
@@ -225,13 +248,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_window_reads_back_and_anything_else_is_empty() {
+    fn a_stored_window_reads_back_and_anything_else_is_an_error() {
         let (w, _) = feed(Window::default(), &[(Some("a"), 5)]);
-        assert_eq!(Window::read(Some(w.to_value())), w);
-        assert_eq!(
-            Window::read(Some(serde_json::json!("junk"))),
-            Window::default()
-        );
-        assert_eq!(Window::read(None), Window::default());
+        assert_eq!(Window::read(Some(w.to_value())), Ok(w));
+        assert!(Window::read(Some(serde_json::json!("junk"))).is_err());
+        assert_eq!(Window::read(None), Ok(Window::default()));
     }
 }
