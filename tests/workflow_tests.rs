@@ -137,6 +137,59 @@ tests:
     );
 }
 
+/// Checkpoints look part-way through: one that holds passes, one that does not fails the
+/// test naming its time, and one after `stop_after` is an error in the file.
+#[test]
+fn checkpoints_check_part_way_through_and_name_their_time() {
+    let dir = folder_with(&format!(
+        r#"workflow: refund
+start: 2026-11-20T10:00:00Z
+{INPUT}
+tests:
+  - name: waits for approval, then expires
+    checkpoints:
+      - {{ at: 1h, expect: {{ status: waiting, path: [check_eligibility, route] }} }}
+      - {{ at: 2h, expect: {{ status: completed }} }}
+    expect: {{ output: {{ status: expired }} }}
+"#
+    ));
+    let r = casework(&["test", "."], dir.path());
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("\n        at 2h: status"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("at 1h:"),
+        "the first checkpoint holds: {}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("output:"),
+        "the end state holds: {}",
+        r.stdout
+    );
+
+    let late = folder_with(&format!(
+        r#"workflow: refund
+start: 2026-11-20T10:00:00Z
+{INPUT}
+tests:
+  - name: looks too late
+    stop_after: 1h
+    checkpoints:
+      - {{ at: 2h, expect: {{ status: waiting }} }}
+    expect: {{ status: waiting }}
+"#
+    ));
+    let r = casework(&["test", "."], late.path());
+    assert_eq!(r.code, 2, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains(
+            "refund.test.yaml:8:11: error: this checkpoint comes after the test's `stop_after`"
+        ),
+        "{all}"
+    );
+}
+
 #[test]
 fn retries_and_secrets_are_checked() {
     let dir = folder_with(&format!(

@@ -37,6 +37,17 @@ pub struct TestCase {
     pub events: Vec<TimedEvent>,
     /// End the test this long after the start (timers due by then still fire).
     pub stop_after_ms: Option<u64>,
+    /// What must hold part-way through (`checkpoints:`), in time order.
+    pub checkpoints: Vec<Checkpoint>,
+    pub expect: Expect,
+}
+
+/// `- { at: 2h, expect: {...} }`: the instance as it is `at` after the start, once
+/// everything due by then (events and timers) has happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub span: Span,
+    pub at_ms: u64,
     pub expect: Expect,
 }
 

@@ -23,8 +23,10 @@ pub const TEST_FIELDS: &[&str] = &[
     "mocks",
     "events",
     "stop_after",
+    "checkpoints",
     "expect",
 ];
+pub const CHECKPOINT_FIELDS: &[&str] = &["at", "expect"];
 pub const MOCK_FIELDS: &[&str] = &["call", "when", "reply", "error", "timeout", "times"];
 pub const MOCK_ERROR_FIELDS: &[&str] = &["code", "message", "retryable"];
 pub const EVENT_FIELDS: &[&str] = &["after", "type", "key", "data", "id"];
@@ -310,6 +312,28 @@ impl Reader<'_> {
                 );
             }
         }
+        let mut checkpoints = Vec::new();
+        if let Some(n) = f.get("checkpoints") {
+            let example = "  checkpoints:\n    - { at: 2h, expect: { status: waiting, sla: { first_response: { state: warning } } } }";
+            for item in self.list(n, "`checkpoints`", example) {
+                if let Some(c) = self.checkpoint(item) {
+                    checkpoints.push(c);
+                }
+            }
+        }
+        checkpoints.sort_by_key(|c: &Checkpoint| c.at_ms);
+        if let Ok(Some(stop)) = stop_after {
+            for c in checkpoints.iter().filter(|c| c.at_ms > stop) {
+                self.hint(
+                    c.span,
+                    "this checkpoint comes after the test's `stop_after`, so it would never be looked at",
+                    format!(
+                        "check by {} or raise `stop_after`",
+                        Duration::from_millis(stop)
+                    ),
+                );
+            }
+        }
         let expect = match f.get("expect") {
             Some(n) => self.expect(n),
             None => {
@@ -328,6 +352,32 @@ impl Reader<'_> {
             mocks,
             events,
             stop_after_ms: stop_after.ok()?,
+            checkpoints,
+            expect: expect?,
+        })
+    }
+
+    fn checkpoint(&mut self, node: &Node) -> Option<Checkpoint> {
+        let f = self.fields(node, "a checkpoint", CHECKPOINT_FIELDS)?;
+        let at = self
+            .required(
+                &f,
+                "at",
+                "a checkpoint",
+                "how long after the start to look, e.g. `at: 2h`",
+            )
+            .and_then(|n| self.duration(n, "`at`"));
+        let expect = self
+            .required(
+                &f,
+                "expect",
+                "a checkpoint",
+                "what must hold then, e.g. `expect: { status: waiting }`",
+            )
+            .and_then(|n| self.expect(n));
+        Some(Checkpoint {
+            span: f.node.span,
+            at_ms: at?,
             expect: expect?,
         })
     }

@@ -7,7 +7,7 @@
 
 use super::expect::{check, ActualCall, Failure, Observed};
 use super::host::ScriptedHost;
-use super::model::{TestCase, DEFAULT_HORIZON_MS};
+use super::model::{Checkpoint, TestCase, DEFAULT_HORIZON_MS};
 use crate::cli::run::describe;
 use crate::clock::{Clock, ManualClock};
 use crate::compile::rules::{format_ms, Limits, Rules};
@@ -92,7 +92,8 @@ fn run_one(suite: &Suite, case: &TestCase, logs: &LogBuffer) -> CaseResult {
         .build();
     let outcome = match runtime {
         Ok(rt) => rt.block_on(async {
-            match tokio::time::timeout(REAL_TIME_LIMIT, run_case(suite, case, trace.clone())).await
+            match tokio::time::timeout(REAL_TIME_LIMIT, run_case(suite, case, trace.clone(), logs))
+                .await
             {
                 Ok(r) => r,
                 Err(_) => Err(Failure::new(format!(
@@ -105,10 +106,11 @@ fn run_one(suite: &Suite, case: &TestCase, logs: &LogBuffer) -> CaseResult {
     };
     let trace = std::mem::take(&mut *lock(&trace));
     let (failures, virtual_ms) = match outcome {
-        Ok((mut observed, virtual_ms)) => {
+        Ok((mut observed, virtual_ms, mut failures)) => {
             observed.logs = logs.lines();
             observed.logs.extend(trace.iter().cloned());
-            (check(&case.expect, &observed), virtual_ms)
+            failures.extend(check(&case.expect, &observed));
+            (failures, virtual_ms)
         }
         Err(f) => (vec![f], 0),
     };
@@ -129,7 +131,8 @@ async fn run_case(
     suite: &Suite,
     case: &TestCase,
     trace: Arc<Mutex<Vec<String>>>,
-) -> Result<(Observed, i64), Failure> {
+    logs: &LogBuffer,
+) -> Result<(Observed, i64, Vec<Failure>), Failure> {
     // A rule engine of its own, so the calendars this test loads are not those of a test
     // running beside it.
     let rules = Arc::new(Rules::new(Limits::default()));
@@ -189,7 +192,34 @@ async fn run_case(
             .is_none_or(|m| m.is_final())
     };
     let engine_error = |e: String| Failure::new(format!("engine error: {e}"));
+    let mut checkpoints = case.checkpoints.iter().peekable();
+    let mut checkpoint_failures = Vec::new();
+    // A checkpoint looks once everything due by its time has happened: timers due then,
+    // and the events sent at that time.
+    let look = async |cp: &Checkpoint, failures: &mut Vec<Failure>| -> Result<(), Failure> {
+        let at = case.start_ms + cp.at_ms as i64;
+        if !finished() {
+            advance(&driver, clock.as_ref(), at, true, &finished)
+                .await
+                .map_err(engine_error)?;
+        }
+        clock.advance_to(at);
+        driver.wait_idle().await;
+        let journal = lock(&journal).clone();
+        let mut observed = observe(&driver, &id, &rules, &host, journal, clock.now_ms())?;
+        observed.logs = logs.lines();
+        observed.logs.extend(lock(&trace).iter().cloned());
+        let when = crate::definition::Duration::from_millis(cp.at_ms);
+        for mut f in check(&cp.expect, &observed) {
+            f.title = format!("at {when}: {}", f.title);
+            failures.push(f);
+        }
+        Ok(())
+    };
     for ev in &case.events {
+        while let Some(cp) = checkpoints.next_if(|cp| cp.at_ms < ev.after_ms) {
+            look(cp, &mut checkpoint_failures).await?;
+        }
         let at = case.start_ms + ev.after_ms as i64;
         if !finished() {
             advance(&driver, clock.as_ref(), at, false, &finished)
@@ -232,6 +262,9 @@ async fn run_case(
             ));
         }
     }
+    for cp in checkpoints {
+        look(cp, &mut checkpoint_failures).await?;
+    }
     let limit = case.start_ms + case.stop_after_ms.unwrap_or(DEFAULT_HORIZON_MS) as i64;
     advance(&driver, clock.as_ref(), limit, true, &finished)
         .await
@@ -242,18 +275,38 @@ async fn run_case(
     }
     driver.wait_idle().await;
 
+    let journal = std::mem::take(&mut *lock(&journal));
+    let observed = observe(&driver, &id, &rules, &host, journal, clock.now_ms())?;
+    Ok((
+        observed,
+        clock.now_ms() - case.start_ms,
+        checkpoint_failures,
+    ))
+}
+
+/// The instance `id` as the test's expectations see it now (logs are added by the
+/// caller).
+fn observe(
+    driver: &Driver,
+    id: &str,
+    rules: &Arc<Rules>,
+    host: &ScriptedHost,
+    journal: Vec<(String, Record)>,
+    now: i64,
+) -> Result<Observed, Failure> {
+    let engine_error = |e: String| Failure::new(format!("engine error: {e}"));
     let inst = driver
-        .snapshot(&id)
+        .snapshot(id)
         .ok_or_else(|| Failure::new("the instance vanished from the store"))?;
     let wf = driver
         .inner()
         .registry
-        .pinned(driver.inner().store.as_ref(), inst.hash(), &rules)
+        .pinned(driver.inner().store.as_ref(), inst.hash(), rules)
         .map_err(engine_error)?;
     let root_journal = driver
         .inner()
         .store
-        .journal(&id)
+        .journal(id)
         .map_err(|e| engine_error(e.to_string()))?;
     let (status, current) = match inst.status() {
         Status::Completed | Status::Failed | Status::Cancelled => {
@@ -268,21 +321,21 @@ async fn run_case(
         ),
     };
     let observed = Observed {
-        root_id: id.clone(),
+        root_id: id.to_string(),
         status,
         current,
         output: inst.output().cloned(),
         vars: Value::Object(inst.vars().clone()),
         error: inst.error().cloned(),
-        path: path_of(&wf, &id, &root_journal),
+        path: path_of(&wf, id, &root_journal),
         calls: calls_of(&wf, &root_journal),
-        journal: std::mem::take(&mut *lock(&journal)),
+        journal,
         logs: Vec::new(),
         unanswered: host.unanswered(),
-        ended_at: clock.now_ms(),
+        ended_at: now,
         calendars: rules.calendars(),
     };
-    Ok((observed, clock.now_ms() - case.start_ms))
+    Ok(observed)
 }
 
 /// Run the engine up to the virtual time `limit`: every timer due before it fires, the clock

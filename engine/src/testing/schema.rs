@@ -2,8 +2,8 @@
 //! the test reader accepts (like the workflow schema), so the two cannot drift apart.
 
 use super::reader::{
-    CALLED_FIELDS, CALL_FIELDS, EVENT_FIELDS, EXPECT_FIELDS, FILE_FIELDS, MOCK_ERROR_FIELDS,
-    MOCK_FIELDS, TEST_FIELDS,
+    CALLED_FIELDS, CALL_FIELDS, CHECKPOINT_FIELDS, EVENT_FIELDS, EXPECT_FIELDS, FILE_FIELDS,
+    MOCK_ERROR_FIELDS, MOCK_FIELDS, TEST_FIELDS,
 };
 use serde_json::{json, Map, Value};
 
@@ -94,6 +94,14 @@ pub fn test_schema() -> Value {
         },
         &[],
     );
+    let checkpoint = object(
+        CHECKPOINT_FIELDS,
+        |f| match f {
+            "at" => duration(),
+            _ => expect.clone(),
+        },
+        CHECKPOINT_FIELDS,
+    );
     let test = object(
         TEST_FIELDS,
         |f| match f {
@@ -105,6 +113,9 @@ pub fn test_schema() -> Value {
             "mocks" => json!({"type": "array", "items": mock}),
             "events" => json!({"type": "array", "items": event}),
             "stop_after" => duration(),
+            "checkpoints" => {
+                json!({"type": "array", "description": "what must hold part-way through, once everything due by `at` has happened", "items": checkpoint})
+            }
             _ => expect.clone(),
         },
         &["name", "expect"],
