@@ -275,3 +275,113 @@ fn pauses_racing_events_lose_none() {
         assert_eq!(received, 1, "{v}");
     }
 }
+
+fn hold_workflow(addr: &str, verb: &str, reason: &str, token: &str) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{addr}/v1/workflows/nap/{verb}"),
+        token,
+        Some(json!({"reason": reason})),
+    )
+}
+
+/// A paused workflow: its running instances hold, starts while it is paused (and starts
+/// racing the pause) are created held and run nothing, an instance an operator paused on
+/// its own stays paused after the workflow resumes, and the rest go on where they were.
+#[test]
+fn a_paused_workflow_holds_its_instances_and_its_new_starts_until_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = spawn(dir.path());
+    let a = start(&d.addr, "A");
+    let b = start(&d.addr, "B");
+    assert_eq!(hold(&d.addr, &b, "pause", "on its own").0, 200);
+
+    let (s, e) = hold_workflow(&d.addr, "pause", "provider outage", READER);
+    assert_eq!(s, 403, "a read token cannot pause: {e}");
+    let (s, e) = call(
+        "POST",
+        &format!("{}/v1/workflows/nope/pause", d.addr),
+        ADMIN,
+        Some(json!({"reason": "x"})),
+    );
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (404, &json!("workflow_not_found")),
+        "{e}"
+    );
+
+    // Starts sent while the pause is made: whichever side of it they fall on, none runs.
+    let racers: Vec<String> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..8)
+            .map(|n| {
+                let addr = &d.addr;
+                s.spawn(move || start(addr, &format!("R-{n}")))
+            })
+            .collect();
+        let (st, paused) = hold_workflow(&d.addr, "pause", "provider outage", ADMIN);
+        assert_eq!(st, 200, "{paused}");
+        assert_eq!(paused["paused"], json!(true));
+        starts.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let c = start(&d.addr, "C");
+    let (_, list) = call("GET", &format!("{}/v1/workflows", d.addr), READER, None);
+    assert_eq!(
+        list["workflows"][0]["paused"]["reason"], "provider outage",
+        "{list}"
+    );
+
+    // Naps (300 ms) end while paused: nothing moves on.
+    std::thread::sleep(Duration::from_millis(800));
+    for id in racers.iter().chain([&a, &b, &c]) {
+        let v = view(&d.addr, id);
+        assert_eq!(v["status"], "paused", "{id}: {v}");
+    }
+    let vc = view(&d.addr, &c);
+    assert_eq!(
+        kinds(&vc),
+        ["started", "paused"],
+        "started while paused runs nothing: {vc}"
+    );
+
+    // Resumed with the CLI, as an operator would.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_casework"))
+        .args([
+            "resume",
+            "--workflow",
+            "nap",
+            "--reason",
+            "provider back",
+            "--json",
+        ])
+        .args(["--url", &d.addr])
+        .env("CASEWORK_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let resumed: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(
+        resumed["instances"],
+        json!(racers.len() + 2),
+        "all but B: {resumed}"
+    );
+    for (id, key) in [(&a, "A"), (&c, "C")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while view(&d.addr, id)["status"] != "parked" {
+            assert!(Instant::now() < deadline, "{id} did not go on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        send(&d.addr, key);
+        assert_eq!(ended(&d.addr, id)["output"], json!({"by": key}));
+    }
+    assert_eq!(
+        view(&d.addr, &b)["status"],
+        "paused",
+        "B was paused on its own"
+    );
+    let (_, list) = call("GET", &format!("{}/v1/workflows", d.addr), READER, None);
+    assert_eq!(list["workflows"][0]["paused"], Value::Null, "{list}");
+}

@@ -62,7 +62,12 @@ pub struct RetryArgs {
 #[derive(clap::Args, Debug)]
 pub struct HoldArgs {
     /// The instance (an id from `casework list`).
-    pub id: String,
+    #[arg(required_unless_present = "workflow", conflicts_with = "workflow")]
+    pub id: Option<String>,
+    /// A whole workflow instead: its open instances hold, and starts while it is paused
+    /// wait (created held) until it is resumed.
+    #[arg(long, value_name = "NAME")]
+    pub workflow: Option<String>,
     /// Why, kept in the journal with the token's name.
     #[arg(long)]
     pub reason: String,
@@ -252,21 +257,32 @@ pub fn retry(args: RetryArgs) -> Result<u8> {
 pub fn hold(args: HoldArgs, pause: bool) -> Result<u8> {
     let client = Client::new(&args.daemon)?;
     let verb = if pause { "pause" } else { "resume" };
-    let answer = client.post(
-        &["v1", "instances", &args.id, verb],
-        Some(&json!({"reason": args.reason})),
-    )?;
+    let body = json!({"reason": args.reason});
+    if let Some(workflow) = &args.workflow {
+        let answer = client.post(&["v1", "workflows", workflow, verb], Some(&body))?;
+        if args.json {
+            return print_json(&answer).map(|_| 0);
+        }
+        let n = answer["instances"].as_u64().unwrap_or(0);
+        out(&if pause {
+            format!("workflow {workflow} is paused: {n} open instance(s) held; starts wait until `casework resume --workflow {workflow}`")
+        } else {
+            format!("workflow {workflow} goes on: {n} instance(s) it held go on")
+        });
+        return Ok(0);
+    }
+    let id = args.id.as_deref().unwrap_or_default();
+    let answer = client.post(&["v1", "instances", id, verb], Some(&body))?;
     if args.json {
         return print_json(&answer).map(|_| 0);
     }
     out(&match (pause, answer["changed"] == json!(true)) {
-        (true, true) => format!(
-            "instance {} is paused: no step begins until `casework resume {}`",
-            args.id, args.id
-        ),
-        (true, false) => format!("instance {} was paused already", args.id),
-        (false, true) => format!("instance {} goes on", args.id),
-        (false, false) => format!("instance {} was not paused", args.id),
+        (true, true) => {
+            format!("instance {id} is paused: no step begins until `casework resume {id}`")
+        }
+        (true, false) => format!("instance {id} was paused already"),
+        (false, true) => format!("instance {id} goes on"),
+        (false, false) => format!("instance {id} was not paused"),
     });
     Ok(0)
 }

@@ -70,6 +70,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/metrics", Some(Scope::Read)),
     route("GET", "/v1/workflows", Some(Scope::Read)),
     route("POST", "/v1/workflows/{name}/instances", Some(Scope::Start)),
+    route("POST", "/v1/workflows/{name}/pause", Some(Scope::Admin)),
+    route("POST", "/v1/workflows/{name}/resume", Some(Scope::Admin)),
     route("GET", "/v1/instances", Some(Scope::Read)),
     route("GET", "/v1/instances/{id}", Some(Scope::Read)),
     route("POST", "/v1/instances/{id}/cancel", Some(Scope::Admin)),
@@ -92,6 +94,8 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("GET", "/metrics") => get(metrics),
         ("GET", "/v1/workflows") => get(list_workflows),
         ("POST", "/v1/workflows/{name}/instances") => post(start),
+        ("POST", "/v1/workflows/{name}/pause") => post(pause_workflow),
+        ("POST", "/v1/workflows/{name}/resume") => post(resume_workflow),
         ("GET", "/v1/instances") => get(list_instances),
         ("GET", "/v1/instances/{id}") => get(get_instance),
         ("POST", "/v1/instances/{id}/cancel") => post(cancel),
@@ -576,6 +580,13 @@ async fn list_workflows(State(api): State<Api>) -> Json<Value> {
                 "description": w.description,
                 "loaded_at": reg.loaded_at(&w.hash).map(crate::compile::rules::format_ms),
                 "warning": reg.warning(&w.hash),
+                // Unknown (the store did not answer) shows as not paused; starts look
+                // again for themselves.
+                "paused": api.driver.workflow_pause(&w.name).ok().flatten().map(|p| json!({
+                    "by": p.by,
+                    "reason": p.reason,
+                    "at": crate::compile::rules::format_ms(p.at),
+                })),
             })
         })
         .collect();
@@ -1112,6 +1123,56 @@ async fn hold(
         Err(HoldError::Overloaded(e)) => Err(overloaded(e)),
         Err(HoldError::Internal(e)) => Err(internal(e)),
     }
+}
+
+async fn hold_workflow(
+    api: Api,
+    caller: Option<axum::Extension<Caller>>,
+    name: String,
+    body: Option<HoldBody>,
+    pause: bool,
+) -> Result<Json<Value>, ApiError> {
+    let verb = if pause { "pause" } else { "resume" };
+    let reason = body
+        .map(|b| b.reason.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("say why, for the journal: {{\"reason\": \"...\"}} (POST /v1/workflows/{{name}}/{verb})"),
+            )
+        })?;
+    let by = asker(caller.as_ref().map(|c| &c.0));
+    match api.driver.hold_workflow(&name, pause, &by, &reason).await {
+        Ok(done) => Ok(Json(json!(done))),
+        Err(HoldError::NotFound(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "workflow_not_found",
+            format!("no workflow named `{name}` is loaded; GET /v1/workflows lists them"),
+        )),
+        Err(HoldError::Overloaded(e)) => Err(overloaded(e)),
+        Err(HoldError::Refused(e)) => Err(internal(e.to_string())),
+        Err(HoldError::Internal(e)) => Err(internal(e)),
+    }
+}
+
+async fn pause_workflow(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<HoldBody>,
+) -> Result<Json<Value>, ApiError> {
+    hold_workflow(api, caller, name, body, true).await
+}
+
+async fn resume_workflow(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<HoldBody>,
+) -> Result<Json<Value>, ApiError> {
+    hold_workflow(api, caller, name, body, false).await
 }
 
 async fn pause(

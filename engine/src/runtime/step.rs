@@ -134,9 +134,26 @@ impl Instance {
         record: Record,
         now: Millis,
     ) -> (Instance, Step) {
+        Instance::create_then(id, wf, record, None, now)
+    }
+
+    /// [`Instance::create`] with `then` (a `Paused` record: started while its workflow is
+    /// paused) applied before the first step, which then waits for the resume.
+    pub fn create_then(
+        id: &str,
+        wf: &CompiledWorkflow,
+        record: Record,
+        then: Option<Record>,
+        now: Millis,
+    ) -> (Instance, Step) {
         let mut inst = Instance::start(id, wf, record.clone());
+        let mut records = vec![record];
+        if let Some(then) = then {
+            inst.apply(wf, &then);
+            records.push(then);
+        }
         let before = Index::default();
-        let step = inst.conclude(wf, before, vec![record], Reply::None, None, &[], now);
+        let step = inst.conclude(wf, before, records, Reply::None, None, &[], now);
         (inst, step)
     }
 

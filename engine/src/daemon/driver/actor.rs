@@ -170,6 +170,7 @@ pub(super) async fn handle(
     let step = match msg {
         Msg::Start {
             record,
+            then,
             wf,
             claims,
             reply,
@@ -177,7 +178,7 @@ pub(super) async fn handle(
             let span = tracing::Span::current();
             span.record("workflow", tracing::field::display(&wf.name));
             span.record("version", wf.version);
-            let (inst, step) = Instance::create(id, &wf, record, now);
+            let (inst, step) = Instance::create_then(id, &wf, record, then.map(|r| *r), now);
             own.state = Some((inst, wf));
             start = Some((claims, reply));
             step

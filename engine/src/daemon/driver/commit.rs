@@ -168,6 +168,19 @@ pub(super) async fn finish(
             (None, Some(places)) => match inner.store.reopen(&batch, &places) {
                 Ok(None) => Ok(None),
                 Ok(Some(holder)) => {
+                    // A refused retry that came as mail is done with: its letter goes, or
+                    // it would be read again at every ownership round.
+                    if !batch.mail_done.is_empty() {
+                        let done = Batch {
+                            instance: batch.instance.clone(),
+                            mail_done: batch.mail_done.clone(),
+                            fence: own.fence.clone(),
+                            ..Batch::default()
+                        };
+                        if let Err(e) = inner.store.write(&done) {
+                            tracing::warn!(error = %e, "could not remove a refused retry's letter; it is read again later");
+                        }
+                    }
                     own.state = None;
                     // Answered once what it saw of the holder is durable; a failed
                     // flush drops the reply, which the caller reports as internal.

@@ -19,6 +19,7 @@ mod effects;
 mod inbox;
 mod keyed_lock;
 mod ownership;
+mod paused;
 mod watch;
 
 use actor::{handle, Answer};
@@ -30,6 +31,7 @@ pub use inbox::{
 };
 use keyed_lock::KeyedLock;
 use ownership::{answer_of, forward, letter_of, read_mail};
+pub use paused::{WorkflowHold, WorkflowPause};
 pub use watch::{WaitError, Waited, MAX_WAIT, MAX_WATCHERS};
 
 use super::metrics::Metrics;
@@ -115,6 +117,9 @@ pub struct Stats {
 enum Msg {
     Start {
         record: Record,
+        /// Journaled after the start record, before any step (a `Paused` record when the
+        /// workflow is paused).
+        then: Option<Box<Record>>,
         wf: Arc<CompiledWorkflow>,
         /// The idempotency and concurrency keys, claimed in the same write as the
         /// instance's first records.
@@ -700,6 +705,12 @@ impl Inner {
         let input =
             crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
         let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
+        // Started while its workflow is paused: created held, it runs when the workflow
+        // resumes (a trigger's start waits rather than being lost).
+        let held = self
+            .workflow_pause(workflow)
+            .map_err(StartError::Internal)?
+            .map(|p| Box::new(p.record(workflow, self.clock.now_ms())));
         let mut claims = Vec::new();
         // A duplicate of a start that has committed answers without running anything. One
         // racing a start still in flight is settled by the store: the key is claimed in the
@@ -761,6 +772,7 @@ impl Inner {
                 &id,
                 Msg::Start {
                     record: record.clone(),
+                    then: held.clone(),
                     wf: wf.clone(),
                     claims,
                     reply,
@@ -771,7 +783,12 @@ impl Inner {
                 .map_err(|_| StartError::Internal("instance task stopped".into()))?
                 .map_err(StartError::Internal)?;
             match begun {
-                Begun::Started(s) => return Ok(s),
+                Begun::Started(s) => {
+                    if s.created && held.is_none() {
+                        self.held_if_paused_since(workflow, &s.id).await?;
+                    }
+                    return Ok(s);
+                }
                 // The oldest place's holder is the one a refusal names.
                 Begun::Open(holder) => {
                     open.get_or_insert(holder);
