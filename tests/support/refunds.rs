@@ -183,7 +183,7 @@ pub fn command(dir: &Path, port: u16) -> std::process::Command {
 pub fn approval(order: &str, amount: u64) -> Value {
     json!({
         "type": "refund.approved", "key": order,
-        "data": {"by": "lead-1", "amount_minor": amount, "currency": "USD", "policy_version": "refund-policy-v3"}
+        "data": {"by": "lead-1", "amount_minor": amount, "currency": "USD", "policy_version": "refund-policy-v4"}
     })
 }
 

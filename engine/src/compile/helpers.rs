@@ -105,6 +105,50 @@ pub fn format_money(minor: i64, currency: &str) -> Result<String, String> {
     ))
 }
 
+/// Convert `minor` units of `from` into minor units of `to` at `rate` (units of `to` per
+/// unit of `from`, written as decimal text such as `"0.0067"`), exactly, then rounded away
+/// from zero to a whole minor unit: a converted amount is never smaller than the exact
+/// one, so an amount just over a threshold stays over it.
+///
+/// ```
+/// use casework::compile::helpers::convert_money;
+/// assert_eq!(convert_money(30_000, "JPY", "0.006666667", "USD"), Ok(20_001)); // 200.00001 USD
+/// assert_eq!(convert_money(1_000, "EUR", "1.1", "USD"), Ok(1_100));
+/// ```
+pub fn convert_money(minor: i64, from: &str, rate: &str, to: &str) -> Result<i64, String> {
+    let exp = |c: &str| {
+        currency_exponent(c).ok_or_else(|| format!("`{c}` is not an ISO 4217 currency code"))
+    };
+    let (from_exp, to_exp) = (exp(from)?, exp(to)?);
+    let bad = || {
+        format!("the exchange rate `{rate}` must be a positive decimal written as text, e.g. \"0.0067\"")
+    };
+    let text = rate.trim();
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole
+            .chars()
+            .chain(frac.chars())
+            .all(|c| c.is_ascii_digit())
+        || whole.len() + frac.len() > 18
+    {
+        return Err(bad());
+    }
+    let mantissa: i128 = format!("{whole}{frac}").parse().map_err(|_| bad())?;
+    if mantissa == 0 {
+        return Err(bad());
+    }
+    // minor / 10^from_exp units × mantissa / 10^frac ... × 10^to_exp minor units.
+    let numerator = i128::from(minor)
+        .checked_mul(mantissa)
+        .and_then(|n| n.checked_mul(10i128.pow(to_exp)))
+        .ok_or_else(|| "the converted amount is too large".to_string())?;
+    let denominator = 10i128.pow(from_exp + frac.len() as u32);
+    let (q, r) = (numerator / denominator, numerator % denominator);
+    let rounded = if r == 0 { q } else { q + numerator.signum() };
+    i64::try_from(rounded).map_err(|_| "the converted amount is too large".to_string())
+}
+
 fn glob(text: &str, pattern: &str) -> bool {
     // Iterative wildcard match; `*` any run, `?` one character. Case-insensitive, as ops expect.
     let t: Vec<char> = text.to_lowercase().chars().collect();
@@ -163,6 +207,20 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("format_money", |minor: INT, currency: &str| {
         format_money(minor, currency).or_else(fail)
     });
+    engine.register_fn(
+        "convert_money",
+        |minor: INT, from: &str, rate: &str, to: &str| {
+            convert_money(minor, from, rate, to).or_else(fail)
+        },
+    );
+    engine.register_fn(
+        "convert_money",
+        |_: INT, _: &str, rate: rhai::FLOAT, _: &str| -> Res<INT> {
+            fail(format!(
+                "the exchange rate {rate} is a number with a fraction, which cannot be exact; write it as text, e.g. \"{rate}\""
+            ))
+        },
+    );
     engine.register_fn("percent_of", |minor: INT, percent: INT| -> Res<INT> {
         // Rounds toward zero so a computed limit never exceeds the policy.
         minor
@@ -191,6 +249,28 @@ pub fn register(engine: &mut Engine) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversion_is_exact_and_rounds_away_from_zero() {
+        assert_eq!(convert_money(20_000, "JPY", "0.01", "USD"), Ok(20_000));
+        assert_eq!(convert_money(20_001, "JPY", "0.01", "USD"), Ok(20_001));
+        // 200.00001 USD: over the 200.00 threshold, so it stays over it.
+        assert_eq!(
+            convert_money(30_000, "JPY", "0.006666667", "USD"),
+            Ok(20_001)
+        );
+        assert_eq!(
+            convert_money(-30_000, "JPY", "0.006666667", "USD"),
+            Ok(-20_001)
+        );
+        assert_eq!(convert_money(1_000, "KWD", "3.25", "USD"), Ok(325));
+        assert_eq!(convert_money(1, "USD", "150", "JPY"), Ok(2), "1.5 yen is 2");
+        for bad in ["", ".", "0", "0.000", "-1", "1e3", "1,5", "abc", "1.2.3"] {
+            assert!(convert_money(100, "EUR", bad, "USD").is_err(), "{bad:?}");
+        }
+        assert!(convert_money(100, "XX", "1", "USD").is_err());
+        assert!(convert_money(i64::MAX, "JPY", "99999", "KWD").is_err());
+    }
 
     #[test]
     fn money_is_exact() {
