@@ -497,6 +497,11 @@ async fn the_shipped_emergency_starts_on_ten_tickets_about_one_component_in_15_m
     assert_eq!(inst.input()["component"], json!("payments"));
     assert_eq!(inst.input()["ticket_count"], json!(10));
     assert_eq!(inst.input()["window_minutes"], json!(15));
+    assert_eq!(
+        inst.input()["incident_key"],
+        json!("burst-payments-2026-03-02T10:00:00.000Z"),
+        "each burst its own incident (the time of its first ticket)"
+    );
     // Later tickets about `payments` go to it; the emergency never waits for tickets,
     // so they are not kept for it in the inbox (which would fill up during an outage).
     for n in 31..40 {
