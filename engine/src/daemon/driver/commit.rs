@@ -171,6 +171,7 @@ pub(super) async fn finish(
                     // A refused retry that came as mail is done with: its letter goes, or
                     // it would be read again at every ownership round.
                     if !batch.mail_done.is_empty() {
+                        tracing::warn!(holder = %holder, "a retry asked on another daemon is refused: instance {holder} holds the key open; retry once it has finished");
                         let done = Batch {
                             instance: batch.instance.clone(),
                             mail_done: batch.mail_done.clone(),

@@ -784,8 +784,9 @@ impl Inner {
                 .map_err(StartError::Internal)?;
             match begun {
                 Begun::Started(s) => {
-                    if s.created && held.is_none() {
-                        self.held_if_paused_since(workflow, &s.id).await?;
+                    if s.created {
+                        self.pause_changed_since(workflow, &s.id, held.is_some())
+                            .await;
                     }
                     return Ok(s);
                 }

@@ -4,9 +4,11 @@
 //! fire once on resume, and events are kept, as for one held instance.
 //!
 //! The pause is kept in the store (an event-answer slot per workflow), so every daemon
-//! sharing the store sees it. A start that read "not paused" just before a pause looks
-//! again once its instance exists and holds it; the pause lists the workflow's open
-//! instances only after it is kept. So of a start and a pause racing, one sees the other.
+//! sharing the store sees it. A start looks again once its instance exists: one that read
+//! "not paused" just before a pause holds itself (its first step may have run by then),
+//! and one created held just before a resume lets itself go on; the pause and the resume
+//! list the workflow's open instances only after they are kept. So of a start and a pause
+//! or resume racing, one sees the other.
 
 use super::*;
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,8 @@ pub struct WorkflowHold {
     pub paused: bool,
     /// Open instances it held (pause) or let go on (resume).
     pub instances: usize,
+    /// Instances it could not reach (see the log); pausing or resuming again tries them.
+    pub failed: Vec<String>,
 }
 
 /// Instances listed per store read while pausing or resuming.
@@ -68,29 +72,48 @@ impl Inner {
         Ok(stored.and_then(|v| serde_json::from_value(v).ok()))
     }
 
-    /// A start that found the workflow not paused: if a pause came meanwhile, it may have
-    /// listed the open instances before this one existed, so this one holds itself.
-    pub(super) async fn held_if_paused_since(
+    /// A new instance, created `held` or not: if a pause or resume came meanwhile, it may
+    /// have listed the open instances before this one existed, so this one follows it. The
+    /// instance exists either way, so the start succeeds; a failure here is logged (pause
+    /// or resume the workflow again to mend it).
+    pub(super) async fn pause_changed_since(
         self: &Arc<Self>,
         workflow: &str,
         id: &str,
-    ) -> Result<(), StartError> {
-        let Some(pause) = self
-            .workflow_pause(workflow)
-            .map_err(StartError::Internal)?
-        else {
-            return Ok(());
+        held: bool,
+    ) {
+        let pause = match self.workflow_pause(workflow) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%workflow, instance = %id, "could not look at the workflow's pause again: {e}; pause or resume the workflow again if this instance should follow it");
+                return;
+            }
         };
         let driver = Driver {
             inner: self.clone(),
         };
-        match driver
-            .hold(id, true, &pause.by, &held_reason(workflow, &pause.reason))
-            .await
-        {
-            Ok(_) | Err(HoldError::Refused(_)) => Ok(()),
-            Err(HoldError::Overloaded(o)) => Err(StartError::Overloaded(o)),
-            Err(e) => Err(StartError::Internal(e.to_string())),
+        let changed = match (&pause, held) {
+            (Some(p), false) => {
+                driver
+                    .hold(id, true, &p.by, &held_reason(workflow, &p.reason))
+                    .await
+            }
+            (None, true) => {
+                driver
+                    .hold(
+                        id,
+                        false,
+                        "casework",
+                        "the workflow was resumed while it started",
+                    )
+                    .await
+            }
+            _ => return,
+        };
+        if let Err(e) = changed {
+            if !matches!(e, HoldError::Refused(_)) {
+                tracing::warn!(%workflow, instance = %id, "could not make the new instance follow the workflow's pause: {e}; pause or resume the workflow again");
+            }
         }
     }
 }
@@ -112,7 +135,14 @@ impl Driver {
     ) -> Result<WorkflowHold, HoldError> {
         let inner = &self.inner;
         inner.admit()?;
-        if inner.registry.latest(workflow).is_none() {
+        // A workflow whose file was removed may still be resumed (its instances finish).
+        let known = inner.registry.latest(workflow).is_some()
+            || (!pause
+                && inner
+                    .workflow_pause(workflow)
+                    .map_err(HoldError::Internal)?
+                    .is_some());
+        if !known {
             return Err(HoldError::NotFound(workflow.to_string()));
         }
         let kept = if pause {
@@ -133,6 +163,7 @@ impl Driver {
         let action = if pause { "paused" } else { "resumed" };
         tracing::info!(%workflow, %by, %reason, "workflow {action}");
         let mut instances = 0;
+        let mut failed = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = inner
@@ -158,7 +189,12 @@ impl Driver {
                     Ok(true) => instances += 1,
                     // Already held, or it finished meanwhile.
                     Ok(false) | Err(HoldError::Refused(_)) | Err(HoldError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                    // One instance that cannot be reached does not stop the others.
+                    Err(e) => {
+                        let verb = if pause { "hold" } else { "resume" };
+                        tracing::warn!(%workflow, instance = %meta.id, "could not {verb} the instance: {e}");
+                        failed.push(meta.id.clone());
+                    }
                 }
             }
             if done {
@@ -169,6 +205,7 @@ impl Driver {
             workflow: workflow.to_string(),
             paused: pause,
             instances,
+            failed,
         })
     }
 }
