@@ -161,8 +161,9 @@ struct Lane {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     limits: PluginLimits,
-    /// When the next call may start under `limits.rate` (each call reserves its turn when
-    /// it arrives, so turns go in arrival order and starts are spaced evenly).
+    /// When the next call may start under `limits.rate`. A call reserves its turn once it
+    /// holds its permits (which it gets in arrival order), so starts are spaced evenly
+    /// however long each waited, and a call refused or given up before then takes none.
     next_turn: Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -282,8 +283,8 @@ impl Pool {
 
     /// [`Pool::enqueue`] for a plugin with its own limits: at most `limits.concurrency`
     /// of its calls run at once, and a `paced` call (one that may reach the provider, not
-    /// the host asking the plugin what it offers) that arrives before its turn under
-    /// `limits.rate` waits for it in the queue (and counts towards `plugin_queue`).
+    /// the host asking the plugin what it offers) starts no sooner than its turn under
+    /// `limits.rate`, waited for once it holds its permits.
     pub fn enqueue_limited(
         &self,
         plugin: &str,
@@ -296,9 +297,6 @@ impl Pool {
             return Err(over_budget(plugin, memory_mib, self.config.memory_mib));
         }
         let lane = self.lane(plugin, limits);
-        // A turn reserved by a call then refused is not given back: the rate is only
-        // ever undershot.
-        let turn = if paced { lane.reserve_turn() } else { None };
         let mut ticket = Ticket {
             plugin: plugin.to_string(),
             config: self.config,
@@ -312,11 +310,9 @@ impl Pool {
             counts: self.counts.clone(),
             stage: Arc::new(AtomicU8::new(Stage::Plugin as u8)),
             waiting: false,
-            turn,
+            paced,
         };
-        if turn.is_some() {
-            ticket.set(Stage::Rate);
-        } else if ticket.try_take_all() {
+        if ticket.try_take_all() {
             return Ok(ticket);
         }
         let queue = self.config.queue;
@@ -405,8 +401,8 @@ pub struct Ticket {
     stage: Arc<AtomicU8>,
     /// Counted in its lane's and the pool's queue.
     waiting: bool,
-    /// Its turn under the plugin's rate, if it must wait for it.
-    turn: Option<tokio::time::Instant>,
+    /// Waits for its turn under the plugin's `limits.rate` before it starts.
+    paced: bool,
 }
 
 /// Where a ticket is, readable after the ticket moved onto the pool.
@@ -490,11 +486,6 @@ impl Ticket {
         };
         // The stage the call last had to wait for: the one that held it up most recently.
         let mut waited_on = Stage::Running;
-        if let Some(turn) = self.turn.take() {
-            self.set(Stage::Rate);
-            waited_on = Stage::Rate;
-            tokio::time::sleep_until(turn).await;
-        }
         if self.lane_permit.is_none() {
             self.set(Stage::Plugin);
             waited_on = Stage::Plugin;
@@ -528,6 +519,12 @@ impl Ticket {
                     .await
                     .map_err(closed)?,
             );
+        }
+        // Holding every permit, in arrival order: now its turn under the rate.
+        if let Some(turn) = self.paced.then(|| self.lane.reserve_turn()).flatten() {
+            self.set(Stage::Rate);
+            waited_on = Stage::Rate;
+            tokio::time::sleep_until(turn).await;
         }
         self.set(Stage::Running);
         self.leave_queue();
@@ -731,46 +728,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn calls_over_a_plugin_s_rate_wait_their_turn_in_arrival_order_spaced_evenly() {
-        let pool = Pool::new(config(1, 64, 100), 64).unwrap();
+    async fn calls_over_a_plugin_s_rate_start_spaced_evenly_in_arrival_order() {
+        let pool = Pool::new(config(64, 64, 100), 64).unwrap();
         let limits = PluginLimits {
             concurrency: None,
             rate: Some(casework_sdk::manifest::Rate::parse("20/s").unwrap()),
         };
         let t0 = tokio::time::Instant::now();
-        let tickets: Vec<Ticket> = (0..5)
-            .map(|_| pool.enqueue_limited("p", 1, limits, true).unwrap())
-            .collect();
-        assert_eq!(
-            tickets[0].stage().get(),
-            Stage::Slot,
-            "the first starts now"
-        );
-        assert!(tickets[1..].iter().all(|t| t.stage().get() == Stage::Rate));
-        assert_eq!(pool.stats().queued, 4, "the others wait in the queue");
-        let mut starts = Vec::new();
-        for t in tickets {
-            let running = t.admitted().await.unwrap();
-            starts.push((tokio::time::Instant::now() - t0).as_millis());
-            drop(running);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..5 {
+            let ticket = pool.enqueue_limited("p", 1, limits, true).unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let running = ticket.admitted().await.unwrap();
+                tx.send((n, (tokio::time::Instant::now() - t0).as_millis()))
+                    .unwrap();
+                drop(running);
+            });
+            tokio::task::yield_now().await;
         }
-        // Turns are 50 ms apart from the first arrival: no call starts before its turn
-        // (a lower bound only: a busy machine may start any of them later).
-        for (n, at) in starts.iter().enumerate() {
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            starts.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(
+            starts.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4],
+            "in arrival order"
+        );
+        // Turns are 50 ms apart from the first start: no call starts before its turn (a
+        // lower bound only: a busy machine may start any of them later).
+        for (n, (_, at)) in starts.iter().enumerate() {
             assert!(
                 *at >= 50 * n as u128,
                 "call {n} started at {at} ms: {starts:?}"
             );
         }
-        // A queue bound holds for calls waiting on the rate too.
-        let small = Pool::new(config(1, 64, 100), 64).unwrap();
-        let _first = small.enqueue_limited("p", 1, limits, true).unwrap();
-        let mut held = Vec::new();
-        for _ in 0..64 {
-            held.push(small.enqueue_limited("p", 1, limits, true).unwrap());
-        }
-        let refused = small.enqueue_limited("p", 1, limits, true).err().unwrap();
-        assert_eq!(refused.code, "plugin_busy");
+        // A call that is not paced (the host asking what the plugin offers) takes no turn.
+        let unpaced = pool.enqueue_limited("p", 1, limits, false).unwrap();
+        assert_eq!(
+            unpaced.admitted().await.unwrap().waited_on(),
+            Stage::Running
+        );
     }
 
     #[tokio::test]
