@@ -430,7 +430,15 @@ async fn a_window_survives_a_restart_and_a_start_lost_to_a_crash_happens_with_th
 
     // As if the daemon died right after keeping `api`'s count reached: round 0 is open
     // but has no instance.
-    let slot = casework::daemon::window::slot("outage", 0, "api");
+    let wf = d.inner().registry.latest("outage").unwrap();
+    let casework::compile::TriggerKind::Event {
+        window: Some(window),
+        ..
+    } = &wf.triggers[0].kind
+    else {
+        panic!("a windowed trigger")
+    };
+    let slot = casework::daemon::window::slot("outage", &window.identity, "api");
     let mut w = casework::daemon::window::Window::default();
     let threshold = casework::daemon::window::Threshold {
         at_least: 3,
@@ -544,4 +552,27 @@ async fn a_windowed_start_that_cannot_succeed_says_why_and_counts_afresh() {
     );
     let o = start_for_event(&d, &about("db", "T-4", "high")).await;
     assert_eq!(o.counted[0].count, 1, "{o:?}");
+}
+
+/// Counts are named by what a trigger counts, not by its place: a new version of the
+/// workflow with another trigger added before it keeps counting where it was.
+#[tokio::test]
+async fn a_window_keeps_its_count_when_other_triggers_are_added_before_it() {
+    let clock = Arc::new(ManualClock::new(ms("2026-03-02T10:00:00Z")));
+    let d = outage_driver(Arc::new(SledStore::temporary().unwrap()), clock);
+    for t in ["T-1", "T-2"] {
+        start_for_event(&d, &about("db", t, "high")).await;
+    }
+    let v2 = OUTAGE.replace("version: 1", "version: 2").replace(
+        "triggers:\n",
+        "triggers:\n  - event: outage.declared\n    input: { component: \"${event.key}\", tickets: 0 }\n",
+    );
+    let (wf, diags) = compile::load("outage.yaml", &v2, &Default::default(), &Rules::shared());
+    d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+        .unwrap();
+    let o = start_for_event(&d, &about("db", "T-3", "high")).await;
+    assert!(
+        o.started.first().is_some_and(|s| s.created),
+        "the third counts: {o:?}"
+    );
 }

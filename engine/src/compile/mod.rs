@@ -109,6 +109,10 @@ pub enum TriggerKind {
 /// `count:` and `key:` of an event trigger.
 #[derive(Debug)]
 pub struct TriggerWindow {
+    /// What names its counts in the store: its event type, `when:`, `key:` and `count:`
+    /// (hashed), not its place in the list, so adding or moving other triggers keeps the
+    /// counts, and changing this one starts them afresh.
+    pub identity: String,
     /// Over `event`; none counts every matching event in one window.
     pub key: Option<AST>,
     pub threshold: crate::daemon::window::Threshold,
@@ -347,6 +351,13 @@ impl Compiler<'_> {
                 event_type: event.value.clone(),
                 when: when.as_ref().map(|w| self.script(w, true)),
                 window: window.as_ref().map(|w| TriggerWindow {
+                    identity: crate::daemon::window::identity(
+                        &event.value,
+                        when.as_ref().map(|s| s.text.as_str()),
+                        w.key.as_ref().map(|k| k.text.as_str()),
+                        w.at_least,
+                        w.within.value.as_millis(),
+                    ),
                     key: w.key.as_ref().map(|k| self.script(k, true)),
                     threshold: crate::daemon::window::Threshold {
                         at_least: w.at_least,

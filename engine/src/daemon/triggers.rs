@@ -228,7 +228,7 @@ async fn windowed(
         },
     };
     let store = &driver.inner().store;
-    let slot = window::slot(&wf.name, index, &key);
+    let slot = window::slot(&wf.name, &w_def.identity, &key);
     // Twice at most: the second time after finding the open round's instance finished.
     for _ in 0..2 {
         let mut decision = Err(String::new());
@@ -295,7 +295,7 @@ async fn windowed(
         };
         // The round's key: a start lost to a crash after the count was kept happens now,
         // once; a round started already answers with its instance.
-        let start_key = window::start_key(index, &key, &open);
+        let start_key = window::start_key(&w_def.identity, &key, &open);
         // A start that can never succeed (the input does not fit, the workflow is gone)
         // closes the round, so counting starts afresh rather than every later event
         // failing the same way; one that may succeed later (an overloaded daemon, a store

@@ -125,14 +125,29 @@ impl Window {
     }
 }
 
+/// What names a windowed trigger's counts: a hash of what it counts (event type, `when:`,
+/// `key:`) and how (`at_least`, `within`), never its place among the triggers.
+pub fn identity(
+    event_type: &str,
+    when: Option<&str>,
+    key: Option<&str>,
+    at_least: u32,
+    within_ms: u64,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::json!([event_type, when, key, at_least, within_ms]).to_string();
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The idempotency key of a round's instance: trigger, round, when its first event came,
 /// and the window key (the time keeps keys apart should a window ever start over).
-pub fn start_key(trigger: usize, key: &str, open: &Open) -> String {
+pub fn start_key(trigger: &str, key: &str, open: &Open) -> String {
     format!("window:{trigger}:{}:{}:{key}", open.round, open.first_at)
 }
 
 /// Where a window is kept (in the event-answer slots, whose names are hashed).
-pub fn slot(workflow: &str, trigger: usize, key: &str) -> String {
+pub fn slot(workflow: &str, trigger: &str, key: &str) -> String {
     format!("\u{0}window/{workflow}/{trigger}/{key}")
 }
 
