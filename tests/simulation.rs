@@ -2136,3 +2136,113 @@ fn a_burst_torn_at_any_write_starts_its_instance_once() {
         rt.shutdown_background();
     }
 }
+
+/// A workflow pause torn at every write (the daemon dies while it holds the instances one
+/// by one): after the restart, whatever of the pause survived is finished at start-up, so
+/// every open instance of a workflow the store says is paused holds, and none runs.
+#[test]
+fn a_workflow_pause_torn_at_any_write_is_finished_at_start_up() {
+    const WAITS: &str = r#"workflow: waits
+version: 1
+input:
+  key: { type: string, required: true }
+steps:
+  - id: hold
+    wait: { event: go, key: input.key }
+    next: done
+  - id: done
+    complete: {}
+"#;
+    let install = |d: &Driver| {
+        let (wf, diags) = compile::load("waits.yaml", WAITS, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (ids, writes) = rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d);
+            let mut ids = Vec::new();
+            for n in 0..3 {
+                ids.push(
+                    d.start("waits", json!({"key": format!("k{n}")}), None)
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            d.wait_idle().await;
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            d.hold_workflow("waits", true, "ops", "provider outage")
+                .await
+                .unwrap();
+            d.wait_idle().await;
+            (ids, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, ids, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(writes >= 4, "the pause and three holds: {writes} writes");
+    for keep in 0..=writes {
+        let (store, clock, ids, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d);
+            d.resume_all().unwrap();
+            let paused = d.workflow_pause("waits").unwrap().is_some();
+            d.complete_pauses().await;
+            d.wait_idle().await;
+            for (n, id) in ids.iter().enumerate() {
+                let woken = d
+                    .deliver(Event {
+                        event_type: "go".into(),
+                        key: format!("k{n}"),
+                        data: json!({}),
+                        id: None,
+                    })
+                    .await
+                    .unwrap();
+                d.wait_idle().await;
+                let status = store.instance(id).unwrap().unwrap().status;
+                let _ = woken;
+                if paused {
+                    assert_eq!(status, "paused", "keep {keep}: {id} went on while paused");
+                } else {
+                    assert_eq!(
+                        status, "completed",
+                        "keep {keep}: the pause was lost whole: {id}"
+                    );
+                }
+            }
+            // Resumed, each goes on with its event: nothing was lost while it was held.
+            if paused {
+                d.hold_workflow("waits", false, "ops", "provider back")
+                    .await
+                    .unwrap();
+                d.wait_idle().await;
+                for id in &ids {
+                    let status = store.instance(id).unwrap().unwrap().status;
+                    assert_eq!(status, "completed", "keep {keep}: {id} after the resume");
+                }
+            }
+        });
+        rt.shutdown_background();
+    }
+}

@@ -151,6 +151,10 @@ async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     }
     let resumed = driver.resume_all().map_err(|e| anyhow!(e))?;
     tracing::info!(resumed, "instances resumed");
+    {
+        let driver = driver.clone();
+        tokio::spawn(async move { driver.complete_pauses().await });
+    }
     api.set_ready();
     tokio::spawn(driver.clone().run_timers());
     tokio::spawn(driver.clone().run_ownership());

@@ -162,6 +162,18 @@ impl Driver {
         inner.commit().await.map_err(HoldError::Internal)?;
         let action = if pause { "paused" } else { "resumed" };
         tracing::info!(%workflow, %by, %reason, "workflow {action}");
+        self.hold_open(workflow, pause, by, reason).await
+    }
+
+    /// Holds (or lets go on) each open instance of `workflow`, page by page.
+    async fn hold_open(
+        &self,
+        workflow: &str,
+        pause: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<WorkflowHold, HoldError> {
+        let inner = &self.inner;
         let mut instances = 0;
         let mut failed = Vec::new();
         let mut after: Option<String> = None;
@@ -207,6 +219,40 @@ impl Driver {
             instances,
             failed,
         })
+    }
+}
+
+impl Driver {
+    /// At start-up: finishes every pause a daemon was cut short in (killed while it held
+    /// the instances one by one), so open instances of a paused workflow hold without an
+    /// operator pausing again. Returns how many instances it held.
+    pub async fn complete_pauses(&self) -> usize {
+        let mut held = 0;
+        for wf in self.inner.registry.all_latest() {
+            let pause = match self.inner.workflow_pause(&wf.name) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(workflow = %wf.name, "could not read the workflow's pause: {e}");
+                    continue;
+                }
+            };
+            match self
+                .hold_open(&wf.name, true, &pause.by, &pause.reason)
+                .await
+            {
+                Ok(done) => {
+                    if done.instances > 0 {
+                        tracing::info!(workflow = %wf.name, instances = done.instances, "the workflow is paused: held the open instances a pause cut short had not reached");
+                    }
+                    held += done.instances;
+                }
+                Err(e) => {
+                    tracing::warn!(workflow = %wf.name, "could not finish the workflow's pause: {e}; pause it again")
+                }
+            }
+        }
+        held
     }
 }
 
