@@ -514,8 +514,16 @@ async fn the_shipped_emergency_starts_on_ten_tickets_about_one_component_in_15_m
     // so they are not kept for it in the inbox (which would fill up during an outage).
     for n in 31..40 {
         let o = start_for_event(&d, &ticket(n, "payments", "high")).await;
-        // (The shipped escalation wants more of a ticket than this test sends.)
+        // The shipped escalation wants more of a ticket than this test sends, and says
+        // which field is missing.
         assert!(o.failed.iter().all(|f| f.workflow != "emergency"), "{o:?}");
+        let escalation = o.failed.iter().find(|f| f.workflow == "escalation");
+        assert!(
+            escalation
+                .is_some_and(|f| f.message.contains("`input:` section: ")
+                    && f.message.contains("customer_id")),
+            "{o:?}"
+        );
         assert!(
             o.started
                 .iter()

@@ -178,8 +178,20 @@ async fn start(
         }
         Err(e) => outcome.failed.push(TriggerFailure {
             workflow: wf.name.clone(),
-            message: e.to_string(),
+            message: start_failure(&e),
         }),
+    }
+}
+
+/// Why a trigger's start failed, with every input problem named (the sender has no other
+/// way to see which field its event lacked).
+fn start_failure(e: &StartError) -> String {
+    match e {
+        StartError::InvalidInput(problems) => {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            format!("{e}: {}", list.join("; "))
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -307,15 +319,7 @@ async fn windowed(
                 .map_err(|e| {
                     let transient =
                         matches!(e, StartError::Overloaded(_) | StartError::Internal(_));
-                    let why = match &e {
-                        StartError::InvalidInput(problems) => {
-                            let list: Vec<String> =
-                                problems.iter().map(ToString::to_string).collect();
-                            format!("{e}: {}", list.join("; "))
-                        }
-                        _ => e.to_string(),
-                    };
-                    (why, transient)
+                    (start_failure(&e), transient)
                 }),
             Err(why) => Err((why, false)),
         };
