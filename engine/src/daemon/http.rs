@@ -1093,6 +1093,20 @@ fn asker(caller: Option<&Caller>) -> String {
     }
 }
 
+/// The reason a pause or resume must give, for the journal; `path` names the endpoint in
+/// the error.
+fn hold_reason(body: Option<HoldBody>, path: &str) -> Result<String, ApiError> {
+    body.map(|b| b.reason.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("say why, for the journal: {{\"reason\": \"...\"}} (POST {path})"),
+            )
+        })
+}
+
 async fn hold(
     api: Api,
     caller: Option<axum::Extension<Caller>>,
@@ -1101,16 +1115,7 @@ async fn hold(
     pause: bool,
 ) -> Result<Json<Value>, ApiError> {
     let verb = if pause { "pause" } else { "resume" };
-    let reason = body
-        .map(|b| b.reason.trim().to_string())
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("say why, for the journal: {{\"reason\": \"...\"}} (POST /v1/instances/{{id}}/{verb})"),
-            )
-        })?;
+    let reason = hold_reason(body, &format!("/v1/instances/{{id}}/{verb}"))?;
     let by = asker(caller.as_ref().map(|c| &c.0));
     match api.driver.hold(&id, pause, &by, &reason).await {
         Ok(changed) => Ok(Json(json!({"id": id, "paused": pause, "changed": changed}))),
@@ -1133,16 +1138,7 @@ async fn hold_workflow(
     pause: bool,
 ) -> Result<Json<Value>, ApiError> {
     let verb = if pause { "pause" } else { "resume" };
-    let reason = body
-        .map(|b| b.reason.trim().to_string())
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("say why, for the journal: {{\"reason\": \"...\"}} (POST /v1/workflows/{{name}}/{verb})"),
-            )
-        })?;
+    let reason = hold_reason(body, &format!("/v1/workflows/{{name}}/{verb}"))?;
     let by = asker(caller.as_ref().map(|c| &c.0));
     match api.driver.hold_workflow(&name, pause, &by, &reason).await {
         Ok(done) => Ok(Json(json!(done))),

@@ -1340,13 +1340,7 @@ impl Store for PgStore {
                 return Ok(None);
             };
             let value: Vec<u8> = row.try_get(0).map_err(col)?;
-            let plain = s
-                .sealer
-                .open("events", &id_hash, &value)
-                .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
-            serde_json::from_slice(&plain)
-                .map(Some)
-                .map_err(|e| Error::Io(format!("a stored event answer: {e}")))
+            s.sealer.open_answer(&id_hash, &value).map(Some)
         })
     }
 
@@ -1391,17 +1385,7 @@ impl Store for PgStore {
                 })?
             };
             let current = match &old {
-                Some(v) => {
-                    let plain = self
-                        .shared
-                        .sealer
-                        .open("events", &id_hash, v)
-                        .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
-                    Some(
-                        serde_json::from_slice(&plain)
-                            .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?,
-                    )
-                }
+                Some(v) => Some(self.shared.sealer.open_answer(&id_hash, v)?),
                 None => None,
             };
             let answer = change(current);

@@ -227,6 +227,15 @@ impl Sealer {
         Ok(out)
     }
 
+    /// An event answer (or an engine slot kept with them) as stored under `key` in the
+    /// `events` table, opened and read back.
+    pub fn open_answer(&self, key: &[u8], sealed: &[u8]) -> Result<serde_json::Value> {
+        let plain = self
+            .open("events", key, sealed)
+            .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
+        serde_json::from_slice(&plain).map_err(|e| Error::Io(format!("a stored event answer: {e}")))
+    }
+
     /// Open a value sealed by [`Sealer::seal`] with the same `tree` and `key`.
     pub fn open(
         &self,

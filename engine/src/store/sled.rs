@@ -850,16 +850,7 @@ impl Store for SledStore {
         loop {
             let old = self.events.get(k).map_err(io)?;
             let current = match &old {
-                Some(v) => {
-                    let plain = self
-                        .sealer
-                        .open("events", &k, v)
-                        .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?;
-                    Some(
-                        serde_json::from_slice(&plain)
-                            .map_err(|e| Error::Io(format!("a stored event answer: {e}")))?,
-                    )
-                }
+                Some(v) => Some(self.sealer.open_answer(&k, v)?),
                 None => None,
             };
             let answer = change(current);
