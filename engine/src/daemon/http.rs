@@ -231,18 +231,26 @@ impl Api {
         &self.driver.inner().metrics
     }
 
+    /// The configured tokens (the console signs in with them).
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.shared.tokens
+    }
+
+    pub(crate) fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
     /// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that an open API can rate-limit by client address.
+    ///
+    /// It serves the API and the operator console at `/ui`, a client of the same API.
     pub fn router(&self) -> Router {
-        let mut router = Router::new();
-        for r in ROUTES {
-            let guarded =
-                handler(r).route_layer(middleware::from_fn_with_state((self.clone(), r), guard));
-            router = router.route(r.path, guarded);
-        }
-        router
-            .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed)
+        let api = self.api_routes();
+        // The console's requests go to the API's routes directly: they already passed
+        // the layers below as the console's own request.
+        let console = super::console::routes(self.clone(), api.clone());
+        console
+            .merge(api)
             .layer(DefaultBodyLimit::max(self.shared.max_body_bytes))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
@@ -256,6 +264,19 @@ impl Api {
             )
             // Outermost: a client's own `x-request-id` is kept, otherwise one is made.
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    }
+
+    /// Every API route behind its guard, with the JSON answers for unknown routes.
+    fn api_routes(&self) -> Router {
+        let mut router = Router::new();
+        for r in ROUTES {
+            let guarded =
+                handler(r).route_layer(middleware::from_fn_with_state((self.clone(), r), guard));
+            router = router.route(r.path, guarded);
+        }
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.clone())
     }
 }

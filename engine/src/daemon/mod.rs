@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod http;
 pub mod metrics;
