@@ -40,6 +40,7 @@ steps:
     rule: |
       if input.amount_minor > 100000 { throw "the amount is over the 1,000.00 a lead may approve"; }
       vars.approved_by = vars.approval.data.by;
+      vars.report = #{ resolved_at: now, sla_met: sla_status(vars.approval_sla, now, 75) != "breached" };
     next: done
   - id: done
     complete: { output: { approved_by: "${vars.approved_by}" } }
@@ -313,7 +314,11 @@ fn an_operator_approves_a_refund_and_retries_a_failure_in_a_real_browser() {
     );
     b.screenshot("workflows");
     b.goto(&format!("{}/ui/reports", d.addr));
-    assert!(b.text("h1").contains("Reports"));
+    let page = b.text("main");
+    assert!(page.contains("refund-approval by week"), "{page}");
+    let weekly = b.text("section.weekly");
+    assert!(weekly.contains("SLA met, percent"), "{weekly}");
+    b.screenshot("reports");
 
     // A restart with other tokens while the page is open: the old token is refused and
     // the page asks to sign in again, then shows the same instance.

@@ -50,15 +50,74 @@ pub struct WorkflowReport {
     pub resolution: Option<Durations>,
     pub sla: Option<Attainment>,
     pub surveys: BTreeMap<String, Survey>,
+    /// The same measures week by week (by when instances started), oldest first; the
+    /// latest [`MAX_WEEKS`] weeks that had instances.
+    #[serde(default)]
+    pub by_week: Vec<Week>,
+}
+
+/// Weeks a report gives at most in `by_week`.
+pub const MAX_WEEKS: usize = 52;
+
+/// One week of a workflow's report: the instances that started in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Week {
+    /// The Monday it starts on (00:00 UTC), as a date such as `2026-11-30`.
+    pub week: String,
+    pub instances: u64,
+    pub first_response: Option<Durations>,
+    pub resolution: Option<Durations>,
+    pub sla: Option<Attainment>,
+}
+
+/// What instances recorded in `vars.report`, gathered.
+#[derive(Default)]
+struct Measures {
+    instances: u64,
+    first_response: Vec<i64>,
+    resolution: Vec<i64>,
+    sla_measured: u64,
+    sla_met: u64,
+}
+
+impl Measures {
+    fn add(&mut self, report: Option<&Value>, created_at: Millis) {
+        self.instances += 1;
+        let Some(report) = report else { return };
+        if let Some(t) = report.get("first_response_at").and_then(instant) {
+            self.first_response.push(t - created_at);
+        }
+        if let Some(t) = report.get("resolved_at").and_then(instant) {
+            self.resolution.push(t - created_at);
+        }
+        if let Some(met) = report.get("sla_met").and_then(Value::as_bool) {
+            self.sla_measured += 1;
+            self.sla_met += u64::from(met);
+        }
+    }
+
+    fn attainment(&self) -> Option<Attainment> {
+        (self.sla_measured > 0).then(|| Attainment {
+            measured: self.sla_measured,
+            met: self.sla_met,
+            percent: self.sla_met * 100 / self.sla_measured,
+        })
+    }
+}
+
+/// The Monday (00:00 UTC) of the week holding `t`, in epoch milliseconds.
+fn week_of(t: Millis) -> Millis {
+    const DAY: i64 = 86_400_000;
+    let day = t.div_euclid(DAY);
+    // Day 0 (1970-01-01) was a Thursday: three days after a Monday.
+    (day - (day + 3).rem_euclid(7)) * DAY
 }
 
 #[derive(Default)]
 struct Tally {
     by_status: BTreeMap<String, u64>,
-    first_response: Vec<i64>,
-    resolution: Vec<i64>,
-    sla_measured: u64,
-    sla_met: u64,
+    all: Measures,
+    weeks: BTreeMap<Millis, Measures>,
     surveys: BTreeMap<String, (u64, i64)>,
 }
 
@@ -117,19 +176,16 @@ pub fn build(
             let wf = registry.pinned(store, &meta.hash, rules)?;
             let journal = store.journal(&meta.id).map_err(|e| e.to_string())?;
             let inst = Instance::replay(&meta.id, &wf, &journal);
-            let Some(report) = inst.vars().get("report") else {
+            let report = inst.vars().get("report");
+            tally.all.add(report, meta.created_at);
+            tally
+                .weeks
+                .entry(week_of(meta.created_at))
+                .or_default()
+                .add(report, meta.created_at);
+            let Some(report) = report else {
                 continue;
             };
-            if let Some(t) = report.get("first_response_at").and_then(instant) {
-                tally.first_response.push(t - meta.created_at);
-            }
-            if let Some(t) = report.get("resolved_at").and_then(instant) {
-                tally.resolution.push(t - meta.created_at);
-            }
-            if let Some(met) = report.get("sla_met").and_then(Value::as_bool) {
-                tally.sla_measured += 1;
-                tally.sla_met += u64::from(met);
-            }
             if let Some(Value::Object(answers)) = report.get("survey") {
                 for (question, score) in answers {
                     if let Some(score) = score.as_i64() {
@@ -147,13 +203,23 @@ pub fn build(
             instances: t.by_status.values().sum(),
             workflow,
             by_status: t.by_status,
-            first_response: durations(t.first_response),
-            resolution: durations(t.resolution),
-            sla: (t.sla_measured > 0).then(|| Attainment {
-                measured: t.sla_measured,
-                met: t.sla_met,
-                percent: t.sla_met * 100 / t.sla_measured,
-            }),
+            sla: t.all.attainment(),
+            first_response: durations(t.all.first_response),
+            resolution: durations(t.all.resolution),
+            by_week: {
+                let skip = t.weeks.len().saturating_sub(MAX_WEEKS);
+                t.weeks
+                    .into_iter()
+                    .skip(skip)
+                    .map(|(start, m)| Week {
+                        week: crate::calendar::time::format_ms(start)[..10].to_string(),
+                        instances: m.instances,
+                        sla: m.attainment(),
+                        first_response: durations(m.first_response),
+                        resolution: durations(m.resolution),
+                    })
+                    .collect()
+            },
             surveys: t
                 .surveys
                 .into_iter()
@@ -223,6 +289,31 @@ pub fn render(reports: &[WorkflowReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weeks_start_on_monday_at_midnight_utc() {
+        let ms = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let monday = ms("2026-11-30T00:00:00Z");
+        for t in [
+            "2026-11-30T00:00:00Z",
+            "2026-12-02T13:00:00Z",
+            "2026-12-06T23:59:59Z",
+        ] {
+            assert_eq!(week_of(ms(t)), monday, "{t}");
+        }
+        assert_eq!(
+            week_of(ms("2026-11-29T23:59:59Z")),
+            ms("2026-11-23T00:00:00Z")
+        );
+        assert_eq!(
+            week_of(ms("1969-12-31T12:00:00Z")),
+            ms("1969-12-29T00:00:00Z")
+        );
+    }
 
     #[test]
     fn averages_use_integer_arithmetic() {

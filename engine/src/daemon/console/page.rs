@@ -841,6 +841,96 @@ fn durations(d: &Option<Durations>) -> Markup {
     }
 }
 
+/// A bar chart drawn on the server (SVG: no script), one bar per week; `None` is a week
+/// without the measure. The numbers are in the bars' titles and in a table beside it.
+fn bar_chart(title: &str, weeks: &[(String, Option<i64>, String)]) -> Markup {
+    const BAR: i64 = 22;
+    const HEIGHT: i64 = 120;
+    let max = weeks
+        .iter()
+        .filter_map(|(_, v, _)| *v)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let width = BAR * weeks.len().max(1) as i64;
+    let summary: Vec<String> = weeks
+        .iter()
+        .map(|(week, _, text)| format!("week of {week}: {text}"))
+        .collect();
+    html! {
+        figure.chart {
+            figcaption { (title) }
+            svg role="img" aria-label={(title) ": " (summary.join("; "))} width=(width) height=(HEIGHT + 2) viewBox={"0 0 " (width) " " (HEIGHT + 2)} {
+                line x1="0" y1=(HEIGHT) x2=(width) y2=(HEIGHT) stroke="#8c959f" {}
+                @for (i, (week, v, text)) in weeks.iter().enumerate() {
+                    @if let Some(v) = v {
+                        @let h = (v.max(&0) * (HEIGHT - 4) / max).max(1);
+                        rect x=(i as i64 * BAR + 3) y=(HEIGHT - h) width=(BAR - 6) height=(h) fill="#0b57d0" {
+                            title { "week of " (week) ": " (text) }
+                        }
+                    }
+                }
+            }
+            p.small { (weeks.first().map(|w| w.0.as_str()).unwrap_or("")) " … " (weeks.last().map(|w| w.0.as_str()).unwrap_or("")) }
+        }
+    }
+}
+
+fn weekly(r: &WorkflowReport) -> Markup {
+    let sla: Vec<(String, Option<i64>, String)> = r
+        .by_week
+        .iter()
+        .map(|w| match &w.sla {
+            Some(a) => (
+                w.week.clone(),
+                Some(a.percent as i64),
+                format!("{}% ({} of {})", a.percent, a.met, a.measured),
+            ),
+            None => (w.week.clone(), None, "not recorded".into()),
+        })
+        .collect();
+    let resolution: Vec<(String, Option<i64>, String)> = r
+        .by_week
+        .iter()
+        .map(|w| match &w.resolution {
+            Some(d) => (
+                w.week.clone(),
+                Some(d.p50_ms),
+                format!("p50 {} ({} resolved)", span(d.p50_ms), d.count),
+            ),
+            None => (w.week.clone(), None, "none resolved".into()),
+        })
+        .collect();
+    html! {
+        @if !r.by_week.is_empty() {
+            section.weekly aria-label={(r.workflow) " by week"} {
+                h2 { (r.workflow) " by week" }
+                div.charts {
+                    @if sla.iter().any(|w| w.1.is_some()) { (bar_chart("SLA met, percent", &sla)) }
+                    @if resolution.iter().any(|w| w.1.is_some()) { (bar_chart("Time to resolution, p50", &resolution)) }
+                }
+                details {
+                    summary { "The numbers" }
+                    table {
+                        thead { tr { th scope="col" { "Week of" } th scope="col" { "Started" } th scope="col" { "SLA met" } th scope="col" { "Resolution p50" } th scope="col" { "First response p50" } } }
+                        tbody {
+                            @for w in &r.by_week {
+                                tr {
+                                    td { (w.week) }
+                                    td { (w.instances) }
+                                    td { (w.sla.as_ref().map(|a| format!("{}% ({} of {})", a.percent, a.met, a.measured)).unwrap_or_else(|| "—".into())) }
+                                    td { (w.resolution.as_ref().map(|d| span(d.p50_ms)).unwrap_or_else(|| "—".into())) }
+                                    td { (w.first_response.as_ref().map(|d| span(d.p50_ms)).unwrap_or_else(|| "—".into())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn reports(viewer: &Viewer, visit: &Visit, reports: &[WorkflowReport]) -> Markup {
     let body = html! {
         h1 { "Reports" }
@@ -878,6 +968,7 @@ pub fn reports(viewer: &Viewer, visit: &Visit, reports: &[WorkflowReport]) -> Ma
                 }
             }
         }
+        @for r in reports { (weekly(r)) }
     };
     layout(Some(viewer), visit, "Reports", Nav::Reports, None, body)
 }
