@@ -322,6 +322,7 @@ pub fn workflows(
         @for wf in loaded {
             details {
                 summary { (wf.name) " v" (wf.version) " · " (wf.steps.len()) " steps" }
+                (diagram(wf, &BTreeSet::new(), &BTreeSet::new()))
                 (step_map(wf, &BTreeSet::new(), &BTreeSet::new()))
             }
         }
@@ -366,6 +367,101 @@ fn kind_text(k: &Kind) -> String {
         Kind::Subworkflow { workflow, .. } => format!("subworkflow {workflow}"),
         Kind::Complete(_) => "complete".into(),
         Kind::Fail { code, .. } => format!("fail ({code})"),
+    }
+}
+
+/// Where a step can go: (target, how), in the order `casework graph` draws them.
+fn edges(wf: &CompiledWorkflow, at: usize) -> Vec<(usize, &'static str)> {
+    let s = &wf.steps[at];
+    let mut out: Vec<(usize, &'static str)> = s.next.iter().map(|&t| (t, "next")).collect();
+    if let Kind::Wait {
+        on_timeout: Some(t),
+        ..
+    } = &s.kind
+    {
+        out.push((*t, "timeout"));
+    }
+    if let Some(t) = s.on_error {
+        out.push((t, "error"));
+    }
+    out.retain(|(t, _)| *t < wf.steps.len());
+    out
+}
+
+/// The workflow drawn as a diagram on the server (SVG, so no script is needed): steps
+/// top to bottom in file order, an arrow down to the step after, arcs on the right for
+/// other jumps (dashed: on timeout or error). Passed steps and the arrows between them are
+/// green, the steps it is at blue. The list after it says the same in text.
+fn diagram(
+    wf: &CompiledWorkflow,
+    visited: &BTreeSet<String>,
+    current: &BTreeSet<String>,
+) -> Markup {
+    const X: i64 = 8;
+    const W: i64 = 320;
+    const H: i64 = 30;
+    const ROW: i64 = 46;
+    let n = wf.steps.len() as i64;
+    let mid = |i: usize| 8 + i as i64 * ROW + H / 2;
+    let bend = |i: usize, j: usize| (24 + 10 * (i.abs_diff(j) as i64)).min(180);
+    let widest = (0..wf.steps.len())
+        .flat_map(|i| edges(wf, i).into_iter().map(move |(j, _)| (i, j)))
+        .filter(|(i, j)| *j != i + 1)
+        .map(|(i, j)| bend(i, j))
+        .max()
+        .unwrap_or(0);
+    let width = X + W + widest + 16;
+    let height = 8 + n * ROW;
+    let passed = |i: usize| {
+        let id = &wf.steps[i].id;
+        visited.contains(id) || current.contains(id)
+    };
+    let short = |t: String| {
+        if t.chars().count() > 34 {
+            format!("{}…", t.chars().take(33).collect::<String>())
+        } else {
+            t
+        }
+    };
+    html! {
+        svg.diagram role="img" aria-label={"Diagram of the " (wf.steps.len()) " steps of " (wf.name) "; the list below gives the same steps in text"}
+            width=(width) height=(height) viewBox={"0 0 " (width) " " (height)} {
+            defs {
+                marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                    path d="M 0 0 L 10 5 L 0 10 z" fill="#57606a" {}
+                }
+                marker id="arrow-passed" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                    path d="M 0 0 L 10 5 L 0 10 z" fill="#0f6b2f" {}
+                }
+            }
+            @for i in 0..wf.steps.len() {
+                @for (j, how) in edges(wf, i) {
+                    @let taken = passed(i) && passed(j);
+                    @let stroke = if taken { "#0f6b2f" } else { "#8c959f" };
+                    @let marker = if taken { "url(#arrow-passed)" } else { "url(#arrow)" };
+                    @let dash = if how == "next" { "none" } else { "5 4" };
+                    @if j == i + 1 && how == "next" {
+                        line x1=(X + W / 2) y1=(mid(i) + H / 2) x2=(X + W / 2) y2=(mid(j) - H / 2 - 1)
+                            stroke=(stroke) stroke-width=(if taken { 2 } else { 1 }) marker-end=(marker) {}
+                    } @else {
+                        @let (y1, y2, d) = (mid(i), mid(j), bend(i, j));
+                        path d={"M " (X + W) " " (y1) " C " (X + W + d) " " (y1) ", " (X + W + d) " " (y2) ", " (X + W + 1) " " (y2)}
+                            fill="none" stroke=(stroke) stroke-width=(if taken { 2 } else { 1 }) stroke-dasharray=(dash) marker-end=(marker) {
+                            title { (wf.steps[i].id) " → " (wf.steps[j].id) @if how != "next" { " (on " (how) ")" } }
+                        }
+                    }
+                }
+            }
+            @for (i, s) in wf.steps.iter().enumerate() {
+                @let (fill, stroke) = if current.contains(&s.id) { ("#dbe7fd", "#0b57d0") } else if visited.contains(&s.id) { ("#e6f4ea", "#0f6b2f") } else { ("#ffffff", "#8c959f") };
+                g {
+                    title { (s.id) ": " (kind_text(&s.kind)) }
+                    rect x=(X) y=(mid(i) - H / 2) width=(W) height=(H) rx="5" fill=(fill) stroke=(stroke) stroke-width=(if current.contains(&s.id) { 2 } else { 1 }) {}
+                    text x=(X + 10) y=(mid(i) + 5) font-size="13" fill="#1b1f24" font-family="ui-monospace, Menlo, monospace" font-weight="600" { (s.id) }
+                    text x=(X + W - 10) y=(mid(i) + 5) font-size="12" fill="#4a5461" text-anchor="end" font-family="system-ui, sans-serif" { (short(kind_text(&s.kind))) }
+                }
+            }
+        }
     }
 }
 
@@ -719,7 +815,8 @@ pub fn instance(
         @if let Some(wf) = wf {
             section aria-labelledby="path" {
                 h2 id="path" { "Path through " (wf.name) " v" (wf.version) }
-                (step_map(wf, &visited, &current))
+                (diagram(wf, &visited, &current))
+                details { summary { "The steps as text" } (step_map(wf, &visited, &current)) }
             }
         }
         section aria-labelledby="timeline" {
