@@ -267,6 +267,33 @@ fn an_operator_approves_a_refund_and_retries_a_failure_in_a_real_browser() {
     assert_eq!(records(&v, "retry_requested"), 1, "one retry: {v}");
     assert_eq!(records(&v, "step_failed"), 2, "the step ran again: {v}");
 
+    // The whole workflow paused and resumed from its page.
+    b.goto(&format!("{}/ui/workflows", d.addr));
+    b.click("a[href='/ui/workflows/refund-approval/pause']");
+    b.fill("#reason", "checking a payment incident");
+    b.click("form.card button[type=submit]");
+    assert!(
+        b.text("main").contains("Workflow paused"),
+        "{}",
+        b.text("main")
+    );
+    let (_, list) = api("GET", &format!("{}/v1/workflows", d.addr), None);
+    assert_eq!(
+        list["workflows"][0]["paused"]["reason"],
+        json!("checking a payment incident")
+    );
+    assert_eq!(list["workflows"][0]["paused"]["by"], json!("token:ops"));
+    wait_status(&d.addr, &third, "paused");
+    b.click("a[href='/ui/workflows/refund-approval/resume']");
+    b.fill("#reason", "incident over");
+    b.click("form.card button[type=submit]");
+    assert!(
+        b.text("main").contains("Workflow resumed"),
+        "{}",
+        b.text("main")
+    );
+    wait_status(&d.addr, &third, "parked");
+
     // A read token looks but cannot act, even by going to the form directly.
     b.click("header form button");
     assert!(b.text("main").contains("signed out"), "{}", b.text("main"));

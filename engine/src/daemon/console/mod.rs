@@ -74,6 +74,10 @@ pub fn routes(api: Api, service: Router) -> Router {
         .route("/ui/sign-in", get(sign_in_page).post(sign_in))
         .route("/ui/sign-out", axum::routing::post(sign_out))
         .route("/ui/workflows", get(workflows))
+        .route(
+            "/ui/workflows/{name}/{action}",
+            get(confirm_workflow).post(act_workflow),
+        )
         .route("/ui/instances", get(instances))
         .route("/ui/instances/{id}", get(instance))
         .route("/ui/instances/{id}/{action}", get(confirm).post(act))
@@ -469,7 +473,11 @@ async fn sign_out(visit: Visit, Form(f): Form<CsrfForm>) -> Response {
     resp
 }
 
-async fn workflows(State(c): State<Console>, visit: Visit) -> Response {
+async fn workflows(
+    State(c): State<Console>,
+    visit: Visit,
+    Query(q): Query<InstanceQuery>,
+) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
         Err(m) => return to_sign_in(&visit, m.0),
@@ -479,10 +487,125 @@ async fn workflows(State(c): State<Console>, visit: Visit) -> Response {
         return refused(&c, &visit, &viewer, r);
     }
     let loaded = c.api.driver().inner().registry.all_latest();
+    let flash = q.flash.as_deref().and_then(Flash::parse);
     visit.page(
         StatusCode::OK,
-        page::workflows(&viewer, &visit, &answer.body, &loaded),
+        page::workflows(&viewer, &visit, &answer.body, &loaded, flash),
     )
+}
+
+/// A loaded workflow's entry in `GET /v1/workflows`, or the page saying there is none.
+fn workflow_entry(answer: &Answer, name: &str) -> Result<Value, page::Refusal> {
+    answer.body["workflows"]
+        .as_array()
+        .and_then(|l| l.iter().find(|w| w["name"] == json!(name)))
+        .cloned()
+        .ok_or_else(|| page::Refusal {
+            status: StatusCode::NOT_FOUND,
+            code: "workflow_not_found".into(),
+            message: format!("no workflow named `{name}` is loaded"),
+        })
+}
+
+/// Pausing or resuming a whole workflow: `true` for pause.
+fn workflow_action(action: &str) -> Option<bool> {
+    match action {
+        "pause" => Some(true),
+        "resume" => Some(false),
+        _ => None,
+    }
+}
+
+async fn confirm_workflow(
+    State(c): State<Console>,
+    visit: Visit,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let viewer = match c.viewer(&visit) {
+        Ok(v) => v,
+        Err(m) => return to_sign_in(&visit, m.0),
+    };
+    let Some(pause) = workflow_action(&action) else {
+        return unknown_page(State(c), visit).await;
+    };
+    let answer = c.call(&visit, Method::GET, "/v1/workflows", None).await;
+    if let Some(r) = answer.refusal() {
+        return refused(&c, &visit, &viewer, r);
+    }
+    match workflow_entry(&answer, &name) {
+        Ok(w) => visit.page(
+            StatusCode::OK,
+            page::confirm_workflow(&viewer, &visit, &w, pause, "", None),
+        ),
+        Err(r) => refused(&c, &visit, &viewer, r),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReasonForm {
+    csrf: String,
+    reason: Option<String>,
+}
+
+async fn act_workflow(
+    State(c): State<Console>,
+    visit: Visit,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Form<ReasonForm>,
+) -> Response {
+    let viewer = match c.viewer(&visit) {
+        Ok(v) => v,
+        Err(m) => return to_sign_in(&visit, m.0),
+    };
+    let Some(pause) = workflow_action(&action) else {
+        return unknown_page(State(c), visit).await;
+    };
+    let list = c.call(&visit, Method::GET, "/v1/workflows", None).await;
+    if let Some(r) = list.refusal() {
+        return refused(&c, &visit, &viewer, r);
+    }
+    let w = match workflow_entry(&list, &name) {
+        Ok(w) => w,
+        Err(r) => return refused(&c, &visit, &viewer, r),
+    };
+    let reason = f.reason.unwrap_or_default();
+    let again = |r: page::Refusal| {
+        visit.page(
+            r.status,
+            page::confirm_workflow(&viewer, &visit, &w, pause, &reason, Some(&r)),
+        )
+    };
+    if !visit.csrf_ok(&f.csrf) {
+        return again(stale_form());
+    }
+    let answer = c
+        .call(
+            &visit,
+            Method::POST,
+            &format!("/v1/workflows/{}/{action}", encode(&name)),
+            Some(json!({"reason": reason.trim()})),
+        )
+        .await;
+    if let Some(r) = answer.refusal() {
+        if r.status == StatusCode::UNAUTHORIZED {
+            return to_sign_in(&visit, Some(Flash::TokenRefused));
+        }
+        return again(r);
+    }
+    let flash = if pause {
+        Flash::WorkflowPaused
+    } else {
+        Flash::WorkflowResumed
+    };
+    Redirect::to(&format!("/ui/workflows?flash={}", flash.as_str())).into_response()
+}
+
+fn stale_form() -> page::Refusal {
+    page::Refusal {
+        status: StatusCode::FORBIDDEN,
+        code: "stale_form".into(),
+        message: Flash::StaleForm.text().into(),
+    }
 }
 
 /// The list page's filters, as the query string has them.
@@ -863,12 +986,7 @@ async fn act(
         )
     };
     if !visit.csrf_ok(&f.csrf) {
-        let r = page::Refusal {
-            status: StatusCode::FORBIDDEN,
-            code: "stale_form".into(),
-            message: Flash::StaleForm.text().into(),
-        };
-        return again(StatusCode::FORBIDDEN, r);
+        return again(StatusCode::FORBIDDEN, stale_form());
     }
     let path = format!("/v1/instances/{}", encode(&id));
     let reason = json!({"reason": form.reason.trim()});

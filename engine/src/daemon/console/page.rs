@@ -38,10 +38,14 @@ pub enum Flash {
     Paused,
     Resumed,
     Delivered,
+    WorkflowPaused,
+    WorkflowResumed,
 }
 
 impl Flash {
-    const ALL: [Flash; 8] = [
+    const ALL: [Flash; 10] = [
+        Flash::WorkflowPaused,
+        Flash::WorkflowResumed,
         Flash::TokenRefused,
         Flash::SignedOut,
         Flash::StaleForm,
@@ -62,6 +66,8 @@ impl Flash {
             Flash::Paused => "paused",
             Flash::Resumed => "resumed",
             Flash::Delivered => "delivered",
+            Flash::WorkflowPaused => "workflow_paused",
+            Flash::WorkflowResumed => "workflow_resumed",
         }
     }
 
@@ -79,6 +85,8 @@ impl Flash {
             Flash::Paused => "Paused: no step begins until the instance is resumed.",
             Flash::Resumed => "Resumed.",
             Flash::Delivered => "Event delivered.",
+            Flash::WorkflowPaused => "Workflow paused: its open instances are held, and new ones start held, until it is resumed.",
+            Flash::WorkflowResumed => "Workflow resumed: its instances go on.",
         }
     }
 
@@ -269,6 +277,7 @@ pub fn workflows(
     visit: &Visit,
     answer: &Value,
     loaded: &[Arc<CompiledWorkflow>],
+    flash: Option<Flash>,
 ) -> Markup {
     let empty = Vec::new();
     let list = answer["workflows"].as_array().unwrap_or(&empty);
@@ -276,6 +285,7 @@ pub fn workflows(
     let calendars = answer["calendars"].as_array().unwrap_or(&empty);
     let body = html! {
         h1 { "Workflows" }
+        (flash_box(flash))
         @if !failed.is_empty() {
             section.problems aria-labelledby="failed" {
                 h2 id="failed" { "Files that did not load" }
@@ -295,6 +305,7 @@ pub fn workflows(
             thead { tr {
                 th scope="col" { "Workflow" } th scope="col" { "Version" } th scope="col" { "Loaded" }
                 th scope="col" { "File" } th scope="col" { "State" }
+                @if viewer.may_act() { th scope="col" { "Action" } }
             } }
             tbody {
                 @for w in list {
@@ -313,6 +324,12 @@ pub fn workflows(
                                 " by " (w["paused"]["by"].as_str().unwrap_or("?")) ": " (w["paused"]["reason"].as_str().unwrap_or(""))
                             } @else { "running" }
                             @if let Some(warn) = w["warning"].as_str() { br; span.small { "Warning: " (warn) } }
+                        }
+                        @if viewer.may_act() {
+                            td {
+                                @if w["paused"].is_object() { a.button href={"/ui/workflows/" (super::encode(name)) "/resume"} { "Resume…" } }
+                                @else { a.button href={"/ui/workflows/" (super::encode(name)) "/pause"} { "Pause…" } }
+                            }
                         }
                     }
                 }
@@ -929,6 +946,40 @@ pub fn confirm(
         }
     };
     layout(Some(viewer), visit, title, Nav::Instances, None, body)
+}
+
+/// The page that asks to confirm pausing or resuming a whole workflow.
+pub fn confirm_workflow(
+    viewer: &Viewer,
+    visit: &Visit,
+    workflow: &Value,
+    pause: bool,
+    reason: &str,
+    refusal: Option<&Refusal>,
+) -> Markup {
+    let name = workflow["name"].as_str().unwrap_or("?");
+    let (title, verb, explained) = if pause {
+        ("Pause the workflow", "pause", "Every open instance of this workflow is held (no step begins, no timer fires; events wait in the inbox) and new instances start held, until the workflow is resumed. Use it to stop a workflow that is doing harm while you fix it.")
+    } else {
+        ("Resume the workflow", "resume", "Its held instances go on (timers that fell due fire once, events kept meanwhile are taken) and new instances start as usual. Instances paused one by one stay paused.")
+    };
+    let body = html! {
+        p.small { a href="/ui/workflows" { "← Workflows" } }
+        h1 { (title) " " code { (name) } }
+        p { (explained) }
+        @if let Some(r) = refusal { (refusal_box(r)) }
+        form.card method="post" action={"/ui/workflows/" (super::encode(name)) "/" (verb)} {
+            input type="hidden" name="csrf" value=(visit.csrf);
+            label for="reason" { "Why (kept in each instance's journal)" }
+            textarea id="reason" name="reason" rows="2" required { (reason) }
+            div.buttons {
+                button type="submit" { "Confirm: " (title.to_lowercase()) }
+                " "
+                a href="/ui/workflows" { "Go back without doing anything" }
+            }
+        }
+    };
+    layout(Some(viewer), visit, title, Nav::Workflows, None, body)
 }
 
 fn durations(d: &Option<Durations>) -> Markup {
