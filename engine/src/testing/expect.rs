@@ -59,6 +59,8 @@ pub struct Observed {
     pub ended_at: i64,
     /// The calendars the run used, for SLA states.
     pub calendars: std::sync::Arc<crate::calendar::Calendars>,
+    /// Instances in the test's store, by workflow name (subworkflows' included).
+    pub instances: std::collections::BTreeMap<String, u32>,
 }
 
 /// Partial match: a mapping matches when every key it lists matches (at every depth; `null`
@@ -243,6 +245,26 @@ pub fn check(e: &Expect, o: &Observed) -> Vec<Failure> {
     }
     for text in &e.not_in_journal {
         if let Some(f) = find_text(text, o) {
+            out.push(f);
+        }
+    }
+    for (workflow, want) in &e.instances {
+        let got = o.instances.get(&workflow.value).copied().unwrap_or(0);
+        if got != *want {
+            let mut f = Failure::new(format!(
+                "instances of `{}`: expected {want}, got {got}",
+                workflow.value
+            ));
+            let all: Vec<String> = o
+                .instances
+                .iter()
+                .map(|(w, n)| format!("{w}: {n}"))
+                .collect();
+            f = f.line(if all.is_empty() {
+                "no instance was started".to_string()
+            } else {
+                format!("instances by workflow: {}", all.join(", "))
+            });
             out.push(f);
         }
     }

@@ -86,6 +86,14 @@ pub fn check_against(file: &TestFile, workflows: &[&CompiledWorkflow]) -> Vec<Di
         })
         .flatten()
         .collect();
+    let triggered: BTreeSet<String> = workflows
+        .iter()
+        .flat_map(|w| w.triggers.iter())
+        .filter_map(|t| match &t.kind {
+            crate::compile::TriggerKind::Event { event_type, .. } => Some(event_type.clone()),
+            crate::compile::TriggerKind::Schedule { .. } => None,
+        })
+        .collect();
     let steps: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -101,6 +109,12 @@ pub fn check_against(file: &TestFile, workflows: &[&CompiledWorkflow]) -> Vec<Di
     };
     let target_list: Vec<&str> = targets.iter().map(String::as_str).collect();
     let awaited_list: Vec<&str> = awaited.iter().map(String::as_str).collect();
+    let heard: BTreeSet<&str> = awaited_list
+        .iter()
+        .copied()
+        .chain(triggered.iter().map(String::as_str))
+        .collect();
+    let heard_list: Vec<&str> = heard.into_iter().collect();
     let step_hint = format!("steps of `{}`: {}", wf.name, steps.join(", "));
     for t in &file.tests {
         let e = &t.expect;
@@ -149,14 +163,23 @@ pub fn check_against(file: &TestFile, workflows: &[&CompiledWorkflow]) -> Vec<Di
             }
         }
         for ev in &t.events {
-            if !awaited.contains(&ev.event_type) {
-                warn(
-                    ev.span,
-                    &ev.event_type,
-                    format!("`{}` is not awaited by any `wait:` step", ev.event_type),
-                    &awaited_list,
-                    format!("events waited for: {}", awaited_list.join(", ")),
-                );
+            // With `started_by: triggers` an event may be there to start instances.
+            let starts = t.started_by_triggers && triggered.contains(&ev.event_type);
+            if !awaited.contains(&ev.event_type) && !starts {
+                let (msg, known, fallback) = if t.started_by_triggers {
+                    (
+                        format!("`{}` is not awaited by any `wait:` step, and no trigger starts a workflow for it", ev.event_type),
+                        &heard_list,
+                        format!("events waited for or triggering: {}", heard_list.join(", ")),
+                    )
+                } else {
+                    (
+                        format!("`{}` is not awaited by any `wait:` step", ev.event_type),
+                        &awaited_list,
+                        format!("events waited for: {}", awaited_list.join(", ")),
+                    )
+                };
+                warn(ev.span, &ev.event_type, msg, known, fallback);
             }
         }
     }

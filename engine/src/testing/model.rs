@@ -40,6 +40,10 @@ pub struct TestCase {
     /// What must hold part-way through (`checkpoints:`), in time order.
     pub checkpoints: Vec<Checkpoint>,
     pub expect: Expect,
+    /// `started_by: triggers`: the test starts no instance; its events start instances
+    /// through the loaded workflows' `triggers:` (windowed counts included), and the
+    /// instance under test is the first one of the file's workflow they started.
+    pub started_by_triggers: bool,
 }
 
 /// `- { at: 2h, expect: {...} }`: the instance as it is `at` after the start, once
@@ -114,6 +118,8 @@ pub struct Expect {
     pub not_in_journal: Vec<String>,
     /// SLA clocks kept in variables, and the state each must be in when the test ends.
     pub sla: Vec<ExpectedSla>,
+    /// How many instances of each named workflow exist (`instances: { emergency: 1 }`).
+    pub instances: Vec<(Spanned<String>, u32)>,
 }
 
 /// `sla: { first_response: breached }` or `sla: { resolution: { state: warned, warn_percent: 80 } }`.

@@ -25,6 +25,7 @@ pub const TEST_FIELDS: &[&str] = &[
     "stop_after",
     "checkpoints",
     "expect",
+    "started_by",
 ];
 pub const CHECKPOINT_FIELDS: &[&str] = &["at", "expect"];
 pub const MOCK_FIELDS: &[&str] = &["call", "when", "reply", "error", "timeout", "times"];
@@ -41,6 +42,7 @@ pub const EXPECT_FIELDS: &[&str] = &[
     "retries_reuse_idempotency_key",
     "not_in_journal",
     "sla",
+    "instances",
 ];
 pub const CALL_FIELDS: &[&str] = &["call", "step", "attempt", "with", "idempotency_key_same_as"];
 pub const CALLED_FIELDS: &[&str] = &["call", "step", "with", "count", "at_least", "at_most"];
@@ -345,6 +347,30 @@ impl Reader<'_> {
                 None
             }
         };
+        let started_by_triggers = match f.get("started_by") {
+            None => Some(false),
+            Some(n) => match self.string(n, "`started_by`") {
+                Some(v) if v == "triggers" => {
+                    if let Some(i) = f.get("input") {
+                        self.hint(
+                            i.span,
+                            "a test `started_by: triggers` starts no instance itself, so its `input:` would not be used",
+                            "give the input in the events' data, which the triggers map to each workflow's input",
+                        );
+                    }
+                    Some(true)
+                }
+                Some(_) => {
+                    self.hint(
+                        n.span,
+                        "`started_by` can only be `triggers`",
+                        "write `started_by: triggers` to let the events start instances through the workflows' `triggers:`, or leave it out to start one instance with `input:`",
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
         Some(TestCase {
             name: name?,
             input: Json::Object(input),
@@ -354,6 +380,7 @@ impl Reader<'_> {
             stop_after_ms: stop_after.ok()?,
             checkpoints,
             expect: expect?,
+            started_by_triggers: started_by_triggers?,
         })
     }
 
@@ -610,6 +637,37 @@ impl Reader<'_> {
             match self.sla(n) {
                 Some(list) => e.sla = list,
                 None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("instances") {
+            match &n.value {
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        let count = crate::definition::value::whole(
+                            self.file,
+                            v,
+                            "a count in `instances`",
+                            0,
+                            1_000_000,
+                            &mut self.diags,
+                        );
+                        match count {
+                            Some(c) => e.instances.push((Spanned::new(k.name.clone(), k.span), c)),
+                            None => ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    self.hint(
+                        n.span,
+                        format!(
+                            "`instances` must map workflow names to counts, found {}",
+                            n.kind_name()
+                        ),
+                        "e.g. `instances: { emergency: 1, escalation: 12 }`",
+                    );
+                    ok = false;
+                }
             }
         }
         if let Some(n) = f.get("not_in_journal") {
@@ -888,6 +946,41 @@ tests:
             "{e:?}"
         );
         assert!(e.iter().any(|d| d.contains("`warn_percent`")), "{e:?}");
+    }
+
+    #[test]
+    fn tests_started_by_triggers_count_instances() {
+        let (file, diags) = read(
+            "t.test.yaml",
+            "workflow: emergency\ntests:\n  - name: x\n    started_by: triggers\n    events: [ { type: ticket.created, key: T-1 } ]\n    expect: { instances: { emergency: 1, escalation: 0 } }\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let t = &file.unwrap().tests[0];
+        assert!(t.started_by_triggers);
+        let counts: Vec<(&str, u32)> = t
+            .expect
+            .instances
+            .iter()
+            .map(|(w, n)| (w.value.as_str(), *n))
+            .collect();
+        assert_eq!(counts, [("emergency", 1), ("escalation", 0)]);
+        let e = errors("workflow: w\ntests:\n  - name: x\n    started_by: hand\n    input: { a: 1 }\n    expect: { instances: { w: -1 } }\n");
+        assert!(
+            e.iter()
+                .any(|d| d
+                    .starts_with("t.test.yaml:4:17: error: `started_by` can only be `triggers`")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|d| d.contains("a count in `instances`")),
+            "{e:?}"
+        );
+        let e = errors("workflow: w\ntests:\n  - name: x\n    started_by: triggers\n    input: { a: 1 }\n    expect: { instances: { w: 1 } }\n");
+        assert!(
+            e.iter()
+                .any(|d| d.contains("its `input:` would not be used")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -167,29 +167,48 @@ async fn run_case(
             .install(wf)
             .map_err(|e| Failure::new(format!("cannot install the workflow: {e}")))?;
     }
-    let id = match driver
-        .start_as(&suite.workflow, case.input.clone(), INSTANCE_ID.into())
-        .await
-    {
-        Ok(s) => s.id,
-        Err(StartError::InvalidInput(problems)) => {
-            let mut f = Failure::new(format!(
-                "the test's input does not match `input:` of workflow `{}`",
-                suite.workflow
-            ));
-            f.lines = problems.iter().map(ToString::to_string).collect();
-            return Err(f);
+    // The instance the test starts, unless its events start them (`started_by: triggers`).
+    let started: Option<String> = if case.started_by_triggers {
+        None
+    } else {
+        match driver
+            .start_as(&suite.workflow, case.input.clone(), INSTANCE_ID.into())
+            .await
+        {
+            Ok(s) => Some(s.id),
+            Err(StartError::InvalidInput(problems)) => {
+                let mut f = Failure::new(format!(
+                    "the test's input does not match `input:` of workflow `{}`",
+                    suite.workflow
+                ));
+                f.lines = problems.iter().map(ToString::to_string).collect();
+                return Err(f);
+            }
+            Err(e) => return Err(Failure::new(format!("the instance did not start: {e}"))),
         }
-        Err(e) => return Err(Failure::new(format!("the instance did not start: {e}"))),
     };
-    let finished = || {
-        driver
+    // Nothing more can happen to what the test looks at: its instance has ended, or, when
+    // the events start the instances, none is open.
+    let finished = || match &started {
+        Some(id) => driver
             .inner()
             .store
-            .instance(&id)
+            .instance(id)
             .ok()
             .flatten()
-            .is_none_or(|m| m.is_final())
+            .is_none_or(|m| m.is_final()),
+        None => all_instances(&driver).iter().all(|m| m.is_final()),
+    };
+    // The instance the expectations are about: the test's own, or the first instance of
+    // the file's workflow that the events started.
+    let under_test = || -> Option<String> {
+        started.clone().or_else(|| {
+            all_instances(&driver)
+                .into_iter()
+                .filter(|m| m.workflow == suite.workflow && m.parent.is_none())
+                .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+                .map(|m| m.id)
+        })
     };
     let engine_error = |e: String| Failure::new(format!("engine error: {e}"));
     let mut checkpoints = case.checkpoints.iter().peekable();
@@ -210,7 +229,7 @@ async fn run_case(
         }
         driver.wait_idle().await;
         let journal = lock(&journal).clone();
-        let mut observed = observe(&driver, &id, &rules, &host, journal, at)?;
+        let mut observed = observe(&driver, under_test().as_deref(), &rules, &host, journal, at)?;
         observed.logs = logs.lines();
         observed.logs.extend(lock(&trace).iter().cloned());
         let when = crate::definition::Duration::from_millis(cp.at_ms);
@@ -231,7 +250,7 @@ async fn run_case(
                 .map_err(engine_error)?;
         }
         let when = format_ms(clock.now_ms().max(at));
-        if finished() {
+        if started.is_some() && finished() {
             lock(&trace).push(format!(
                 "{when}  event {} (key {}) not delivered: the instance had already finished",
                 ev.event_type, ev.key
@@ -250,7 +269,42 @@ async fn run_case(
                     data: ev.data.clone(),
                     id: ev.id.clone(),
                 },
-                async |_| false,
+                async |e: &Event| {
+                    if !case.started_by_triggers {
+                        return false;
+                    }
+                    let t = crate::daemon::triggers::start_for_event(&driver, e).await;
+                    let mut trace = lock(&trace);
+                    for s in &t.started {
+                        trace.push(format!(
+                            "{when}  event {} (key {}) {} workflow {} (instance {})",
+                            e.event_type,
+                            e.key,
+                            if s.attached {
+                                "given to"
+                            } else if s.created {
+                                "started"
+                            } else {
+                                "matched the open"
+                            },
+                            s.workflow,
+                            s.id
+                        ));
+                    }
+                    for c in &t.counted {
+                        trace.push(format!(
+                            "{when}  event {} counted for workflow {} (key {}): {} of {}",
+                            e.event_type, c.workflow, c.key, c.count, c.at_least
+                        ));
+                    }
+                    for f in &t.failed {
+                        trace.push(format!(
+                            "{when}  event {} did not start workflow {}: {}",
+                            e.event_type, f.workflow, f.message
+                        ));
+                    }
+                    t.consumed
+                },
             )
             .await
             .map_err(|e| engine_error(e.to_string()))?;
@@ -280,7 +334,14 @@ async fn run_case(
     driver.wait_idle().await;
 
     let journal = std::mem::take(&mut *lock(&journal));
-    let observed = observe(&driver, &id, &rules, &host, journal, clock.now_ms())?;
+    let observed = observe(
+        &driver,
+        under_test().as_deref(),
+        &rules,
+        &host,
+        journal,
+        clock.now_ms(),
+    )?;
     Ok((
         observed,
         clock.now_ms() - case.start_ms,
@@ -288,16 +349,51 @@ async fn run_case(
     ))
 }
 
+/// Every instance in the test's store (a test makes few).
+fn all_instances(driver: &Driver) -> Vec<crate::store::InstanceMeta> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = driver
+            .inner()
+            .store
+            .instances(cursor.as_deref(), 1000)
+            .unwrap_or_default();
+        let full = page.len() == 1000;
+        cursor = page.last().map(|m| m.id.clone());
+        out.extend(page);
+        if !full || out.len() >= 1_000_000 {
+            return out;
+        }
+    }
+}
+
 /// The instance `id` as the test's expectations see it now (logs are added by the
-/// caller).
+/// caller); `None` when the events started no instance of the workflow under test.
 fn observe(
     driver: &Driver,
-    id: &str,
+    id: Option<&str>,
     rules: &Arc<Rules>,
     host: &ScriptedHost,
     journal: Vec<(String, Record)>,
     now: i64,
 ) -> Result<Observed, Failure> {
+    let mut instances = std::collections::BTreeMap::new();
+    for m in all_instances(driver) {
+        *instances.entry(m.workflow).or_insert(0u32) += 1;
+    }
+    let Some(id) = id else {
+        return Ok(Observed {
+            status: "not started (no event started it)".to_string(),
+            vars: Value::Null,
+            journal,
+            unanswered: host.unanswered(),
+            ended_at: now,
+            calendars: rules.calendars(),
+            instances,
+            ..Observed::default()
+        });
+    };
     let engine_error = |e: String| Failure::new(format!("engine error: {e}"));
     let inst = driver
         .snapshot(id)
@@ -338,6 +434,7 @@ fn observe(
         unanswered: host.unanswered(),
         ended_at: now,
         calendars: rules.calendars(),
+        instances,
     };
     Ok(observed)
 }

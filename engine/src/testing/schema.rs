@@ -90,6 +90,9 @@ pub fn test_schema() -> Value {
             "not_in_journal" => {
                 json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
             }
+            "instances" => {
+                json!({"type": "object", "description": "how many instances of each named workflow exist, e.g. { emergency: 1 }", "additionalProperties": count(0)})
+            }
             _ => json!({"description": "partial match on the output"}),
         },
         &[],
@@ -113,6 +116,9 @@ pub fn test_schema() -> Value {
             "mocks" => json!({"type": "array", "items": mock}),
             "events" => json!({"type": "array", "items": event}),
             "stop_after" => duration(),
+            "started_by" => {
+                json!({"enum": ["triggers"], "description": "the test starts no instance: its events start instances through the workflows' triggers"})
+            }
             "checkpoints" => {
                 json!({"type": "array", "description": "what must hold part-way through, once everything due by `at` has happened", "items": checkpoint})
             }
