@@ -635,3 +635,124 @@ fn an_unusable_data_directory_is_named() {
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// Waits for an approval, charges through the ledger fake, completes with both.
+const APPROVE: &str = r#"workflow: approve
+version: 1
+input:
+  key: { type: string, required: true }
+steps:
+  - id: wait_for_approval
+    wait: { event: approved, key: input.key, timeout: 1d, on_timeout: expired }
+    save_as: approval
+    next: charge
+  - id: charge
+    call: payments.charge
+    with: { key: "${input.key}", by: "${vars.approval.data.by}" }
+    retry: { max_attempts: 1 }
+    save_as: charged
+    next: done
+  - id: done
+    complete: { output: { by: "${vars.approval.data.by}", charged: "${vars.charged}" } }
+  - id: expired
+    complete: { output: { by: nobody } }
+"#;
+
+#[test]
+fn a_real_instance_is_recorded_as_a_test_that_passes_and_catches_a_change() {
+    let dir = folder(&[("approve.yaml", APPROVE)]);
+    let d = token_daemon(dir.path());
+    let id = start_instance(&d, "approve", json!({"key": "ORD-9"}));
+    eventually("it waits", || status(&d, &id) == "parked");
+    let sent = casework(
+        dir.path(),
+        &[
+            "send-event",
+            "approved",
+            "ORD-9",
+            "--data",
+            r#"{"by":"lead-2"}"#,
+            "--url",
+            &d.addr,
+            "--token",
+            ADMIN,
+        ],
+        &[],
+    );
+    assert_eq!(sent.code, 0, "{sent:?}");
+    eventually("it completes", || status(&d, &id) == "completed");
+
+    // The data directory is the daemon's, so the recording asks the daemon.
+    let rec = casework(
+        dir.path(),
+        &[
+            "test",
+            "--record",
+            &id,
+            "workflows",
+            "--url",
+            &d.addr,
+            "--token",
+            VIEWER,
+        ],
+        &[],
+    );
+    assert_eq!(rec.code, 0, "{rec:?}");
+    for part in [
+        "workflow: approve",
+        "call: payments.charge",
+        "times: 1",
+        "type: approved",
+        "key: ORD-9",
+        "by: lead-2",
+        "- wait_for_approval",
+        "status: completed",
+    ] {
+        assert!(
+            rec.stdout.contains(part),
+            "`{part}` missing from:\n{}",
+            rec.stdout
+        );
+    }
+    std::fs::write(dir.path().join("workflows/approve.test.yaml"), &rec.stdout).unwrap();
+    let run = casework(dir.path(), &["test", "workflows"], &[]);
+    assert_eq!(
+        run.code, 0,
+        "the recording fails against the workflow it came from: {run:?}\n{}",
+        rec.stdout
+    );
+    assert!(run.stdout.contains("1 passed"), "{run:?}");
+
+    // Edited so that the charge says something else: the recorded answer is for the call
+    // the instance made, so the recorded test says what changed.
+    let edited = APPROVE.replace(
+        r#"by: "${vars.approval.data.by}" }"#,
+        r#"by: "approver ${vars.approval.data.by}" }"#,
+    );
+    assert_ne!(edited, APPROVE);
+    std::fs::write(dir.path().join("workflows/approve.yaml"), edited).unwrap();
+    let run = casework(dir.path(), &["test", "workflows"], &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("no mock answered a call to `payments.charge`"),
+        "{run:?}"
+    );
+
+    // An unknown instance is an error, not an empty test.
+    let none = casework(
+        dir.path(),
+        &[
+            "test",
+            "--record",
+            "no-such-id",
+            "--url",
+            &d.addr,
+            "--token",
+            VIEWER,
+        ],
+        &[],
+    );
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(none.stderr.contains("no-such-id"), "{none:?}");
+}

@@ -169,7 +169,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             args.color = cli.color;
             serve::serve(*args).await.map(|_| 0)
         }
-        Command::Test(args) => test::test(args).await,
+        Command::Test(args) => match args.record.clone() {
+            Some(id) => tokio::task::spawn_blocking(move || test::record(&args, &id)).await?,
+            None => test::test(args).await,
+        },
         Command::Report(args) => report::report(args),
         Command::List(args) => remote::list(args),
         Command::Cancel(args) => remote::cancel(args),
@@ -352,13 +355,14 @@ pub fn ask_daemon(
     })
 }
 
-async fn inspect(
+/// An instance's redacted view (as `GET /v1/instances/{id}` gives it), read from the
+/// store, or from the daemon that holds the data directory.
+pub fn instance_view_json(
     id: &str,
     source: &StoreSource<'_>,
     daemon: &client::DaemonArgs,
-    as_json: bool,
-) -> anyhow::Result<u8> {
-    let view = match source.open() {
+) -> anyhow::Result<serde_json::Value> {
+    Ok(match source.open() {
         Ok(store) => {
             let meta = store
                 .instance(id)?
@@ -383,7 +387,16 @@ async fn inspect(
             ask_daemon(daemon, source, &["v1", "instances", id], &[])?
         }
         Err(e) => return Err(e.into()),
-    };
+    })
+}
+
+async fn inspect(
+    id: &str,
+    source: &StoreSource<'_>,
+    daemon: &client::DaemonArgs,
+    as_json: bool,
+) -> anyhow::Result<u8> {
+    let view = instance_view_json(id, source, daemon)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(0);

@@ -19,6 +19,69 @@ pub struct TestArgs {
     /// Run only the tests whose name contains this text (ignoring case).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Instead of running tests, print a test file made from this instance's journal:
+    /// its input, every plugin answer as a mock, every event at the time it came, and
+    /// what it did as the expectation (the workflow is read from the first path, default
+    /// workflows/). Reads the data directory, or asks the daemon that holds it.
+    #[arg(long, value_name = "INSTANCE")]
+    pub record: Option<String>,
+    /// With `--record`: the daemon's data directory.
+    #[arg(long, default_value = "data", requires = "record")]
+    pub data: PathBuf,
+    /// With `--record`: file holding the journal key (default: CASEWORK_JOURNAL_KEY, else DATA/journal.key).
+    #[arg(long, env = "CASEWORK_JOURNAL_KEY_FILE")]
+    pub journal_key_file: Option<PathBuf>,
+    /// With `--record`: read a PostgreSQL store (postgres://USER@HOST:PORT/DB) instead.
+    #[arg(long, env = "CASEWORK_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    // With `--record`: the daemon to ask when it holds the data directory.
+    #[command(flatten)]
+    pub daemon: super::client::DaemonArgs,
+}
+
+/// `casework test --record ID`: prints the test file; 0 written, 1 the instance or its
+/// workflow could not be read.
+pub fn record(args: &TestArgs, id: &str) -> anyhow::Result<u8> {
+    let source = super::StoreSource {
+        url: args.store.as_deref(),
+        data: &args.data,
+        key_file: args.journal_key_file.as_deref(),
+    };
+    let view = super::instance_view_json(id, &source, &args.daemon)?;
+    let name = view["workflow"].as_str().unwrap_or_default().to_string();
+    let dir = args
+        .paths
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("workflows"));
+    let rules = std::sync::Arc::new(Rules::new(crate::compile::rules::Limits::default()));
+    let files = workflow_files(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot read the workflow folder {}: {e}", dir.display()))?;
+    let (workflows, _) = load_files(&files, None, &rules);
+    let Some(wf) = workflows.into_iter().find(|w| w.name == name) else {
+        anyhow::bail!(
+            "no workflow `{name}` loads from {}; give the folder the workflow is in (casework test --record {id} FOLDER)",
+            dir.display()
+        );
+    };
+    let ran = view["version"].as_u64().unwrap_or(0);
+    if u64::from(wf.version) != ran {
+        eprintln!(
+            "casework: note: the instance ran {name} v{ran} and {} has v{}: the test expects what v{ran} did, so it shows what the new version changes",
+            dir.display(),
+            wf.version
+        );
+    }
+    let records: Vec<crate::journal::Record> = view["journal"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(crate::daemon::view::record_of_entry)
+        .collect();
+    let text =
+        testing::record::test_file(id, &view, &wf, &records).map_err(|e| anyhow::anyhow!(e))?;
+    out(text.trim_end());
+    Ok(0)
 }
 
 /// Run the tests; returns the exit code: 0 all passed, 1 a test failed, 2 the tests could

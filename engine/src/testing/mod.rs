@@ -16,6 +16,7 @@ pub mod expect;
 pub mod host;
 pub mod model;
 pub mod reader;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod schema;
