@@ -756,3 +756,106 @@ fn a_real_instance_is_recorded_as_a_test_that_passes_and_catches_a_change() {
     assert_eq!(none.code, 1, "{none:?}");
     assert!(none.stderr.contains("no-such-id"), "{none:?}");
 }
+
+fn journal_count(d: &Daemon, id: &str, record: &str) -> usize {
+    let mut resp = ureq::get(&format!("{}/v1/instances/{id}", d.addr))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap();
+    let v: Value = resp.body_mut().read_json().unwrap();
+    v["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["record"] == json!(record))
+        .count()
+}
+
+#[test]
+fn bulk_actions_do_each_instance_once_even_when_sent_twice_at_once() {
+    let dir = folder(&[("hold.yaml", HOLD), ("quick.yaml", QUICK)]);
+    let d = token_daemon(dir.path());
+    let ids: Vec<String> = (0..20)
+        .map(|i| start_instance(&d, "hold", json!({"key": format!("k{i}")})))
+        .collect();
+    for id in &ids {
+        eventually("parked", || status(&d, id) == "parked");
+    }
+    let bulk = |args: &[&str], token: &str| {
+        let mut all = vec!["bulk"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--url", &d.addr, "--token", token]);
+        casework(dir.path(), &all, &[])
+    };
+
+    // Bad requests change nothing.
+    let r = bulk(&["cancel", "--workflow", "hold"], ADMIN);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("say why"), "{r:?}");
+    let r = bulk(&["cancel", "--workflow", "hold", "--reason", "x"], VIEWER);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("forbidden"), "{r:?}");
+    let r = bulk(&["retry", "--workflow", "nope"], ADMIN);
+    assert!(r.stderr.contains("no workflow named `nope`"), "{r:?}");
+
+    // Bounded: five paused, then resumed.
+    let r = bulk(
+        &[
+            "pause",
+            "--workflow",
+            "hold",
+            "--reason",
+            "checking",
+            "--limit",
+            "5",
+        ],
+        ADMIN,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("paused 5 instance(s) of hold"), "{r:?}");
+    let paused = ids.iter().filter(|id| status(&d, id) == "paused").count();
+    assert_eq!(paused, 5);
+    let r = bulk(
+        &[
+            "resume",
+            "--workflow",
+            "hold",
+            "--status",
+            "paused",
+            "--reason",
+            "checked",
+        ],
+        ADMIN,
+    );
+    assert!(r.stdout.contains("resumed 5 instance(s)"), "{r:?}");
+
+    // The same cancel sent twice at once: every instance is cancelled exactly once.
+    let (a, b) = std::thread::scope(|s| {
+        let run = || {
+            bulk(
+                &["cancel", "--workflow", "hold", "--reason", "outage over"],
+                ADMIN,
+            )
+        };
+        let a = s.spawn(run);
+        let b = s.spawn(run);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let done = |o: &Out| -> usize {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("cancelling "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {o:?}"))
+    };
+    assert_eq!(done(&a) + done(&b), 20, "{a:?}\n{b:?}");
+    for id in &ids {
+        eventually("cancelled", || status(&d, id) == "cancelled");
+        assert_eq!(journal_count(&d, id, "cancel_requested"), 1, "{id}");
+    }
+    // What the other one found already cancelled is refused with the reason.
+    if done(&a) < 20 && done(&b) < 20 {
+        assert!(a.stdout.contains("instance_finished") || b.stdout.contains("instance_finished"));
+    }
+}

@@ -106,6 +106,9 @@ pub enum Command {
     Pause(remote::HoldArgs),
     /// Resume a paused instance on a running daemon.
     Resume(remote::HoldArgs),
+    /// Retry, cancel, pause or resume every instance of a workflow (with a status) on a
+    /// running daemon, bounded by --limit, printing what was done and what was refused.
+    Bulk(remote::BulkArgs),
     /// Events a running daemon keeps because nothing waited for them yet: list, purge.
     #[command(subcommand)]
     Inbox(remote::InboxCommand),
@@ -181,6 +184,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Inbox(command) => remote::inbox(command),
         Command::Backup(args) => backup::backup(args),
         Command::Restore(args) => backup::restore(args),
+        Command::Bulk(args) => remote::bulk(args),
         Command::Pause(args) => remote::hold(args, true),
         Command::Resume(args) => remote::hold(args, false),
         Command::Inspect {

@@ -59,6 +59,125 @@ pub struct RetryArgs {
     pub daemon: DaemonArgs,
 }
 
+/// What `casework bulk` does to each instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkAction {
+    Retry,
+    Cancel,
+    Pause,
+    Resume,
+}
+
+impl BulkAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "retry",
+            BulkAction::Cancel => "cancel",
+            BulkAction::Pause => "pause",
+            BulkAction::Resume => "resume",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BulkArgs {
+    /// What to do to each matching instance: retry, cancel, pause or resume.
+    #[arg(value_enum)]
+    pub action: BulkAction,
+    /// The workflow whose instances it is done to.
+    #[arg(long, value_name = "NAME")]
+    pub workflow: String,
+    /// Only instances with this status (e.g. `failed` for retry).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Why, kept in each instance's journal (needed for cancel, pause and resume).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Instances to act on at most, over all the requests it makes.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Print the API's JSON answers.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `casework bulk`: `POST /v1/bulk` page after page until `--limit` instances were acted
+/// on or none match; prints what was done and what was refused, and exits 1 if anything
+/// was refused.
+pub fn bulk(args: BulkArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let (mut done, mut refused) = (0usize, 0usize);
+    let mut cursor: Option<String> = None;
+    loop {
+        let left = args.limit.saturating_sub(done + refused);
+        if left == 0 {
+            break;
+        }
+        let mut body = json!({
+            "action": args.action.as_str(),
+            "workflow": args.workflow,
+            "limit": left.min(10_000),
+        });
+        if let Some(s) = &args.status {
+            body["status"] = json!(s);
+        }
+        if let Some(r) = &args.reason {
+            body["reason"] = json!(r);
+        }
+        if let Some(c) = &cursor {
+            body["cursor"] = json!(c);
+        }
+        let answer = client.post(&["v1", "bulk"], Some(&body))?;
+        if args.json {
+            print_json(&answer)?;
+        }
+        let ids = answer["done"].as_array().cloned().unwrap_or_default();
+        done += ids.len();
+        for r in answer["refused"].as_array().into_iter().flatten() {
+            refused += 1;
+            if !args.json {
+                out(&format!(
+                    "refused {}: {} ({})",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["message"].as_str().unwrap_or(""),
+                    r["code"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(stop) = answer["stopped"].as_object() {
+            anyhow::bail!(
+                "stopped after {done} instance(s): {} ({}); run the same command again in {} s to go on",
+                stop.get("message").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("code").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("retry_after_s").and_then(|m| m.as_u64()).unwrap_or(1)
+            );
+        }
+        match answer["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    if !args.json {
+        let verb = match args.action {
+            BulkAction::Retry => "retrying",
+            BulkAction::Cancel => "cancelling",
+            BulkAction::Pause => "paused",
+            BulkAction::Resume => "resumed",
+        };
+        out(&format!(
+            "{verb} {done} instance(s) of {}{}; {refused} refused",
+            args.workflow,
+            args.status
+                .as_deref()
+                .map(|s| format!(" (status {s})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(u8::from(refused > 0))
+}
+
 #[derive(clap::Args, Debug)]
 pub struct HoldArgs {
     /// The instance (an id from `casework list`).

@@ -78,6 +78,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/pause", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/resume", Some(Scope::Admin)),
+    route("POST", "/v1/bulk", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
     route("GET", "/v1/inbox", Some(Scope::Read)),
     route("DELETE", "/v1/inbox", Some(Scope::Admin)),
@@ -102,6 +103,7 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("POST", "/v1/instances/{id}/retry") => post(retry),
         ("POST", "/v1/instances/{id}/pause") => post(pause),
         ("POST", "/v1/instances/{id}/resume") => post(resume),
+        ("POST", "/v1/bulk") => post(bulk),
         ("POST", "/v1/events") => post(deliver),
         ("GET", "/v1/inbox") => get(list_inbox),
         ("DELETE", "/v1/inbox") => delete(purge_inbox),
@@ -1208,6 +1210,173 @@ async fn resume(
     JsonBody(body): JsonBody<HoldBody>,
 ) -> Result<Json<Value>, ApiError> {
     hold(api, caller, id, body, false).await
+}
+
+/// Instances one bulk request acts on at most (`limit`, default 1000).
+pub const MAX_BULK: usize = 10_000;
+
+#[derive(Deserialize, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum BulkAction {
+    Retry,
+    Cancel,
+    Pause,
+    Resume,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    action: BulkAction,
+    /// Required: a bulk action is about one workflow's instances.
+    workflow: String,
+    status: Option<String>,
+    /// Why, for the journal (cancel, pause and resume need one).
+    reason: Option<String>,
+    limit: Option<usize>,
+    /// Where the previous request stopped (its `next_cursor`).
+    cursor: Option<String>,
+}
+
+/// `POST /v1/bulk`: retry, cancel, pause or resume every instance of a workflow (with a
+/// status) in index order, at most `limit` of them, each exactly as its own request
+/// would (the same checks, errors and journal records); answers what was done and what
+/// was refused, and where to go on from.
+async fn bulk(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    JsonBody(body): JsonBody<BulkBody>,
+) -> Result<Json<Value>, ApiError> {
+    let b = body.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "say what to do and to which instances: {\"action\": \"retry\", \"workflow\": \"refund\", \"status\": \"failed\"}",
+        )
+    })?;
+    if let Some(s) = b.status.as_deref().filter(|s| !INDEX_STATUSES.contains(s)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "status `{s}` is not one an instance can have; use one of: {}",
+                INDEX_STATUSES.join(", ")
+            ),
+        ));
+    }
+    let limit = b.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_BULK {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("`limit` must be 1 to {MAX_BULK}"),
+        ));
+    }
+    let needs_reason = b.action != BulkAction::Retry;
+    let reason = b.reason.as_deref().map(str::trim).unwrap_or("").to_string();
+    if needs_reason && reason.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "say why, for each instance's journal: {\"reason\": \"...\"}",
+        ));
+    }
+    if !api
+        .driver
+        .inner()
+        .registry
+        .all_latest()
+        .iter()
+        .any(|w| w.name == b.workflow)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "workflow_not_found",
+            format!(
+                "no workflow named `{}` is loaded; GET /v1/workflows lists them",
+                b.workflow
+            ),
+        ));
+    }
+    let mut done: Vec<String> = Vec::new();
+    let mut refused: Vec<Value> = Vec::new();
+    let mut cursor = b.cursor.clone();
+    let mut scanned = 0;
+    let mut stopped: Option<Value> = None;
+    'scan: loop {
+        let page = api
+            .driver
+            .inner()
+            .store
+            .instances(cursor.as_deref(), LIST_PAGE)
+            .map_err(internal)?;
+        let exhausted = page.len() < LIST_PAGE;
+        scanned += page.len();
+        for m in page {
+            if m.workflow != b.workflow || b.status.as_ref().is_some_and(|s| &m.status != s) {
+                cursor = Some(m.id.clone());
+                continue;
+            }
+            if done.len() + refused.len() == limit {
+                break 'scan;
+            }
+            let id = m.id.clone();
+            let answer = match b.action {
+                BulkAction::Retry => retry(State(api.clone()), Path(id.clone()), JsonBody(None))
+                    .await
+                    .map(|_| ()),
+                BulkAction::Cancel => cancel(
+                    State(api.clone()),
+                    Path(id.clone()),
+                    JsonBody(Some(CancelBody {
+                        reason: Some(reason.clone()),
+                    })),
+                )
+                .await
+                .map(|_| ()),
+                BulkAction::Pause | BulkAction::Resume => hold(
+                    api.clone(),
+                    caller.clone(),
+                    id.clone(),
+                    Some(HoldBody {
+                        reason: reason.clone(),
+                    }),
+                    b.action == BulkAction::Pause,
+                )
+                .await
+                .map(|_| ()),
+            };
+            match answer {
+                Ok(()) => done.push(id.clone()),
+                // The engine's work in hand is at its bound: stop here, the client goes
+                // on from this instance after `retry_after_s`.
+                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    stopped = Some(
+                        json!({"code": e.code, "message": e.message, "retry_after_s": e.retry_after}),
+                    );
+                    break 'scan;
+                }
+                Err(e) => refused.push(json!({"id": id, "code": e.code, "message": e.message})),
+            }
+            cursor = Some(m.id);
+        }
+        if exhausted {
+            cursor = None;
+            break;
+        }
+        if scanned >= MAX_LIST_SCAN {
+            break;
+        }
+    }
+    let more = cursor.is_some();
+    Ok(Json(json!({
+        "action": b.action,
+        "workflow": b.workflow,
+        "done": done,
+        "refused": refused,
+        "stopped": stopped,
+        "next_cursor": if more { cursor } else { None },
+    })))
 }
 
 #[derive(Deserialize)]
