@@ -234,7 +234,7 @@ fn an_operator_approves_a_refund_and_retries_a_failure_in_a_real_browser() {
         "{}",
         b.text("main")
     );
-    let page = b.wait_for_text("completed");
+    let page = b.wait_for("#status", "completed");
     assert!(page.contains("event received"), "{page}");
     b.screenshot("instance-completed");
     let v = wait_status(&d.addr, &small, "completed");
@@ -262,7 +262,7 @@ fn an_operator_approves_a_refund_and_retries_a_failure_in_a_real_browser() {
         "{}",
         b.text("main")
     );
-    b.wait_for_text("retry requested");
+    b.wait_for("table.timeline", "retry requested");
     let v = wait_status(&d.addr, &large, "failed");
     assert_eq!(records(&v, "retry_requested"), 1, "one retry: {v}");
     assert_eq!(records(&v, "step_failed"), 2, "the step ran again: {v}");
@@ -385,6 +385,15 @@ fn cookie_value(set: &[String], name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} cookie in {set:?}"))
 }
 
+/// The CSRF value a page's forms carry.
+fn form_csrf(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF value");
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
 fn form_post(url: &str, cookies: &str, form: &[(&str, &str)]) -> ureq::http::Response<ureq::Body> {
     agent()
         .post(url)
@@ -393,13 +402,27 @@ fn form_post(url: &str, cookies: &str, form: &[(&str, &str)]) -> ureq::http::Res
         .unwrap()
 }
 
+/// A console page's status and HTML.
+fn page(url: &str, cookies: &str) -> (u16, String) {
+    let mut r = agent().get(url).header("cookie", cookies).call().unwrap();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
 #[test]
 fn the_console_guards_what_a_browser_does_not_show() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let d = spawn(dir.path(), &usual_tokens());
     let id = start(&d.addr, "<script>alert(1)</script>", 1_000);
-    wait_status(&d.addr, &id, "parked");
+    let spare: Vec<String> = (0..2)
+        .map(|i| start(&d.addr, &format!("ORD-S{i}"), 1_000))
+        .collect();
+    for i in spare.iter().chain([&id]) {
+        wait_status(&d.addr, i, "parked");
+    }
 
     // Not signed in: sent to sign in; every page forbids scripts, frames and caching.
     let resp = agent()
@@ -412,11 +435,14 @@ fn the_console_guards_what_a_browser_does_not_show() {
         to.starts_with("/ui/sign-in?next=%2Fui%2Finstances%2F"),
         "{to}"
     );
-    let resp = agent()
+    let mut resp = agent()
         .get(&format!("{}/ui/sign-in", d.addr))
         .call()
         .unwrap();
-    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(
         csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
         "{csp}"
@@ -424,21 +450,50 @@ fn the_console_guards_what_a_browser_does_not_show() {
     assert!(!csp.contains("unsafe"), "{csp}");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let set = set_cookies(&resp);
-    let csrf = cookie_value(&set, "casework_csrf");
+    let nonce = cookie_value(&set, "casework_csrf");
     assert!(
         set[0].contains("HttpOnly") && set[0].contains("SameSite=Strict"),
         "{set:?}"
     );
+    assert!(!set[0].contains("Secure"), "plain HTTP: {set:?}");
+    let csrf = form_csrf(&resp.body_mut().read_to_string().unwrap());
+    assert_ne!(csrf, nonce, "the form's value is not the cookie's");
+    // Behind a proxy that says HTTPS, cookies are Secure.
+    let resp = agent()
+        .get(&format!("{}/ui/sign-in", d.addr))
+        .header("x-forwarded-proto", "https")
+        .call()
+        .unwrap();
+    assert!(
+        set_cookies(&resp)[0].contains("; Secure"),
+        "{:?}",
+        set_cookies(&resp)
+    );
 
-    // Sign-in needs the CSRF value and a real token.
+    // Sign-in needs the CSRF value and a real token, and goes back only to the console.
     let sign_in = format!("{}/ui/sign-in", d.addr);
-    let jar = format!("casework_csrf={csrf}");
-    let r = form_post(&sign_in, &jar, &[("token", ADMIN), ("csrf", "0000")]);
-    assert_eq!(r.status().as_u16(), 403);
+    let jar = format!("casework_csrf={nonce}");
+    let r = form_post(&sign_in, &jar, &[("token", ADMIN), ("csrf", &nonce)]);
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "the cookie's own value is not the form's"
+    );
+    let r = form_post(&sign_in, &jar, &[("token", ADMIN)]);
+    assert_eq!(r.status().as_u16(), 403, "no CSRF value at all");
     let r = form_post(&sign_in, &jar, &[("token", "guess"), ("csrf", &csrf)]);
     assert_eq!(r.status().as_u16(), 401);
-    let r = form_post(&sign_in, &jar, &[("token", ADMIN), ("csrf", &csrf)]);
+    let r = form_post(
+        &sign_in,
+        &jar,
+        &[
+            ("token", ADMIN),
+            ("csrf", &csrf),
+            ("next", "https://evil.example/ui/"),
+        ],
+    );
     assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/ui/instances", "no open redirect");
     let set = set_cookies(&r);
     let token_cookie = set
         .iter()
@@ -451,18 +506,26 @@ fn the_console_guards_what_a_browser_does_not_show() {
         "{token_cookie}"
     );
     let jar = format!(
-        "casework_csrf={csrf}; {}",
+        "casework_csrf={nonce}; {}",
         token_cookie.split(';').next().unwrap()
     );
 
-    // What a customer wrote is escaped; a sensitive input is never on the page.
-    let mut r = agent()
+    // What a customer wrote is escaped; a sensitive input is never on the page; a signed-in
+    // page has the same headers.
+    let r = agent()
         .get(&format!("{}/ui/instances/{id}", d.addr))
         .header("cookie", &jar)
         .call()
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let html = r.body_mut().read_to_string().unwrap();
+    for (h, v) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(r.headers()[h], v, "{h}");
+    }
+    let (_, html) = page(&format!("{}/ui/instances/{id}", d.addr), &jar);
     assert!(
         html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "not escaped"
@@ -475,15 +538,35 @@ fn the_console_guards_what_a_browser_does_not_show() {
         !html.contains(EMAIL) && html.contains("[redacted]"),
         "sensitive input shown"
     );
+    let csrf = form_csrf(&html); // signed in: keyed by the token now
 
-    // An action without this visitor's CSRF value does nothing.
+    // The date range: a day after today shows nothing, an old one everything, and a range
+    // that ends before it starts is refused.
+    let list = |q: &str| page(&format!("{}/ui/instances?{q}", d.addr), &jar);
+    assert!(list("from=2999-01-01").1.contains("No instance matches"));
+    assert!(list("from=2000-01-01").1.contains(spare[0].as_str()));
+    let (status, html) = list("from=2026-12-02&to=2026-12-01");
+    assert_eq!(status, 400);
+    assert!(html.contains("must be before"), "{html}");
+
+    // An action without this visitor's CSRF value, or from another site, does nothing.
     let cancel = format!("{}/ui/instances/{id}/cancel", d.addr);
-    let r = form_post(
-        &cancel,
-        &jar,
-        &[("reason", "forged"), ("csrf", "f".repeat(64).as_str())],
-    );
+    let r = form_post(&cancel, &jar, &[("reason", "forged"), ("csrf", &nonce)]);
     assert_eq!(r.status().as_u16(), 403);
+    let r = agent()
+        .post(&cancel)
+        .header("cookie", &jar)
+        .header("origin", "http://127.0.0.1:1")
+        .send_form([("reason", "forged"), ("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a post from another origin");
+    let r = agent()
+        .post(&cancel)
+        .header("cookie", &jar)
+        .header("sec-fetch-site", "same-site")
+        .send_form([("reason", "forged"), ("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a post from a sibling site");
     let v = wait_status(&d.addr, &id, "parked");
     assert_eq!(records(&v, "cancel_requested"), 0);
 
@@ -493,11 +576,13 @@ fn the_console_guards_what_a_browser_does_not_show() {
         let tasks: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
-                    let mut r = form_post(
-                        &cancel,
-                        &jar,
-                        &[("reason", "customer withdrew"), ("csrf", &csrf)],
-                    );
+                    let mut r = agent()
+                        .post(&cancel)
+                        .header("cookie", &jar)
+                        .header("origin", &d.addr)
+                        .header("host", d.addr.trim_start_matches("http://"))
+                        .send_form([("reason", "customer withdrew"), ("csrf", csrf.as_str())])
+                        .unwrap();
                     (
                         r.status().as_u16(),
                         r.body_mut().read_to_string().unwrap_or_default(),
@@ -520,4 +605,74 @@ fn the_console_guards_what_a_browser_does_not_show() {
     );
     let v = wait_status(&d.addr, &id, "cancelled");
     assert_eq!(records(&v, "cancel_requested"), 1, "{v}");
+
+    // Every parked instance of the workflow cancelled at once, from the list's filter.
+    let (status, html) = page(
+        &format!(
+            "{}/ui/bulk?action=cancel&workflow=refund-approval&status=parked",
+            d.addr
+        ),
+        &jar,
+    );
+    assert_eq!(status, 200);
+    assert!(html.contains("<strong>2</strong> instance(s)"), "{html}");
+    let mut r = form_post(
+        &format!("{}/ui/bulk", d.addr),
+        &jar,
+        &[
+            ("action", "cancel"),
+            ("workflow", "refund-approval"),
+            ("status", "parked"),
+            ("reason", "duplicates"),
+            ("csrf", &csrf),
+        ],
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("2 instance(s) done, 0 refused"));
+    for i in &spare {
+        wait_status(&d.addr, i, "cancelled");
+    }
+
+    // Signing out needs no CSRF value and forgets the token.
+    let r = form_post(&format!("{}/ui/sign-out", d.addr), &jar, &[]);
+    assert_eq!(r.status().as_u16(), 303);
+    assert!(set_cookies(&r)
+        .iter()
+        .any(|c| c.starts_with("casework_token=;") && c.contains("Max-Age=0")));
+}
+
+#[test]
+fn an_open_console_answers_only_to_loopback_names() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let d = spawn(dir.path(), &[]);
+    let port = d.addr.rsplit(':').next().unwrap().to_string();
+    let get = |host: &str| {
+        let mut r = agent()
+            .get(&format!("{}/ui/instances", d.addr))
+            .header("host", host)
+            .call()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "[::1]".to_string(),
+    ] {
+        let (status, html) = get(&host);
+        assert_eq!(status, 200, "{host}");
+        assert!(html.contains("open console"), "{host}");
+    }
+    // A site that rebinds its own name to 127.0.0.1 gets nothing of the console.
+    let (status, text) = get(&format!("casework.evil.example:{port}"));
+    assert_eq!(status, 403);
+    assert!(text.contains("loopback names"), "{text}");
 }

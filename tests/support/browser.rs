@@ -156,23 +156,47 @@ impl Browser {
         )
     }
 
-    /// Clicks a link or a submit button and waits until the next page has loaded.
+    /// Clicks a link or a submit button and waits until the next page has loaded. Pages
+    /// of running instances reload themselves: when that happens between finding the
+    /// element and clicking it (the element is stale, or a link's click ends on the same
+    /// page), the click is tried again.
     pub fn click(&self, css: &str) {
-        let e = self.find(css);
-        // A mark on this page's window: gone once another page has loaded.
-        self.script("window.__casework_old_page = true;");
-        self.command("POST", &format!("/element/{e}/click"), None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let loaded = self.script(
-                "return window.__casework_old_page === undefined && document.readyState === 'complete';",
-            );
-            if loaded == json!(true) {
-                return;
+        for _ in 0..5 {
+            let before = self.url();
+            let e = self.find(css);
+            // A mark on this page's window: gone once another page has loaded.
+            self.script("window.__casework_old_page = true;");
+            let mut resp = self
+                .agent
+                .post(&format!("{}/element/{e}/click", self.base))
+                .send_json(json!({}))
+                .unwrap();
+            if resp.status().as_u16() >= 400 {
+                let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+                assert!(
+                    v.to_string().contains("stale element"),
+                    "clicking `{css}`: {v}"
+                );
+                continue;
             }
-            assert!(Instant::now() < deadline, "clicking `{css}` loaded no page");
-            std::thread::sleep(Duration::from_millis(50));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let loaded = self.script(
+                    "return window.__casework_old_page === undefined && document.readyState === 'complete';",
+                );
+                if loaded == json!(true) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "clicking `{css}` loaded no page");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let is_link = css.starts_with('a') || css.contains(" a");
+            if is_link && self.url() == before {
+                continue;
+            }
+            return;
         }
+        panic!("clicking `{css}` kept missing a page that reloads itself");
     }
 
     /// Clears a field and types `text` into it.
@@ -215,13 +239,13 @@ impl Browser {
         panic!("`{css}` kept going stale on {}", self.url())
     }
 
-    /// Reloads until the page's text holds `needle` (pages of running instances reload
-    /// themselves too); at most a minute.
-    pub fn wait_for_text(&self, needle: &str) -> String {
+    /// Reloads until the text of `css` holds `needle` (pages of running instances reload
+    /// themselves too); at most a minute. Answers the whole page's text.
+    pub fn wait_for(&self, css: &str, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let body = self.text("body");
-            if body.contains(needle) {
+            if self.text(css).contains(needle) {
                 return body;
             }
             assert!(

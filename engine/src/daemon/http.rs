@@ -242,6 +242,21 @@ impl Api {
         &self.driver
     }
 
+    /// Takes one request from a client's rate limit (by address) when one is
+    /// configured; `Err` holds the seconds until one is free. For the console's sign-in.
+    pub(crate) fn take_rate(&self, peer: Option<SocketAddr>) -> Result<(), u64> {
+        let Some(limiter) = &self.shared.limiter else {
+            return Ok(());
+        };
+        let key = match peer {
+            Some(addr) => format!("ip:{}", addr.ip()),
+            None => "anonymous".to_string(),
+        };
+        limiter
+            .take(&key, Instant::now())
+            .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
     /// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that an open API can rate-limit by client address.
     ///

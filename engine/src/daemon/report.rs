@@ -212,7 +212,9 @@ pub fn build(
                     .into_iter()
                     .skip(skip)
                     .map(|(start, m)| Week {
-                        week: crate::calendar::time::format_ms(start)[..10].to_string(),
+                        week: chrono::DateTime::from_timestamp_millis(start)
+                            .map(|d| d.format("%Y-%m-%d").to_string())
+                            .unwrap_or_default(),
                         instances: m.instances,
                         sla: m.attainment(),
                         first_response: durations(m.first_response),

@@ -10,6 +10,9 @@ use serde_json::Value;
 /// workflow does not say (rules pass their own share to `sla_status`).
 pub const WARN_PERCENT: u32 = 75;
 
+/// The longest target `sla_start` accepts: ten years.
+const MAX_TARGET_MS: i64 = 10 * 366 * 86_400_000;
+
 /// One clock, read at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClockView {
@@ -40,8 +43,12 @@ pub fn of_vars(vars: &Value, calendars: &Calendars, now: i64) -> Vec<ClockView> 
     };
     vars.iter()
         .filter_map(|(name, v)| {
-            // Only maps shaped like a clock; any other variable is not one.
+            // Only maps shaped like a clock, with a target sla_start could have made (a rule
+            // can write any map into a variable).
             let clock: SlaClock = serde_json::from_value(v.clone()).ok()?;
+            if !(1..=MAX_TARGET_MS).contains(&clock.target_ms) {
+                return None;
+            }
             let reading = clock
                 .status(calendars, now.max(clock.changed_at), WARN_PERCENT)
                 .map(|s| Reading {

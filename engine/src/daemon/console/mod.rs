@@ -12,9 +12,12 @@
 //!
 //! Sign-in: with tokens configured, a token is kept in an HttpOnly, SameSite=Strict
 //! cookie scoped to `/ui`; without tokens (loopback only, as for the API) nobody signs
-//! in. Every form carries a CSRF value that must equal the console's CSRF cookie
-//! (double submit), on top of SameSite, so no other site can act with a visitor's
-//! cookie.
+//! in, and pages are served only to loopback host names (so a site that rebinds its name
+//! to 127.0.0.1 gets nothing). Every form carries a CSRF value: a keyed hash of a random
+//! nonce kept in a cookie, keyed by the visitor's token (or, before sign-in and on an open
+//! console, by a key of this process), so a page that can set cookies for this host (a
+//! sibling port or subdomain) still cannot make one. A post whose `Origin` or
+//! `Sec-Fetch-Site` says it came from another site is refused too.
 
 mod clocks;
 mod page;
@@ -62,11 +65,17 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
 pub struct Console {
     api: Api,
     service: Router,
+    /// Keys CSRF values where there is no token (the sign-in form, an open console).
+    csrf_key: std::sync::Arc<[u8; 32]>,
 }
 
 /// The console's routes. `service` is the API router its requests go to.
 pub fn routes(api: Api, service: Router) -> Router {
-    let console = Console { api, service };
+    let console = Console {
+        api,
+        service,
+        csrf_key: std::sync::Arc::new(rand::random()),
+    };
     Router::new()
         .route("/ui", get(home))
         .route("/ui/", get(home))
@@ -81,6 +90,7 @@ pub fn routes(api: Api, service: Router) -> Router {
         .route("/ui/instances", get(instances))
         .route("/ui/instances/{id}", get(instance))
         .route("/ui/instances/{id}/{action}", get(confirm).post(act))
+        .route("/ui/bulk", get(confirm_bulk).post(act_bulk))
         .route("/ui/reports", get(reports))
         .route("/ui/{*rest}", get(unknown_page))
         .layer(middleware::map_response(security_headers))
@@ -113,9 +123,16 @@ async fn security_headers(mut resp: Response) -> Response {
 pub struct Visit {
     /// The signed-in token, as the cookie holds it.
     token: Option<String>,
+    /// The CSRF nonce, as its cookie holds it.
+    nonce: String,
+    /// The CSRF value this visit's forms carry: a keyed hash of the nonce.
     csrf: String,
     /// The CSRF cookie is new: the answer sets it.
     fresh_csrf: bool,
+    /// A browser said the request came from another site (`Sec-Fetch-Site`, `Origin`).
+    cross_site: bool,
+    /// The `Host` is a loopback name (what an open console answers to).
+    loopback_host: bool,
     /// The request came over HTTPS (through a proxy that says so): cookies are `Secure`.
     https: bool,
     peer: Option<ConnectInfo<SocketAddr>>,
@@ -126,27 +143,41 @@ pub struct Visit {
 impl FromRequestParts<Console> for Visit {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Console) -> Result<Self, Infallible> {
+    async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Infallible> {
         let token = cookie(&parts.headers, TOKEN_COOKIE).and_then(|v| {
             url::form_urlencoded::parse(format!("t={v}").as_bytes())
                 .next()
                 .map(|(_, t)| t.into_owned())
                 .filter(|t| !t.is_empty())
         });
-        let (csrf, fresh_csrf) = match cookie(&parts.headers, CSRF_COOKIE)
+        let (nonce, fresh_csrf) = match cookie(&parts.headers, CSRF_COOKIE)
             .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             Some(c) => (c.to_string(), false),
             None => (hex::encode(rand::random::<[u8; 32]>()), true),
         };
+        let key: &[u8] = match &token {
+            Some(t) => t.as_bytes(),
+            None => c.csrf_key.as_slice(),
+        };
+        let csrf = csrf_value(key, &nonce);
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let cross_site = cross_site(&parts.headers, host);
         let https = parts
             .headers
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
         Ok(Visit {
             token,
+            nonce,
             csrf,
             fresh_csrf,
+            cross_site,
+            loopback_host: is_loopback_host(host),
             https,
             peer: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
             here: parts
@@ -156,6 +187,47 @@ impl FromRequestParts<Console> for Visit {
                 .unwrap_or_else(|| "/ui/instances".into()),
         })
     }
+}
+
+/// The CSRF value of a nonce under a key (the visitor's token, or the process's key).
+fn csrf_value(key: &[u8], nonce: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"casework-console-csrf\0");
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update(nonce.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Whether a browser says the request comes from another site: `Sec-Fetch-Site` other
+/// than `same-origin` (or `none`, typed by the user), or an `Origin` whose host is not
+/// this one. Clients that send neither (curl, tests) are not browsers a site can drive.
+fn cross_site(headers: &HeaderMap, host: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(origin) => {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            rest != Some(host)
+        }
+    }
+}
+
+/// `127.0.0.1`, `localhost`, `[::1]` (with any port): the names an open console answers.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One cookie's value from the `Cookie` headers.
@@ -188,15 +260,17 @@ impl Visit {
         if self.fresh_csrf {
             resp.headers_mut().append(
                 header::SET_COOKIE,
-                self.set_cookie(CSRF_COOKIE, &self.csrf, None),
+                self.set_cookie(CSRF_COOKIE, &self.nonce, None),
             );
         }
         resp
     }
 
-    /// Whether a submitted form's CSRF value is this visitor's.
+    /// Whether a submitted form's CSRF value is this visitor's, from this site.
     fn csrf_ok(&self, submitted: &str) -> bool {
-        !self.fresh_csrf && bool::from(self.csrf.as_bytes().ct_eq(submitted.as_bytes()))
+        !self.fresh_csrf
+            && !self.cross_site
+            && bool::from(self.csrf.as_bytes().ct_eq(submitted.as_bytes()))
     }
 }
 
@@ -229,8 +303,26 @@ impl Viewer {
     }
 }
 
-/// A visit that must sign in first, and what to tell them ([`to_sign_in`]).
-pub struct MustSignIn(Option<Flash>);
+/// A visit that cannot see pages yet: it must sign in first (and what to tell it), or it
+/// came to an open console by a name that is not loopback.
+pub enum MustSignIn {
+    SignIn(Option<Flash>),
+    ForeignHost,
+}
+
+impl MustSignIn {
+    fn answer(self, visit: &Visit) -> Response {
+        match self {
+            MustSignIn::SignIn(why) => to_sign_in(visit, why),
+            // Plain text: nothing of the console for a page that rebound its name.
+            MustSignIn::ForeignHost => (
+                StatusCode::FORBIDDEN,
+                "This console has no tokens configured, so it answers only on loopback names (127.0.0.1, localhost); configure tokens to serve it under another name.",
+            )
+                .into_response(),
+        }
+    }
+}
 
 /// An answer of the API.
 struct Answer {
@@ -264,12 +356,15 @@ impl Console {
     /// The viewer of a visit, or why they must sign in.
     fn viewer(&self, visit: &Visit) -> Result<Viewer, MustSignIn> {
         if self.tokens().is_open() {
+            if !visit.loopback_host {
+                return Err(MustSignIn::ForeignHost);
+            }
             return Ok(Viewer {
                 caller: Caller::Open,
             });
         }
         let Some(token) = &visit.token else {
-            return Err(MustSignIn(None));
+            return Err(MustSignIn::SignIn(None));
         };
         match self
             .tokens()
@@ -279,7 +374,7 @@ impl Console {
             // Read is the smallest scope, so any known token passes; an unknown one was
             // removed from the configuration (or never was a token).
             Err(Denied::Unauthorized | Denied::Forbidden { .. }) => {
-                Err(MustSignIn(Some(Flash::TokenRefused)))
+                Err(MustSignIn::SignIn(Some(Flash::TokenRefused)))
             }
         }
     }
@@ -329,7 +424,12 @@ fn internal_answer(e: impl std::fmt::Display) -> Answer {
 /// Where to go back to after signing in: a console page, never another site.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui/") && !n.starts_with("/ui//") && !n.contains('\\') => {
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.starts_with("/ui//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
             n.to_string()
         }
         _ => "/ui/instances".into(),
@@ -380,7 +480,7 @@ async fn stylesheet() -> Response {
 async fn unknown_page(State(c): State<Console>, visit: Visit) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     visit.page(
         StatusCode::NOT_FOUND,
@@ -420,6 +520,7 @@ async fn sign_in_page(
 #[derive(Deserialize)]
 struct SignInForm {
     token: String,
+    #[serde(default)]
     csrf: String,
     next: Option<String>,
 }
@@ -433,6 +534,20 @@ async fn sign_in(State(c): State<Console>, visit: Visit, Form(f): Form<SignInFor
         return visit.page(
             StatusCode::FORBIDDEN,
             page::sign_in(&visit, &next, Some(Flash::StaleForm), None),
+        );
+    }
+    // Guesses count against the API's rate limit for this client, as API requests do.
+    if let Err(secs) = c.api.take_rate(visit.peer.map(|p| p.0)) {
+        return visit.page(
+            StatusCode::TOO_MANY_REQUESTS,
+            page::sign_in(
+                &visit,
+                &next,
+                None,
+                Some(&format!(
+                    "Too many attempts from here; wait {secs} s and try again."
+                )),
+            ),
         );
     }
     let token = f.token.trim();
@@ -456,15 +571,9 @@ async fn sign_in(State(c): State<Console>, visit: Visit, Form(f): Form<SignInFor
     }
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
-async fn sign_out(visit: Visit, Form(f): Form<CsrfForm>) -> Response {
-    if !visit.csrf_ok(&f.csrf) {
-        return Redirect::to("/ui/instances").into_response();
-    }
+/// Signing out needs no CSRF check: making someone sign out harms nothing, and a stale
+/// form must still sign out.
+async fn sign_out(visit: Visit) -> Response {
     let mut resp = Redirect::to("/ui/sign-in?flash=signed_out").into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,
@@ -480,7 +589,7 @@ async fn workflows(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let answer = c.call(&visit, Method::GET, "/v1/workflows", None).await;
     if let Some(r) = answer.refusal() {
@@ -523,7 +632,7 @@ async fn confirm_workflow(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let Some(pause) = workflow_action(&action) else {
         return unknown_page(State(c), visit).await;
@@ -543,6 +652,7 @@ async fn confirm_workflow(
 
 #[derive(Deserialize)]
 struct ReasonForm {
+    #[serde(default)]
     csrf: String,
     reason: Option<String>,
 }
@@ -555,7 +665,7 @@ async fn act_workflow(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let Some(pause) = workflow_action(&action) else {
         return unknown_page(State(c), visit).await;
@@ -652,10 +762,16 @@ async fn instances(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let range = ListFilter::bound(&filter.from, "from")
         .and_then(|from| Ok((from, ListFilter::bound(&filter.to, "to")?)));
+    let range = range.and_then(|(from, to)| match (from, to) {
+        (Some(f), Some(t)) if f >= t => {
+            Err("`from` must be before `to` (the day after the last one you want)".to_string())
+        }
+        r => Ok(r),
+    });
     let (from, to) = match range {
         Ok(r) => r,
         Err(message) => {
@@ -791,7 +907,7 @@ async fn instance(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let answer = c
         .call(
@@ -913,7 +1029,7 @@ async fn confirm(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let Some(action) = Action::parse(&action) else {
         return unknown_page(State(c), visit).await;
@@ -942,6 +1058,7 @@ async fn confirm(
 
 #[derive(Deserialize)]
 struct ActForm {
+    #[serde(default)]
     csrf: String,
     reason: Option<String>,
     #[serde(rename = "type")]
@@ -958,7 +1075,7 @@ async fn act(
 ) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let Some(action) = Action::parse(&action) else {
         return unknown_page(State(c), visit).await;
@@ -1035,6 +1152,26 @@ async fn act(
         }
         return again(r.status, r);
     }
+    // The API delivers to every instance waiting with that type and key: say so unless
+    // this one took it.
+    if action == Action::Event {
+        let took = answer.body["woken"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|i| i.as_str() == Some(id.as_str())));
+        if !took {
+            let message = if answer.body["buffered"] == json!(true) {
+                "the event was kept in the inbox: the instance did not take it now (it may be paused); it takes it when it next waits for it"
+            } else {
+                "the instance did not take the event (it may have moved on meanwhile); reload it to see what it waits for"
+            };
+            let r = page::Refusal {
+                status: StatusCode::CONFLICT,
+                code: "not_taken".into(),
+                message: message.into(),
+            };
+            return again(StatusCode::CONFLICT, r);
+        }
+    }
     Redirect::to(&format!(
         "/ui/instances/{}?flash={}",
         encode(&id),
@@ -1069,13 +1206,97 @@ fn event_body(c: &Console, id: &str, form: &page::ActionForm) -> Result<Value, S
     let key = inst.waiting_key(event_type).ok_or_else(|| {
         format!("the instance no longer waits for `{event_type}`; reload the instance to see what it waits for")
     })?;
-    Ok(json!({"type": event_type, "key": key, "data": data}))
+    // One id per wait: a double click or a resent form is delivered once.
+    let wait = journal
+        .iter()
+        .rposition(|r| {
+            matches!(r, crate::journal::Record::WaitStarted { events, .. } if events.iter().any(|e| e == event_type))
+        })
+        .unwrap_or(journal.len());
+    let event_id = format!("console:{id}:{event_type}:{wait}");
+    Ok(json!({"type": event_type, "key": key, "data": data, "id": event_id}))
+}
+
+/// A bulk action over the list's filter (`/ui/bulk?action=retry&workflow=refund&status=failed`).
+#[derive(Deserialize)]
+pub struct BulkForm {
+    pub action: String,
+    pub workflow: String,
+    pub status: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+impl BulkForm {
+    fn action(&self) -> Option<Action> {
+        Action::parse(&self.action).filter(|a| *a != Action::Event)
+    }
+}
+
+async fn confirm_bulk(
+    State(c): State<Console>,
+    visit: Visit,
+    Query(f): Query<BulkForm>,
+) -> Response {
+    let viewer = match c.viewer(&visit) {
+        Ok(v) => v,
+        Err(m) => return m.answer(&visit),
+    };
+    if f.action().is_none() {
+        return unknown_page(State(c), visit).await;
+    }
+    let counts = count_by_status(&c, Some(&f.workflow)).await;
+    visit.page(
+        StatusCode::OK,
+        page::confirm_bulk(&viewer, &visit, &f, &counts, None),
+    )
+}
+
+async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm>) -> Response {
+    let viewer = match c.viewer(&visit) {
+        Ok(v) => v,
+        Err(m) => return m.answer(&visit),
+    };
+    let Some(action) = f.action() else {
+        return unknown_page(State(c), visit).await;
+    };
+    let counts = count_by_status(&c, Some(&f.workflow)).await;
+    if !visit.csrf_ok(&f.csrf) {
+        let r = stale_form();
+        return visit.page(
+            r.status,
+            page::confirm_bulk(&viewer, &visit, &f, &counts, Some(&r)),
+        );
+    }
+    let mut body = json!({"action": action.as_str(), "workflow": f.workflow, "limit": 1000});
+    if let Some(s) = ListFilter::non_empty(&f.status) {
+        body["status"] = json!(s);
+    }
+    if action.needs_reason() {
+        body["reason"] = json!(f.reason.trim());
+    }
+    let answer = c.call(&visit, Method::POST, "/v1/bulk", Some(body)).await;
+    if let Some(r) = answer.refusal() {
+        if r.status == StatusCode::UNAUTHORIZED {
+            return to_sign_in(&visit, Some(Flash::TokenRefused));
+        }
+        return visit.page(
+            r.status,
+            page::confirm_bulk(&viewer, &visit, &f, &counts, Some(&r)),
+        );
+    }
+    visit.page(
+        StatusCode::OK,
+        page::bulk_done(&viewer, &visit, &f, &answer.body),
+    )
 }
 
 async fn reports(State(c): State<Console>, visit: Visit) -> Response {
     let viewer = match c.viewer(&visit) {
         Ok(v) => v,
-        Err(m) => return to_sign_in(&visit, m.0),
+        Err(m) => return m.answer(&visit),
     };
     let answer = c.call(&visit, Method::GET, "/v1/reports", None).await;
     if let Some(r) = answer.refusal() {

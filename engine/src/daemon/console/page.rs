@@ -604,6 +604,23 @@ pub fn instances(
         @if let Some(href) = next_link {
             p { a href=(href) rel="next" { "Next page" } }
         }
+        @if let (true, Some(w)) = (viewer.may_act(), chosen_wf) {
+            @let q = {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("workflow", w);
+                if let Some(s) = chosen_status { q.append_pair("status", s); }
+                q.finish()
+            };
+            section aria-labelledby="bulk" {
+                h2 id="bulk" { "Every matching instance" }
+                ul.actions {
+                    @if chosen_status == Some("failed") { li { a.button href={"/ui/bulk?action=retry&" (q)} { "Retry all…" } } }
+                    li { a.button href={"/ui/bulk?action=pause&" (q)} { "Pause all…" } }
+                    li { a.button href={"/ui/bulk?action=resume&" (q)} { "Resume all…" } }
+                    li { a.button.danger href={"/ui/bulk?action=cancel&" (q)} { "Cancel all…" } }
+                }
+            }
+        }
     };
     // No self-reload here: it would reset filters being chosen. Counts are as of loading.
     layout(Some(viewer), visit, "Instances", Nav::Instances, None, body)
@@ -682,6 +699,26 @@ fn entry_text(e: &Value) -> String {
         "sub_finished" => s("child"),
         _ => String::new(),
     }
+}
+
+/// A journal entry as the timeline shows it in full: without the key a wait listens on,
+/// which can be personal data (an email address, a phone number).
+fn shown(e: &Value) -> Value {
+    let mut e = e.clone();
+    match e["record"].as_str() {
+        Some("wait_started") => {
+            if let Some(m) = e.as_object_mut() {
+                m.remove("key");
+            }
+        }
+        Some("event_received") => {
+            if let Some(m) = e["event"].as_object_mut() {
+                m.remove("key");
+            }
+        }
+        _ => {}
+    }
+    e
 }
 
 fn record_label(r: &str) -> String {
@@ -850,7 +887,7 @@ pub fn instance(
                             td { (e["step"].as_str().unwrap_or("")) }
                             td {
                                 (entry_text(e))
-                                details { summary { "record" } pre { (pretty(e)) } }
+                                details { summary { "record" } pre { (pretty(&shown(e))) } }
                             }
                         }
                     }
@@ -865,7 +902,13 @@ pub fn instance(
             @if !view["output"].is_null() { h3 { "Output" } pre { (pretty(&view["output"])) } }
         }
     };
-    let refresh = (!final_).then_some(3);
+    // Live while it runs; an instance parked on an event or a timer changes rarely, and
+    // each reload is an API request on the viewer's rate limit.
+    let refresh = match status {
+        "running" | "compensating" => Some(3),
+        _ if final_ => None,
+        _ => Some(15),
+    };
     layout(
         Some(viewer),
         visit,
@@ -980,6 +1023,101 @@ pub fn confirm_workflow(
         }
     };
     layout(Some(viewer), visit, title, Nav::Workflows, None, body)
+}
+
+fn bulk_title(a: &str) -> &'static str {
+    match a {
+        "retry" => "Retry",
+        "cancel" => "Cancel",
+        "pause" => "Pause",
+        _ => "Resume",
+    }
+}
+
+fn bulk_query(f: &super::BulkForm) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("workflow", &f.workflow);
+    if let Some(s) = ListFilter::non_empty(&f.status) {
+        q.append_pair("status", s);
+    }
+    q.finish()
+}
+
+/// The page that asks to confirm a bulk action over the list's filter.
+pub fn confirm_bulk(
+    viewer: &Viewer,
+    visit: &Visit,
+    f: &super::BulkForm,
+    counts: &Counts,
+    refusal: Option<&Refusal>,
+) -> Markup {
+    let status = ListFilter::non_empty(&f.status);
+    let matching: u64 = match status {
+        Some(s) => counts.by_status.get(s).copied().unwrap_or(0),
+        None => counts.by_status.values().sum(),
+    };
+    let title = format!("{} every matching instance", bulk_title(&f.action));
+    let needs_reason = f.action != "retry";
+    let body = html! {
+        p.small { a href={"/ui/instances?" (bulk_query(f))} { "← The instances" } }
+        h1 { (title) }
+        p {
+            strong { (matching) } " instance(s) of " code { (f.workflow) }
+            @if let Some(s) = status { " with status " (status_badge(s)) }
+            " match now; at most 1,000 are acted on per confirmation, each exactly as if you had done it on its own page (instances that cannot be are listed afterwards)."
+        }
+        @if let Some(r) = refusal { (refusal_box(r)) }
+        form.card method="post" action="/ui/bulk" {
+            input type="hidden" name="csrf" value=(visit.csrf);
+            input type="hidden" name="action" value=(f.action);
+            input type="hidden" name="workflow" value=(f.workflow);
+            @if let Some(s) = status { input type="hidden" name="status" value=(s); }
+            @if needs_reason {
+                label for="reason" { "Why (kept in each instance's journal)" }
+                textarea id="reason" name="reason" rows="2" required { (f.reason) }
+            }
+            div.buttons {
+                button type="submit" class=(if f.action == "cancel" { "danger" } else { "" }) { "Confirm: " (title.to_lowercase()) }
+                " "
+                a href={"/ui/instances?" (bulk_query(f))} { "Go back without doing anything" }
+            }
+        }
+    };
+    layout(Some(viewer), visit, &title, Nav::Instances, None, body)
+}
+
+/// What a bulk action did.
+pub fn bulk_done(viewer: &Viewer, visit: &Visit, f: &super::BulkForm, report: &Value) -> Markup {
+    let empty = Vec::new();
+    let done = report["done"].as_array().unwrap_or(&empty);
+    let refused = report["refused"].as_array().unwrap_or(&empty);
+    let body = html! {
+        p.small { a href={"/ui/instances?" (bulk_query(f))} { "← The instances" } }
+        h1 { (bulk_title(&f.action)) ": done" }
+        p.flash role="status" { (done.len()) " instance(s) done, " (refused.len()) " refused." }
+        @if report["next_cursor"].is_string() { p { "More instances may match: confirm again to go on." } }
+        @if report["stopped"].is_object() { div.refusal role="alert" { p { "Stopped early: " (report["stopped"]["message"].as_str().unwrap_or("")) } } }
+        @if !refused.is_empty() {
+            table {
+                caption { "Refused, with the reason each one's own page would have given" }
+                thead { tr { th scope="col" { "Instance" } th scope="col" { "Why" } } }
+                tbody {
+                    @for r in refused {
+                        @let id = r["id"].as_str().unwrap_or("?");
+                        tr { td { a href={"/ui/instances/" (super::encode(id))} { code { (id) } } } td { (r["message"].as_str().unwrap_or("")) " (" code { (r["code"].as_str().unwrap_or("")) } ")" } }
+                    }
+                }
+            }
+        }
+    };
+    layout(
+        Some(viewer),
+        visit,
+        "Bulk action",
+        Nav::Instances,
+        None,
+        body,
+    )
 }
 
 fn durations(d: &Option<Durations>) -> Markup {
