@@ -989,16 +989,7 @@ async fn list_instances(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    if let Some(s) = q.status.as_deref().filter(|s| !INDEX_STATUSES.contains(s)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!(
-                "status `{s}` is not one an instance can have; use one of: {}",
-                INDEX_STATUSES.join(", ")
-            ),
-        ));
-    }
+    check_status(q.status.as_deref(), "invalid_query")?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut out = Vec::new();
     let mut cursor = q.cursor.clone();
@@ -1035,6 +1026,21 @@ async fn list_instances(
         if scanned >= MAX_LIST_SCAN {
             return Ok(instance_page(&out, cursor));
         }
+    }
+}
+
+/// A status filter names a status an instance can have (`code`: where it came from).
+fn check_status(status: Option<&str>, code: &'static str) -> Result<(), ApiError> {
+    match status.filter(|s| !INDEX_STATUSES.contains(s)) {
+        None => Ok(()),
+        Some(s) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!(
+                "status `{s}` is not one an instance can have; use one of: {}",
+                INDEX_STATUSES.join(", ")
+            ),
+        )),
     }
 }
 
@@ -1269,16 +1275,7 @@ async fn bulk(
             "say what to do and to which instances: {\"action\": \"retry\", \"workflow\": \"refund\", \"status\": \"failed\"}",
         )
     })?;
-    if let Some(s) = b.status.as_deref().filter(|s| !INDEX_STATUSES.contains(s)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!(
-                "status `{s}` is not one an instance can have; use one of: {}",
-                INDEX_STATUSES.join(", ")
-            ),
-        ));
-    }
+    check_status(b.status.as_deref(), "invalid_body")?;
     let limit = b.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_BULK {
         return Err(ApiError::new(

@@ -379,6 +379,29 @@ impl Console {
         }
     }
 
+    /// `GET /v1/instances/{id}` with the visit's token.
+    async fn instance_view(&self, visit: &Visit, id: &str) -> Answer {
+        let uri = format!("/v1/instances/{}", encode(id));
+        self.call(visit, Method::GET, &uri, None).await
+    }
+
+    /// A loaded workflow's entry in `GET /v1/workflows`, or why there is none.
+    async fn workflow_entry(&self, visit: &Visit, name: &str) -> Result<Value, page::Refusal> {
+        let answer = self.call(visit, Method::GET, "/v1/workflows", None).await;
+        if let Some(r) = answer.refusal() {
+            return Err(r);
+        }
+        answer.body["workflows"]
+            .as_array()
+            .and_then(|l| l.iter().find(|w| w["name"] == json!(name)))
+            .cloned()
+            .ok_or_else(|| page::Refusal {
+                status: StatusCode::NOT_FOUND,
+                code: "workflow_not_found".into(),
+                message: format!("no workflow named `{name}` is loaded"),
+            })
+    }
+
     /// An in-process request to the API with the visit's token.
     async fn call(&self, visit: &Visit, method: Method, uri: &str, body: Option<Value>) -> Answer {
         let mut req = Request::builder().method(method).uri(uri);
@@ -454,11 +477,10 @@ fn to_sign_in(visit: &Visit, why: Option<Flash>) -> Response {
 }
 
 /// The API refused a read: a page saying so, or sign-in when the token stopped working.
-fn refused(console: &Console, visit: &Visit, viewer: &Viewer, r: page::Refusal) -> Response {
+fn refused(visit: &Visit, viewer: &Viewer, r: page::Refusal) -> Response {
     if r.status == StatusCode::UNAUTHORIZED {
         return to_sign_in(visit, Some(Flash::TokenRefused));
     }
-    let _ = console;
     visit.page(r.status, page::refused(viewer, visit, &r))
 }
 
@@ -593,7 +615,7 @@ async fn workflows(
     };
     let answer = c.call(&visit, Method::GET, "/v1/workflows", None).await;
     if let Some(r) = answer.refusal() {
-        return refused(&c, &visit, &viewer, r);
+        return refused(&visit, &viewer, r);
     }
     let loaded = c.api.driver().inner().registry.all_latest();
     let flash = q.flash.as_deref().and_then(Flash::parse);
@@ -601,19 +623,6 @@ async fn workflows(
         StatusCode::OK,
         page::workflows(&viewer, &visit, &answer.body, &loaded, flash),
     )
-}
-
-/// A loaded workflow's entry in `GET /v1/workflows`, or the page saying there is none.
-fn workflow_entry(answer: &Answer, name: &str) -> Result<Value, page::Refusal> {
-    answer.body["workflows"]
-        .as_array()
-        .and_then(|l| l.iter().find(|w| w["name"] == json!(name)))
-        .cloned()
-        .ok_or_else(|| page::Refusal {
-            status: StatusCode::NOT_FOUND,
-            code: "workflow_not_found".into(),
-            message: format!("no workflow named `{name}` is loaded"),
-        })
 }
 
 /// Pausing or resuming a whole workflow: `true` for pause.
@@ -637,16 +646,12 @@ async fn confirm_workflow(
     let Some(pause) = workflow_action(&action) else {
         return unknown_page(State(c), visit).await;
     };
-    let answer = c.call(&visit, Method::GET, "/v1/workflows", None).await;
-    if let Some(r) = answer.refusal() {
-        return refused(&c, &visit, &viewer, r);
-    }
-    match workflow_entry(&answer, &name) {
+    match c.workflow_entry(&visit, &name).await {
         Ok(w) => visit.page(
             StatusCode::OK,
             page::confirm_workflow(&viewer, &visit, &w, pause, "", None),
         ),
-        Err(r) => refused(&c, &visit, &viewer, r),
+        Err(r) => refused(&visit, &viewer, r),
     }
 }
 
@@ -670,13 +675,9 @@ async fn act_workflow(
     let Some(pause) = workflow_action(&action) else {
         return unknown_page(State(c), visit).await;
     };
-    let list = c.call(&visit, Method::GET, "/v1/workflows", None).await;
-    if let Some(r) = list.refusal() {
-        return refused(&c, &visit, &viewer, r);
-    }
-    let w = match workflow_entry(&list, &name) {
+    let w = match c.workflow_entry(&visit, &name).await {
         Ok(w) => w,
-        Err(r) => return refused(&c, &visit, &viewer, r),
+        Err(r) => return refused(&visit, &viewer, r),
     };
     let reason = f.reason.unwrap_or_default();
     let again = |r: page::Refusal| {
@@ -780,7 +781,7 @@ async fn instances(
                 code: "invalid_query".into(),
                 message,
             };
-            return refused(&c, &visit, &viewer, r);
+            return refused(&visit, &viewer, r);
         }
     };
     // Pages of the API's list, kept to those created in the range. The API lists by id
@@ -809,7 +810,7 @@ async fn instances(
             .call(&visit, Method::GET, &format!("/v1/instances?{query}"), None)
             .await;
         if let Some(r) = answer.refusal() {
-            return refused(&c, &visit, &viewer, r);
+            return refused(&visit, &viewer, r);
         }
         let in_range = |i: &&Value| {
             let at = i["created_at"]
@@ -909,16 +910,9 @@ async fn instance(
         Ok(v) => v,
         Err(m) => return m.answer(&visit),
     };
-    let answer = c
-        .call(
-            &visit,
-            Method::GET,
-            &format!("/v1/instances/{}", encode(&id)),
-            None,
-        )
-        .await;
+    let answer = c.instance_view(&visit, &id).await;
     if let Some(r) = answer.refusal() {
-        return refused(&c, &visit, &viewer, r);
+        return refused(&visit, &viewer, r);
     }
     let wf = pinned(&c, &id);
     // An ended instance's clocks are read as they stood when it ended, not as they
@@ -1034,16 +1028,9 @@ async fn confirm(
     let Some(action) = Action::parse(&action) else {
         return unknown_page(State(c), visit).await;
     };
-    let answer = c
-        .call(
-            &visit,
-            Method::GET,
-            &format!("/v1/instances/{}", encode(&id)),
-            None,
-        )
-        .await;
+    let answer = c.instance_view(&visit, &id).await;
     if let Some(r) = answer.refusal() {
-        return refused(&c, &visit, &viewer, r);
+        return refused(&visit, &viewer, r);
     }
     let form = page::ActionForm {
         event_type: q.event_type,
@@ -1080,16 +1067,9 @@ async fn act(
     let Some(action) = Action::parse(&action) else {
         return unknown_page(State(c), visit).await;
     };
-    let view = c
-        .call(
-            &visit,
-            Method::GET,
-            &format!("/v1/instances/{}", encode(&id)),
-            None,
-        )
-        .await;
+    let view = c.instance_view(&visit, &id).await;
     if let Some(r) = view.refusal() {
-        return refused(&c, &visit, &viewer, r);
+        return refused(&visit, &viewer, r);
     }
     let form = page::ActionForm {
         event_type: f.event_type.clone(),
@@ -1300,7 +1280,7 @@ async fn reports(State(c): State<Console>, visit: Visit) -> Response {
     };
     let answer = c.call(&visit, Method::GET, "/v1/reports", None).await;
     if let Some(r) = answer.refusal() {
-        return refused(&c, &visit, &viewer, r);
+        return refused(&visit, &viewer, r);
     }
     let reports: Vec<super::report::WorkflowReport> =
         serde_json::from_value(answer.body["workflows"].clone()).unwrap_or_default();
