@@ -144,6 +144,7 @@ async fn a_filtered_list_reads_a_bounded_part_of_the_index_per_request() {
         created_at: 0,
         updated_at: 0,
         parent: None,
+        search: Default::default(),
     };
     for i in 0..45_000 {
         let id = format!("{i:08}");

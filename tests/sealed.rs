@@ -1,5 +1,5 @@
 //! Encryption at rest: secrets given to an instance (sensitive inputs, plugin outputs, event
-//! data, correlation keys, event ids) never appear in the data directory's files, and the
+//! data, correlation keys, event ids, search attribute values) never appear in the data directory's files, and the
 //! instance still resumes after a restart and reads back through `casework inspect`.
 
 use casework::clock::ManualClock;
@@ -26,6 +26,9 @@ version: 1
 input:
   card: { type: string, sensitive: true, required: true }
   email: { type: string, sensitive: true, required: true }
+search:
+  customer: input.email
+  code: vars.otp.data.code
 steps:
   - id: charge
     call: payments.charge
@@ -197,6 +200,19 @@ fn secrets_never_reach_the_data_directory_in_clear() {
 
     // The journal still reads back in full with the key.
     let store = reopen(&data);
+    // Search attributes are indexed by keyed hashes of their values, found by the value.
+    for (attribute, value) in [("customer", EMAIL), ("code", OTP)] {
+        let found = store
+            .search(
+                "verify",
+                attribute,
+                &store.search_id(attribute, value),
+                None,
+                10,
+            )
+            .unwrap();
+        assert_eq!(found, vec![id.clone()], "{attribute}");
+    }
     let journal = serde_json::to_string(&store.journal(&id).unwrap()).unwrap();
     for secret in [CARD, EMAIL, OTP, TOKEN] {
         assert!(

@@ -14,7 +14,7 @@ use casework::store::seal::{JournalKey, KeySource};
 use casework::store::sled::SledStore;
 use casework::store::{
     Batch, CalendarVersion, Claim, Created, Error, Fence, InboxBounds, Inboxed, InstanceMeta, Mail,
-    Ownership, Stamp, Store, StoredDefinition, Timer, Wait,
+    Ownership, Searched, Stamp, Store, StoredDefinition, Timer, Wait,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier};
@@ -75,6 +75,7 @@ fn meta(id: &str, status: &str) -> InstanceMeta {
         created_at: 10,
         updated_at: 20,
         parent: None,
+        search: Default::default(),
     }
 }
 
@@ -333,6 +334,93 @@ fn racing_calendar_loads_record_each_version_once(s: &Fixture) {
             "every racer's answer is a prefix of the one history: {answer:?} of {history:?}"
         );
     }
+}
+
+fn searched(s: &Fixture, attribute: &str, value: &str, instance: &str) -> Searched {
+    Searched {
+        workflow: "escalation".into(),
+        attribute: attribute.into(),
+        id: s.search_id(attribute, value),
+        instance: instance.into(),
+    }
+}
+
+fn search_entries_are_found_by_value_in_id_order(s: &Fixture) {
+    // Ids are keyed hashes: stable, distinct per attribute and value, and not the value.
+    assert_eq!(
+        s.search_id("ticket_id", "T-1"),
+        s.search_id("ticket_id", "T-1")
+    );
+    assert_ne!(
+        s.search_id("ticket_id", "T-1"),
+        s.search_id("ticket_id", "T-2")
+    );
+    assert_ne!(
+        s.search_id("ticket_id", "T-1"),
+        s.search_id("customer_id", "T-1")
+    );
+    assert!(!s.search_id("ticket_id", "T-1").contains("T-1"));
+    let mut fences = Vec::new();
+    for (id, ticket) in [("i3", "T-1"), ("i1", "T-1"), ("i2", "T-2"), ("i4", "T-1")] {
+        let f = create(s, id, "parked", "d1");
+        write(
+            s,
+            Batch {
+                instance: id.into(),
+                search_add: vec![searched(s, "ticket_id", ticket, id)],
+                meta: Some(InstanceMeta {
+                    search: [("ticket_id".to_string(), s.search_id("ticket_id", ticket))].into(),
+                    ..meta(id, "parked")
+                }),
+                fence: Some(f.clone()),
+                ..Batch::default()
+            },
+        );
+        fences.push(f);
+    }
+    let t1 = s.search_id("ticket_id", "T-1");
+    let find = |after: Option<&str>, limit| {
+        s.search("escalation", "ticket_id", &t1, after, limit)
+            .unwrap()
+    };
+    assert_eq!(find(None, 10), ["i1", "i3", "i4"]);
+    assert_eq!(find(None, 2), ["i1", "i3"]);
+    assert_eq!(find(Some("i3"), 10), ["i4"]);
+    assert_eq!(find(Some("i4"), 10), Vec::<String>::new());
+    assert!(
+        s.search("refund", "ticket_id", &t1, None, 10)
+            .unwrap()
+            .is_empty(),
+        "per workflow"
+    );
+    assert!(
+        s.search("escalation", "customer_id", &t1, None, 10)
+            .unwrap()
+            .is_empty(),
+        "per attribute"
+    );
+    assert_eq!(
+        s.instance("i1").unwrap().unwrap().search.get("ticket_id"),
+        Some(&t1),
+        "the instance entry keeps its attributes' ids"
+    );
+    // A changed value moves the entry.
+    write(
+        s,
+        Batch {
+            instance: "i3".into(),
+            search_add: vec![searched(s, "ticket_id", "T-2", "i3")],
+            search_remove: vec![searched(s, "ticket_id", "T-1", "i3")],
+            fence: Some(fences[0].clone()),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(find(None, 10), ["i1", "i4"]);
+    let t2 = s.search_id("ticket_id", "T-2");
+    assert_eq!(
+        s.search("escalation", "ticket_id", &t2, None, 10).unwrap(),
+        ["i2", "i3"]
+    );
 }
 
 fn timers_come_due_in_order(s: &Fixture) {
@@ -1559,6 +1647,7 @@ macro_rules! suite {
                 definitions_round_trip,
                 calendar_versions_are_kept_in_order,
                 racing_calendar_loads_record_each_version_once,
+                search_entries_are_found_by_value_in_id_order,
                 timers_come_due_in_order,
                 waits_are_found_by_type_and_key,
                 event_answers_are_kept,
@@ -1600,6 +1689,11 @@ fn postgres_values_and_client_strings_are_not_stored_in_clear() {
             &Batch {
                 records: vec![rec(MARKER, 1)],
                 waits_add: vec![wait(MARKER, "i1", 0)],
+                search_add: vec![searched(&s, "customer", MARKER, "i1")],
+                meta: Some(InstanceMeta {
+                    search: [("customer".to_string(), s.search_id("customer", MARKER))].into(),
+                    ..meta("i1", "parked")
+                }),
                 ..first("i1", "parked")
             },
             &[claim(MARKER)],
@@ -1646,6 +1740,12 @@ fn postgres_values_and_client_strings_are_not_stored_in_clear() {
     assert_eq!(s.key_holder("refund", MARKER).unwrap(), Some("i1".into()));
     assert_eq!(s.mail("i1", 10).unwrap().len(), 1);
     assert!(s.event_answer(MARKER).unwrap().is_some());
+    let customer = s.search_id("customer", MARKER);
+    assert_eq!(
+        s.search("escalation", "customer", &customer, None, 10)
+            .unwrap(),
+        ["i1"]
+    );
     // The raw tables do not show it.
     let marker = MARKER.as_bytes();
     let hidden = |what: &str, values: Vec<Vec<u8>>| {
@@ -1680,6 +1780,14 @@ fn postgres_values_and_client_strings_are_not_stored_in_clear() {
     hidden(
         "casework_waits",
         db.raw_bytes("SELECT convert_to(event_type, 'UTF8') || key_hash FROM casework_waits"),
+    );
+    hidden(
+        "casework_search",
+        db.raw_bytes("SELECT convert_to(attribute || value_id, 'UTF8') FROM casework_search"),
+    );
+    hidden(
+        "casework_instances",
+        db.raw_bytes("SELECT convert_to(search, 'UTF8') FROM casework_instances"),
     );
     hidden(
         "casework_idempotency",

@@ -42,6 +42,16 @@ pub struct CompiledWorkflow {
     pub concurrency: Option<Concurrency>,
     /// How long an event it waits for is kept in the inbox (`inbox_keep:`).
     pub inbox_keep_ms: Option<u64>,
+    /// `search:` attributes, in the order written.
+    pub search: Vec<SearchAttribute>,
+}
+
+/// A business attribute instances are indexed by: its value is worked out from `input`
+/// and `vars` after every step (see `Instance::search`).
+#[derive(Debug)]
+pub struct SearchAttribute {
+    pub name: String,
+    pub value: AST,
 }
 
 impl CompiledWorkflow {
@@ -256,6 +266,14 @@ pub fn compile(
         },
         limit: k.limit,
     });
+    let search = def
+        .search
+        .iter()
+        .map(|a| SearchAttribute {
+            name: a.name.value.clone(),
+            value: c.script(&a.value, true),
+        })
+        .collect();
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
     let Compiler {
         diags,
@@ -284,6 +302,7 @@ pub fn compile(
             triggers,
             concurrency,
             inbox_keep_ms: def.inbox_keep.as_ref().map(|d| d.value.as_millis()),
+            search,
         },
         diags,
     )

@@ -13,8 +13,9 @@ use super::driver::{
 };
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
+use super::selection::Selection;
 use super::view;
-use crate::runtime::{Event, RetryRefused, INDEX_STATUSES};
+use crate::runtime::{Event, RetryRefused};
 use crate::store::InstanceMeta;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -974,74 +975,64 @@ async fn reports(
     Ok(Json(json!({ "workflows": built })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    workflow: Option<String>,
-    status: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
+/// `GET /v1/instances`: the filters, and every other parameter a search attribute.
 async fn list_instances(
     State(api): State<Api>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query
+    let Query(mut q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    check_status(q.status.as_deref(), "invalid_query")?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut out = Vec::new();
-    let mut cursor = q.cursor.clone();
-    // Scan forward in pages until the filtered page is full or the end is reached, but
-    // read at most MAX_LIST_SCAN index entries per request: a filter that matches little
-    // of a large index answers a short page with a cursor to go on from, rather than
-    // reading the whole index in one request.
-    let mut scanned = 0;
-    loop {
-        let page = api
-            .driver
-            .inner()
-            .store
-            .instances(cursor.as_deref(), LIST_PAGE)
-            .map_err(internal)?;
-        let exhausted = page.len() < LIST_PAGE;
-        scanned += page.len();
-        for m in page {
-            cursor = Some(m.id.clone());
-            if q.workflow.as_ref().is_some_and(|w| &m.workflow != w)
-                || q.status.as_ref().is_some_and(|s| &m.status != s)
-            {
-                continue;
-            }
-            out.push(m);
-            if out.len() == limit {
-                let next = out.last().map(|m| m.id.clone());
-                return Ok(instance_page(&out, next));
-            }
-        }
-        if exhausted {
-            return Ok(instance_page(&out, None));
-        }
-        if scanned >= MAX_LIST_SCAN {
-            return Ok(instance_page(&out, cursor));
-        }
+    let limit = match q.remove("limit") {
+        None => 100,
+        Some(l) => l.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("`limit` must be a whole number (1 to {MAX_LIST_LIMIT}); `{l}` is not one"),
+            )
+        })?,
     }
+    .clamp(1, MAX_LIST_LIMIT);
+    let cursor = q.remove("cursor");
+    let (workflow, status) = (q.remove("workflow"), q.remove("status"));
+    let (after, before) = (q.remove("started_after"), q.remove("started_before"));
+    let selection = select(
+        &api,
+        workflow,
+        status,
+        (after.as_deref(), before.as_deref()),
+        &q,
+        "invalid_query",
+    )?;
+    let store = api.driver.inner().store.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        selection.page(store.as_ref(), cursor.as_deref(), limit)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(instance_page(&page.found, page.next))
 }
 
-/// A status filter names a status an instance can have (`code`: where it came from).
-fn check_status(status: Option<&str>, code: &'static str) -> Result<(), ApiError> {
-    match status.filter(|s| !INDEX_STATUSES.contains(s)) {
-        None => Ok(()),
-        Some(s) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!(
-                "status `{s}` is not one an instance can have; use one of: {}",
-                INDEX_STATUSES.join(", ")
-            ),
-        )),
-    }
+/// A [`Selection`] of instances, or the caller's mistake as a 400 with `code`.
+fn select(
+    api: &Api,
+    workflow: Option<String>,
+    status: Option<String>,
+    started: (Option<&str>, Option<&str>),
+    search: &BTreeMap<String, String>,
+    code: &'static str,
+) -> Result<Selection, ApiError> {
+    let inner = api.driver.inner();
+    Selection::new(
+        inner.store.as_ref(),
+        |w| inner.registry.search_attributes(w),
+        workflow,
+        status,
+        started,
+        search,
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.0))
 }
 
 fn instance_page(found: &[InstanceMeta], next_cursor: Option<String>) -> Json<Value> {
@@ -1049,10 +1040,8 @@ fn instance_page(found: &[InstanceMeta], next_cursor: Option<String>) -> Json<Va
     Json(json!({"instances": instances, "next_cursor": next_cursor}))
 }
 
-/// Index entries read per store call when listing instances.
-const LIST_PAGE: usize = 1000;
-/// Index entries one list request reads at most (see `list_instances`).
-const MAX_LIST_SCAN: usize = 20 * LIST_PAGE;
+/// The most instances one page of the list gives.
+const MAX_LIST_LIMIT: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1252,6 +1241,11 @@ struct BulkBody {
     /// Required: a bulk action is about one workflow's instances.
     workflow: String,
     status: Option<String>,
+    started_after: Option<String>,
+    started_before: Option<String>,
+    /// `search:` attributes and the values to match, e.g. `{"ticket_id": "T-1"}`.
+    #[serde(default)]
+    search: BTreeMap<String, String>,
     /// Why, for the journal (cancel, pause and resume need one).
     reason: Option<String>,
     limit: Option<usize>,
@@ -1275,7 +1269,14 @@ async fn bulk(
             "say what to do and to which instances: {\"action\": \"retry\", \"workflow\": \"refund\", \"status\": \"failed\"}",
         )
     })?;
-    check_status(b.status.as_deref(), "invalid_body")?;
+    let selection = select(
+        &api,
+        Some(b.workflow.clone()),
+        b.status.clone(),
+        (b.started_after.as_deref(), b.started_before.as_deref()),
+        &b.search,
+        "invalid_body",
+    )?;
     let limit = b.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_BULK {
         return Err(ApiError::new(
@@ -1312,73 +1313,58 @@ async fn bulk(
     }
     let mut done: Vec<String> = Vec::new();
     let mut refused: Vec<Value> = Vec::new();
-    let mut cursor = b.cursor.clone();
-    let mut scanned = 0;
     let mut stopped: Option<Value> = None;
-    'scan: loop {
-        let page = api
-            .driver
-            .inner()
-            .store
-            .instances(cursor.as_deref(), LIST_PAGE)
+    let store = api.driver.inner().store.clone();
+    let from = b.cursor.clone();
+    let page =
+        tokio::task::spawn_blocking(move || selection.page(store.as_ref(), from.as_deref(), limit))
+            .await
+            .map_err(internal)?
             .map_err(internal)?;
-        let exhausted = page.len() < LIST_PAGE;
-        scanned += page.len();
-        for m in page {
-            if m.workflow != b.workflow || b.status.as_ref().is_some_and(|s| &m.status != s) {
-                cursor = Some(m.id.clone());
-                continue;
-            }
-            if done.len() + refused.len() == limit {
-                break 'scan;
-            }
-            let id = m.id.clone();
-            let answer = match b.action {
-                BulkAction::Retry => retry(State(api.clone()), Path(id.clone()), JsonBody(None))
-                    .await
-                    .map(|_| ()),
-                BulkAction::Cancel => cancel(
-                    State(api.clone()),
-                    Path(id.clone()),
-                    JsonBody(Some(CancelBody {
-                        reason: Some(reason.clone()),
-                    })),
-                )
+    let mut cursor = page.next;
+    // The last instance handled: where a stopped request goes on from.
+    let mut last = b.cursor.clone();
+    for m in page.found {
+        let id = m.id.clone();
+        let answer = match b.action {
+            BulkAction::Retry => retry(State(api.clone()), Path(id.clone()), JsonBody(None))
                 .await
                 .map(|_| ()),
-                BulkAction::Pause | BulkAction::Resume => hold(
-                    api.clone(),
-                    caller.clone(),
-                    id.clone(),
-                    Some(HoldBody {
-                        reason: reason.clone(),
-                    }),
-                    b.action == BulkAction::Pause,
-                )
-                .await
-                .map(|_| ()),
-            };
-            match answer {
-                Ok(()) => done.push(id.clone()),
-                // The engine's work in hand is at its bound: stop here, the client goes
-                // on from this instance after `retry_after_s`.
-                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
-                    stopped = Some(
-                        json!({"code": e.code, "message": e.message, "retry_after_s": e.retry_after}),
-                    );
-                    break 'scan;
-                }
-                Err(e) => refused.push(json!({"id": id, "code": e.code, "message": e.message})),
+            BulkAction::Cancel => cancel(
+                State(api.clone()),
+                Path(id.clone()),
+                JsonBody(Some(CancelBody {
+                    reason: Some(reason.clone()),
+                })),
+            )
+            .await
+            .map(|_| ()),
+            BulkAction::Pause | BulkAction::Resume => hold(
+                api.clone(),
+                caller.clone(),
+                id.clone(),
+                Some(HoldBody {
+                    reason: reason.clone(),
+                }),
+                b.action == BulkAction::Pause,
+            )
+            .await
+            .map(|_| ()),
+        };
+        match answer {
+            Ok(()) => done.push(id.clone()),
+            // The engine's work in hand is at its bound: stop here, the client goes on
+            // from the instance before this one after `retry_after_s`.
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                stopped = Some(
+                    json!({"code": e.code, "message": e.message, "retry_after_s": e.retry_after}),
+                );
+                cursor = last;
+                break;
             }
-            cursor = Some(m.id);
+            Err(e) => refused.push(json!({"id": id, "code": e.code, "message": e.message})),
         }
-        if exhausted {
-            cursor = None;
-            break;
-        }
-        if scanned >= MAX_LIST_SCAN {
-            break;
-        }
+        last = Some(id);
     }
     let more = cursor.is_some();
     Ok(Json(json!({
@@ -1586,6 +1572,7 @@ async fn purge_buffered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::INDEX_STATUSES;
     use std::collections::BTreeSet;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

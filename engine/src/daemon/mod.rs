@@ -10,6 +10,7 @@ pub mod process;
 pub mod registry;
 pub mod reload;
 pub mod report;
+pub mod selection;
 pub mod triggers;
 pub mod view;
 pub mod window;

@@ -201,6 +201,23 @@ impl Registry {
             .cloned()
     }
 
+    /// The `search:` attributes any loaded version of workflow `name` declares, sorted:
+    /// instances of older versions are found by the attributes their version had.
+    pub fn search_attributes(&self, name: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .chain(self.latest(name).as_ref())
+            .filter(|w| w.name == name)
+            .flat_map(|w| w.search.iter().map(|a| a.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn all_latest(&self) -> Vec<Arc<CompiledWorkflow>> {
         self.latest
             .read()

@@ -55,6 +55,16 @@ pub struct WorkflowDef {
     /// `inbox_keep:` how long an event this workflow waits for is kept in the inbox when
     /// it comes before its wait (the daemon's `inbox_keep` otherwise).
     pub inbox_keep: Option<Spanned<Duration>>,
+    /// `search:` business attributes the instance can be found by, in the order written.
+    pub search: Vec<SearchDef>,
+}
+
+/// One `search:` attribute: its name (the query parameter) and the expression over
+/// `input` and `vars` that gives its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchDef {
+    pub name: Spanned<String>,
+    pub value: Script,
 }
 
 /// One open instance per business key (`key:` with `concurrency:`).

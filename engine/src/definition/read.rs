@@ -30,6 +30,19 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "key",
     "concurrency",
     "inbox_keep",
+    "search",
+];
+/// The most `search:` attributes a workflow may declare: each is an index entry per
+/// instance and an expression run after every step that changes the instance.
+pub const MAX_SEARCH_ATTRIBUTES: usize = 8;
+/// Query parameters of `GET /v1/instances` that are not search attributes.
+pub const RESERVED_SEARCH_NAMES: &[&str] = &[
+    "workflow",
+    "status",
+    "limit",
+    "cursor",
+    "started_after",
+    "started_before",
 ];
 /// The longest `inbox_keep` a workflow may ask for (the daemon's own bound).
 pub const MAX_INBOX_KEEP_MS: u64 = 30 * 24 * 3_600_000;
@@ -196,6 +209,7 @@ impl Reader<'_> {
             }
             Some(d)
         });
+        let search = f.get("search").map(|n| self.search(n)).unwrap_or_default();
         Some(WorkflowDef {
             file: self.file.to_string(),
             name: name?,
@@ -208,7 +222,79 @@ impl Reader<'_> {
             triggers,
             concurrency,
             inbox_keep,
+            search,
         })
+    }
+
+    /// `search:`: attribute names mapped to expressions, e.g. `ticket_id: input.ticket_id`.
+    fn search(&mut self, node: &Node) -> Vec<SearchDef> {
+        let example =
+            "for example:\n    search:\n      ticket_id: input.ticket_id\n      tier: vars.tier";
+        let Some(entries) = node.as_map() else {
+            self.hint(
+                node.span,
+                format!(
+                    "`search` must map attribute names to expressions, found {}",
+                    node.kind_name()
+                ),
+                example,
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, expr) in entries {
+            let Some(name) = self.name(
+                &Node {
+                    span: key.span,
+                    value: Value::Str(key.name.clone(), BlockStart::Inline),
+                },
+                "search attribute",
+            ) else {
+                continue;
+            };
+            if RESERVED_SEARCH_NAMES.contains(&name.value.as_str()) {
+                self.hint(
+                    key.span,
+                    format!(
+                        "`{}` cannot be a search attribute: the instance list already has a filter of that name",
+                        name.value
+                    ),
+                    format!(
+                        "choose another name; these are taken: {}",
+                        RESERVED_SEARCH_NAMES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if out.len() == MAX_SEARCH_ATTRIBUTES {
+                self.hint(
+                    key.span,
+                    format!("more than {MAX_SEARCH_ATTRIBUTES} search attributes"),
+                    "keep the attributes people look instances up by (ticket, customer, order); the rest is in the instance's data",
+                );
+                break;
+            }
+            if let Some(value) = self.script(expr, &format!("search attribute `{}`", name.value)) {
+                let braced = value.text.trim();
+                if braced.starts_with("${") && braced.ends_with('}') {
+                    self.hint(
+                        expr.span,
+                        format!(
+                            "search attribute `{}` is written as a template; it is an expression",
+                            name.value
+                        ),
+                        format!(
+                            "write it without `${{ }}`: `{}: {}`",
+                            name.value,
+                            braced[2..braced.len() - 1].trim()
+                        ),
+                    );
+                    continue;
+                }
+                out.push(SearchDef { name, value });
+            }
+        }
+        out
     }
 
     /// `key:` and `concurrency:` of the workflow. `key:` alone means one open instance

@@ -125,6 +125,10 @@ pub fn workflow_schema() -> Value {
                     "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/London"},
                     "input": {"description": "The new instance's input; `${schedule.at}` is the occurrence"}}}]}}),
             "key" => expr("expression over `input` naming what has one open instance at a time, e.g. input.ticket_id"),
+            "search" => json!({"type": "object", "maxProperties": crate::definition::read::MAX_SEARCH_ATTRIBUTES,
+                "propertyNames": {"pattern": "^[A-Za-z][A-Za-z0-9_-]*$", "not": {"enum": crate::definition::read::RESERVED_SEARCH_NAMES}},
+                "additionalProperties": expr("expression over `input` and `vars` giving the attribute's value, e.g. input.ticket_id"),
+                "description": "business attributes instances can be found by: GET /v1/instances?workflow=...&<name>=<value>"}),
             "inbox_keep" => json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w))+$", "description": "how long an event this workflow waits for is kept when it comes before the wait (at most 30d; the daemon's inbox_keep otherwise)"}),
             "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 only with on_conflict: reject)"},

@@ -109,6 +109,11 @@ pub struct IndexDelta {
     pub waits_remove: Vec<Wait>,
     /// running, parked, compensating, completed, failed or cancelled.
     pub status: &'static str,
+    /// The instance's `search:` attributes after the step, by name: (name, value).
+    pub search: Vec<(String, String)>,
+    /// Attribute values the step gave or changed, and those it changed or dropped.
+    pub search_add: Vec<(String, String)>,
+    pub search_remove: Vec<(String, String)>,
 }
 
 /// Everything one input made the instance decide.
@@ -264,8 +269,22 @@ impl Instance {
             records.extend(self.on_child_finished(wf, child, result.clone(), now));
         }
         records.extend(self.advance(wf, now));
+        self.search = self.search_values(wf, now);
         let after = Index::of(self);
         let mut index = IndexDelta {
+            search: after.search.clone(),
+            search_add: after
+                .search
+                .iter()
+                .filter(|a| !before.search.contains(a))
+                .cloned()
+                .collect(),
+            search_remove: before
+                .search
+                .iter()
+                .filter(|a| !after.search.contains(a))
+                .cloned()
+                .collect(),
             timers_add: after.timers.difference(&before.timers).cloned().collect(),
             timers_remove: before.timers.difference(&after.timers).cloned().collect(),
             waits_add: after.waits.difference(&before.waits).cloned().collect(),
@@ -318,6 +337,37 @@ impl Instance {
         }
     }
 
+    /// The values of the workflow's `search:` attributes now, by name. An attribute whose
+    /// expression gives null, an object or a list, or fails, has no value (and no index
+    /// entry): search is how people find the instance, never a reason for it to fail.
+    pub(in crate::runtime) fn search_values(
+        &self,
+        wf: &CompiledWorkflow,
+        now: Millis,
+    ) -> Vec<(String, String)> {
+        if wf.search.is_empty() {
+            return Vec::new();
+        }
+        let locals = serde_json::Map::new();
+        let b = crate::compile::rules::Bindings {
+            input: self.input(),
+            vars: self.vars(),
+            locals: &locals,
+            now_ms: now,
+            instance: None,
+        };
+        wf.search
+            .iter()
+            .filter_map(|a| {
+                let (value, _) = wf.rules.eval(&a.value, &b).ok()?;
+                match value {
+                    Value::Object(_) | Value::Array(_) => None,
+                    v => key_text(v).map(|v| (a.name.clone(), v)),
+                }
+            })
+            .collect()
+    }
+
     /// The status the index shows: `parked` when nothing can happen without outside help.
     /// Always one of [`INDEX_STATUSES`].
     pub fn index_status(&self) -> &'static str {
@@ -340,11 +390,15 @@ impl Instance {
 struct Index {
     timers: HashSet<Timer>,
     waits: HashSet<Wait>,
+    search: Vec<(String, String)>,
 }
 
 impl Index {
     fn of(inst: &Instance) -> Index {
-        let mut index = Index::default();
+        let mut index = Index {
+            search: inst.search.clone(),
+            ..Index::default()
+        };
         // Held: nothing may wake it. Its timers come back on resume (due ones fire then)
         // and events for its waits are kept in the inbox meanwhile.
         if inst.hold().is_some() {

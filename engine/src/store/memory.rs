@@ -63,6 +63,8 @@ struct Data {
     keys: HashMap<(String, String), String>,
     timers: BTreeSet<(Millis, String, u32)>,
     waits: BTreeSet<(String, String, String, u32)>,
+    /// (workflow, attribute, value id, instance).
+    search: BTreeSet<(String, String, String, String)>,
     events: HashMap<String, Value>,
     mail: BTreeMap<(String, u64), Mail>,
     /// Last mail number handed out.
@@ -78,6 +80,8 @@ enum Op {
     TimerRemove(Timer),
     WaitAdd(Wait),
     WaitRemove(Wait),
+    SearchAdd(Searched),
+    SearchRemove(Searched),
     /// One batch of records, atomic like sled's `apply_batch`.
     Journal(String, u64, Vec<Record>),
     Meta(InstanceMeta),
@@ -99,6 +103,15 @@ enum Op {
 
 fn timer_tuple(t: &Timer) -> (Millis, String, u32) {
     (t.at, t.instance.clone(), t.frame)
+}
+
+fn search_tuple(s: &Searched) -> (String, String, String, String) {
+    (
+        s.workflow.clone(),
+        s.attribute.clone(),
+        s.id.clone(),
+        s.instance.clone(),
+    )
 }
 
 fn wait_tuple(w: &Wait) -> (String, String, String, u32) {
@@ -124,6 +137,12 @@ impl Data {
             }
             Op::WaitRemove(w) => {
                 self.waits.remove(&wait_tuple(w));
+            }
+            Op::SearchAdd(e) => {
+                self.search.insert(search_tuple(e));
+            }
+            Op::SearchRemove(e) => {
+                self.search.remove(&search_tuple(e));
             }
             Op::Journal(instance, first, records) => {
                 for (i, r) in records.iter().enumerate() {
@@ -311,6 +330,7 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(b.timers_add.iter().cloned().map(Op::TimerAdd));
     ops.extend(b.waits_add.iter().cloned().map(Op::WaitAdd));
+    ops.extend(b.search_add.iter().cloned().map(Op::SearchAdd));
     if !b.records.is_empty() {
         ops.push(Op::Journal(
             b.instance.clone(),
@@ -321,6 +341,7 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
     ops.extend(b.meta.iter().cloned().map(Op::Meta));
     ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
     ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
+    ops.extend(b.search_remove.iter().cloned().map(Op::SearchRemove));
     if !b.mail_done.is_empty() {
         ops.push(Op::MailDone(b.instance.clone(), b.mail_done.clone()));
     }
@@ -463,6 +484,37 @@ impl Store for MemoryStore {
             .get(&key_of(&Claim::idempotency(workflow, key)))
             .filter(|holder| g.live.instances.contains_key(*holder))
             .cloned())
+    }
+
+    fn search_id(&self, attribute: &str, value: &str) -> String {
+        // Nothing of the memory store outlives the process, so no key is needed; the
+        // value is hashed all the same so no caller can come to rely on seeing it.
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(format!("{attribute}\0{value}").as_bytes())[..16])
+    }
+
+    fn search(
+        &self,
+        workflow: &str,
+        attribute: &str,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let g = self.lock()?;
+        let from = (
+            workflow.to_string(),
+            attribute.to_string(),
+            id.to_string(),
+            after.map(|a| format!("{a}\0")).unwrap_or_default(),
+        );
+        Ok(g.live
+            .search
+            .range(from..)
+            .take_while(|(w, a, i, _)| w == workflow && a == attribute && i == id)
+            .take(limit)
+            .map(|(_, _, _, instance)| instance.clone())
+            .collect())
     }
 
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>> {
@@ -767,6 +819,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             parent: None,
+            search: Default::default(),
         }
     }
 

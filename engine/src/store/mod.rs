@@ -39,7 +39,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What is known about an instance without reading its journal.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceMeta {
     pub id: String,
     pub workflow: String,
@@ -51,6 +51,11 @@ pub struct InstanceMeta {
     pub updated_at: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The instance's `search:` attributes now: name → the value's id
+    /// ([`Store::search_id`]), never the value itself. A search checks a hit against this,
+    /// so an index entry a crash left behind after the value changed is not a hit.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search: std::collections::BTreeMap<String, String>,
 }
 
 impl InstanceMeta {
@@ -83,6 +88,20 @@ pub struct Batch {
     /// Mail this batch has handled (see [`Store::mail`]), removed in the same write so a
     /// crash either keeps the message and not its effect, or both.
     pub mail_done: Vec<u64>,
+    /// Search index entries: added with the other index entries before the records,
+    /// removed after them.
+    pub search_add: Vec<Searched>,
+    pub search_remove: Vec<Searched>,
+}
+
+/// A search index entry: `instance` of `workflow` has `attribute` with the value whose
+/// id ([`Store::search_id`]) is `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Searched {
+    pub workflow: String,
+    pub attribute: String,
+    pub id: String,
+    pub instance: String,
 }
 
 /// A daemon's claim on an instance: only the newest claim may write the instance.
@@ -393,6 +412,20 @@ pub trait Store: Send + Sync + 'static {
     /// The instance that holds an idempotency key, if any (a read: claims happen in
     /// [`Store::create`]).
     fn key_holder(&self, workflow: &str, key: &str) -> Result<Option<String>>;
+    /// The id a search attribute's value is indexed under: a keyed hash in stores that
+    /// seal, so neither the index nor the instance entry holds the value.
+    fn search_id(&self, attribute: &str, value: &str) -> String;
+    /// Instances of `workflow` indexed with `attribute` = the value with `id`, in id
+    /// order after `after`, at most `limit`. Entries may be stale: check each hit's
+    /// [`InstanceMeta::search`].
+    fn search(
+        &self,
+        workflow: &str,
+        attribute: &str,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
     /// Timers due at or before `now`, earliest first.
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>>;
     fn next_timer(&self) -> Result<Option<Millis>>;

@@ -140,6 +140,18 @@ const MIGRATIONS: &[&str] = &[
         value BYTEA NOT NULL
     );
     "#,
+    // 4: search attributes. The value id is a keyed hash, never the value; `search` on an
+    // instance is its attributes now (JSON: name -> value id), to check hits against.
+    r#"
+    CREATE TABLE casework_search (
+        workflow TEXT NOT NULL,
+        attribute TEXT NOT NULL,
+        value_id TEXT NOT NULL,
+        instance TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (workflow, attribute, value_id, instance)
+    );
+    ALTER TABLE casework_instances ADD COLUMN search TEXT;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -293,6 +305,10 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Io(e.to_string()))
 }
 
+fn json_text<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Io(e.to_string()))
+}
+
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -316,6 +332,13 @@ fn meta_from(row: &tokio_postgres::Row) -> Result<InstanceMeta> {
         created_at: row.try_get("created_at").map_err(col)?,
         updated_at: row.try_get("updated_at").map_err(col)?,
         parent: row.try_get("parent").map_err(col)?,
+        search: match row.try_get::<_, Option<String>>("search").map_err(col)? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+                instance: id.clone(),
+                detail: format!("its search attributes do not read: {e}"),
+            })?,
+            None => Default::default(),
+        },
         id,
     })
 }
@@ -324,7 +347,8 @@ fn col(e: tokio_postgres::Error) -> Error {
     Error::Io(format!("unexpected column in the PostgreSQL store: {e}"))
 }
 
-const META_COLUMNS: &str = "id, workflow, version, hash, status, created_at, updated_at, parent";
+const META_COLUMNS: &str =
+    "id, workflow, version, hash, status, created_at, updated_at, parent, search";
 
 /// A batch with its values sealed (once: sealing draws random nonces, and a transaction
 /// may be tried again).
@@ -381,6 +405,20 @@ fn wait_columns<'a>(waits: &'a [Wait], hashes: &'a [Vec<u8>]) -> WaitColumns<'a>
     }
 }
 
+/// Search entries as column arrays for `UNNEST`: workflow, attribute, value id, instance.
+type SearchColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
+
+fn search_columns(entries: &[Searched]) -> SearchColumns<'_> {
+    let mut c: SearchColumns<'_> = Default::default();
+    for e in entries {
+        c.0.push(&e.workflow);
+        c.1.push(&e.attribute);
+        c.2.push(&e.id);
+        c.3.push(&e.instance);
+    }
+    c
+}
+
 /// Everything of a batch but the fence check, inside the caller's transaction: one
 /// statement per kind of change, each row list passed as arrays.
 async fn apply_batch(
@@ -410,6 +448,16 @@ async fn apply_batch(
         t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
             .await?;
     }
+    if !b.search_add.is_empty() {
+        let s = search_columns(&b.search_add);
+        let st = t
+            .prepare_cached(
+                "INSERT INTO casework_search (workflow, attribute, value_id, instance) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        t.execute(&st, &[&s.0, &s.1, &s.2, &s.3]).await?;
+    }
     if !sealed.records.is_empty() {
         let seqs: Vec<i64> = sealed.records.iter().map(|(seq, _)| *seq).collect();
         let values: Vec<&[u8]> = sealed.records.iter().map(|(_, v)| v.as_slice()).collect();
@@ -423,13 +471,17 @@ async fn apply_batch(
         t.execute(&st, &[&b.instance, &seqs, &values]).await?;
     }
     if let Some(m) = &b.meta {
+        let search = match m.search.is_empty() {
+            true => None,
+            false => Some(json_text(&m.search)?),
+        };
         let st = t
             .prepare_cached(
-                "INSERT INTO casework_instances (id, workflow, version, hash, status, created_at, updated_at, parent) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO casework_instances (id, workflow, version, hash, status, created_at, updated_at, parent, search) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version, \
                  hash = EXCLUDED.hash, status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
-                 updated_at = EXCLUDED.updated_at, parent = EXCLUDED.parent",
+                 updated_at = EXCLUDED.updated_at, parent = EXCLUDED.parent, search = EXCLUDED.search",
             )
             .await?;
         t.execute(
@@ -443,6 +495,7 @@ async fn apply_batch(
                 &m.created_at,
                 &m.updated_at,
                 &m.parent,
+                &search,
             ],
         )
         .await?;
@@ -470,6 +523,18 @@ async fn apply_batch(
             .await?;
         t.execute(&st, &[&w.event_type, &w.key_hash, &w.instance, &w.frame])
             .await?;
+    }
+    if !b.search_remove.is_empty() {
+        let s = search_columns(&b.search_remove);
+        let st = t
+            .prepare_cached(
+                "DELETE FROM casework_search x \
+                 USING UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS r(workflow, attribute, value_id, instance) \
+                 WHERE x.workflow = r.workflow AND x.attribute = r.attribute \
+                 AND x.value_id = r.value_id AND x.instance = r.instance",
+            )
+            .await?;
+        t.execute(&st, &[&s.0, &s.1, &s.2, &s.3]).await?;
     }
     if !b.mail_done.is_empty() {
         let seqs = b
@@ -1257,6 +1322,40 @@ impl Store for PgStore {
                 .await
                 .map_err(|e| s.db(e))?;
             row.map(|r| r.try_get(0).map_err(col)).transpose()
+        })
+    }
+
+    fn search_id(&self, attribute: &str, value: &str) -> String {
+        hex::encode(
+            self.shared
+                .sealer
+                .index_id(&format!("search.{attribute}"), value),
+        )
+    }
+
+    fn search(
+        &self,
+        workflow: &str,
+        attribute: &str,
+        id: &str,
+        after: Option<&str>,
+        limit_: usize,
+    ) -> Result<Vec<String>> {
+        let (workflow, attribute, id) =
+            (workflow.to_string(), attribute.to_string(), id.to_string());
+        let after = after.map(str::to_string);
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT instance FROM casework_search \
+                     WHERE workflow = $1 AND attribute = $2 AND value_id = $3 \
+                     AND ($4::text IS NULL OR instance > $4) ORDER BY instance LIMIT $5",
+                    &[&workflow, &attribute, &id, &after, &limit(limit_)],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            rows.iter().map(|r| r.try_get(0).map_err(col)).collect()
         })
     }
 

@@ -23,6 +23,8 @@ pub struct SledStore {
     keys: ::sled::Tree,
     timers: ::sled::Tree,
     waits: ::sled::Tree,
+    /// workflow \0 attribute \0 value id \0 instance → nothing (see `search_key`).
+    search: ::sled::Tree,
     events: ::sled::Tree,
     mail: ::sled::Tree,
     /// Buffered events by number (sealed), and by type and key hash then number (empty).
@@ -66,7 +68,7 @@ const SEAL_TREE: &str = "seal";
 const CHECK_KEY: &[u8] = b"check";
 const CHECK_TEXT: &[u8] = b"casework journal key check v1";
 /// Trees whose content says the data directory is in use.
-const DATA_TREES: [&str; 11] = [
+const DATA_TREES: [&str; 12] = [
     "journal",
     "instances",
     "definitions",
@@ -78,6 +80,7 @@ const DATA_TREES: [&str; 11] = [
     "mail",
     "inbox",
     "inbox_keys",
+    "search",
 ];
 
 /// Where a backup records the next id (see `SledStore::id_offset`).
@@ -186,6 +189,7 @@ impl SledStore {
             keys: t("idempotency")?,
             timers: t("timers")?,
             waits: t("waits")?,
+            search: t("search")?,
             events: t("events")?,
             mail: t("mail")?,
             inbox: t("inbox")?,
@@ -358,6 +362,9 @@ impl SledStore {
         for w in &b.waits_add {
             self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
         }
+        for e in &b.search_add {
+            self.search.insert(search_key(e), &[]).map_err(io)?;
+        }
         if let Some((key, value)) = self.sealed_records(b)? {
             self.journal.insert(key, value).map_err(io)?;
         }
@@ -367,6 +374,9 @@ impl SledStore {
         }
         for w in &b.waits_remove {
             self.waits.remove(self.wait_key(w)).map_err(io)?;
+        }
+        for e in &b.search_remove {
+            self.search.remove(search_key(e)).map_err(io)?;
         }
         for seq in &b.mail_done {
             self.mail
@@ -424,6 +434,23 @@ impl SledStore {
         k.extend_from_slice(&self.sealer.index_id(&c.domain(), &c.key));
         k
     }
+}
+
+/// A search index key. The value id is a keyed hash ([`Store::search_id`]), so the tree
+/// holds no attribute value.
+fn search_key(e: &Searched) -> Vec<u8> {
+    let mut k = search_prefix(&e.workflow, &e.attribute, &e.id);
+    k.extend_from_slice(e.instance.as_bytes());
+    k
+}
+
+fn search_prefix(workflow: &str, attribute: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(workflow.len() + attribute.len() + id.len() + 3);
+    for part in [workflow, attribute, id] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
 }
 
 /// A data directory written before journal encryption: refuse rather than mix clear and sealed data.
@@ -776,6 +803,35 @@ impl Store for SledStore {
         };
         let holder = String::from_utf8_lossy(&holder).into_owned();
         Ok(self.instance(&holder)?.is_some().then_some(holder))
+    }
+
+    fn search_id(&self, attribute: &str, value: &str) -> String {
+        hex::encode(self.sealer.index_id(&format!("search.{attribute}"), value))
+    }
+
+    fn search(
+        &self,
+        workflow: &str,
+        attribute: &str,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let prefix = search_prefix(workflow, attribute, id);
+        let mut from = prefix.clone();
+        if let Some(a) = after {
+            from.extend_from_slice(a.as_bytes());
+            from.push(0);
+        }
+        let mut out = Vec::new();
+        for kv in self.search.range(from..).take(limit) {
+            let (k, _) = kv.map_err(io)?;
+            let Some(instance) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            out.push(String::from_utf8_lossy(instance).into_owned());
+        }
+        Ok(out)
     }
 
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<Timer>> {
@@ -1307,6 +1363,7 @@ mod tests {
                 created_at: 0,
                 updated_at: 0,
                 parent: None,
+                search: Default::default(),
             };
             s.write(&Batch {
                 instance: id.into(),
@@ -1354,6 +1411,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             parent: None,
+            search: Default::default(),
         }
     }
 

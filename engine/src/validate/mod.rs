@@ -2,7 +2,7 @@
 
 pub mod input;
 
-use crate::definition::{StepDef, StepKind, WorkflowDef};
+use crate::definition::{FieldType, StepDef, StepKind, WorkflowDef};
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -44,6 +44,7 @@ pub fn check(def: &WorkflowDef, ctx: &Context) -> Vec<Diagnostic> {
         v.step_fields(step, ctx);
     }
     v.concurrency_key();
+    v.search_attributes();
     v.diags
 }
 
@@ -133,6 +134,57 @@ impl Validator<'_> {
                 format!("`key:` reads `input.{name}`, which is not an input of this workflow"),
             )
             .hint = Some(hint);
+        }
+    }
+
+    /// A `search:` attribute reads declared inputs (or `vars`) and names one value, so
+    /// it can be an index entry: an input that is an object or a list cannot be.
+    fn search_attributes(&mut self) {
+        let def = self.def;
+        for attr in &def.search {
+            let span = attr.value.span;
+            let text = attr.value.text.trim();
+            if let Some(field) = text
+                .strip_prefix("input.")
+                .and_then(|f| def.input.iter().find(|i| i.name.value == f))
+            {
+                if matches!(field.ty, FieldType::Object | FieldType::List) {
+                    self.err(
+                        span,
+                        format!(
+                            "search attribute `{}` is `input.{}`, which is {}: an attribute must be one value",
+                            attr.name.value,
+                            field.name.value,
+                            field.ty.name()
+                        ),
+                    )
+                    .hint = Some(format!(
+                        "name one field inside it, e.g. `input.{}.id`, or a text, number or boolean input",
+                        field.name.value
+                    ));
+                }
+            }
+            if def.input.is_empty() {
+                continue;
+            }
+            let known: Vec<&str> = def.input.iter().map(|f| f.name.value.as_str()).collect();
+            for name in fields_read(&attr.value.text, "input") {
+                if known.contains(&name) {
+                    continue;
+                }
+                let hint = match did_you_mean(name, known.iter().copied()) {
+                    Some(s) => format!("did you mean `input.{s}`?"),
+                    None => format!("the inputs are: {}", known.join(", ")),
+                };
+                self.err(
+                    span,
+                    format!(
+                        "search attribute `{}` reads `input.{name}`, which is not an input of this workflow",
+                        attr.name.value
+                    ),
+                )
+                .hint = Some(hint);
+            }
         }
     }
 

@@ -31,8 +31,13 @@ pub(super) async fn committer(
     }
 }
 
-/// The index entry of an instance, with the status its last step decided.
-pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
+/// The index entry of an instance, with the status and search attributes its last step
+/// decided (each attribute's value as the store's id of it).
+pub(super) fn meta_of(
+    inst: &Instance,
+    status: &str,
+    search: std::collections::BTreeMap<String, String>,
+) -> InstanceMeta {
     InstanceMeta {
         id: inst.id().to_string(),
         workflow: inst.workflow().to_string(),
@@ -42,7 +47,25 @@ pub(super) fn meta_of(inst: &Instance, status: &str) -> InstanceMeta {
         created_at: inst.started_at(),
         updated_at: inst.updated_at(),
         parent: inst.parent().map(|p| p.instance.clone()),
+        search,
     }
+}
+
+/// A step's search attribute changes as index entries, each value as the store's id.
+fn search_entries(
+    store: &dyn Store,
+    inst: &Instance,
+    attributes: Vec<(String, String)>,
+) -> Vec<crate::store::Searched> {
+    attributes
+        .into_iter()
+        .map(|(attribute, value)| crate::store::Searched {
+            workflow: inst.workflow().to_string(),
+            id: store.search_id(&attribute, &value),
+            attribute,
+            instance: inst.id().to_string(),
+        })
+        .collect()
 }
 
 /// The places of the concurrency key a step that retries a failed instance must take
@@ -137,10 +160,19 @@ pub(super) async fn finish(
         Some(_) => None,
         None => mail.as_ref().map(|m| m.seq),
     };
+    let store = inner.store.as_ref();
+    let search = index
+        .search
+        .iter()
+        .map(|(a, v)| (a.clone(), store.search_id(a, v)))
+        .collect();
+    let touches_search = !index.search_add.is_empty() || !index.search_remove.is_empty();
     let batch = Batch {
         instance: id.to_string(),
         first_seq: inst.records() - records.len() as u64,
-        meta: Some(meta_of(inst, index.status)),
+        meta: Some(meta_of(inst, index.status, search)),
+        search_add: search_entries(store, inst, index.search_add),
+        search_remove: search_entries(store, inst, index.search_remove),
         timers_add: index.timers_add,
         timers_remove: index.timers_remove,
         waits_add: index.waits_add,
@@ -159,6 +191,7 @@ pub(super) async fn finish(
         || touches_timers
         || stale_meta
         || !batch.mail_done.is_empty()
+        || touches_search
         || give_back.is_some()
     {
         let written = match (&start, reopening(wf, inst, &decided)) {

@@ -245,6 +245,9 @@ pub struct Instance {
     records: u64,
     started_at: Millis,
     updated_at: Millis,
+    /// The `search:` attribute values worked out at the end of the last step (not
+    /// journaled: they follow from the state, so `replay` works them out again).
+    pub(in crate::runtime) search: Vec<(String, String)>,
     /// Effects handed to the driver so far (not journaled: after a load nothing has been
     /// carried out in this process, so everything in hand is handed out again).
     pub(in crate::runtime) issued: Vec<Effect>,
@@ -276,6 +279,8 @@ impl Instance {
         for r in records {
             inst.apply(wf, r);
         }
+        // What its last step left in the index, so the next step removes what it changes.
+        inst.search = inst.search_values(wf, inst.updated_at);
         inst
     }
 
@@ -308,6 +313,7 @@ impl Instance {
             records: 0,
             started_at: 0,
             updated_at: 0,
+            search: Vec::new(),
             issued: Vec::new(),
         }
     }
