@@ -67,7 +67,10 @@ fn found(d: &Daemon, query: &str, limit: usize) -> BTreeSet<String> {
         let page = v["instances"].as_array().unwrap();
         assert!(page.len() <= limit, "{query}: a page longer than its limit");
         for i in page {
-            assert!(ids.insert(i["id"].as_str().unwrap().to_string()), "{query}: {i} twice");
+            assert!(
+                ids.insert(i["id"].as_str().unwrap().to_string()),
+                "{query}: {i} twice"
+            );
         }
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -89,7 +92,9 @@ fn event(d: &Daemon, event_type: &str, ticket: &str, data: Value) {
     let (s, v) = call(
         "POST",
         &format!("{}/v1/events", d.addr),
-        Some(&json!({"type": event_type, "key": ticket, "data": data, "id": format!("{event_type}-{ticket}")})),
+        Some(
+            &json!({"type": event_type, "key": ticket, "data": data, "id": format!("{event_type}-{ticket}")}),
+        ),
     );
     assert_eq!(s, 200, "{v}");
 }
@@ -131,19 +136,30 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let id_of = |i: usize| ids.iter().find(|(n, _)| *n == i).unwrap().1.clone();
     let set = |ns: &mut dyn Iterator<Item = usize>| ns.map(id_of).collect::<BTreeSet<_>>();
 
     // Each ticket finds its one instance; each customer its ten, a page of 3 at a time.
-    eventually("the first ten upgraded", || found(&d, "workflow=case&tier=gold", 100).len() == 10);
-    assert_eq!(found(&d, "workflow=case&ticket_id=T-07", 10), set(&mut [7].into_iter()));
+    eventually("the first ten upgraded", || {
+        found(&d, "workflow=case&tier=gold", 100).len() == 10
+    });
+    assert_eq!(
+        found(&d, "workflow=case&ticket_id=T-07", 10),
+        set(&mut [7].into_iter())
+    );
     assert_eq!(
         found(&d, "workflow=case&customer=c-1@example.com", 3),
         set(&mut (0..40).filter(|i| i % 4 == 1))
     );
-    assert_eq!(found(&d, "workflow=case&tier=basic&status=parked", 7).len(), 30);
+    assert_eq!(
+        found(&d, "workflow=case&tier=basic&status=parked", 7).len(),
+        30
+    );
 
     // Upgrades for 0..10 sent at once move them from basic to gold.
     std::thread::scope(|s| {
@@ -153,7 +169,9 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
         }
     });
     let gold = set(&mut (0..10).chain(30..40));
-    eventually("twenty are gold", || found(&d, "workflow=case&tier=gold", 100) == gold);
+    eventually("twenty are gold", || {
+        found(&d, "workflow=case&tier=gold", 100) == gold
+    });
     assert_eq!(
         found(&d, "workflow=case&tier=basic", 100),
         set(&mut (10..30)),
@@ -169,14 +187,19 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
     drop(d);
     let d = spawn(tmp.path());
     assert_eq!(found(&d, "workflow=case&tier=gold", 100), gold);
-    assert_eq!(found(&d, "workflow=case&ticket_id=T-12", 100), set(&mut [12].into_iter()));
+    assert_eq!(
+        found(&d, "workflow=case&ticket_id=T-12", 100),
+        set(&mut [12].into_iter())
+    );
 
     // A bulk action on a search: cancel every basic one still waiting.
     let (s, v) = call(
         "POST",
         &format!("{}/v1/bulk", d.addr),
-        Some(&json!({"action": "cancel", "workflow": "case", "status": "parked",
-                     "search": {"tier": "basic"}, "reason": "duplicates of the outage ticket"})),
+        Some(
+            &json!({"action": "cancel", "workflow": "case", "status": "parked",
+                     "search": {"tier": "basic"}, "reason": "duplicates of the outage ticket"}),
+        ),
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["done"].as_array().unwrap().len(), 20, "{v}");
@@ -191,11 +214,20 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
     });
     // Time bounds: every instance started before now and none after.
     let now = chrono::Utc::now();
-    let later = (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let earlier = (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    assert_eq!(found(&d, &format!("workflow=case&started_after={later}"), 100).len(), 0);
+    let later =
+        (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let earlier =
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert_eq!(
-        found(&d, &format!("workflow=case&tier=gold&started_after={earlier}&started_before={later}"), 100),
+        found(&d, &format!("workflow=case&started_after={later}"), 100).len(),
+        0
+    );
+    assert_eq!(
+        found(
+            &d,
+            &format!("workflow=case&tier=gold&started_after={earlier}&started_before={later}"),
+            100
+        ),
         gold
     );
 }
@@ -211,7 +243,10 @@ fn bad_search_filters_are_refused_saying_what_would_work() {
         v["error"]["message"].as_str().unwrap().to_string()
     };
     let m = refused("workflow=case&ticket=T-1");
-    assert!(m.contains("`ticket` is not a search attribute of workflow `case`"), "{m}");
+    assert!(
+        m.contains("`ticket` is not a search attribute of workflow `case`"),
+        "{m}"
+    );
     assert!(m.contains("customer, ticket_id, tier"), "{m}");
     let m = refused("ticket_id=T-1");
     assert!(m.contains("needs `workflow=`"), "{m}");
@@ -226,5 +261,9 @@ fn bad_search_filters_are_refused_saying_what_would_work() {
         &format!("{}/v1/bulk", d.addr),
         Some(&json!({"action": "retry", "workflow": "case", "search": {"nope": "x"}})),
     );
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_body")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{v}"
+    );
 }

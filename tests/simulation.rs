@@ -2246,3 +2246,130 @@ steps:
         rt.shutdown_background();
     }
 }
+
+/// A step that changes a search attribute (`stage` from `new` to `triaged`) is torn at
+/// every write. Whatever the crash keeps, once a new process has settled, a search finds
+/// the instance by the value its journal says it has, and never by the other one: an
+/// index entry a crash left behind for the old value is not a hit.
+#[test]
+fn a_search_attribute_change_torn_at_any_write_is_found_by_its_journaled_value() {
+    use casework::daemon::selection::Selection;
+    const STAGED: &str = r#"workflow: staged
+version: 1
+input:
+  ticket: { type: string, required: true }
+search:
+  ticket: input.ticket
+  stage: vars.stage
+steps:
+  - id: open
+    rule: |
+      vars.stage = "new";
+    next: triage
+  - id: triage
+    wait: { event: triage, key: input.ticket }
+    save_as: t
+    next: mark
+  - id: mark
+    rule: |
+      vars.stage = vars.t.data.stage;
+    next: close
+  - id: close
+    wait: { event: close, key: input.ticket }
+    next: done
+  - id: done
+    complete: {}
+"#;
+    let driver = |store: &MemoryStore, clock: &Arc<ManualClock>| {
+        let d = Driver::new(
+            Arc::new(store.clone()),
+            Arc::new(AlwaysOk),
+            clock.clone(),
+            None,
+        );
+        let (wf, diags) =
+            compile::load("staged.yaml", STAGED, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+        d
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = driver(&store, &clock);
+            let id = d
+                .start("staged", json!({"ticket": "T-9"}), None)
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            let triage = Event {
+                event_type: "triage".into(),
+                key: "T-9".into(),
+                data: json!({"stage": "triaged"}),
+                id: Some("triage-T-9".into()),
+            };
+            assert_eq!(d.deliver(triage).await.unwrap(), vec![id.clone()]);
+            d.wait_idle().await;
+            (id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let find = |store: &MemoryStore, attribute: &str, value: &str| -> Vec<String> {
+        let search = [(attribute.to_string(), value.to_string())].into();
+        let s = Selection::new(
+            store,
+            |_| vec!["stage".into(), "ticket".into()],
+            Some("staged".into()),
+            None,
+            (None, None),
+            &search,
+        )
+        .unwrap();
+        s.page(store, None, 10)
+            .unwrap()
+            .found
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(writes >= 1, "the triage is written");
+    let (mut seen_old, mut seen_new) = (false, false);
+    for keep in 0..=writes {
+        let (store, clock, id, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = driver(&store, &clock);
+            d.resume_all().unwrap();
+            d.run_virtual(|| false).await.unwrap();
+        });
+        rt.shutdown_background();
+        let triaged = store
+            .journal(&id)
+            .unwrap()
+            .iter()
+            .any(|r| serde_json::to_string(r).unwrap().contains("\"triaged\""));
+        let context = format!("keep {keep} of {writes}");
+        let (now, then) = if triaged {
+            ("triaged", "new")
+        } else {
+            ("new", "triaged")
+        };
+        assert_eq!(find(&store, "stage", now), vec![id.clone()], "{context}");
+        assert!(
+            find(&store, "stage", then).is_empty(),
+            "{context}: found by {then}"
+        );
+        assert_eq!(find(&store, "ticket", "T-9"), vec![id.clone()], "{context}");
+        seen_old |= !triaged;
+        seen_new |= triaged;
+    }
+    assert!(seen_old && seen_new, "the crash points cover both outcomes");
+}
