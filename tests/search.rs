@@ -192,6 +192,35 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
         set(&mut [12].into_iter())
     );
 
+    // The command line filters the same way.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_casework"))
+            .args(args)
+            .args(["--url", &d.addr])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["list", "--workflow", "case", "--where", "tier=gold", "--where", "customer=c-1@example.com", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: BTreeSet<String> = listed["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, set(&mut [1, 5, 9, 33, 37].into_iter()));
+    let out = cli(&["list", "--workflow", "case", "--where", "tier"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"));
+    let out = cli(&["list", "--workflow", "case", "--where", "plan=gold"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`plan` is not a search attribute"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A bulk action on a search: cancel every basic one still waiting.
     let (s, v) = call(
         "POST",

@@ -21,6 +21,8 @@ pub struct ListArgs {
     /// Only instances with this status.
     #[arg(long, value_parser = STATUSES)]
     pub status: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Print at most this many instances.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: u64,
@@ -32,6 +34,68 @@ pub struct ListArgs {
     pub json: bool,
     #[command(flatten)]
     pub daemon: DaemonArgs,
+}
+
+/// Filters by business attributes and start time, for `list` and `bulk`.
+#[derive(clap::Args, Debug, Default)]
+pub struct SearchArgs {
+    /// Only instances whose search attribute NAME (the workflow's `search:`) is VALUE;
+    /// repeat for several attributes (needs --workflow).
+    #[arg(long = "where", value_name = "NAME=VALUE", value_parser = attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// Only instances started at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub started_after: Option<String>,
+    /// Only instances started before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub started_before: Option<String>,
+}
+
+impl SearchArgs {
+    /// The filters as query parameters (`GET /v1/instances`).
+    fn query(&self) -> Vec<(&str, &str)> {
+        let mut q: Vec<(&str, &str)> = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Some(t) = &self.started_after {
+            q.push(("started_after", t));
+        }
+        if let Some(t) = &self.started_before {
+            q.push(("started_before", t));
+        }
+        q
+    }
+
+    /// The filters as fields of a `POST /v1/bulk` body.
+    fn add_to(&self, body: &mut Value) {
+        if !self.attributes.is_empty() {
+            let search: serde_json::Map<String, Value> = self
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            body["search"] = Value::Object(search);
+        }
+        if let Some(t) = &self.started_after {
+            body["started_after"] = json!(t);
+        }
+        if let Some(t) = &self.started_before {
+            body["started_before"] = json!(t);
+        }
+    }
+}
+
+fn attribute(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "`{text}` is not NAME=VALUE; for example --where ticket_id=T-1042"
+        )),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +154,8 @@ pub struct BulkArgs {
     /// Only instances with this status (e.g. `failed` for retry).
     #[arg(long)]
     pub status: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Why, kept in each instance's journal (needed for cancel, pause and resume).
     #[arg(long)]
     pub reason: Option<String>,
@@ -126,6 +192,7 @@ pub fn bulk(args: BulkArgs) -> Result<u8> {
         if let Some(r) = &args.reason {
             body["reason"] = json!(r);
         }
+        args.search.add_to(&mut body);
         if let Some(c) = &cursor {
             body["cursor"] = json!(c);
         }
@@ -286,6 +353,7 @@ pub fn list(args: ListArgs) -> Result<u8> {
         if let Some(s) = &args.status {
             query.push(("status", s.as_str()));
         }
+        query.extend(args.search.query());
         if let Some(c) = &cursor {
             query.push(("cursor", c.as_str()));
         }

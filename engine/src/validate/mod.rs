@@ -155,7 +155,7 @@ impl Validator<'_> {
                             "search attribute `{}` is `input.{}`, which is {}: an attribute must be one value",
                             attr.name.value,
                             field.name.value,
-                            field.ty.name()
+                            if field.ty == FieldType::List { "a list" } else { "an object" }
                         ),
                     )
                     .hint = Some(format!(
