@@ -200,8 +200,21 @@ fn instances_are_found_by_their_attributes_as_the_values_change() {
             .output()
             .unwrap()
     };
-    let out = cli(&["list", "--workflow", "case", "--where", "tier=gold", "--where", "customer=c-1@example.com", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[
+        "list",
+        "--workflow",
+        "case",
+        "--where",
+        "tier=gold",
+        "--where",
+        "customer=c-1@example.com",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed: BTreeSet<String> = listed["instances"]
         .as_array()

@@ -35,6 +35,7 @@ use axum::{Form, Router};
 use maud::Markup;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use subtle::ConstantTimeEq;
@@ -729,11 +730,61 @@ pub struct ListFilter {
     pub from: Option<String>,
     /// Created before.
     pub to: Option<String>,
+    /// Search attributes, as `where.NAME=VALUE` (see [`ListFilter::search`]).
+    #[serde(flatten)]
+    pub attributes: BTreeMap<String, String>,
 }
+
+/// The prefix of a search attribute's field in the list's filter form, so an attribute
+/// named like another parameter of the page (`flash`, say) cannot be mistaken for it.
+pub const WHERE: &str = "where.";
 
 impl ListFilter {
     fn non_empty(v: &Option<String>) -> Option<&str> {
         v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// The search attributes filled in: name → value.
+    pub fn search(attributes: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        attributes
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(WHERE)?;
+                let v = v.trim();
+                (!v.is_empty()).then(|| (name.to_string(), v.to_string()))
+            })
+            .collect()
+    }
+
+    /// The API's parameters for a creation range and search attributes (the workflow and
+    /// status are the caller's): `started_after`, `started_before` and each attribute.
+    pub fn api_filters(
+        from: &Option<String>,
+        to: &Option<String>,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        let from = Self::bound(from, "from")?;
+        let to = Self::bound(to, "to")?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if f >= t {
+                return Err(
+                    "`from` must be before `to` (the day after the last one you want)".into(),
+                );
+            }
+        }
+        let rfc = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let mut out = Vec::new();
+        if let Some(t) = from.and_then(rfc) {
+            out.push(("started_after".to_string(), t));
+        }
+        if let Some(t) = to.and_then(rfc) {
+            out.push(("started_before".to_string(), t));
+        }
+        out.extend(Self::search(attributes));
+        Ok(out)
     }
 
     /// A bound of the time range in epoch milliseconds; a date alone is its midnight UTC.
@@ -765,16 +816,8 @@ async fn instances(
         Ok(v) => v,
         Err(m) => return m.answer(&visit),
     };
-    let range = ListFilter::bound(&filter.from, "from")
-        .and_then(|from| Ok((from, ListFilter::bound(&filter.to, "to")?)));
-    let range = range.and_then(|(from, to)| match (from, to) {
-        (Some(f), Some(t)) if f >= t => {
-            Err("`from` must be before `to` (the day after the last one you want)".to_string())
-        }
-        r => Ok(r),
-    });
-    let (from, to) = match range {
-        Ok(r) => r,
+    let filters = match ListFilter::api_filters(&filter.from, &filter.to, &filter.attributes) {
+        Ok(f) => f,
         Err(message) => {
             let r = page::Refusal {
                 status: StatusCode::BAD_REQUEST,
@@ -784,9 +827,9 @@ async fn instances(
             return refused(&visit, &viewer, r);
         }
     };
-    // Pages of the API's list, kept to those created in the range. The API lists by id
-    // (creation order within a daemon), so a narrow range may need several API pages; a
-    // few are read per console page and a cursor goes on from there.
+    // Pages of the API's list. A filter that matches little of a large store gives short
+    // pages (the API reads a bounded part of its index per request): a few are read per
+    // console page, and a cursor goes on from there.
     let mut shown: Vec<Value> = Vec::new();
     let mut cursor = ListFilter::non_empty(&filter.cursor).map(str::to_string);
     let mut next: Option<String> = None;
@@ -794,12 +837,15 @@ async fn instances(
         // (The serializer is not Send: it may not live across the await.)
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
-            q.append_pair("limit", &LIST_PAGE.to_string());
+            q.append_pair("limit", &(LIST_PAGE - shown.len()).to_string());
             if let Some(w) = ListFilter::non_empty(&filter.workflow) {
                 q.append_pair("workflow", w);
             }
             if let Some(s) = ListFilter::non_empty(&filter.status) {
                 q.append_pair("status", s);
+            }
+            for (k, v) in &filters {
+                q.append_pair(k, v);
             }
             if let Some(cur) = &cursor {
                 q.append_pair("cursor", cur);
@@ -812,21 +858,11 @@ async fn instances(
         if let Some(r) = answer.refusal() {
             return refused(&visit, &viewer, r);
         }
-        let in_range = |i: &&Value| {
-            let at = i["created_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_millis());
-            match at {
-                Some(at) => from.is_none_or(|f| at >= f) && to.is_none_or(|t| at < t),
-                None => true,
-            }
-        };
         let page_items = answer.body["instances"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        shown.extend(page_items.iter().filter(in_range).cloned());
+        shown.extend(page_items);
         next = answer.body["next_cursor"].as_str().map(str::to_string);
         if shown.len() >= LIST_PAGE || next.is_none() {
             break;
@@ -843,6 +879,9 @@ async fn instances(
         .iter()
         .map(|w| w.name.clone())
         .collect();
+    let attributes = ListFilter::non_empty(&filter.workflow)
+        .map(|w| c.api.driver().inner().registry.search_attributes(w))
+        .unwrap_or_default();
     visit.page(
         StatusCode::OK,
         page::instances(
@@ -853,6 +892,7 @@ async fn instances(
             next.as_deref(),
             &counts,
             &workflow_names,
+            &attributes,
         ),
     )
 }
@@ -1203,6 +1243,11 @@ pub struct BulkForm {
     pub action: String,
     pub workflow: String,
     pub status: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Search attributes as the list's filter has them (`where.NAME`).
+    #[serde(flatten)]
+    pub attributes: BTreeMap<String, String>,
     #[serde(default)]
     pub reason: String,
     #[serde(default)]
@@ -1227,10 +1272,10 @@ async fn confirm_bulk(
     if f.action().is_none() {
         return unknown_page(State(c), visit).await;
     }
-    let counts = count_by_status(&c, Some(&f.workflow)).await;
+    let matching = bulk_matching(&c, &f).await;
     visit.page(
         StatusCode::OK,
-        page::confirm_bulk(&viewer, &visit, &f, &counts, None),
+        page::confirm_bulk(&viewer, &visit, &f, &matching, None),
     )
 }
 
@@ -1242,17 +1287,28 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
     let Some(action) = f.action() else {
         return unknown_page(State(c), visit).await;
     };
-    let counts = count_by_status(&c, Some(&f.workflow)).await;
+    let matching = bulk_matching(&c, &f).await;
     if !visit.csrf_ok(&f.csrf) {
         let r = stale_form();
         return visit.page(
             r.status,
-            page::confirm_bulk(&viewer, &visit, &f, &counts, Some(&r)),
+            page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
         );
     }
     let mut body = json!({"action": action.as_str(), "workflow": f.workflow, "limit": 1000});
     if let Some(s) = ListFilter::non_empty(&f.status) {
         body["status"] = json!(s);
+    }
+    if let Ok(filters) = ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
+        let search: BTreeMap<String, String> = ListFilter::search(&f.attributes);
+        for (k, v) in filters {
+            if !search.contains_key(&k) {
+                body[k] = json!(v);
+            }
+        }
+        if !search.is_empty() {
+            body["search"] = json!(search);
+        }
     }
     if action.needs_reason() {
         body["reason"] = json!(f.reason.trim());
@@ -1264,13 +1320,71 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
         }
         return visit.page(
             r.status,
-            page::confirm_bulk(&viewer, &visit, &f, &counts, Some(&r)),
+            page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
         );
     }
     visit.page(
         StatusCode::OK,
         page::bulk_done(&viewer, &visit, &f, &answer.body),
     )
+}
+
+/// How many instances a bulk action's filter matches now: by status from the counts, or,
+/// with a time range or search attributes, counted through the same selection the action
+/// makes (at most what one page of it reads: `partial` then).
+async fn bulk_matching(c: &Console, f: &BulkForm) -> page::Matching {
+    let status = ListFilter::non_empty(&f.status).map(str::to_string);
+    let search = ListFilter::search(&f.attributes);
+    let dated = ListFilter::non_empty(&f.from).is_some() || ListFilter::non_empty(&f.to).is_some();
+    if search.is_empty() && !dated {
+        let counts = count_by_status(c, Some(&f.workflow)).await;
+        return page::Matching {
+            n: match &status {
+                Some(s) => counts.by_status.get(s).copied().unwrap_or(0),
+                None => counts.by_status.values().sum(),
+            },
+            partial: counts.partial,
+            unavailable: counts.unavailable,
+        };
+    }
+    let inner = c.api.driver().inner().clone();
+    let (from, to) = (
+        ListFilter::bound(&f.from, "from").ok().flatten(),
+        ListFilter::bound(&f.to, "to").ok().flatten(),
+    );
+    let workflow = f.workflow.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        let rfc = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let (after, before) = (rfc(from), rfc(to));
+        let selection = super::selection::Selection::new(
+            inner.store.as_ref(),
+            |w| inner.registry.search_attributes(w),
+            Some(workflow),
+            status,
+            (after.as_deref(), before.as_deref()),
+            &search,
+        )
+        .ok()?;
+        let page = selection
+            .page(inner.store.as_ref(), None, super::selection::MAX_SCAN)
+            .ok()?;
+        Some((page.found.len() as u64, page.next.is_some()))
+    })
+    .await;
+    match counted {
+        Ok(Some((n, partial))) => page::Matching {
+            n,
+            partial,
+            unavailable: false,
+        },
+        _ => page::Matching {
+            unavailable: true,
+            ..Default::default()
+        },
+    }
 }
 
 async fn reports(State(c): State<Console>, visit: Visit) -> Response {

@@ -113,6 +113,51 @@ pub struct Counts {
     pub unavailable: bool,
 }
 
+/// How many instances a bulk action's filter matches now.
+#[derive(Debug, Default)]
+pub struct Matching {
+    pub n: u64,
+    /// Only part of the index was read: at least `n`.
+    pub partial: bool,
+    /// The store did not answer.
+    pub unavailable: bool,
+}
+
+/// A filter as query pairs for links (workflow, status, creation range, `where.*`).
+fn filter_pairs<'a>(
+    workflow: Option<&'a str>,
+    status: Option<&'a str>,
+    from: &'a Option<String>,
+    to: &'a Option<String>,
+    attributes: &'a BTreeMap<String, String>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut q = Vec::new();
+    for (k, v) in [
+        ("workflow", workflow),
+        ("status", status),
+        ("from", ListFilter::non_empty(from)),
+        ("to", ListFilter::non_empty(to)),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    for (k, v) in attributes {
+        if k.starts_with(super::WHERE) && !v.trim().is_empty() {
+            q.push((k.as_str(), v.trim()));
+        }
+    }
+    q
+}
+
+fn query_of(pairs: &[(&str, &str)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
 /// What an action's form holds (kept when the API refuses, so nothing typed is lost).
 pub struct ActionForm {
     pub event_type: Option<String>,
@@ -519,23 +564,21 @@ pub fn instances(
     next: Option<&str>,
     counts: &Counts,
     workflows: &[String],
+    attributes: &[String],
 ) -> Markup {
     let chosen_wf = ListFilter::non_empty(&filter.workflow);
     let chosen_status = ListFilter::non_empty(&filter.status);
+    let pairs = filter_pairs(
+        chosen_wf,
+        chosen_status,
+        &filter.from,
+        &filter.to,
+        &filter.attributes,
+    );
     let next_link = next.map(|cursor| {
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [
-            ("workflow", &filter.workflow),
-            ("status", &filter.status),
-            ("from", &filter.from),
-            ("to", &filter.to),
-        ] {
-            if let Some(v) = ListFilter::non_empty(v) {
-                q.append_pair(k, v);
-            }
-        }
-        q.append_pair("cursor", cursor);
-        format!("/ui/instances?{}", q.finish())
+        let mut q = pairs.clone();
+        q.push(("cursor", cursor));
+        format!("/ui/instances?{}", query_of(&q))
     });
     let body = html! {
         h1 { "Instances" }
@@ -565,6 +608,13 @@ pub fn instances(
             div {
                 label for="to" { "Created before" }
                 input id="to" name="to" type="date" value=[ListFilter::non_empty(&filter.to)];
+            }
+            @for name in attributes {
+                @let field = format!("{}{name}", super::WHERE);
+                div {
+                    label for=(field) { (name.replace('_', " ")) }
+                    input id=(field) name=(field) type="search" value=[filter.attributes.get(&field).map(|v| v.trim()).filter(|v| !v.is_empty())];
+                }
             }
             button type="submit" { "Show" }
         }
@@ -604,13 +654,8 @@ pub fn instances(
         @if let Some(href) = next_link {
             p { a href=(href) rel="next" { "Next page" } }
         }
-        @if let (true, Some(w)) = (viewer.may_act(), chosen_wf) {
-            @let q = {
-                let mut q = url::form_urlencoded::Serializer::new(String::new());
-                q.append_pair("workflow", w);
-                if let Some(s) = chosen_status { q.append_pair("status", s); }
-                q.finish()
-            };
+        @if viewer.may_act() && chosen_wf.is_some() {
+            @let q = query_of(&pairs);
             section aria-labelledby="bulk" {
                 h2 id="bulk" { "Every matching instance" }
                 ul.actions {
@@ -1035,12 +1080,13 @@ fn bulk_title(a: &str) -> &'static str {
 }
 
 fn bulk_query(f: &super::BulkForm) -> String {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    q.append_pair("workflow", &f.workflow);
-    if let Some(s) = ListFilter::non_empty(&f.status) {
-        q.append_pair("status", s);
-    }
-    q.finish()
+    query_of(&filter_pairs(
+        Some(&f.workflow),
+        ListFilter::non_empty(&f.status),
+        &f.from,
+        &f.to,
+        &f.attributes,
+    ))
 }
 
 /// The page that asks to confirm a bulk action over the list's filter.
@@ -1048,22 +1094,25 @@ pub fn confirm_bulk(
     viewer: &Viewer,
     visit: &Visit,
     f: &super::BulkForm,
-    counts: &Counts,
+    matching: &Matching,
     refusal: Option<&Refusal>,
 ) -> Markup {
     let status = ListFilter::non_empty(&f.status);
-    let matching: u64 = match status {
-        Some(s) => counts.by_status.get(s).copied().unwrap_or(0),
-        None => counts.by_status.values().sum(),
-    };
+    let search = ListFilter::search(&f.attributes);
+    let hidden = filter_pairs(None, None, &f.from, &f.to, &f.attributes);
     let title = format!("{} every matching instance", bulk_title(&f.action));
     let needs_reason = f.action != "retry";
     let body = html! {
         p.small { a href={"/ui/instances?" (bulk_query(f))} { "← The instances" } }
         h1 { (title) }
         p {
-            strong { (matching) } " instance(s) of " code { (f.workflow) }
+            @if matching.unavailable { "The store did not say how many" } @else {
+                @if matching.partial { "At least " }
+                strong { (matching.n) }
+            }
+            " instance(s) of " code { (f.workflow) }
             @if let Some(s) = status { " with status " (status_badge(s)) }
+            @for (name, value) in &search { ", " (name.replace('_', " ")) " " code { (value) } }
             " match now; at most 1,000 are acted on per confirmation, each exactly as if you had done it on its own page (instances that cannot be are listed afterwards)."
         }
         @if let Some(r) = refusal { (refusal_box(r)) }
@@ -1072,6 +1121,7 @@ pub fn confirm_bulk(
             input type="hidden" name="action" value=(f.action);
             input type="hidden" name="workflow" value=(f.workflow);
             @if let Some(s) = status { input type="hidden" name="status" value=(s); }
+            @for (k, v) in &hidden { input type="hidden" name=(k) value=(v); }
             @if needs_reason {
                 label for="reason" { "Why (kept in each instance's journal)" }
                 textarea id="reason" name="reason" rows="2" required { (f.reason) }
