@@ -556,6 +556,7 @@ fn step_map(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn instances(
     viewer: &Viewer,
     visit: &Visit,
