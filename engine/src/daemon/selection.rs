@@ -124,24 +124,28 @@ impl Selection {
         let mut cursor = cursor.map(str::to_string);
         let mut scanned = 0;
         loop {
-            // Index entries as instances: from the search index the entry names the
-            // instance, and the instance entry says whether the value is still its own.
-            let batch: Vec<(String, Option<InstanceMeta>)> =
+            // From the search index the entry names the instance, and its instance entry
+            // (read only as far as the page needs) says whether the value is still its own.
+            let (batch, exhausted): (Vec<(String, Option<InstanceMeta>)>, bool) =
                 match (self.workflow.as_deref(), self.search.first()) {
-                    (Some(w), Some((name, id))) => store
-                        .search(w, name, id, cursor.as_deref(), PAGE)?
-                        .into_iter()
-                        .map(|i| store.instance(&i).map(|m| (i, m)))
-                        .collect::<crate::store::Result<_>>()?,
-                    _ => store
-                        .instances(cursor.as_deref(), PAGE)?
-                        .into_iter()
-                        .map(|m| (m.id.clone(), Some(m)))
-                        .collect(),
+                    (Some(w), Some((name, id))) => {
+                        let ids = store.search(w, name, id, cursor.as_deref(), PAGE)?;
+                        let exhausted = ids.len() < PAGE;
+                        (ids.into_iter().map(|i| (i, None)).collect(), exhausted)
+                    }
+                    _ => {
+                        let metas = store.instances(cursor.as_deref(), PAGE)?;
+                        let exhausted = metas.len() < PAGE;
+                        let batch = metas.into_iter().map(|m| (m.id.clone(), Some(m))).collect();
+                        (batch, exhausted)
+                    }
                 };
-            let exhausted = batch.len() < PAGE;
             scanned += batch.len();
             for (id, meta) in batch {
+                let meta = match meta {
+                    Some(m) => Some(m),
+                    None => store.instance(&id)?,
+                };
                 cursor = Some(id);
                 if let Some(m) = meta.filter(|m| self.matches(m)) {
                     found.push(m);

@@ -80,9 +80,8 @@ enum Op {
     TimerRemove(Timer),
     WaitAdd(Wait),
     WaitRemove(Wait),
-    /// A step that changes search attributes: its search entries, records and instance
-    /// entry, atomic like the sled store's transaction.
-    Searched(Box<Batch>),
+    SearchAdd(Searched),
+    SearchRemove(Searched),
     /// One batch of records, atomic like sled's `apply_batch`.
     Journal(String, u64, Vec<Record>),
     Meta(InstanceMeta),
@@ -139,21 +138,11 @@ impl Data {
             Op::WaitRemove(w) => {
                 self.waits.remove(&wait_tuple(w));
             }
-            Op::Searched(b) => {
-                for e in &b.search_add {
-                    self.search.insert(search_tuple(e));
-                }
-                self.apply(&Op::Journal(
-                    b.instance.clone(),
-                    b.first_seq,
-                    b.records.clone(),
-                ));
-                if let Some(m) = &b.meta {
-                    self.apply(&Op::Meta(m.clone()));
-                }
-                for e in &b.search_remove {
-                    self.search.remove(&search_tuple(e));
-                }
+            Op::SearchAdd(e) => {
+                self.search.insert(search_tuple(e));
+            }
+            Op::SearchRemove(e) => {
+                self.search.remove(&search_tuple(e));
             }
             Op::Journal(instance, first, records) => {
                 for (i, r) in records.iter().enumerate() {
@@ -341,20 +330,20 @@ fn batch_ops(b: &Batch) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(b.timers_add.iter().cloned().map(Op::TimerAdd));
     ops.extend(b.waits_add.iter().cloned().map(Op::WaitAdd));
-    if b.search_add.is_empty() && b.search_remove.is_empty() {
-        if !b.records.is_empty() {
-            ops.push(Op::Journal(
-                b.instance.clone(),
-                b.first_seq,
-                b.records.clone(),
-            ));
-        }
-        ops.extend(b.meta.iter().cloned().map(Op::Meta));
-    } else {
-        ops.push(Op::Searched(Box::new(b.clone())));
+    ops.extend(b.search_add.iter().cloned().map(Op::SearchAdd));
+    if !b.records.is_empty() {
+        // As the sled store: see `searched_meta`.
+        ops.extend(searched_meta(b).map(Op::Meta));
+        ops.push(Op::Journal(
+            b.instance.clone(),
+            b.first_seq,
+            b.records.clone(),
+        ));
     }
+    ops.extend(b.meta.iter().cloned().map(Op::Meta));
     ops.extend(b.timers_remove.iter().cloned().map(Op::TimerRemove));
     ops.extend(b.waits_remove.iter().cloned().map(Op::WaitRemove));
+    ops.extend(b.search_remove.iter().cloned().map(Op::SearchRemove));
     if !b.mail_done.is_empty() {
         ops.push(Op::MailDone(b.instance.clone(), b.mail_done.clone()));
     }

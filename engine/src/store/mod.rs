@@ -328,6 +328,26 @@ pub fn provisional_meta(b: &Batch) -> Option<InstanceMeta> {
         })
 }
 
+/// The index entry a store that writes a batch one piece at a time puts before the
+/// records of a step that changes search attributes: the new entry, as `running` if it is
+/// not. A search hit is checked against the instance entry alone (not the journal), so a
+/// crash must not keep the records and lose the entry after them, which for an instance
+/// that parks would stay stale until its next step. With this entry first, that crash
+/// leaves a `running` instance nobody owns, which the next start resumes from its
+/// journal and whose entry it rewrites ([`Store::orphans`]).
+pub fn searched_meta(b: &Batch) -> Option<InstanceMeta> {
+    if b.search_add.is_empty() && b.search_remove.is_empty() {
+        return None;
+    }
+    b.meta.as_ref().map(|m| match m.status.as_str() {
+        "running" | "compensating" => m.clone(),
+        _ => InstanceMeta {
+            status: "running".into(),
+            ..m.clone()
+        },
+    })
+}
+
 /// What [`Store::create`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {

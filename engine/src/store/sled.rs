@@ -362,20 +362,27 @@ impl SledStore {
         for w in &b.waits_add {
             self.waits.insert(self.wait_key(w), &[]).map_err(io)?;
         }
-        let records = self.sealed_records(b)?;
-        if b.search_add.is_empty() && b.search_remove.is_empty() {
-            if let Some((key, value)) = records {
-                self.journal.insert(key, value).map_err(io)?;
-            }
-            self.put_meta(b)?;
-        } else {
-            self.put_searched(b, records)?;
+        for e in &b.search_add {
+            self.search.insert(search_key(e), &[]).map_err(io)?;
         }
+        let records = self.sealed_records(b)?;
+        if let (Some(m), Some(_)) = (searched_meta(b), &records) {
+            self.instances
+                .insert(m.id.as_bytes(), json(&m)?)
+                .map_err(io)?;
+        }
+        if let Some((key, value)) = records {
+            self.journal.insert(key, value).map_err(io)?;
+        }
+        self.put_meta(b)?;
         for t in &b.timers_remove {
             self.timers.remove(timer_key(t)).map_err(io)?;
         }
         for w in &b.waits_remove {
             self.waits.remove(self.wait_key(w)).map_err(io)?;
+        }
+        for e in &b.search_remove {
+            self.search.remove(search_key(e)).map_err(io)?;
         }
         for seq in &b.mail_done {
             self.mail
@@ -383,38 +390,6 @@ impl SledStore {
                 .map_err(io)?;
         }
         Ok(())
-    }
-
-    /// Records, instance entry and search entries of a step that changes a search
-    /// attribute, in one transaction. Unlike a wait or a timer, a search entry cannot be
-    /// checked against the journal when read (that would mean replaying it), only against
-    /// the instance entry: a crash between the records and the instance entry would leave
-    /// a parked instance found by its old value until its next step.
-    fn put_searched(&self, b: &Batch, records: Option<(Vec<u8>, Vec<u8>)>) -> Result<()> {
-        use ::sled::Transactional;
-        let meta = b.meta.as_ref().map(json).transpose()?;
-        (&self.journal, &self.instances, &self.search)
-            .transaction(|(journal, instances, search)| {
-                for e in &b.search_add {
-                    search.insert(search_key(e), &[])?;
-                }
-                if let Some((key, value)) = &records {
-                    journal.insert(key.as_slice(), value.as_slice())?;
-                }
-                if let (Some(m), Some(v)) = (&b.meta, &meta) {
-                    instances.insert(m.id.as_bytes(), v.as_slice())?;
-                }
-                for e in &b.search_remove {
-                    search.remove(search_key(e))?;
-                }
-                Ok::<_, ::sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                ::sled::transaction::TransactionError::Storage(e) => io(e),
-                ::sled::transaction::TransactionError::Abort(()) => {
-                    Error::Io("a search index write was aborted".into())
-                }
-            })
     }
 
     fn put_meta(&self, b: &Batch) -> Result<()> {

@@ -81,6 +81,9 @@ pub struct BenchArgs {
     /// W2 of the peer comparison: instances parked on an event in a fresh daemon.
     #[arg(long, default_value_t = 10_000)]
     pub w2_parked: usize,
+    /// Parked instances with search attributes for the search measurement (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    pub search_instances: usize,
     /// W2: concurrent senders of the events that release the parked instances.
     #[arg(long, default_value_t = 64)]
     pub w2_senders: usize,
@@ -129,6 +132,25 @@ steps:
     complete: {}
 "#;
 
+/// Parks like `bench-parked`, found by its ticket (one instance each) and its tier
+/// (1 in 100 `gold`): the search measurement.
+const SEARCHED: &str = r#"
+workflow: bench-search
+version: 1
+input:
+  ticket: string
+  tier: string
+search:
+  ticket: input.ticket
+  tier: input.tier
+steps:
+  - id: wait
+    wait: { event: go, key: input.ticket }
+    next: done
+  - id: done
+    complete: {}
+"#;
+
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 fn driver_at(dir: &std::path::Path, waiters: Waiters) -> Result<Driver> {
@@ -149,7 +171,7 @@ fn driver_with(
         }
     });
     let d = Driver::new(store, plugins, Arc::new(SystemClock), Some(observer));
-    for src in [FIVE_STEPS, PARKED] {
+    for src in [FIVE_STEPS, PARKED, SEARCHED] {
         let (wf, diags) = compile::load("bench.yaml", src, &Default::default(), &Rules::shared());
         let wf = wf.ok_or_else(|| anyhow!("bench workflow invalid: {diags:?}"))?;
         d.install(wf).map_err(|e| anyhow!(e))?;
@@ -291,6 +313,9 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     drop(d2);
     let _ = std::fs::remove_dir_all(&tmp);
 
+    if args.search_instances > 0 {
+        search(args.search_instances).await?;
+    }
     if args.http_starts > 0 {
         http_load(&args).await?;
     }
@@ -330,6 +355,89 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             failover(url, args.failover_instances).await?;
         }
     }
+    Ok(())
+}
+
+/// Search: `n` parked instances with two search attributes, then queries as the API
+/// answers them (`Selection::page` on the sled store, without HTTP): by a ticket (one
+/// hit among `n`) and the first page of 100 of a tier that 1 in 100 instances have.
+async fn search(n: usize) -> Result<()> {
+    use crate::daemon::selection::Selection;
+    let tmp = std::env::temp_dir().join(format!("casework-bench-search-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let d = driver_at(&tmp, Arc::new(Mutex::new(HashMap::new())))?;
+    let t0 = Instant::now();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let d = d.clone();
+        let tier = if i % 100 == 0 { "gold" } else { "basic" };
+        batch.push(tokio::spawn(async move {
+            d.start(
+                "bench-search",
+                json!({"ticket": format!("T-{i}"), "tier": tier}),
+                None,
+            )
+            .await
+            .map(|_| ())
+        }));
+        if batch.len() == 1_000 {
+            for t in batch.drain(..) {
+                t.await?.map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+    }
+    for t in batch.drain(..) {
+        t.await?.map_err(|e| anyhow!("{e}"))?;
+    }
+    d.wait_idle().await;
+    let parked = t0.elapsed().as_secs_f64();
+    let store = d.inner().store.clone();
+    let known = |_: &str| vec!["ticket".to_string(), "tier".to_string()];
+    let query = |attribute: &str, value: &str, limit: usize| -> Result<(usize, f64)> {
+        let search = [(attribute.to_string(), value.to_string())].into();
+        let t = Instant::now();
+        let s = Selection::new(
+            store.as_ref(),
+            known,
+            Some("bench-search".into()),
+            Some("parked".into()),
+            (None, None),
+            &search,
+        )
+        .map_err(|e| anyhow!(e.0))?;
+        let found = s
+            .page(store.as_ref(), None, limit)
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok((found.found.len(), t.elapsed().as_secs_f64() * 1000.0))
+    };
+    let mut by_ticket = Vec::new();
+    for q in 0..1_000 {
+        let (hits, ms) = query("ticket", &format!("T-{}", (q * 7_919) % n), 100)?;
+        if hits != 1 {
+            return Err(anyhow!("a ticket search found {hits} instances, not 1"));
+        }
+        by_ticket.push(ms);
+    }
+    let mut by_tier = Vec::new();
+    for _ in 0..200 {
+        let (hits, ms) = query("tier", "gold", 100)?;
+        if hits != 100.min(n.div_ceil(100)) {
+            return Err(anyhow!("a tier search found {hits} instances"));
+        }
+        by_tier.push(ms);
+    }
+    by_ticket.sort_by(|a, b| a.total_cmp(b));
+    by_tier.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "search: {n} parked instances with 2 search attributes in {parked:.1}s; by ticket (1 hit): p50 {:.3} ms, p99 {:.3} ms; by tier (first 100 of {}): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&by_ticket, 0.5),
+        pct(&by_ticket, 0.99),
+        n.div_ceil(100),
+        pct(&by_tier, 0.5),
+        pct(&by_tier, 0.99),
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 
