@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// W2 of the peer comparison: instances parked on an event in a fresh daemon.
     #[arg(long, default_value_t = 10_000)]
     pub w2_parked: usize,
+    /// Events sent before their wait for the inbox measurement (0 skips it): each is
+    /// kept, then taken by the instance whose wait begins later.
+    #[arg(long, default_value_t = 10_000)]
+    pub inbox_events: usize,
     /// Parked instances with search attributes for the search measurement (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     pub search_instances: usize,
@@ -177,6 +181,35 @@ fn driver_with(
         d.install(wf).map_err(|e| anyhow!(e))?;
     }
     Ok(d)
+}
+
+/// Starts `n` instances, at most 1,000 in flight: `start(i)` gives the workflow, the
+/// input and, for a start whose end someone awaits, its id.
+async fn start_many(
+    d: &Driver,
+    n: usize,
+    start: impl Fn(usize) -> (&'static str, serde_json::Value, Option<String>),
+) -> Result<()> {
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let d = d.clone();
+        let (workflow, input, id) = start(i);
+        batch.push(tokio::spawn(async move {
+            match id {
+                Some(id) => d.start_as(workflow, input, id).await.map(|_| ()),
+                None => d.start(workflow, input, None).await.map(|_| ()),
+            }
+        }));
+        if batch.len() == 1_000 {
+            for t in batch.drain(..) {
+                t.await?.map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+    }
+    for t in batch {
+        t.await?.map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
 }
 
 fn rss_mb() -> f64 {
@@ -276,23 +309,10 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     // 3. Memory with many parked instances.
     let rss0 = rss_mb();
     let t1 = Instant::now();
-    let mut batch = Vec::new();
-    for i in 0..args.parked {
-        let d = d.clone();
-        batch.push(tokio::spawn(async move {
-            d.start("bench-parked", json!({"key": format!("k{i}")}), None)
-                .await
-                .map(|_| ())
-        }));
-        if batch.len() == 1_000 {
-            for t in batch.drain(..) {
-                t.await?.map_err(|e| anyhow!("{e}"))?;
-            }
-        }
-    }
-    for t in batch.drain(..) {
-        t.await?.map_err(|e| anyhow!("{e}"))?;
-    }
+    start_many(&d, args.parked, |i| {
+        ("bench-parked", json!({"key": format!("k{i}")}), None)
+    })
+    .await?;
     d.wait_idle().await;
     println!(
         "parked: {} instances waiting in {:.1}s; resident memory {:.0} MB (was {:.0} MB before parking)",
@@ -313,6 +333,9 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     drop(d2);
     let _ = std::fs::remove_dir_all(&tmp);
 
+    if args.inbox_events > 0 {
+        inbox(args.inbox_events).await?;
+    }
     if args.search_instances > 0 {
         search(args.search_instances).await?;
     }
@@ -358,6 +381,120 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Inbox: `n` events that come before their wait, from 64 senders at once (each kept in
+/// the store's inbox, durable before its answer), then `n` instances whose one step
+/// waits for its event (each takes its event from the inbox and completes); beside it the
+/// same `n` the usual way round, instances parked first and their events after.
+async fn inbox(n: usize) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("casework-bench-inbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    let d = driver_at(&tmp, waiters.clone())?;
+    d.set_inbox(crate::daemon::driver::InboxSettings {
+        bounds: crate::store::InboxBounds {
+            per_key: 100,
+            total: n.max(100_000),
+        },
+        ..Default::default()
+    });
+    let event = |key: String, i: usize| crate::runtime::Event {
+        event_type: "go".into(),
+        key,
+        data: json!({}),
+        id: Some(format!("bench-inbox-{i}")),
+    };
+    // Senders in 64 lanes, each one event after another (as HTTP clients would).
+    let send = |keys: Vec<(usize, String)>| {
+        let d = d.clone();
+        async move {
+            let mut lanes = Vec::new();
+            for lane in 0..64 {
+                let d = d.clone();
+                let mine: Vec<(usize, String)> = keys
+                    .iter()
+                    .filter(|(i, _)| i % 64 == lane)
+                    .cloned()
+                    .collect();
+                lanes.push(tokio::spawn(async move {
+                    let mut kept = 0usize;
+                    for (i, k) in mine {
+                        let out = d
+                            .deliver_with(event(k, i), async |_| false)
+                            .await
+                            .map_err(|e| anyhow!("{e}"))?;
+                        kept += usize::from(out.buffered.is_some());
+                    }
+                    Ok::<_, anyhow::Error>(kept)
+                }));
+            }
+            let mut kept = 0;
+            for l in lanes {
+                kept += l.await??;
+            }
+            Ok::<_, anyhow::Error>(kept)
+        }
+    };
+    let start_all = |prefix: &'static str| {
+        let d = d.clone();
+        let waiters = waiters.clone();
+        async move {
+            let mut done = Vec::with_capacity(n);
+            let mut ids = Vec::with_capacity(n);
+            for i in 0..n {
+                let (tx, rx) = oneshot::channel();
+                let id = crate::daemon::driver::new_id(i as i64);
+                waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), tx);
+                done.push(rx);
+                ids.push(id);
+            }
+            start_many(&d, n, |i| {
+                let input = json!({"key": format!("{prefix}{i}")});
+                ("bench-parked", input, Some(ids[i].clone()))
+            })
+            .await?;
+            Ok::<_, anyhow::Error>(done)
+        }
+    };
+    // Events first: each is kept.
+    let t0 = Instant::now();
+    let kept = send((0..n).map(|i| (i, format!("early{i}"))).collect()).await?;
+    let keep_s = t0.elapsed().as_secs_f64();
+    if kept != n {
+        return Err(anyhow!("{kept} of {n} early events were kept"));
+    }
+    let t1 = Instant::now();
+    for rx in start_all("early").await? {
+        let _ = rx.await;
+    }
+    let take_s = t1.elapsed().as_secs_f64();
+    // The usual way round: instances park, then their events come.
+    let t2 = Instant::now();
+    let done = start_all("late").await?;
+    d.wait_idle().await;
+    let park_s = t2.elapsed().as_secs_f64();
+    let t3 = Instant::now();
+    let kept = send((0..n).map(|i| (n + i, format!("late{i}"))).collect()).await?;
+    for rx in done {
+        let _ = rx.await;
+    }
+    let wake_s = t3.elapsed().as_secs_f64();
+    if kept != 0 {
+        return Err(anyhow!("{kept} late events were kept instead of delivered"));
+    }
+    println!(
+        "inbox: {n} events before their wait kept in {keep_s:.2}s ({:.0}/s), then {n} instances started, each taking its event and completing, in {take_s:.2}s ({:.0}/s); the usual way round: {n} parked in {park_s:.2}s, their events delivered and all completed in {wake_s:.2}s ({:.0}/s)",
+        n as f64 / keep_s,
+        n as f64 / take_s,
+        n as f64 / wake_s,
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
 /// Search: `n` parked instances with two search attributes, then queries as the API
 /// answers them (`Selection::page` on the sled store, without HTTP): by a ticket (one
 /// hit among `n`) and the first page of 100 of a tier that 1 in 100 instances have.
@@ -367,28 +504,12 @@ async fn search(n: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let d = driver_at(&tmp, Arc::new(Mutex::new(HashMap::new())))?;
     let t0 = Instant::now();
-    let mut batch = Vec::new();
-    for i in 0..n {
-        let d = d.clone();
+    start_many(&d, n, |i| {
         let tier = if i % 100 == 0 { "gold" } else { "basic" };
-        batch.push(tokio::spawn(async move {
-            d.start(
-                "bench-search",
-                json!({"ticket": format!("T-{i}"), "tier": tier}),
-                None,
-            )
-            .await
-            .map(|_| ())
-        }));
-        if batch.len() == 1_000 {
-            for t in batch.drain(..) {
-                t.await?.map_err(|e| anyhow!("{e}"))?;
-            }
-        }
-    }
-    for t in batch.drain(..) {
-        t.await?.map_err(|e| anyhow!("{e}"))?;
-    }
+        let input = json!({"ticket": format!("T-{i}"), "tier": tier});
+        ("bench-search", input, None)
+    })
+    .await?;
     d.wait_idle().await;
     let parked = t0.elapsed().as_secs_f64();
     let store = d.inner().store.clone();
