@@ -616,6 +616,34 @@ fn the_console_guards_what_a_browser_does_not_show() {
     let v = wait_status(&d.addr, &id, "cancelled");
     assert_eq!(records(&v, "cancel_requested"), 1, "{v}");
 
+    // A filter that does not read refuses the bulk action: dropping it would reach
+    // every parked instance of the workflow.
+    let (status, _) = page(
+        &format!(
+            "{}/ui/bulk?action=cancel&workflow=refund-approval&status=parked&where.order_id=ORD-S0&from=someday",
+            d.addr
+        ),
+        &jar,
+    );
+    assert_eq!(status, 400);
+    let r = form_post(
+        &format!("{}/ui/bulk", d.addr),
+        &jar,
+        &[
+            ("action", "cancel"),
+            ("workflow", "refund-approval"),
+            ("status", "parked"),
+            ("where.order_id", "ORD-S0"),
+            ("from", "someday"),
+            ("reason", "duplicate order"),
+            ("csrf", &csrf),
+        ],
+    );
+    assert_eq!(r.status().as_u16(), 400);
+    for i in &spare {
+        assert_eq!(wait_status(&d.addr, i, "parked")["status"], "parked");
+    }
+
     // A bulk action over a search: the one instance for order ORD-S0.
     let (status, html) = page(
         &format!(

@@ -296,6 +296,8 @@ fn bad_search_filters_are_refused_saying_what_would_work() {
     assert!(m.contains("RFC 3339"), "{m}");
     let m = refused("workflow=case&status=AAA");
     assert!(m.contains("status `AAA`"), "{m}");
+    let m = refused("workflow=case&tier=1&tier=3");
+    assert!(m.contains("`tier` is given twice"), "{m}");
     let m = refused("limit=many");
     assert!(m.contains("`limit` must be a whole number"), "{m}");
     let (s, v) = call(

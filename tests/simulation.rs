@@ -2339,6 +2339,64 @@ steps:
             .map(|m| m.id)
             .collect()
     };
+    // The start itself torn at every write: the instance exists whole, found by its
+    // values, or not at all, and is never found without a journal.
+    let tear_start = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let writes = rt.block_on(async {
+            let d = driver(&store, &clock);
+            store.hold_flushes(true);
+            d.start("staged", json!({"ticket": "T-9"}), None)
+                .await
+                .unwrap();
+            d.wait_idle().await;
+            store.pending_writes()
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, writes)
+    };
+    let (_, _, writes) = tear_start(None);
+    let mut whole = 0;
+    for keep in 0..=writes {
+        let (store, clock, _) = tear_start(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = driver(&store, &clock);
+            d.resume_all().unwrap();
+            d.run_virtual(|| false).await.unwrap();
+        });
+        rt.shutdown_background();
+        let context = format!("start, keep {keep} of {writes}");
+        let found = find(&store, "ticket", "T-9");
+        for m in store.instances(None, usize::MAX).unwrap() {
+            assert!(
+                !store.journal(&m.id).unwrap().is_empty(),
+                "{context}: {m:?} has no journal"
+            );
+            assert_eq!(m.workflow, "staged", "{context}: {m:?}");
+        }
+        match store.instances(None, usize::MAX).unwrap().as_slice() {
+            [] => assert!(
+                found.is_empty(),
+                "{context}: found {found:?} without an instance"
+            ),
+            [m] => {
+                assert_eq!(found, vec![m.id.clone()], "{context}");
+                assert_eq!(
+                    find(&store, "stage", "new"),
+                    vec![m.id.clone()],
+                    "{context}"
+                );
+                whole += 1;
+            }
+            more => panic!("{context}: {more:?}"),
+        }
+    }
+    assert!(whole > 0, "some crash point keeps the start");
+
     let (_, _, _, writes) = tear(None);
     assert!(writes >= 1, "the triage is written");
     let (mut seen_old, mut seen_new) = (false, false);

@@ -978,10 +978,21 @@ async fn reports(
 /// `GET /v1/instances`: the filters, and every other parameter a search attribute.
 async fn list_instances(
     State(api): State<Api>,
-    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(mut q) = query
+    let Query(pairs) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let mut q = BTreeMap::new();
+    for (k, v) in pairs {
+        if q.contains_key(&k) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("`{k}` is given twice; give each filter once (several attributes together must all match)"),
+            ));
+        }
+        q.insert(k, v);
+    }
     let limit = match q.remove("limit") {
         None => 100,
         Some(l) => l.parse::<usize>().map_err(|_| {

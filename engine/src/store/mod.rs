@@ -335,8 +335,12 @@ pub fn provisional_meta(b: &Batch) -> Option<InstanceMeta> {
 /// that parks would stay stale until its next step. With this entry first, that crash
 /// leaves a `running` instance nobody owns, which the next start resumes from its
 /// journal and whose entry it rewrites ([`Store::orphans`]).
+///
+/// Not for an instance's first batch: an entry before its records would be an instance
+/// without a journal, and a search hit is checked against the entry, which a new
+/// instance has only once its records are written.
 pub fn searched_meta(b: &Batch) -> Option<InstanceMeta> {
-    if b.search_add.is_empty() && b.search_remove.is_empty() {
+    if b.first_seq == 0 || b.search_add.is_empty() && b.search_remove.is_empty() {
         return None;
     }
     b.meta.as_ref().map(|m| match m.status.as_str() {

@@ -1273,6 +1273,17 @@ async fn confirm_bulk(
         return unknown_page(State(c), visit).await;
     }
     let matching = bulk_matching(&c, &f).await;
+    if let Err(message) = ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
+        let r = page::Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_query".into(),
+            message,
+        };
+        return visit.page(
+            r.status,
+            page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
+        );
+    }
     visit.page(
         StatusCode::OK,
         page::confirm_bulk(&viewer, &visit, &f, &matching, None),
@@ -1299,16 +1310,30 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
     if let Some(s) = ListFilter::non_empty(&f.status) {
         body["status"] = json!(s);
     }
-    if let Ok(filters) = ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
-        let search: BTreeMap<String, String> = ListFilter::search(&f.attributes);
-        for (k, v) in filters {
-            if !search.contains_key(&k) {
-                body[k] = json!(v);
-            }
+    // A filter that does not read is refused, never dropped: dropped, the action would
+    // reach every instance of the workflow with the status.
+    let filters = match ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
+        Ok(filters) => filters,
+        Err(message) => {
+            let r = page::Refusal {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_query".into(),
+                message,
+            };
+            return visit.page(
+                r.status,
+                page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
+            );
         }
-        if !search.is_empty() {
-            body["search"] = json!(search);
+    };
+    let search: BTreeMap<String, String> = ListFilter::search(&f.attributes);
+    for (k, v) in filters {
+        if !search.contains_key(&k) {
+            body[k] = json!(v);
         }
+    }
+    if !search.is_empty() {
+        body["search"] = json!(search);
     }
     if action.needs_reason() {
         body["reason"] = json!(f.reason.trim());
