@@ -284,6 +284,13 @@ fn bad_search_filters_are_refused_saying_what_would_work() {
         assert_eq!(v["error"]["code"], "invalid_query", "{query}: {v}");
         v["error"]["message"].as_str().unwrap().to_string()
     };
+    let (s, v) = call("GET", &format!("{}/v1/workflows", d.addr), None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["workflows"][0]["search"],
+        json!(["customer", "ticket_id", "tier"]),
+        "{v}"
+    );
     let m = refused("workflow=case&ticket=T-1");
     assert!(
         m.contains("`ticket` is not a search attribute of workflow `case`"),

@@ -619,6 +619,9 @@ async fn list_workflows(State(api): State<Api>) -> Json<Value> {
                 "description": w.description,
                 "loaded_at": reg.loaded_at(&w.hash).map(crate::compile::rules::format_ms),
                 "warning": reg.warning(&w.hash),
+                // What `GET /v1/instances?workflow=NAME&ATTRIBUTE=VALUE` accepts: the
+                // attributes of every loaded version.
+                "search": reg.search_attributes(&w.name),
                 // Unknown (the store did not answer) shows as not paused; starts look
                 // again for themselves.
                 "paused": api.driver.workflow_pause(&w.name).ok().flatten().map(|p| json!({
