@@ -558,6 +558,8 @@ fn the_console_guards_what_a_browser_does_not_show() {
         html.contains(spare[1].as_str()) && !html.contains(spare[0].as_str()),
         "{html}"
     );
+    let (_, html) = page(&format!("{}/ui/workflows", d.addr), &jar);
+    assert!(html.contains("Found by: order_id"), "{html}");
 
     // An action without this visitor's CSRF value, or from another site, does nothing.
     let cancel = format!("{}/ui/instances/{id}/cancel", d.addr);

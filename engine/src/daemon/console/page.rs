@@ -359,6 +359,8 @@ pub fn workflows(
                         td {
                             a href={"/ui/instances?workflow=" (super::encode(name))} { (name) }
                             @if let Some(d) = w["description"].as_str() { br; span.small { (d) } }
+                            @let search: Vec<&str> = w["search"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                            @if !search.is_empty() { br; span.small { "Found by: " (search.join(", ")) } }
                         }
                         td { (w["version"]) }
                         td { (w["loaded_at"].as_str().map(when).unwrap_or_default()) }
