@@ -92,7 +92,8 @@ pub enum Command {
     /// Run the daemon: load workflows, serve the HTTP API, resume instances after a restart.
     // Boxed: its flags make it far larger than the other commands.
     Serve(Box<serve::ServeArgs>),
-    /// List a running daemon's instances (GET /v1/instances), filtered by workflow and status.
+    /// List a running daemon's instances (GET /v1/instances), filtered by workflow, status,
+    /// start time and the workflow's search attributes (--where ticket_id=T-1).
     List(remote::ListArgs),
     /// Cancel an instance on a running daemon: its compensations run, then it ends cancelled.
     Cancel(remote::CancelArgs),
@@ -106,8 +107,9 @@ pub enum Command {
     Pause(remote::HoldArgs),
     /// Resume a paused instance on a running daemon.
     Resume(remote::HoldArgs),
-    /// Retry, cancel, pause or resume every instance of a workflow (with a status) on a
-    /// running daemon, bounded by --limit, printing what was done and what was refused.
+    /// Retry, cancel, pause or resume every instance of a workflow (with a status, start
+    /// time or search attributes) on a running daemon, bounded by --limit, printing what
+    /// was done and what was refused.
     Bulk(remote::BulkArgs),
     /// Events a running daemon keeps because nothing waited for them yet: list, purge.
     #[command(subcommand)]
