@@ -1326,11 +1326,7 @@ impl Store for PgStore {
     }
 
     fn search_id(&self, attribute: &str, value: &str) -> String {
-        hex::encode(
-            self.shared
-                .sealer
-                .index_id(&format!("search.{attribute}"), value),
-        )
+        self.shared.sealer.search_id(attribute, value)
     }
 
     fn search(

@@ -265,6 +265,12 @@ impl Sealer {
         out.copy_from_slice(&full[..16]);
         out
     }
+
+    /// The id a search attribute's value is indexed under ([`super::Store::search_id`]):
+    /// the keyed hash of the value, in the attribute's own domain, as hex.
+    pub fn search_id(&self, attribute: &str, value: &str) -> String {
+        hex::encode(self.index_id(&format!("search.{attribute}"), value))
+    }
 }
 
 fn aad(tree: &str, key: &[u8]) -> Vec<u8> {

@@ -812,7 +812,7 @@ impl Store for SledStore {
     }
 
     fn search_id(&self, attribute: &str, value: &str) -> String {
-        hex::encode(self.sealer.index_id(&format!("search.{attribute}"), value))
+        self.sealer.search_id(attribute, value)
     }
 
     fn search(

@@ -735,6 +735,30 @@ pub struct ListFilter {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// A creation range and search attributes as the API takes them.
+#[derive(Debug, Default)]
+pub struct ApiFilters {
+    /// RFC 3339.
+    pub started_after: Option<String>,
+    pub started_before: Option<String>,
+    /// Attribute name → value.
+    pub search: BTreeMap<String, String>,
+}
+
+impl ApiFilters {
+    /// As query parameters of `GET /v1/instances`.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let range = [
+            ("started_after", &self.started_after),
+            ("started_before", &self.started_before),
+        ];
+        range
+            .into_iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+            .chain(self.search.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
 /// The prefix of a search attribute's field in the list's filter form, so an attribute
 /// named like another parameter of the page (`flash`, say) cannot be mistaken for it.
 pub const WHERE: &str = "where.";
@@ -756,35 +780,36 @@ impl ListFilter {
             .collect()
     }
 
-    /// The API's parameters for a creation range and search attributes (the workflow and
-    /// status are the caller's): `started_after`, `started_before` and each attribute.
+    /// The API's filters for a creation range and search attributes (the workflow and
+    /// status are the caller's), or the page's refusal when the range does not read.
     pub fn api_filters(
         from: &Option<String>,
         to: &Option<String>,
         attributes: &BTreeMap<String, String>,
-    ) -> Result<Vec<(String, String)>, String> {
-        let from = Self::bound(from, "from")?;
-        let to = Self::bound(to, "to")?;
+    ) -> Result<ApiFilters, page::Refusal> {
+        let bad_query = |message: String| page::Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_query".into(),
+            message,
+        };
+        let from = Self::bound(from, "from").map_err(bad_query)?;
+        let to = Self::bound(to, "to").map_err(bad_query)?;
         if let (Some(f), Some(t)) = (from, to) {
             if f >= t {
-                return Err(
+                return Err(bad_query(
                     "`from` must be before `to` (the day after the last one you want)".into(),
-                );
+                ));
             }
         }
-        let rfc = |ms: i64| {
-            chrono::DateTime::from_timestamp_millis(ms)
+        let rfc = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         };
-        let mut out = Vec::new();
-        if let Some(t) = from.and_then(rfc) {
-            out.push(("started_after".to_string(), t));
-        }
-        if let Some(t) = to.and_then(rfc) {
-            out.push(("started_before".to_string(), t));
-        }
-        out.extend(Self::search(attributes));
-        Ok(out)
+        Ok(ApiFilters {
+            started_after: rfc(from),
+            started_before: rfc(to),
+            search: Self::search(attributes),
+        })
     }
 
     /// A bound of the time range in epoch milliseconds; a date alone is its midnight UTC.
@@ -818,14 +843,7 @@ async fn instances(
     };
     let filters = match ListFilter::api_filters(&filter.from, &filter.to, &filter.attributes) {
         Ok(f) => f,
-        Err(message) => {
-            let r = page::Refusal {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_query".into(),
-                message,
-            };
-            return refused(&visit, &viewer, r);
-        }
+        Err(r) => return refused(&visit, &viewer, r),
     };
     // Pages of the API's list. A filter that matches little of a large store gives short
     // pages (the API reads a bounded part of its index per request): a few are read per
@@ -844,7 +862,7 @@ async fn instances(
             if let Some(s) = ListFilter::non_empty(&filter.status) {
                 q.append_pair("status", s);
             }
-            for (k, v) in &filters {
+            for (k, v) in filters.pairs() {
                 q.append_pair(k, v);
             }
             if let Some(cur) = &cursor {
@@ -1272,18 +1290,15 @@ async fn confirm_bulk(
     if f.action().is_none() {
         return unknown_page(State(c), visit).await;
     }
-    let matching = bulk_matching(&c, &f).await;
-    if let Err(message) = ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
-        let r = page::Refusal {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_query".into(),
-            message,
-        };
-        return visit.page(
-            r.status,
-            page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
-        );
-    }
+    let matching = match bulk_filters(&c, &f).await {
+        Ok((_, matching)) => matching,
+        Err((r, matching)) => {
+            return visit.page(
+                r.status,
+                page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
+            )
+        }
+    };
     visit.page(
         StatusCode::OK,
         page::confirm_bulk(&viewer, &visit, &f, &matching, None),
@@ -1298,7 +1313,17 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
     let Some(action) = f.action() else {
         return unknown_page(State(c), visit).await;
     };
-    let matching = bulk_matching(&c, &f).await;
+    // A filter that does not read is refused, never dropped: dropped, the action would
+    // reach every instance of the workflow with the status.
+    let (filters, matching) = match bulk_filters(&c, &f).await {
+        Ok(found) => found,
+        Err((r, matching)) => {
+            return visit.page(
+                r.status,
+                page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
+            )
+        }
+    };
     if !visit.csrf_ok(&f.csrf) {
         let r = stale_form();
         return visit.page(
@@ -1310,30 +1335,16 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
     if let Some(s) = ListFilter::non_empty(&f.status) {
         body["status"] = json!(s);
     }
-    // A filter that does not read is refused, never dropped: dropped, the action would
-    // reach every instance of the workflow with the status.
-    let filters = match ListFilter::api_filters(&f.from, &f.to, &f.attributes) {
-        Ok(filters) => filters,
-        Err(message) => {
-            let r = page::Refusal {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_query".into(),
-                message,
-            };
-            return visit.page(
-                r.status,
-                page::confirm_bulk(&viewer, &visit, &f, &matching, Some(&r)),
-            );
-        }
-    };
-    let search: BTreeMap<String, String> = ListFilter::search(&f.attributes);
-    for (k, v) in filters {
-        if !search.contains_key(&k) {
+    for (k, v) in [
+        ("started_after", &filters.started_after),
+        ("started_before", &filters.started_before),
+    ] {
+        if let Some(v) = v {
             body[k] = json!(v);
         }
     }
-    if !search.is_empty() {
-        body["search"] = json!(search);
+    if !filters.search.is_empty() {
+        body["search"] = json!(filters.search);
     }
     if action.needs_reason() {
         body["reason"] = json!(f.reason.trim());
@@ -1354,14 +1365,28 @@ async fn act_bulk(State(c): State<Console>, visit: Visit, Form(f): Form<BulkForm
     )
 }
 
+/// A bulk action's range and attributes, and how many instances they match now; or the
+/// refusal of a range that does not read (with no count: it would not be the action's).
+async fn bulk_filters(
+    c: &Console,
+    f: &BulkForm,
+) -> Result<(ApiFilters, page::Matching), (page::Refusal, page::Matching)> {
+    let unavailable = page::Matching {
+        unavailable: true,
+        ..Default::default()
+    };
+    let filters =
+        ListFilter::api_filters(&f.from, &f.to, &f.attributes).map_err(|r| (r, unavailable))?;
+    let matching = bulk_matching(c, f, &filters).await;
+    Ok((filters, matching))
+}
+
 /// How many instances a bulk action's filter matches now: by status from the counts, or,
 /// with a time range or search attributes, counted through the same selection the action
 /// makes (at most what one page of it reads: `partial` then).
-async fn bulk_matching(c: &Console, f: &BulkForm) -> page::Matching {
+async fn bulk_matching(c: &Console, f: &BulkForm, filters: &ApiFilters) -> page::Matching {
     let status = ListFilter::non_empty(&f.status).map(str::to_string);
-    let search = ListFilter::search(&f.attributes);
-    let dated = ListFilter::non_empty(&f.from).is_some() || ListFilter::non_empty(&f.to).is_some();
-    if search.is_empty() && !dated {
+    if filters.pairs().next().is_none() {
         let counts = count_by_status(c, Some(&f.workflow)).await;
         return page::Matching {
             n: match &status {
@@ -1373,17 +1398,13 @@ async fn bulk_matching(c: &Console, f: &BulkForm) -> page::Matching {
         };
     }
     let inner = c.api.driver().inner().clone();
-    let (from, to) = (
-        ListFilter::bound(&f.from, "from").ok().flatten(),
-        ListFilter::bound(&f.to, "to").ok().flatten(),
-    );
     let workflow = f.workflow.clone();
+    let (after, before, search) = (
+        filters.started_after.clone(),
+        filters.started_before.clone(),
+        filters.search.clone(),
+    );
     let counted = tokio::task::spawn_blocking(move || {
-        let rfc = |ms: Option<i64>| {
-            ms.and_then(chrono::DateTime::from_timestamp_millis)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        };
-        let (after, before) = (rfc(from), rfc(to));
         let selection = super::selection::Selection::new(
             inner.store.as_ref(),
             |w| inner.registry.search_attributes(w),
