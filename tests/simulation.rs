@@ -2431,3 +2431,147 @@ steps:
     }
     assert!(seen_old && seen_new, "the crash points cover both outcomes");
 }
+
+/// What a checker of one-time codes was given, call by call: (the input it saw, the
+/// idempotency key). It marks `code` sensitive, as the identity plugin's schema does.
+#[derive(Default)]
+struct CodeChecker {
+    seen: Mutex<Vec<(Value, String)>>,
+}
+
+impl PluginHost for CodeChecker {
+    fn call<'a>(
+        &'a self,
+        _plugin: &'a str,
+        _action: &'a str,
+        input: Value,
+        ctx: CallContext,
+    ) -> CallFuture<'a> {
+        let approved = input["code"] == "493817";
+        self.seen.lock().unwrap().push((input, ctx.idempotency_key));
+        Box::pin(async move { Ok(json!({"approved": approved})) })
+    }
+
+    fn sensitive_fields(&self, _plugin: &str, _action: &str) -> Option<BTreeSet<String>> {
+        Some(["code".to_string()].into())
+    }
+}
+
+/// A one-time code typed by the customer (`write_only: [code]`) is delivered, checked by
+/// the plugin and the instance completes, torn at every write. Restarted at once, the
+/// instance completes approved: a call the crash interrupted is repeated with the same
+/// idempotency key and the plugin is given the code itself, every time. Restarted 31
+/// minutes later, a call repeated from the journal would carry a code held past its time:
+/// it fails with `write_only_expired` and the plugin is given nothing. In no case is the
+/// code in any journal record.
+#[test]
+fn a_write_only_code_torn_at_any_write_reaches_the_plugin_in_time_or_not_at_all() {
+    const CODE: &str = r#"workflow: code
+version: 1
+input:
+  customer: { type: string, required: true }
+steps:
+  - id: ask
+    wait: { event: code.entered, key: input.customer, write_only: [code] }
+    save_as: got
+    next: check
+  - id: check
+    call: idp.check
+    with: { code: "${vars.got.data.code}", who: "${input.customer}" }
+    save_as: result
+    on_error: failed
+    next: done
+  - id: done
+    complete: { output: { approved: "${vars.result.approved}" } }
+  - id: failed
+    complete: { output: { error: "${vars.error.code}" } }
+"#;
+    let driver = |store: &MemoryStore, clock: &Arc<ManualClock>, host: &Arc<CodeChecker>| {
+        let d = Driver::new(Arc::new(store.clone()), host.clone(), clock.clone(), None);
+        let (wf, diags) = compile::load("code.yaml", CODE, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+        d
+    };
+    let entered = || Event {
+        event_type: "code.entered".into(),
+        key: "cus_1".into(),
+        data: json!({"code": "493817", "session": "s-1"}),
+        id: Some("entered-1".into()),
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let host = Arc::new(CodeChecker::default());
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = driver(&store, &clock, &host);
+            let id = d
+                .start("code", json!({"customer": "cus_1"}), None)
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            assert_eq!(d.deliver(entered()).await.unwrap(), vec![id.clone()]);
+            d.wait_idle().await;
+            (id, store.pending_writes())
+        });
+        assert_eq!(host.seen.lock().unwrap()[0].0["code"], "493817");
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(
+        writes > 2,
+        "the delivery, the call and its answer are several writes"
+    );
+    let mut expired = 0;
+    for later in [0, 31 * MIN] {
+        for keep in 0..=writes {
+            let (store, clock, id, _) = tear(Some(keep));
+            clock.advance_to(T0 + later);
+            let host = Arc::new(CodeChecker::default());
+            let rt = runtime();
+            let output = rt.block_on(async {
+                let d = driver(&store, &clock, &host);
+                if settle(&d, &store, &id).await != "completed" {
+                    // The event was not kept: the sender, never answered, sends it again.
+                    d.deliver(entered()).await.unwrap();
+                    assert_eq!(settle(&d, &store, &id).await, "completed");
+                }
+                store.journal(&id).unwrap()
+            });
+            rt.shutdown_background();
+            let at = format!(
+                "keep {keep} of {writes}, restarted {} min later",
+                later / MIN
+            );
+            let text = serde_json::to_string(&output).unwrap();
+            assert!(!text.contains("493817"), "{at}: the code is in the journal");
+            let Some(Record::Completed { output, .. }) = output.last() else {
+                panic!("{at}: {output:?}");
+            };
+            let seen = host.seen.lock().unwrap();
+            if output["approved"] == true {
+                assert!(
+                    seen.iter().all(|(input, _)| input["code"] == "493817"),
+                    "{at}"
+                );
+                let keys: BTreeSet<&String> = seen.iter().map(|(_, k)| k).collect();
+                assert!(keys.len() <= 1, "{at}: one idempotency key for the step");
+            } else {
+                assert_eq!(output["error"], "write_only_expired", "{at}: {output}");
+                assert!(later > 0, "{at}: a fresh code expired");
+                assert!(seen.is_empty(), "{at}: an expired code reached the plugin");
+                expired += 1;
+            }
+        }
+    }
+    assert!(
+        expired > 0,
+        "some crash left a call to repeat from the journal"
+    );
+}

@@ -61,6 +61,19 @@ impl CompiledWorkflow {
             .iter()
             .any(|s| matches!(&s.kind, Kind::Wait { events, .. } if events.iter().any(|e| e == event_type)))
     }
+
+    /// The `data` fields a wait of this workflow declares write-only for `event_type`.
+    pub fn write_only_fields<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a str> {
+        self.steps
+            .iter()
+            .flat_map(move |s| match &s.kind {
+                Kind::Wait {
+                    events, write_only, ..
+                } if events.iter().any(|e| e == event_type) => write_only.as_slice(),
+                _ => &[],
+            })
+            .map(String::as_str)
+    }
 }
 
 /// One open instance per business key.
@@ -163,6 +176,8 @@ pub enum Kind {
         timeout_ms: Option<u64>,
         until: Option<AST>,
         on_timeout: Option<usize>,
+        /// Fields of the event's `data` sealed as write-only when the event arrives.
+        write_only: Vec<String>,
     },
     Sleep(Sleep),
     Parallel {
@@ -428,12 +443,14 @@ impl Compiler<'_> {
                 timeout,
                 until,
                 on_timeout,
+                write_only,
             } => Kind::Wait {
                 events: events.iter().map(|e| e.value.clone()).collect(),
                 key: self.script(key, true),
                 timeout_ms: timeout.as_ref().map(|t| t.value.as_millis()),
                 until: until.as_ref().map(|u| self.script(u, true)),
                 on_timeout: on_timeout.as_ref().map(|t| self.idx(&t.value)),
+                write_only: write_only.iter().map(|f| f.value.clone()).collect(),
             },
             StepKind::Sleep(SleepFor::Duration(d)) => Kind::Sleep(Sleep::For(d.value.as_millis())),
             StepKind::Sleep(SleepFor::Until(e)) => Kind::Sleep(Sleep::Until(self.script(e, true))),

@@ -785,6 +785,7 @@ async fn start(
         return Err(too_many_waiting());
     }
     let input = body.unwrap_or(Value::Null);
+    refuse_write_only_marker(&input, "input")?;
     let key = idempotency_key(&headers)?;
     let s = api
         .driver
@@ -827,6 +828,24 @@ async fn start(
         body["waiting"] = serde_json::to_value(&v.waiting).map_err(internal)?;
     }
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Only the daemon makes write-only tokens: one a client sent (copied from elsewhere)
+/// would be opened for this instance's plugin.
+fn refuse_write_only_marker(v: &Value, what: &str) -> Result<(), ApiError> {
+    if super::driver::write_only::carries_marker(v) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reserved_field",
+            format!(
+                "the {what} has a field named `{}`, which Casework keeps for the write-only \
+                 values it seals itself; send the plain value (a wait that lists the field under \
+                 `write_only` seals it on arrival)",
+                super::driver::write_only::MARKER
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The client's `Idempotency-Key`, compared byte for byte. A key the daemon cannot use
@@ -1443,6 +1462,7 @@ async fn deliver(
                 )
             })?;
     }
+    refuse_write_only_marker(&b.data, "event's `data`")?;
     let event = Event {
         event_type: b.event_type,
         key: b.key,

@@ -509,11 +509,17 @@ pub fn sensitive_values(wf: &CompiledWorkflow, input: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Replace every occurrence of a sensitive value, wherever it was copied to.
-pub fn redact(v: Value, secrets: &[String]) -> Value {
+/// Replace every occurrence of a sensitive value, wherever it was copied to, and every
+/// write-only token ([`crate::daemon::driver::write_only`]).
+pub fn redact(mut v: Value, secrets: &[String]) -> Value {
+    crate::daemon::driver::write_only::redact(&mut v);
     if secrets.is_empty() {
         return v;
     }
+    redact_values(v, secrets)
+}
+
+fn redact_values(v: Value, secrets: &[String]) -> Value {
     match v {
         Value::String(s) => {
             let mut out = s;
@@ -525,12 +531,15 @@ pub fn redact(v: Value, secrets: &[String]) -> Value {
             Value::String(out)
         }
         Value::Number(n) if secrets.contains(&n.to_string()) => Value::String(REDACTED.into()),
-        Value::Array(items) => {
-            Value::Array(items.into_iter().map(|i| redact(i, secrets)).collect())
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|i| redact_values(i, secrets))
+                .collect(),
+        ),
         Value::Object(m) => Value::Object(
             m.into_iter()
-                .map(|(k, v)| (k, redact(v, secrets)))
+                .map(|(k, v)| (k, redact_values(v, secrets)))
                 .collect(),
         ),
         other => other,

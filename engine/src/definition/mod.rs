@@ -223,6 +223,9 @@ pub enum StepKind {
         /// An instant to wait until (e.g. an SLA deadline), instead of `timeout`.
         until: Option<Script>,
         on_timeout: Option<Spanned<String>>,
+        /// Fields of the event's `data` that are write-only (one-time codes): sealed as
+        /// the event arrives, shown nowhere, opened only for a plugin field marked sensitive.
+        write_only: Vec<Spanned<String>>,
     },
     Sleep(SleepFor),
     Parallel {

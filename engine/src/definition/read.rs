@@ -993,7 +993,14 @@ impl Reader<'_> {
                 let wf = self.fields(
                     body,
                     &format!("`wait` of {label}"),
-                    &["event", "key", "timeout", "until", "on_timeout"],
+                    &[
+                        "event",
+                        "key",
+                        "timeout",
+                        "until",
+                        "on_timeout",
+                        "write_only",
+                    ],
                 )?;
                 let events = match wf.get("event") {
                     Some(Node {
@@ -1045,12 +1052,31 @@ impl Reader<'_> {
                         "add `timeout: 72h` (or another duration), or `until: <expression>`",
                     );
                 }
+                let write_only = match wf.get("write_only") {
+                    Some(Node {
+                        value: Value::Seq(items),
+                        ..
+                    }) => items
+                        .iter()
+                        .filter_map(|n| self.name(n, "a `write_only` field"))
+                        .collect(),
+                    Some(n) => {
+                        self.hint(
+                            n.span,
+                            "`write_only` must be a list of the event's data fields",
+                            "for example: `write_only: [code]` for an event whose `data` has a one-time `code`",
+                        );
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
                 Some(StepKind::Wait {
                     events,
                     key: key?,
                     timeout,
                     until,
                     on_timeout,
+                    write_only,
                 })
             }
             "sleep" => match &body.value {

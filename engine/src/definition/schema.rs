@@ -30,7 +30,8 @@ fn kind_schema(kind: &str) -> Value {
             "key": expr("expression giving the correlation key, e.g. input.order_id"),
             "timeout": duration(),
             "until": expr("expression giving the instant to stop waiting, e.g. sla_deadline(vars.first_response)"),
-            "on_timeout": name()}}),
+            "on_timeout": name(),
+            "write_only": {"type": "array", "items": name(), "description": "fields of the event's data (one-time codes) sealed on arrival, shown nowhere, given only to plugin fields marked sensitive"}}}),
         "sleep" => json!({"oneOf": [duration(), {"type": "object", "additionalProperties": false, "required": ["until"], "properties": {"until": expr("expression giving an RFC 3339 time")}}]}),
         "parallel" => json!({"type": "object", "additionalProperties": false, "required": ["branches"], "properties": {
             "join": {"enum": ["all", "first"]},

@@ -9,7 +9,7 @@ pub mod wasm;
 
 use crate::runtime::StepError;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -57,6 +57,14 @@ pub trait PluginHost: Send + Sync + 'static {
 
     /// Known plugins and actions, for validation; `None` when unknown.
     fn catalog(&self) -> Option<crate::validate::Catalog> {
+        None
+    }
+
+    /// The top-level input fields of `plugin.action` its schema marks sensitive
+    /// (`x-casework-sensitive` or `writeOnly`): the only fields a write-only value is
+    /// opened for. `None` when the host cannot tell (canned and scripted answers), and
+    /// then every write-only value in the input is opened.
+    fn sensitive_fields(&self, _plugin: &str, _action: &str) -> Option<BTreeSet<String>> {
         None
     }
 

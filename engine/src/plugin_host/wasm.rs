@@ -91,6 +91,21 @@ pub struct ActionInfo {
     pub doc: String,
     pub input_schema: Value,
     pub output_schema: Value,
+    /// Top-level input fields the schema marks sensitive: write-only values are opened
+    /// for these and no others ([`PluginHost::sensitive_fields`]).
+    pub sensitive: BTreeSet<String>,
+}
+
+/// The top-level properties of an input schema marked `x-casework-sensitive` or
+/// `writeOnly` (what the SDK's `Sensitive<T>` publishes).
+fn sensitive_of(schema: &Value) -> BTreeSet<String> {
+    schema["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, p)| p["x-casework-sensitive"] == true || p["writeOnly"] == true)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// A plugin ready to run: manifest plus pre-linked component.
@@ -439,9 +454,11 @@ impl WasmHost {
                     )
                 })
             };
+            let input_schema = parse("input", &info.input_schema)?;
             let action = ActionInfo {
                 doc: info.doc.clone(),
-                input_schema: parse("input", &info.input_schema)?,
+                sensitive: sensitive_of(&input_schema),
+                input_schema,
                 output_schema: parse("output", &info.output_schema)?,
             };
             actions.insert(info.name.clone(), action);
@@ -1165,6 +1182,19 @@ impl PluginHost for WasmHost {
             .unwrap_or_else(|e| e.into_inner())
             .get(plugin)
             .is_some_and(|p| p.actions.contains_key(action))
+    }
+
+    fn sensitive_fields(&self, plugin: &str, action: &str) -> Option<BTreeSet<String>> {
+        // An action this host does not have opens nothing (the call fails anyway).
+        Some(
+            self.plugins
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(plugin)
+                .and_then(|p| p.actions.get(action))
+                .map(|a| a.sensitive.clone())
+                .unwrap_or_default(),
+        )
     }
 
     fn catalog(&self) -> Option<Catalog> {

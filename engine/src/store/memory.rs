@@ -19,6 +19,7 @@
 //! Nothing leaves the process, so values are not sealed.
 
 use super::lease::Leases;
+use super::seal::{JournalKey, Sealer};
 use super::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -31,6 +32,8 @@ pub struct MemoryStore {
     generation: u64,
     /// Set by [`MemoryStore::kill`]: this handle (and its clones) is dead.
     killed: Arc<AtomicBool>,
+    /// Write-only values are sealed even here, so nothing can come to rely on reading one.
+    sealer: Arc<Sealer>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -240,6 +243,7 @@ impl MemoryStore {
             shared: Arc::new(Mutex::new(Shared::default())),
             generation: 0,
             killed: Arc::new(AtomicBool::new(false)),
+            sealer: Arc::new(Sealer::new(&JournalKey::ephemeral())),
         }
     }
 
@@ -250,6 +254,7 @@ impl MemoryStore {
             shared: self.shared.clone(),
             generation: self.generation,
             killed: Arc::new(AtomicBool::new(false)),
+            sealer: self.sealer.clone(),
         }
     }
 
@@ -320,6 +325,8 @@ impl MemoryStore {
             shared: self.shared.clone(),
             generation: g.generation,
             killed: Arc::new(AtomicBool::new(false)),
+            // The key survives as a journal key does: a crash loses no write-only value.
+            sealer: self.sealer.clone(),
         }
     }
 }
@@ -486,6 +493,10 @@ impl Store for MemoryStore {
             .get(&key_of(&Claim::idempotency(workflow, key)))
             .filter(|holder| g.live.instances.contains_key(*holder))
             .cloned())
+    }
+
+    fn write_only_sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     fn search_id(&self, attribute: &str, value: &str) -> String {

@@ -439,6 +439,10 @@ pub trait Store: Send + Sync + 'static {
     /// The id a search attribute's value is indexed under: a keyed hash in stores that
     /// seal, so neither the index nor the instance entry holds the value.
     fn search_id(&self, attribute: &str, value: &str) -> String;
+    /// What seals write-only values (one-time codes) carried in events and variables:
+    /// under the journal key in stores that seal, so any daemon of the cluster can open
+    /// them for a plugin; under a key of this process in the memory store.
+    fn write_only_sealer(&self) -> &seal::Sealer;
     /// Instances of `workflow` indexed with `attribute` = the value with `id`, in id
     /// order after `after`, at most `limit`. Entries may be stale: check each hit's
     /// [`InstanceMeta::search`].

@@ -1325,6 +1325,10 @@ impl Store for PgStore {
         })
     }
 
+    fn write_only_sealer(&self) -> &Sealer {
+        &self.shared.sealer
+    }
+
     fn search_id(&self, attribute: &str, value: &str) -> String {
         self.shared.sealer.search_id(attribute, value)
     }

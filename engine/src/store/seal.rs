@@ -50,6 +50,16 @@ impl JournalKey {
         Ok(JournalKey(k.into()))
     }
 
+    /// A key for values that never outlive the process (the memory store's write-only
+    /// values): random, or if the generator fails, a hash of the time and process id,
+    /// which is enough for data no one else ever sees.
+    pub fn ephemeral() -> JournalKey {
+        JournalKey::random().unwrap_or_else(|_| {
+            let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+            JournalKey(Sha256::digest(seed.as_bytes()).into())
+        })
+    }
+
     /// Parse 64 hex characters (surrounding whitespace is ignored). The error never echoes the input.
     pub fn from_hex(text: &str) -> Result<JournalKey> {
         let text = text.trim();
@@ -266,12 +276,26 @@ impl Sealer {
         out
     }
 
+    /// Seal a write-only value (a one-time code, [`crate::daemon::driver::write_only`]).
+    pub fn seal_write_only(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        self.seal(WRITE_ONLY_TREE, b"", plain)
+    }
+
+    /// Open a value sealed by [`Sealer::seal_write_only`] under the same journal key.
+    pub fn open_write_only(&self, sealed: &[u8]) -> std::result::Result<Vec<u8>, OpenError> {
+        self.open(WRITE_ONLY_TREE, b"", sealed)
+    }
+
     /// The id a search attribute's value is indexed under ([`super::Store::search_id`]):
     /// the keyed hash of the value, in the attribute's own domain, as hex.
     pub fn search_id(&self, attribute: &str, value: &str) -> String {
         hex::encode(self.index_id(&format!("search.{attribute}"), value))
     }
 }
+
+/// The domain write-only values are sealed in: never the name of a stored tree or table,
+/// so a write-only value cannot be passed off as a record and back.
+const WRITE_ONLY_TREE: &str = "\0write-only";
 
 fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
     let mut a = Vec::with_capacity(tree.len() + 1 + key.len());

@@ -811,6 +811,10 @@ impl Store for SledStore {
         Ok(self.instance(&holder)?.is_some().then_some(holder))
     }
 
+    fn write_only_sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     fn search_id(&self, attribute: &str, value: &str) -> String {
         self.sealer.search_id(attribute, value)
     }

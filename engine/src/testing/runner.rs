@@ -553,7 +553,13 @@ pub fn calls_of(wf: &CompiledWorkflow, journal: &[Record]) -> Vec<ActualCall> {
                     step: step.clone(),
                     attempt: *attempt,
                     key: key.clone(),
-                    input: input.clone(),
+                    // As every view shows it: a test checks that a code went write-only
+                    // (`code: "[write-only]"`); a mock's `when:` sees what the plugin sees.
+                    input: {
+                        let mut shown = input.clone();
+                        crate::daemon::driver::write_only::redact(&mut shown);
+                        shown
+                    },
                 })
             }
             _ => None,

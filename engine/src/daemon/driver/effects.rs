@@ -140,8 +140,25 @@ pub(super) fn spawn_call(
     let call_task = async move {
         let attempt = ctx.attempt;
         let began = std::time::Instant::now();
-        let call = inner.plugins.call(&plugin, &action, input, ctx);
-        let answer = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await;
+        let target = format!("{plugin}.{action}");
+        let opened = super::write_only::open(
+            input,
+            &target,
+            inner.plugins.sensitive_fields(&plugin, &action).as_ref(),
+            inner.store.write_only_sealer(),
+            inner.clock.now_ms(),
+        );
+        let answer = match opened {
+            Ok(input) => {
+                let call = inner.plugins.call(&plugin, &action, input, ctx);
+                tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await
+            }
+            Err(refused) => Ok(Err(crate::plugin_host::PluginError {
+                code: refused.code,
+                message: refused.message,
+                retryable: false,
+            })),
+        };
         let outcome = match &answer {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "error",

@@ -21,6 +21,7 @@ mod keyed_lock;
 mod ownership;
 mod paused;
 mod watch;
+pub mod write_only;
 
 use actor::{handle, Answer};
 use commit::{committer, FromMail, Handled};
@@ -406,6 +407,18 @@ impl Driver {
     ) -> Result<Delivered, DeliverError> {
         let inner = &self.inner;
         inner.admit()?;
+        let mut event = event;
+        let sealed = inner.registry.write_only(&event.event_type);
+        if !sealed.is_empty() {
+            // Before anything is written: the value must never reach a store in the clear.
+            write_only::seal(
+                &mut event.data,
+                &sealed,
+                inner.store.write_only_sealer(),
+                inner.clock.now_ms(),
+            )
+            .map_err(|e| DeliverError::Internal(e.to_string()))?;
+        }
         // Duplicates of one event id sent at once are delivered one after the other, so
         // the second finds the first's answer instead of waking the instance again.
         let _in_flight = match &event.id {
