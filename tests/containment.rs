@@ -16,7 +16,7 @@ mod support {
 use casework::clock::SystemClock;
 use casework::compile::{self, rules::Rules};
 use casework::daemon::Driver;
-use casework::plugin_host::pool::{PoolConfig, PoolStats};
+use casework::plugin_host::pool::{LimitsOverride, PoolConfig, PoolStats};
 use casework::plugin_host::secrets::Secrets;
 use casework::plugin_host::wasm::WasmHost;
 use casework::plugin_host::{CallContext, PluginError, PluginHost};
@@ -272,6 +272,73 @@ async fn a_plugin_toml_s_own_concurrency_and_rate_hold_its_calls() {
         "{}",
         waited.message
     );
+    until(&host, "idle", idle).await;
+}
+
+/// `limits.key`: the plugin's rate holds per value of an input field (a chat provider's
+/// one message per second per channel), so a burst to one channel waits while another
+/// channel's message goes at once; and the operator's `plugin_limits` replace what a
+/// plugin's own `plugin.toml` says, from the next load.
+#[tokio::test]
+async fn a_rate_per_key_holds_each_value_apart_and_the_operator_s_limits_replace_the_plugin_s() {
+    fn per_channel(m: String) -> String {
+        m.replace(
+            "timeout_ms = 2000",
+            "timeout_ms = 300\nrate = \"1/s\"\nkey = \"value.channel\"",
+        )
+    }
+    fn unlimited(m: String) -> String {
+        m.replace("timeout_ms = 2000", "timeout_ms = 300")
+    }
+    let (host, dir) = host_with(
+        pool(2, 8, 8, 1024),
+        &[("chat", per_channel), ("plain", unlimited)],
+    )
+    .await;
+    let send = |plugin: &'static str, channel: &'static str| {
+        let host = host.clone();
+        async move {
+            host.call(
+                plugin,
+                "echo",
+                json!({"value": {"channel": channel}}),
+                ctx("send"),
+            )
+            .await
+        }
+    };
+    send("chat", "#ops").await.unwrap();
+    let waited = busy(send("chat", "#ops").await);
+    assert!(
+        waited
+            .message
+            .contains("its turn under the plugin's rate of 1/s for one value of `value.channel`"),
+        "{}",
+        waited.message
+    );
+    assert!(!waited.message.contains("#ops"), "{}", waited.message);
+    send("chat", "#support")
+        .await
+        .expect("another channel has a turn of its own");
+    send("plain", "#ops").await.unwrap();
+    send("plain", "#ops").await.expect("no limits of its own");
+
+    host.set_limit_overrides(
+        [(
+            "plain".to_string(),
+            LimitsOverride {
+                rate: Some("1/s".into()),
+                key: Some("value.channel".into()),
+                ..LimitsOverride::default()
+            },
+        )]
+        .into(),
+    );
+    host.load_dir(dir.path()).await;
+    assert_eq!(host.problems(), Vec::<String>::new());
+    send("plain", "#ops").await.unwrap();
+    busy(send("plain", "#ops").await);
+    send("plain", "#support").await.unwrap();
     until(&host, "idle", idle).await;
 }
 

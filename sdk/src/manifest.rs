@@ -94,6 +94,67 @@ pub struct Limits {
     /// the rate waits its turn (in the bounded queue) instead of failing.
     #[serde(default)]
     pub rate: Option<String>,
+    /// An input field (a dotted path such as `channel` or `data.channel`) whose value
+    /// has `concurrency` and `rate` of its own: calls for different values do not wait
+    /// for each other, e.g. a chat provider's one message per second per channel. Calls
+    /// without the field share one limit.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl Limits {
+    /// What is wrong with `concurrency`, `rate` and `key`, one problem per item.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(c) = self.concurrency {
+            if !(1..=1000).contains(&c) {
+                problems.push(format!(
+                    "limits.concurrency = {c} must be between 1 and 1000"
+                ));
+            }
+        }
+        if let Some(Err(e)) = self.rate.as_deref().map(Rate::parse) {
+            problems.push(e);
+        }
+        if let Some(k) = &self.key {
+            if !is_field_path(k) {
+                problems.push(format!(
+                    "limits.key = \"{k}\" must name an input field, e.g. \"channel\" or \"data.channel\""
+                ));
+            } else if self.rate.is_none() && self.concurrency.is_none() {
+                problems.push(format!(
+                    "limits.key = \"{k}\" has nothing to apply per value: add limits.rate or limits.concurrency"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The value of `key` in a call's input, as text (`None`: no key, or the field is
+    /// absent or null).
+    pub fn key_of(&self, input: &serde_json::Value) -> Option<String> {
+        let mut v = input;
+        for part in self.key.as_deref()?.split('.') {
+            v = v.get(part)?;
+        }
+        match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// Whether `key` is a dotted path of field names (`channel`, `data.channel`).
+fn is_field_path(key: &str) -> bool {
+    key.split('.').all(|part| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 /// `limits.rate`: `count` calls per `per_ms`.
@@ -250,16 +311,7 @@ impl Manifest {
         if self.limits.fuel == Some(0) {
             problems.push("limits.fuel must be positive when set".to_string());
         }
-        if let Some(c) = self.limits.concurrency {
-            if !(1..=1000).contains(&c) {
-                problems.push(format!(
-                    "limits.concurrency = {c} must be between 1 and 1000"
-                ));
-            }
-        }
-        if let Some(Err(e)) = self.limits.rate.as_deref().map(Rate::parse) {
-            problems.push(e);
-        }
+        problems.extend(self.limits.problems());
         problems
     }
 }
@@ -391,6 +443,7 @@ mod tests {
         fuel = 1000000
         concurrency = 4
         rate = "25/s"
+        key = "channel"
     "#;
 
     #[test]
@@ -405,6 +458,7 @@ mod tests {
                 fuel: Some(1_000_000),
                 concurrency: Some(4),
                 rate: Some("25/s".into()),
+                key: Some("channel".into()),
             }
         );
         assert_eq!(m.config["base_url"], "http://127.0.0.1:8080");
@@ -421,6 +475,7 @@ mod tests {
             .replace("memory_mb = 32", "memory_mb = 0")
             .replace("concurrency = 4", "concurrency = 0")
             .replace(r#"rate = "25/s""#, r#"rate = "25 per second""#)
+            .replace(r#"key = "channel""#, r#"key = "data..channel""#)
             .replace(r#"["get_customer"]"#, r#"["get_customer", "get_customer"]"#);
         let err = Manifest::parse(&text).unwrap_err();
         assert_eq!(
@@ -433,6 +488,7 @@ mod tests {
                 "limits.memory_mb = 0 must be between 1 and 4096",
                 "limits.concurrency = 0 must be between 1 and 1000",
                 "limits.rate = \"25 per second\" must be a count per s, m or h, e.g. \"25/s\" or \"600/m\"",
+                "limits.key = \"data..channel\" must name an input field, e.g. \"channel\" or \"data.channel\"",
             ]
         );
         assert!(err

@@ -194,9 +194,18 @@ async fn load_plugins(args: &Config, clock: Arc<SystemClock>) -> Result<WasmHost
         args.plugin_pool,
     )
     .context("starting the WebAssembly plugin host")?;
+    host.set_limit_overrides(args.plugin_limits.clone());
     host.load_dir(&args.plugins).await;
     for problem in host.problems() {
         tracing::error!(target: "casework::plugins", "{problem}");
+    }
+    let names = host.plugin_names();
+    for (plugin, limits) in &args.plugin_limits {
+        if names.contains(plugin) {
+            tracing::info!(plugin = %plugin, limits = ?limits, "the operator's plugin_limits replace the plugin's own");
+        } else {
+            tracing::warn!(plugin = %plugin, "plugin_limits names a plugin that is not loaded; check the name (it applies once the plugin is installed)");
+        }
     }
     let pool = args.plugin_pool;
     tracing::info!(

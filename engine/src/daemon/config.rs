@@ -7,8 +7,9 @@
 //! `casework.example.toml` at the repository root for every key.
 
 use super::auth::{ApiToken, RateLimit, Scope};
-use crate::plugin_host::pool::{self, PoolConfig, Priority};
+use crate::plugin_host::pool::{self, LimitsOverride, PoolConfig, Priority};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -291,6 +292,8 @@ pub struct Layer {
     pub plugin_memory_mib: Option<u32>,
     pub plugin_priority: Option<Priority>,
     pub otlp_endpoint: Option<String>,
+    /// `[plugin_limits.NAME]`: the operator's limits for a plugin (file only).
+    pub plugin_limits: Option<BTreeMap<String, LimitsOverride>>,
 }
 
 /// Keys of the config file, for messages.
@@ -320,6 +323,7 @@ const KEYS: &[&str] = &[
     "plugin_memory_mib",
     "plugin_priority",
     "otlp_endpoint",
+    "plugin_limits",
 ];
 
 /// What a key expects, added to a message about a bad value.
@@ -344,6 +348,7 @@ fn expects(key: &str) -> Option<&'static str> {
         "plugin_memory_mib" => "a whole number of MiB",
         "plugin_priority" => "\"normal\", \"low\" or \"idle\"",
         "otlp_endpoint" => "an http:// URL of an OTLP receiver, like \"http://127.0.0.1:4318\"",
+        "plugin_limits" => "a table per plugin, like [plugin_limits.paging] with rate = \"1/s\", concurrency = 2, key = \"channel\"",
         "scope" => "\"read\", \"start\" or \"admin\"",
         _ => return None,
     })
@@ -378,6 +383,7 @@ impl Layer {
             plugin_memory_mib: upper.plugin_memory_mib.or(self.plugin_memory_mib),
             plugin_priority: upper.plugin_priority.or(self.plugin_priority),
             otlp_endpoint: upper.otlp_endpoint.or(self.otlp_endpoint),
+            plugin_limits: upper.plugin_limits.or(self.plugin_limits),
         }
     }
 
@@ -408,6 +414,7 @@ impl Layer {
             plugin_memory_mib: f.plugin_memory_mib,
             plugin_priority: f.plugin_priority,
             otlp_endpoint: f.otlp_endpoint.clone(),
+            plugin_limits: None,
         }
     }
 
@@ -539,6 +546,7 @@ impl Layer {
                 })
                 .transpose()?,
             otlp_endpoint: get("CASEWORK_OTLP_ENDPOINT"),
+            plugin_limits: None,
         })
     }
 
@@ -672,6 +680,16 @@ impl Layer {
                         name(key)
                     ));
                 }
+            }
+        }
+        for (plugin, limits) in self.plugin_limits.iter().flatten() {
+            let problems = limits.problems();
+            if !problems.is_empty() {
+                return Err(format!(
+                    "{} for `{plugin}`: {}",
+                    name("plugin_limits"),
+                    problems.join("; ")
+                ));
             }
         }
         if let Some(endpoint) = &self.otlp_endpoint {
@@ -816,6 +834,8 @@ pub struct Config {
     pub plugin_pool: PoolConfig,
     /// Where traces go over OTLP/HTTP; `None`: not exported.
     pub otlp_endpoint: Option<String>,
+    /// The operator's limits by plugin name, replacing what each plugin's own sets.
+    pub plugin_limits: BTreeMap<String, LimitsOverride>,
 }
 
 impl Config {
@@ -941,6 +961,7 @@ impl Config {
                 }
             },
             otlp_endpoint: l.otlp_endpoint,
+            plugin_limits: l.plugin_limits.unwrap_or_default(),
         })
     }
 }
@@ -1323,6 +1344,39 @@ mod tests {
         };
         let e = Config::load_with(&flags, &env_of(&[])).unwrap_err();
         assert!(e.starts_with("--max-body-bytes: 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn plugin_limits_come_from_the_file_per_plugin_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[plugin_limits.paging]\nrate = \"1/s\"\nkey = \"channel\"\n[plugin_limits.crm]\nconcurrency = 2\n",
+        );
+        let c = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap();
+        assert_eq!(
+            c.plugin_limits["paging"],
+            LimitsOverride {
+                rate: Some("1/s".into()),
+                key: Some("channel".into()),
+                concurrency: None,
+            }
+        );
+        assert_eq!(c.plugin_limits["crm"].concurrency, Some(2));
+        let file = write(
+            dir.path(),
+            "[plugin_limits.paging]\nrate = \"fast\"\nconcurrency = 0\n",
+        );
+        let e = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap_err();
+        assert!(e.contains("key `plugin_limits` for `paging`: "), "{e}");
+        assert!(
+            e.contains("limits.concurrency = 0 must be between 1 and 1000"),
+            "{e}"
+        );
+        assert!(e.contains("limits.rate = \"fast\""), "{e}");
+        let file = write(dir.path(), "[plugin_limits.paging]\nburst = 3\n");
+        let e = Config::load_with(&flags_with(&file), &env_of(&[])).unwrap_err();
+        assert!(e.contains("burst"), "{e}");
     }
 
     #[test]

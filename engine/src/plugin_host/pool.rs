@@ -156,10 +156,63 @@ pub struct PluginLimits {
     pub rate: Option<casework_sdk::manifest::Rate>,
 }
 
-/// Calls of one plugin: its permits and how many of its calls wait.
+/// An operator's limits for one plugin (`[plugin_limits.NAME]` in the daemon's config
+/// file): each field set replaces the plugin's own `limits.*`, for a contract with the
+/// provider that differs from what the plugin's author published.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub concurrency: Option<u32>,
+    pub rate: Option<String>,
+    pub key: Option<String>,
+}
+
+impl LimitsOverride {
+    /// What is wrong with it, one problem per item (checked as `plugin.toml` is).
+    pub fn problems(&self) -> Vec<String> {
+        let mut limits = casework_sdk::manifest::Limits {
+            memory_mb: 1,
+            timeout_ms: 1,
+            fuel: None,
+            concurrency: None,
+            rate: None,
+            key: None,
+        };
+        self.apply(&mut limits);
+        if limits.key.is_some() && limits.rate.is_none() && limits.concurrency.is_none() {
+            // The plugin's own rate or concurrency may be what the key applies to.
+            limits.concurrency = Some(1);
+        }
+        casework_sdk::manifest::Limits::problems(&limits)
+    }
+
+    /// `limits` with the fields this sets replaced.
+    pub fn apply(&self, limits: &mut casework_sdk::manifest::Limits) {
+        if let Some(c) = self.concurrency {
+            limits.concurrency = Some(c);
+        }
+        if let Some(r) = &self.rate {
+            limits.rate = Some(r.clone());
+        }
+        if let Some(k) = &self.key {
+            limits.key = Some(k.clone());
+        }
+    }
+}
+
+/// Most lanes of `limits.key` values the pool keeps at once (each a few hundred bytes):
+/// a burst over many keys (one per ticket, say) cannot grow the pool without end.
+pub const MAX_KEYED_LANES: usize = 10_000;
+
+/// Calls of one plugin (or of one `limits.key` value of it): its permits and how many of
+/// its calls wait.
 struct Lane {
     permits: Arc<Semaphore>,
+    /// Calls of this lane waiting.
     waiting: AtomicUsize,
+    /// Calls of the plugin waiting, in all its lanes: what `plugin_queue` bounds, so a
+    /// plugin's calls spread over many keys wait no more than one lane's would.
+    plugin_waiting: Arc<AtomicUsize>,
     limits: PluginLimits,
     /// When the next call may start under `limits.rate`. A call reserves its turn once it
     /// holds its permits (which it gets in arrival order), so starts are spaced evenly
@@ -191,6 +244,8 @@ pub struct Pool {
     config: PoolConfig,
     slots: usize,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    /// Per plugin, its calls waiting in all its lanes ([`Lane::plugin_waiting`]).
+    plugin_waiting: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     memory: Arc<Semaphore>,
     instance_slots: Arc<Semaphore>,
     counts: Arc<Counts>,
@@ -222,6 +277,7 @@ impl Pool {
             config,
             slots,
             lanes: Mutex::new(HashMap::new()),
+            plugin_waiting: Mutex::new(HashMap::new()),
             memory: Arc::new(Semaphore::new(config.memory_mib as usize)),
             instance_slots: Arc::new(Semaphore::new(slots)),
             counts: Arc::default(),
@@ -250,21 +306,62 @@ impl Pool {
             .handle()
     }
 
-    /// The plugin's lane; a new one when its limits changed (a reloaded `plugin.toml`:
-    /// calls already admitted finish under the old one).
-    fn lane(&self, plugin: &str, limits: PluginLimits) -> Arc<Lane> {
+    /// The lane of the plugin's calls (with `key`, of its calls for that `limits.key`
+    /// value); a new one when its limits changed (a reloaded `plugin.toml`: calls
+    /// already admitted finish under the old one). Keyed lanes are bounded: past
+    /// [`MAX_KEYED_LANES`], idle ones are dropped, and if none is idle the call is refused.
+    fn lane(
+        &self,
+        plugin: &str,
+        key: Option<&str>,
+        limits: PluginLimits,
+    ) -> Result<Arc<Lane>, PluginError> {
+        let name = match key {
+            Some(k) => format!("{plugin}\0{k}"),
+            None => plugin.to_string(),
+        };
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lane) = lanes.get(plugin).filter(|l| l.limits == limits) {
-            return lane.clone();
+        if let Some(lane) = lanes.get(&name).filter(|l| l.limits == limits) {
+            return Ok(lane.clone());
         }
+        if key.is_some() && lanes.len() >= MAX_KEYED_LANES {
+            let now = tokio::time::Instant::now();
+            let concurrency = |l: &Lane| self.concurrency_of(l.limits).max(1);
+            lanes.retain(|n, l| {
+                !n.contains('\0')
+                    || l.waiting.load(Ordering::SeqCst) > 0
+                    || l.permits.available_permits() < concurrency(l)
+                    || l.next_turn
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_some_and(|t| t > now)
+            });
+            if lanes.len() >= MAX_KEYED_LANES {
+                return Err(PluginError {
+                    code: "plugin_busy".into(),
+                    message: format!(
+                        "plugin `{plugin}`: calls for {MAX_KEYED_LANES} different values of their limits.key are running or waiting their turn; the call was refused without running, try again later"
+                    ),
+                    retryable: true,
+                });
+            }
+        }
+        let plugin_waiting = self
+            .plugin_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(plugin.to_string())
+            .or_default()
+            .clone();
         let lane = Arc::new(Lane {
             permits: Arc::new(Semaphore::new(self.concurrency_of(limits).max(1))),
             waiting: AtomicUsize::new(0),
+            plugin_waiting,
             limits,
             next_turn: Mutex::new(None),
         });
-        lanes.insert(plugin.to_string(), lane.clone());
-        lane
+        lanes.insert(name, lane.clone());
+        Ok(lane)
     }
 
     /// Calls of `plugin` that may run at once under `limits` and the pool's own limit.
@@ -278,16 +375,18 @@ impl Pool {
     /// free now and, if something is not, counts the call as waiting, or refuses it
     /// when `plugin_queue` calls of this plugin already wait. Never blocks.
     pub fn enqueue(&self, plugin: &str, memory_mib: u32) -> Result<Ticket, PluginError> {
-        self.enqueue_limited(plugin, memory_mib, PluginLimits::default(), false)
+        self.enqueue_limited(plugin, None, memory_mib, PluginLimits::default(), false)
     }
 
     /// [`Pool::enqueue`] for a plugin with its own limits: at most `limits.concurrency`
     /// of its calls run at once, and a `paced` call (one that may reach the provider, not
     /// the host asking the plugin what it offers) starts no sooner than its turn under
-    /// `limits.rate`, waited for once it holds its permits.
+    /// `limits.rate`, waited for once it holds its permits. With a `key` (the call's
+    /// value of the plugin's `limits.key`), both limits hold per key.
     pub fn enqueue_limited(
         &self,
         plugin: &str,
+        key: Option<&str>,
         memory_mib: u32,
         limits: PluginLimits,
         paced: bool,
@@ -296,7 +395,7 @@ impl Pool {
             // It would wait for ever: no amount of waiting frees more than the budget.
             return Err(over_budget(plugin, memory_mib, self.config.memory_mib));
         }
-        let lane = self.lane(plugin, limits);
+        let lane = self.lane(plugin, key, limits)?;
         let mut ticket = Ticket {
             plugin: plugin.to_string(),
             config: self.config,
@@ -318,7 +417,7 @@ impl Pool {
         let queue = self.config.queue;
         let admitted = ticket
             .lane
-            .waiting
+            .plugin_waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < queue).then_some(n + 1)
             })
@@ -332,6 +431,7 @@ impl Pool {
                 retryable: true,
             });
         }
+        ticket.lane.waiting.fetch_add(1, Ordering::SeqCst);
         self.counts.queued.fetch_add(1, Ordering::SeqCst);
         ticket.waiting = true;
         Ok(ticket)
@@ -543,6 +643,7 @@ impl Ticket {
     fn leave_queue(&mut self) {
         if std::mem::take(&mut self.waiting) {
             self.lane.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.lane.plugin_waiting.fetch_sub(1, Ordering::SeqCst);
             self.counts.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -699,9 +800,9 @@ mod tests {
             concurrency: Some(2),
             rate: None,
         };
-        let a = pool.enqueue_limited("p", 1, two, true).unwrap();
-        let b = pool.enqueue_limited("p", 1, two, true).unwrap();
-        let third = pool.enqueue_limited("p", 1, two, true).unwrap();
+        let a = pool.enqueue_limited("p", None, 1, two, true).unwrap();
+        let b = pool.enqueue_limited("p", None, 1, two, true).unwrap();
+        let third = pool.enqueue_limited("p", None, 1, two, true).unwrap();
         assert_eq!(
             (a.stage().get(), b.stage().get()),
             (Stage::Slot, Stage::Slot),
@@ -737,7 +838,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..5 {
-            let ticket = pool.enqueue_limited("p", 1, limits, true).unwrap();
+            let ticket = pool.enqueue_limited("p", None, 1, limits, true).unwrap();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let running = ticket.admitted().await.unwrap();
@@ -765,10 +866,86 @@ mod tests {
             );
         }
         // A call that is not paced (the host asking what the plugin offers) takes no turn.
-        let unpaced = pool.enqueue_limited("p", 1, limits, false).unwrap();
+        let unpaced = pool.enqueue_limited("p", None, 1, limits, false).unwrap();
         assert_eq!(
             unpaced.admitted().await.unwrap().waited_on(),
             Stage::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn each_key_has_its_own_turns_and_idle_keys_make_room_for_new_ones() {
+        let pool = Pool::new(config(64, 64, 100), 64).unwrap();
+        let hourly = PluginLimits {
+            concurrency: None,
+            rate: Some(casework_sdk::manifest::Rate::parse("1/h").unwrap()),
+        };
+        let first = pool
+            .enqueue_limited("chat", Some("#ops"), 1, hourly, true)
+            .unwrap();
+        drop(first.admitted().await.unwrap());
+        let again = pool
+            .enqueue_limited("chat", Some("#ops"), 1, hourly, true)
+            .unwrap();
+        let stage = again.stage();
+        let waiting = tokio::spawn(again.admitted());
+        while stage.get() != Stage::Rate {
+            tokio::task::yield_now().await;
+        }
+        let other = pool
+            .enqueue_limited("chat", Some("#support"), 1, hourly, true)
+            .unwrap();
+        assert_eq!(
+            other.admitted().await.unwrap().waited_on(),
+            Stage::Running,
+            "another key does not wait for #ops's turn"
+        );
+        waiting.abort();
+
+        // Keys that still owe a turn are kept, so a burst over new keys is refused once
+        // the pool holds MAX_KEYED_LANES of them...
+        for n in 2..MAX_KEYED_LANES {
+            let t = pool
+                .enqueue_limited("chat", Some(&format!("k{n}")), 1, hourly, true)
+                .unwrap();
+            drop(t.admitted().await.unwrap());
+        }
+        let Err(refused) = pool.enqueue_limited("chat", Some("one too many"), 1, hourly, true)
+        else {
+            panic!("a key past the bound was let in");
+        };
+        assert_eq!(refused.code, "plugin_busy");
+        assert!(
+            !refused.message.contains("one too many"),
+            "{}",
+            refused.message
+        );
+        // ...while keys with nothing owed (a concurrency limit, all calls done) make room.
+        let one_at_a_time = PluginLimits {
+            concurrency: Some(1),
+            rate: None,
+        };
+        let pool = Pool::new(config(64, 64, 100), 64).unwrap();
+        for n in 0..MAX_KEYED_LANES + 10 {
+            let t = pool
+                .enqueue_limited("chat", Some(&format!("k{n}")), 1, one_at_a_time, true)
+                .unwrap();
+            drop(t.admitted().await.unwrap());
+        }
+
+        // `plugin_queue` bounds the plugin's waiting calls over all its keys together.
+        let pool = Pool::new(config(64, 1, 100), 64).unwrap();
+        let enqueue = |key: &str| pool.enqueue_limited("chat", Some(key), 1, one_at_a_time, true);
+        let _a = enqueue("a").unwrap().admitted().await.unwrap();
+        let _b = enqueue("b").unwrap().admitted().await.unwrap();
+        let _a_waits = enqueue("a").unwrap();
+        let Err(refused) = enqueue("b") else {
+            panic!("a second waiting call of the plugin was let in under another key");
+        };
+        assert!(
+            refused.message.contains("(plugin_queue)"),
+            "{}",
+            refused.message
         );
     }
 

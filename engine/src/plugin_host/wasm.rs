@@ -23,7 +23,9 @@
 
 use super::directory::{PluginDirectory, PluginFiles};
 use super::egress::{self, EgressError};
-use super::pool::{PluginLimits, Pool, PoolConfig, PoolStats, Stage, StageWatch, Ticket};
+use super::pool::{
+    LimitsOverride, PluginLimits, Pool, PoolConfig, PoolStats, Stage, StageWatch, Ticket,
+};
 use super::secrets::Secrets;
 use super::{CallContext, CallFuture, PluginError, PluginHost};
 use crate::clock::Clock;
@@ -133,6 +135,8 @@ pub struct WasmHost {
     problems: RwLock<Vec<String>>,
     cache_dir: Option<PathBuf>,
     pool: Pool,
+    /// The operator's `[plugin_limits.NAME]`, applied to each manifest as it is loaded.
+    limit_overrides: RwLock<BTreeMap<String, LimitsOverride>>,
 }
 
 /// What a job on the pool needs to build a call's store; cheap to clone.
@@ -221,6 +225,7 @@ impl WasmHost {
             problems: RwLock::new(Vec::new()),
             cache_dir,
             pool: Pool::new(pool, SLOTS as usize)?,
+            limit_overrides: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -229,11 +234,31 @@ impl WasmHost {
         self.pool.stats()
     }
 
+    /// The operator's limits for plugins by name (`[plugin_limits.NAME]`), which replace
+    /// the fields they set in each plugin's own `[limits]` from the next [`WasmHost::load_dir`].
+    pub fn set_limit_overrides(&self, overrides: BTreeMap<String, LimitsOverride>) {
+        *self
+            .limit_overrides
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = overrides;
+    }
+
     /// Loads every plugin in `dir`, replacing what was loaded before. A plugin whose
     /// files did not change is kept as is; one that fails to load is reported by
     /// [`WasmHost::problems`] and, if an earlier version was loaded, that one stays.
     pub async fn load_dir(&self, dir: &Path) {
-        let found = PluginDirectory::scan(dir);
+        let mut found = PluginDirectory::scan(dir);
+        {
+            let overrides = self
+                .limit_overrides
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for files in &mut found.plugins {
+                if let Some(o) = overrides.get(&files.manifest.name) {
+                    o.apply(&mut files.manifest.limits);
+                }
+            }
+        }
         let mut problems = found.problems.clone();
         let previous = self
             .plugins
@@ -439,7 +464,7 @@ impl WasmHost {
             plugin.manifest.clone(),
         );
         let list = self
-            .on_pool(&plugin.manifest, arrived, false, move |ticket| {
+            .on_pool(&plugin.manifest, None, arrived, false, move |ticket| {
                 run_describe(sandbox, pre, manifest, ticket, deadline)
             })
             .await
@@ -472,6 +497,7 @@ impl WasmHost {
     async fn on_pool<T, F>(
         &self,
         manifest: &Manifest,
+        key: Option<String>,
         arrived: Instant,
         paced: bool,
         start: impl FnOnce(Ticket) -> F,
@@ -483,9 +509,13 @@ impl WasmHost {
         use tracing::instrument::{Instrument, WithSubscriber};
         let plugin = manifest.name.as_str();
         let limits = limits_of(manifest);
-        let ticket = self
-            .pool
-            .enqueue_limited(plugin, manifest.limits.memory_mb, limits, paced)?;
+        let ticket = self.pool.enqueue_limited(
+            plugin,
+            key.as_deref(),
+            manifest.limits.memory_mb,
+            limits,
+            paced,
+        )?;
         let stage = ticket.stage();
         // The job's log lines (the guest's included) keep the caller's span and
         // subscriber: instance, step and attempt, and a test's capture.
@@ -559,6 +589,7 @@ impl WasmHost {
             ));
         }
         let deadline = arrived + time_limit(&plugin.manifest);
+        let key = plugin.manifest.limits.key_of(&input);
         let call = Call {
             sandbox: self.sandbox.clone(),
             pre: plugin.pre.clone(),
@@ -568,7 +599,7 @@ impl WasmHost {
             ctx,
             deadline,
         };
-        self.on_pool(&plugin.manifest, arrived, true, move |ticket| {
+        self.on_pool(&plugin.manifest, key, arrived, true, move |ticket| {
             call.run(ticket)
         })
         .await
@@ -785,6 +816,16 @@ fn limits_of(manifest: &Manifest) -> PluginLimits {
     }
 }
 
+/// How a limit held per `limits.key` value is described (without the value, which may be
+/// personal data).
+fn per_key(manifest: &Manifest) -> String {
+    manifest
+        .limits
+        .key
+        .as_deref()
+        .map_or(String::new(), |k| format!(" for one value of `{k}`"))
+}
+
 /// A call that never started: its whole time limit went waiting on the pool.
 fn waited_too_long(
     plugin: &str,
@@ -795,7 +836,8 @@ fn waited_too_long(
     let waited_for = match stage {
         Stage::Plugin => match manifest.limits.concurrency {
             Some(c) if (c as usize) < pool.concurrency => format!(
-                "one of the {c} calls of this plugin that may run at once (its limits.concurrency)"
+                "one of the {c} calls of this plugin{} that may run at once (its limits.concurrency)",
+                per_key(manifest)
             ),
             _ => format!(
                 "one of the {} calls of this plugin that may run at once (plugin_concurrency)",
@@ -803,8 +845,9 @@ fn waited_too_long(
             ),
         },
         Stage::Rate => format!(
-            "its turn under the plugin's rate of {} (its limits.rate): more calls came at once than that rate starts within the time limit",
-            manifest.limits.rate.as_deref().unwrap_or("")
+            "its turn under the plugin's rate of {}{} (its limits.rate): more calls came at once than that rate starts within the time limit",
+            manifest.limits.rate.as_deref().unwrap_or(""),
+            per_key(manifest)
         ),
         Stage::Memory => format!(
             "{} MiB (its limits.memory_mb) of the {} MiB all plugin calls may use together (plugin_memory_mib)",
