@@ -102,9 +102,26 @@ steps:
     complete: {}
 "#;
 
+/// One instance per ticket at a time; further starts wait their turn in the queue.
+const LINE: &str = r#"workflow: line
+version: 1
+input:
+  ticket: { type: string, required: true }
+  n: { type: integer, required: true }
+key: input.ticket
+concurrency: { limit: 1, on_conflict: queue }
+steps:
+  - id: hold
+    wait: { event: line.close, key: input.ticket, timeout: 1h, on_timeout: done }
+    next: done
+  - id: done
+    complete: { output: { n: "${input.n}" } }
+"#;
+
 fn workflows(dir: &Path) {
     let wf = dir.join("workflows");
     std::fs::create_dir_all(&wf).unwrap();
+    std::fs::write(wf.join("line.yaml"), LINE).unwrap();
     std::fs::write(wf.join("case.yaml"), CASE).unwrap();
     std::fs::write(wf.join("solo.yaml"), SOLO).unwrap();
     std::fs::write(wf.join("late.yaml"), LATE).unwrap();
@@ -531,4 +548,165 @@ fn postgres_daemons_share_the_open_key() {
     has_received(&a.addr, &id, 15);
     close(&b.addr, "case.close", "P-1");
     assert_eq!(ended(&a.addr, &id)["output"], json!({"notes": 15}));
+}
+
+/// Start `line` number `n` for `ticket` with an Idempotency-Key.
+fn start_line(addr: &str, ticket: &str, n: u64, key: &str) -> (u16, Value) {
+    request(
+        "POST",
+        &format!("{addr}/v1/workflows/line/instances"),
+        Some(&json!({"ticket": ticket, "n": n})),
+        &[("idempotency-key", key)],
+    )
+}
+
+/// The open (not ended) instances of `line`, by input number, waiting at most a minute
+/// until there is exactly one.
+fn the_open_line(addr: &str) -> (String, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = call(
+            "GET",
+            &format!("{addr}/v1/instances?workflow=line&limit=100"),
+            None,
+        );
+        let open: Vec<String> = list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                !["completed", "failed", "cancelled"].contains(&i["status"].as_str().unwrap())
+            })
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(open.len() <= 1, "two open instances for one ticket: {list}");
+        if let [id] = open.as_slice() {
+            let (_, v) = call("GET", &format!("{addr}/v1/instances/{id}"), None);
+            if v["status"] == "parked" {
+                return (id.clone(), v["input"]["n"].as_u64().unwrap());
+            }
+        }
+        assert!(Instant::now() < deadline, "no open instance came: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Instance 0 holds ticket Q-1; nine starts sent at once (two of them one request sent
+/// twice with one Idempotency-Key) are queued, each once, visible in the inbox. Closing
+/// the open instance starts the oldest queued one, one at a time, in queue order, and
+/// every queued start runs exactly once, across `restart` (a SIGKILL and a fresh daemon,
+/// or nothing) after the third. A start resent after it ran answers with its instance.
+fn queued_starts_run_one_at_a_time_in_queue_order(
+    addrs: [String; 2],
+    restart: &mut dyn FnMut() -> [String; 2],
+) {
+    let (s, first) = start_line(&addrs[0], "Q-1", 0, "line-0");
+    assert_eq!(s, 201, "{first}");
+    let sent = addrs.clone();
+    let answers = at_once(10, move |i| {
+        let (n, key) = if i < 2 {
+            (1, "line-dup".to_string())
+        } else {
+            (i as u64, format!("line-{i}"))
+        };
+        (n, start_line(&sent[i % 2], "Q-1", n, &key))
+    });
+    let mut order: Vec<(u64, u64)> = Vec::new();
+    for (n, (s, b)) in &answers {
+        assert_eq!(*s, 202, "{b}");
+        assert_eq!(b["queued"], true, "{b}");
+        let seq = b["queue_seq"].as_u64().unwrap();
+        if !order.contains(&(seq, *n)) {
+            order.push((seq, *n));
+        }
+    }
+    order.sort();
+    assert_eq!(
+        order.len(),
+        9,
+        "the twin requests were kept once: {answers:?}"
+    );
+    let (_, inbox) = call(
+        "GET",
+        &format!("{}/v1/inbox?type=casework.queue.line&key=Q-1", addrs[1]),
+        None,
+    );
+    assert_eq!(inbox["events"].as_array().unwrap().len(), 9, "{inbox}");
+
+    let mut addrs = addrs;
+    let (mut open, n) = the_open_line(&addrs[0]);
+    assert_eq!(n, 0);
+    for (turn, (_, expected)) in order.iter().enumerate() {
+        close(&addrs[turn % 2], "line.close", "Q-1");
+        if turn == 2 {
+            addrs = restart();
+        }
+        assert_eq!(ended(&addrs[0], &open)["status"], "completed");
+        let (next, n) = the_open_line(&addrs[1]);
+        assert_eq!(n, *expected, "turn {turn}: queue order {order:?}");
+        open = next;
+    }
+    close(&addrs[0], "line.close", "Q-1");
+    ended(&addrs[0], &open);
+    let (_, list) = call(
+        "GET",
+        &format!("{}/v1/instances?workflow=line&limit=100", addrs[0]),
+        None,
+    );
+    assert_eq!(
+        list["instances"].as_array().unwrap().len(),
+        10,
+        "each start ran once: {list}"
+    );
+    let (_, inbox) = call(
+        "GET",
+        &format!("{}/v1/inbox?type=casework.queue.line&key=Q-1", addrs[0]),
+        None,
+    );
+    assert_eq!(inbox["events"], json!([]), "{inbox}");
+    let (s, b) = start_line(&addrs[1], "Q-1", 5, "line-5");
+    assert_eq!((s, b["created"].as_bool()), (200, Some(false)), "{b}");
+    // Clients cannot make entries of the engine's own.
+    let (s, b) = call(
+        "POST",
+        &format!("{}/v1/events", addrs[0]),
+        Some(
+            &json!({"type": "casework.queue.line", "key": "Q-1", "data": {"input": {"ticket": "Q-1", "n": 99}}}),
+        ),
+    );
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (400, &json!("invalid_event_type")),
+        "{b}"
+    );
+}
+
+#[test]
+fn queued_starts_run_in_order_once_each_across_a_sigkill_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let mut d = Some(spawn(dir.path()));
+    let addr = d.as_ref().unwrap().addr.clone();
+    let path = dir.path().to_path_buf();
+    queued_starts_run_one_at_a_time_in_queue_order([addr.clone(), addr], &mut || {
+        let mut old = d.take().unwrap();
+        old.child.kill().unwrap();
+        old.child.wait().unwrap();
+        let fresh = spawn(&path);
+        let addr = fresh.addr.clone();
+        d = Some(fresh);
+        [addr.clone(), addr]
+    });
+}
+
+#[test]
+fn postgres_daemons_share_one_queue_per_key() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    workflows(dir.path());
+    let key = JournalKey::random().unwrap().to_hex();
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    queued_starts_run_one_at_a_time_in_queue_order(addrs.clone(), &mut || addrs.clone());
 }

@@ -2575,3 +2575,126 @@ steps:
         "some crash left a call to repeat from the journal"
     );
 }
+
+/// The finish of the instance holding a key, which starts the start queued behind it
+/// (`on_conflict: queue`) and removes it from the queue, torn at every write. Whatever
+/// the crash keeps, once the close is sent again (its sender was never answered) and a
+/// new process has gone round its ownership round, the queued start has run exactly
+/// once: one instance with its input, none lost, none twice, and the queue is empty.
+#[test]
+fn a_queued_start_torn_at_any_write_of_the_finish_before_it_runs_exactly_once() {
+    const LINE: &str = r#"workflow: line
+version: 1
+input:
+  ticket: { type: string, required: true }
+  n: { type: integer, required: true }
+key: input.ticket
+concurrency: { limit: 1, on_conflict: queue }
+steps:
+  - id: hold
+    wait: { event: line.close, key: input.ticket }
+    next: done
+  - id: done
+    complete: { output: { n: "${input.n}" } }
+"#;
+    let driver = |store: &MemoryStore, clock: &Arc<ManualClock>| {
+        let d = Driver::new(
+            Arc::new(store.clone()),
+            Arc::new(AlwaysOk),
+            clock.clone(),
+            None,
+        );
+        let (wf, diags) = compile::load("line.yaml", LINE, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap();
+        d
+    };
+    let close = || Event {
+        event_type: "line.close".into(),
+        key: "Q-1".into(),
+        data: json!({}),
+        id: Some("close-1".into()),
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (first, writes) = rt.block_on(async {
+            let d = driver(&store, &clock);
+            let first = d
+                .start("line", json!({"ticket": "Q-1", "n": 0}), None)
+                .await
+                .unwrap();
+            assert!(first.created);
+            let queued = d
+                .start(
+                    "line",
+                    json!({"ticket": "Q-1", "n": 1}),
+                    Some("second".into()),
+                )
+                .await
+                .unwrap();
+            assert!(queued.queued.is_some(), "{queued:?}");
+            d.wait_idle().await;
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            assert_eq!(d.deliver(close()).await.unwrap(), vec![first.id.clone()]);
+            d.wait_idle().await;
+            (first.id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, first, writes)
+    };
+    let (store, _, _, writes) = tear(None);
+    assert_eq!(
+        store.instances(None, 10).unwrap().len(),
+        2,
+        "the untorn run starts the queued one"
+    );
+    assert!(
+        writes > 3,
+        "the finish, the start and the removal are several writes"
+    );
+    for keep in 0..=writes {
+        let (store, clock, first, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = driver(&store, &clock);
+            if settle(&d, &store, &first).await != "completed" {
+                d.deliver(close()).await.unwrap();
+                assert_eq!(settle(&d, &store, &first).await, "completed", "keep {keep}");
+            }
+            d.tick_ownership().unwrap();
+            d.wait_idle().await;
+            let all = store.instances(None, 10).unwrap();
+            let seconds: Vec<_> = all.iter().filter(|m| m.id != first).collect();
+            assert_eq!(seconds.len(), 1, "keep {keep} of {writes}: {all:?}");
+            let journal = store.journal(&seconds[0].id).unwrap();
+            let Some(Record::Started { input, .. }) = journal.first() else {
+                panic!("keep {keep}: {journal:?}");
+            };
+            assert_eq!(input["n"], 1, "keep {keep}");
+            assert_eq!(seconds[0].status, "parked", "keep {keep}");
+            assert_eq!(
+                store.inbox(None, 10).unwrap(),
+                vec![],
+                "keep {keep}: the queue is empty"
+            );
+            // A resend of the queued start answers with the instance it became.
+            let again = d
+                .start(
+                    "line",
+                    json!({"ticket": "Q-1", "n": 1}),
+                    Some("second".into()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (again.id.as_str(), again.created),
+                (seconds[0].id.as_str(), false)
+            );
+        });
+        rt.shutdown_background();
+    }
+}

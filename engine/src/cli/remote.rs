@@ -509,6 +509,13 @@ pub fn send_event(args: SendEventArgs) -> Result<u8> {
         out(&format!("woke {}", woken.join(", ")));
     }
     for s in answer["started"].as_array().into_iter().flatten() {
+        if let Some(seq) = s["queued"]["seq"].as_u64() {
+            out(&format!(
+                "queued a start of {} (inbox number {seq}): it starts when the open instance for its key finishes",
+                s["workflow"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
         if s["attached"] == json!(true) && s["created"] != json!(true) {
             out(&format!(
                 "gave it to {} ({}), open for the same key",

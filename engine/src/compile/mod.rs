@@ -94,6 +94,8 @@ pub enum OnConflict {
     Attach {
         event: String,
     },
+    /// Keep the start in the key's queue; start it when an open instance finishes.
+    Queue,
 }
 
 impl CompiledWorkflow {
@@ -278,6 +280,7 @@ pub fn compile(
             definition::OnConflict::Attach { event } => OnConflict::Attach {
                 event: event.value.clone(),
             },
+            definition::OnConflict::Queue => OnConflict::Queue,
         },
         limit: k.limit,
     });

@@ -742,6 +742,9 @@ fn start_failed(e: StartError) -> ApiError {
                 ),
             )
         },
+        StartError::QueueFull(why) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", why)
+        }
         StartError::Overloaded(e) => overloaded(e),
         StartError::Internal(e) => internal(e),
     }
@@ -749,6 +752,9 @@ fn start_failed(e: StartError) -> ApiError {
 
 /// The first fields of a start's answer.
 fn started_body(s: &Started) -> Value {
+    if let Some(q) = &s.queued {
+        return json!({"created": false, "queued": true, "queue_seq": q.seq, "behind": q.behind});
+    }
     let mut body = json!({"id": s.id, "created": s.created});
     if s.attached {
         body["attached"] = json!(true);
@@ -792,6 +798,10 @@ async fn start(
         .start(&name, input, key)
         .await
         .map_err(start_failed)?;
+    if s.queued.is_some() {
+        // Nothing to wait on yet: the instance does not exist until a place is free.
+        return Ok((StatusCode::ACCEPTED, Json(started_body(&s))).into_response());
+    }
     let Some(wait) = wait else {
         let status = if s.created {
             StatusCode::CREATED
@@ -1463,6 +1473,14 @@ async fn deliver(
             })?;
     }
     refuse_write_only_marker(&b.data, "event's `data`")?;
+    if b.event_type.starts_with("casework.") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event_type",
+            "event types starting with `casework.` are the engine's own (such as queued starts); \
+             name the event after what happened, e.g. `ticket.updated`",
+        ));
+    }
     let event = Event {
         event_type: b.event_type,
         key: b.key,

@@ -29,6 +29,9 @@ pub struct TriggerStart {
     /// Given to the open instance with the workflow's key instead (`on_conflict: attach`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
+    /// Kept in the key's queue instead (`on_conflict: queue`); `id` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<super::driver::queue::Queued>,
 }
 
 /// A trigger that matched but could not start its workflow; the message says why.
@@ -174,6 +177,7 @@ async fn start(
                 id: s.id,
                 created: s.created,
                 attached: s.attached,
+                queued: s.queued,
             })
         }
         Err(e) => outcome.failed.push(TriggerFailure {
@@ -342,6 +346,7 @@ async fn windowed(
                 id: started.id,
                 created: started.created,
                 attached: started.attached,
+                queued: started.queued,
             });
             return;
         }
@@ -387,6 +392,7 @@ async fn windowed(
             id: started.id,
             created: started.created,
             attached: true,
+            queued: None,
         });
         return;
     }

@@ -85,6 +85,9 @@ pub enum OnConflict {
     /// Answer with the open instance and deliver the start's input to it as an event of
     /// this type, keyed by the concurrency key (signal-with-start).
     Attach { event: Spanned<String> },
+    /// Keep the start in the key's queue (first in, first out) and start it when an
+    /// open instance with the key finishes.
+    Queue,
 }
 
 /// One `triggers:` entry.

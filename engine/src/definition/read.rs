@@ -336,19 +336,12 @@ impl Reader<'_> {
                             None
                         }
                     },
-                    Some("queue") => {
-                        self.hint(
-                            n.span,
-                            "`on_conflict: queue` is not supported yet",
-                            "use `attach` (the open instance receives the start as an event) or `reject` (the start is refused with the open instance's id)",
-                        );
-                        None
-                    }
+                    Some("queue") => Some(OnConflict::Queue),
                     _ => {
                         self.hint(
                             n.span,
-                            "`on_conflict` must be `attach` or `reject`",
-                            "`attach` gives the start to the open instance as an event; `reject` refuses it with 409",
+                            "`on_conflict` must be `attach`, `queue` or `reject`",
+                            "`attach` gives the start to the open instance as an event; `queue` starts it when the open instance finishes; `reject` refuses it with 409",
                         );
                         None
                     }

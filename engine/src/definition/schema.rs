@@ -132,8 +132,8 @@ pub fn workflow_schema() -> Value {
                 "description": "business attributes instances can be found by: GET /v1/instances?workflow=...&<name>=<value>"}),
             "inbox_keep" => json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w))+$", "description": "how long an event this workflow waits for is kept when it comes before the wait (at most 30d; the daemon's inbox_keep otherwise)"}),
             "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
-                "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 only with on_conflict: reject)"},
-                "on_conflict": {"enum": ["attach", "reject"], "description": "attach: the open instance receives the start as `event`; reject: 409 with the open instance's id"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 with on_conflict: reject or queue)"},
+                "on_conflict": {"enum": ["attach", "queue", "reject"], "description": "attach: the open instance receives the start as `event`; queue: the start waits in the key's queue and starts when an open instance finishes; reject: 409 with the open instance's id"},
                 "event": {"type": "string", "description": "with attach: the event type the open instance receives, keyed by `key`"}}}),
             _ => json!({"$ref": "#/$defs/steps"}),
         };

@@ -88,6 +88,7 @@ pub(super) async fn handle(
                 id: id.to_string(),
                 created: false,
                 attached: false,
+                queued: None,
             })));
             return;
         }

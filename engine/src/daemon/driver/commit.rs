@@ -259,6 +259,7 @@ pub(super) async fn finish(
                         id: holder,
                         created: false,
                         attached: false,
+                        queued: None,
                     }),
                     Created::New(_) => unreachable!("matched above"),
                 };
@@ -334,12 +335,13 @@ pub(super) async fn finish(
     if inst.status().is_final() {
         wf.rules.forget_instance(id);
     }
-    carry_out(inner, id, inst, effects);
+    carry_out(inner, id, inst, wf, effects);
     if let Some((_, r)) = start {
         let _ = r.send(Ok(Begun::Started(Started {
             id: id.to_string(),
             created: true,
             attached: false,
+            queued: None,
         })));
     }
     match (reply, decided) {

@@ -4,7 +4,13 @@
 use super::*;
 
 /// Carries out the effects a step decided (its records are durable by now).
-pub(super) fn carry_out(inner: &Arc<Inner>, id: &str, inst: &Instance, effects: Vec<Effect>) {
+pub(super) fn carry_out(
+    inner: &Arc<Inner>,
+    id: &str,
+    inst: &Instance,
+    wf: &CompiledWorkflow,
+    effects: Vec<Effect>,
+) {
     for e in effects {
         match e {
             Effect::Call {
@@ -56,6 +62,7 @@ pub(super) fn carry_out(inner: &Arc<Inner>, id: &str, inst: &Instance, effects: 
                             None,
                             Some(parent.clone()),
                             Some(child.clone()),
+                            false,
                         )
                         .await;
                     if let Err(e) = started {
@@ -75,6 +82,21 @@ pub(super) fn carry_out(inner: &Arc<Inner>, id: &str, inst: &Instance, effects: 
                 });
             }
             Effect::Finished => {
+                // A place of its key is free: the oldest start queued for it goes next.
+                if let (None, Some(c)) = (inst.parent(), wf.concurrency.as_ref()) {
+                    if c.on_conflict == crate::compile::OnConflict::Queue {
+                        if let Ok(key) =
+                            super::concurrency_key(wf, c, inst.input(), inner.clock.now_ms())
+                        {
+                            let (inner, workflow) = (inner.clone(), wf.name.clone());
+                            inner.busy.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                inner.dequeue(&workflow, &key).await;
+                                inner.done_one();
+                            });
+                        }
+                    }
+                }
                 if let Some(p) = inst.parent() {
                     let result = match (inst.status(), inst.output(), inst.error()) {
                         (crate::runtime::Status::Completed, o, _) => {

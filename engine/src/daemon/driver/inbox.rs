@@ -166,10 +166,25 @@ impl Driver {
         };
         drop(cursor);
         let mut handed = 0;
+        let mut queues = std::collections::BTreeSet::new();
         for b in page {
+            if let Some(workflow) = super::queue::queued_workflow(&b.event.event_type) {
+                // A queued start: taken by a start once a place of its key is free (the
+                // finish that should have taken it may have been cut short by a crash).
+                queues.insert((workflow.to_string(), b.event.key.clone()));
+                continue;
+            }
             if inner.offer(b.stamp.seq, &b.event, None)?.is_some() {
                 handed += 1;
             }
+        }
+        for (workflow, key) in queues {
+            inner.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                inner.dequeue(&workflow, &key).await;
+                inner.done_one();
+            });
         }
         if handed > 0 {
             tracing::info!(

@@ -20,6 +20,7 @@ mod inbox;
 mod keyed_lock;
 mod ownership;
 mod paused;
+pub mod queue;
 mod watch;
 pub mod write_only;
 
@@ -241,6 +242,9 @@ pub enum StartError {
     /// (`on_conflict: reject`); this one is open.
     #[error("instance {open} of `{workflow}` is still open for this key")]
     Open { workflow: String, open: String },
+    /// The key's queue (`on_conflict: queue`) or the inbox it is kept in is at a bound.
+    #[error("{0}")]
+    QueueFull(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -261,6 +265,10 @@ pub struct Started {
     /// (`on_conflict: attach`); `id` is that instance.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
+    /// The start waits in its key's queue (`on_conflict: queue`): no instance was
+    /// created yet, and `id` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<queue::Queued>,
 }
 
 impl Driver {
@@ -367,7 +375,7 @@ impl Driver {
     ) -> Result<Started, StartError> {
         self.inner.admit()?;
         self.inner
-            .start(workflow, input, idempotency_key, None, None)
+            .start(workflow, input, idempotency_key, None, None, false)
             .await
     }
 
@@ -386,7 +394,7 @@ impl Driver {
         id: String,
     ) -> Result<Started, StartError> {
         self.inner
-            .start(workflow, input, None, None, Some(id))
+            .start(workflow, input, None, None, Some(id), false)
             .await
     }
 
@@ -710,6 +718,7 @@ impl Inner {
         key: Option<String>,
         parent: Option<ParentRef>,
         id: Option<String>,
+        dequeued: bool,
     ) -> Result<Started, StartError> {
         let wf = self
             .registry
@@ -738,6 +747,7 @@ impl Inner {
                     id: existing,
                     created: false,
                     attached: false,
+                    queued: None,
                 });
             }
             claims.push(Claim::idempotency(workflow, k));
@@ -763,7 +773,27 @@ impl Inner {
                 id,
                 created: false,
                 attached: false,
+                queued: None,
             });
+        }
+        let queues = !dequeued
+            && matches!(
+                wf.concurrency.as_ref().map(|c| &c.on_conflict),
+                Some(OnConflict::Queue)
+            );
+        if let (true, Some(k)) = (queues, &open_key) {
+            // First in, first out: while starts wait for the key, a new one waits behind
+            // them even if a place is free this moment (the next finish or the ownership
+            // round starts the oldest).
+            if self
+                .queue_head(workflow, k)
+                .map_err(StartError::Internal)?
+                .is_some()
+            {
+                return self
+                    .enqueue(workflow, k, &input, key.as_deref(), None)
+                    .await;
+            }
         }
         let attach_data = open_key.as_ref().map(|_| input.clone());
         let record = Instance::start_record(&wf, input, key.clone(), parent, self.clock.now_ms());
@@ -810,6 +840,12 @@ impl Inner {
             }
         }
         let open = open.unwrap_or_default();
+        if let (true, Some(k)) = (queues, &open_key) {
+            let input = attach_data.unwrap_or(Value::Null);
+            return self
+                .enqueue(workflow, k, &input, key.as_deref(), Some(open))
+                .await;
+        }
         let Some(OnConflict::Attach { event }) = wf.concurrency.as_ref().map(|c| &c.on_conflict)
         else {
             return Err(StartError::Open {
@@ -839,6 +875,7 @@ impl Inner {
             id: open,
             created: false,
             attached: true,
+            queued: None,
         })
     }
 
