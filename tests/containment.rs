@@ -67,6 +67,7 @@ async fn host_with(
 
 fn ctx(step: &str) -> CallContext {
     CallContext {
+        scrub: Vec::new(),
         instance_id: "inst-1".into(),
         step_id: step.into(),
         attempt: 1,

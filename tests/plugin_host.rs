@@ -40,6 +40,7 @@ async fn host(origins: &[String]) -> (WasmHost, tempfile::TempDir) {
 
 fn ctx(step: &str) -> CallContext {
     CallContext {
+        scrub: Vec::new(),
         instance_id: "inst-1".into(),
         step_id: step.into(),
         attempt: 1,

@@ -228,6 +228,7 @@ async fn per_call_cost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let ctx = CallContext {
+        scrub: Vec::new(),
         instance_id: "bench".into(),
         step_id: "step".into(),
         attempt: 1,

@@ -157,6 +157,7 @@ fn rewrite_manifest(text: &str, origin: &str, config: &[(&'static str, String)])
 /// The context of attempt `attempt` of the first visit of `step`.
 fn ctx(step: &str, attempt: u32) -> CallContext {
     CallContext {
+        scrub: Vec::new(),
         instance_id: INSTANCE.into(),
         step_id: step.into(),
         attempt,

@@ -275,3 +275,61 @@ fn a_write_only_value_reaches_no_field_the_plugin_does_not_mark_sensitive() {
         "{e}"
     );
 }
+
+/// A field once declared write-only stays sealed when the workflow that declared it is
+/// replaced by a version that no longer does: an instance parked on the old version (or
+/// a daemon with older files) still gets the code sealed, never in clear.
+#[test]
+fn a_field_declared_write_only_stays_sealed_after_the_declaring_version_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = serve(dir.path());
+    let (s, started) = call(
+        "POST",
+        &format!("{}/v1/workflows/otp/instances", d.addr),
+        Some(&json!({"customer": "cus_1"})),
+    );
+    assert_eq!(s, 201, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    // Version 2 forgets `write_only`, and nothing else of the folder declares it.
+    let forgetful = OTP
+        .replace("version: 1", "version: 2")
+        .replace(", write_only: [code]", "");
+    assert!(!forgetful.contains("write_only"));
+    std::fs::write(dir.path().join("workflows/otp.yaml"), forgetful).unwrap();
+    std::fs::remove_file(dir.path().join("workflows/leak.yaml")).unwrap();
+    let port = daemon::free_port();
+    let mut command = daemon::command(dir.path(), port);
+    command
+        .arg("--plugins")
+        .arg(dir.path().join("plugins"))
+        .arg("--secrets")
+        .arg(dir.path().join("secrets.toml"));
+    let d = daemon::start(command, port);
+    let code = totp_now();
+    for (n, session) in ["web-1", "web-2"].iter().enumerate() {
+        let (s, a) = call(
+            "POST",
+            &format!("{}/v1/events", d.addr),
+            Some(
+                &json!({"type": "otp.entered", "key": "cus_1", "id": format!("late-{n}"),
+                         "data": {"code": code, "session": session}}),
+            ),
+        );
+        assert_eq!(s, 200, "{a}");
+    }
+    let view = ended(&d.addr, &id);
+    assert_eq!(view["version"], 1, "{view}");
+    assert_eq!(
+        view["output"]["outcomes"],
+        json!(["approved", "reused"]),
+        "{view}"
+    );
+    assert!(
+        !view.to_string().contains(&code),
+        "the code is shown: {view}"
+    );
+    drop(d);
+    assert_no_file_holds(&dir.path().join("data"), &[&code]);
+}

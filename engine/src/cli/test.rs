@@ -231,6 +231,7 @@ fn run_file(file: &Path, filter: Option<&str>, summary: &mut Summary) {
     }
     out(&file_heading(&name, &tf.workflow.value));
     let suite = Suite {
+        folder: folder_of(file).to_path_buf(),
         files: workflow_files,
         workflow: tf.workflow.value.clone(),
     };

@@ -22,6 +22,10 @@ pub struct CallContext {
     pub attempt: u32,
     /// Same for every attempt of one step visit, so providers can deduplicate.
     pub idempotency_key: String,
+    /// Values in the input the plugin must never say back (opened write-only values):
+    /// scrubbed from its log lines and errors, and an output holding one is refused.
+    #[serde(skip)]
+    pub scrub: Vec<String>,
 }
 
 /// A plugin's typed error.

@@ -213,6 +213,9 @@ struct Lane {
     /// Calls of the plugin waiting, in all its lanes: what `plugin_queue` bounds, so a
     /// plugin's calls spread over many keys wait no more than one lane's would.
     plugin_waiting: Arc<AtomicUsize>,
+    /// Calls of the plugin running, in all its lanes: at most `plugin_concurrency`, so
+    /// keys of their own never let one plugin take more of the pool than that.
+    plugin_permits: Arc<Semaphore>,
     limits: PluginLimits,
     /// When the next call may start under `limits.rate`. A call reserves its turn once it
     /// holds its permits (which it gets in arrival order), so starts are spaced evenly
@@ -244,8 +247,10 @@ pub struct Pool {
     config: PoolConfig,
     slots: usize,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
-    /// Per plugin, its calls waiting in all its lanes ([`Lane::plugin_waiting`]).
-    plugin_waiting: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Per plugin, its calls waiting and its running permits in all its lanes
+    /// ([`Lane::plugin_waiting`], [`Lane::plugin_permits`]).
+    #[allow(clippy::type_complexity)]
+    plugin_waiting: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<Semaphore>)>>,
     memory: Arc<Semaphore>,
     instance_slots: Arc<Semaphore>,
     counts: Arc<Counts>,
@@ -316,8 +321,13 @@ impl Pool {
         key: Option<&str>,
         limits: PluginLimits,
     ) -> Result<Arc<Lane>, PluginError> {
+        // A key is held as a hash: its value may be large, and it may be personal data.
         let name = match key {
-            Some(k) => format!("{plugin}\0{k}"),
+            Some(k) => {
+                use sha2::Digest;
+                let h = sha2::Sha256::digest(k.as_bytes());
+                format!("{plugin}\0{}", hex::encode(&h[..16]))
+            }
             None => plugin.to_string(),
         };
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,17 +356,23 @@ impl Pool {
                 });
             }
         }
-        let plugin_waiting = self
+        let (plugin_waiting, plugin_permits) = self
             .plugin_waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(plugin.to_string())
-            .or_default()
+            .or_insert_with(|| {
+                (
+                    Arc::default(),
+                    Arc::new(Semaphore::new(self.config.concurrency.max(1))),
+                )
+            })
             .clone();
         let lane = Arc::new(Lane {
             permits: Arc::new(Semaphore::new(self.concurrency_of(limits).max(1))),
             waiting: AtomicUsize::new(0),
             plugin_waiting,
+            plugin_permits,
             limits,
             next_turn: Mutex::new(None),
         });
@@ -401,6 +417,8 @@ impl Pool {
             config: self.config,
             memory_mib,
             lane_permit: None,
+            turn: None,
+            plugin_permit: None,
             memory_permit: None,
             slot_permit: None,
             lane,
@@ -493,6 +511,9 @@ pub struct Ticket {
     memory_mib: u32,
     lane: Arc<Lane>,
     lane_permit: Option<OwnedSemaphorePermit>,
+    /// Its turn under `limits.rate`, once reserved (with the lane permit, before any other).
+    turn: Option<Option<tokio::time::Instant>>,
+    plugin_permit: Option<OwnedSemaphorePermit>,
     memory_permit: Option<OwnedSemaphorePermit>,
     slot_permit: Option<OwnedSemaphorePermit>,
     memory: Arc<Semaphore>,
@@ -555,6 +576,26 @@ impl Ticket {
         {
             return false;
         }
+        // Its turn under the rate comes before anything shared: a call waiting for its
+        // turn holds no memory, no instance slot and no place among the plugin's calls.
+        if self.turn.is_none() {
+            self.turn = Some(self.paced.then(|| self.lane.reserve_turn()).flatten());
+        }
+        if self
+            .turn
+            .is_some_and(|t| t.is_some_and(|t| t > tokio::time::Instant::now()))
+        {
+            self.set(Stage::Rate);
+            return false;
+        }
+        if self.plugin_permit.is_none()
+            && !take(
+                self.lane.plugin_permits.clone().try_acquire_owned(),
+                &mut self.plugin_permit,
+            )
+        {
+            return false;
+        }
         self.set(Stage::Memory);
         if self.memory_permit.is_none()
             && !take(
@@ -598,6 +639,29 @@ impl Ticket {
                     .map_err(closed)?,
             );
         }
+        // Holding its lane's permit, in arrival order: now its turn under the rate.
+        let turn = match self.turn {
+            Some(t) => t,
+            None => self.paced.then(|| self.lane.reserve_turn()).flatten(),
+        };
+        self.turn = Some(turn);
+        if let Some(turn) = turn.filter(|t| *t > tokio::time::Instant::now()) {
+            self.set(Stage::Rate);
+            waited_on = Stage::Rate;
+            tokio::time::sleep_until(turn).await;
+        }
+        if self.plugin_permit.is_none() {
+            self.set(Stage::Plugin);
+            waited_on = Stage::Plugin;
+            self.plugin_permit = Some(
+                self.lane
+                    .plugin_permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(closed)?,
+            );
+        }
         if self.memory_permit.is_none() {
             self.set(Stage::Memory);
             waited_on = Stage::Memory;
@@ -620,18 +684,13 @@ impl Ticket {
                     .map_err(closed)?,
             );
         }
-        // Holding every permit, in arrival order: now its turn under the rate.
-        if let Some(turn) = self.paced.then(|| self.lane.reserve_turn()).flatten() {
-            self.set(Stage::Rate);
-            waited_on = Stage::Rate;
-            tokio::time::sleep_until(turn).await;
-        }
         self.set(Stage::Running);
         self.leave_queue();
         self.counts.running.fetch_add(1, Ordering::SeqCst);
         Ok(Running {
             _permits: [
                 self.lane_permit.take(),
+                self.plugin_permit.take(),
                 self.memory_permit.take(),
                 self.slot_permit.take(),
             ],
@@ -658,7 +717,7 @@ impl Drop for Ticket {
 
 /// A running call's permits (plugin, memory, slot); dropping it returns them.
 pub struct Running {
-    _permits: [Option<OwnedSemaphorePermit>; 3],
+    _permits: [Option<OwnedSemaphorePermit>; 4],
     counts: Arc<Counts>,
     waited_on: Stage,
 }
@@ -947,6 +1006,19 @@ mod tests {
             "{}",
             refused.message
         );
+
+        // Keys of their own never give one plugin more than `plugin_concurrency` running.
+        let pool = Pool::new(config(2, 8, 100), 64).unwrap();
+        let enqueue = |key: &str| pool.enqueue_limited("chat", Some(key), 1, one_at_a_time, true);
+        let _a = enqueue("a").unwrap().admitted().await.unwrap();
+        let _b = enqueue("b").unwrap().admitted().await.unwrap();
+        let third = enqueue("c").unwrap();
+        assert_eq!(
+            third.stage().get(),
+            Stage::Plugin,
+            "a third key waits for the plugin's cap"
+        );
+        assert_eq!(pool.stats().running, 2);
     }
 
     #[tokio::test]

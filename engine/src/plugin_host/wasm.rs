@@ -630,7 +630,7 @@ impl Sandbox {
             config: manifest.config.clone(),
             grants: manifest.grants.clone(),
             secrets: self.secrets.clone(),
-            handed_out: Vec::new(),
+            handed_out: ctx.map(|c| c.scrub.clone()).unwrap_or_default(),
             clock: self.clock.clone(),
             deadline,
             log_lines: 0,

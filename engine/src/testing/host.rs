@@ -136,6 +136,7 @@ mod tests {
 
     fn ctx(attempt: u32) -> CallContext {
         CallContext {
+            scrub: Vec::new(),
             instance_id: "i".into(),
             step_id: "pay".into(),
             attempt,

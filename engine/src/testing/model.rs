@@ -39,6 +39,8 @@ pub struct TestCase {
     pub stop_after_ms: Option<u64>,
     /// What must hold part-way through (`checkpoints:`), in time order.
     pub checkpoints: Vec<Checkpoint>,
+    /// Files of the workflow folder changed part-way through (`edits:`), in time order.
+    pub edits: Vec<FileEdit>,
     pub expect: Expect,
     /// `started_by: triggers`: the test starts no instance; its events start instances
     /// through the loaded workflows' `triggers:` (windowed counts included), and the
@@ -53,6 +55,19 @@ pub struct Checkpoint {
     pub span: Span,
     pub at_ms: u64,
     pub expect: Expect,
+}
+
+/// `- { after: 3h, file: calendars/support-hours.yaml, content: ... }`: at that time the
+/// file of the workflow folder (a calendar or a workflow) is replaced, or added, and the
+/// folder is reloaded as a running daemon reloads it: a calendar counts from then on,
+/// a workflow's new version is for instances started after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileEdit {
+    pub span: Span,
+    pub after_ms: u64,
+    /// Relative to the test file's folder.
+    pub file: String,
+    pub content: String,
 }
 
 /// A canned answer to plugin calls of one `plugin.action`.

@@ -24,10 +24,12 @@ pub const TEST_FIELDS: &[&str] = &[
     "events",
     "stop_after",
     "checkpoints",
+    "edits",
     "expect",
     "started_by",
 ];
 pub const CHECKPOINT_FIELDS: &[&str] = &["at", "expect"];
+pub const EDIT_FIELDS: &[&str] = &["after", "file", "content"];
 pub const MOCK_FIELDS: &[&str] = &["call", "when", "reply", "error", "timeout", "times"];
 pub const MOCK_ERROR_FIELDS: &[&str] = &["code", "message", "retryable"];
 pub const EVENT_FIELDS: &[&str] = &["after", "type", "key", "data", "id"];
@@ -324,6 +326,28 @@ impl Reader<'_> {
             }
         }
         checkpoints.sort_by_key(|c: &Checkpoint| c.at_ms);
+        let mut edits = Vec::new();
+        if let Some(n) = f.get("edits") {
+            let example = "  edits:\n    - after: 3h\n      file: calendars/support-hours.yaml\n      content: |\n        calendar: support-hours\n        ...";
+            for item in self.list(n, "`edits`", example) {
+                if let Some(e) = self.file_edit(item) {
+                    edits.push(e);
+                }
+            }
+        }
+        edits.sort_by_key(|e: &FileEdit| e.after_ms);
+        if let Ok(Some(stop)) = stop_after {
+            for e in edits.iter().filter(|e| e.after_ms > stop) {
+                self.hint(
+                    e.span,
+                    "this edit comes after the test's `stop_after`, so it would never be made",
+                    format!(
+                        "make it by {} or raise `stop_after`",
+                        Duration::from_millis(stop)
+                    ),
+                );
+            }
+        }
         if let Ok(Some(stop)) = stop_after {
             for c in checkpoints.iter().filter(|c| c.at_ms > stop) {
                 self.hint(
@@ -379,8 +403,64 @@ impl Reader<'_> {
             events,
             stop_after_ms: stop_after.ok()?,
             checkpoints,
+            edits,
             expect: expect?,
             started_by_triggers: started_by_triggers?,
+        })
+    }
+
+    fn file_edit(&mut self, node: &Node) -> Option<FileEdit> {
+        let f = self.fields(node, "an edit", EDIT_FIELDS)?;
+        let after = self
+            .required(
+                &f,
+                "after",
+                "an edit",
+                "how long after the start the file changes, e.g. `after: 3h`",
+            )
+            .and_then(|n| self.duration(n, "`after`"));
+        let file = self
+            .required(
+                &f,
+                "file",
+                "an edit",
+                "the file of this folder that changes, e.g. `file: calendars/support-hours.yaml`",
+            )
+            .and_then(|n| {
+                let text = self.string(n, "`file`")?;
+                let plain = text.ends_with(".yaml")
+                    && !text.contains(".test.")
+                    && !text.starts_with('/')
+                    && text
+                        .split('/')
+                        .all(|part| !part.is_empty() && part != "." && part != "..");
+                let depth_ok = matches!(
+                    text.split('/').collect::<Vec<_>>().as_slice(),
+                    [_] | ["calendars", _]
+                );
+                if !plain || !depth_ok {
+                    self.hint(
+                        n.span,
+                        format!("`file: {text}` is not a workflow or calendar file of this folder"),
+                        "name a workflow file beside the test file (`escalation.yaml`) or a calendar in its `calendars/` folder (`calendars/support-hours.yaml`)",
+                    );
+                    return None;
+                }
+                Some(text)
+            });
+        let content = self
+            .required(
+                &f,
+                "content",
+                "an edit",
+                "the file's new text, e.g. `content: |` followed by the calendar, indented",
+            )
+            .and_then(|n| self.string(n, "`content`"));
+        Some(FileEdit {
+            span: f.node.span,
+            after_ms: after?,
+            file: file?,
+            content: content?,
         })
     }
 

@@ -36,7 +36,9 @@ const MAX_SPINS_AT_ONE_INSTANT: u32 = 250_000;
 /// What the tests of one file run against.
 #[derive(Clone, Debug)]
 pub struct Suite {
-    /// Workflow files loaded (and compiled afresh) for every test: the test file's folder.
+    /// The test file's folder.
+    pub folder: PathBuf,
+    /// Workflow files loaded (and compiled afresh) for every test: those of `folder`.
     pub files: Vec<PathBuf>,
     /// The workflow under test.
     pub workflow: String,
@@ -135,7 +137,7 @@ async fn run_case(
 ) -> Result<(Observed, i64, Vec<Failure>), Failure> {
     // A rule engine of its own, so the calendars this test loads are not those of a test
     // running beside it.
-    let rules = Arc::new(Rules::new(Limits::default()));
+    let mut rules = Arc::new(Rules::new(Limits::default()));
     let (workflows, diags) = load_files(&suite.files, None, &rules);
     if !workflows.iter().any(|w| w.name == suite.workflow) {
         let mut f = Failure::new(format!("the workflow `{}` did not load", suite.workflow));
@@ -162,10 +164,24 @@ async fn run_case(
         })
     };
     let driver = Driver::new(store, host.clone(), clock.clone(), Some(observer));
-    for wf in workflows {
-        driver
-            .install(wf)
-            .map_err(|e| Failure::new(format!("cannot install the workflow: {e}")))?;
+    // A test that edits files runs on a copy of the folder, loaded and reloaded as a
+    // daemon's hot reload does (calendar versions in the store, counting from the edit).
+    let edited = match case.edits.is_empty() {
+        true => None,
+        false => Some(EditedFolder::copy(suite)?),
+    };
+    match &edited {
+        None => {
+            for wf in workflows {
+                driver
+                    .install(wf)
+                    .map_err(|e| Failure::new(format!("cannot install the workflow: {e}")))?;
+            }
+        }
+        Some(folder) => {
+            folder.reload(&driver, "loading the folder")?;
+            rules = driver.inner().rules.clone();
+        }
     }
     // The instance the test starts, unless its events start them (`started_by: triggers`).
     let started: Option<String> = if case.started_by_triggers {
@@ -239,10 +255,43 @@ async fn run_case(
         }
         Ok(())
     };
+    let mut edits = case.edits.iter().peekable();
+    // An edit comes before an event sent at the same time, after a checkpoint at it.
+    let make_edits = async |until: u64,
+                            edits: &mut std::iter::Peekable<
+        std::slice::Iter<'_, crate::testing::model::FileEdit>,
+    >|
+           -> Result<(), Failure> {
+        while let Some(e) = edits.next_if(|e| e.after_ms <= until) {
+            let at = case.start_ms + e.after_ms as i64;
+            if !finished() {
+                advance(&driver, clock.as_ref(), at, false, &finished)
+                    .await
+                    .map_err(engine_error)?;
+            }
+            clock.advance_to(at.max(clock.now_ms()));
+            let folder = edited
+                .as_ref()
+                .expect("a test with edits has a folder copy");
+            folder.write(e)?;
+            lock(&trace).push(format!("{}  {} edited", format_ms(clock.now_ms()), e.file));
+            folder.reload(
+                &driver,
+                &format!(
+                    "the edit of {} at {}",
+                    e.file,
+                    crate::definition::Duration::from_millis(e.after_ms)
+                ),
+            )?;
+        }
+        Ok(())
+    };
     for ev in &case.events {
         while let Some(cp) = checkpoints.next_if(|cp| cp.at_ms < ev.after_ms) {
+            make_edits(cp.at_ms.saturating_sub(1), &mut edits).await?;
             look(cp, &mut checkpoint_failures).await?;
         }
+        make_edits(ev.after_ms, &mut edits).await?;
         let at = case.start_ms + ev.after_ms as i64;
         if !finished() {
             advance(&driver, clock.as_ref(), at, false, &finished)
@@ -280,7 +329,9 @@ async fn run_case(
                             "{when}  event {} (key {}) {} workflow {} (instance {})",
                             e.event_type,
                             e.key,
-                            if s.attached {
+                            if s.queued.is_some() {
+                                "queued a start of"
+                            } else if s.attached {
                                 "given to"
                             } else if s.created {
                                 "started"
@@ -321,8 +372,10 @@ async fn run_case(
         }
     }
     for cp in checkpoints {
+        make_edits(cp.at_ms.saturating_sub(1), &mut edits).await?;
         look(cp, &mut checkpoint_failures).await?;
     }
+    make_edits(u64::MAX, &mut edits).await?;
     let limit = case.start_ms + case.stop_after_ms.unwrap_or(DEFAULT_HORIZON_MS) as i64;
     advance(&driver, clock.as_ref(), limit, true, &finished)
         .await
@@ -347,6 +400,61 @@ async fn run_case(
         clock.now_ms() - case.start_ms,
         checkpoint_failures,
     ))
+}
+
+/// A copy of the test's folder for a test with `edits:`, removed with it.
+struct EditedFolder {
+    dir: tempfile::TempDir,
+}
+
+impl EditedFolder {
+    fn copy(suite: &Suite) -> Result<EditedFolder, Failure> {
+        let cannot = |e: std::io::Error| {
+            Failure::new(format!("cannot copy the folder for the test's edits: {e}"))
+        };
+        let dir = tempfile::tempdir().map_err(cannot)?;
+        for f in &suite.files {
+            let relative = f.strip_prefix(&suite.folder).unwrap_or(f);
+            let to = dir.path().join(relative);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(cannot)?;
+            }
+            std::fs::copy(f, &to).map_err(cannot)?;
+        }
+        Ok(EditedFolder { dir })
+    }
+
+    fn write(&self, e: &crate::testing::model::FileEdit) -> Result<(), Failure> {
+        let to = self.dir.path().join(&e.file);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|err| {
+                Failure::new(format!("cannot make the edit of {}: {err}", e.file))
+            })?;
+        }
+        std::fs::write(&to, &e.content)
+            .map_err(|err| Failure::new(format!("cannot make the edit of {}: {err}", e.file)))
+    }
+
+    /// Reload the folder as the daemon does; a file it rejects fails the test.
+    fn reload(&self, driver: &Driver, what: &str) -> Result<(), Failure> {
+        let report = crate::daemon::reload::Reloader::new(
+            driver.clone(),
+            self.dir.path().to_path_buf(),
+            None,
+        )
+        .reload_workflows();
+        if report.rejected.is_empty() {
+            return Ok(());
+        }
+        let root = format!("{}/", self.dir.path().display());
+        let mut f = Failure::new(format!("{what}: a file was rejected"));
+        f.lines = report
+            .rejected
+            .iter()
+            .map(|r| r.replace(&root, ""))
+            .collect();
+        Err(f)
+    }
 }
 
 /// Every instance in the test's store (a test makes few).

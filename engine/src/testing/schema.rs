@@ -2,8 +2,8 @@
 //! the test reader accepts (like the workflow schema), so the two cannot drift apart.
 
 use super::reader::{
-    CALLED_FIELDS, CALL_FIELDS, CHECKPOINT_FIELDS, EVENT_FIELDS, EXPECT_FIELDS, FILE_FIELDS,
-    MOCK_ERROR_FIELDS, MOCK_FIELDS, TEST_FIELDS,
+    CALLED_FIELDS, CALL_FIELDS, CHECKPOINT_FIELDS, EDIT_FIELDS, EVENT_FIELDS, EXPECT_FIELDS,
+    FILE_FIELDS, MOCK_ERROR_FIELDS, MOCK_FIELDS, TEST_FIELDS,
 };
 use serde_json::{json, Map, Value};
 
@@ -105,6 +105,17 @@ pub fn test_schema() -> Value {
         },
         CHECKPOINT_FIELDS,
     );
+    let file_edit = object(
+        EDIT_FIELDS,
+        |f| match f {
+            "after" => duration(),
+            "file" => {
+                json!({"type": "string", "pattern": "^(calendars/)?[^/]+\\.yaml$", "description": "a workflow file beside the test file, or a calendar in calendars/"})
+            }
+            _ => json!({"type": "string", "description": "the file's new text"}),
+        },
+        EDIT_FIELDS,
+    );
     let test = object(
         TEST_FIELDS,
         |f| match f {
@@ -121,6 +132,9 @@ pub fn test_schema() -> Value {
             }
             "checkpoints" => {
                 json!({"type": "array", "description": "what must hold part-way through, once everything due by `at` has happened", "items": checkpoint})
+            }
+            "edits" => {
+                json!({"type": "array", "description": "files of the folder replaced part-way through and reloaded as the daemon reloads them", "items": file_edit})
             }
             _ => expect.clone(),
         },

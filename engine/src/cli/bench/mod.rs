@@ -834,6 +834,7 @@ async fn measure_calls(
 ) -> Result<()> {
     use crate::plugin_host::{CallContext, PluginHost};
     let ctx = CallContext {
+        scrub: Vec::new(),
         instance_id: "bench".into(),
         step_id: "step".into(),
         attempt: 1,
@@ -1049,6 +1050,7 @@ async fn containment(args: &BenchArgs) -> Result<()> {
             callers.push(tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let ctx = CallContext {
+                        scrub: Vec::new(),
                         instance_id: format!("load-{c}"),
                         step_id: action.into(),
                         attempt: 1,
@@ -1171,6 +1173,7 @@ async fn guest_memory(args: &BenchArgs) -> Result<()> {
             let host = host.clone();
             tokio::spawn(async move {
                 let ctx = CallContext {
+                    scrub: Vec::new(),
                     instance_id: format!("memory-{c}"),
                     step_id: "grow".into(),
                     attempt: 1,

@@ -24,6 +24,7 @@ pub(super) fn carry_out(
                 timeout_ms,
             } => {
                 let ctx = CallContext {
+                    scrub: Vec::new(),
                     instance_id: id.to_string(),
                     step_id: step,
                     attempt,
@@ -85,15 +86,11 @@ pub(super) fn carry_out(
                 // A place of its key is free: the oldest start queued for it goes next.
                 if let (None, Some(c)) = (inst.parent(), wf.concurrency.as_ref()) {
                     if c.on_conflict == crate::compile::OnConflict::Queue {
+                        // At its start's time, as the key was worked out when it was claimed.
                         if let Ok(key) =
-                            super::concurrency_key(wf, c, inst.input(), inner.clock.now_ms())
+                            super::concurrency_key(wf, c, inst.input(), inst.started_at())
                         {
-                            let (inner, workflow) = (inner.clone(), wf.name.clone());
-                            inner.busy.fetch_add(1, Ordering::SeqCst);
-                            tokio::spawn(async move {
-                                inner.dequeue(&workflow, &key).await;
-                                inner.done_one();
-                            });
+                            inner.wake_queue(&wf.name, &key);
                         }
                     }
                 }
@@ -171,7 +168,9 @@ pub(super) fn spawn_call(
             inner.clock.now_ms(),
         );
         let answer = match opened {
-            Ok(input) => {
+            Ok((input, plain)) => {
+                let mut ctx = ctx;
+                ctx.scrub.extend(plain);
                 let call = inner.plugins.call(&plugin, &action, input, ctx);
                 tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), call).await
             }

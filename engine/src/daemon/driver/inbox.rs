@@ -179,12 +179,7 @@ impl Driver {
             }
         }
         for (workflow, key) in queues {
-            inner.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                inner.dequeue(&workflow, &key).await;
-                inner.done_one();
-            });
+            inner.wake_queue(&workflow, &key);
         }
         if handed > 0 {
             tracing::info!(

@@ -105,6 +105,8 @@ pub struct Inner {
     inbox: Mutex<InboxSettings>,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
+    /// Keys whose queued starts may have a free place (`queue::run` takes them).
+    queue_wake: mpsc::UnboundedSender<(String, String)>,
 }
 
 /// Counters for benchmarks and metrics.
@@ -295,6 +297,7 @@ impl Driver {
     ) -> Driver {
         let lease_ms = lease_ms.max(1);
         let (commits, rx) = mpsc::unbounded_channel();
+        let (queue_wake, queue_keys) = mpsc::unbounded_channel();
         let daemon = format!("d-{}", new_id(clock.now_ms()));
         // Alive from the first instant, so this daemon's first claims count.
         if let Err(e) = store.heartbeat(&daemon, clock.now_ms() + lease_ms) {
@@ -334,7 +337,9 @@ impl Driver {
             inbox: Mutex::new(InboxSettings::default()),
             stats: Arc::new(Stats::default()),
             metrics: Arc::new(Metrics::default()),
+            queue_wake,
         });
+        tokio::spawn(queue::run(Arc::downgrade(&inner), queue_keys));
         tokio::spawn(committer(
             inner.store.clone(),
             inner.stats.clone(),
@@ -355,6 +360,8 @@ impl Driver {
 
     /// Install a compiled workflow as the newest version of its name.
     pub fn install(&self, wf: CompiledWorkflow) -> Result<Arc<CompiledWorkflow>, String> {
+        // Before the workflow can wait for one: the declaration is what seals the field.
+        write_only::declare(self.inner.store.as_ref(), &wf)?;
         let wf = self
             .inner
             .registry
@@ -416,7 +423,11 @@ impl Driver {
         let inner = &self.inner;
         inner.admit()?;
         let mut event = event;
-        let sealed = inner.registry.write_only(&event.event_type);
+        let mut sealed = inner.registry.write_only(&event.event_type);
+        sealed.extend(
+            write_only::declared(inner.store.as_ref(), &event.event_type)
+                .map_err(|e| DeliverError::Internal(e.to_string()))?,
+        );
         if !sealed.is_empty() {
             // Before anything is written: the value must never reach a store in the clear.
             write_only::seal(

@@ -19,6 +19,10 @@ use crate::store::{Buffered, Inboxed};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// How long a claim to queue a start (of a daemon that then crashed) keeps a duplicate
+/// from queueing it instead.
+const CLAIM_FOR_MS: Millis = 10_000;
+
 /// Event types of queued starts begin with this; clients cannot send such events.
 pub const QUEUE_TYPE_PREFIX: &str = "casework.queue.";
 
@@ -42,7 +46,35 @@ pub fn queued_workflow(event_type: &str) -> Option<&str> {
     event_type.strip_prefix(QUEUE_TYPE_PREFIX)
 }
 
+/// Takes queued starts whose key may have a free place, one key at a time, for as long
+/// as the driver lives (a task of its own: a start cannot spawn the start it queues).
+pub(super) async fn run(
+    inner: std::sync::Weak<Inner>,
+    mut keys: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    while let Some((workflow, key)) = keys.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.dequeue(&workflow, &key).await;
+        inner.done_one();
+    }
+}
+
 impl Inner {
+    /// Have the queue task look at `workflow`'s key `key` (counted as work in hand, so
+    /// `wait_idle` waits for it).
+    pub(super) fn wake_queue(&self, workflow: &str, key: &str) {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self
+            .queue_wake
+            .send((workflow.to_string(), key.to_string()))
+            .is_err()
+        {
+            self.done_one();
+        }
+    }
+
     /// The oldest start waiting for `workflow`'s key `key`.
     pub(super) fn queue_head(&self, workflow: &str, key: &str) -> Result<Option<Buffered>, String> {
         Ok(self
@@ -64,7 +96,8 @@ impl Inner {
         behind: Option<String>,
     ) -> Result<super::Started, StartError> {
         let internal = |e: crate::store::Error| StartError::Internal(e.to_string());
-        let id = idempotency_key.map(|k| format!("queue:{workflow}:{k}"));
+        // NUL starts the engine's own ids: no client event id or Idempotency-Key has one.
+        let id = idempotency_key.map(|k| format!("\u{0}queue\u{0}{workflow}\u{0}{k}"));
         let _in_flight = match &id {
             Some(id) => Some(self.events_in_flight.hold(id).await),
             None => None,
@@ -79,10 +112,44 @@ impl Inner {
             }),
         };
         if let Some(id) = &id {
-            if let Some(answer) = self.store.event_answer(id).map_err(internal)? {
-                if let Some(seq) = answer["buffered"].as_u64() {
-                    return Ok(queued(seq));
+            // Across daemons the lock above is not enough: the first to claim the start's
+            // id queues it, a duplicate finds its number. A claim a crash left behind is
+            // taken over once it is older than CLAIM_FOR_MS.
+            let now = self.clock.now_ms();
+            let token = super::new_id(now);
+            let kept = self
+                .store
+                .update_event_answer(id, &mut |old| match old {
+                    Some(v)
+                        if v["queue_claim"].is_string()
+                            && v["at"].as_i64().is_some_and(|at| at + CLAIM_FOR_MS < now) =>
+                    {
+                        json!({"queue_claim": token, "at": now})
+                    }
+                    Some(v) => v,
+                    None => json!({"queue_claim": token, "at": now}),
+                })
+                .map_err(internal)?;
+            if let Some(seq) = kept["buffered"].as_u64() {
+                return Ok(queued(seq));
+            }
+            if kept["queue_claim"] != json!(token) {
+                // Another daemon is queueing this very start: its number comes at once.
+                for _ in 0..50 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    if let Some(seq) = self
+                        .store
+                        .event_answer(id)
+                        .map_err(internal)?
+                        .and_then(|a| a["buffered"].as_u64())
+                    {
+                        return Ok(queued(seq));
+                    }
                 }
+                return Err(StartError::Overloaded(super::Overloaded {
+                    pending: 0,
+                    retry_after_s: 1,
+                }));
             }
         }
         let event = Event {
@@ -119,12 +186,30 @@ impl Inner {
             seq,
             "start queued behind the open instance with its key"
         );
+        // Kept first, then looked at: the instance it waits behind may have finished
+        // (and found the queue empty) since this start found its key held.
+        self.wake_queue(workflow, key);
         Ok(queued(seq))
     }
 
+    /// Start the oldest starts waiting for `workflow`'s key `key` while places are free
+    /// (at most the key's `limit` of them, then the next finish or round goes on).
+    pub(super) async fn dequeue(self: &Arc<Self>, workflow: &str, key: &str) {
+        let places = self
+            .registry
+            .latest(workflow)
+            .and_then(|wf| wf.concurrency.as_ref().map(|c| c.limit.max(1)))
+            .unwrap_or(1);
+        for _ in 0..places {
+            if !self.dequeue_one(workflow, key).await {
+                return;
+            }
+        }
+    }
+
     /// Start the oldest start waiting for `workflow`'s key `key`, if a place is free.
-    /// Whether it started one (or found it started already and removed the entry).
-    pub(super) async fn dequeue(self: &Arc<Self>, workflow: &str, key: &str) -> bool {
+    /// Whether it took the entry (started it, found it started already, or dropped it).
+    async fn dequeue_one(self: &Arc<Self>, workflow: &str, key: &str) -> bool {
         let head = match self.queue_head(workflow, key) {
             Ok(Some(h)) => h,
             Ok(None) => return false,
@@ -136,7 +221,7 @@ impl Inner {
         let seq = head.stamp.seq;
         let idempotency_key = head.event.data["idempotency_key"]
             .as_str()
-            .map_or_else(|| format!("queue:{seq}"), str::to_string);
+            .map_or_else(|| format!("\u{0}queue\u{0}{seq}"), str::to_string);
         let input = head.event.data["input"].clone();
         let started = self
             .start(workflow, input, Some(idempotency_key), None, None, true)
@@ -182,6 +267,6 @@ impl Inner {
             // leaves an entry whose start finds its instance.
             self.metrics.inbox("dequeued", 1);
         }
-        take && started.is_ok_and(|s| s.created)
+        take
     }
 }

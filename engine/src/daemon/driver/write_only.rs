@@ -20,8 +20,10 @@
 //! so any daemon of a cluster can open it for its plugin; clients cannot make one (a
 //! start or event that carries the marker is refused at the API, see [`carries_marker`]).
 
+use crate::compile::{CompiledWorkflow, Kind};
 use crate::runtime::{Millis, StepError};
 use crate::store::seal::Sealer;
+use crate::store::Store;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
@@ -34,6 +36,57 @@ pub const SHOWN_AS: &str = "[write-only]";
 /// How long after it arrived a write-only value can still be given to a plugin: longer
 /// than any one-time code lives, short enough that an old journal opens no code.
 pub const OPEN_FOR_MS: i64 = 30 * 60 * 1000;
+
+/// The store slot that keeps the fields of `event_type` ever declared write-only (NUL
+/// starts the engine's own slots: no client event id has one).
+fn slot(event_type: &str) -> String {
+    format!("\u{0}write_only\u{0}{event_type}")
+}
+
+/// Record in the store the write-only fields `wf` declares, added to those any workflow
+/// declared before, by any daemon. A declaration is never taken back: an event is sealed
+/// for as long as any version that ever waited for it might still (a parked instance of
+/// an older version, or a daemon with older files), deny by default.
+pub fn declare(store: &dyn Store, wf: &CompiledWorkflow) -> Result<(), String> {
+    let mut by_type: std::collections::BTreeMap<&str, BTreeSet<String>> = Default::default();
+    for s in &wf.steps {
+        if let Kind::Wait {
+            events, write_only, ..
+        } = &s.kind
+        {
+            for e in events.iter().filter(|_| !write_only.is_empty()) {
+                by_type
+                    .entry(e)
+                    .or_default()
+                    .extend(write_only.iter().cloned());
+            }
+        }
+    }
+    for (event_type, fields) in by_type {
+        let known = declared(store, event_type).map_err(|e| e.to_string())?;
+        if fields.is_subset(&known) {
+            continue;
+        }
+        store
+            .update_event_answer(&slot(event_type), &mut |old| {
+                let mut all: BTreeSet<String> = old
+                    .and_then(|v| serde_json::from_value(v["fields"].clone()).ok())
+                    .unwrap_or_default();
+                all.extend(fields.iter().cloned());
+                json!({ "fields": all })
+            })
+            .map_err(|e| format!("cannot record the write-only fields of `{event_type}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The fields of `event_type` any workflow ever declared write-only on this store.
+pub fn declared(store: &dyn Store, event_type: &str) -> crate::store::Result<BTreeSet<String>> {
+    Ok(store
+        .event_answer(&slot(event_type))?
+        .and_then(|v| serde_json::from_value(v["fields"].clone()).ok())
+        .unwrap_or_default())
+}
 
 /// Seal the `fields` of `data` (an event's data object) that are present, expiring
 /// [`OPEN_FOR_MS`] after `now`. A field already holding `null` is left alone.
@@ -108,21 +161,23 @@ fn holds_token(v: &Value) -> bool {
 /// The input a plugin is given: each top-level field holding a token is opened when
 /// `sensitive` (the fields the action's schema marks sensitive; `None` for a host that
 /// cannot tell, such as the scripted host of `casework test`) allows it. A token anywhere
-/// else, or one past its time, fails the call before the plugin sees anything.
+/// else, or one past its time, fails the call before the plugin sees anything. Also the
+/// opened values as text, for the host to scrub from whatever the plugin says back.
 pub fn open(
     input: Value,
     target: &str,
     sensitive: Option<&BTreeSet<String>>,
     sealer: &Sealer,
     now: Millis,
-) -> Result<Value, StepError> {
+) -> Result<(Value, Vec<String>), StepError> {
     if !holds_token(&input) {
-        return Ok(input);
+        return Ok((input, Vec::new()));
     }
     let Value::Object(fields) = input else {
         return Err(refused(target, "its input"));
     };
     let mut out = Map::with_capacity(fields.len());
+    let mut opened = Vec::new();
     for (name, v) in fields {
         if !is_token(&v) {
             if holds_token(&v) {
@@ -134,9 +189,14 @@ pub fn open(
         if sensitive.is_some_and(|s| !s.contains(&name)) {
             return Err(refused(target, &format!("`{name}`")));
         }
-        out.insert(name, open_one(&v, target, sealer, now)?);
+        let value = open_one(&v, target, sealer, now)?;
+        opened.push(match &value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        out.insert(name, value);
     }
-    Ok(Value::Object(out))
+    Ok((Value::Object(out), opened))
 }
 
 fn open_one(token: &Value, target: &str, sealer: &Sealer, now: Millis) -> Result<Value, StepError> {
@@ -203,7 +263,7 @@ mod tests {
         assert_eq!(shown, json!({"code": SHOWN_AS, "session": "s-1"}));
 
         let input = json!({"code": data["code"].clone(), "secret_ref": "totp_seed/c-1"});
-        let opened = open(
+        let (opened, plain) = open(
             input,
             "identity.verify_totp",
             Some(&fields(&["code"])),
@@ -215,6 +275,7 @@ mod tests {
             opened,
             json!({"code": "493817", "secret_ref": "totp_seed/c-1"})
         );
+        assert_eq!(plain, ["493817"]);
     }
 
     #[test]
