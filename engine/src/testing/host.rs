@@ -98,10 +98,13 @@ impl ScriptedHost {
                 })
             }
             None => {
+                // Shown in the test's failure: a write-only value as every view shows it.
+                let mut shown = input.clone();
+                hide(&mut shown, &ctx.scrub);
                 self.unanswered
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((target.to_string(), input.clone()));
+                    .push((target.to_string(), shown));
                 Err(PluginError {
                     code: "plugin_unavailable".into(),
                     message: format!(
@@ -112,6 +115,18 @@ impl ScriptedHost {
                 })
             }
         }
+    }
+}
+
+/// Replace each string of `v` that is one of `values` (opened write-only values).
+fn hide(v: &mut Value, values: &[String]) {
+    match v {
+        Value::String(s) if values.contains(s) => {
+            *s = crate::daemon::driver::write_only::SHOWN_AS.into()
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| hide(i, values)),
+        Value::Object(m) => m.values_mut().for_each(|i| hide(i, values)),
+        _ => {}
     }
 }
 
@@ -183,5 +198,15 @@ mod tests {
         let none = host.answer("crm.note", &input, &ctx(1)).unwrap_err();
         assert_eq!(none.code, "plugin_unavailable");
         assert_eq!(host.unanswered().len(), 1);
+
+        // An opened write-only value is not shown in what the failure lists.
+        let mut opened = ctx(1);
+        opened.scrub = vec!["493817".into()];
+        let code = json!({"code": "493817", "to": "ann@example.com"});
+        assert!(host.answer("identity.check_code", &code, &opened).is_err());
+        assert_eq!(
+            host.unanswered()[1].1,
+            json!({"code": "[write-only]", "to": "ann@example.com"})
+        );
     }
 }
