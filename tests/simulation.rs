@@ -1305,6 +1305,20 @@ fn fixed_driver(store: &MemoryStore, clock: &Arc<ManualClock>) -> Driver {
     driver
 }
 
+/// A driver on `store` whose plugins are `host`, with the one workflow `source` installed.
+fn driver_running(
+    store: &MemoryStore,
+    host: Arc<dyn PluginHost>,
+    clock: &Arc<ManualClock>,
+    source: &str,
+) -> Driver {
+    let d = Driver::new(Arc::new(store.clone()), host, clock.clone(), None);
+    let (wf, diags) = compile::load("sim.yaml", source, &Default::default(), &Rules::shared());
+    d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+        .unwrap();
+    d
+}
+
 /// Run a driver until nothing can happen, then report the status of `id` in the index.
 async fn settle(driver: &Driver, store: &MemoryStore, id: &str) -> String {
     driver.resume_all().unwrap();
@@ -2281,17 +2295,7 @@ steps:
     complete: {}
 "#;
     let driver = |store: &MemoryStore, clock: &Arc<ManualClock>| {
-        let d = Driver::new(
-            Arc::new(store.clone()),
-            Arc::new(AlwaysOk),
-            clock.clone(),
-            None,
-        );
-        let (wf, diags) =
-            compile::load("staged.yaml", STAGED, &Default::default(), &Rules::shared());
-        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
-            .unwrap();
-        d
+        driver_running(store, Arc::new(AlwaysOk), clock, STAGED)
     };
     let tear = |keep: Option<usize>| {
         let store = MemoryStore::new();
@@ -2487,11 +2491,7 @@ steps:
     complete: { output: { error: "${vars.error.code}" } }
 "#;
     let driver = |store: &MemoryStore, clock: &Arc<ManualClock>, host: &Arc<CodeChecker>| {
-        let d = Driver::new(Arc::new(store.clone()), host.clone(), clock.clone(), None);
-        let (wf, diags) = compile::load("code.yaml", CODE, &Default::default(), &Rules::shared());
-        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
-            .unwrap();
-        d
+        driver_running(store, host.clone(), clock, CODE)
     };
     let entered = || Event {
         event_type: "code.entered".into(),
@@ -2598,16 +2598,7 @@ steps:
     complete: { output: { n: "${input.n}" } }
 "#;
     let driver = |store: &MemoryStore, clock: &Arc<ManualClock>| {
-        let d = Driver::new(
-            Arc::new(store.clone()),
-            Arc::new(AlwaysOk),
-            clock.clone(),
-            None,
-        );
-        let (wf, diags) = compile::load("line.yaml", LINE, &Default::default(), &Rules::shared());
-        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
-            .unwrap();
-        d
+        driver_running(store, Arc::new(AlwaysOk), clock, LINE)
     };
     let close = || Event {
         event_type: "line.close".into(),

@@ -112,6 +112,17 @@ fn serve(dir: &Path) -> Daemon {
     daemon::start(command, port)
 }
 
+/// Starts `workflow` for customer cus_1; its instance id.
+fn start_for_cus_1(addr: &str, workflow: &str) -> String {
+    let (s, started) = call(
+        "POST",
+        &format!("{addr}/v1/workflows/{workflow}/instances"),
+        Some(&json!({"customer": "cus_1"})),
+    );
+    assert_eq!(s, 201, "{started}");
+    started["id"].as_str().unwrap().to_string()
+}
+
 /// The RFC 6238 code (HMAC-SHA1, 6 digits, 30 s steps) of [`SEED`] now.
 fn totp_now() -> String {
     let step = std::time::SystemTime::now()
@@ -150,13 +161,7 @@ fn assert_no_file_holds(dir: &Path, texts: &[&str]) {
 fn a_typed_code_is_checked_by_the_plugin_refused_when_reused_and_shown_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let d = serve(dir.path());
-    let (s, started) = call(
-        "POST",
-        &format!("{}/v1/workflows/otp/instances", d.addr),
-        Some(&json!({"customer": "cus_1"})),
-    );
-    assert_eq!(s, 201, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = start_for_cus_1(&d.addr, "otp");
     let code = totp_now();
 
     // The code races the wait, eight times at once under one event id: kept once.
@@ -228,13 +233,7 @@ fn a_typed_code_is_checked_by_the_plugin_refused_when_reused_and_shown_nowhere()
 fn a_write_only_value_reaches_no_field_the_plugin_does_not_mark_sensitive() {
     let dir = tempfile::tempdir().unwrap();
     let d = serve(dir.path());
-    let (s, started) = call(
-        "POST",
-        &format!("{}/v1/workflows/leak/instances", d.addr),
-        Some(&json!({"customer": "cus_1"})),
-    );
-    assert_eq!(s, 201, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = start_for_cus_1(&d.addr, "leak");
     let (s, a) = call(
         "POST",
         &format!("{}/v1/events", d.addr),
@@ -283,13 +282,7 @@ fn a_write_only_value_reaches_no_field_the_plugin_does_not_mark_sensitive() {
 fn a_field_declared_write_only_stays_sealed_after_the_declaring_version_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = serve(dir.path());
-    let (s, started) = call(
-        "POST",
-        &format!("{}/v1/workflows/otp/instances", d.addr),
-        Some(&json!({"customer": "cus_1"})),
-    );
-    assert_eq!(s, 201, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = start_for_cus_1(&d.addr, "otp");
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     // Version 2 forgets `write_only`, and nothing else of the folder declares it.

@@ -61,19 +61,6 @@ impl CompiledWorkflow {
             .iter()
             .any(|s| matches!(&s.kind, Kind::Wait { events, .. } if events.iter().any(|e| e == event_type)))
     }
-
-    /// The `data` fields a wait of this workflow declares write-only for `event_type`.
-    pub fn write_only_fields<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a str> {
-        self.steps
-            .iter()
-            .flat_map(move |s| match &s.kind {
-                Kind::Wait {
-                    events, write_only, ..
-                } if events.iter().any(|e| e == event_type) => write_only.as_slice(),
-                _ => &[],
-            })
-            .map(String::as_str)
-    }
 }
 
 /// One open instance per business key.

@@ -158,20 +158,6 @@ impl Registry {
             .max()
     }
 
-    /// The `data` fields of `event_type` that any loaded version of any workflow declares
-    /// write-only: an event is sealed for every workflow at once, so one that declares a
-    /// field write-only protects it from the rest too.
-    pub fn write_only(&self, event_type: &str) -> std::collections::BTreeSet<String> {
-        let by_hash = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
-        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
-        by_hash
-            .values()
-            .chain(latest.values())
-            .flat_map(|wf| wf.write_only_fields(event_type))
-            .map(str::to_string)
-            .collect()
-    }
-
     /// Remembers a warning about the version with `hash`, for `GET /v1/workflows`.
     pub fn warn(&self, hash: &str, warning: String) {
         self.warnings

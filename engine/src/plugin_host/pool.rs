@@ -250,7 +250,7 @@ pub struct Pool {
     /// Per plugin, its calls waiting and its running permits in all its lanes
     /// ([`Lane::plugin_waiting`], [`Lane::plugin_permits`]).
     #[allow(clippy::type_complexity)]
-    plugin_waiting: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<Semaphore>)>>,
+    per_plugin: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<Semaphore>)>>,
     memory: Arc<Semaphore>,
     instance_slots: Arc<Semaphore>,
     counts: Arc<Counts>,
@@ -282,7 +282,7 @@ impl Pool {
             config,
             slots,
             lanes: Mutex::new(HashMap::new()),
-            plugin_waiting: Mutex::new(HashMap::new()),
+            per_plugin: Mutex::new(HashMap::new()),
             memory: Arc::new(Semaphore::new(config.memory_mib as usize)),
             instance_slots: Arc::new(Semaphore::new(slots)),
             counts: Arc::default(),
@@ -357,7 +357,7 @@ impl Pool {
             }
         }
         let (plugin_waiting, plugin_permits) = self
-            .plugin_waiting
+            .per_plugin
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(plugin.to_string())

@@ -159,11 +159,10 @@ pub(super) fn spawn_call(
     let call_task = async move {
         let attempt = ctx.attempt;
         let began = std::time::Instant::now();
-        let target = format!("{plugin}.{action}");
         let opened = super::write_only::open(
             input,
-            &target,
-            inner.plugins.sensitive_fields(&plugin, &action).as_ref(),
+            (&plugin, &action),
+            || inner.plugins.sensitive_fields(&plugin, &action),
             inner.store.write_only_sealer(),
             inner.clock.now_ms(),
         );

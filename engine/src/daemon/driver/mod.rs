@@ -423,11 +423,10 @@ impl Driver {
         let inner = &self.inner;
         inner.admit()?;
         let mut event = event;
-        let mut sealed = inner.registry.write_only(&event.event_type);
-        sealed.extend(
-            write_only::declared(inner.store.as_ref(), &event.event_type)
-                .map_err(|e| DeliverError::Internal(e.to_string()))?,
-        );
+        // Every installed workflow's declarations are in the store (`install` records
+        // them first), and so are those of versions and daemons not loaded here.
+        let sealed = write_only::declared(inner.store.as_ref(), &event.event_type)
+            .map_err(|e| DeliverError::Internal(e.to_string()))?;
         if !sealed.is_empty() {
             // Before anything is written: the value must never reach a store in the clear.
             write_only::seal(
@@ -806,7 +805,8 @@ impl Inner {
                     .await;
             }
         }
-        let attach_data = open_key.as_ref().map(|_| input.clone());
+        // What an open key does with the start: delivered as an event (attach) or queued.
+        let conflict_input = open_key.as_ref().map(|_| input.clone());
         let record = Instance::start_record(&wf, input, key.clone(), parent, self.clock.now_ms());
         // A key with several places (`concurrency.limit`) is tried place by place: each
         // place is claimed atomically, so starts racing for the last free place make one
@@ -852,7 +852,7 @@ impl Inner {
         }
         let open = open.unwrap_or_default();
         if let (true, Some(k)) = (queues, &open_key) {
-            let input = attach_data.unwrap_or(Value::Null);
+            let input = conflict_input.unwrap_or(Value::Null);
             return self
                 .enqueue(workflow, k, &input, key.as_deref(), Some(open))
                 .await;
@@ -867,7 +867,7 @@ impl Inner {
         let event = Event {
             event_type: event.clone(),
             key: open_key.unwrap_or_default(),
-            data: attach_data.unwrap_or(Value::Null),
+            data: conflict_input.unwrap_or(Value::Null),
             // A resent start (same idempotency key) is the same event: the open instance
             // receives it once.
             id: key.map(|k| format!("attach:{workflow}:{k}")),

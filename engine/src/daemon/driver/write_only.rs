@@ -158,21 +158,24 @@ fn holds_token(v: &Value) -> bool {
     }
 }
 
-/// The input a plugin is given: each top-level field holding a token is opened when
-/// `sensitive` (the fields the action's schema marks sensitive; `None` for a host that
-/// cannot tell, such as the scripted host of `casework test`) allows it. A token anywhere
+/// The input `plugin.action` is given: each top-level field holding a token is opened
+/// when `sensitive` (the fields the action's schema marks sensitive; `None` for a host
+/// that cannot tell, such as the scripted host of `casework test`; asked only when the
+/// input holds a token, so a plain call costs one scan) allows it. A token anywhere
 /// else, or one past its time, fails the call before the plugin sees anything. Also the
 /// opened values as text, for the host to scrub from whatever the plugin says back.
 pub fn open(
     input: Value,
-    target: &str,
-    sensitive: Option<&BTreeSet<String>>,
+    (plugin, action): (&str, &str),
+    sensitive: impl FnOnce() -> Option<BTreeSet<String>>,
     sealer: &Sealer,
     now: Millis,
 ) -> Result<(Value, Vec<String>), StepError> {
     if !holds_token(&input) {
         return Ok((input, Vec::new()));
     }
+    let target = &format!("{plugin}.{action}");
+    let sensitive = sensitive();
     let Value::Object(fields) = input else {
         return Err(refused(target, "its input"));
     };
@@ -186,7 +189,7 @@ pub fn open(
             out.insert(name, v);
             continue;
         }
-        if sensitive.is_some_and(|s| !s.contains(&name)) {
+        if sensitive.as_ref().is_some_and(|s| !s.contains(&name)) {
             return Err(refused(target, &format!("`{name}`")));
         }
         let value = open_one(&v, target, sealer, now)?;
@@ -265,8 +268,8 @@ mod tests {
         let input = json!({"code": data["code"].clone(), "secret_ref": "totp_seed/c-1"});
         let (opened, plain) = open(
             input,
-            "identity.verify_totp",
-            Some(&fields(&["code"])),
+            ("identity", "verify_totp"),
+            || Some(fields(&["code"])),
             &s,
             2_000,
         )
@@ -291,21 +294,28 @@ mod tests {
             json!({"text": format!("code {}", token)}),
             json!([token.clone()]),
         ] {
-            let e = open(input, "paging.notify_slack", Some(&only_code), &s, 1).unwrap_err();
+            let e = open(
+                input,
+                ("paging", "notify_slack"),
+                || Some(only_code.clone()),
+                &s,
+                1,
+            )
+            .unwrap_err();
             assert_eq!(e.code, "write_only_refused");
             assert!(!e.message.contains("493817"));
         }
         let late = open(
             json!({"code": token.clone()}),
-            "x.y",
-            Some(&only_code),
+            ("x", "y"),
+            || Some(only_code.clone()),
             &s,
             OPEN_FOR_MS + 1,
         )
         .unwrap_err();
         assert_eq!(late.code, "write_only_expired");
         // Another key (another cluster, a forged token) cannot open it.
-        let e = open(json!({"code": token}), "x.y", None, &sealer(), 1).unwrap_err();
+        let e = open(json!({"code": token}), ("x", "y"), || None, &sealer(), 1).unwrap_err();
         assert_eq!(e.code, "write_only_unreadable");
     }
 
