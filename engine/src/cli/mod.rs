@@ -111,6 +111,10 @@ pub enum Command {
     /// time or search attributes) on a running daemon, bounded by --limit, printing what
     /// was done and what was refused.
     Bulk(remote::BulkArgs),
+    /// Move a workflow's waiting instances on a running daemon to its newest version, at
+    /// the waits that version's `migrate:` rules name (--dry-run lists who would move and
+    /// why the others stay). Journaled with the reason and the token's name.
+    Migrate(remote::MigrateArgs),
     /// Events a running daemon keeps because nothing waited for them yet: list, purge.
     #[command(subcommand)]
     Inbox(remote::InboxCommand),
@@ -182,6 +186,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::List(args) => remote::list(args),
         Command::Cancel(args) => remote::cancel(args),
         Command::Retry(args) => remote::retry(args),
+        Command::Migrate(args) => remote::migrate(args),
         Command::SendEvent(args) => remote::send_event(args),
         Command::Inbox(command) => remote::inbox(command),
         Command::Backup(args) => backup::backup(args),
@@ -374,17 +379,19 @@ pub fn instance_view_json(
                 .instance(id)?
                 .ok_or_else(|| anyhow::anyhow!("no instance `{id}` in {}", source.describe()))?;
             let registry = crate::daemon::registry::Registry::default();
-            let wf = registry
-                .pinned(
+            let journal = store.journal(id)?;
+            let (inst, wf) = registry
+                .replay_journal(
                     store.as_ref(),
-                    &meta.hash,
+                    &meta,
+                    &journal,
                     &crate::compile::rules::Rules::shared(),
                 )
                 .map_err(|e| anyhow::anyhow!(e))?;
-            let journal = store.journal(id)?;
             serde_json::to_value(crate::daemon::view::instance_view(
                 id,
                 &meta.status,
+                &inst,
                 &wf,
                 &journal,
             ))?
@@ -509,7 +516,7 @@ mod tests {
         };
         assert_eq!(daemon.url, "127.0.0.1:9");
         assert_eq!(daemon.token.as_deref(), Some("t0ken"));
-        for sub in ["list", "cancel", "retry", "send-event", "inspect", "report"] {
+        for sub in ["list", "cancel", "retry", "send-event", "inspect", "report", "migrate"] {
             let cmd = Cli::command();
             let sub = cmd.find_subcommand(sub).unwrap();
             let names: Vec<_> = sub.get_arguments().filter_map(|a| a.get_long()).collect();

@@ -246,6 +246,125 @@ pub fn bulk(args: BulkArgs) -> Result<u8> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The workflow whose waiting instances move to its newest loaded version, where that
+    /// version's `migrate:` rules allow.
+    #[arg(value_name = "WORKFLOW")]
+    pub workflow: String,
+    /// Only list which instances would move, and why the others would not.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why, kept in each moved instance's journal (needed unless --dry-run).
+    #[arg(long, required_unless_present = "dry_run")]
+    pub reason: Option<String>,
+    /// Only instances with this status (default: parked, the only ones that can move).
+    #[arg(long)]
+    pub status: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Instances to look at at most, over all the requests it makes.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Print the API's JSON answers.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `casework migrate`: `POST /v1/bulk` with `"action": "migrate"`, page after page;
+/// prints each instance that moves (or would) and why each other one stays.
+pub fn migrate(args: MigrateArgs) -> Result<u8> {
+    let client = Client::new(&args.daemon)?;
+    let (mut moved, mut stays, mut handed) = (0usize, 0usize, 0usize);
+    let mut cursor: Option<String> = None;
+    loop {
+        let left = args.limit.saturating_sub(moved + stays + handed);
+        if left == 0 {
+            break;
+        }
+        let mut body = json!({
+            "action": "migrate",
+            "workflow": args.workflow,
+            "dry_run": args.dry_run,
+            "limit": left.min(10_000),
+        });
+        if let Some(s) = &args.status {
+            body["status"] = json!(s);
+        }
+        if let Some(r) = &args.reason {
+            body["reason"] = json!(r);
+        }
+        args.search.add_to(&mut body);
+        if let Some(c) = &cursor {
+            body["cursor"] = json!(c);
+        }
+        let answer = client.post(&["v1", "bulk"], Some(&body))?;
+        if args.json {
+            print_json(&answer)?;
+        }
+        for m in answer["moves"].as_array().into_iter().flatten() {
+            let id = m["id"].as_str().unwrap_or("?");
+            if m["handed_over"].as_bool() == Some(true) {
+                handed += 1;
+                if !args.json {
+                    out(&format!("handed over {id}: the daemon that owns it moves it to version {}", m["to_version"]));
+                }
+                continue;
+            }
+            moved += 1;
+            if !args.json {
+                out(&format!(
+                    "{} {id}: version {} at {} → version {} at {}",
+                    if args.dry_run { "would move" } else { "moved" },
+                    m["from_version"],
+                    m["from_step"].as_str().unwrap_or("?"),
+                    m["to_version"],
+                    m["to_step"].as_str().unwrap_or("?"),
+                ));
+            }
+        }
+        for r in answer["refused"].as_array().into_iter().flatten() {
+            stays += 1;
+            if !args.json {
+                out(&format!(
+                    "stays {}: {} ({})",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["message"].as_str().unwrap_or(""),
+                    r["code"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(stop) = answer["stopped"].as_object() {
+            anyhow::bail!(
+                "stopped after {} instance(s): {} ({}); run the same command again in {} s to go on",
+                moved + stays + handed,
+                stop.get("message").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("code").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("retry_after_s").and_then(|m| m.as_u64()).unwrap_or(1)
+            );
+        }
+        match answer["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    if !args.json {
+        let verb = if args.dry_run { "would move" } else { "moved" };
+        let handed = if handed > 0 {
+            format!(", {handed} handed to the daemons that own them")
+        } else {
+            String::new()
+        };
+        out(&format!(
+            "{verb} {moved} instance(s) of {}{handed}; {stays} stay on the version they run",
+            args.workflow
+        ));
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
 pub struct HoldArgs {
     /// The instance (an id from `casework list`).
     #[arg(required_unless_present = "workflow", conflicts_with = "workflow")]

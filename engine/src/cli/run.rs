@@ -366,6 +366,17 @@ pub fn describe(id: &str, r: &Record) -> String {
         Record::RetryRequested { step, .. } => format!("retry requested: step {step} runs again"),
         Record::Paused { by, reason, .. } => format!("paused by {by}: {reason}"),
         Record::Resumed { by, reason, .. } => format!("resumed by {by}: {reason}"),
+        Record::Migrated {
+            from_version,
+            from_step,
+            to_version,
+            to_step,
+            by,
+            reason,
+            ..
+        } => format!(
+            "moved by {by} from version {from_version} at {from_step} to version {to_version} at {to_step}: {reason}"
+        ),
         Record::CompensationStarted { steps, .. } => format!("compensating: {}", steps.join(", ")),
         Record::Completed { .. } => "completed".into(),
         Record::Failed { error, .. } => format!("failed: {error}"),

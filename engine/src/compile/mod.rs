@@ -44,6 +44,27 @@ pub struct CompiledWorkflow {
     pub inbox_keep_ms: Option<u64>,
     /// `search:` attributes, in the order written.
     pub search: Vec<SearchAttribute>,
+    /// `migrate:` rules, one per older version.
+    pub migrations: Vec<Migration>,
+}
+
+/// Instances of version `from` parked at a wait in `at` may move to step `to` (an index
+/// into this version's steps), with `set` variables worked out at the move.
+#[derive(Debug)]
+pub struct Migration {
+    pub from: u32,
+    /// Where `from:` is written, for problems found against the stored versions.
+    pub from_span: crate::diagnostic::Span,
+    pub at: Vec<(String, crate::diagnostic::Span)>,
+    pub to: usize,
+    pub set: Vec<(String, AST)>,
+}
+
+impl CompiledWorkflow {
+    /// The rule that moves instances of `version` here, if there is one.
+    pub fn migration_from(&self, version: u32) -> Option<&Migration> {
+        self.migrations.iter().find(|m| m.from == version)
+    }
 }
 
 /// A business attribute instances are indexed by: its value is worked out from `input`
@@ -279,6 +300,21 @@ pub fn compile(
             value: c.script(&a.value, true),
         })
         .collect();
+    let migrations = def
+        .migrate
+        .iter()
+        .map(|m| Migration {
+            from: m.from.value,
+            from_span: m.from.span,
+            at: m.at.iter().map(|s| (s.value.clone(), s.span)).collect(),
+            to: c.idx(&m.to.value),
+            set: m
+                .set
+                .iter()
+                .map(|(name, e)| (name.value.clone(), c.script(e, true)))
+                .collect(),
+        })
+        .collect();
     let hash = hex::encode(Sha256::digest(source.as_bytes()));
     let Compiler {
         diags,
@@ -308,6 +344,7 @@ pub fn compile(
             concurrency,
             inbox_keep_ms: def.inbox_keep.as_ref().map(|d| d.value.as_millis()),
             search,
+            migrations,
         },
         diags,
     )

@@ -9,7 +9,7 @@
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
 use super::driver::{
-    DeliverError, Driver, HoldError, RetryError, StartError, Started, WaitError, MAX_WAIT,
+    DeliverError, Driver, HoldError, MigrateError, RetryError, StartError, Started, WaitError, MAX_WAIT,
 };
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
@@ -79,6 +79,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/instances/{id}/retry", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/pause", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/resume", Some(Scope::Admin)),
+    route("POST", "/v1/instances/{id}/migrate", Some(Scope::Admin)),
     route("POST", "/v1/bulk", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
     route("GET", "/v1/inbox", Some(Scope::Read)),
@@ -104,6 +105,7 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("POST", "/v1/instances/{id}/retry") => post(retry),
         ("POST", "/v1/instances/{id}/pause") => post(pause),
         ("POST", "/v1/instances/{id}/resume") => post(resume),
+        ("POST", "/v1/instances/{id}/migrate") => post(migrate),
         ("POST", "/v1/bulk") => post(bulk),
         ("POST", "/v1/events") => post(deliver),
         ("GET", "/v1/inbox") => get(list_inbox),
@@ -960,12 +962,12 @@ pub fn instance_view(d: &Driver, id: &str) -> Result<view::InstanceView, ApiErro
         .instance(id)
         .map_err(internal)?
         .ok_or_else(|| instance_not_found(id))?;
-    let wf = inner
-        .registry
-        .pinned(inner.store.as_ref(), &meta.hash, &inner.rules)
-        .map_err(internal)?;
     let journal = inner.store.journal(id).map_err(internal)?;
-    Ok(view::instance_view(id, &meta.status, &wf, &journal))
+    let (inst, wf) = inner
+        .registry
+        .replay_journal(inner.store.as_ref(), &meta, &journal, &inner.rules)
+        .map_err(internal)?;
+    Ok(view::instance_view(id, &meta.status, &inst, &wf, &journal))
 }
 
 #[derive(Deserialize)]
@@ -1265,6 +1267,103 @@ async fn resume(
     hold(api, caller, id, body, false).await
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    /// Why, for the journal (not needed for a dry run).
+    #[serde(default)]
+    reason: String,
+    /// Only say where the instance would move, or why it would not.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/instances/{id}/migrate`: move the instance to the newest loaded version of
+/// its workflow, at a safe point its `migrate:` rule names.
+async fn migrate(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<MigrateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let b = body.unwrap_or_default();
+    migrate_one(&api, caller.as_ref().map(|c| &c.0), &id, &b.reason, b.dry_run)
+        .await
+        .map(Json)
+}
+
+async fn migrate_one(
+    api: &Api,
+    caller: Option<&Caller>,
+    id: &str,
+    reason: &str,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let reason = reason.trim();
+    if !dry_run && reason.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "say why, for the journal: {\"reason\": \"...\"}, or ask for {\"dry_run\": true}",
+        ));
+    }
+    let inner = api.driver.inner();
+    let meta = inner
+        .store
+        .instance(id)
+        .map_err(internal)?
+        .ok_or_else(|| instance_not_found(id))?;
+    let to = inner.registry.latest(&meta.workflow).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "workflow_not_loaded",
+            format!(
+                "workflow `{}` is not loaded, so there is no version to move to",
+                meta.workflow
+            ),
+        )
+    })?;
+    let refused = |e: crate::runtime::MigrateRefused| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            e.code,
+            format!("instance `{id}` does not move to version {}: {e}", to.version),
+        )
+    };
+    let moved = if dry_run {
+        match api.driver.migration(id, &to) {
+            Ok(m) => Some(m),
+            Err(MigrateError::Refused(e)) => return Err(refused(e)),
+            Err(e) => return Err(migrate_error(id, e)),
+        }
+    } else {
+        let by = asker(caller);
+        match api.driver.migrate(id, to.clone(), &by, reason).await {
+            Ok(m) => m,
+            Err(MigrateError::Refused(e)) => return Err(refused(e)),
+            Err(e) => return Err(migrate_error(id, e)),
+        }
+    };
+    Ok(match moved {
+        Some(m) => json!({
+            "id": id, "dry_run": dry_run, "moved": !dry_run,
+            "from_version": m.from_version, "from_step": m.from_step,
+            "to_version": m.to_version, "to_step": m.to_step,
+        }),
+        // Another daemon owns it: it moves it when it reads the request.
+        None => json!({"id": id, "dry_run": false, "moved": false, "handed_over": true, "to_version": to.version}),
+    })
+}
+
+fn migrate_error(id: &str, e: MigrateError) -> ApiError {
+    match e {
+        MigrateError::NotFound(_) => instance_not_found(id),
+        MigrateError::Overloaded(e) => overloaded(e),
+        MigrateError::Refused(e) => internal(e.to_string()),
+        MigrateError::Internal(e) => internal(e),
+    }
+}
+
 /// Instances one bulk request acts on at most (`limit`, default 1000).
 pub const MAX_BULK: usize = 10_000;
 
@@ -1275,6 +1374,7 @@ enum BulkAction {
     Cancel,
     Pause,
     Resume,
+    Migrate,
 }
 
 #[derive(Deserialize)]
@@ -1294,6 +1394,9 @@ struct BulkBody {
     limit: Option<usize>,
     /// Where the previous request stopped (its `next_cursor`).
     cursor: Option<String>,
+    /// With `migrate`: only say which instances would move and why others would not.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// `POST /v1/bulk`: retry, cancel, pause or resume every instance of a workflow (with a
@@ -1312,10 +1415,22 @@ async fn bulk(
             "say what to do and to which instances: {\"action\": \"retry\", \"workflow\": \"refund\", \"status\": \"failed\"}",
         )
     })?;
+    if b.dry_run && b.action != BulkAction::Migrate {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "`dry_run` goes with `\"action\": \"migrate\"`",
+        ));
+    }
+    // Only waiting instances can move: by default a migration looks at those.
+    let status = match (&b.status, b.action) {
+        (None, BulkAction::Migrate) => Some("parked".to_string()),
+        (s, _) => s.clone(),
+    };
     let selection = select(
         &api,
         Some(b.workflow.clone()),
-        b.status.clone(),
+        status,
         (b.started_after.as_deref(), b.started_before.as_deref()),
         &b.search,
         "invalid_body",
@@ -1328,7 +1443,7 @@ async fn bulk(
             format!("`limit` must be 1 to {MAX_BULK}"),
         ));
     }
-    let needs_reason = b.action != BulkAction::Retry;
+    let needs_reason = b.action != BulkAction::Retry && !b.dry_run;
     let reason = b.reason.as_deref().map(str::trim).unwrap_or("").to_string();
     if needs_reason && reason.is_empty() {
         return Err(ApiError::new(
@@ -1355,6 +1470,7 @@ async fn bulk(
         ));
     }
     let mut done: Vec<String> = Vec::new();
+    let mut moves: Vec<Value> = Vec::new();
     let mut refused: Vec<Value> = Vec::new();
     let mut stopped: Option<Value> = None;
     let store = api.driver.inner().store.clone();
@@ -1393,6 +1509,11 @@ async fn bulk(
             )
             .await
             .map(|_| ()),
+            BulkAction::Migrate => {
+                migrate_one(&api, caller.as_ref().map(|c| &c.0), &id, &reason, b.dry_run)
+                    .await
+                    .map(|m| moves.push(m))
+            }
         };
         match answer {
             Ok(()) => done.push(id.clone()),
@@ -1410,14 +1531,19 @@ async fn bulk(
         last = Some(id);
     }
     let more = cursor.is_some();
-    Ok(Json(json!({
+    let mut report = json!({
         "action": b.action,
         "workflow": b.workflow,
         "done": done,
         "refused": refused,
         "stopped": stopped,
         "next_cursor": if more { cursor } else { None },
-    })))
+    });
+    if b.action == BulkAction::Migrate {
+        report["dry_run"] = b.dry_run.into();
+        report["moves"] = moves.into();
+    }
+    Ok(Json(report))
 }
 
 #[derive(Deserialize)]

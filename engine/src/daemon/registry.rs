@@ -227,6 +227,114 @@ impl Registry {
             .collect()
     }
 
+    /// What is wrong with `wf`'s `migrate:` rules against the versions of its workflow the
+    /// store has run: a `from` version it never had (when it has had any: on a new store
+    /// nothing can move, and a shipped file must still load), or an `at` step that is not
+    /// a wait of that version. Each at the rule's line.
+    pub fn migration_problems(
+        &self,
+        store: &dyn Store,
+        wf: &CompiledWorkflow,
+        rules: &Arc<Rules>,
+    ) -> Vec<Diagnostic> {
+        if wf.migrations.is_empty() {
+            return Vec::new();
+        }
+        let stored: Vec<(String, StoredDefinition)> = match store.definitions() {
+            Ok(all) => all.into_iter().filter(|(_, d)| d.name == wf.name).collect(),
+            Err(e) => {
+                return vec![Diagnostic::error(
+                    &wf.file,
+                    wf.migrations[0].from_span,
+                    format!("cannot read the stored versions to check `migrate:` against: {e}"),
+                )]
+            }
+        };
+        if stored.is_empty() {
+            return Vec::new();
+        }
+        let mut versions: Vec<u32> = stored.iter().map(|(_, d)| d.version).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut out = Vec::new();
+        for m in &wf.migrations {
+            let olds: Vec<&String> = stored
+                .iter()
+                .filter(|(_, d)| d.version == m.from)
+                .map(|(h, _)| h)
+                .collect();
+            if olds.is_empty() {
+                let had = versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                out.push(
+                    Diagnostic::error(
+                        &wf.file,
+                        m.from_span,
+                        format!("version {} of `{}` never ran here (versions run: {had})", m.from, wf.name),
+                    )
+                    .with_hint("a migration moves instances of a version this daemon's store has run; correct `from:` or remove the rule"),
+                );
+                continue;
+            }
+            for hash in olds {
+                let Ok(old) = self.pinned(store, hash, rules) else {
+                    continue;
+                };
+                let waits: Vec<&str> = old
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.kind, compile::Kind::Wait { .. }))
+                    .map(|s| s.id.as_str())
+                    .collect();
+                for (step, span) in &m.at {
+                    if waits.contains(&step.as_str()) {
+                        continue;
+                    }
+                    let what = if old.index.contains_key(step) { "is not a wait" } else { "is not a step" };
+                    out.push(
+                        Diagnostic::error(
+                            &wf.file,
+                            *span,
+                            format!("`{step}` {what} of version {} of `{}`", m.from, wf.name),
+                        )
+                        .with_hint(if waits.is_empty() {
+                            format!("version {} has no wait, so none of its instances can move", m.from)
+                        } else {
+                            format!("an instance moves only while it waits; the waits of version {} are: {}", m.from, waits.join(", "))
+                        }),
+                    );
+                }
+            }
+        }
+        out.dedup_by(|a, b| a.message == b.message && a.span == b.span);
+        out
+    }
+
+    /// An instance rebuilt from its journal (read from the store), each record with the
+    /// version it was written under, and the version it runs now: the one its index entry
+    /// names, unless a crash left the entry behind a move (`Record::Migrated`).
+    pub fn replay(
+        &self,
+        store: &dyn Store,
+        meta: &crate::store::InstanceMeta,
+        rules: &Arc<Rules>,
+    ) -> Result<(crate::runtime::Instance, Arc<CompiledWorkflow>), String> {
+        let journal = store.journal(&meta.id).map_err(|e| e.to_string())?;
+        self.replay_journal(store, meta, &journal, rules)
+    }
+
+    /// [`Registry::replay`] of a journal read already.
+    pub fn replay_journal(
+        &self,
+        store: &dyn Store,
+        meta: &crate::store::InstanceMeta,
+        journal: &[crate::runtime::Record],
+        rules: &Arc<Rules>,
+    ) -> Result<(crate::runtime::Instance, Arc<CompiledWorkflow>), String> {
+        crate::runtime::Instance::replay_pinned(&meta.id, &meta.hash, journal, |hash| {
+            self.pinned(store, hash, rules)
+        })
+    }
+
     /// The exact version with this hash, compiled from the store if it is no longer loaded.
     pub fn pinned(
         &self,

@@ -140,6 +140,17 @@ impl Reloader {
                 report.warnings.push(d.to_string());
             }
             let label = format!("{} v{}", wf.name, wf.version);
+            let wrong = inner
+                .registry
+                .migration_problems(inner.store.as_ref(), &wf, &inner.rules);
+            if !wrong.is_empty() {
+                for d in &wrong {
+                    tracing::error!(target: "casework::load", "{d}");
+                }
+                report.rejected.push(format!("{}: {}", wf.file, wrong[0].message));
+                problems.entry(wf.file.clone()).or_default().extend(wrong);
+                continue;
+            }
             match self.driver.install(wf) {
                 Ok(_) => {
                     tracing::info!(workflow = %label, "workflow version installed; running instances keep theirs");

@@ -8,7 +8,7 @@
 
 use super::registry::Registry;
 use crate::compile::rules::Rules;
-use crate::runtime::{Instance, Millis};
+use crate::runtime::Millis;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -173,9 +173,7 @@ pub fn build(
             }
             let tally = tallies.entry(meta.workflow.clone()).or_default();
             *tally.by_status.entry(meta.status.clone()).or_default() += 1;
-            let wf = registry.pinned(store, &meta.hash, rules)?;
-            let journal = store.journal(&meta.id).map_err(|e| e.to_string())?;
-            let inst = Instance::replay(&meta.id, &wf, &journal);
+            let (inst, _) = registry.replay(store, &meta, rules)?;
             let report = inst.vars().get("report");
             tally.all.add(report, meta.created_at);
             tally

@@ -386,6 +386,32 @@ impl From<&Record> for JournalEntry {
                 e.put("reason", reason);
                 e.time("at", *at);
             }
+            Record::Migrated {
+                frame,
+                from_version,
+                from_hash,
+                from_step,
+                to_version,
+                to_hash,
+                to_step,
+                vars,
+                by,
+                reason,
+                at,
+            } => {
+                e.put("record", "migrated");
+                e.put("frame", frame);
+                e.put("from_version", from_version);
+                e.put("from_hash", from_hash);
+                e.put("from_step", from_step);
+                e.put("to_version", to_version);
+                e.put("to_hash", to_hash);
+                e.put("to_step", to_step);
+                e.put_some("vars", vars);
+                e.put("by", by);
+                e.put("reason", reason);
+                e.time("at", *at);
+            }
             Record::RetryRequested { step, at } => {
                 e.put("record", "retry_requested");
                 e.put("step", step);
@@ -456,10 +482,10 @@ impl Entry {
 pub fn instance_view(
     id: &str,
     status: &str,
+    inst: &Instance,
     wf: &CompiledWorkflow,
     journal: &[Record],
 ) -> InstanceView {
-    let inst = Instance::replay(id, wf, journal);
     let secrets = sensitive_values(wf, inst.input());
     let redact = |v: Value| redact(v, &secrets);
     InstanceView {
@@ -780,6 +806,19 @@ mod tests {
                 by: "token:ops".into(),
                 reason: "go ahead".into(),
                 at: 20,
+            },
+            Record::Migrated {
+                frame: 0,
+                from_version: 2,
+                from_hash: "h2".into(),
+                from_step: "wait_for_approval".into(),
+                to_version: 3,
+                to_hash: "h3".into(),
+                to_step: "await_approval".into(),
+                vars: Some(Map::from_iter([("tier".to_string(), json!("manager"))])),
+                by: "token:ops".into(),
+                reason: "new approval tiers".into(),
+                at: 21,
             },
         ]
     }

@@ -57,6 +57,19 @@ pub struct WorkflowDef {
     pub inbox_keep: Option<Spanned<Duration>>,
     /// `search:` business attributes the instance can be found by, in the order written.
     pub search: Vec<SearchDef>,
+    /// `migrate:` which instances of older versions may move to this one, and where.
+    pub migrate: Vec<MigrationDef>,
+}
+
+/// One `migrate:` rule: instances of version `from` parked at one of the waits `at`
+/// move to step `to` of this version, with `set` variables worked out at the move.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationDef {
+    pub from: Spanned<u32>,
+    pub at: Vec<Spanned<String>>,
+    pub to: Spanned<String>,
+    /// Variable name → expression over `input` and `vars` (as they were before the move).
+    pub set: Vec<(Spanned<String>, Script)>,
 }
 
 /// One `search:` attribute: its name (the query parameter) and the expression over

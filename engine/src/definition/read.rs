@@ -31,7 +31,11 @@ pub(crate) const WORKFLOW_FIELDS: &[&str] = &[
     "concurrency",
     "inbox_keep",
     "search",
+    "migrate",
 ];
+pub(crate) const MIGRATION_FIELDS: &[&str] = &["from", "at", "to", "set"];
+/// The most `migrate:` rules a workflow may declare, and variables one rule may set.
+pub const MAX_MIGRATIONS: usize = 32;
 /// The most `search:` attributes a workflow may declare: each is an index entry per
 /// instance and an expression run after every step that changes the instance.
 pub const MAX_SEARCH_ATTRIBUTES: usize = 8;
@@ -210,6 +214,10 @@ impl Reader<'_> {
             Some(d)
         });
         let search = f.get("search").map(|n| self.search(n)).unwrap_or_default();
+        let migrate = f
+            .get("migrate")
+            .map(|n| self.migrations(n, version.as_ref().map(|v| v.value)))
+            .unwrap_or_default();
         Some(WorkflowDef {
             file: self.file.to_string(),
             name: name?,
@@ -223,7 +231,104 @@ impl Reader<'_> {
             concurrency,
             inbox_keep,
             search,
+            migrate,
         })
+    }
+
+    /// `migrate:`: a list of `{from, at, to, set}` rules.
+    fn migrations(&mut self, node: &Node, version: Option<u32>) -> Vec<MigrationDef> {
+        let example = "for example:\n    migrate:\n      - from: 2\n        at: [wait_for_approval]\n        to: wait_for_approval";
+        let Value::Seq(items) = &node.value else {
+            self.hint(
+                node.span,
+                format!("`migrate` must be a list, found {}", node.kind_name()),
+                example,
+            );
+            return Vec::new();
+        };
+        if items.len() > MAX_MIGRATIONS {
+            self.hint(
+                node.span,
+                format!("more than {MAX_MIGRATIONS} `migrate` rules"),
+                "keep rules for the versions that still have instances waiting",
+            );
+            return Vec::new();
+        }
+        let mut out: Vec<MigrationDef> = Vec::new();
+        for item in items {
+            let Some(f) = self.fields(item, "a `migrate` rule", MIGRATION_FIELDS) else {
+                continue;
+            };
+            let from = match f.get("from") {
+                Some(n) => self.uint(n, "`from`", 1, i64::from(u32::MAX)).map(|v| Spanned::new(v, n.span)),
+                None => {
+                    self.hint(item.span, "a `migrate` rule without `from`", "name the older version whose instances move, e.g. `from: 2`");
+                    None
+                }
+            };
+            if let (Some(from), Some(version)) = (&from, version) {
+                if from.value >= version {
+                    self.hint(
+                        from.span,
+                        format!("`from: {}` is not older than this file's `version: {version}`", from.value),
+                        "a migration moves instances of an older version to this one; raise `version:` or name an older one",
+                    );
+                }
+                if out.iter().any(|m| m.from.value == from.value) {
+                    self.hint(
+                        from.span,
+                        format!("a second `migrate` rule for version {}", from.value),
+                        "list every step of that version in one rule's `at:`; each version has one rule",
+                    );
+                }
+            }
+            let at = match f.get("at") {
+                Some(Node { value: Value::Seq(steps), span }) => {
+                    let at: Vec<_> = steps.iter().filter_map(|n| self.name(n, "a step in `at`")).collect();
+                    if steps.is_empty() {
+                        self.hint(*span, "`at` lists no step", "name the waits of the older version where its instances may move, e.g. `at: [wait_for_approval]`");
+                    }
+                    at
+                }
+                Some(n) => {
+                    self.hint(n.span, "`at` must be a list of step ids", "for example: `at: [wait_for_approval]`");
+                    Vec::new()
+                }
+                None => {
+                    self.hint(item.span, "a `migrate` rule without `at`", "name the waits of the older version where its instances may move, e.g. `at: [wait_for_approval]`");
+                    Vec::new()
+                }
+            };
+            let to = match f.get("to") {
+                Some(n) => self.name(n, "`to`"),
+                None => {
+                    self.hint(item.span, "a `migrate` rule without `to`", "name the step of this version the instances go on from, e.g. `to: wait_for_approval`");
+                    None
+                }
+            };
+            let mut set = Vec::new();
+            if let Some(n) = f.get("set") {
+                match n.as_map() {
+                    Some(entries) => {
+                        for (key, expr) in entries {
+                            let name = Spanned::new(key.name.clone(), key.span);
+                            if let Some(e) = self.script(expr, &format!("`set.{}`", key.name)) {
+                                set.push((name, e));
+                            }
+                        }
+                    }
+                    None => self.hint(
+                        n.span,
+                        format!("`set` must map variable names to expressions, found {}", n.kind_name()),
+                        r#"for example: `set: { approval_tier: '"manager"' }`"#,
+                    ),
+                }
+            }
+            if let (Some(from), Some(to)) = (from, to) {
+                out.push(MigrationDef { from, at, to, set });
+            }
+        }
+        out
     }
 
     /// `search:`: attribute names mapped to expressions, e.g. `ticket_id: input.ticket_id`.

@@ -130,6 +130,13 @@ pub fn workflow_schema() -> Value {
                 "propertyNames": {"pattern": "^[A-Za-z][A-Za-z0-9_-]*$", "not": {"enum": crate::definition::read::RESERVED_SEARCH_NAMES}},
                 "additionalProperties": expr("expression over `input` and `vars` giving the attribute's value, e.g. input.ticket_id"),
                 "description": "business attributes instances can be found by: GET /v1/instances?workflow=...&<name>=<value>"}),
+            "migrate" => json!({"type": "array", "maxItems": crate::definition::read::MAX_MIGRATIONS,
+                "description": "move instances of older versions, parked at a listed wait, to a step of this version (casework migrate); pinning stays the default",
+                "items": {"type": "object", "additionalProperties": false, "required": ["from", "at", "to"], "properties": {
+                    "from": {"type": "integer", "minimum": 1, "description": "the older version whose instances move"},
+                    "at": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "waits of that version where an instance may move (its only step in progress)"},
+                    "to": {"type": "string", "description": "the step of this version the instance goes on from"},
+                    "set": {"type": "object", "additionalProperties": expr("expression over `input` and `vars` (before the move) giving the variable's new value")}}}}),
             "inbox_keep" => json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w))+$", "description": "how long an event this workflow waits for is kept when it comes before the wait (at most 30d; the daemon's inbox_keep otherwise)"}),
             "concurrency" => json!({"type": "object", "additionalProperties": false, "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": crate::definition::read::MAX_OPEN_PER_KEY, "description": "open instances per key (more than 1 with on_conflict: reject or queue)"},

@@ -221,6 +221,24 @@ pub enum Record {
         reason: String,
         at: Millis,
     },
+    /// An operator moved the instance to another version of its workflow (`casework
+    /// migrate`): `frame`, parked at `from_step` of the version with `from_hash`, goes on
+    /// from `to_step` of the version with `to_hash`, with `vars` (when the move set any) as
+    /// the whole variable map. Records after this one belong to the new version.
+    Migrated {
+        frame: u32,
+        from_version: u32,
+        from_hash: String,
+        from_step: String,
+        to_version: u32,
+        to_hash: String,
+        to_step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vars: Option<Map<String, Value>>,
+        by: String,
+        reason: String,
+        at: Millis,
+    },
     /// Completed steps are undone, in this order (newest first), before the instance ends.
     CompensationStarted {
         steps: Vec<String>,
@@ -261,6 +279,7 @@ impl Record {
             | Record::RetryRequested { at, .. }
             | Record::Paused { at, .. }
             | Record::Resumed { at, .. }
+            | Record::Migrated { at, .. }
             | Record::CompensationStarted { at, .. }
             | Record::Completed { at, .. }
             | Record::Failed { at, .. }
@@ -288,6 +307,7 @@ impl Record {
             Record::RetryRequested { .. } => "retry_requested",
             Record::Paused { .. } => "paused",
             Record::Resumed { .. } => "resumed",
+            Record::Migrated { .. } => "migrated",
             Record::CompensationStarted { .. } => "compensation_started",
             Record::Completed { .. } => "completed",
             Record::Failed { .. } => "failed",

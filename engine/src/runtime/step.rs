@@ -8,7 +8,8 @@
 //! the results of children that ended while nobody was listening (read from the store).
 
 use super::instance::{
-    Effect, FrameState, HoldRefused, Instance, RetryRefused, Status, StepTiming,
+    Effect, FrameState, HoldRefused, Instance, MigrateRefused, Move, RetryRefused, Status,
+    StepTiming,
 };
 use crate::compile::CompiledWorkflow;
 use crate::journal::{Event, Millis, Record, StepError};
@@ -75,6 +76,8 @@ pub enum Reply {
     Retried(Result<(), RetryRefused>),
     /// A pause or resume: whether it changed anything, or why it was refused.
     Held(Result<bool, HoldRefused>),
+    /// The instance moved to another version.
+    Migrated(Move),
 }
 
 /// A correlation key as a rule computed it: text as it is, numbers and the rest as JSON
@@ -247,6 +250,39 @@ impl Instance {
             },
         }
         self.conclude(wf, before, records, reply, fired, finished, now)
+    }
+
+    /// Moves the instance from `from` to version `to` of its workflow at a safe point
+    /// ([`Instance::migration`]): one `Migrated` record, then the instance goes on from the
+    /// rule's `to` step as if it had just arrived there (a wait there begins afresh). The
+    /// caller runs the instance with `to` from now on.
+    pub fn migrate(
+        &mut self,
+        from: &CompiledWorkflow,
+        to: &CompiledWorkflow,
+        by: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Step, MigrateRefused> {
+        let mv = self.migration(from, to)?;
+        let vars = self.migrated_vars(to, now)?;
+        let before = Index::of(self);
+        self.timings = Some(Vec::new());
+        let record = Record::Migrated {
+            frame: mv.frame,
+            from_version: mv.from_version,
+            from_hash: self.hash().to_string(),
+            from_step: mv.from_step.clone(),
+            to_version: mv.to_version,
+            to_hash: to.hash.clone(),
+            to_step: mv.to_step.clone(),
+            vars,
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: now,
+        };
+        self.apply(to, &record);
+        Ok(self.conclude(to, before, vec![record], Reply::Migrated(mv), None, &[], now))
     }
 
     /// The part of every step after its input: children's results, advancing, and working

@@ -433,6 +433,18 @@ impl Store for MemoryStore {
         Ok(self.lock()?.live.definitions.get(hash).cloned())
     }
 
+    fn definitions(&self) -> Result<Vec<(String, StoredDefinition)>> {
+        let g = self.lock()?;
+        let mut all: Vec<_> = g
+            .live
+            .definitions
+            .iter()
+            .map(|(h, d)| (h.clone(), d.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
     fn add_calendar_version(&self, v: &CalendarVersion) -> Result<Vec<CalendarVersion>> {
         let history = {
             let mut g = self.lock()?;

@@ -151,6 +151,12 @@ pub enum Mail {
         by: String,
         reason: String,
     },
+    /// Move the instance to the workflow version with `to_hash` (`casework migrate`).
+    Migrate {
+        to_hash: String,
+        by: String,
+        reason: String,
+    },
 }
 
 /// An event kept because nothing waited for its type and key when it came, until a wait
@@ -410,6 +416,8 @@ pub trait Store: Send + Sync + 'static {
     fn runnable(&self) -> Result<Vec<InstanceMeta>>;
     fn put_definition(&self, hash: &str, def: &StoredDefinition) -> Result<()>;
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>>;
+    /// Every pinned definition, by hash (one per version ever installed: a few hundred).
+    fn definitions(&self) -> Result<Vec<(String, StoredDefinition)>>;
     /// Record that a calendar version was loaded, as
     /// [`crate::calendar::history::append`] decides (a version already newest adds
     /// nothing), atomically across daemons; durable before it returns. Answers that

@@ -1248,6 +1248,32 @@ impl Store for PgStore {
         })
     }
 
+    fn definitions(&self) -> Result<Vec<(String, StoredDefinition)>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    "SELECT hash, value FROM casework_definitions ORDER BY hash",
+                    &[],
+                )
+                .await
+                .map_err(|e| s.db(e))?;
+            let mut all = Vec::new();
+            for row in rows {
+                let hash: String = row.try_get(0).map_err(col)?;
+                let value: Vec<u8> = row.try_get(1).map_err(col)?;
+                let plain = s
+                    .sealer
+                    .open("definitions", hash.as_bytes(), &value)
+                    .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))?;
+                let def = serde_json::from_slice(&plain)
+                    .map_err(|e| Error::Io(format!("stored definition {hash}: {e}")))?;
+                all.push((hash, def));
+            }
+            Ok(all)
+        })
+    }
+
     fn definition(&self, hash: &str) -> Result<Option<StoredDefinition>> {
         let hash = hash.to_string();
         self.run(move |s| async move {

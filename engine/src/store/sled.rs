@@ -724,6 +724,18 @@ impl Store for SledStore {
         }
     }
 
+    fn definitions(&self) -> Result<Vec<(String, StoredDefinition)>> {
+        let mut all = Vec::new();
+        for entry in self.definitions.iter() {
+            let (k, _) = entry.map_err(io)?;
+            let hash = String::from_utf8_lossy(&k).into_owned();
+            if let Some(d) = self.definition(&hash)? {
+                all.push((hash, d));
+            }
+        }
+        Ok(all)
+    }
+
     fn create(&self, b: &Batch, claims: &[Claim], daemon: &str) -> Result<Created> {
         let _changing = self.changing();
         // Under the lease lock, like every write: creates and writes of this process (the

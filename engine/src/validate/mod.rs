@@ -45,6 +45,7 @@ pub fn check(def: &WorkflowDef, ctx: &Context) -> Vec<Diagnostic> {
     }
     v.concurrency_key();
     v.search_attributes();
+    v.migrations();
     v.diags
 }
 
@@ -185,6 +186,33 @@ impl Validator<'_> {
                 )
                 .hint = Some(hint);
             }
+        }
+    }
+
+    /// A `migrate:` rule's `to` is a step on this version's main path: an instance moves
+    /// with one thread of execution, which goes on from there. (Its `from` and `at` are
+    /// checked against the stored versions when a daemon loads the file.)
+    fn migrations(&mut self) {
+        let def = self.def;
+        let top: Vec<&str> = def.steps.iter().map(|s| s.id.value.as_str()).collect();
+        for m in &def.migrate {
+            if top.contains(&m.to.value.as_str()) {
+                continue;
+            }
+            let nested = def.all_steps().iter().any(|s| s.id.value == m.to.value);
+            let hint = if nested {
+                "a migrated instance goes on from a step of the top-level `steps:`, not one inside a branch, a foreach or `compensations:`".to_string()
+            } else {
+                match did_you_mean(&m.to.value, top.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("the top-level steps are: {}", top.join(", ")),
+                }
+            };
+            self.err(
+                m.to.span,
+                format!("`to: {}` is not a top-level step of this workflow", m.to.value),
+            )
+            .hint = Some(hint);
         }
     }
 

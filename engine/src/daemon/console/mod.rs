@@ -1007,8 +1007,9 @@ fn pinned(c: &Console, id: &str) -> Option<std::sync::Arc<crate::compile::Compil
     let meta = inner.store.instance(id).ok()??;
     inner
         .registry
-        .pinned(inner.store.as_ref(), &meta.hash, &inner.rules)
+        .replay(inner.store.as_ref(), &meta, &inner.rules)
         .ok()
+        .map(|(_, wf)| wf)
 }
 
 /// One path segment, percent-encoded.
@@ -1235,12 +1236,20 @@ fn event_body(c: &Console, id: &str, form: &page::ActionForm) -> Result<Value, S
         return Err("the event data must be a JSON object, such as {\"by\": \"lead-2\"}".into());
     }
     let inner = c.api.driver().inner();
-    let wf = pinned(c, id).ok_or("the instance's workflow version is not available")?;
+    let meta = inner
+        .store
+        .instance(id)
+        .ok()
+        .flatten()
+        .ok_or("the instance's workflow version is not available")?;
     let journal = inner
         .store
         .journal(id)
         .map_err(|e| format!("the journal could not be read: {e}"))?;
-    let inst = crate::runtime::Instance::replay(id, &wf, &journal);
+    let (inst, _) = inner
+        .registry
+        .replay_journal(inner.store.as_ref(), &meta, &journal, &inner.rules)
+        .map_err(|_| "the instance's workflow version is not available")?;
     let key = inst.waiting_key(event_type).ok_or_else(|| {
         format!("the instance no longer waits for `{event_type}`; reload the instance to see what it waits for")
     })?;

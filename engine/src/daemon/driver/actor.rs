@@ -184,6 +184,35 @@ pub(super) async fn handle(
             start = Some((claims, reply));
             step
         }
+        Msg::Migrate {
+            to,
+            by,
+            reason,
+            reply: r,
+        } => {
+            let (inst, wf) = own.state.as_mut().expect("loaded");
+            match inst.migrate(wf, &to, &by, &reason, now) {
+                Ok(step) => {
+                    // From the move on the instance runs the new version.
+                    *wf = to;
+                    reply = Some(Answer::Migrate(r));
+                    step
+                }
+                Err(refused) => {
+                    let _ = r.send(Err(refused));
+                    // Nothing written; a fresh load still hands out what it has in hand.
+                    if !fresh {
+                        return;
+                    }
+                    let finished: Vec<_> = inst
+                        .children_waited_on()
+                        .into_iter()
+                        .filter_map(|child| child_result(inner, &child).map(|r| (child, r)))
+                        .collect();
+                    inst.step(wf, Input::Resume, &finished, now)
+                }
+            }
+        }
         msg => {
             let (inst, wf) = own.state.as_mut().expect("loaded");
             let mut waited: Vec<String> = if fresh {
@@ -192,7 +221,7 @@ pub(super) async fn handle(
                 Vec::new()
             };
             let input = match msg {
-                Msg::Start { .. } => unreachable!("handled above"),
+                Msg::Start { .. } | Msg::Migrate { .. } => unreachable!("handled above"),
                 // The actor reads mail itself (`read_mail`); this is never sent here.
                 Msg::Mail => Input::Resume,
                 Msg::Resume => Input::Resume,
@@ -280,6 +309,7 @@ pub(super) enum Answer {
     Cancel(oneshot::Sender<bool>),
     Retry(oneshot::Sender<Result<(), RetryRefused>>),
     Hold(oneshot::Sender<Result<bool, HoldRefused>>),
+    Migrate(oneshot::Sender<Result<Option<Move>, MigrateRefused>>),
 }
 
 /// A crash between writing a new instance's timer and its index entry (the sled store
@@ -307,6 +337,7 @@ pub(super) fn reply_false(msg: Msg) {
         Msg::Start { reply, .. } => {
             let _ = reply.send(Err("instance could not be loaded".into()));
         }
+        // Dropped: the caller reports that it could not be loaded.
         _ => {}
     }
 }

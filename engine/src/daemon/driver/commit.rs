@@ -355,6 +355,9 @@ pub(super) async fn finish(
         (Some(Answer::Hold(r)), Reply::Held(v)) => {
             let _ = r.send(v);
         }
+        (Some(Answer::Migrate(r)), Reply::Migrated(m)) => {
+            let _ = r.send(Ok(Some(m)));
+        }
         _ => {}
     }
 }

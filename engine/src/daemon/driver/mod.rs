@@ -43,8 +43,8 @@ use crate::compile::rules::{Limits, Rules};
 use crate::compile::{CompiledWorkflow, Concurrency, OnConflict};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
-    Effect, Event, HoldRefused, Input, Instance, Millis, ParentRef, Record, Reply, RetryRefused,
-    Step, StepError,
+    Effect, Event, HoldRefused, Input, Instance, MigrateRefused, Millis, Move, ParentRef, Record,
+    Reply, RetryRefused, Step, StepError,
 };
 use crate::store::{
     Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Stamp, Store,
@@ -159,6 +159,13 @@ enum Msg {
         reason: String,
         reply: oneshot::Sender<Result<bool, HoldRefused>>,
     },
+    /// Move the instance to version `to` of its workflow, for operator `by`.
+    Migrate {
+        to: Arc<CompiledWorkflow>,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<Option<Move>, MigrateRefused>>,
+    },
     /// Read the instance's mail (messages left while another daemon owned it).
     Mail,
 }
@@ -222,6 +229,19 @@ pub enum HoldError {
     NotFound(String),
     #[error(transparent)]
     Refused(#[from] HoldRefused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why an instance was not moved to another version.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] MigrateRefused),
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
     #[error("{0}")]
@@ -580,6 +600,60 @@ impl Driver {
         }
     }
 
+    /// Where the instance would move if it moved to version `to` now, or why it would not
+    /// (`casework migrate --dry-run`): read from the store, nothing written.
+    pub fn migration(&self, id: &str, to: &CompiledWorkflow) -> Result<Move, MigrateError> {
+        let inner = &self.inner;
+        let meta = inner
+            .store
+            .instance(id)
+            .map_err(|e| MigrateError::Internal(e.to_string()))?
+            .ok_or_else(|| MigrateError::NotFound(id.to_string()))?;
+        let (inst, from) = inner
+            .registry
+            .replay(inner.store.as_ref(), &meta, &inner.rules)
+            .map_err(MigrateError::Internal)?;
+        Ok(inst.migration(&from, to)?)
+    }
+
+    /// Move the instance to version `to` of its workflow at a safe point, for operator `by`
+    /// with `reason` (see [`Instance::migrate`]). Returns the move once it is journaled, or
+    /// `None` when another daemon owns the instance and was left the request as mail.
+    pub async fn migrate(
+        &self,
+        id: &str,
+        to: Arc<CompiledWorkflow>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<Move>, MigrateError> {
+        self.inner.admit()?;
+        if self
+            .inner
+            .store
+            .instance(id)
+            .map_err(|e| MigrateError::Internal(e.to_string()))?
+            .is_none()
+        {
+            return Err(MigrateError::NotFound(id.to_string()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(
+            id,
+            Msg::Migrate {
+                to,
+                by: by.to_string(),
+                reason: reason.to_string(),
+                reply,
+            },
+        );
+        match rx.await {
+            Ok(r) => r.map_err(MigrateError::Refused),
+            Err(_) => Err(MigrateError::Internal(
+                "the instance could not be loaded or journaled; see the log".into(),
+            )),
+        }
+    }
+
     /// Fire the timers that are due now. Returns how many were sent.
     pub fn fire_due_timers(&self) -> Result<usize, String> {
         let inner = &self.inner;
@@ -908,11 +982,8 @@ impl Inner {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no instance `{id}`"))?,
         };
-        let wf = self
-            .registry
-            .pinned(self.store.as_ref(), &meta.hash, &self.rules)?;
-        let journal = self.store.journal(id).map_err(|e| e.to_string())?;
-        Ok((Instance::replay(id, &wf, &journal), wf))
+        self.registry
+            .replay(self.store.as_ref(), &meta, &self.rules)
     }
 }
 

@@ -187,7 +187,7 @@ impl Inner {
     /// workflow calls a plugin action this daemon does not have, so that a daemon that has
     /// it runs the instance instead of this one failing its calls. An instance that cannot
     /// be read is for the caller to report. Gives the index entry it read, for the load
-    /// that follows (its pinned hash never changes).
+    /// that follows (the load replays the journal, which names every version it ran).
     pub(super) fn can_run(&self, id: &str, now: Millis) -> (bool, Option<InstanceMeta>) {
         let Ok(Some(meta)) = self.store.instance(id) else {
             return (true, None);
@@ -282,6 +282,27 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
                 reason,
                 reply: oneshot::channel().0,
             },
+            Mail::Migrate {
+                to_hash,
+                by,
+                reason,
+            } => match inner
+                .registry
+                .pinned(inner.store.as_ref(), &to_hash, &inner.rules)
+            {
+                Ok(to) => Msg::Migrate {
+                    to,
+                    by,
+                    reason,
+                    reply: oneshot::channel().0,
+                },
+                // The version is in the store (it was pinned before the move was asked
+                // for), so this is a store failure: the letter stays for the next read.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the version a move asks for");
+                    break;
+                }
+            },
         };
         handle(inner, id, own, msg, Some(from)).await;
         handled += 1;
@@ -320,6 +341,13 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
                 by: by.clone(),
                 reason: reason.clone(),
             }
+        }),
+        Msg::Migrate {
+            to, by, reason, ..
+        } => Some(Mail::Migrate {
+            to_hash: to.hash.clone(),
+            by: by.clone(),
+            reason: reason.clone(),
         }),
         Msg::Start { .. } | Msg::Resume | Msg::CallResult { .. } | Msg::Timer(_) | Msg::Mail => {
             None
@@ -363,8 +391,11 @@ pub(super) async fn forward(
         Some(Answer::Hold(r)) if ok => {
             let _ = r.send(Ok(true));
         }
+        Some(Answer::Migrate(r)) if ok => {
+            let _ = r.send(Ok(None));
+        }
         // Dropped when the mail could not be left: the caller reports the failure.
-        Some(Answer::Hold(_)) => {}
+        Some(Answer::Hold(_)) | Some(Answer::Migrate(_)) => {}
         None => {}
     }
 }
@@ -376,6 +407,7 @@ pub(super) fn answer_of(msg: Msg) -> Option<Answer> {
         Msg::Cancel { reply, .. } => Some(Answer::Cancel(reply)),
         Msg::Retry { reply } => Some(Answer::Retry(reply)),
         Msg::Hold { reply, .. } => Some(Answer::Hold(reply)),
+        Msg::Migrate { reply, .. } => Some(Answer::Migrate(reply)),
         Msg::Start { reply, .. } => {
             let _ = reply.send(Err("the instance exists already".into()));
             None

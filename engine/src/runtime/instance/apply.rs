@@ -349,6 +349,28 @@ impl Instance {
             Record::Resumed { .. } => {
                 self.hold = None;
             }
+            // `wf` is the version moved to (see `Instance::replay_pinned`).
+            Record::Migrated {
+                frame,
+                to_version,
+                to_hash,
+                to_step,
+                vars,
+                at,
+                ..
+            } => {
+                self.version = *to_version;
+                self.hash = to_hash.clone();
+                if let Some(v) = vars {
+                    self.vars = v.clone();
+                }
+                let step = wf.index.get(to_step).copied().unwrap_or(usize::MAX);
+                if let Some(f) = self.frames.get_mut(frame) {
+                    f.at = step;
+                    f.state = FrameState::Ready;
+                    f.entered_at = *at;
+                }
+            }
             Record::CompensationStarted { steps, error, .. } => {
                 self.compensated = true;
                 self.status = Status::Compensating;

@@ -14,6 +14,7 @@ mod decide;
 mod effects;
 mod inputs;
 mod join;
+mod migrate;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,8 @@ use crate::definition::Join;
 use crate::journal::{Millis, ParentRef, Record, StepError};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+pub use migrate::{MigrateRefused, Move};
 
 /// Upper bound on steps one instance may execute, so a loop through waits still ends.
 pub const MAX_TRANSITIONS: u64 = 100_000;
@@ -273,7 +276,32 @@ impl Instance {
         }
     }
 
-    /// Rebuild an instance from its journal.
+    /// Rebuild an instance from its journal, each record with the version it was written
+    /// under: the start's, then each `Migrated` record's. `pinned` gives the version with
+    /// a hash (`hash` when the journal is empty). Returns the version it runs now.
+    pub fn replay_pinned(
+        id: &str,
+        hash: &str,
+        records: &[Record],
+        mut pinned: impl FnMut(&str) -> Result<std::sync::Arc<CompiledWorkflow>, String>,
+    ) -> Result<(Instance, std::sync::Arc<CompiledWorkflow>), String> {
+        let first = match records.first() {
+            Some(Record::Started { hash, .. }) => hash.as_str(),
+            _ => hash,
+        };
+        let mut wf = pinned(first)?;
+        let mut inst = Instance::empty(id);
+        for r in records {
+            if let Record::Migrated { to_hash, .. } = r {
+                wf = pinned(to_hash)?;
+            }
+            inst.apply(&wf, r);
+        }
+        inst.search = inst.search_values(&wf, inst.updated_at);
+        Ok((inst, wf))
+    }
+
+    /// Rebuild an instance from its journal, for a journal written under one version.
     pub fn replay(id: &str, wf: &CompiledWorkflow, records: &[Record]) -> Instance {
         let mut inst = Instance::empty(id);
         for r in records {
