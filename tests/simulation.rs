@@ -2689,3 +2689,204 @@ steps:
         rt.shutdown_background();
     }
 }
+
+/// A move to a new version (`migrate:`) torn at every write. Whatever the crash keeps, the
+/// instance is on one version as its journal says — moved whole (the new wait in the index,
+/// for its new event type) or not at all — and the same migration once more moves it or
+/// finds it there; then the new version's event finishes it along the new path, having
+/// moved exactly once.
+#[test]
+fn a_migration_torn_at_any_write_moves_the_instance_whole_or_not_at_all() {
+    const V1: &str = r#"
+workflow: moving
+version: 1
+input:
+  key: { type: string, required: true }
+steps:
+  - id: ask
+    wait: { event: approve, key: input.key, timeout: 1h, on_timeout: late }
+    next: done
+  - id: done
+    complete: { output: { version: 1 } }
+  - id: late
+    complete: { output: late }
+"#;
+    const V2: &str = r#"
+workflow: moving
+version: 2
+migrate:
+  - { from: 1, at: [ask], to: ask_again, set: { tier: '"lead"' } }
+input:
+  key: { type: string, required: true }
+steps:
+  - id: ask_again
+    wait: { event: approved, key: input.key, timeout: 1h, on_timeout: late }
+    next: done
+  - id: done
+    complete: { output: { version: 2, tier: "${vars.tier}" } }
+  - id: late
+    complete: { output: late }
+"#;
+    let install = |d: &Driver, src: &str| {
+        let (wf, diags) = compile::load("moving.yaml", src, &Default::default(), &Rules::shared());
+        d.install(wf.unwrap_or_else(|| panic!("{diags:#?}")))
+            .unwrap()
+    };
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (id, writes) = rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d, V1);
+            let id = d
+                .start("moving", json!({"key": "k"}), None)
+                .await
+                .unwrap()
+                .id;
+            d.wait_idle().await;
+            let v2 = install(&d, V2);
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            let moved = d.migrate(&id, v2, "ops", "new approvals").await.unwrap();
+            assert!(moved.is_some());
+            d.wait_idle().await;
+            (id, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, id, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(writes >= 2, "the move is several writes: {writes}");
+    let (mut seen_moved, mut seen_not) = (false, false);
+    for keep in 0..=writes {
+        let (store, clock, id, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = Driver::new(
+                Arc::new(store.clone()),
+                Arc::new(AlwaysOk),
+                clock.clone(),
+                None,
+            );
+            install(&d, V1);
+            let v2 = install(&d, V2);
+            d.resume_all().unwrap();
+            d.wait_idle().await;
+            let journal = store.journal(&id).unwrap();
+            let kept = journal.iter().any(|r| r.kind() == "migrated");
+            if kept {
+                seen_moved = true;
+            } else {
+                seen_not = true;
+            }
+            match d.migrate(&id, v2, "ops", "again").await {
+                Ok(Some(_)) => assert!(!kept, "keep {keep}: moved twice"),
+                Err(e) => {
+                    assert!(kept, "keep {keep}: not moved and not movable: {e}");
+                    assert!(e.to_string().contains("version 2 already"), "{e}");
+                }
+                Ok(None) => panic!("keep {keep}: handed over with one daemon"),
+            }
+            d.wait_idle().await;
+            let woken = d
+                .deliver(Event {
+                    event_type: "approved".into(),
+                    key: "k".into(),
+                    data: json!({}),
+                    id: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                woken,
+                vec![id.clone()],
+                "keep {keep}: the new wait is not in the index"
+            );
+            d.wait_idle().await;
+            let meta = store.instance(&id).unwrap().unwrap();
+            assert_eq!(meta.status, "completed", "keep {keep}");
+            assert_eq!(meta.version, 2, "keep {keep}");
+            let journal = store.journal(&id).unwrap();
+            assert_eq!(
+                journal.iter().filter(|r| r.kind() == "migrated").count(),
+                1,
+                "keep {keep}: {journal:?}"
+            );
+            match journal.last() {
+                Some(Record::Completed { output, .. }) => {
+                    assert_eq!(
+                        output,
+                        &json!({"version": 2, "tier": "lead"}),
+                        "keep {keep}"
+                    )
+                }
+                other => panic!("keep {keep}: {other:?}"),
+            }
+            // A replay through every version it ran gives what the engine reports.
+            let d2 = d.inner();
+            let (inst, wf) = d2.registry.replay(&store, &meta, &d2.rules).unwrap();
+            assert_eq!(wf.version, 2);
+            assert_eq!(inst.output(), Some(&json!({"version": 2, "tier": "lead"})));
+        });
+        rt.shutdown_background();
+    }
+    assert!(
+        seen_moved && seen_not,
+        "the tears kept the move and lost it"
+    );
+}
+
+/// A move asked of a daemon while another one holds the instance is left as mail and
+/// answered as handed over; whoever claims the instance next reads it and moves it once.
+#[test]
+fn a_migration_for_an_instance_held_elsewhere_is_carried_out_from_the_mail() {
+    const V1: &str = "workflow: held\nversion: 1\ninput:\n  key: { type: string, required: true }\nsteps:\n  - id: ask\n    wait: { event: go, key: input.key }\n    next: done\n  - id: done\n    complete: { output: 1 }\n";
+    let v2_src = V1
+        .replace(
+            "version: 1\n",
+            "version: 2\nmigrate:\n  - { from: 1, at: [ask], to: ask }\n",
+        )
+        .replace("output: 1", "output: 2");
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    rt.block_on(async {
+        let d = driver_running(&store.connect(), Arc::new(AlwaysOk), &clock, V1);
+        let id = d.start("held", json!({"key": "k"}), None).await.unwrap().id;
+        d.wait_idle().await;
+        let (wf, _) = compile::load("held.yaml", &v2_src, &Default::default(), &Rules::shared());
+        let v2 = d.install(wf.unwrap()).unwrap();
+        // Another daemon, alive, holds the instance.
+        store.heartbeat("d-other", T0 + 60 * MIN).unwrap();
+        let casework::store::Ownership::Mine(fence) = store.claim(&id, "d-other", T0).unwrap()
+        else {
+            panic!("the other daemon could not claim the instance");
+        };
+        assert_eq!(d.migrate(&id, v2.clone(), "ops", "move").await.unwrap(), None);
+        d.wait_idle().await;
+        assert_eq!(store.instance(&id).unwrap().unwrap().version, 1, "moved behind its owner's back");
+        // The owner cannot give it up with mail waiting, and dies: once its lease has
+        // lapsed, this daemon's round takes the instance and reads the mail.
+        assert!(!store.release(&id, &fence).unwrap(), "a release with mail waiting is refused");
+        clock.advance_to(T0 + 61 * MIN);
+        d.heartbeat();
+        d.tick_ownership().unwrap();
+        d.wait_idle().await;
+        let journal = store.journal(&id).unwrap();
+        assert_eq!(journal.iter().filter(|r| r.kind() == "migrated").count(), 1, "{journal:?}");
+        assert_eq!(store.instance(&id).unwrap().unwrap().version, 2);
+        d.deliver(Event { event_type: "go".into(), key: "k".into(), data: json!({}), id: None })
+            .await
+            .unwrap();
+        d.wait_idle().await;
+        assert!(matches!(store.journal(&id).unwrap().last(), Some(Record::Completed { output, .. }) if output == &json!(2)));
+    });
+    rt.shutdown_background();
+}

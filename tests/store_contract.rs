@@ -255,7 +255,20 @@ fn definitions_round_trip(s: &Fixture) {
     let newer = StoredDefinition { version: 3, ..def };
     s.put_definition("h", &newer).unwrap();
     s.flush().unwrap();
-    assert_eq!(s.definition("h").unwrap(), Some(newer));
+    assert_eq!(s.definition("h").unwrap(), Some(newer.clone()));
+    // Every version pinned, each once, for checking `migrate:` rules against.
+    let other = StoredDefinition {
+        name: "escalation".into(),
+        ..newer.clone()
+    };
+    s.put_definition("g", &other).unwrap();
+    s.flush().unwrap();
+    let mut all = s.definitions().unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        all,
+        vec![("g".to_string(), other), ("h".to_string(), newer)]
+    );
 }
 
 fn calendar(version: &str, from: i64) -> CalendarVersion {

@@ -516,7 +516,15 @@ mod tests {
         };
         assert_eq!(daemon.url, "127.0.0.1:9");
         assert_eq!(daemon.token.as_deref(), Some("t0ken"));
-        for sub in ["list", "cancel", "retry", "send-event", "inspect", "report", "migrate"] {
+        for sub in [
+            "list",
+            "cancel",
+            "retry",
+            "send-event",
+            "inspect",
+            "report",
+            "migrate",
+        ] {
             let cmd = Cli::command();
             let sub = cmd.find_subcommand(sub).unwrap();
             let names: Vec<_> = sub.get_arguments().filter_map(|a| a.get_long()).collect();

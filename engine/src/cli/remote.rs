@@ -308,7 +308,10 @@ pub fn migrate(args: MigrateArgs) -> Result<u8> {
             if m["handed_over"].as_bool() == Some(true) {
                 handed += 1;
                 if !args.json {
-                    out(&format!("handed over {id}: the daemon that owns it moves it to version {}", m["to_version"]));
+                    out(&format!(
+                        "handed over {id}: the daemon that owns it moves it to version {}",
+                        m["to_version"]
+                    ));
                 }
                 continue;
             }

@@ -9,7 +9,8 @@
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
 use super::driver::{
-    DeliverError, Driver, HoldError, MigrateError, RetryError, StartError, Started, WaitError, MAX_WAIT,
+    DeliverError, Driver, HoldError, MigrateError, RetryError, StartError, Started, WaitError,
+    MAX_WAIT,
 };
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
@@ -1287,9 +1288,15 @@ async fn migrate(
     JsonBody(body): JsonBody<MigrateBody>,
 ) -> Result<Json<Value>, ApiError> {
     let b = body.unwrap_or_default();
-    migrate_one(&api, caller.as_ref().map(|c| &c.0), &id, &b.reason, b.dry_run)
-        .await
-        .map(Json)
+    migrate_one(
+        &api,
+        caller.as_ref().map(|c| &c.0),
+        &id,
+        &b.reason,
+        b.dry_run,
+    )
+    .await
+    .map(Json)
 }
 
 async fn migrate_one(
@@ -1327,7 +1334,10 @@ async fn migrate_one(
         ApiError::new(
             StatusCode::CONFLICT,
             e.code,
-            format!("instance `{id}` does not move to version {}: {e}", to.version),
+            format!(
+                "instance `{id}` does not move to version {}: {e}",
+                to.version
+            ),
         )
     };
     let moved = if dry_run {
@@ -1351,7 +1361,9 @@ async fn migrate_one(
             "to_version": m.to_version, "to_step": m.to_step,
         }),
         // Another daemon owns it: it moves it when it reads the request.
-        None => json!({"id": id, "dry_run": false, "moved": false, "handed_over": true, "to_version": to.version}),
+        None => {
+            json!({"id": id, "dry_run": false, "moved": false, "handed_over": true, "to_version": to.version})
+        }
     })
 }
 

@@ -264,7 +264,11 @@ impl Registry {
                 .map(|(h, _)| h)
                 .collect();
             if olds.is_empty() {
-                let had = versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                let had = versions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 out.push(
                     Diagnostic::error(
                         &wf.file,
@@ -289,7 +293,11 @@ impl Registry {
                     if waits.contains(&step.as_str()) {
                         continue;
                     }
-                    let what = if old.index.contains_key(step) { "is not a wait" } else { "is not a step" };
+                    let what = if old.index.contains_key(step) {
+                        "is not a wait"
+                    } else {
+                        "is not a step"
+                    };
                     out.push(
                         Diagnostic::error(
                             &wf.file,

@@ -147,7 +147,9 @@ impl Reloader {
                 for d in &wrong {
                     tracing::error!(target: "casework::load", "{d}");
                 }
-                report.rejected.push(format!("{}: {}", wf.file, wrong[0].message));
+                report
+                    .rejected
+                    .push(format!("{}: {}", wf.file, wrong[0].message));
                 problems.entry(wf.file.clone()).or_default().extend(wrong);
                 continue;
             }

@@ -260,9 +260,15 @@ impl Reader<'_> {
                 continue;
             };
             let from = match f.get("from") {
-                Some(n) => self.uint(n, "`from`", 1, i64::from(u32::MAX)).map(|v| Spanned::new(v, n.span)),
+                Some(n) => self
+                    .uint(n, "`from`", 1, i64::from(u32::MAX))
+                    .map(|v| Spanned::new(v, n.span)),
                 None => {
-                    self.hint(item.span, "a `migrate` rule without `from`", "name the older version whose instances move, e.g. `from: 2`");
+                    self.hint(
+                        item.span,
+                        "a `migrate` rule without `from`",
+                        "name the older version whose instances move, e.g. `from: 2`",
+                    );
                     None
                 }
             };
@@ -283,15 +289,25 @@ impl Reader<'_> {
                 }
             }
             let at = match f.get("at") {
-                Some(Node { value: Value::Seq(steps), span }) => {
-                    let at: Vec<_> = steps.iter().filter_map(|n| self.name(n, "a step in `at`")).collect();
+                Some(Node {
+                    value: Value::Seq(steps),
+                    span,
+                }) => {
+                    let at: Vec<_> = steps
+                        .iter()
+                        .filter_map(|n| self.name(n, "a step in `at`"))
+                        .collect();
                     if steps.is_empty() {
                         self.hint(*span, "`at` lists no step", "name the waits of the older version where its instances may move, e.g. `at: [wait_for_approval]`");
                     }
                     at
                 }
                 Some(n) => {
-                    self.hint(n.span, "`at` must be a list of step ids", "for example: `at: [wait_for_approval]`");
+                    self.hint(
+                        n.span,
+                        "`at` must be a list of step ids",
+                        "for example: `at: [wait_for_approval]`",
+                    );
                     Vec::new()
                 }
                 None => {
@@ -319,7 +335,10 @@ impl Reader<'_> {
                     }
                     None => self.hint(
                         n.span,
-                        format!("`set` must map variable names to expressions, found {}", n.kind_name()),
+                        format!(
+                            "`set` must map variable names to expressions, found {}",
+                            n.kind_name()
+                        ),
                         r#"for example: `set: { approval_tier: '"manager"' }`"#,
                     ),
                 }

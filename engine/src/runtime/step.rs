@@ -282,7 +282,15 @@ impl Instance {
             at: now,
         };
         self.apply(to, &record);
-        Ok(self.conclude(to, before, vec![record], Reply::Migrated(mv), None, &[], now))
+        Ok(self.conclude(
+            to,
+            before,
+            vec![record],
+            Reply::Migrated(mv),
+            None,
+            &[],
+            now,
+        ))
     }
 
     /// The part of every step after its input: children's results, advancing, and working

@@ -210,7 +210,10 @@ impl Validator<'_> {
             };
             self.err(
                 m.to.span,
-                format!("`to: {}` is not a top-level step of this workflow", m.to.value),
+                format!(
+                    "`to: {}` is not a top-level step of this workflow",
+                    m.to.value
+                ),
             )
             .hint = Some(hint);
         }

@@ -342,9 +342,7 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
                 reason: reason.clone(),
             }
         }),
-        Msg::Migrate {
-            to, by, reason, ..
-        } => Some(Mail::Migrate {
+        Msg::Migrate { to, by, reason, .. } => Some(Mail::Migrate {
             to_hash: to.hash.clone(),
             by: by.clone(),
             reason: reason.clone(),

@@ -85,9 +85,10 @@ impl Instance {
             .map(|(s, _)| format!("`{s}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut frames = self.frames.iter().filter(|(_, f)| {
-            !matches!(f.state, FrameState::Done(_) | FrameState::Errored(_))
-        });
+        let mut frames = self
+            .frames
+            .iter()
+            .filter(|(_, f)| !matches!(f.state, FrameState::Done(_) | FrameState::Errored(_)));
         let (Some((&frame, f)), None) = (frames.next(), frames.next()) else {
             return Err(refused(
                 "not_at_safe_point",
@@ -96,7 +97,10 @@ impl Instance {
         };
         let step = from.steps.get(f.at).map(|s| s.id.as_str()).unwrap_or("?");
         let waiting = matches!(f.state, FrameState::Waiting { .. })
-            && matches!(from.steps.get(f.at).map(|s| &s.kind), Some(Kind::Wait { .. }));
+            && matches!(
+                from.steps.get(f.at).map(|s| &s.kind),
+                Some(Kind::Wait { .. })
+            );
         if f.parent.is_some()
             || f.compensation
             || !waiting
@@ -104,7 +108,9 @@ impl Instance {
         {
             return Err(refused(
                 "not_at_safe_point",
-                format!("the instance is at step `{step}`; it can move only while it waits at {listed}"),
+                format!(
+                    "the instance is at step `{step}`; it can move only while it waits at {listed}"
+                ),
             ));
         }
         // What it would undo after the move must exist in the new version.

@@ -381,3 +381,141 @@ fn a_cancel_ends_a_paused_instance() {
     assert_eq!(cancelled.reply, Reply::Cancelled(true));
     assert_eq!(inst.status, Status::Cancelled);
 }
+
+const ASK_V1: &str = r#"
+workflow: ask
+version: 1
+steps:
+  - id: charge
+    call: payments.charge
+    compensate: refund
+    next: ask
+  - id: ask
+    wait: { event: approve, key: '"k"', timeout: 1h }
+    next: done
+  - id: done
+    complete: { output: 1 }
+compensations:
+  - id: refund
+    call: payments.refund
+"#;
+
+fn ask_v2(extra: &str) -> CompiledWorkflow {
+    compile(&format!(
+        r#"
+workflow: ask
+version: 2
+migrate:
+  - {{ from: 1, at: [ask], to: ask_lead, set: {{ tier: '"lead"' }} }}
+steps:
+  - id: ask_lead
+    wait: {{ event: lead_approve, key: '"k"', timeout: 2h }}
+    next: done
+  - id: done
+    complete: {{ output: "${{vars.tier}}" }}
+{extra}"#
+    ))
+}
+
+/// An instance parked at its wait, its charge done (with `refund` to undo it).
+fn parked_at_ask(wf: &CompiledWorkflow) -> (Instance, Vec<Record>) {
+    let start = Instance::start_record(wf, json!({}), None, None, 1_000);
+    let (mut inst, step) = Instance::create("i1", wf, start, 1_000);
+    let mut journal = step.records;
+    let (frame, attempt, _) = call_key(&inst);
+    let step = inst.step(
+        wf,
+        Input::CallResult {
+            frame,
+            attempt,
+            result: Ok(json!({})),
+        },
+        &[],
+        2_000,
+    );
+    journal.extend(step.records);
+    assert!(inst.is_parked());
+    (inst, journal)
+}
+
+#[test]
+fn a_migrated_instance_goes_on_along_the_new_version_and_replays_across_both() {
+    let v1 = std::sync::Arc::new(compile(ASK_V1));
+    let v2 = std::sync::Arc::new(ask_v2(
+        "compensations:\n  - id: refund\n    call: payments.refund\n",
+    ));
+    let (mut inst, mut journal) = parked_at_ask(&v1);
+    let step = inst.migrate(&v1, &v2, "ops", "new tier", 3_000).unwrap();
+    assert!(
+        matches!(&step.records[0], Record::Migrated { from_step, to_step, .. } if from_step == "ask" && to_step == "ask_lead")
+    );
+    // The old wait leaves the index and the new one comes in, with a new deadline.
+    assert_eq!(step.index.waits_remove.len(), 1);
+    assert_eq!(step.index.waits_add[0].event_type, "lead_approve");
+    assert_eq!(step.index.timers_add[0].at, 3_000 + 2 * 3_600_000);
+    assert_eq!(inst.version(), 2);
+    assert_eq!(inst.vars()["tier"], json!("lead"));
+    journal.extend(step.records);
+    // Moving again finds it there.
+    assert_eq!(inst.migration(&v2, &v2).unwrap_err().code, "already_there");
+    let step = inst.step(
+        &v2,
+        Input::Event(Event {
+            event_type: "lead_approve".into(),
+            key: "k".into(),
+            data: json!({}),
+            id: None,
+        }),
+        &[],
+        4_000,
+    );
+    journal.extend(step.records);
+    assert_eq!(inst.output(), Some(&json!("lead")));
+    let (replayed, wf) = Instance::replay_pinned("i1", "", &journal, |h| {
+        [&v1, &v2]
+            .into_iter()
+            .find(|w| w.hash == h)
+            .cloned()
+            .ok_or_else(|| h.to_string())
+    })
+    .unwrap();
+    assert_eq!(wf.version, 2);
+    assert_eq!(replayed.output(), inst.output());
+    assert_eq!(replayed.records(), inst.records());
+    assert_eq!(replayed.vars(), inst.vars());
+}
+
+#[test]
+fn an_instance_moves_only_at_a_listed_wait_and_only_where_its_compensations_exist() {
+    let v1 = compile(ASK_V1);
+    // The new version cannot undo the charge: it has no `refund`.
+    let v2 = ask_v2("");
+    let (mut inst, _) = parked_at_ask(&v1);
+    assert_eq!(
+        inst.migration(&v1, &v2).unwrap_err().code,
+        "compensation_missing"
+    );
+    let v2 = ask_v2("compensations:\n  - id: refund\n    call: payments.refund\n");
+    assert!(inst.migration(&v1, &v2).is_ok());
+    // Held by an operator: resume first.
+    inst.step(
+        &v1,
+        Input::Pause {
+            by: "ops".into(),
+            reason: "r".into(),
+        },
+        &[],
+        2_500,
+    );
+    assert_eq!(inst.migration(&v1, &v2).unwrap_err().code, "paused");
+    // In the middle of its call, it is at no safe point.
+    let start = Instance::start_record(&v1, json!({}), None, None, 1_000);
+    let (calling, _) = Instance::create("i2", &v1, start, 1_000);
+    assert_eq!(
+        calling.migration(&v1, &v2).unwrap_err().code,
+        "not_at_safe_point"
+    );
+    // A version with no rule for version 1 keeps it pinned.
+    let v3 = compile(&ASK_V1.replace("version: 1", "version: 3"));
+    assert_eq!(calling.migration(&v1, &v3).unwrap_err().code, "no_rule");
+}
