@@ -15,6 +15,7 @@ use support::http::{call, ended, received};
 mod support {
     pub mod daemon;
     pub mod http;
+    pub mod postgres;
 }
 
 /// Waits for the approval, then (for some) for the payment.
@@ -431,4 +432,59 @@ fn a_rule_that_does_not_fit_the_stored_versions_is_refused_at_load_with_its_line
     // Version 1 stays loaded, so its instance still runs.
     send(&d.addr, "approval", "W");
     assert_eq!(ended(&d.addr, &id)["output"]["version"], 1);
+}
+
+/// Two daemons on one PostgreSQL store: a migration through one of them, while the other
+/// is sent half of the instances' approvals at the same moment, moves each instance at
+/// most once and loses no approval; the dry run through either sees the same instances.
+#[test]
+fn daemons_on_one_postgres_store_move_each_instance_once() {
+    let db = support::postgres::TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), V1);
+    let key = casework::store::seal::JournalKey::random().unwrap().to_hex();
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let keys: Vec<String> = (0..12).map(|n| format!("PG-{n}")).collect();
+    let ids: Vec<String> = keys.iter().map(|k| start(&a.addr, k, false)).collect();
+    for id in &ids {
+        parked(&a.addr, id);
+    }
+    drop(a);
+    write(dir.path(), V2);
+    let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
+    let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
+    let (code, out, err) = cli(&["migrate", "approve", "--dry-run", "--url", &b.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("would move 12 instance(s) of approve; 0 stay"), "{out}");
+    let addr = a.addr.clone();
+    let early: Vec<String> = keys.iter().step_by(2).cloned().collect();
+    let senders: Vec<_> = early
+        .iter()
+        .cloned()
+        .map(|k| {
+            let addr = addr.clone();
+            std::thread::spawn(move || send(&addr, "approval", &k))
+        })
+        .collect();
+    let report = bulk_migrate(&b.addr, false);
+    for s in senders {
+        s.join().unwrap();
+    }
+    for r in report["refused"].as_array().unwrap() {
+        assert!(["ended", "not_at_safe_point"].contains(&r["code"].as_str().unwrap()), "{report}");
+    }
+    for k in keys.iter().skip(1).step_by(2) {
+        send(&b.addr, "approval", k);
+    }
+    for (id, key) in ids.iter().zip(&keys) {
+        let v = ended(&a.addr, id);
+        assert_eq!(received(&v), 1, "{v}");
+        assert_eq!(v["output"]["by"], json!(key), "{v}");
+        let moved = migrations(&v).len();
+        assert!(moved <= 1, "{v}");
+        assert_eq!(v["output"]["version"], json!(if moved == 1 { 2 } else { 1 }), "{v}");
+        if keys.iter().skip(1).step_by(2).any(|k| k == key) {
+            assert_eq!(moved, 1, "sent after the migration, it was on version 2: {v}");
+        }
+    }
 }

@@ -743,6 +743,15 @@ fn entry_text(e: &Value) -> String {
         "cancel_requested" | "cancelled" => s("reason"),
         "paused" | "resumed" => format!("by {}: {}", s("by"), s("reason")),
         "retry_requested" => format!("step {}", s("step")),
+        "migrated" => format!(
+            "version {} at {} → version {} at {}, by {}: {}",
+            e["from_version"],
+            s("from_step"),
+            e["to_version"],
+            s("to_step"),
+            s("by"),
+            s("reason")
+        ),
         "sub_started" => format!("{} as {}", s("workflow"), s("child")),
         "sub_finished" => s("child"),
         _ => String::new(),
