@@ -442,7 +442,9 @@ fn daemons_on_one_postgres_store_move_each_instance_once() {
     let db = support::postgres::TestDb::new();
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), V1);
-    let key = casework::store::seal::JournalKey::random().unwrap().to_hex();
+    let key = casework::store::seal::JournalKey::random()
+        .unwrap()
+        .to_hex();
     let a = daemon::serve_postgres(dir.path(), "data-a", db.url(), &key);
     let keys: Vec<String> = (0..12).map(|n| format!("PG-{n}")).collect();
     let ids: Vec<String> = keys.iter().map(|k| start(&a.addr, k, false)).collect();
@@ -455,7 +457,10 @@ fn daemons_on_one_postgres_store_move_each_instance_once() {
     let b = daemon::serve_postgres(dir.path(), "data-b", db.url(), &key);
     let (code, out, err) = cli(&["migrate", "approve", "--dry-run", "--url", &b.addr]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("would move 12 instance(s) of approve; 0 stay"), "{out}");
+    assert!(
+        out.contains("would move 12 instance(s) of approve; 0 stay"),
+        "{out}"
+    );
     let addr = a.addr.clone();
     let early: Vec<String> = keys.iter().step_by(2).cloned().collect();
     let senders: Vec<_> = early
@@ -471,7 +476,10 @@ fn daemons_on_one_postgres_store_move_each_instance_once() {
         s.join().unwrap();
     }
     for r in report["refused"].as_array().unwrap() {
-        assert!(["ended", "not_at_safe_point"].contains(&r["code"].as_str().unwrap()), "{report}");
+        assert!(
+            ["ended", "not_at_safe_point"].contains(&r["code"].as_str().unwrap()),
+            "{report}"
+        );
     }
     for k in keys.iter().skip(1).step_by(2) {
         send(&b.addr, "approval", k);
@@ -482,9 +490,16 @@ fn daemons_on_one_postgres_store_move_each_instance_once() {
         assert_eq!(v["output"]["by"], json!(key), "{v}");
         let moved = migrations(&v).len();
         assert!(moved <= 1, "{v}");
-        assert_eq!(v["output"]["version"], json!(if moved == 1 { 2 } else { 1 }), "{v}");
+        assert_eq!(
+            v["output"]["version"],
+            json!(if moved == 1 { 2 } else { 1 }),
+            "{v}"
+        );
         if keys.iter().skip(1).step_by(2).any(|k| k == key) {
-            assert_eq!(moved, 1, "sent after the migration, it was on version 2: {v}");
+            assert_eq!(
+                moved, 1,
+                "sent after the migration, it was on version 2: {v}"
+            );
         }
     }
 }

@@ -2890,3 +2890,103 @@ fn a_migration_for_an_instance_held_elsewhere_is_carried_out_from_the_mail() {
     });
     rt.shutdown_background();
 }
+
+/// A rerun (the new instance, then the link in the ended one's journal) torn at every
+/// write. Whatever the crash keeps, asking again gives one new instance that runs the old
+/// one again, linked in its journal exactly once, and it finishes.
+#[test]
+fn a_rerun_torn_at_any_write_links_one_new_instance_once_asked_again() {
+    const FAILS: &str = r#"
+workflow: redo
+version: 1
+input:
+  n: { type: integer, required: true }
+steps:
+  - id: take
+    set: { n: "${input.n}" }
+    next: check
+  - id: check
+    switch:
+      - when: vars.n > 10
+        goto: no
+    default: done
+  - id: no
+    fail: { code: too_big, message: too big }
+  - id: done
+    complete: { output: "${vars.n}" }
+"#;
+    let edits = || serde_json::Map::from_iter([("n".to_string(), json!(3))]);
+    let tear = |keep: Option<usize>| {
+        let store = MemoryStore::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let rt = runtime();
+        let (old, writes) = rt.block_on(async {
+            let d = driver_running(&store, Arc::new(AlwaysOk), &clock, FAILS);
+            let old = d.start("redo", json!({"n": 50}), None).await.unwrap().id;
+            d.wait_idle().await;
+            assert_eq!(store.instance(&old).unwrap().unwrap().status, "failed");
+            store.flush().unwrap();
+            store.hold_flushes(true);
+            d.rerun(&old, "check", edits(), "ops", "smaller", None)
+                .await
+                .unwrap();
+            d.wait_idle().await;
+            (old, store.pending_writes())
+        });
+        let store = store.crash(keep.unwrap_or(writes));
+        rt.shutdown_background();
+        (store, clock, old, writes)
+    };
+    let (_, _, _, writes) = tear(None);
+    assert!(
+        writes >= 3,
+        "the new instance and the link: {writes} writes"
+    );
+    for keep in 0..=writes {
+        let (store, clock, old, _) = tear(Some(keep));
+        let rt = runtime();
+        rt.block_on(async {
+            let d = driver_running(&store, Arc::new(AlwaysOk), &clock, FAILS);
+            d.resume_all().unwrap();
+            d.wait_idle().await;
+            let again = d
+                .rerun(&old, "check", edits(), "ops", "smaller", None)
+                .await
+                .unwrap();
+            d.wait_idle().await;
+            let linked: Vec<String> = store
+                .journal(&old)
+                .unwrap()
+                .iter()
+                .filter_map(|r| match r {
+                    Record::RerunAs { instance, .. } => Some(instance.clone()),
+                    _ => None,
+                })
+                .collect();
+            let runs_it: Vec<String> = store
+                .instances(None, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|m| {
+                    matches!(store.journal(&m.id).unwrap().get(1),
+                        Some(Record::RerunOf { instance, .. }) if instance == &old)
+                })
+                .map(|m| m.id)
+                .collect();
+            let (mut linked, mut runs_it) = (linked, runs_it);
+            linked.sort();
+            runs_it.sort();
+            assert_eq!(
+                linked, runs_it,
+                "keep {keep}: each new instance linked once"
+            );
+            assert!(linked.contains(&again.id), "keep {keep}");
+            assert!(linked.len() <= 2, "keep {keep}: {linked:?}");
+            for id in &runs_it {
+                let status = settle(&d, &store, id).await;
+                assert_eq!(status, "completed", "keep {keep}: {id}");
+            }
+        });
+        rt.shutdown_background();
+    }
+}

@@ -111,6 +111,9 @@ pub enum Command {
     /// time or search attributes) on a running daemon, bounded by --limit, printing what
     /// was done and what was refused.
     Bulk(remote::BulkArgs),
+    /// Run an ended instance again from a step, as a new instance with its input and its
+    /// variables (with --set changes), linked to the old one in both journals.
+    Rerun(remote::RerunArgs),
     /// Move a workflow's waiting instances on a running daemon to its newest version, at
     /// the waits that version's `migrate:` rules name (--dry-run lists who would move and
     /// why the others stay). Journaled with the reason and the token's name.
@@ -187,6 +190,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel(args) => remote::cancel(args),
         Command::Retry(args) => remote::retry(args),
         Command::Migrate(args) => remote::migrate(args),
+        Command::Rerun(args) => remote::rerun(args),
         Command::SendEvent(args) => remote::send_event(args),
         Command::Inbox(command) => remote::inbox(command),
         Command::Backup(args) => backup::backup(args),
@@ -524,6 +528,7 @@ mod tests {
             "inspect",
             "report",
             "migrate",
+            "rerun",
         ] {
             let cmd = Cli::command();
             let sub = cmd.find_subcommand(sub).unwrap();

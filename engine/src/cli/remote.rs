@@ -246,6 +246,64 @@ pub fn bulk(args: BulkArgs) -> Result<u8> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct RerunArgs {
+    /// The ended instance to run again (an id from `casework list`).
+    pub id: String,
+    /// The top-level step the new instance begins at.
+    #[arg(long, value_name = "STEP")]
+    pub from: String,
+    /// A variable to change, as NAME=JSON (e.g. --set 'amount_minor=1500'); NAME=null
+    /// removes it. The others are the ended instance's.
+    #[arg(long = "set", value_name = "NAME=JSON")]
+    pub set: Vec<String>,
+    /// Why, kept in both journals with the token's name.
+    #[arg(long)]
+    pub reason: String,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `casework rerun`: `POST /v1/instances/{id}/rerun`.
+pub fn rerun(args: RerunArgs) -> Result<u8> {
+    let mut vars = serde_json::Map::new();
+    for s in &args.set {
+        let Some((name, value)) = s.split_once('=') else {
+            anyhow::bail!("--set {s}: write NAME=JSON, e.g. --set 'amount_minor=1500'");
+        };
+        let value: Value = serde_json::from_str(value).map_err(|e| {
+            anyhow::anyhow!(
+                "--set {s}: the value is not JSON ({e}); quote text: --set '{name}=\"text\"'"
+            )
+        })?;
+        vars.insert(name.trim().to_string(), value);
+    }
+    let client = Client::new(&args.daemon)?;
+    let answer = client.post(
+        &["v1", "instances", &args.id, "rerun"],
+        Some(&json!({"from": args.from, "vars": vars, "reason": args.reason})),
+    )?;
+    if args.json {
+        print_json(&answer)?;
+    } else {
+        out(&format!(
+            "{} runs {} again from step {}{}",
+            answer["id"].as_str().unwrap_or("?"),
+            args.id,
+            args.from,
+            if answer["created"] == json!(false) {
+                " (asked before: the same new instance)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
     /// The workflow whose waiting instances move to its newest loaded version, where that
     /// version's `migrate:` rules allow.

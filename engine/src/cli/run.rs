@@ -366,6 +366,20 @@ pub fn describe(id: &str, r: &Record) -> String {
         Record::RetryRequested { step, .. } => format!("retry requested: step {step} runs again"),
         Record::Paused { by, reason, .. } => format!("paused by {by}: {reason}"),
         Record::Resumed { by, reason, .. } => format!("resumed by {by}: {reason}"),
+        Record::RerunOf {
+            instance,
+            step,
+            by,
+            reason,
+            ..
+        } => format!("runs {instance} again from step {step} (by {by}: {reason})"),
+        Record::RerunAs {
+            instance,
+            step,
+            by,
+            reason,
+            ..
+        } => format!("run again from step {step} as {instance} (by {by}: {reason})"),
         Record::Migrated {
             from_version,
             from_step,

@@ -154,6 +154,9 @@ pub struct TriggerWindow {
 #[derive(Debug)]
 pub struct Step {
     pub id: String,
+    /// On the top-level `steps:` (not in a branch, a foreach or `compensations:`): where
+    /// a rerun or a migration may begin.
+    pub top_level: bool,
     pub kind: Kind,
     pub next: Vec<usize>,
     pub on_error: Option<usize>,
@@ -279,6 +282,11 @@ pub fn compile(
     for s in &all {
         let step = c.step(s);
         c.steps.push(step);
+    }
+    for s in &def.steps {
+        if let Some(&i) = c.index.get(&s.id.value) {
+            c.steps[i].top_level = true;
+        }
     }
     let triggers = def.triggers.iter().filter_map(|t| c.trigger(t)).collect();
     let concurrency = def.concurrency.as_ref().map(|k| Concurrency {
@@ -544,6 +552,7 @@ impl Compiler<'_> {
         };
         Step {
             id: s.id.value.clone(),
+            top_level: false,
             kind,
             next: s.next.iter().map(|n| self.idx(&n.value)).collect(),
             on_error: s.on_error.as_ref().map(|n| self.idx(&n.value)),

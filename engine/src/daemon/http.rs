@@ -9,8 +9,8 @@
 
 use super::auth::{ApiToken, Caller, Denied, RateLimit, RateLimiter, Scope, Tokens};
 use super::driver::{
-    DeliverError, Driver, HoldError, MigrateError, RetryError, StartError, Started, WaitError,
-    MAX_WAIT,
+    DeliverError, Driver, HoldError, MigrateError, RerunError, RetryError, StartError, Started,
+    WaitError, MAX_WAIT,
 };
 use super::metrics::{Metrics, Snapshot};
 use super::reload::ReloadStats;
@@ -81,6 +81,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/instances/{id}/pause", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/resume", Some(Scope::Admin)),
     route("POST", "/v1/instances/{id}/migrate", Some(Scope::Admin)),
+    route("POST", "/v1/instances/{id}/rerun", Some(Scope::Admin)),
     route("POST", "/v1/bulk", Some(Scope::Admin)),
     route("POST", "/v1/events", Some(Scope::Start)),
     route("GET", "/v1/inbox", Some(Scope::Read)),
@@ -107,6 +108,7 @@ fn handler(r: &Route) -> MethodRouter<Api> {
         ("POST", "/v1/instances/{id}/pause") => post(pause),
         ("POST", "/v1/instances/{id}/resume") => post(resume),
         ("POST", "/v1/instances/{id}/migrate") => post(migrate),
+        ("POST", "/v1/instances/{id}/rerun") => post(rerun),
         ("POST", "/v1/bulk") => post(bulk),
         ("POST", "/v1/events") => post(deliver),
         ("GET", "/v1/inbox") => get(list_inbox),
@@ -1266,6 +1268,65 @@ async fn resume(
     JsonBody(body): JsonBody<HoldBody>,
 ) -> Result<Json<Value>, ApiError> {
     hold(api, caller, id, body, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerunBody {
+    /// The top-level step the new instance begins at.
+    from: String,
+    /// Variables to change (a null removes one); the others are the ended instance's.
+    #[serde(default)]
+    vars: serde_json::Map<String, Value>,
+    /// Why, for both journals.
+    reason: String,
+}
+
+/// `POST /v1/instances/{id}/rerun`: run an ended instance again from a step, as a new
+/// instance linked to it in both journals.
+async fn rerun(
+    State(api): State<Api>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RerunBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let b = body
+        .filter(|b| !b.reason.trim().is_empty() && !b.from.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "say where it begins and why: {\"from\": \"<step>\", \"reason\": \"...\", \"vars\": {...}}",
+            )
+        })?;
+    let by = asker(caller.as_ref().map(|c| &c.0));
+    match api
+        .driver
+        .rerun(&id, b.from.trim(), b.vars, &by, b.reason.trim(), key)
+        .await
+    {
+        Ok(s) => {
+            let status = if s.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body =
+                json!({"id": s.id, "created": s.created, "rerun_of": id, "from": b.from.trim()});
+            Ok((status, Json(body)).into_response())
+        }
+        Err(RerunError::NotFound(_)) => Err(instance_not_found(&id)),
+        Err(RerunError::Refused(why)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_rerunnable",
+            format!("instance `{id}` cannot run again: {why}"),
+        )),
+        Err(RerunError::Start(e)) => Err(start_failed(e)),
+        Err(RerunError::Overloaded(e)) => Err(overloaded(e)),
+        Err(RerunError::Internal(e)) => Err(internal(e)),
+    }
 }
 
 #[derive(Deserialize, Default)]

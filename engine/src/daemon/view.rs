@@ -386,6 +386,36 @@ impl From<&Record> for JournalEntry {
                 e.put("reason", reason);
                 e.time("at", *at);
             }
+            Record::RerunOf {
+                instance,
+                step,
+                vars,
+                by,
+                reason,
+                at,
+            } => {
+                e.put("record", "rerun_of");
+                e.put("instance", instance);
+                e.put("step", step);
+                e.put("vars", vars);
+                e.put("by", by);
+                e.put("reason", reason);
+                e.time("at", *at);
+            }
+            Record::RerunAs {
+                instance,
+                step,
+                by,
+                reason,
+                at,
+            } => {
+                e.put("record", "rerun_as");
+                e.put("instance", instance);
+                e.put("step", step);
+                e.put("by", by);
+                e.put("reason", reason);
+                e.time("at", *at);
+            }
             Record::Migrated {
                 frame,
                 from_version,
@@ -806,6 +836,21 @@ mod tests {
                 by: "token:ops".into(),
                 reason: "go ahead".into(),
                 at: 20,
+            },
+            Record::RerunOf {
+                instance: "old".into(),
+                step: "charge".into(),
+                vars: vars.clone(),
+                by: "token:ops".into(),
+                reason: "card updated".into(),
+                at: 22,
+            },
+            Record::RerunAs {
+                instance: "new".into(),
+                step: "charge".into(),
+                by: "token:ops".into(),
+                reason: "card updated".into(),
+                at: 23,
             },
             Record::Migrated {
                 frame: 0,

@@ -221,6 +221,26 @@ pub enum Record {
         reason: String,
         at: Millis,
     },
+    /// This instance runs an ended one again (`POST /v1/instances/{id}/rerun`): the second
+    /// record of its journal. Its one path begins at `step` (instead of the first step),
+    /// with `vars` as its variables: the ended instance's, with the operator's edits.
+    RerunOf {
+        instance: String,
+        step: String,
+        #[serde(default)]
+        vars: Map<String, Value>,
+        by: String,
+        reason: String,
+        at: Millis,
+    },
+    /// This ended instance was run again from `step` as `instance` (see `RerunOf`).
+    RerunAs {
+        instance: String,
+        step: String,
+        by: String,
+        reason: String,
+        at: Millis,
+    },
     /// An operator moved the instance to another version of its workflow (`casework
     /// migrate`): `frame`, parked at `from_step` of the version with `from_hash`, goes on
     /// from `to_step` of the version with `to_hash`, with `vars` (when the move set any) as
@@ -280,6 +300,8 @@ impl Record {
             | Record::Paused { at, .. }
             | Record::Resumed { at, .. }
             | Record::Migrated { at, .. }
+            | Record::RerunOf { at, .. }
+            | Record::RerunAs { at, .. }
             | Record::CompensationStarted { at, .. }
             | Record::Completed { at, .. }
             | Record::Failed { at, .. }
@@ -308,6 +330,8 @@ impl Record {
             Record::Paused { .. } => "paused",
             Record::Resumed { .. } => "resumed",
             Record::Migrated { .. } => "migrated",
+            Record::RerunOf { .. } => "rerun_of",
+            Record::RerunAs { .. } => "rerun_as",
             Record::CompensationStarted { .. } => "compensation_started",
             Record::Completed { .. } => "completed",
             Record::Failed { .. } => "failed",

@@ -63,6 +63,13 @@ pub enum Input {
         by: String,
         reason: String,
     },
+    /// This ended instance runs again as `instance` from `step`: journal the link (once).
+    RerunAs {
+        instance: String,
+        step: String,
+        by: String,
+        reason: String,
+    },
 }
 
 /// What the caller of an input is told.
@@ -78,6 +85,8 @@ pub enum Reply {
     Held(Result<bool, HoldRefused>),
     /// The instance moved to another version.
     Migrated(Move),
+    /// The link to an instance that runs this one again is journaled.
+    Linked,
 }
 
 /// A correlation key as a rule computed it: text as it is, numbers and the rest as JSON
@@ -142,21 +151,22 @@ impl Instance {
         record: Record,
         now: Millis,
     ) -> (Instance, Step) {
-        Instance::create_then(id, wf, record, None, now)
+        Instance::create_then(id, wf, record, Vec::new(), now)
     }
 
-    /// [`Instance::create`] with `then` (a `Paused` record: started while its workflow is
-    /// paused) applied before the first step, which then waits for the resume.
+    /// [`Instance::create`] with `then` applied before the first step: a `RerunOf` record
+    /// (it begins where an ended instance is run again from), and a `Paused` one (started
+    /// while its workflow is paused: the first step waits for the resume).
     pub fn create_then(
         id: &str,
         wf: &CompiledWorkflow,
         record: Record,
-        then: Option<Record>,
+        then: Vec<Record>,
         now: Millis,
     ) -> (Instance, Step) {
         let mut inst = Instance::start(id, wf, record.clone());
         let mut records = vec![record];
-        if let Some(then) = then {
+        for then in then {
             inst.apply(wf, &then);
             records.push(then);
         }
@@ -240,6 +250,25 @@ impl Instance {
                 let r = self.unhold(wf, &by, &reason, now);
                 reply = Reply::Held(r.as_ref().map(|r| !r.is_empty()).map_err(Clone::clone));
                 records.extend(r.unwrap_or_default());
+            }
+            Input::RerunAs {
+                instance,
+                step,
+                by,
+                reason,
+            } => {
+                let linked = self.journaled_reruns.contains(&instance);
+                if !linked {
+                    records.push(Record::RerunAs {
+                        instance,
+                        step,
+                        by,
+                        reason,
+                        at: now,
+                    });
+                    self.apply(wf, records.last().expect("just pushed"));
+                }
+                reply = Reply::Linked;
             }
             Input::Retry => match self.retry(wf, now) {
                 Ok(r) => {

@@ -743,6 +743,20 @@ fn entry_text(e: &Value) -> String {
         "cancel_requested" | "cancelled" => s("reason"),
         "paused" | "resumed" => format!("by {}: {}", s("by"), s("reason")),
         "retry_requested" => format!("step {}", s("step")),
+        "rerun_of" => format!(
+            "runs {} again from {}, by {}: {}",
+            s("instance"),
+            s("step"),
+            s("by"),
+            s("reason")
+        ),
+        "rerun_as" => format!(
+            "run again from {} as {}, by {}: {}",
+            s("step"),
+            s("instance"),
+            s("by"),
+            s("reason")
+        ),
         "migrated" => format!(
             "version {} at {} → version {} at {}, by {}: {}",
             e["from_version"],

@@ -179,7 +179,7 @@ pub(super) async fn handle(
             let span = tracing::Span::current();
             span.record("workflow", tracing::field::display(&wf.name));
             span.record("version", wf.version);
-            let (inst, step) = Instance::create_then(id, &wf, record, then.map(|r| *r), now);
+            let (inst, step) = Instance::create_then(id, &wf, record, then, now);
             own.state = Some((inst, wf));
             start = Some((claims, reply));
             step
@@ -251,6 +251,21 @@ pub(super) async fn handle(
                     reply = Some(Answer::Retry(r));
                     Input::Retry
                 }
+                Msg::RerunAs {
+                    instance,
+                    step,
+                    by,
+                    reason,
+                    reply: r,
+                } => {
+                    reply = Some(Answer::Linked(r));
+                    Input::RerunAs {
+                        instance,
+                        step,
+                        by,
+                        reason,
+                    }
+                }
                 Msg::Hold {
                     hold,
                     by,
@@ -310,6 +325,7 @@ pub(super) enum Answer {
     Retry(oneshot::Sender<Result<(), RetryRefused>>),
     Hold(oneshot::Sender<Result<bool, HoldRefused>>),
     Migrate(oneshot::Sender<Result<Option<Move>, MigrateRefused>>),
+    Linked(oneshot::Sender<bool>),
 }
 
 /// A crash between writing a new instance's timer and its index entry (the sled store
@@ -331,7 +347,7 @@ pub(super) fn drop_timer_of_unknown_instance(inner: &Arc<Inner>, id: &str, t: &T
 
 pub(super) fn reply_false(msg: Msg) {
     match msg {
-        Msg::Event { reply, .. } | Msg::Cancel { reply, .. } => {
+        Msg::Event { reply, .. } | Msg::Cancel { reply, .. } | Msg::RerunAs { reply, .. } => {
             let _ = reply.send(false);
         }
         Msg::Start { reply, .. } => {

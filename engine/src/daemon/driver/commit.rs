@@ -358,6 +358,9 @@ pub(super) async fn finish(
         (Some(Answer::Migrate(r)), Reply::Migrated(m)) => {
             let _ = r.send(Ok(Some(m)));
         }
+        (Some(Answer::Linked(r)), Reply::Linked) => {
+            let _ = r.send(true);
+        }
         _ => {}
     }
 }

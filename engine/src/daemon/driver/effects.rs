@@ -63,7 +63,7 @@ pub(super) fn carry_out(
                             None,
                             Some(parent.clone()),
                             Some(child.clone()),
-                            false,
+                            StartMode::New,
                         )
                         .await;
                     if let Err(e) = started {

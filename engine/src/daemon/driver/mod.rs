@@ -121,9 +121,9 @@ pub struct Stats {
 enum Msg {
     Start {
         record: Record,
-        /// Journaled after the start record, before any step (a `Paused` record when the
-        /// workflow is paused).
-        then: Option<Box<Record>>,
+        /// Journaled after the start record, before any step: a `RerunOf` record for a
+        /// rerun, a `Paused` one when the workflow is paused.
+        then: Vec<Record>,
         wf: Arc<CompiledWorkflow>,
         /// The idempotency and concurrency keys, claimed in the same write as the
         /// instance's first records.
@@ -166,8 +166,30 @@ enum Msg {
         reason: String,
         reply: oneshot::Sender<Result<Option<Move>, MigrateRefused>>,
     },
+    /// Journal in this ended instance that `instance` runs it again from `step`.
+    RerunAs {
+        instance: String,
+        step: String,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// Read the instance's mail (messages left while another daemon owned it).
     Mail,
+}
+
+/// How [`Inner::start`] begins an instance.
+pub(crate) enum StartMode {
+    /// A start from a client, a trigger or a parent.
+    New,
+    /// A queued start, taken from its key's queue: it does not queue again.
+    Dequeued,
+    /// An ended instance run again from a step: the version it ran, and the `RerunOf`
+    /// record that says where the new one begins.
+    Rerun {
+        wf: Arc<CompiledWorkflow>,
+        of: Box<Record>,
+    },
 }
 
 /// What an actor holds: the instance as its journal says (once loaded) and the claim it
@@ -229,6 +251,22 @@ pub enum HoldError {
     NotFound(String),
     #[error(transparent)]
     Refused(#[from] HoldRefused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why an ended instance was not run again.
+#[derive(Debug, thiserror::Error)]
+pub enum RerunError {
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    /// The message says why and what to do instead.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(transparent)]
     Overloaded(#[from] Overloaded),
     #[error("{0}")]
@@ -402,7 +440,7 @@ impl Driver {
     ) -> Result<Started, StartError> {
         self.inner.admit()?;
         self.inner
-            .start(workflow, input, idempotency_key, None, None, false)
+            .start(workflow, input, idempotency_key, None, None, StartMode::New)
             .await
     }
 
@@ -421,7 +459,7 @@ impl Driver {
         id: String,
     ) -> Result<Started, StartError> {
         self.inner
-            .start(workflow, input, None, None, Some(id), false)
+            .start(workflow, input, None, None, Some(id), StartMode::New)
             .await
     }
 
@@ -598,6 +636,116 @@ impl Driver {
                 "the instance could not be loaded or journaled; see the log".into(),
             )),
         }
+    }
+
+    /// Run an ended instance again from `step` of the version it ran, as a new instance with
+    /// its input and its variables with `edits` applied (a null removes a variable), for
+    /// operator `by` with `reason`. The new instance's journal begins with a `RerunOf`
+    /// record naming the old one, and the old one's gets a `RerunAs` naming the new one.
+    /// Asked again before the link is journaled (after a crash, say), it answers with the
+    /// same new instance (`created: false`); so does every request with the same
+    /// `idempotency_key`, however many come at once.
+    pub async fn rerun(
+        &self,
+        id: &str,
+        step: &str,
+        edits: serde_json::Map<String, Value>,
+        by: &str,
+        reason: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Started, RerunError> {
+        let inner = &self.inner;
+        inner.admit()?;
+        let internal = |e: String| RerunError::Internal(e);
+        let meta = inner
+            .store
+            .instance(id)
+            .map_err(|e| internal(e.to_string()))?
+            .ok_or_else(|| RerunError::NotFound(id.to_string()))?;
+        if !meta.is_final() {
+            return Err(RerunError::Refused(format!(
+                "the instance is {}; only an ended instance runs again from a step (retry a failed one; cancel an open one first)",
+                meta.status
+            )));
+        }
+        let (old, wf) = inner
+            .registry
+            .replay(inner.store.as_ref(), &meta, &inner.rules)
+            .map_err(internal)?;
+        if old.parent().is_some() {
+            return Err(RerunError::Refused(
+                "a subworkflow's instance is part of its parent's run; run the parent again instead".into(),
+            ));
+        }
+        if !wf.index.get(step).is_some_and(|&i| wf.steps[i].top_level) {
+            let top: Vec<&str> = wf
+                .steps
+                .iter()
+                .filter(|s| s.top_level)
+                .map(|s| s.id.as_str())
+                .collect();
+            return Err(RerunError::Refused(format!(
+                "`{step}` is not a top-level step of version {} of `{}`; the top-level steps are: {}",
+                wf.version,
+                wf.name,
+                top.join(", ")
+            )));
+        }
+        let mut vars = old.vars().clone();
+        for (k, v) in edits {
+            if v.is_null() {
+                vars.remove(&k);
+            } else {
+                vars.insert(k, v);
+            }
+        }
+        // One new instance per rerun: until this one is linked, asking again finds it (of
+        // the instances that run this one again, only the newest can be unlinked: each key
+        // counts the links made before it). With the client's key, one per key. A NUL
+        // cannot come in an HTTP header, so no client's start can take either.
+        let key = match idempotency_key {
+            Some(k) => format!("\0rerun\0{id}\0key\0{k}"),
+            None => format!("\0rerun\0{id}\0{}", old.reruns()),
+        };
+        let of = Record::RerunOf {
+            instance: id.to_string(),
+            step: step.to_string(),
+            vars,
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: inner.clock.now_ms(),
+        };
+        let started = inner
+            .start(
+                &wf.name,
+                old.input().clone(),
+                Some(key),
+                None,
+                None,
+                StartMode::Rerun {
+                    wf: wf.clone(),
+                    of: Box::new(of),
+                },
+            )
+            .await?;
+        let (reply, rx) = oneshot::channel();
+        inner.send(
+            id,
+            Msg::RerunAs {
+                instance: started.id.clone(),
+                step: step.to_string(),
+                by: by.to_string(),
+                reason: reason.to_string(),
+                reply,
+            },
+        );
+        if !rx.await.unwrap_or(false) {
+            return Err(internal(format!(
+                "instance {} runs it again, but the link in its journal could not be written; ask again to write it",
+                started.id
+            )));
+        }
+        Ok(started)
     }
 
     /// Where the instance would move if it moved to version `to` now, or why it would not
@@ -802,12 +950,15 @@ impl Inner {
         key: Option<String>,
         parent: Option<ParentRef>,
         id: Option<String>,
-        dequeued: bool,
+        mode: StartMode,
     ) -> Result<Started, StartError> {
-        let wf = self
-            .registry
-            .latest(workflow)
-            .ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?;
+        let wf = match &mode {
+            StartMode::Rerun { wf, .. } => wf.clone(),
+            _ => self
+                .registry
+                .latest(workflow)
+                .ok_or_else(|| StartError::UnknownWorkflow(workflow.to_string()))?,
+        };
         let input =
             crate::validate::input::check(&wf.inputs, &input).map_err(StartError::InvalidInput)?;
         let id = id.unwrap_or_else(|| new_id(self.clock.now_ms()));
@@ -816,7 +967,7 @@ impl Inner {
         let held = self
             .workflow_pause(workflow)
             .map_err(StartError::Internal)?
-            .map(|p| Box::new(p.record(workflow, self.clock.now_ms())));
+            .map(|p| p.record(workflow, self.clock.now_ms()));
         let mut claims = Vec::new();
         // A duplicate of a start that has committed answers without running anything. One
         // racing a start still in flight is settled by the store: the key is claimed in the
@@ -860,7 +1011,7 @@ impl Inner {
                 queued: None,
             });
         }
-        let queues = !dequeued
+        let queues = matches!(mode, StartMode::New)
             && matches!(
                 wf.concurrency.as_ref().map(|c| &c.on_conflict),
                 Some(OnConflict::Queue)
@@ -881,6 +1032,14 @@ impl Inner {
         }
         // What an open key does with the start: delivered as an event (attach) or queued.
         let conflict_input = open_key.as_ref().map(|_| input.clone());
+        let rerun = matches!(mode, StartMode::Rerun { .. });
+        let then: Vec<Record> = match mode {
+            StartMode::Rerun { of, .. } => Some(*of),
+            _ => None,
+        }
+        .into_iter()
+        .chain(held.clone())
+        .collect();
         let record = Instance::start_record(&wf, input, key.clone(), parent, self.clock.now_ms());
         // A key with several places (`concurrency.limit`) is tried place by place: each
         // place is claimed atomically, so starts racing for the last free place make one
@@ -900,7 +1059,7 @@ impl Inner {
                 &id,
                 Msg::Start {
                     record: record.clone(),
-                    then: held.clone(),
+                    then: then.clone(),
                     wf: wf.clone(),
                     claims,
                     reply,
@@ -931,8 +1090,12 @@ impl Inner {
                 .enqueue(workflow, k, &input, key.as_deref(), Some(open))
                 .await;
         }
-        let Some(OnConflict::Attach { event }) = wf.concurrency.as_ref().map(|c| &c.on_conflict)
-        else {
+        // A rerun is an operator's: it neither joins the open instance nor waits for it.
+        let attach = match wf.concurrency.as_ref().map(|c| &c.on_conflict) {
+            Some(OnConflict::Attach { event }) if !rerun => Some(event),
+            _ => None,
+        };
+        let Some(event) = attach else {
             return Err(StartError::Open {
                 workflow: workflow.to_string(),
                 open,

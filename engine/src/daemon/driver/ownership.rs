@@ -282,6 +282,18 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
                 reason,
                 reply: oneshot::channel().0,
             },
+            Mail::RerunAs {
+                instance,
+                step,
+                by,
+                reason,
+            } => Msg::RerunAs {
+                instance,
+                step,
+                by,
+                reason,
+                reply: oneshot::channel().0,
+            },
             Mail::Migrate {
                 to_hash,
                 by,
@@ -342,6 +354,18 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
                 reason: reason.clone(),
             }
         }),
+        Msg::RerunAs {
+            instance,
+            step,
+            by,
+            reason,
+            ..
+        } => Some(Mail::RerunAs {
+            instance: instance.clone(),
+            step: step.clone(),
+            by: by.clone(),
+            reason: reason.clone(),
+        }),
         Msg::Migrate { to, by, reason, .. } => Some(Mail::Migrate {
             to_hash: to.hash.clone(),
             by: by.clone(),
@@ -373,7 +397,7 @@ pub(super) async fn forward(
     }
     let ok = posted.is_ok();
     match answer {
-        Some(Answer::Event(r)) | Some(Answer::Cancel(r)) => {
+        Some(Answer::Event(r)) | Some(Answer::Cancel(r)) | Some(Answer::Linked(r)) => {
             let _ = r.send(ok);
         }
         Some(Answer::Retry(r)) => {
@@ -406,6 +430,7 @@ pub(super) fn answer_of(msg: Msg) -> Option<Answer> {
         Msg::Retry { reply } => Some(Answer::Retry(reply)),
         Msg::Hold { reply, .. } => Some(Answer::Hold(reply)),
         Msg::Migrate { reply, .. } => Some(Answer::Migrate(reply)),
+        Msg::RerunAs { reply, .. } => Some(Answer::Linked(reply)),
         Msg::Start { reply, .. } => {
             let _ = reply.send(Err("the instance exists already".into()));
             None

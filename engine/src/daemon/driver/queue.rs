@@ -224,7 +224,14 @@ impl Inner {
             .map_or_else(|| format!("\u{0}queue\u{0}{seq}"), str::to_string);
         let input = head.event.data["input"].clone();
         let started = self
-            .start(workflow, input, Some(idempotency_key), None, None, true)
+            .start(
+                workflow,
+                input,
+                Some(idempotency_key),
+                None,
+                None,
+                super::StartMode::Dequeued,
+            )
             .await;
         let take = match &started {
             Ok(s) => {

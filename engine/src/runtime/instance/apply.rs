@@ -349,6 +349,16 @@ impl Instance {
             Record::Resumed { .. } => {
                 self.hold = None;
             }
+            Record::RerunOf { step, vars, .. } => {
+                self.frames.clear();
+                self.vars = vars.clone();
+                let at = wf.index.get(step).copied().unwrap_or(usize::MAX);
+                self.new_frame(None, at, Map::new(), false);
+            }
+            // A link for people; the state it ended in stays as it is.
+            Record::RerunAs { instance, .. } => {
+                self.journaled_reruns.insert(instance.clone());
+            }
             // `wf` is the version moved to (see `Instance::replay_pinned`).
             Record::Migrated {
                 frame,

@@ -235,6 +235,8 @@ pub struct Instance {
     /// Ids of the events this instance has received: the same event sent again (after a
     /// crash lost the daemon's answer to it) is not taken twice, by this wait or a later one.
     pub(in crate::runtime) received: std::collections::BTreeSet<String>,
+    /// Instances that run this one again (`RerunAs` records), each linked once.
+    pub(in crate::runtime) journaled_reruns: std::collections::BTreeSet<String>,
     /// Set while an operator holds the instance: nothing advances, its timers and waits
     /// are out of the index (events for it wait in the inbox) until it is resumed.
     pub(in crate::runtime) hold: Option<Hold>,
@@ -333,6 +335,7 @@ impl Instance {
             cancel_reason: None,
             visits: BTreeMap::new(),
             received: Default::default(),
+            journaled_reruns: Default::default(),
             hold: None,
             failure_origin: None,
             compensated: false,
@@ -364,6 +367,11 @@ impl Instance {
 
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// How many times this ended instance was run again (its `RerunAs` records).
+    pub fn reruns(&self) -> usize {
+        self.journaled_reruns.len()
     }
 
     /// The source hash the instance is pinned to.
