@@ -305,6 +305,69 @@ fn stripe_error(status: u16, error: Value) -> Answer {
     Answer::json(status, json!({ "error": error }))
 }
 
+async fn fx() -> Rig {
+    rig("payments", NOW_MS, |base| {
+        let config = vec![("fx_base_url", base.to_string())];
+        (config, vec![("stripe_secret_key", STRIPE_KEY.to_string())])
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_exchange_rate_is_a_plain_get_and_the_rate_comes_back_exactly_as_written() {
+    let rig = fx().await;
+    // A float would make this 1 (and 0.0066666667 something else again).
+    rig.fake.answer(Answer::raw_json(
+        200,
+        r#"{"amount":1.0,"base":"JPY","date":"2024-05-31","rates":{"USD":1.0000000000000001}}"#,
+    ));
+    let out = rig
+        .ok(
+            "payments",
+            "exchange_rate",
+            json!({"from": "JPY", "to": "USD"}),
+            ctx("fetch_rate", 1),
+        )
+        .await;
+    assert_eq!(
+        out,
+        json!({"rate": "1.0000000000000001", "from": "JPY", "to": "USD",
+               "source": "ECB reference rates (Frankfurter)", "date": "2024-05-31",
+               "at": "2024-06-01T10:00:00.000Z"})
+    );
+    let seen = rig.only_request(0);
+    assert_eq!(
+        (seen.method.as_str(), seen.path_and_query.as_str()),
+        ("GET", "/latest?from=JPY&to=USD")
+    );
+    // No credentials go to the rate service: the Stripe key is granted for Stripe only.
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("accept"), Some("application/json"));
+    assert!(seen.body.is_empty());
+
+    rig.fake
+        .answer(Answer::json(404, json!({"message": "not found"})));
+    let err = rig
+        .err(
+            "payments",
+            "exchange_rate",
+            json!({"from": "XTS", "to": "USD"}),
+            ctx("fetch_rate", 1),
+        )
+        .await;
+    assert_error(&err, "unknown_currency", false);
+    rig.fake.answer(Answer::text(503, "maintenance"));
+    let err = rig
+        .err(
+            "payments",
+            "exchange_rate",
+            json!({"from": "JPY", "to": "USD"}),
+            ctx("fetch_rate", 2),
+        )
+        .await;
+    assert_error(&err, "fx_unavailable", true);
+}
+
 fn assert_stripe_refund_request(seen: &Seen, fake: &FakeProvider, key: &str) {
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.path_and_query, "/v1/refunds");

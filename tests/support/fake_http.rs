@@ -63,6 +63,17 @@ impl Answer {
         }
     }
 
+    /// A JSON answer written out as `body`, byte for byte (numbers as a provider writes
+    /// them, which a `serde_json::Value` would round).
+    pub fn raw_json(status: u16, body: &str) -> Self {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+            hang: false,
+        }
+    }
+
     /// A plain-text answer (`text/plain`), e.g. Slack's `ok` or an HTML error page.
     pub fn text(status: u16, body: &str) -> Self {
         Answer {

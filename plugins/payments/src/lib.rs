@@ -1,6 +1,7 @@
 //! Payments plugin: refunds through a Stripe-compatible API, with the step's
 //! idempotency key on every write so a retried refund cannot pay out twice.
 
+mod fx;
 mod refunds;
 mod stripe;
 
@@ -25,6 +26,15 @@ impl Plugin for Payments {
                 "get_refund",
                 "Fetches a refund by id (`GET /v1/refunds/{id}`) to follow its status.",
                 refunds::get,
+            ),
+            Action::new(
+                "exchange_rate",
+                "What one unit of `from` is worth in `to` (`GET {fx_base_url}/latest?from=&to=`, \
+                 ECB reference rates through Frankfurter's API), as exact decimal text for \
+                 `convert_money`, with its source, reference date and fetch time for the audit. \
+                 A currency the service has no rate for fails with the permanent code \
+                 `unknown_currency`; an outage with the retryable `fx_unavailable`.",
+                fx::get,
             ),
         ]
     }
