@@ -1,4 +1,4 @@
-//! The shipped plugins (plugins/{payments,paging,identity,crm}), each run as its
+//! The shipped plugins (plugins/{payments,paging,identity,crm,statuspage}), each run as its
 //! real .wasm component through [`WasmHost`], against a local fake of its provider
 //! that records every request exactly. Each test checks the wire format the
 //! provider documents (method, path, auth, idempotency key, content type, the
@@ -39,6 +39,7 @@ const VERIFY_SERVICE: &str = "VA0123456789abcdef0123456789abcdef";
 /// RFC 6238 appendix B: the SHA-1 seed is ASCII "12345678901234567890".
 const TOTP_SEED: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 const CRM_TOKEN: &str = "crm_SECRET_token_77";
+const STATUSPAGE_KEY: &str = "sp_SECRET_key_4e1d";
 
 /// Every secret any test hands out; none may come back in an output or error.
 const ALL_SECRETS: &[&str] = &[
@@ -50,6 +51,7 @@ const ALL_SECRETS: &[&str] = &[
     TWILIO_TOKEN,
     TOTP_SEED,
     CRM_TOKEN,
+    STATUSPAGE_KEY,
 ];
 
 /// One shipped plugin loaded into a fresh host, granted only its fake provider.
@@ -1471,6 +1473,120 @@ async fn crm_failures_map_to_retryable_or_permanent_without_the_token() {
                 "get_customer",
                 json!({"customer_id": "cus_42"}),
                 ctx("lookup", 1),
+            )
+            .await;
+        assert_error(&err, code, retryable);
+    }
+}
+
+async fn statuspage() -> Rig {
+    rig("statuspage", NOW_MS, |base| {
+        let config = vec![
+            ("statuspage_base_url", base.to_string()),
+            ("page_id", "pg_7".to_string()),
+        ];
+        (config, vec![("statuspage_api_key", STATUSPAGE_KEY.to_string())])
+    })
+    .await
+}
+
+fn sp_incident(id: &str, status: &str, key: Option<&str>) -> Value {
+    json!({"id": id, "name": "Login failures", "status": status, "shortlink": "https://stspg.io/abc",
+           "impact": "major", "created_at": "2024-06-01T10:00:00.000Z",
+           "metadata": key.map(|k| json!({"casework": {"idempotency_key": k}})).unwrap_or(json!({})),
+           "incident_updates": []})
+}
+
+#[tokio::test]
+async fn statuspage_create_looks_for_its_incident_then_posts_the_exact_document() {
+    let rig = statuspage().await;
+    let key = format!("{INSTANCE}:status_page:1");
+    rig.fake.answer(Answer::json(200, json!([])));
+    rig.fake
+        .answer(Answer::json(201, sp_incident("inc_9", "investigating", Some(&key))));
+    let input = json!({"name": "Login failures", "body": "We are investigating failed logins.",
+                       "impact": "major", "components": {"cmp_login": "major_outage"}});
+    let out = rig
+        .ok("statuspage", "create_incident", input.clone(), ctx("status_page", 1))
+        .await;
+    assert_eq!(
+        out,
+        json!({"incident_id": "inc_9", "status": "investigating", "shortlink": "https://stspg.io/abc", "replayed": false})
+    );
+    let seen = rig.fake.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    let auth = format!("OAuth {STATUSPAGE_KEY}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("GET", "/v1/pages/pg_7/incidents/unresolved")
+    );
+    assert_headers(&seen[0], &rig.fake, &[("accept", "application/json"), ("authorization", &auth)]);
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path_and_query.as_str()),
+        ("POST", "/v1/pages/pg_7/incidents")
+    );
+    assert_headers(
+        &seen[1],
+        &rig.fake,
+        &[("accept", "application/json"), ("authorization", &auth), ("content-type", "application/json")],
+    );
+    assert_eq!(
+        seen[1].body_text(),
+        format!(
+            r#"{{"incident":{{"body":"We are investigating failed logins.","component_ids":["cmp_login"],"components":{{"cmp_login":"major_outage"}},"deliver_notifications":true,"impact_override":"major","metadata":{{"casework":{{"idempotency_key":"{key}"}}}},"name":"Login failures","status":"investigating"}}}}"#
+        )
+    );
+    // The same step again (its first outcome lost): the incident is found, none opened.
+    rig.fake.answer(Answer::json(
+        200,
+        json!([sp_incident("inc_9", "investigating", Some(&key))]),
+    ));
+    let again = rig
+        .ok("statuspage", "create_incident", input, ctx("status_page", 2))
+        .await;
+    assert_eq!(again["replayed"], json!(true));
+    assert_eq!(again["incident_id"], "inc_9");
+    let seen = rig.only_request(2);
+    assert_eq!(seen.method.as_str(), "GET");
+}
+
+#[tokio::test]
+async fn statuspage_resolve_patches_the_incident_and_failures_keep_the_key_out() {
+    let rig = statuspage().await;
+    rig.fake
+        .answer(Answer::json(200, sp_incident("inc_9", "monitoring", None)));
+    rig.fake
+        .answer(Answer::json(200, sp_incident("inc_9", "resolved", None)));
+    let out = rig
+        .ok(
+            "statuspage",
+            "resolve_incident",
+            json!({"incident_id": "inc_9", "body": "Logins work again.", "components": ["cmp_login"]}),
+            ctx("close_out", 1),
+        )
+        .await;
+    assert_eq!(out["status"], "resolved");
+    let seen = rig.fake.seen();
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path_and_query.as_str()),
+        ("PATCH", "/v1/pages/pg_7/incidents/inc_9")
+    );
+    assert_eq!(
+        seen[1].body_text(),
+        r#"{"incident":{"body":"Logins work again.","component_ids":["cmp_login"],"components":{"cmp_login":"operational"},"deliver_notifications":true,"status":"resolved"}}"#
+    );
+    for (answer, code, retryable) in [
+        (Answer::json(401, json!({"error": "bad key"})), "authentication_failed", false),
+        (Answer::json(420, json!({"error": "slow down"})), "rate_limited", true),
+        (Answer::text(502, "bad gateway"), "provider_unavailable", true),
+    ] {
+        rig.fake.answer(answer);
+        let err = rig
+            .err(
+                "statuspage",
+                "resolve_incident",
+                json!({"incident_id": "inc_9", "body": "b"}),
+                ctx("close_out", 1),
             )
             .await;
         assert_error(&err, code, retryable);
