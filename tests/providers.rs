@@ -1485,7 +1485,10 @@ async fn statuspage() -> Rig {
             ("statuspage_base_url", base.to_string()),
             ("page_id", "pg_7".to_string()),
         ];
-        (config, vec![("statuspage_api_key", STATUSPAGE_KEY.to_string())])
+        (
+            config,
+            vec![("statuspage_api_key", STATUSPAGE_KEY.to_string())],
+        )
     })
     .await
 }
@@ -1502,12 +1505,19 @@ async fn statuspage_create_looks_for_its_incident_then_posts_the_exact_document(
     let rig = statuspage().await;
     let key = format!("{INSTANCE}:status_page:1");
     rig.fake.answer(Answer::json(200, json!([])));
-    rig.fake
-        .answer(Answer::json(201, sp_incident("inc_9", "investigating", Some(&key))));
+    rig.fake.answer(Answer::json(
+        201,
+        sp_incident("inc_9", "investigating", Some(&key)),
+    ));
     let input = json!({"name": "Login failures", "body": "We are investigating failed logins.",
                        "impact": "major", "components": {"cmp_login": "major_outage"}});
     let out = rig
-        .ok("statuspage", "create_incident", input.clone(), ctx("status_page", 1))
+        .ok(
+            "statuspage",
+            "create_incident",
+            input.clone(),
+            ctx("status_page", 1),
+        )
         .await;
     assert_eq!(
         out,
@@ -1520,7 +1530,11 @@ async fn statuspage_create_looks_for_its_incident_then_posts_the_exact_document(
         (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
         ("GET", "/v1/pages/pg_7/incidents/unresolved")
     );
-    assert_headers(&seen[0], &rig.fake, &[("accept", "application/json"), ("authorization", &auth)]);
+    assert_headers(
+        &seen[0],
+        &rig.fake,
+        &[("accept", "application/json"), ("authorization", &auth)],
+    );
     assert_eq!(
         (seen[1].method.as_str(), seen[1].path_and_query.as_str()),
         ("POST", "/v1/pages/pg_7/incidents")
@@ -1528,7 +1542,11 @@ async fn statuspage_create_looks_for_its_incident_then_posts_the_exact_document(
     assert_headers(
         &seen[1],
         &rig.fake,
-        &[("accept", "application/json"), ("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("accept", "application/json"),
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
     );
     assert_eq!(
         seen[1].body_text(),
@@ -1542,7 +1560,12 @@ async fn statuspage_create_looks_for_its_incident_then_posts_the_exact_document(
         json!([sp_incident("inc_9", "investigating", Some(&key))]),
     ));
     let again = rig
-        .ok("statuspage", "create_incident", input, ctx("status_page", 2))
+        .ok(
+            "statuspage",
+            "create_incident",
+            input,
+            ctx("status_page", 2),
+        )
         .await;
     assert_eq!(again["replayed"], json!(true));
     assert_eq!(again["incident_id"], "inc_9");
@@ -1576,9 +1599,21 @@ async fn statuspage_resolve_patches_the_incident_and_failures_keep_the_key_out()
         r#"{"incident":{"body":"Logins work again.","component_ids":["cmp_login"],"components":{"cmp_login":"operational"},"deliver_notifications":true,"status":"resolved"}}"#
     );
     for (answer, code, retryable) in [
-        (Answer::json(401, json!({"error": "bad key"})), "authentication_failed", false),
-        (Answer::json(420, json!({"error": "slow down"})), "rate_limited", true),
-        (Answer::text(502, "bad gateway"), "provider_unavailable", true),
+        (
+            Answer::json(401, json!({"error": "bad key"})),
+            "authentication_failed",
+            false,
+        ),
+        (
+            Answer::json(420, json!({"error": "slow down"})),
+            "rate_limited",
+            true,
+        ),
+        (
+            Answer::text(502, "bad gateway"),
+            "provider_unavailable",
+            true,
+        ),
     ] {
         rig.fake.answer(answer);
         let err = rig

@@ -166,11 +166,17 @@ fn not_empty(value: &str, field: &str) -> Result<()> {
 }
 
 /// `components` and the `component_ids` Statuspage wants beside them.
-fn component_fields(incident: &mut serde_json::Map<String, Value>, components: &BTreeMap<String, ComponentStatus>) {
+fn component_fields(
+    incident: &mut serde_json::Map<String, Value>,
+    components: &BTreeMap<String, ComponentStatus>,
+) {
     if components.is_empty() {
         return;
     }
-    incident.insert("component_ids".into(), json!(components.keys().collect::<Vec<_>>()));
+    incident.insert(
+        "component_ids".into(),
+        json!(components.keys().collect::<Vec<_>>()),
+    );
     incident.insert("components".into(), json!(components));
 }
 
@@ -199,7 +205,10 @@ pub fn create(input: CreateInput, ctx: &Context) -> Result<IncidentOutput> {
         .into_iter()
         .find(|i| i.metadata["casework"]["idempotency_key"] == ctx.idempotency_key.as_str())
     {
-        log::info(format_args!("incident {} was opened by an earlier try", found.id));
+        log::info(format_args!(
+            "incident {} was opened by an earlier try",
+            found.id
+        ));
         return Ok(found.output(true));
     }
     let mut incident = serde_json::Map::new();
@@ -210,7 +219,10 @@ pub fn create(input: CreateInput, ctx: &Context) -> Result<IncidentOutput> {
         incident.insert("impact_override".into(), json!(impact));
     }
     component_fields(&mut incident, &input.components);
-    incident.insert("deliver_notifications".into(), json!(input.notify_subscribers));
+    incident.insert(
+        "deliver_notifications".into(),
+        json!(input.notify_subscribers),
+    );
     incident.insert(
         "metadata".into(),
         json!({"casework": {"idempotency_key": ctx.idempotency_key}}),
@@ -219,7 +231,10 @@ pub fn create(input: CreateInput, ctx: &Context) -> Result<IncidentOutput> {
         api::request(Method::Post, "/incidents")?.json(&json!({ "incident": incident })),
         "opening the incident",
     )?;
-    log::info(format_args!("incident {} opened ({})", created.id, created.status));
+    log::info(format_args!(
+        "incident {} opened ({})",
+        created.id, created.status
+    ));
     Ok(created.output(false))
 }
 
@@ -245,7 +260,10 @@ pub fn update(input: UpdateInput, _ctx: &Context) -> Result<IncidentOutput> {
     incident.insert("status".into(), json!(input.status));
     incident.insert("body".into(), json!(input.body));
     component_fields(&mut incident, &input.components);
-    incident.insert("deliver_notifications".into(), json!(input.notify_subscribers));
+    incident.insert(
+        "deliver_notifications".into(),
+        json!(input.notify_subscribers),
+    );
     let updated: Incident = api::send(
         api::request(Method::Patch, &api::incident_path(&input.incident_id))?
             .json(&json!({ "incident": incident })),
@@ -270,7 +288,10 @@ pub fn resolve(input: ResolveInput, _ctx: &Context) -> Result<IncidentOutput> {
         .map(|c| (c.clone(), ComponentStatus::Operational))
         .collect();
     component_fields(&mut incident, &back);
-    incident.insert("deliver_notifications".into(), json!(input.notify_subscribers));
+    incident.insert(
+        "deliver_notifications".into(),
+        json!(input.notify_subscribers),
+    );
     let resolved: Incident = api::send(
         api::request(Method::Patch, &api::incident_path(&input.incident_id))?
             .json(&json!({ "incident": incident })),
@@ -306,33 +327,72 @@ mod tests {
     #[test]
     fn create_sends_the_incident_with_its_key_in_metadata() {
         let host = host();
-        host.respond(Method::Get, &format!("{BASE}/incidents/unresolved"), Response::from_json(200, &json!([
-            incident("other", "investigating", Some("someone-else"), json!([]))
-        ])));
-        host.respond(Method::Post, &format!("{BASE}/incidents"), Response::from_json(201, &incident("inc_1", "investigating", Some("inst-1:step-1"), json!([]))));
+        host.respond(
+            Method::Get,
+            &format!("{BASE}/incidents/unresolved"),
+            Response::from_json(
+                200,
+                &json!([incident(
+                    "other",
+                    "investigating",
+                    Some("someone-else"),
+                    json!([])
+                )]),
+            ),
+        );
+        host.respond(
+            Method::Post,
+            &format!("{BASE}/incidents"),
+            Response::from_json(
+                201,
+                &incident("inc_1", "investigating", Some("inst-1:step-1"), json!([])),
+            ),
+        );
         let out = host
-            .invoke::<Statuspage>("create_incident", &json!({
+            .invoke::<Statuspage>(
+                "create_incident",
+                &json!({
                 "name": "Login failures", "body": "We are looking into failed logins.",
-                "impact": "major", "components": {"cmp_login": "major_outage"}}))
+                "impact": "major", "components": {"cmp_login": "major_outage"}}),
+            )
             .unwrap();
-        assert_eq!(out, json!({"incident_id": "inc_1", "status": "investigating", "shortlink": "https://stspg.io/x1", "replayed": false}));
+        assert_eq!(
+            out,
+            json!({"incident_id": "inc_1", "status": "investigating", "shortlink": "https://stspg.io/x1", "replayed": false})
+        );
         let sent = &host.requests()[1];
         assert_eq!(sent.header("authorization"), Some("OAuth sp_SECRET_key"));
-        assert_eq!(sent.body_json(), json!({"incident": {
+        assert_eq!(
+            sent.body_json(),
+            json!({"incident": {
             "name": "Login failures", "status": "investigating", "body": "We are looking into failed logins.",
             "impact_override": "major", "component_ids": ["cmp_login"], "components": {"cmp_login": "major_outage"},
-            "deliver_notifications": true, "metadata": {"casework": {"idempotency_key": "inst-1:step-1"}}}}));
+            "deliver_notifications": true, "metadata": {"casework": {"idempotency_key": "inst-1:step-1"}}}})
+        );
         assert!(host.logs().iter().all(|l| !l.message.contains("SECRET")));
     }
 
     #[test]
     fn a_retried_create_finds_its_incident_and_opens_none() {
         let host = host();
-        host.respond(Method::Get, &format!("{BASE}/incidents/unresolved"), Response::from_json(200, &json!([
-            incident("inc_1", "investigating", Some("inst-1:step-1"), json!([]))
-        ])));
+        host.respond(
+            Method::Get,
+            &format!("{BASE}/incidents/unresolved"),
+            Response::from_json(
+                200,
+                &json!([incident(
+                    "inc_1",
+                    "investigating",
+                    Some("inst-1:step-1"),
+                    json!([])
+                )]),
+            ),
+        );
         let out = host
-            .invoke::<Statuspage>("create_incident", &json!({"name": "Login failures", "body": "b"}))
+            .invoke::<Statuspage>(
+                "create_incident",
+                &json!({"name": "Login failures", "body": "b"}),
+            )
             .unwrap();
         assert_eq!(out["replayed"], json!(true));
         assert_eq!(out["incident_id"], "inc_1");
@@ -343,21 +403,52 @@ mod tests {
     fn an_update_already_posted_is_not_posted_again() {
         let host = host();
         let url = format!("{BASE}/incidents/inc_1");
-        host.respond(Method::Get, &url, Response::from_json(200, &incident("inc_1", "investigating", None, json!([
-            {"status": "investigating", "body": "first"}]))));
-        host.respond(Method::Patch, &url, Response::from_json(200, &incident("inc_1", "identified", None, json!([
-            {"status": "identified", "body": "Found it."}]))));
+        host.respond(
+            Method::Get,
+            &url,
+            Response::from_json(
+                200,
+                &incident(
+                    "inc_1",
+                    "investigating",
+                    None,
+                    json!([
+            {"status": "investigating", "body": "first"}]),
+                ),
+            ),
+        );
+        host.respond(
+            Method::Patch,
+            &url,
+            Response::from_json(
+                200,
+                &incident(
+                    "inc_1",
+                    "identified",
+                    None,
+                    json!([
+            {"status": "identified", "body": "Found it."}]),
+                ),
+            ),
+        );
         let input = json!({"incident_id": "inc_1", "status": "identified", "body": "Found it.", "components": {"cmp_login": "partial_outage"}});
-        let out = host.invoke::<Statuspage>("update_incident", &input).unwrap();
+        let out = host
+            .invoke::<Statuspage>("update_incident", &input)
+            .unwrap();
         assert_eq!(out["replayed"], json!(false));
-        assert_eq!(host.requests()[1].body_json(), json!({"incident": {
+        assert_eq!(
+            host.requests()[1].body_json(),
+            json!({"incident": {
             "status": "identified", "body": "Found it.", "component_ids": ["cmp_login"],
-            "components": {"cmp_login": "partial_outage"}, "deliver_notifications": true}}));
+            "components": {"cmp_login": "partial_outage"}, "deliver_notifications": true}})
+        );
         // Retried: the newest update is this one.
         let host2 = self::host();
         host2.respond(Method::Get, &url, Response::from_json(200, &incident("inc_1", "identified", None, json!([
             {"status": "identified", "body": "Found it."}, {"status": "investigating", "body": "first"}]))));
-        let out = host2.invoke::<Statuspage>("update_incident", &input).unwrap();
+        let out = host2
+            .invoke::<Statuspage>("update_incident", &input)
+            .unwrap();
         assert_eq!(out["replayed"], json!(true));
         assert_eq!(host2.requests().len(), 1);
     }
@@ -366,19 +457,40 @@ mod tests {
     fn resolving_sets_components_operational_and_a_resolved_incident_is_left_alone() {
         let host = host();
         let url = format!("{BASE}/incidents/inc_1");
-        host.respond(Method::Get, &url, Response::from_json(200, &incident("inc_1", "monitoring", None, json!([]))));
-        host.respond(Method::Patch, &url, Response::from_json(200, &incident("inc_1", "resolved", None, json!([]))));
+        host.respond(
+            Method::Get,
+            &url,
+            Response::from_json(200, &incident("inc_1", "monitoring", None, json!([]))),
+        );
+        host.respond(
+            Method::Patch,
+            &url,
+            Response::from_json(200, &incident("inc_1", "resolved", None, json!([]))),
+        );
         let out = host
-            .invoke::<Statuspage>("resolve_incident", &json!({"incident_id": "inc_1", "body": "Fixed.", "components": ["cmp_login"]}))
+            .invoke::<Statuspage>(
+                "resolve_incident",
+                &json!({"incident_id": "inc_1", "body": "Fixed.", "components": ["cmp_login"]}),
+            )
             .unwrap();
         assert_eq!(out["status"], "resolved");
-        assert_eq!(host.requests()[1].body_json(), json!({"incident": {
+        assert_eq!(
+            host.requests()[1].body_json(),
+            json!({"incident": {
             "status": "resolved", "body": "Fixed.", "component_ids": ["cmp_login"],
-            "components": {"cmp_login": "operational"}, "deliver_notifications": true}}));
+            "components": {"cmp_login": "operational"}, "deliver_notifications": true}})
+        );
         let host = self::host();
-        host.respond(Method::Get, &url, Response::from_json(200, &incident("inc_1", "resolved", None, json!([]))));
+        host.respond(
+            Method::Get,
+            &url,
+            Response::from_json(200, &incident("inc_1", "resolved", None, json!([]))),
+        );
         let out = host
-            .invoke::<Statuspage>("resolve_incident", &json!({"incident_id": "inc_1", "body": "Fixed."}))
+            .invoke::<Statuspage>(
+                "resolve_incident",
+                &json!({"incident_id": "inc_1", "body": "Fixed."}),
+            )
             .unwrap();
         assert_eq!(out["replayed"], json!(true));
         assert_eq!(host.requests().len(), 1);
@@ -396,12 +508,22 @@ mod tests {
             (422, "invalid_request", false),
         ] {
             let host = host();
-            host.respond(Method::Get, &format!("{BASE}/incidents/inc_1"),
-                Response::from_json(status, &json!({"error": "nope"})));
+            host.respond(
+                Method::Get,
+                &format!("{BASE}/incidents/inc_1"),
+                Response::from_json(status, &json!({"error": "nope"})),
+            );
             let err = host
-                .invoke::<Statuspage>("resolve_incident", &json!({"incident_id": "inc_1", "body": "b"}))
+                .invoke::<Statuspage>(
+                    "resolve_incident",
+                    &json!({"incident_id": "inc_1", "body": "b"}),
+                )
                 .unwrap_err();
-            assert_eq!((err.code(), err.is_retryable()), (code, retryable), "HTTP {status}");
+            assert_eq!(
+                (err.code(), err.is_retryable()),
+                (code, retryable),
+                "HTTP {status}"
+            );
             assert!(!err.message().contains("SECRET"));
         }
         let host = FakeHost::new();
@@ -412,7 +534,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "config_missing");
         let err = self::host()
-            .invoke::<Statuspage>("create_incident", &json!({"name": "n", "body": "b", "status": "resolved"}))
+            .invoke::<Statuspage>(
+                "create_incident",
+                &json!({"name": "n", "body": "b", "status": "resolved"}),
+            )
             .unwrap_err();
         assert_eq!(err.code(), "invalid_input");
     }
