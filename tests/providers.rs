@@ -1,4 +1,4 @@
-//! The shipped plugins (plugins/{payments,paging,identity,crm,statuspage}), each run as its
+//! The shipped plugins (plugins/{payments,paging,identity,crm,statuspage,helpdesk}), each run as its
 //! real .wasm component through [`WasmHost`], against a local fake of its provider
 //! that records every request exactly. Each test checks the wire format the
 //! provider documents (method, path, auth, idempotency key, content type, the
@@ -40,6 +40,10 @@ const VERIFY_SERVICE: &str = "VA0123456789abcdef0123456789abcdef";
 const TOTP_SEED: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 const CRM_TOKEN: &str = "crm_SECRET_token_77";
 const STATUSPAGE_KEY: &str = "sp_SECRET_key_4e1d";
+const ZENDESK_TOKEN: &str = "zd_SECRET_token_91b2";
+/// `base64("ops-bot@example.com/token:{ZENDESK_TOKEN}")`, computed with coreutils `base64`.
+const ZENDESK_BASIC: &str =
+    "Basic b3BzLWJvdEBleGFtcGxlLmNvbS90b2tlbjp6ZF9TRUNSRVRfdG9rZW5fOTFiMg==";
 
 /// Every secret any test hands out; none may come back in an output or error.
 const ALL_SECRETS: &[&str] = &[
@@ -52,6 +56,7 @@ const ALL_SECRETS: &[&str] = &[
     TOTP_SEED,
     CRM_TOKEN,
     STATUSPAGE_KEY,
+    ZENDESK_TOKEN,
 ];
 
 /// One shipped plugin loaded into a fresh host, granted only its fake provider.
@@ -1626,4 +1631,156 @@ async fn statuspage_resolve_patches_the_incident_and_failures_keep_the_key_out()
             .await;
         assert_error(&err, code, retryable);
     }
+}
+
+async fn zendesk() -> Rig {
+    rig("helpdesk", NOW_MS, |base| {
+        let config = vec![
+            ("zendesk_base_url", base.to_string()),
+            ("zendesk_email", "ops-bot@example.com".to_string()),
+        ];
+        (
+            config,
+            vec![("zendesk_api_token", ZENDESK_TOKEN.to_string())],
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn zendesk_update_reads_the_comments_then_puts_the_exact_ticket_and_a_retry_adds_no_second_note(
+) {
+    let rig = zendesk().await;
+    rig.fake.answer(Answer::json(
+        200,
+        json!({"comments": [{"id": 1, "body": "Hello", "public": true}], "next_page": null}),
+    ));
+    rig.fake.answer(Answer::json(
+        200,
+        json!({"ticket": {"id": 35436, "status": "open", "priority": "high", "group_id": 360002,
+                          "tags": ["login", "tier-2"], "subject": "Cannot log in"},
+               "audit": {"id": 9}}),
+    ));
+    let input = json!({"ticket_id": "35436", "priority": "high", "group_id": 360002,
+                       "add_tags": ["tier-2"], "remove_tags": ["tier-1"],
+                       "note": "Escalated to Tier 2: first response breached."});
+    let out = rig
+        .ok(
+            "helpdesk",
+            "update_ticket",
+            input.clone(),
+            ctx("reassign_tier2", 1),
+        )
+        .await;
+    assert_eq!(
+        out,
+        json!({"ticket_id": 35436, "status": "open", "priority": "high", "group_id": 360002,
+               "tags": ["login", "tier-2"], "note_added": true, "note_replayed": false})
+    );
+    let seen = rig.fake.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        (
+            "GET",
+            "/api/v2/tickets/35436/comments.json?sort_order=desc&per_page=100"
+        )
+    );
+    assert_headers(
+        &seen[0],
+        &rig.fake,
+        &[
+            ("accept", "application/json"),
+            ("authorization", ZENDESK_BASIC),
+        ],
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path_and_query.as_str()),
+        ("PUT", "/api/v2/tickets/35436.json")
+    );
+    assert_headers(
+        &seen[1],
+        &rig.fake,
+        &[
+            ("accept", "application/json"),
+            ("authorization", ZENDESK_BASIC),
+            ("content-type", "application/json"),
+        ],
+    );
+    assert_eq!(
+        seen[1].body_text(),
+        format!(
+            r#"{{"ticket":{{"additional_tags":["tier-2"],"comment":{{"body":"Escalated to Tier 2: first response breached.\n\n(casework {INSTANCE}:reassign_tier2:1)","public":false}},"group_id":360002,"priority":"high","remove_tags":["tier-1"]}}}}"#
+        )
+    );
+    // The same step again: its note is the newest comment, so only the fields go again.
+    rig.fake.answer(Answer::json(
+        200,
+        json!({"comments": [{"id": 2, "public": false,
+                             "body": format!("Escalated to Tier 2: first response breached.\n\n(casework {INSTANCE}:reassign_tier2:1)")}]}),
+    ));
+    rig.fake.answer(Answer::json(
+        200,
+        json!({"ticket": {"id": 35436, "status": "open", "priority": "high", "group_id": 360002, "tags": ["tier-2"]}}),
+    ));
+    let again = rig
+        .ok("helpdesk", "update_ticket", input, ctx("reassign_tier2", 2))
+        .await;
+    assert_eq!(again["note_replayed"], json!(true));
+    let seen = rig.fake.seen();
+    assert_eq!(
+        seen[3].body_text(),
+        r#"{"ticket":{"additional_tags":["tier-2"],"group_id":360002,"priority":"high","remove_tags":["tier-1"]}}"#
+    );
+}
+
+#[tokio::test]
+async fn zendesk_failures_map_to_retryable_or_permanent_without_the_token() {
+    let rig = zendesk().await;
+    for (answer, code, retryable) in [
+        (
+            Answer::json(401, json!({"error": "Couldn't authenticate you"})),
+            "authentication_failed",
+            false,
+        ),
+        (
+            Answer::json(
+                422,
+                json!({"error": "RecordInvalid", "description": "Record validation errors",
+                       "details": {"group_id": [{"description": "Group: is invalid"}]}}),
+            ),
+            "invalid_ticket_update",
+            false,
+        ),
+        (
+            Answer::json(429, json!({"error": "TooManyRequests"})).with_header("retry-after", "30"),
+            "rate_limited",
+            true,
+        ),
+        (
+            Answer::text(503, "maintenance"),
+            "provider_unavailable",
+            true,
+        ),
+    ] {
+        rig.fake.answer(answer);
+        let err = rig
+            .err(
+                "helpdesk",
+                "link_to_problem",
+                json!({"ticket_id": 35437, "problem_id": 35436}),
+                ctx("link", 1),
+            )
+            .await;
+        assert_error(&err, code, retryable);
+    }
+    let seen = rig.fake.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("PUT", "/api/v2/tickets/35437.json")
+    );
+    assert_eq!(
+        seen[0].body_text(),
+        r#"{"ticket":{"problem_id":35436,"type":"incident"}}"#
+    );
 }
