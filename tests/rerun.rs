@@ -1,8 +1,9 @@
 //! Running an ended instance again from a step against the real daemon: the new instance
 //! begins there with the old one's input and variables (with the operator's edits), both
-//! journals name each other, reruns asked at once make one instance, a SIGKILL between the
-//! new instance and the link leaves no instance unlinked once asked again, and bad requests
-//! get clear errors.
+//! journals name each other, a rerun and a retry of one failed instance never both run it,
+//! reruns asked at once with one key make one instance, a SIGKILL between the link and the
+//! new instance leaves no link without its instance once asked again, and bad requests get
+//! clear errors.
 
 use serde_json::{json, Value};
 use std::path::Path;
@@ -165,9 +166,22 @@ fn an_ended_instance_runs_again_from_a_step_with_edited_variables_linked_both_wa
     assert_eq!(j[1]["reason"], "customer agreed to a partial refund");
     assert!(j.iter().all(|r| r["step"] != "take"), "{v}");
     assert_eq!(links(&d.addr, &old), vec![new.clone()]);
-    // The old instance stays as it ended.
+    // The old instance stays as it ended, and is not retried on top of its rerun.
     let (_, o) = call("GET", &format!("{}/v1/instances/{old}", d.addr), None);
     assert_eq!(o["status"], "failed", "{o}");
+    let (s, r) = call(
+        "POST",
+        &format!("{}/v1/instances/{old}/retry", d.addr),
+        None,
+    );
+    assert_eq!(s, 409, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("it runs again as instance {new}")),
+        "{r}"
+    );
     // A completed one runs again too, and a null removes a variable.
     let (s, b) = rerun(
         &d.addr,
@@ -275,6 +289,55 @@ fn a_sigkill_during_reruns_leaves_every_new_instance_linked_once_asked_again() {
         assert_eq!(unique.len(), linked.len(), "{linked:?}");
         for id in &found {
             assert_eq!(ended(&d.addr, id)["status"], "completed");
+        }
+    }
+}
+
+/// A retry and a rerun of one failed refund sent at the same moment, 12 times over: the
+/// old instance and a new one never both work on the case at once. Either the rerun is
+/// refused (the retry came first and the instance runs), or the retry is (the rerun came
+/// first), or the retried instance had ended again before the rerun was decided.
+#[test]
+fn a_retry_racing_a_rerun_never_has_two_instances_work_the_case_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = spawn(dir.path());
+    for n in 0..12 {
+        let old = failed_refund(&d.addr, &format!("ORD-R{n}"));
+        let (addr, o) = (d.addr.clone(), old.clone());
+        let rerunning = std::thread::spawn(move || {
+            rerun(
+                &addr,
+                &o,
+                json!({"from": "route", "vars": {"amount_minor": 5}, "reason": "r"}),
+            )
+        });
+        let (retried, _) = call(
+            "POST",
+            &format!("{}/v1/instances/{old}/retry", d.addr),
+            None,
+        );
+        let (reran, b) = rerunning.join().unwrap();
+        ended(&d.addr, &old);
+        let new_instances = reruns_of(&d.addr, &old).len();
+        let kinds: Vec<String> = journal(&d.addr, &old)
+            .iter()
+            .map(|r| r["record"].as_str().unwrap().to_string())
+            .collect();
+        match (retried, reran) {
+            (200, 409) => assert_eq!(new_instances, 0, "{b}"),
+            (409, 201) => assert_eq!(new_instances, 1, "{b}"),
+            (200, 201) => {
+                // Both, one after the other: the retried run ended before the link.
+                let retry = kinds.iter().position(|k| k == "retry_requested").unwrap();
+                let link = kinds.iter().position(|k| k == "rerun_as").unwrap();
+                assert!(
+                    kinds[retry..link]
+                        .iter()
+                        .any(|k| k == "failed" || k == "completed"),
+                    "round {n}: linked while the retry ran: {kinds:?}"
+                );
+            }
+            other => panic!("round {n}: retry and rerun answered {other:?}: {b}"),
         }
     }
 }

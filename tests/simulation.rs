@@ -2870,6 +2870,7 @@ fn a_migration_for_an_instance_held_elsewhere_is_carried_out_from_the_mail() {
             panic!("the other daemon could not claim the instance");
         };
         assert_eq!(d.migrate(&id, v2.clone(), "ops", "move").await.unwrap(), None);
+        assert_eq!(d.migrate(&id, v2.clone(), "ops", "again").await.unwrap(), None);
         d.wait_idle().await;
         assert_eq!(store.instance(&id).unwrap().unwrap().version, 1, "moved behind its owner's back");
         // The owner cannot give it up with mail waiting, and dies: once its lease has
@@ -2882,6 +2883,11 @@ fn a_migration_for_an_instance_held_elsewhere_is_carried_out_from_the_mail() {
         let journal = store.journal(&id).unwrap();
         assert_eq!(journal.iter().filter(|r| r.kind() == "migrated").count(), 1, "{journal:?}");
         assert_eq!(store.instance(&id).unwrap().unwrap().version, 2);
+        // The second request, read right after the first with the instance in memory, is
+        // refused (it is there already): its letter goes, and the instance's task does not
+        // read it again and again.
+        assert!(store.mail(&id, 10).unwrap().is_empty(), "the refused letter stayed");
+        assert!(comes_to_rest(&d).await, "the refused letter keeps the instance busy");
         d.deliver(Event { event_type: "go".into(), key: "k".into(), data: json!({}), id: None })
             .await
             .unwrap();
@@ -2891,7 +2897,7 @@ fn a_migration_for_an_instance_held_elsewhere_is_carried_out_from_the_mail() {
     rt.shutdown_background();
 }
 
-/// A rerun (the new instance, then the link in the ended one's journal) torn at every
+/// A rerun (the link in the ended one's journal, then the new instance) torn at every
 /// write. Whatever the crash keeps, asking again gives one new instance that runs the old
 /// one again, linked in its journal exactly once, and it finishes.
 #[test]
@@ -2940,7 +2946,7 @@ steps:
     let (_, _, _, writes) = tear(None);
     assert!(
         writes >= 3,
-        "the new instance and the link: {writes} writes"
+        "the link and the new instance: {writes} writes"
     );
     for keep in 0..=writes {
         let (store, clock, old, _) = tear(Some(keep));
@@ -2949,7 +2955,7 @@ steps:
             let d = driver_running(&store, Arc::new(AlwaysOk), &clock, FAILS);
             d.resume_all().unwrap();
             d.wait_idle().await;
-            let again = d
+            let (again, _) = d
                 .rerun(&old, "check", edits(), "ops", "smaller", None)
                 .await
                 .unwrap();

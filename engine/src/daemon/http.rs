@@ -1307,14 +1307,15 @@ async fn rerun(
         .rerun(&id, b.from.trim(), b.vars, &by, b.reason.trim(), key)
         .await
     {
-        Ok(s) => {
+        // What the new instance was asked with: this request's, or the first one's when
+        // this asks again (its key, or a crash before the instance was created).
+        Ok((s, link)) => {
             let status = if s.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            let body =
-                json!({"id": s.id, "created": s.created, "rerun_of": id, "from": b.from.trim()});
+            let body = json!({"id": s.id, "created": s.created, "rerun_of": id, "from": link.step});
             Ok((status, Json(body)).into_response())
         }
         Err(RerunError::NotFound(_)) => Err(instance_not_found(&id)),

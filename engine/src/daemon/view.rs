@@ -402,9 +402,12 @@ impl From<&Record> for JournalEntry {
                 e.put("reason", reason);
                 e.time("at", *at);
             }
+            // The client's idempotency key is left out, as a start's header is.
             Record::RerunAs {
                 instance,
                 step,
+                vars,
+                key: _,
                 by,
                 reason,
                 at,
@@ -412,6 +415,7 @@ impl From<&Record> for JournalEntry {
                 e.put("record", "rerun_as");
                 e.put("instance", instance);
                 e.put("step", step);
+                e.put("vars", vars);
                 e.put("by", by);
                 e.put("reason", reason);
                 e.time("at", *at);
@@ -848,6 +852,8 @@ mod tests {
             Record::RerunAs {
                 instance: "new".into(),
                 step: "charge".into(),
+                vars: vars.clone(),
+                key: None,
                 by: "token:ops".into(),
                 reason: "card updated".into(),
                 at: 23,

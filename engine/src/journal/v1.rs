@@ -233,10 +233,16 @@ pub enum Record {
         reason: String,
         at: Millis,
     },
-    /// This ended instance was run again from `step` as `instance` (see `RerunOf`).
+    /// This ended instance runs again from `step` as `instance` (see `RerunOf`), with
+    /// `vars`: written before `instance` is created, so whoever asks again after a crash
+    /// creates it from here. `key` is the client's idempotency key, if one came.
     RerunAs {
         instance: String,
         step: String,
+        #[serde(default)]
+        vars: Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
         by: String,
         reason: String,
         at: Millis,

@@ -18,7 +18,7 @@ pub mod record {
 
 pub use crate::journal::{Event, Millis, ParentRef, Record, StepError};
 pub use instance::{
-    Effect, Hold, HoldRefused, Instance, MigrateRefused, Move, RetryRefused, Status, StepTiming,
-    Waiting, MAX_FRAMES, MAX_TRANSITIONS,
+    Effect, Hold, HoldRefused, Instance, MigrateRefused, Move, RerunLink, RetryRefused, Status,
+    StepTiming, Waiting, MAX_FRAMES, MAX_TRANSITIONS,
 };
 pub use step::{key_text, IndexDelta, Input, Reply, Step, Timer, Wait, INDEX_STATUSES};

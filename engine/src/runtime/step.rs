@@ -8,8 +8,8 @@
 //! the results of children that ended while nobody was listening (read from the store).
 
 use super::instance::{
-    Effect, FrameState, HoldRefused, Instance, MigrateRefused, Move, RetryRefused, Status,
-    StepTiming,
+    Effect, FrameState, HoldRefused, Instance, MigrateRefused, Move, RerunLink, RetryRefused,
+    Status, StepTiming,
 };
 use crate::compile::CompiledWorkflow;
 use crate::journal::{Event, Millis, Record, StepError};
@@ -63,13 +63,9 @@ pub enum Input {
         by: String,
         reason: String,
     },
-    /// This ended instance runs again as `instance` from `step`: journal the link (once).
-    RerunAs {
-        instance: String,
-        step: String,
-        by: String,
-        reason: String,
-    },
+    /// This ended instance runs again: journal the link, once per new instance and per
+    /// client key, and only while the instance is still ended.
+    RerunAs(RerunLink),
 }
 
 /// What the caller of an input is told.
@@ -85,8 +81,9 @@ pub enum Reply {
     Held(Result<bool, HoldRefused>),
     /// The instance moved to another version.
     Migrated(Move),
-    /// The link to an instance that runs this one again is journaled.
-    Linked,
+    /// The link to the instance that runs this one again (journaled now or before), or
+    /// why there is none.
+    Linked(Result<RerunLink, String>),
 }
 
 /// A correlation key as a rule computed it: text as it is, numbers and the rest as JSON
@@ -251,24 +248,32 @@ impl Instance {
                 reply = Reply::Held(r.as_ref().map(|r| !r.is_empty()).map_err(Clone::clone));
                 records.extend(r.unwrap_or_default());
             }
-            Input::RerunAs {
-                instance,
-                step,
-                by,
-                reason,
-            } => {
-                let linked = self.journaled_reruns.contains(&instance);
-                if !linked {
+            Input::RerunAs(link) => {
+                let same = self
+                    .reruns
+                    .iter()
+                    .find(|l| l.instance == link.instance || l.key.is_some() && l.key == link.key);
+                reply = Reply::Linked(if let Some(l) = same {
+                    Ok(l.clone())
+                } else if !self.status().is_final() {
+                    // A retry came first: the instance runs again itself.
+                    Err(format!(
+                        "the instance is {} again (retried meanwhile); it is not run a second time",
+                        self.status().as_str()
+                    ))
+                } else {
                     records.push(Record::RerunAs {
-                        instance,
-                        step,
-                        by,
-                        reason,
+                        instance: link.instance.clone(),
+                        step: link.step.clone(),
+                        vars: link.vars.clone(),
+                        key: link.key.clone(),
+                        by: link.by.clone(),
+                        reason: link.reason.clone(),
                         at: now,
                     });
                     self.apply(wf, records.last().expect("just pushed"));
-                }
-                reply = Reply::Linked;
+                    Ok(self.reruns.last().expect("just applied").clone())
+                });
             }
             Input::Retry => match self.retry(wf, now) {
                 Ok(r) => {

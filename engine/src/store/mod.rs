@@ -151,13 +151,6 @@ pub enum Mail {
         by: String,
         reason: String,
     },
-    /// Journal that `instance` runs this ended one again from `step`.
-    RerunAs {
-        instance: String,
-        step: String,
-        by: String,
-        reason: String,
-    },
     /// Move the instance to the workflow version with `to_hash` (`casework migrate`).
     Migrate {
         to_hash: String,

@@ -191,7 +191,19 @@ pub(super) async fn handle(
             reply: r,
         } => {
             let (inst, wf) = own.state.as_mut().expect("loaded");
-            match inst.migrate(wf, &to, &by, &reason, now) {
+            // This daemon runs the instance on from the move: it needs what `to` calls.
+            let lacking = to.calls().find(|(p, a)| !inner.plugins.provides(p, a));
+            let moved = match lacking {
+                Some((p, a)) => Err(MigrateRefused {
+                    code: "cannot_run",
+                    message: format!(
+                        "version {} calls {p}.{a}, which this daemon does not have; move it from a daemon that has the plugin",
+                        to.version
+                    ),
+                }),
+                None => inst.migrate(wf, &to, &by, &reason, now),
+            };
+            match moved {
                 Ok(step) => {
                     // From the move on the instance runs the new version.
                     *wf = to;
@@ -199,9 +211,17 @@ pub(super) async fn handle(
                     step
                 }
                 Err(refused) => {
+                    if mail.is_some() {
+                        tracing::warn!(
+                            code = refused.code,
+                            "a move asked on another daemon is refused: {refused}"
+                        );
+                    }
                     let _ = r.send(Err(refused));
-                    // Nothing written; a fresh load still hands out what it has in hand.
-                    if !fresh {
+                    // Nothing to journal, unless the request came as mail (its letter goes,
+                    // or it is read again and again) or the load is fresh (what it has in
+                    // hand is handed out).
+                    if !fresh && mail.is_none() {
                         return;
                     }
                     let finished: Vec<_> = inst
@@ -251,20 +271,9 @@ pub(super) async fn handle(
                     reply = Some(Answer::Retry(r));
                     Input::Retry
                 }
-                Msg::RerunAs {
-                    instance,
-                    step,
-                    by,
-                    reason,
-                    reply: r,
-                } => {
+                Msg::RerunAs { link, reply: r } => {
                     reply = Some(Answer::Linked(r));
-                    Input::RerunAs {
-                        instance,
-                        step,
-                        by,
-                        reason,
-                    }
+                    Input::RerunAs(link)
                 }
                 Msg::Hold {
                     hold,
@@ -325,7 +334,7 @@ pub(super) enum Answer {
     Retry(oneshot::Sender<Result<(), RetryRefused>>),
     Hold(oneshot::Sender<Result<bool, HoldRefused>>),
     Migrate(oneshot::Sender<Result<Option<Move>, MigrateRefused>>),
-    Linked(oneshot::Sender<bool>),
+    Linked(oneshot::Sender<Result<RerunLink, String>>),
 }
 
 /// A crash between writing a new instance's timer and its index entry (the sled store
@@ -347,7 +356,7 @@ pub(super) fn drop_timer_of_unknown_instance(inner: &Arc<Inner>, id: &str, t: &T
 
 pub(super) fn reply_false(msg: Msg) {
     match msg {
-        Msg::Event { reply, .. } | Msg::Cancel { reply, .. } | Msg::RerunAs { reply, .. } => {
+        Msg::Event { reply, .. } | Msg::Cancel { reply, .. } => {
             let _ = reply.send(false);
         }
         Msg::Start { reply, .. } => {

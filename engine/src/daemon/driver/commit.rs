@@ -358,8 +358,8 @@ pub(super) async fn finish(
         (Some(Answer::Migrate(r)), Reply::Migrated(m)) => {
             let _ = r.send(Ok(Some(m)));
         }
-        (Some(Answer::Linked(r)), Reply::Linked) => {
-            let _ = r.send(true);
+        (Some(Answer::Linked(r)), Reply::Linked(v)) => {
+            let _ = r.send(v);
         }
         _ => {}
     }

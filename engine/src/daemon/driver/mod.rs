@@ -44,7 +44,7 @@ use crate::compile::{CompiledWorkflow, Concurrency, OnConflict};
 use crate::plugin_host::{CallContext, PluginHost};
 use crate::runtime::{
     Effect, Event, HoldRefused, Input, Instance, MigrateRefused, Millis, Move, ParentRef, Record,
-    Reply, RetryRefused, Step, StepError,
+    Reply, RerunLink, RetryRefused, Step, StepError,
 };
 use crate::store::{
     Batch, Claim, Created, Error as StoreError, Fence, InstanceMeta, Mail, Ownership, Stamp, Store,
@@ -166,13 +166,10 @@ enum Msg {
         reason: String,
         reply: oneshot::Sender<Result<Option<Move>, MigrateRefused>>,
     },
-    /// Journal in this ended instance that `instance` runs it again from `step`.
+    /// Journal in this ended instance that it runs again (see [`Driver::rerun`]).
     RerunAs {
-        instance: String,
-        step: String,
-        by: String,
-        reason: String,
-        reply: oneshot::Sender<bool>,
+        link: RerunLink,
+        reply: oneshot::Sender<Result<RerunLink, String>>,
     },
     /// Read the instance's mail (messages left while another daemon owned it).
     Mail,
@@ -640,11 +637,16 @@ impl Driver {
 
     /// Run an ended instance again from `step` of the version it ran, as a new instance with
     /// its input and its variables with `edits` applied (a null removes a variable), for
-    /// operator `by` with `reason`. The new instance's journal begins with a `RerunOf`
-    /// record naming the old one, and the old one's gets a `RerunAs` naming the new one.
-    /// Asked again before the link is journaled (after a crash, say), it answers with the
-    /// same new instance (`created: false`); so does every request with the same
-    /// `idempotency_key`, however many come at once.
+    /// operator `by` with `reason`.
+    ///
+    /// The decision is journaled first, in the ended instance (`RerunAs`: the new id, the
+    /// step and the variables), by its own task, which refuses it if a retry made the
+    /// instance run again meanwhile (and a retry is refused once it is there): the case
+    /// runs once, in one of them. Only then is the new instance created (its journal begins
+    /// with `RerunOf`), under a key made from the link, so it is created once. A crash
+    /// between the two leaves a link without its instance: the next rerun request for the
+    /// instance creates it first (and, without an `idempotency_key`, answers with it).
+    /// With the same `idempotency_key`, every request answers with one new instance.
     pub async fn rerun(
         &self,
         id: &str,
@@ -653,7 +655,7 @@ impl Driver {
         by: &str,
         reason: &str,
         idempotency_key: Option<String>,
-    ) -> Result<Started, RerunError> {
+    ) -> Result<(Started, RerunLink), RerunError> {
         let inner = &self.inner;
         inner.admit()?;
         let internal = |e: String| RerunError::Internal(e);
@@ -691,6 +693,29 @@ impl Driver {
                 top.join(", ")
             )));
         }
+        // Links a crash (or a request still under way) left without their instance are
+        // carried out first.
+        let mut pending: Vec<(Started, RerunLink)> = Vec::new();
+        for l in old.reruns() {
+            let exists = inner
+                .store
+                .instance(&l.instance)
+                .map_err(|e| internal(e.to_string()))?
+                .is_some();
+            if !exists {
+                pending.push((self.start_rerun(&wf, &old, l).await?, l.clone()));
+            }
+        }
+        if let Some(k) = &idempotency_key {
+            if let Some(l) = old.reruns().iter().find(|l| l.key.as_ref() == Some(k)) {
+                if let Some(done) = pending.iter().find(|(_, p)| p.instance == l.instance) {
+                    return Ok(done.clone());
+                }
+                return Ok((self.start_rerun(&wf, &old, l).await?, l.clone()));
+            }
+        } else if let Some(found) = pending.into_iter().rev().find(|(_, l)| l.key.is_none()) {
+            return Ok(found);
+        }
         let mut vars = old.vars().clone();
         for (k, v) in edits {
             if v.is_null() {
@@ -699,53 +724,63 @@ impl Driver {
                 vars.insert(k, v);
             }
         }
-        // One new instance per rerun: until this one is linked, asking again finds it (of
-        // the instances that run this one again, only the newest can be unlinked: each key
-        // counts the links made before it). With the client's key, one per key. A NUL
-        // cannot come in an HTTP header, so no client's start can take either.
-        let key = match idempotency_key {
-            Some(k) => format!("\0rerun\0{id}\0key\0{k}"),
-            None => format!("\0rerun\0{id}\0{}", old.reruns()),
-        };
+        let now = inner.clock.now_ms();
+        let (reply, rx) = oneshot::channel();
+        inner.send(
+            id,
+            Msg::RerunAs {
+                link: RerunLink {
+                    instance: new_id(now),
+                    step: step.to_string(),
+                    vars,
+                    key: idempotency_key,
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                    at: now,
+                },
+                reply,
+            },
+        );
+        let link = rx
+            .await
+            .map_err(|_| {
+                internal("the instance could not be loaded or journaled; see the log".into())
+            })?
+            .map_err(RerunError::Refused)?;
+        Ok((self.start_rerun(&wf, &old, &link).await?, link))
+    }
+
+    /// The instance a rerun link names, created if it is not there yet.
+    async fn start_rerun(
+        &self,
+        wf: &Arc<CompiledWorkflow>,
+        old: &Instance,
+        link: &RerunLink,
+    ) -> Result<Started, RerunError> {
         let of = Record::RerunOf {
-            instance: id.to_string(),
-            step: step.to_string(),
-            vars,
-            by: by.to_string(),
-            reason: reason.to_string(),
-            at: inner.clock.now_ms(),
+            instance: old.id().to_string(),
+            step: link.step.clone(),
+            vars: link.vars.clone(),
+            by: link.by.clone(),
+            reason: link.reason.clone(),
+            at: self.inner.clock.now_ms(),
         };
-        let started = inner
+        // A NUL cannot come in an HTTP header, so no client's start can take this key.
+        let key = format!("\0rerun\0{}\0{}", old.id(), link.instance);
+        Ok(self
+            .inner
             .start(
                 &wf.name,
                 old.input().clone(),
                 Some(key),
                 None,
-                None,
+                Some(link.instance.clone()),
                 StartMode::Rerun {
                     wf: wf.clone(),
                     of: Box::new(of),
                 },
             )
-            .await?;
-        let (reply, rx) = oneshot::channel();
-        inner.send(
-            id,
-            Msg::RerunAs {
-                instance: started.id.clone(),
-                step: step.to_string(),
-                by: by.to_string(),
-                reason: reason.to_string(),
-                reply,
-            },
-        );
-        if !rx.await.unwrap_or(false) {
-            return Err(internal(format!(
-                "instance {} runs it again, but the link in its journal could not be written; ask again to write it",
-                started.id
-            )));
-        }
-        Ok(started)
+            .await?)
     }
 
     /// Where the instance would move if it moved to version `to` now, or why it would not

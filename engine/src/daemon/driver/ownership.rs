@@ -282,18 +282,6 @@ pub(super) async fn read_mail(inner: &Arc<Inner>, id: &str, own: &mut Owned) -> 
                 reason,
                 reply: oneshot::channel().0,
             },
-            Mail::RerunAs {
-                instance,
-                step,
-                by,
-                reason,
-            } => Msg::RerunAs {
-                instance,
-                step,
-                by,
-                reason,
-                reply: oneshot::channel().0,
-            },
             Mail::Migrate {
                 to_hash,
                 by,
@@ -354,18 +342,8 @@ pub(super) fn letter_of(msg: &Msg) -> Option<Mail> {
                 reason: reason.clone(),
             }
         }),
-        Msg::RerunAs {
-            instance,
-            step,
-            by,
-            reason,
-            ..
-        } => Some(Mail::RerunAs {
-            instance: instance.clone(),
-            step: step.clone(),
-            by: by.clone(),
-            reason: reason.clone(),
-        }),
+        // The rerun needs its answer before it creates anything: the caller asks again.
+        Msg::RerunAs { .. } => None,
         Msg::Migrate { to, by, reason, .. } => Some(Mail::Migrate {
             to_hash: to.hash.clone(),
             by: by.clone(),
@@ -397,8 +375,13 @@ pub(super) async fn forward(
     }
     let ok = posted.is_ok();
     match answer {
-        Some(Answer::Event(r)) | Some(Answer::Cancel(r)) | Some(Answer::Linked(r)) => {
+        Some(Answer::Event(r)) | Some(Answer::Cancel(r)) => {
             let _ = r.send(ok);
+        }
+        Some(Answer::Linked(r)) => {
+            let _ = r.send(Err(
+                "another daemon is working on the instance this moment; ask again".into(),
+            ));
         }
         Some(Answer::Retry(r)) => {
             let _ = r.send(if ok {

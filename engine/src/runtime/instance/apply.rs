@@ -356,8 +356,24 @@ impl Instance {
                 self.new_frame(None, at, Map::new(), false);
             }
             // A link for people; the state it ended in stays as it is.
-            Record::RerunAs { instance, .. } => {
-                self.journaled_reruns.insert(instance.clone());
+            Record::RerunAs {
+                instance,
+                step,
+                vars,
+                key,
+                by,
+                reason,
+                at,
+            } => {
+                self.reruns.push(super::RerunLink {
+                    instance: instance.clone(),
+                    step: step.clone(),
+                    vars: vars.clone(),
+                    key: key.clone(),
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: *at,
+                });
             }
             // `wf` is the version moved to (see `Instance::replay_pinned`).
             Record::Migrated {

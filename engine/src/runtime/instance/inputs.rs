@@ -205,6 +205,12 @@ impl Instance {
                 "its compensations already undid the completed steps; start a new instance".into(),
             ));
         }
+        if let Some(l) = self.reruns.last() {
+            return Err(RetryRefused::NotRetryable(format!(
+                "it runs again as instance {} (from step `{}`); follow or retry that one",
+                l.instance, l.step
+            )));
+        }
         let Some(step) = self
             .failure_origin
             .clone()

@@ -159,6 +159,20 @@ pub enum RetryRefused {
     KeyOpen(String),
 }
 
+/// An ended instance's decision to run again as `instance` from `step` with `vars`
+/// (`Record::RerunAs`), journaled before `instance` is created.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RerunLink {
+    pub instance: String,
+    pub step: String,
+    pub vars: Map<String, Value>,
+    /// The client's idempotency key, if one came.
+    pub key: Option<String>,
+    pub by: String,
+    pub reason: String,
+    pub at: Millis,
+}
+
 /// Who held an instance, why and since when ([`Instance::hold`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
@@ -235,8 +249,8 @@ pub struct Instance {
     /// Ids of the events this instance has received: the same event sent again (after a
     /// crash lost the daemon's answer to it) is not taken twice, by this wait or a later one.
     pub(in crate::runtime) received: std::collections::BTreeSet<String>,
-    /// Instances that run this one again (`RerunAs` records), each linked once.
-    pub(in crate::runtime) journaled_reruns: std::collections::BTreeSet<String>,
+    /// Instances that run this one again (`RerunAs` records), oldest first.
+    pub(in crate::runtime) reruns: Vec<RerunLink>,
     /// Set while an operator holds the instance: nothing advances, its timers and waits
     /// are out of the index (events for it wait in the inbox) until it is resumed.
     pub(in crate::runtime) hold: Option<Hold>,
@@ -335,7 +349,7 @@ impl Instance {
             cancel_reason: None,
             visits: BTreeMap::new(),
             received: Default::default(),
-            journaled_reruns: Default::default(),
+            reruns: Vec::new(),
             hold: None,
             failure_origin: None,
             compensated: false,
@@ -369,9 +383,9 @@ impl Instance {
         self.version
     }
 
-    /// How many times this ended instance was run again (its `RerunAs` records).
-    pub fn reruns(&self) -> usize {
-        self.journaled_reruns.len()
+    /// The instances that run this ended one again (its `RerunAs` records), oldest first.
+    pub fn reruns(&self) -> &[RerunLink] {
+        &self.reruns
     }
 
     /// The source hash the instance is pinned to.
