@@ -55,6 +55,20 @@ impl Error {
         Self::permanent("invalid_input", message)
     }
 
+    /// The same error, its message prefixed with what was being done, e.g.
+    /// `Error::from(http_error).context("opening the incident")`.
+    ///
+    /// ```
+    /// use casework_sdk::Error;
+    ///
+    /// let e = Error::retryable("http_timeout", "timed out").context("reading the ticket");
+    /// assert_eq!((e.code(), e.message(), e.is_retryable()), ("http_timeout", "reading the ticket: timed out", true));
+    /// ```
+    pub fn context(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// The stable machine-readable code.
     pub fn code(&self) -> &str {
         &self.code

@@ -174,58 +174,37 @@ pub struct BulkArgs {
 /// was refused.
 pub fn bulk(args: BulkArgs) -> Result<u8> {
     let client = Client::new(&args.daemon)?;
-    let (mut done, mut refused) = (0usize, 0usize);
-    let mut cursor: Option<String> = None;
-    loop {
-        let left = args.limit.saturating_sub(done + refused);
-        if left == 0 {
-            break;
-        }
-        let mut body = json!({
-            "action": args.action.as_str(),
-            "workflow": args.workflow,
-            "limit": left.min(10_000),
-        });
-        if let Some(s) = &args.status {
-            body["status"] = json!(s);
-        }
-        if let Some(r) = &args.reason {
-            body["reason"] = json!(r);
-        }
-        args.search.add_to(&mut body);
-        if let Some(c) = &cursor {
-            body["cursor"] = json!(c);
-        }
-        let answer = client.post(&["v1", "bulk"], Some(&body))?;
-        if args.json {
-            print_json(&answer)?;
-        }
-        let ids = answer["done"].as_array().cloned().unwrap_or_default();
-        done += ids.len();
-        for r in answer["refused"].as_array().into_iter().flatten() {
-            refused += 1;
-            if !args.json {
-                out(&format!(
-                    "refused {}: {} ({})",
-                    r["id"].as_str().unwrap_or("?"),
-                    r["message"].as_str().unwrap_or(""),
-                    r["code"].as_str().unwrap_or("")
-                ));
-            }
-        }
-        if let Some(stop) = answer["stopped"].as_object() {
-            anyhow::bail!(
-                "stopped after {done} instance(s): {} ({}); run the same command again in {} s to go on",
-                stop.get("message").and_then(|m| m.as_str()).unwrap_or(""),
-                stop.get("code").and_then(|m| m.as_str()).unwrap_or(""),
-                stop.get("retry_after_s").and_then(|m| m.as_u64()).unwrap_or(1)
-            );
-        }
-        match answer["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
+    let mut body = json!({"action": args.action.as_str(), "workflow": args.workflow});
+    if let Some(r) = &args.reason {
+        body["reason"] = json!(r);
     }
+    let (mut done, mut refused) = (0usize, 0usize);
+    bulk_pages(
+        &client,
+        body,
+        &args.status,
+        &args.search,
+        args.limit,
+        args.json,
+        |answer| {
+            let ids = answer["done"].as_array().map_or(0, Vec::len);
+            done += ids;
+            let mut seen = ids;
+            for r in answer["refused"].as_array().into_iter().flatten() {
+                refused += 1;
+                seen += 1;
+                if !args.json {
+                    out(&format!(
+                        "refused {}: {} ({})",
+                        r["id"].as_str().unwrap_or("?"),
+                        r["message"].as_str().unwrap_or(""),
+                        r["code"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            seen
+        },
+    )?;
     if !args.json {
         let verb = match args.action {
             BulkAction::Retry => "retrying",
@@ -334,82 +313,58 @@ pub struct MigrateArgs {
 /// prints each instance that moves (or would) and why each other one stays.
 pub fn migrate(args: MigrateArgs) -> Result<u8> {
     let client = Client::new(&args.daemon)?;
+    let mut body = json!({"action": "migrate", "workflow": args.workflow, "dry_run": args.dry_run});
+    if let Some(r) = &args.reason {
+        body["reason"] = json!(r);
+    }
     let (mut moved, mut stays, mut handed) = (0usize, 0usize, 0usize);
-    let mut cursor: Option<String> = None;
-    loop {
-        let left = args.limit.saturating_sub(moved + stays + handed);
-        if left == 0 {
-            break;
-        }
-        let mut body = json!({
-            "action": "migrate",
-            "workflow": args.workflow,
-            "dry_run": args.dry_run,
-            "limit": left.min(10_000),
-        });
-        if let Some(s) = &args.status {
-            body["status"] = json!(s);
-        }
-        if let Some(r) = &args.reason {
-            body["reason"] = json!(r);
-        }
-        args.search.add_to(&mut body);
-        if let Some(c) = &cursor {
-            body["cursor"] = json!(c);
-        }
-        let answer = client.post(&["v1", "bulk"], Some(&body))?;
-        if args.json {
-            print_json(&answer)?;
-        }
-        for m in answer["moves"].as_array().into_iter().flatten() {
-            let id = m["id"].as_str().unwrap_or("?");
-            if m["handed_over"].as_bool() == Some(true) {
-                handed += 1;
+    bulk_pages(
+        &client,
+        body,
+        &args.status,
+        &args.search,
+        args.limit,
+        args.json,
+        |answer| {
+            let before = moved + stays + handed;
+            for m in answer["moves"].as_array().into_iter().flatten() {
+                let id = m["id"].as_str().unwrap_or("?");
+                if m["handed_over"].as_bool() == Some(true) {
+                    handed += 1;
+                    if !args.json {
+                        out(&format!(
+                            "handed over {id}: the daemon that owns it moves it to version {}",
+                            m["to_version"]
+                        ));
+                    }
+                    continue;
+                }
+                moved += 1;
                 if !args.json {
                     out(&format!(
-                        "handed over {id}: the daemon that owns it moves it to version {}",
-                        m["to_version"]
+                        "{} {id}: version {} at {} → version {} at {}",
+                        if args.dry_run { "would move" } else { "moved" },
+                        m["from_version"],
+                        m["from_step"].as_str().unwrap_or("?"),
+                        m["to_version"],
+                        m["to_step"].as_str().unwrap_or("?"),
                     ));
                 }
-                continue;
             }
-            moved += 1;
-            if !args.json {
-                out(&format!(
-                    "{} {id}: version {} at {} → version {} at {}",
-                    if args.dry_run { "would move" } else { "moved" },
-                    m["from_version"],
-                    m["from_step"].as_str().unwrap_or("?"),
-                    m["to_version"],
-                    m["to_step"].as_str().unwrap_or("?"),
-                ));
+            for r in answer["refused"].as_array().into_iter().flatten() {
+                stays += 1;
+                if !args.json {
+                    out(&format!(
+                        "stays {}: {} ({})",
+                        r["id"].as_str().unwrap_or("?"),
+                        r["message"].as_str().unwrap_or(""),
+                        r["code"].as_str().unwrap_or("")
+                    ));
+                }
             }
-        }
-        for r in answer["refused"].as_array().into_iter().flatten() {
-            stays += 1;
-            if !args.json {
-                out(&format!(
-                    "stays {}: {} ({})",
-                    r["id"].as_str().unwrap_or("?"),
-                    r["message"].as_str().unwrap_or(""),
-                    r["code"].as_str().unwrap_or("")
-                ));
-            }
-        }
-        if let Some(stop) = answer["stopped"].as_object() {
-            anyhow::bail!(
-                "stopped after {} instance(s): {} ({}); run the same command again in {} s to go on",
-                moved + stays + handed,
-                stop.get("message").and_then(|m| m.as_str()).unwrap_or(""),
-                stop.get("code").and_then(|m| m.as_str()).unwrap_or(""),
-                stop.get("retry_after_s").and_then(|m| m.as_u64()).unwrap_or(1)
-            );
-        }
-        match answer["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+            moved + stays + handed - before
+        },
+    )?;
     if !args.json {
         let verb = if args.dry_run { "would move" } else { "moved" };
         let handed = if handed > 0 {
@@ -423,6 +378,52 @@ pub fn migrate(args: MigrateArgs) -> Result<u8> {
         ));
     }
     Ok(0)
+}
+
+/// `POST /v1/bulk` with `body` (plus the status, search attributes, page size and cursor)
+/// page after page, until `limit` instances were looked at or none are left; `page` reads
+/// each answer and says how many instances it covered. An overloaded daemon stops it with
+/// an error that says when to go on.
+fn bulk_pages(
+    client: &Client,
+    body: Value,
+    status: &Option<String>,
+    search: &SearchArgs,
+    limit: usize,
+    json: bool,
+    mut page: impl FnMut(&Value) -> usize,
+) -> Result<()> {
+    let mut seen = 0usize;
+    let mut cursor: Option<String> = None;
+    while seen < limit {
+        let mut body = body.clone();
+        body["limit"] = json!((limit - seen).min(10_000));
+        if let Some(s) = status {
+            body["status"] = json!(s);
+        }
+        search.add_to(&mut body);
+        if let Some(c) = &cursor {
+            body["cursor"] = json!(c);
+        }
+        let answer = client.post(&["v1", "bulk"], Some(&body))?;
+        if json {
+            print_json(&answer)?;
+        }
+        seen += page(&answer);
+        if let Some(stop) = answer["stopped"].as_object() {
+            anyhow::bail!(
+                "stopped after {seen} instance(s): {} ({}); run the same command again in {} s to go on",
+                stop.get("message").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("code").and_then(|m| m.as_str()).unwrap_or(""),
+                stop.get("retry_after_s").and_then(|m| m.as_u64()).unwrap_or(1)
+            );
+        }
+        match answer["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]

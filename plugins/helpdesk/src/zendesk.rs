@@ -20,16 +20,9 @@ pub fn request(method: http::Method, path: &str) -> Result<http::RequestBuilder>
 
 /// Sends and reads a JSON answer, mapping failures.
 pub fn send<T: DeserializeOwned>(builder: http::RequestBuilder, what: &str) -> Result<T> {
-    let response = builder.send().map_err(|err| {
-        let retryable = err.is_retryable();
-        let base: Error = err.into();
-        let message = format!("{what}: {}", base.message());
-        if retryable {
-            Error::retryable(base.code(), message)
-        } else {
-            Error::permanent(base.code(), message)
-        }
-    })?;
+    let response = builder
+        .send()
+        .map_err(|err| Error::from(err).context(what))?;
     let status = response.status;
     let detail = || {
         // `{"error": "RecordInvalid", "description": "...", "details": {...}}`.
@@ -46,9 +39,7 @@ pub fn send<T: DeserializeOwned>(builder: http::RequestBuilder, what: &str) -> R
         text
     };
     match status {
-        200..=299 => response
-            .json()
-            .map_err(|e| Error::permanent("bad_response", format!("{what}: {}", e.message()))),
+        200..=299 => response.json().map_err(|e| e.context(what)),
         401 => Err(Error::permanent("authentication_failed", detail())),
         403 => Err(Error::permanent("permission_denied", detail())),
         404 => Err(Error::permanent("not_found", detail())),
